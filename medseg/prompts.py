@@ -1,0 +1,148 @@
+"""Prompts for interactive segmentation, always in voxel indices ``(z, y, x)`` of a Volume.
+
+Conversion to a model's frame size happens inside the engine, once. ``Prompts`` round-trips
+through JSON (``to_dict`` / ``from_dict``) so that a batch run can log the exact prompts used
+and ``medseg replay`` can feed them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medseg.errors import InputError
+
+
+@dataclass(frozen=True)
+class PointPrompt:
+    z: int
+    y: float
+    x: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class BoxPrompt:
+    """An axis-aligned box on slice ``z``; corners are inclusive voxel indices."""
+
+    z: int
+    y0: float
+    x0: float
+    y1: float
+    x1: float
+
+
+@dataclass(frozen=True, eq=False)
+class MaskPrompt:
+    z: int
+    mask: np.ndarray  # (y, x) bool
+
+
+@dataclass
+class ObjectPrompts:
+    """Everything the user said about one object; ``obj_id`` is its label value (>= 1)."""
+
+    obj_id: int
+    name: str = ""
+    points: list[PointPrompt] = field(default_factory=list)
+    boxes: list[BoxPrompt] = field(default_factory=list)
+    masks: list[MaskPrompt] = field(default_factory=list)
+
+    @property
+    def slices(self) -> list[int]:
+        """The prompted slice indices, sorted."""
+        zs = {p.z for p in self.points} | {b.z for b in self.boxes} | {m.z for m in self.masks}
+        return sorted(zs)
+
+    def is_empty(self) -> bool:
+        return not (self.points or self.boxes or self.masks)
+
+
+@dataclass
+class Prompts:
+    """Prompts for several objects, keyed by label value."""
+
+    objects: dict[int, ObjectPrompts] = field(default_factory=dict)
+
+    def object(self, obj_id: int, name: str = "") -> ObjectPrompts:
+        """The prompts of ``obj_id``, created empty on first use."""
+        if obj_id < 1:
+            raise InputError(f"object ids are label values and start at 1; got {obj_id}")
+        if obj_id not in self.objects:
+            self.objects[obj_id] = ObjectPrompts(obj_id, name or f"object {obj_id}")
+        return self.objects[obj_id]
+
+    def add_point(self, obj_id: int, z: int, y: float, x: float, *, positive: bool = True) -> "Prompts":
+        self.object(obj_id).points.append(PointPrompt(int(z), float(y), float(x), bool(positive)))
+        return self
+
+    def add_box(self, obj_id: int, z: int, y0: float, x0: float, y1: float, x1: float) -> "Prompts":
+        if y1 < y0 or x1 < x0:
+            raise InputError(f"box on slice {z} has its corners swapped: ({y0}, {x0}) .. ({y1}, {x1})")
+        self.object(obj_id).boxes.append(BoxPrompt(int(z), float(y0), float(x0), float(y1), float(x1)))
+        return self
+
+    def add_mask(self, obj_id: int, z: int, mask: np.ndarray) -> "Prompts":
+        self.object(obj_id).masks.append(MaskPrompt(int(z), np.asarray(mask, dtype=bool)))
+        return self
+
+    @property
+    def slices(self) -> list[int]:
+        return sorted({z for obj in self.objects.values() for z in obj.slices})
+
+    def validate(self, shape_zyx: tuple[int, int, int]) -> None:
+        """Raise ``InputError`` naming the object and prompt that does not fit the volume."""
+        nz, ny, nx = shape_zyx
+        if not self.objects or all(obj.is_empty() for obj in self.objects.values()):
+            raise InputError("no prompts given: add at least one point, box or mask")
+        for obj in self.objects.values():
+            for p in obj.points:
+                if not (0 <= p.z < nz and 0 <= p.y <= ny - 1 and 0 <= p.x <= nx - 1):
+                    raise InputError(
+                        f"object {obj.obj_id}: point (z={p.z}, y={p.y}, x={p.x}) is outside the volume of shape {shape_zyx}"
+                    )
+            for b in obj.boxes:
+                if not (0 <= b.z < nz and 0 <= b.y0 and b.y1 <= ny - 1 and 0 <= b.x0 and b.x1 <= nx - 1):
+                    raise InputError(
+                        f"object {obj.obj_id}: box on slice {b.z} ({b.y0}, {b.x0})..({b.y1}, {b.x1}) is outside the volume of shape {shape_zyx}"
+                    )
+            for m in obj.masks:
+                if not 0 <= m.z < nz:
+                    raise InputError(f"object {obj.obj_id}: mask on slice {m.z} is outside the volume ({nz} slices)")
+                if m.mask.shape != (ny, nx):
+                    raise InputError(
+                        f"object {obj.obj_id}: mask on slice {m.z} has shape {m.mask.shape}, the slices are {(ny, nx)}"
+                    )
+                if not m.mask.any():
+                    raise InputError(f"object {obj.obj_id}: mask on slice {m.z} is empty")
+
+    def to_dict(self) -> dict:
+        """JSON-able form; masks are stored as lists of (y, x) foreground indices."""
+        return {
+            str(obj_id): {
+                "name": obj.name,
+                "points": [[p.z, p.y, p.x, int(p.positive)] for p in obj.points],
+                "boxes": [[b.z, b.y0, b.x0, b.y1, b.x1] for b in obj.boxes],
+                "masks": [
+                    {"z": m.z, "shape": list(m.mask.shape), "yx": np.argwhere(m.mask).tolist()} for m in obj.masks
+                ],
+            }
+            for obj_id, obj in sorted(self.objects.items())
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Prompts":
+        prompts = cls()
+        for key, spec in data.items():
+            obj = prompts.object(int(key), spec.get("name", ""))
+            for z, y, x, positive in spec.get("points", []):
+                prompts.add_point(obj.obj_id, z, y, x, positive=bool(positive))
+            for z, y0, x0, y1, x1 in spec.get("boxes", []):
+                prompts.add_box(obj.obj_id, z, y0, x0, y1, x1)
+            for m in spec.get("masks", []):
+                mask = np.zeros(m["shape"], dtype=bool)
+                yx = np.asarray(m["yx"], dtype=int).reshape(-1, 2)
+                mask[yx[:, 0], yx[:, 1]] = True
+                prompts.add_mask(obj.obj_id, m["z"], mask)
+        return prompts

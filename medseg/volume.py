@@ -1,0 +1,146 @@
+"""``Volume`` and ``LabelVolume``: voxels that carry their geometry.
+
+A ``Volume`` is an image in physical units (CT in HU) on a ``Geometry``; a ``LabelVolume``
+is an integer label map on the *same* geometry plus what the method that made it knows
+(names, scores, provenance). Neither can drift from its grid: the array shape is checked
+against the geometry on construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import GeometryError, InputError
+from medseg.geometry import Geometry
+
+UNTRAINED_BANNER = (
+    "UNTRAINED MODEL: produced with randomly initialised weights for testing only; "
+    "these masks and metrics are meaningless."
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image, ``array`` ``(z, y, x)`` float32 in physical units, on ``geometry``.
+
+    ``metadata`` never holds patient-identifying DICOM fields: the readers only copy an
+    allow-list of acquisition fields into it.
+    """
+
+    array: np.ndarray
+    geometry: Geometry
+    modality: str = "OT"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        if array.ndim != 3:
+            raise InputError(f"a Volume is 3D (z, y, x); got an array of shape {array.shape}")
+        if array.dtype != np.float32:
+            array = array.astype(np.float32)
+        object.__setattr__(self, "array", array)
+        if array.shape != self.geometry.shape:
+            raise GeometryError(f"array shape {array.shape} does not match geometry shape {self.geometry.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.geometry.shape
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.geometry.spacing
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return self.geometry.origin
+
+    @property
+    def direction(self) -> np.ndarray:
+        return self.geometry.direction
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.geometry.affine
+
+    def to_metatensor(self):
+        """A MONAI ``MetaTensor`` shaped ``(1, x, y, z)`` with this volume's RAS affine.
+
+        MONAI's spatial convention is channel-first, then the NIfTI index order (i, j, k), so
+        the array is transposed; ``from_metatensor`` undoes it exactly.
+        """
+        import torch
+        from monai.data import MetaTensor
+
+        data = torch.from_numpy(np.ascontiguousarray(self.array.transpose(2, 1, 0)[None]))
+        return MetaTensor(data, affine=torch.as_tensor(self.affine), meta={"modality": self.modality})
+
+    @classmethod
+    def from_metatensor(cls, tensor, *, modality: str = "OT", metadata: dict | None = None) -> "Volume":
+        """Inverse of ``to_metatensor``; accepts ``(1, x, y, z)`` or ``(x, y, z)``."""
+        array = np.asarray(tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else tensor)
+        if array.ndim == 4:
+            if array.shape[0] != 1:
+                raise InputError(f"expected a single-channel MetaTensor, got shape {array.shape}")
+            array = array[0]
+        zyx = np.ascontiguousarray(array.transpose(2, 1, 0))
+        affine = np.asarray(tensor.affine.detach().cpu().numpy() if hasattr(tensor.affine, "detach") else tensor.affine)
+        return cls(zyx, Geometry.from_affine(affine, zyx.shape), modality, dict(metadata or {}))
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """The same volume (geometry, modality, metadata) with other voxel values."""
+        return replace(self, array=array)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelVolume:
+    """An integer label map ``(z, y, x)`` on the geometry of the ``Volume`` it segments.
+
+    * ``label_names``: label value -> name (background 0 is implicit).
+    * ``scores``: label value -> one confidence in [0, 1] for the whole object (for 3D AP).
+    * ``slice_scores``: label value -> float array of length z, NaN where the object was not
+      predicted (per-slice confidence for 2D AP and QC curves).
+    * ``untrained``: True when any model that produced it had random weights.
+    * ``provenance``: method, model, checksum, prompts... whatever reproduces it.
+    """
+
+    array: np.ndarray
+    geometry: Geometry
+    label_names: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    slice_scores: dict[int, np.ndarray] = field(default_factory=dict)
+    untrained: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        if array.ndim != 3:
+            raise InputError(f"a LabelVolume is 3D (z, y, x); got an array of shape {array.shape}")
+        if not np.issubdtype(array.dtype, np.integer):
+            if array.dtype == bool or np.all(np.mod(array, 1) == 0):
+                array = array.astype(np.int32)
+            else:
+                raise InputError("label values must be integers; got non-integer values")
+        object.__setattr__(self, "array", array)
+        if array.shape != self.geometry.shape:
+            raise GeometryError(
+                f"label array shape {array.shape} does not match its volume's shape {self.geometry.shape}"
+            )
+
+    @classmethod
+    def like(cls, volume: Volume, array: np.ndarray | None = None, **fields: Any) -> "LabelVolume":
+        """A label map on ``volume``'s grid (all background when ``array`` is None)."""
+        if array is None:
+            array = np.zeros(volume.shape, dtype=np.int32)
+        return cls(array, volume.geometry, **fields)
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.geometry.affine
+
+    @property
+    def labels(self) -> list[int]:
+        """Label values present (background excluded), sorted."""
+        return [int(v) for v in np.unique(self.array) if v != 0]
