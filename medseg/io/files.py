@@ -1,0 +1,69 @@
+"""What kind of file a path is, and writing output files atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from medseg.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+SUPPORTED = "a DICOM folder or file, NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd)"
+
+
+def format_of(path: Path) -> str:
+    """``"dicom-dir"``, ``"nifti"``, ``"itk"`` or ``"dicom"`` for an existing path.
+
+    Suffixes decide for NIfTI and ITK formats; any other file is taken for DICOM when it
+    carries the DICOM preamble or a DICOM suffix (files without a suffix are common in
+    DICOM exports, so those are handed to the DICOM reader, which says when they are not).
+    """
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return "dicom-dir"
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
+    if name.endswith(DICOM_SUFFIXES) or "." not in name or has_dicom_preamble(path):
+        return "dicom"
+    raise InputError(f"{path}: not a format medseg reads; give {SUPPORTED}")
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True when the file has the 128-byte preamble followed by ``DICM`` (DICOM Part 10)."""
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def output_suffix(path: Path) -> str:
+    """The format-deciding suffix of an output path (``.nii.gz`` counts as one)."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    A crash or error while writing leaves any earlier file at ``path`` untouched and no
+    half-written file behind. The temporary name keeps the final suffix, so writers that
+    choose their encoding from the suffix (``.nii.gz``) behave the same.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: the writer creates the file itself, so it gets the user's umask, not 0600.
+    tmp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{output_suffix(path)}"
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)

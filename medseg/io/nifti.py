@@ -1,0 +1,80 @@
+"""NIfTI (.nii, .nii.gz): read with MONAI's ``NibabelReader``, write labels with nibabel.
+
+MONAI's reader passes the geometry tests (RAS, LAS, oblique): it hands back nibabel's
+best affine (sform when its code is set, else qform) and the scaled voxel values. The
+one thing it does not check is a file whose sform and qform disagree, where nibabel and
+SimpleITK can place the same voxels differently; that case is logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.data import NibabelReader
+
+from medseg.errors import InputError
+from medseg.geometry import Geometry
+from medseg.io.files import atomic_output
+
+logger = logging.getLogger(__name__)
+
+_XFORM_SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: what ITK and dcm2niix write
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+    """The ``(z, y, x)`` voxels (dtype as stored, after scl_slope) and geometry of a 3D NIfTI."""
+    reader = NibabelReader()
+    try:
+        image = reader.read(path)
+        shape = image.shape
+    except Exception as error:  # nibabel raises several types for corrupt headers
+        raise InputError(f"{path}: cannot read as NIfTI ({error}); is the file complete?") from error
+    _check_3d(path, shape)
+    _warn_on_xform_mismatch(path, image.header)
+    try:
+        array, meta = reader.get_data(image)
+    except Exception as error:  # truncated data: EOFError, zlib.error, ValueError
+        raise InputError(f"{path}: cannot read the voxel data ({error}); the file looks truncated or corrupt") from error
+    array = np.asarray(array).reshape(shape[:3])
+    zyx = np.ascontiguousarray(array.transpose(2, 1, 0))
+    return zyx, Geometry.from_affine(np.asarray(meta["affine"]), zyx.shape)
+
+
+def write_nifti_labels(array_zyx: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Write an integer label map with ``geometry``'s affine as both sform and qform.
+
+    Both transforms carry the same affine (code "scanner"), so nibabel, SimpleITK, ITK-SNAP
+    and 3D Slicer all place the voxels identically.
+    """
+    image = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), geometry.affine)
+    image.set_sform(geometry.affine, code=_XFORM_SCANNER)
+    image.set_qform(geometry.affine, code=_XFORM_SCANNER)
+    image.header.set_xyzt_units("mm")
+    image.header.set_intent("label", name="labels")
+    with atomic_output(path) as tmp:
+        nib.save(image, tmp)
+
+
+def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
+    if len(shape) == 3 or (len(shape) > 3 and all(s == 1 for s in shape[3:])):
+        return
+    if len(shape) < 3:
+        raise InputError(f"{path}: a {len(shape)}D NIfTI of shape {shape}; medseg needs a 3D volume")
+    raise InputError(
+        f"{path}: a {len(shape)}D NIfTI of shape {shape} ({int(np.prod(shape[3:]))} volumes); medseg needs one 3D "
+        "volume: extract one first, e.g. nibabel `img.slicer[..., 0]` or `fslroi in out 0 1`"
+    )
+
+
+def _warn_on_xform_mismatch(path: Path, header: nib.Nifti1Header) -> None:
+    sform, sform_code = header.get_sform(coded=True)
+    qform, qform_code = header.get_qform(coded=True)
+    if sform_code and qform_code and not np.allclose(sform, qform, atol=1e-3):
+        logger.warning(
+            "%s: sform and qform disagree; using the sform as nibabel does (SimpleITK may use the qform "
+            "and place the voxels elsewhere). Check the file's orientation in a viewer.",
+            path,
+        )
