@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import GeometryError, InputError
+from medseg.geometry import Geometry
 from medseg.io import itk, nifti
 from medseg.io.files import format_of, output_suffix
 from medseg.volume import LabelVolume, Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_labels", "load_volume", "save_labels"]
+__all__ = ["load_labels", "load_volume", "read_geometry", "save_labels"]
 
 _LABEL_WRITERS = {
     ".nii": nifti.write_nifti_labels,
@@ -73,8 +74,19 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, *, pick_
     return volume
 
 
-def load_labels(path: str | os.PathLike, like: Volume) -> LabelVolume:
-    """Load a label map that must lie on ``like``'s voxel grid.
+def read_geometry(path: str | os.PathLike, series_uid: str | None = None) -> Geometry:
+    """The geometry ``load_volume`` would give, from the file headers alone (fast: no voxels)."""
+    path = Path(path)
+    kind = format_of(path)
+    if kind == "nifti":
+        return nifti.read_nifti_geometry(path)
+    if kind == "itk":
+        return itk.read_itk_geometry(path)
+    raise InputError(f"{path}: DICOM input is not supported yet")
+
+
+def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume:
+    """Load a label map that must lie on the voxel grid of ``like`` (a Volume or its Geometry).
 
     Raises
     ------
@@ -92,12 +104,13 @@ def load_labels(path: str | os.PathLike, like: Volume) -> LabelVolume:
         array, geometry = itk.read_itk(path)
     else:
         raise InputError(f"{path}: read label maps from NIfTI, NRRD or MetaImage files")
-    if not like.geometry.same_grid(geometry):
+    grid = like.geometry if isinstance(like, Volume) else like
+    if not grid.same_grid(geometry):
         raise GeometryError(
-            f"{path}: label map does not lie on its image's voxel grid: {like.geometry.describe_difference(geometry)} "
+            f"{path}: label map does not lie on its image's voxel grid: {grid.describe_difference(geometry)} "
             "(label vs image); give the label file that was drawn on this image, or resample it onto the image first"
         )
-    return LabelVolume(_integer_labels(array, path), like.geometry)
+    return LabelVolume(_integer_labels(array, path), grid)
 
 
 def save_labels(labels: LabelVolume, like: Volume, path: str | os.PathLike) -> Path:

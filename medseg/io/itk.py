@@ -22,8 +22,7 @@ def read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise InputError(f"{path}: cannot read ({first_line}); is the file complete?") from error
+        raise InputError(f"{path}: cannot read ({_last_line(error)}); is the file complete?") from error
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); "
@@ -34,8 +33,21 @@ def read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(image), geometry_of_sitk(image)
 
 
-def geometry_of_sitk(image: sitk.Image) -> Geometry:
-    """``Geometry`` of a 3D SimpleITK image (both use LPS and direction columns = index axes)."""
+def read_itk_geometry(path: Path) -> Geometry:
+    """The geometry of a 3D image from its header alone (no voxels are read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(f"{path}: cannot read the image header ({_last_line(error)})") from error
+    if reader.GetDimension() != 3:
+        raise InputError(f"{path}: a {reader.GetDimension()}D image of size {reader.GetSize()}; medseg needs a 3D volume")
+    return geometry_of_sitk(reader)
+
+
+def geometry_of_sitk(image: sitk.Image | sitk.ImageFileReader) -> Geometry:
+    """``Geometry`` of a 3D SimpleITK image or read header (both use LPS, direction columns = index axes)."""
     return Geometry(
         shape=image.GetSize()[::-1],
         spacing=image.GetSpacing()[::-1],
@@ -57,3 +69,9 @@ def write_itk_labels(array_zyx: np.ndarray, geometry: Geometry, path: Path) -> N
     """Write a label map as a single-file NRRD or MetaImage (compressed)."""
     with atomic_output(path) as tmp:
         sitk.WriteImage(sitk_image(array_zyx, geometry), str(tmp), useCompression=True)
+
+
+def _last_line(error: Exception) -> str:
+    """ITK errors span several lines of C++ context; the last one says what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

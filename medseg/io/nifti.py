@@ -27,13 +27,8 @@ _XFORM_SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: what ITK and dcm2niix write
 def read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     """The ``(z, y, x)`` voxels (dtype as stored, after scl_slope) and geometry of a 3D NIfTI."""
     reader = NibabelReader()
-    try:
-        image = reader.read(path)
-        shape = image.shape
-    except Exception as error:  # nibabel raises several types for corrupt headers
-        raise InputError(f"{path}: cannot read as NIfTI ({error}); is the file complete?") from error
-    _check_3d(path, shape)
-    _warn_on_xform_mismatch(path, image.header)
+    image = _open(reader, path)
+    shape = image.shape
     try:
         array, meta = reader.get_data(image)
     except Exception as error:  # truncated data: EOFError, zlib.error, ValueError
@@ -41,6 +36,12 @@ def read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     array = np.asarray(array).reshape(shape[:3])
     zyx = np.ascontiguousarray(array.transpose(2, 1, 0))
     return zyx, Geometry.from_affine(np.asarray(meta["affine"]), zyx.shape)
+
+
+def read_nifti_geometry(path: Path) -> Geometry:
+    """The geometry of a 3D NIfTI from its header alone (no voxels are read)."""
+    image = _open(NibabelReader(), path)
+    return Geometry.from_affine(image.affine, image.shape[:3][::-1])
 
 
 def write_nifti_labels(array_zyx: np.ndarray, geometry: Geometry, path: Path) -> None:
@@ -56,6 +57,17 @@ def write_nifti_labels(array_zyx: np.ndarray, geometry: Geometry, path: Path) ->
     image.header.set_intent("label", name="labels")
     with atomic_output(path) as tmp:
         nib.save(image, tmp)
+
+
+def _open(reader: NibabelReader, path: Path) -> nib.Nifti1Image:
+    """The lazily loaded image, checked to be 3D (or 3D with trailing singleton dimensions)."""
+    try:
+        image = reader.read(path)
+    except Exception as error:  # nibabel raises several types for corrupt headers
+        raise InputError(f"{path}: cannot read as NIfTI ({error}); is the file complete?") from error
+    _check_3d(path, image.shape)
+    _warn_on_xform_mismatch(path, image.header)
+    return image
 
 
 def _check_3d(path: Path, shape: tuple[int, ...]) -> None:

@@ -1,0 +1,335 @@
+"""Cohort manifests: which images, which label maps, which split.
+
+A manifest is a JSON file in one of two forms.
+
+**medseg form**::
+
+    {
+      "name": "demo",
+      "description": "Synthetic abdominal CT phantoms",
+      "modality": "CT",
+      "labels": {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"},
+      "cases": [
+        {"id": "phantom_000", "image": "demo/phantom_000.nii.gz",
+         "label": "demo/phantom_000_labels.nii.gz", "split": "train"},
+        {"id": "scan_17", "image": "/data/ct/scan_17", "series_uid": "1.2.840...",
+         "label": null, "split": "test", "spacing": [2.5, 0.8, 0.8]}
+      ]
+    }
+
+* ``image`` / ``label``: a path relative to the manifest's folder, an absolute path, or
+  ``package://<distribution>/<path>`` for a file shipped inside an installed Python package
+  (``package://nilearn/nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``).
+  ``label`` may be ``null`` or absent (a case to segment without ground truth).
+* ``split``: ``train``, ``val`` or ``test``.
+* ``labels``: label value (a string holding an integer) -> name; ``0`` is background and is
+  not listed in ``Cohort.labels``.
+* Optional per case: ``series_uid`` (which series of a DICOM folder) and ``spacing``
+  ``[z, y, x]`` in mm, which replaces the spacing in the file headers (for files known to
+  carry a wrong spacing); origin and direction are kept.
+
+**Medical Segmentation Decathlon form**: a ``dataset.json`` as shipped, with ``training``
+(``[{"image", "label"}]``), ``test`` (``[paths]``), ``modality`` (``{"0": "CT"}``) and
+``labels``. Case ids are the image file names without suffix. The ``training`` cases are
+split deterministically: the ``ceil(n / 5)`` cases whose SHA-256 of the id is smallest are
+``val``, the rest ``train`` (the same ids always land in the same split, and adding a case
+moves at most one other). ``test`` cases have no label. Multi-channel tasks (several
+modalities, 4D images) are rejected.
+
+``load_manifest`` checks the whole file up front (fields, ids, splits, that every file
+exists) and reports every problem at once; ``Cohort.validate_data`` then opens the files
+(geometry of image and label agree, label values are declared).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ConfigError, MedsegError
+from medseg.volume import LabelVolume, Volume
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+PACKAGE_SCHEME = "package://"
+_CASE_KEYS = {"id", "image", "label", "split", "spacing", "series_uid"}
+_MSD_VAL_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image (and maybe its label map) of a cohort; paths are resolved and exist."""
+
+    id: str
+    image: Path
+    label: Path | None
+    split: str
+    spacing: tuple[float, float, float] | None = None
+    series_uid: str | None = None
+    modality: str = "OT"
+    label_names: dict[int, str] = field(default_factory=dict)
+
+    def load(self) -> tuple[Volume, LabelVolume | None]:
+        """The image (modality from the file when it says, else from the manifest) and labels.
+
+        The label map must lie on the image's grid (``GeometryError`` otherwise); a spacing
+        override applies to both after that check.
+        """
+        from medseg.io import load_labels, load_volume
+
+        volume = load_volume(self.image, self.series_uid)
+        if volume.modality == "OT":
+            volume = replace(volume, modality=self.modality)
+        elif volume.modality != self.modality:
+            logger.warning("case %s: file says modality %s, manifest says %s; using the file's", self.id, volume.modality, self.modality)
+        labels = load_labels(self.label, volume) if self.label is not None else None
+        if self.spacing is not None:
+            geometry = replace(volume.geometry, spacing=self.spacing)
+            volume = replace(volume, geometry=geometry)
+            if labels is not None:
+                labels = replace(labels, geometry=geometry)
+        if labels is not None:
+            labels = replace(labels, label_names=dict(self.label_names))
+        return volume, labels
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A validated manifest: named label classes and cases with splits."""
+
+    name: str
+    path: Path
+    modality: str
+    labels: dict[int, str]
+    cases: list[Case]
+    description: str = ""
+
+    def split(self, name: str) -> list[Case]:
+        """The cases of one split (``train``, ``val`` or ``test``), in manifest order."""
+        if name not in SPLITS:
+            raise ConfigError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
+        return [case for case in self.cases if case.split == name]
+
+    def case(self, case_id: str) -> Case:
+        for case in self.cases:
+            if case.id == case_id:
+                return case
+        raise ConfigError(f"{self.path}: no case with id {case_id!r}")
+
+    def validate_data(self) -> None:
+        """Open every case: labels must lie on their image's grid and hold only declared values.
+
+        All cases are checked; the error raised lists every failing case with its file, and
+        has the type of the first problem found (``GeometryError``, ``ConfigError`` or
+        ``InputError``).
+        """
+        from medseg.io import load_labels, read_geometry
+
+        problems: list[MedsegError] = []
+        for case in self.cases:
+            try:
+                geometry = read_geometry(case.image, case.series_uid)
+                if case.label is None:
+                    continue
+                labels = load_labels(case.label, geometry)
+                undeclared = sorted(set(labels.labels) - set(self.labels))
+                if undeclared:
+                    raise ConfigError(
+                        f"{case.label}: label values {undeclared} are not declared in the manifest's labels "
+                        f"{sorted(self.labels)}; add them to \"labels\" or fix the label map"
+                    )
+            except MedsegError as error:
+                problems.append(type(error)(f"case {case.id!r}: {error}"))
+        if problems:
+            listing = "\n".join(f"  - {p}" for p in problems)
+            raise type(problems[0])(f"{self.path}: {len(problems)} of {len(self.cases)} cases failed validation:\n{listing}")
+
+
+def load_manifest(path: str | os.PathLike) -> Cohort:
+    """Read and check a manifest (medseg or Decathlon form); see the module docstring.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable JSON, a missing or malformed field, a duplicate id, an unknown split or a
+        file that does not exist; the message names the manifest and lists every problem.
+    """
+    path = Path(path).resolve()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: manifest not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable JSON manifest ({error})") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a manifest is a JSON object with \"labels\" and \"cases\" (or a Decathlon dataset.json)")
+    parser = _Parser(path)
+    cohort = parser.msd(data) if "training" in data and "cases" not in data else parser.medseg(data)
+    if parser.problems:
+        listing = "\n".join(f"  - {p}" for p in parser.problems)
+        raise ConfigError(f"{path}: {len(parser.problems)} problem(s) in the manifest:\n{listing}")
+    return cohort
+
+
+def resolve_path(reference: str, base: Path) -> Path:
+    """A manifest path: ``package://dist/path``, absolute, or relative to ``base`` (a folder)."""
+    if reference.startswith(PACKAGE_SCHEME):
+        dist, _, inner = reference[len(PACKAGE_SCHEME):].partition("/")
+        try:
+            distribution = metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            raise ConfigError(f"{reference}: package {dist!r} is not installed (pip install {dist})") from None
+        return Path(distribution.locate_file(inner)).resolve()
+    return (base / os.path.expanduser(reference)).resolve()
+
+
+class _Parser:
+    """Turns manifest JSON into a Cohort, collecting every problem instead of stopping at one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def medseg(self, data: dict[str, Any]) -> Cohort:
+        labels = self.labels(data.get("labels"))
+        modality = data.get("modality", "OT")
+        if not isinstance(modality, str) or not modality:
+            self.problems.append(f"\"modality\" must be a string such as \"CT\" or \"MR\", got {modality!r}")
+            modality = "OT"
+        raw_cases = data.get("cases")
+        if not isinstance(raw_cases, list) or not raw_cases:
+            self.problems.append("\"cases\" must be a non-empty list of {\"id\", \"image\", \"label\", \"split\"} objects")
+            raw_cases = []
+        cases = [self.case(i, raw, modality, labels) for i, raw in enumerate(raw_cases)]
+        return self.cohort(data, modality, labels, cases)
+
+    def msd(self, data: dict[str, Any]) -> Cohort:
+        labels = self.labels(data.get("labels"))
+        modality = self.msd_modality(data.get("modality"))
+        training, test = data.get("training"), data.get("test", [])
+        if not isinstance(training, list) or not all(isinstance(t, dict) for t in training):
+            self.problems.append("\"training\" must be a list of {\"image\", \"label\"} objects")
+            training = []
+        if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
+            self.problems.append("\"test\" must be a list of image paths")
+            test = []
+        train_ids = [_msd_id(t.get("image", "")) for t in training]
+        val_ids = set(sorted(train_ids, key=_sha256)[: math.ceil(len(train_ids) * _MSD_VAL_FRACTION)])
+        raw_cases = [
+            {"id": case_id, "image": t.get("image"), "label": t.get("label"), "split": "val" if case_id in val_ids else "train"}
+            for case_id, t in zip(train_ids, training)
+        ]
+        raw_cases += [{"id": _msd_id(image), "image": image, "split": "test"} for image in test]
+        cases = [self.case(i, raw, modality, labels) for i, raw in enumerate(raw_cases)]
+        return self.cohort(data, modality, labels, cases)
+
+    def cohort(self, data: dict[str, Any], modality: str, labels: dict[int, str], cases: list[Case | None]) -> Cohort:
+        kept = [c for c in cases if c is not None]
+        seen: set[str] = set()
+        for case in kept:
+            if case.id in seen:
+                self.problems.append(f"case id {case.id!r} is used more than once; ids must be unique")
+            seen.add(case.id)
+        name = data.get("name") or self.path.stem
+        return Cohort(str(name), self.path, modality, labels, kept, str(data.get("description", "")))
+
+    def labels(self, raw: Any) -> dict[int, str]:
+        if not isinstance(raw, dict) or not raw:
+            self.problems.append("\"labels\" must be an object mapping label values to names, e.g. {\"0\": \"background\", \"1\": \"liver\"}")
+            return {}
+        labels: dict[int, str] = {}
+        for key, name in raw.items():
+            try:
+                value = int(key)
+            except ValueError:
+                self.problems.append(f"labels: key {key!r} is not an integer label value")
+                continue
+            if value < 0:
+                self.problems.append(f"labels: value {value} is negative; label values are >= 0 (0 = background)")
+            elif not isinstance(name, str) or not name:
+                self.problems.append(f"labels: value {value} needs a non-empty name, got {name!r}")
+            elif value != 0:
+                labels[value] = name
+        return labels
+
+    def msd_modality(self, raw: Any) -> str:
+        if isinstance(raw, dict) and len(raw) == 1:
+            return str(next(iter(raw.values())))
+        if isinstance(raw, dict) and len(raw) > 1:
+            self.problems.append(
+                f"modality: {len(raw)} channels {sorted(raw.values())}; multi-channel (4D) Decathlon tasks are not supported"
+            )
+        else:
+            self.problems.append(f"modality must be an object such as {{\"0\": \"CT\"}}, got {raw!r}")
+        return "OT"
+
+    def case(self, index: int, raw: Any, modality: str, labels: dict[int, str]) -> Case | None:
+        if not isinstance(raw, dict):
+            self.problems.append(f"cases[{index}]: must be an object, got {type(raw).__name__}")
+            return None
+        where = f"cases[{index}] (id {raw.get('id')!r})"
+        unknown = set(raw) - _CASE_KEYS
+        if unknown:
+            self.problems.append(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_CASE_KEYS)}")
+        case_id, split = raw.get("id"), raw.get("split")
+        if not isinstance(case_id, str) or not case_id:
+            self.problems.append(f"{where}: \"id\" must be a non-empty string")
+        if split not in SPLITS:
+            self.problems.append(f"{where}: \"split\" is {split!r}; use one of {', '.join(SPLITS)}")
+        image = self.file(where, "image", raw.get("image"), required=True)
+        label = self.file(where, "label", raw.get("label"), required=False)
+        spacing = self.spacing(where, raw.get("spacing"))
+        series_uid = raw.get("series_uid")
+        if series_uid is not None and not isinstance(series_uid, str):
+            self.problems.append(f"{where}: \"series_uid\" must be a string")
+        if image is None or not isinstance(case_id, str) or split not in SPLITS:
+            return None
+        return Case(case_id, image, label, split, spacing, series_uid, modality, dict(labels))
+
+    def file(self, where: str, key: str, reference: Any, *, required: bool) -> Path | None:
+        if reference is None and not required:
+            return None
+        if not isinstance(reference, str) or not reference:
+            self.problems.append(f"{where}: \"{key}\" must be a path string")
+            return None
+        try:
+            path = resolve_path(reference, self.path.parent)
+        except ConfigError as error:
+            self.problems.append(f"{where}: \"{key}\": {error}")
+            return None
+        if not path.exists():
+            self.problems.append(f"{where}: \"{key}\" file {path} does not exist")
+            return None
+        return path
+
+    def spacing(self, where: str, raw: Any) -> tuple[float, float, float] | None:
+        if raw is None:
+            return None
+        if (
+            isinstance(raw, list)
+            and len(raw) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in raw)
+        ):
+            return (float(raw[0]), float(raw[1]), float(raw[2]))
+        self.problems.append(f"{where}: \"spacing\" must be three positive numbers [z, y, x] in mm, got {raw!r}")
+        return None
+
+
+def _msd_id(image: Any) -> str:
+    name = Path(str(image)).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
