@@ -1,0 +1,143 @@
+"""Where medseg volumes sit in napari, and how layers carry their ``Volume`` back.
+
+Display frame (the one choice every layer of this plugin shares)
+-----------------------------------------------------------------
+Layer data stay the ``Volume``'s own ``(z, y, x)`` array, so napari slices along the acquired
+slices (the axis SAM2 propagates along) and a voxel index in any layer of the plugin is the
+voxel index the engines use. The layer transform is:
+
+* ``scale`` = ``spacing`` ``(z, y, x)`` in mm, so the volume has its physical aspect;
+* ``translate`` = the origin projected on each index axis (``origin · direction[:, axis]``);
+* ``affine`` = a diagonal of ±1 that flips an index axis whose direction points mostly
+  toward R, A or I, so that napari's world axes increase toward S, P and L.
+
+For an axis-aligned volume (any mix of flips, e.g. a DICOM series in LPS or a NIfTI in RAS)
+the napari world coordinates are therefore exactly the patient LPS millimetres in
+``(z, y, x)`` order, and every such file shows in radiological convention: anterior at the
+top, the patient's left on the right of the screen. For an oblique or permuted acquisition
+the world frame is the volume's own frame, rigidly rotated from LPS (distances stay exact,
+axes are only flipped toward LPS, never resampled): overlaying two volumes is exact only
+when they share a direction. napari has no proper slicing through rotated layers, so a
+rotation is not put into the layer transform.
+
+Layer metadata
+--------------
+``metadata[VOLUME_KEY]`` holds the ``Volume`` an image was read from, or the ``Volume`` a
+label layer was drawn on; ``metadata[LABELS_KEY]`` holds the ``LabelVolume`` that an engine
+returned (names, scores, the untrained flag). Writers and panels get exact geometry from
+there, never from the layer transform.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import GeometryError, InputError
+from medseg.preprocess import default_preset
+from medseg.volume import UNTRAINED_BANNER, LabelVolume, Volume
+
+VOLUME_KEY = "medseg_volume"
+LABELS_KEY = "medseg_labels"
+
+
+def display_transform(volume: Volume) -> dict[str, Any]:
+    """``scale``, ``translate`` and ``affine`` keyword arguments for a layer on ``volume``'s grid."""
+    direction_zyx = volume.direction[:, ::-1]  # columns: world directions of index axes z, y, x
+    dominant = np.abs(direction_zyx).argmax(axis=0)
+    signs = np.sign(direction_zyx[dominant, [0, 1, 2]])
+    return {
+        "scale": tuple(volume.spacing),
+        "translate": tuple(float(v) for v in np.asarray(volume.origin) @ direction_zyx),
+        "affine": np.diag([*signs, 1.0]),
+    }
+
+
+def image_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict[str, Any], str]:
+    """A napari ``LayerDataTuple`` for an Image layer, with the default CT/MRI contrast."""
+    low, high = default_preset(volume).resolve(volume)[0]
+    kwargs = {
+        "name": name,
+        "contrast_limits": (float(low), float(high)),
+        "colormap": "gray",
+        "metadata": {VOLUME_KEY: volume},
+        **display_transform(volume),
+    }
+    return volume.array, kwargs, "image"
+
+
+def labels_layer_data(labels: LabelVolume, volume: Volume, name: str) -> tuple[np.ndarray, dict[str, Any], str]:
+    """A napari ``LayerDataTuple`` for a Labels layer on ``volume``'s grid."""
+    kwargs = {
+        "name": name,
+        "metadata": {VOLUME_KEY: volume, LABELS_KEY: labels},
+        **display_transform(volume),
+    }
+    return labels.array, kwargs, "labels"
+
+
+def layer_volume(layer: Any) -> Volume | None:
+    """The ``Volume`` a layer carries, or None for layers made outside medseg."""
+    return layer.metadata.get(VOLUME_KEY)
+
+
+def volume_of_image(layer: Any) -> Volume:
+    """The ``Volume`` behind an Image layer: the one it was read from, else one built from it.
+
+    A 3D image opened by another reader gets an axis-aligned geometry from its layer scale
+    and translate (the only geometry napari knows for it).
+
+    Raises
+    ------
+    InputError
+        The layer is not a single-channel 3D image.
+    """
+    volume = layer_volume(layer)
+    if volume is not None:
+        return volume
+    data = np.asarray(layer.data)
+    if data.ndim != 3 or getattr(layer, "rgb", False):
+        raise InputError(
+            f"layer {layer.name!r} has shape {data.shape}: medseg segments single-channel 3D volumes (z, y, x); "
+            "open a CT or MRI volume, not a 2D image, RGB picture or time series"
+        )
+    from medseg.geometry import Geometry
+
+    geometry = Geometry(data.shape, tuple(np.abs(layer.scale)), tuple(np.asarray(layer.translate)[::-1]))
+    return Volume(data.astype(np.float32), geometry, "OT", {"napari_layer": layer.name})
+
+
+def label_volume(data: Any, volume: Volume, *, result: LabelVolume | None = None, name: str = "labels") -> LabelVolume:
+    """The voxels of a Labels layer named ``name`` as a ``LabelVolume`` on ``volume``'s grid.
+
+    Names, scores and the untrained flag come from ``result`` (the engine output the layer
+    carries under ``LABELS_KEY``), with the voxels as the user may have edited them since.
+
+    Raises
+    ------
+    GeometryError
+        The layer's array does not have the volume's shape.
+    """
+    array = np.asarray(data)
+    if array.shape != volume.shape:
+        raise GeometryError(
+            f"labels layer {name!r} has shape {array.shape} but its image has shape {volume.shape}: "
+            "draw labels on a layer made for this image (the medseg panel makes one)"
+        )
+    if result is None:
+        return LabelVolume.like(volume, array.astype(np.int32))
+    return LabelVolume(
+        array.astype(np.int32),
+        volume.geometry,
+        label_names=dict(result.label_names),
+        scores=dict(result.scores),
+        slice_scores=dict(result.slice_scores),
+        untrained=result.untrained,
+        provenance=dict(result.provenance),
+    )
+
+
+def untrained_note(labels: LabelVolume) -> str:
+    """The banner to show next to a result, empty for a trained model."""
+    return UNTRAINED_BANNER if labels.untrained else ""

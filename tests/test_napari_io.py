@@ -1,0 +1,121 @@
+"""The napari plugin's reader, writer and sample data, in a real viewer under Xvfb."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.volume import Volume
+
+pytestmark = pytest.mark.napari
+
+# A 3D NIfTI, (i, j, k) = (x, y, z) = (12, 10, 6), anisotropic, off-origin.
+SHAPE_XYZ = (12, 10, 6)
+SPACING_XYZ = (0.8, 0.9, 2.5)
+RAS_OFFSET = (10.0, -20.0, 30.0)
+
+
+def _write_nifti(path, flips_xyz, *, data=None):
+    """A NIfTI whose index axes point toward R/A/S (flip +1) or L/P/I (flip -1)."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(np.array(flips_xyz) * SPACING_XYZ)
+    affine[:3, 3] = RAS_OFFSET
+    if data is None:
+        data = np.random.default_rng(0).normal(100, 20, SHAPE_XYZ).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return affine
+
+
+def _lps_zyx(affine, ijk):
+    """Patient LPS millimetres of voxel (i, j, k), in napari's (z, y, x) axis order."""
+    r, a, s = (affine @ np.append(ijk, 1.0))[:3]
+    return np.array([s, -a, -r])
+
+
+@pytest.mark.parametrize("flips", [(1, 1, 1), (-1, 1, 1), (-1, -1, -1)], ids=["RAS", "LAS", "LPI"])
+def test_nifti_opens_with_spacing_and_patient_coordinates(make_napari_viewer, tmp_path, flips):
+    path = tmp_path / "scan.nii.gz"
+    affine = _write_nifti(path, flips)
+    viewer = make_napari_viewer()
+
+    [layer] = viewer.open(str(path), plugin="medseg")
+
+    assert layer.name == "scan"
+    assert layer._type_string == "image"
+    assert layer.data.shape == SHAPE_XYZ[::-1]
+    np.testing.assert_allclose(layer.scale, SPACING_XYZ[::-1])
+    for ijk in [(0, 0, 0), (11, 0, 0), (0, 9, 0), (0, 0, 5), (7, 3, 2)]:
+        zyx = ijk[::-1]
+        np.testing.assert_allclose(layer.data_to_world(zyx), _lps_zyx(affine, ijk), atol=1e-5)
+    volume = layer.metadata["medseg_volume"]
+    assert isinstance(volume, Volume)
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
+    assert volume.array is layer.data  # no copy: the engines see exactly what is shown
+    low, high = np.percentile(volume.array, (0.5, 99.5))
+    np.testing.assert_allclose(layer.contrast_limits, (low, high), rtol=1e-5)
+
+
+@pytest.mark.parametrize("flips", [(1, 1, 1), (-1, -1, 1)], ids=["RAS", "LPS"])
+def test_nifti_shows_in_radiological_convention(make_napari_viewer, tmp_path, flips):
+    """A bright block in the patient's anterior-left shows at the top right of the canvas."""
+    affine = np.diag([*np.array(flips) * (1.0, 1.0, 1.0), 1.0])
+    data = np.zeros((40, 40, 3), np.float32)
+    left = slice(0, 10) if flips[0] > 0 else slice(30, 40)  # i toward R: the left is at low i
+    anterior = slice(30, 40) if flips[1] > 0 else slice(0, 10)  # j toward A: the front is at high j
+    data[left, anterior, :] = 1000
+    path = tmp_path / "block.nii"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    viewer = make_napari_viewer(show=True)
+
+    viewer.open(str(path), plugin="medseg")
+    viewer.reset_view()
+    image = viewer.screenshot(canvas_only=True, flash=False)
+
+    bright = image[..., 0] > 128
+    rows, cols = np.nonzero(bright)
+    assert rows.size > 0
+    assert rows.mean() < image.shape[0] / 2, "anterior must be at the top"
+    assert cols.mean() > image.shape[1] / 2, "the patient's left must be on the right"
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    from napari_plugin._reader import get_reader
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader(str(tmp_path / "empty")) is None
+    assert get_reader([str(tmp_path / "a.nii"), str(tmp_path / "b.nii")]) is None
+
+
+def test_writer_saves_labels_on_the_source_affine(make_napari_viewer, tmp_path):
+    source = tmp_path / "scan.nii.gz"
+    affine = _write_nifti(source, (-1, 1, 1))
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(source), plugin="medseg")
+    from napari_plugin._layers import labels_layer_data
+    from medseg.volume import LabelVolume
+
+    volume = image.metadata["medseg_volume"]
+    array = np.zeros(volume.shape, np.int32)
+    array[2, 3:6, 4:9] = 3
+    data, kwargs, _ = labels_layer_data(LabelVolume.like(volume, array), volume, "organ")
+    labels = viewer.add_labels(data, **kwargs)
+
+    out = tmp_path / "out" / "organ.nii.gz"
+    written = labels.save(str(out), plugin="medseg")
+
+    assert written == [str(out)]
+    saved = nib.load(out)
+    np.testing.assert_allclose(saved.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), array)
+
+
+def test_writer_refuses_labels_without_a_source(tmp_path):
+    from medseg.errors import InputError
+    from napari_plugin._writer import write_labels
+
+    with pytest.raises(InputError, match="does not know which volume"):
+        write_labels(str(tmp_path / "x.nii.gz"), np.zeros((2, 3, 4), np.int32), {"name": "drawn", "metadata": {}})
+    assert not (tmp_path / "x.nii.gz").exists()
