@@ -1,0 +1,98 @@
+"""Lazy frames for SAM2, and the one place where voxel coordinates become model coordinates.
+
+A ``Frame`` is a slice that has not been computed yet: a hashable ``key`` (so an encoder
+cache can recognise the same slice in several frame sequences), its pixel ``shape`` and a
+``load`` callable giving ``(3, H, W)`` float32 in [0, 1]. ``VolumeFrames`` makes one per slice
+of a ``Volume`` through ``medseg.preprocess.SliceFrames`` (intensity window applied per
+volume). ``model_input`` turns a loaded frame into the network's input: resize to
+``image_size`` squared, ImageNet normalisation. Nothing is written to disk and no stack of
+resized frames is ever built.
+
+SAM2 resizes every frame to a square without keeping the aspect ratio; the coordinate
+functions below map pixel *centres* exactly through that resize (the prompt encoder adds
+half a pixel to model coordinates, so pixel index ``i`` of an ``n``-pixel axis goes to model
+index ``(i + 0.5) * S / n - 0.5``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.preprocess import IntensityPreset, SliceFrames
+from medseg.volume import Volume
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One lazily computed frame: ``load()`` gives ``(3, *shape)`` float32 in [0, 1]."""
+
+    key: Hashable
+    shape: tuple[int, int]
+    load: Callable[[], np.ndarray]
+
+
+class VolumeFrames(Sequence[Frame]):
+    """The slices of ``volume`` as ``Frame`` objects keyed ``(self.key, z)``.
+
+    Parameters
+    ----------
+    volume
+        The image; slices are taken along z.
+    preset
+        Intensity preset (name or object) for ``SliceFrames``; the modality default if None.
+    key
+        Identifies this volume in feature caches; a fresh random id by default. Give the same
+        key to two ``VolumeFrames`` only when they hold the same voxels and preset.
+    """
+
+    def __init__(self, volume: Volume, preset: str | IntensityPreset | None = None, *, key: Hashable | None = None) -> None:
+        self.slices = SliceFrames(volume, preset)
+        self.key = key if key is not None else uuid.uuid4().hex
+        self.shape: tuple[int, int] = tuple(volume.shape[1:])
+
+    @property
+    def preset(self) -> IntensityPreset:
+        return self.slices.preset
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, z):
+        if isinstance(z, slice):
+            return [self[i] for i in range(*z.indices(len(self)))]
+        z = range(len(self))[z]  # normalises negative indices, raises IndexError outside
+        return Frame((self.key, z), self.shape, lambda: self.slices[z])
+
+
+def model_input(image: np.ndarray, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(1, 3, S, S)`` float32 network input from a ``(3, H, W)`` [0, 1] frame.
+
+    Bilinear resize with antialiasing (as SAM2's image transforms), then ImageNet mean/std.
+    """
+    tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)[None]
+    tensor = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (tensor - mean) / std
+
+
+def to_model_xy(yx: np.ndarray, shape: tuple[int, int], image_size: int) -> np.ndarray:
+    """Model-frame pixel coordinates ``(x, y)`` (SAM2's order) of frame pixels given as ``(y, x)`` rows."""
+    yx = np.asarray(yx, dtype=np.float64).reshape(-1, 2)
+    scale = image_size / np.asarray(shape, dtype=np.float64)
+    model_yx = (yx + 0.5) * scale - 0.5
+    return model_yx[:, ::-1].copy()
+
+
+def upsample_logits(logits: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(n, h, w)`` model-frame logits back to the frame's ``shape``."""
+    return F.interpolate(logits[:, None].float(), size=shape, mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,339 @@
+"""Interactive SAM2 segmentation of one volume: prompt, preview a slice, propagate, correct, undo.
+
+``Sam2Session`` is what the napari plugin drives and what ``Sam2VolumePredictor.segment``
+runs in one go. Every prompted slice is a conditioning frame. ``propagate`` tracks each object
+from each of its prompted slices towards the next one (meeting half-way) and outwards to both
+ends of the volume, so every slice gets exactly one prediction per object, taken from its
+nearest prompted slice (bidirectional propagation, Dong et al. 2024).
+
+Corrections: a point added on a slice the object was propagated to is applied *on top of*
+the propagated mask there (that mask becomes the slice's mask prompt and the points refine
+it, as SAM2 does with its previous logits), and the slice becomes a conditioning frame. The
+next ``propagate`` starts from the conditioning frames only, so the correction reaches the
+neighbouring slices instead of being outvoted by stale memory (sam2 issues #546/#719). The
+seed mask is recorded in ``prompts``, so replaying ``session.prompts`` reproduces the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.preprocess import IntensityPreset
+from medseg.prompts import BoxPrompt, MaskPrompt, ObjectPrompts, PointPrompt, Prompts
+from medseg.sam2.engine import FeatureCache, FrameOutput, Tracker
+from medseg.sam2.frames import VolumeFrames
+from medseg.sam2.model import Sam2Model
+from medseg.volume import LabelVolume, Volume
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class _Action:
+    """One user action (what ``undo`` takes back): prompts it added to and removed from one object."""
+
+    obj_id: int
+    z: int
+    added: tuple[PointPrompt | BoxPrompt | MaskPrompt, ...]
+    removed: tuple[BoxPrompt, ...] = ()
+
+
+def plan_runs(prompted: list[int], n_slices: int) -> list[tuple[int, int]]:
+    """``(start, end)`` propagation runs covering ``0..n_slices-1`` from the prompted slices.
+
+    Each run starts on a prompted slice; between two prompted slices the gap is split at its
+    middle, so each slice is reached from the nearest prompted slice.
+
+    >>> plan_runs([3, 9], 12)
+    [(3, 0), (3, 6), (9, 7), (9, 11)]
+    """
+    runs = [(prompted[0], 0)]
+    for a, b in zip(prompted, prompted[1:]):
+        middle = (a + b) // 2
+        runs += [(a, middle), (b, middle + 1)]
+    runs.append((prompted[-1], n_slices - 1))
+    return runs
+
+
+class Sam2Session:
+    """Prompts and results for one volume, with the model loaded once.
+
+    Build it with ``Sam2VolumePredictor.session(volume)``. Prompts are voxel indices
+    ``(z, y, x)`` of the volume. Each ``add_*`` call returns the label slice it changed.
+
+    Parameters
+    ----------
+    model
+        A loaded SAM2 model.
+    volume
+        The image to segment.
+    preset
+        Intensity preset for the model's input frames (modality default if None).
+    offload_state_to_cpu
+        Keep SAM2's memory in CPU memory (GPU memory stays flat on long stacks).
+    cache_frames
+        Unprompted slices whose encoder features are kept (prompted slices always are).
+    """
+
+    def __init__(
+        self,
+        model: Sam2Model,
+        volume: Volume,
+        *,
+        preset: str | IntensityPreset | None = None,
+        offload_state_to_cpu: bool = False,
+        cache_frames: int = 2,
+    ) -> None:
+        self.model = model
+        self.volume = volume
+        self.frames = VolumeFrames(volume, preset)
+        self.cache = FeatureCache(model, max_frames=cache_frames, device="cpu" if offload_state_to_cpu else None)
+        self.tracker = Tracker(model, self.frames, self.cache, offload_state_to_cpu=offload_state_to_cpu)
+        self.prompts = Prompts()
+        self._actions: list[_Action] = []
+        self._labels = np.zeros(volume.shape, dtype=np.int32)
+        self._confidence: dict[int, np.ndarray] = {}
+        self._slice_outputs: dict[tuple[int, int], FrameOutput] = {}
+        self._exact_masks: dict[tuple[int, int], np.ndarray] = {}
+
+    # --- prompts --------------------------------------------------------------------------
+    def add_point(self, obj_id: int, z: int, y: float, x: float, *, positive: bool = True, name: str = "") -> np.ndarray:
+        """Add a positive (or negative) click; refines the propagated mask if the slice has one."""
+        point = PointPrompt(int(z), float(y), float(x), bool(positive))
+        self._check(lambda p: p.add_point(obj_id, z, y, x, positive=positive))
+        obj = self.prompts.object(obj_id, name)
+        added: tuple = (point,)
+        propagated = self._labels[point.z] == obj_id
+        if point.z not in obj.slices and propagated.any():
+            added = (MaskPrompt(point.z, propagated), point)
+        return self._record(obj, point.z, added)
+
+    def add_box(self, obj_id: int, z: int, y0: float, x0: float, y1: float, x1: float, *, name: str = "") -> np.ndarray:
+        """Add a box (inclusive voxel corners); replaces an earlier box of the object on that slice."""
+        self._check(lambda p: p.add_box(obj_id, z, y0, x0, y1, x1))
+        obj = self.prompts.object(obj_id, name)
+        replaced = tuple(b for b in obj.boxes if b.z == int(z))
+        box = BoxPrompt(int(z), float(y0), float(x0), float(y1), float(x1))
+        return self._record(obj, int(z), (box,), replaced)
+
+    def add_mask(self, obj_id: int, z: int, mask: np.ndarray, *, name: str = "") -> np.ndarray:
+        """Add a painted mask ``(y, x)``; on a slice with only a mask, the result is that mask exactly."""
+        self._check(lambda p: p.add_mask(obj_id, z, mask))
+        obj = self.prompts.object(obj_id, name)
+        return self._record(obj, int(z), (MaskPrompt(int(z), np.asarray(mask, dtype=bool).copy()),))
+
+    def set_prompts(self, prompts: Prompts) -> None:
+        """Add every prompt of ``prompts`` (validated first, all or nothing)."""
+        prompts.validate(self.volume.shape)
+        for obj in prompts.objects.values():
+            record = self.prompts.object(obj.obj_id, obj.name)
+            for z in obj.slices:
+                added = (
+                    [m for m in obj.masks if m.z == z] + [b for b in obj.boxes if b.z == z] + [p for p in obj.points if p.z == z]
+                )
+                self._record(record, z, tuple(added))
+
+    def undo(self) -> int | None:
+        """Take back the last ``add_*`` call; returns the slice it changed (None: nothing to undo)."""
+        if not self._actions:
+            return None
+        action = self._actions.pop()
+        obj = self.prompts.objects[action.obj_id]
+        _take(obj, action.added)
+        _put(obj, action.removed)
+        self._apply(obj, action.z)
+        if obj.is_empty():
+            del self.prompts.objects[action.obj_id]
+        self.predict_slice(action.z)
+        return action.z
+
+    def remove_object(self, obj_id: int) -> None:
+        """Forget an object: its prompts, its labels and its undo history."""
+        obj = self.prompts.objects.pop(obj_id, None)
+        if obj is None:
+            return
+        for z in obj.slices:
+            self.tracker.clear_prompts(z, obj_id)
+            self._slice_outputs.pop((obj_id, z), None)
+            self._exact_masks.pop((obj_id, z), None)
+        self._actions = [a for a in self._actions if a.obj_id != obj_id]
+        self._labels[self._labels == obj_id] = 0
+        self._confidence.pop(obj_id, None)
+
+    # --- results --------------------------------------------------------------------------
+    def predict_slice(self, z: int) -> np.ndarray:
+        """Label slice ``(y, x)`` with every object prompted on ``z`` as its prompts give it.
+
+        Objects not prompted on ``z`` keep what the last propagation gave them. No model work
+        happens here: prompts are applied when added (with the slice's features cached).
+        """
+        labels = self._labels[z]
+        prompted = [o for (o, zz) in self._slice_outputs if zz == z]
+        for obj_id in prompted:
+            labels[labels == obj_id] = 0
+        if prompted:
+            outputs = [self._slice_outputs[(o, z)] for o in prompted]
+            logits = np.concatenate([out.mask_logits() for out in outputs])
+            for i, obj_id in enumerate(prompted):
+                exact = self._exact_masks.get((obj_id, z))
+                if exact is not None:
+                    logits[i] = np.where(exact, np.float32(1e4), np.float32(-1e4))
+            winner = np.asarray(prompted)[logits.argmax(axis=0)]
+            painted = logits.max(axis=0) > 0  # an object prompted here wins over propagated ones
+            labels[painted] = winner[painted]
+            for out in outputs:
+                self._confidence.setdefault(out.obj_ids[0], self._empty_confidence())[z] = out.scores[0]
+        return labels.copy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The current label array ``(z, y, x)`` (prompted slices and the last propagation)."""
+        return self._labels
+
+    def propagate(self, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> LabelVolume | None:
+        """Propagate every object through the volume from all its prompted slices.
+
+        ``progress(done, total)`` is called after each slice; ``should_stop()`` is asked
+        before each slice and, when True, stops early: the session's labels are then left
+        as they were and None is returned.
+        """
+        if not self.prompts.objects:
+            raise InputError("no prompts given: add at least one point, box or mask")
+        nz = self.volume.shape[0]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for obj in sorted(self.prompts.objects.values(), key=lambda o: o.obj_id):
+            groups.setdefault(tuple(obj.slices), []).append(obj.obj_id)
+        total, done = nz * len(groups), 0
+        labels = np.zeros_like(self._labels)
+        confidence = {o: self._empty_confidence() for o in self.prompts.objects}
+        for slices, obj_ids in groups.items():
+            seen: set[int] = set()
+            for start, end in plan_runs(list(slices), nz):
+                with closing(self.tracker.propagate(start, end, obj_ids=obj_ids)) as run:
+                    for out in run:
+                        if out.frame_idx in seen:
+                            continue
+                        if should_stop is not None and should_stop():
+                            log.info("propagation stopped after %d of %d slices; labels unchanged", done, total)
+                            return None
+                        self._write(labels, confidence, out)
+                        seen.add(out.frame_idx)
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+        self._labels, self._confidence = labels, confidence
+        return self.result()
+
+    def result(self) -> LabelVolume:
+        """The current labels as a ``LabelVolume`` with names, scores and provenance."""
+        slice_scores, scores = {}, {}
+        for obj_id in sorted(self.prompts.objects):
+            present = (self._labels == obj_id).sum(axis=(1, 2))
+            conf = self._confidence.get(obj_id, self._empty_confidence())
+            per_slice = np.where(present > 0, conf, np.nan)
+            slice_scores[obj_id] = per_slice
+            weights = np.where(np.isfinite(per_slice), present, 0)
+            scores[obj_id] = float(np.nansum(per_slice * weights) / weights.sum()) if weights.sum() else 0.0
+        return LabelVolume.like(
+            self.volume,
+            self._labels.copy(),
+            label_names={o: obj.name for o, obj in sorted(self.prompts.objects.items())},
+            scores=scores,
+            slice_scores=slice_scores,
+            untrained=self.model.untrained,
+            provenance={
+                "method": "sam2-propagation",
+                **self.model.provenance(),
+                "preset": self.frames.preset.to_dict(),
+                "prompts": self.prompts.to_dict(),
+            },
+        )
+
+    # --- internals ------------------------------------------------------------------------
+    def _check(self, add: Callable[[Prompts], object]) -> None:
+        """Validate one new prompt against the volume before anything changes."""
+        probe = Prompts()
+        add(probe)
+        probe.validate(self.volume.shape)
+
+    def _record(self, obj: ObjectPrompts, z: int, added: tuple, removed: tuple = ()) -> np.ndarray:
+        _take(obj, removed)
+        _put(obj, added)
+        try:
+            self._apply(obj, z)
+        except Exception:
+            _take(obj, added)
+            _put(obj, removed)
+            self._apply(obj, z)
+            if obj.is_empty():
+                del self.prompts.objects[obj.obj_id]
+            raise
+        self._actions.append(_Action(obj.obj_id, z, added, removed))
+        return self.predict_slice(z)
+
+    def _apply(self, obj: ObjectPrompts, z: int) -> None:
+        """Hand the object's prompts on slice ``z`` to the tracker (replacing earlier ones)."""
+        key = (obj.obj_id, z)
+        masks = [m.mask for m in obj.masks if m.z == z]
+        boxes = [b for b in obj.boxes if b.z == z]
+        points = [p for p in obj.points if p.z == z]
+        self._exact_masks.pop(key, None)
+        if not (masks or boxes or points):
+            self.tracker.clear_prompts(z, obj.obj_id)
+            self._slice_outputs.pop(key, None)
+            self._labels[z][self._labels[z] == obj.obj_id] = 0
+            return
+        if len(boxes) > 1:
+            raise InputError(f"object {obj.obj_id}: SAM2 takes one box per object per slice; slice {z} has {len(boxes)}")
+        mask = np.logical_or.reduce(masks) if masks else None
+        self._slice_outputs[key] = self.tracker.set_prompts(
+            z,
+            obj.obj_id,
+            mask=mask,
+            points_yx=[(p.y, p.x) for p in points] or None,
+            labels=[int(p.positive) for p in points] or None,
+            box_yxyx=(boxes[0].y0, boxes[0].x0, boxes[0].y1, boxes[0].x1) if boxes else None,
+        )
+        if mask is not None and not (boxes or points):
+            self._exact_masks[key] = mask
+
+    def _write(self, labels: np.ndarray, confidence: dict[int, np.ndarray], out: FrameOutput) -> None:
+        """Paint one frame's objects into ``labels``.
+
+        Within the frame the highest logit wins; pixels an earlier pass (objects prompted on
+        other slices, lower ids first) already took keep their object, except under a mask
+        prompt, which is always painted as given.
+        """
+        z = out.frame_idx
+        logits = out.mask_logits()
+        forced = np.zeros(logits.shape[1:], dtype=bool)
+        for i, obj_id in enumerate(out.obj_ids):
+            exact = self._exact_masks.get((obj_id, z))
+            if exact is not None:
+                logits[i] = np.where(exact, np.float32(1e4), np.float32(-1e4))
+                forced |= exact
+            confidence[obj_id][z] = out.scores[i]
+        winner = np.asarray(out.obj_ids)[logits.argmax(axis=0)]
+        painted = (logits.max(axis=0) > 0) & ((labels[z] == 0) | forced)
+        labels[z][painted] = winner[painted]
+
+    def _empty_confidence(self) -> np.ndarray:
+        return np.full(self.volume.shape[0], np.nan, dtype=np.float32)
+
+
+def _put(obj: ObjectPrompts, items: tuple) -> None:
+    for item in items:
+        {PointPrompt: obj.points, BoxPrompt: obj.boxes, MaskPrompt: obj.masks}[type(item)].append(item)
+
+
+def _take(obj: ObjectPrompts, items: tuple) -> None:
+    for lst in (obj.points, obj.boxes, obj.masks):
+        lst[:] = [x for x in lst if not any(x is item for item in items)]
