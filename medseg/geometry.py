@@ -98,7 +98,7 @@ class Geometry:
         for name in ("spacing", "origin"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if not np.allclose(mine, theirs, atol=1e-4):
-                parts.append(f"{name} {tuple(np.round(theirs, 4))} != {tuple(np.round(mine, 4))}")
+                parts.append(f"{name} {_rounded(theirs)} != {_rounded(mine)}")
         if not np.allclose(self.direction, other.direction, atol=1e-4):
             parts.append("direction differs")
         return "; ".join(parts)
@@ -117,3 +117,8 @@ class Geometry:
     @classmethod
     def from_dict(cls, data: dict) -> "Geometry":
         return cls(tuple(data["shape"]), tuple(data["spacing"]), tuple(data["origin"]), np.array(data["direction"]))
+
+
+def _rounded(values: tuple[float, ...]) -> tuple[float, ...]:
+    """Plain floats to 4 decimals (numpy 2 would print ``np.float64(...)`` in messages)."""
+    return tuple(round(float(v), 4) for v in values)

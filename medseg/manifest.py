@@ -179,6 +179,20 @@ def load_manifest(path: str | os.PathLike) -> Cohort:
     return cohort
 
 
+def write_manifest(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write manifest JSON (indented, stable) unless the file already holds exactly that text."""
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    logger.info("wrote %s", path)
+    return path
+
+
 def resolve_path(reference: str, base: Path) -> Path:
     """A manifest path: ``package://dist/path``, absolute, or relative to ``base`` (a folder)."""
     if reference.startswith(PACKAGE_SCHEME):

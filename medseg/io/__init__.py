@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["load_labels", "load_volume", "read_geometry", "save_labels"]
 
 _LABEL_WRITERS = {
-    ".nii": nifti.write_nifti_labels,
-    ".nii.gz": nifti.write_nifti_labels,
+    ".nii": partial(nifti.write_nifti, labels=True),
+    ".nii.gz": partial(nifti.write_nifti, labels=True),
     ".nrrd": itk.write_itk_labels,
     ".mha": itk.write_itk_labels,
 }

@@ -44,19 +44,43 @@ def read_nifti_geometry(path: Path) -> Geometry:
     return Geometry.from_affine(image.affine, image.shape[:3][::-1])
 
 
-def write_nifti_labels(array_zyx: np.ndarray, geometry: Geometry, path: Path) -> None:
-    """Write an integer label map with ``geometry``'s affine as both sform and qform.
+def write_nifti(array_zyx: np.ndarray, geometry: Geometry, path: Path, *, labels: bool = False) -> None:
+    """Write a ``(z, y, x)`` array (dtype kept) with ``geometry``'s affine as both sform and qform.
 
     Both transforms carry the same affine (code "scanner"), so nibabel, SimpleITK, ITK-SNAP
-    and 3D Slicer all place the voxels identically.
+    and 3D Slicer all place the voxels identically. ``labels`` marks the file as a label map
+    (NIfTI intent "label"). The file appears complete or not at all.
     """
     image = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), geometry.affine)
     image.set_sform(geometry.affine, code=_XFORM_SCANNER)
     image.set_qform(geometry.affine, code=_XFORM_SCANNER)
     image.header.set_xyzt_units("mm")
-    image.header.set_intent("label", name="labels")
+    if labels:
+        image.header.set_intent("label", name="labels")
     with atomic_output(path) as tmp:
         nib.save(image, tmp)
+
+
+def write_nifti_if_changed(array_zyx: np.ndarray, geometry: Geometry, path: Path, *, labels: bool = False) -> bool:
+    """``write_nifti`` unless ``path`` already holds exactly these voxels (same dtype) and affine.
+
+    Returns True when the file was written. Makes generators idempotent: a second run
+    leaves every file (and its modification time) alone.
+    """
+    if path.exists():
+        try:
+            existing = nib.load(path)
+            voxels = np.asanyarray(existing.dataobj)
+            if (
+                voxels.dtype == array_zyx.dtype
+                and np.array_equal(voxels, array_zyx.transpose(2, 1, 0))
+                and np.allclose(existing.affine, geometry.affine, atol=1e-5)
+            ):
+                return False
+        except Exception:  # an unreadable earlier file (interrupted write, disk full) is rewritten
+            logger.info("%s is unreadable; rewriting it", path)
+    write_nifti(array_zyx, geometry, path, labels=labels)
+    return True
 
 
 def _open(reader: NibabelReader, path: Path) -> nib.Nifti1Image:

@@ -1,0 +1,248 @@
+"""Synthetic CT-like abdominal phantoms for the demo cohort and for tests.
+
+Each phantom is deterministic in its seed: an elliptic body of fat (-100 HU) in air
+(-1000 HU) holding a liver (~60 HU), a spleen (~45 HU), two kidneys (~30 HU, two connected
+components of one label) and a vertebra (~700 HU, not labelled). Organ outlines are
+ellipsoids deformed by a smooth random field, so they are organic and differ per seed in
+size, position and shape. Intensities get a slight blur (partial volume) and Gaussian noise,
+and are stored as whole HU. Spacing is anisotropic (thick slices) and the direction is a
+small rotation, so code that ignores geometry fails on them.
+
+Also writes a volume as a DICOM series (``write_dicom_series``), the way a scanner export
+looks, for tests and demos of the DICOM path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy.ndimage import gaussian_filter, zoom
+from scipy.spatial.transform import Rotation
+
+from medseg.geometry import Geometry
+from medseg.io.nifti import write_nifti_if_changed
+from medseg.manifest import write_manifest
+from medseg.volume import LabelVolume, Volume
+
+logger = logging.getLogger(__name__)
+
+LABELS = {1: "liver", 2: "spleen", 3: "kidney"}
+DEFAULT_SHAPE = (32, 128, 128)
+DEFAULT_SPACING = (2.5, 0.8, 0.8)
+
+_AIR_HU, _FAT_HU = -1000.0, -100.0
+_NOISE_HU = 12.0
+
+
+@dataclass(frozen=True)
+class _Organ:
+    label: int  # 0: visible but not labelled
+    hu: float
+    centre: tuple[float, float, float]  # (z, y, x) mm from the volume centre; +x patient left, +y posterior
+    radii: tuple[float, float, float]  # (z, y, x) mm
+
+
+def make_phantom(
+    seed: int = 0,
+    *,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+) -> tuple[Volume, LabelVolume]:
+    """A CT-like phantom and its labels (1 liver, 2 spleen, 3 kidneys), both on one geometry.
+
+    Organ sizes scale with the field of view, so small shapes (for fast tests) still hold
+    every organ. The same ``seed`` always gives the same voxels.
+
+    >>> volume, labels = make_phantom(1, shape=(12, 48, 48))
+    >>> labels.labels
+    [1, 2, 3]
+    """
+    rng = np.random.default_rng(seed)
+    geometry = _geometry(rng, shape, spacing)
+    zyx_mm = _centred_mm(shape, spacing)
+    half = np.array(shape) * np.array(spacing) / 2  # half extent (z, y, x) mm
+    body = _inside(zyx_mm, (0.0, 0.0, 0.0), (half[0] * 4, half[1] * 0.78, half[2] * 0.92), rng, roughness=0.0)
+
+    image = np.where(body, _FAT_HU, _AIR_HU)
+    labels = np.zeros(shape, dtype=np.uint8)
+    for organ in _organs(rng, half):
+        mask = _inside(zyx_mm, organ.centre, organ.radii, rng, roughness=0.15) & body & (labels == 0)
+        image[mask] = organ.hu
+        labels[mask] = organ.label
+    image = gaussian_filter(image, sigma=(0.3, 0.8, 0.8)) + rng.normal(0.0, _NOISE_HU, shape)
+    volume = Volume(np.round(image).astype(np.float32), geometry, "CT", {"format": "phantom", "seed": seed})
+    return volume, LabelVolume(labels, geometry, label_names=dict(LABELS))
+
+
+def write_demo_cohort(
+    directory: str | os.PathLike,
+    *,
+    n_cases: int = 6,
+    n_test: int = 2,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+) -> Path:
+    """Write ``n_cases`` phantoms to ``directory/demo/`` and their manifest ``directory/demo.json``.
+
+    Idempotent: a NIfTI file that already holds the right voxels and affine is left alone,
+    so a second run writes nothing. The last ``n_test`` cases are the ``test`` split.
+    Returns the manifest path.
+    """
+    directory = Path(directory)
+    cases, written = [], 0
+    for seed in range(n_cases):
+        volume, labels = make_phantom(seed, shape=shape, spacing=spacing)
+        case_id = f"phantom_{seed:03d}"
+        image_file, label_file = f"demo/{case_id}.nii.gz", f"demo/{case_id}_labels.nii.gz"
+        written += write_nifti_if_changed(volume.array.astype(np.int16), volume.geometry, directory / image_file)
+        written += write_nifti_if_changed(labels.array, volume.geometry, directory / label_file, labels=True)
+        split = "test" if seed >= n_cases - n_test else "train"
+        cases.append({"id": case_id, "image": image_file, "label": label_file, "split": split})
+    manifest = {
+        "name": "demo",
+        "description": (
+            "Synthetic CT-like abdominal phantoms (medseg.phantom, seeds 0..N-1); generate the files "
+            "with `medseg demo-data`."
+        ),
+        "modality": "CT",
+        "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}},
+        "cases": cases,
+    }
+    logger.info("demo cohort in %s: %d of %d files written, the rest were up to date", directory / "demo", written, 2 * n_cases)
+    return write_manifest(directory / "demo.json", manifest)
+
+
+def write_dicom_series(
+    volume: Volume,
+    folder: str | os.PathLike,
+    *,
+    series_description: str = "medseg phantom",
+    series_uid: str | None = None,
+) -> list[Path]:
+    """Write ``volume`` as a single-frame CT/MR DICOM series, one file per slice.
+
+    Voxels are stored as 16-bit integers with RescaleIntercept/Slope chosen so that the
+    values read back (after rescale) are the volume's, rounded to the slope. File names
+    are deliberately not in slice order (a reader must sort by position). The patient
+    module is filled with obviously synthetic values. Returns the files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    low, high = float(volume.array.min()), float(volume.array.max())
+    slope = max(1.0, (high - low) / 65535.0)
+    intercept = np.floor(low)
+    stored = np.round((volume.array - intercept) / slope).astype(np.uint16)
+
+    series_uid = series_uid or _new_uid()
+    study_uid, frame_uid = _new_uid(), _new_uid()
+    direction = volume.direction
+    orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
+    date, clock = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
+    shared_tags = {
+        "0008|0008": "DERIVED\\SECONDARY\\AXIAL",
+        "0008|0020": date,
+        "0008|0030": clock,
+        "0008|0060": volume.modality if volume.modality in ("CT", "MR") else "OT",
+        "0008|0070": "medseg phantom",
+        "0008|103e": series_description,
+        "0010|0010": "PHANTOM^DEMO",
+        "0010|0020": "PHANTOM",
+        "0020|000d": study_uid,
+        "0020|000e": series_uid,
+        "0020|0052": frame_uid,
+        "0020|0011": "1",
+        "0020|0037": orientation,
+        "0018|0050": f"{volume.spacing[0]:.6f}",
+        "0028|0030": f"{volume.spacing[1]:.6f}\\{volume.spacing[2]:.6f}",
+        "0028|1052": f"{intercept:.6f}",
+        "0028|1053": f"{slope:.6f}",
+        "0028|1054": "HU" if volume.modality == "CT" else "US",
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()  # otherwise GDCM replaces the series UID set above
+    files = []
+    n_slices = volume.shape[0]
+    for z in range(n_slices):
+        image = sitk.GetImageFromArray(stored[z : z + 1])
+        position = volume.geometry.index_to_world([z, 0, 0])[0]
+        for tag, value in shared_tags.items():
+            image.SetMetaData(tag, value)
+        image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+        image.SetMetaData("0020|0013", str(z + 1))
+        image.SetMetaData("0008|0018", _new_uid())
+        # Reverse-interleaved names: sorting files by name does not give slice order.
+        path = folder / f"IM{(n_slices - 1 - z) * 7919 % 100003:06d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(image)
+        files.append(path)
+    return files
+
+
+def _geometry(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> Geometry:
+    """A rotated grid (a few degrees about each axis) centred near the scanner origin."""
+    angles = rng.uniform([-4, -4, 5], [4, 4, 15])  # degrees about x, y, z
+    direction = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+    extent_xyz = (np.array(shape[::-1]) - 1) * np.array(spacing[::-1])
+    origin = -direction @ (extent_xyz / 2) + rng.uniform(-20, 20, 3)
+    return Geometry(shape, spacing, tuple(origin), direction)
+
+
+def _centred_mm(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[np.ndarray]:
+    """Broadcastable (z, y, x) voxel-centre coordinates in mm from the volume centre."""
+    return [
+        ((np.arange(n) - (n - 1) / 2) * s).reshape([-1 if a == axis else 1 for a in range(3)])
+        for axis, (n, s) in enumerate(zip(shape, spacing))
+    ]
+
+
+def _inside(
+    zyx_mm: list[np.ndarray],
+    centre: tuple[float, float, float],
+    radii: tuple[float, float, float],
+    rng: np.random.Generator,
+    *,
+    roughness: float,
+) -> np.ndarray:
+    """Voxels inside an ellipsoid whose radius is modulated by a smooth random field."""
+    r2 = sum(((c - m) / r) ** 2 for c, m, r in zip(zyx_mm, centre, radii))
+    distance = np.sqrt(r2)
+    if roughness:
+        # A smooth field made on a grid 4x coarser and interpolated up: same look, 20x faster.
+        coarse = np.maximum(np.array(distance.shape) // 4, 4)
+        field = gaussian_filter(rng.standard_normal(coarse), sigma=coarse / 6.0, mode="wrap")
+        field = zoom(field / (field.std() or 1.0), np.array(distance.shape) / coarse, order=1, grid_mode=True, mode="grid-wrap")
+        distance = distance * (1.0 + roughness * field)
+    return distance < 1.0
+
+
+def _organs(rng: np.random.Generator, half: np.ndarray) -> list[_Organ]:
+    """Organs in (z, y, x) mm relative to the centre, scaled to the field of view ``half``."""
+
+    def jitter(scale: float) -> float:
+        return float(rng.uniform(-scale, scale))
+
+    def size(radii: tuple[float, float, float]) -> tuple[float, float, float]:
+        s = rng.uniform(0.85, 1.15)
+        return (radii[0] * half[0] * s, radii[1] * half[1] * s, radii[2] * half[2] * s)
+
+    kidney_radii = size((0.45, 0.16, 0.13))
+    kidney_y = 0.30 * half[1] + jitter(0.03 * half[1])
+    return [
+        _Organ(0, 700.0, (0.0, 0.55 * half[1], jitter(0.02 * half[2])), (half[0] * 4, 0.12 * half[1], 0.11 * half[2])),
+        _Organ(3, 30.0, (jitter(0.1 * half[0]), kidney_y, -0.40 * half[2]), kidney_radii),
+        _Organ(3, 30.0, (jitter(0.1 * half[0]), kidney_y, 0.40 * half[2]), kidney_radii),
+        _Organ(1, 60.0, (0.1 * half[0] + jitter(0.1 * half[0]), -0.15 * half[1] + jitter(0.05 * half[1]), -0.35 * half[2]), size((0.7, 0.42, 0.40))),
+        _Organ(2, 45.0, (jitter(0.1 * half[0]), 0.0 + jitter(0.05 * half[1]), 0.50 * half[2]), size((0.45, 0.22, 0.16))),
+    ]
+
+
+def _new_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid()
