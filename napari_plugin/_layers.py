@@ -68,13 +68,27 @@ def image_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict[str, A
 
 
 def labels_layer_data(labels: LabelVolume, volume: Volume, name: str) -> tuple[np.ndarray, dict[str, Any], str]:
-    """A napari ``LayerDataTuple`` for a Labels layer on ``volume``'s grid."""
+    """A napari ``LayerDataTuple`` for a Labels layer on ``volume``'s grid.
+
+    The label names (and object scores, where the method gave them) become layer features,
+    so napari's status bar names the label under the cursor.
+    """
     kwargs = {
         "name": name,
+        "features": label_features(labels),
         "metadata": {VOLUME_KEY: volume, LABELS_KEY: labels},
         **display_transform(volume),
     }
     return labels.array, kwargs, "labels"
+
+
+def label_features(labels: LabelVolume) -> dict[str, list]:
+    """napari Labels features: one row per named or scored label value (``index``)."""
+    values = sorted(set(labels.label_names) | set(labels.scores))
+    features: dict[str, list] = {"index": values, "name": [labels.label_names.get(v, f"label {v}") for v in values]}
+    if labels.scores:
+        features["score"] = [round(float(labels.scores[v]), 3) if v in labels.scores else None for v in values]
+    return features
 
 
 def layer_volume(layer: Any) -> Volume | None:

@@ -119,3 +119,32 @@ def test_writer_refuses_labels_without_a_source(tmp_path):
     with pytest.raises(InputError, match="does not know which volume"):
         write_labels(str(tmp_path / "x.nii.gz"), np.zeros((2, 3, 4), np.int32), {"name": "drawn", "metadata": {}})
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_phantom_sample_opens_image_and_ground_truth(make_napari_viewer):
+    viewer = make_napari_viewer()
+
+    image, truth = viewer.open_sample("medseg", "phantom")
+
+    volume = image.metadata["medseg_volume"]
+    assert volume.modality == "CT"
+    assert image.data.shape == truth.data.shape == volume.shape
+    np.testing.assert_allclose(image.scale, volume.spacing)
+    assert tuple(image.contrast_limits) == (-160.0, 240.0)  # soft-tissue window, level 40 width 400
+    assert truth.metadata["medseg_volume"] is volume
+    assert set(np.unique(truth.data)) == {0, 1, 2, 3}
+    assert list(truth.features["name"]) == ["liver", "spleen", "kidney"]
+    np.testing.assert_allclose(truth.affine.affine_matrix, image.affine.affine_matrix)
+
+
+def test_mni152_sample_is_real_mri_with_tissue_labels(make_napari_viewer):
+    pytest.importorskip("nilearn")
+    viewer = make_napari_viewer()
+
+    image, truth = viewer.open_sample("medseg", "mni152")
+
+    assert image.data.shape == (189, 233, 197)
+    np.testing.assert_allclose(image.scale, (1.0, 1.0, 1.0))
+    assert list(truth.features["name"]) == ["grey_matter", "white_matter"]
+    # The template is RAS with voxel (0, 0, 0) at RAS (-98, -134, -72) mm: LPS (98, 134, -72).
+    np.testing.assert_allclose(image.data_to_world((0, 0, 0)), (-72.0, 134.0, 98.0))
