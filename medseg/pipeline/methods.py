@@ -1,0 +1,259 @@
+"""Method plug-ins: how the pipeline runs each kind of segmentation method.
+
+A plug-in is a ``Method`` subclass registered in ``METHODS`` under its YAML ``type``. It
+declares its YAML options as a frozen dataclass (``Options``; unknown or mistyped keys are
+rejected by ``medseg.pipeline.config``), may ``check`` its resources before any compute,
+``prepare`` once in the main process (download weights, train a model), and ``segment`` one
+case in a worker, where it loads its model once and keeps it (one model per worker).
+
+Built in: ``sam2`` (propagation from the policy's points/boxes), ``revsam2`` (reference
+prompting from annotated slices of reference cases), ``maskrcnn`` (supervised baseline,
+trained on the train split or loaded from a model directory) and ``oracle`` (returns the
+ground truth: a self-check of the pipeline and metrics, whose Dice must be 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from medseg.errors import ConfigError, InputError, WeightsError
+from medseg.metrics import InstanceMap
+from medseg.prompts import Prompts
+from medseg.volume import UNTRAINED_BANNER, LabelVolume, Volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What a method returns for one case: labels (with scores, provenance) and, when the
+    method has them, its own scored 3D instances (used for mask AP instead of components)."""
+
+    labels: LabelVolume
+    instances: InstanceMap | None = None
+    prompt_log: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSetup:
+    """Everything a worker needs to build a method: picklable, and fingerprinted for resumption.
+
+    ``state`` is what ``prepare`` produced in the main process (a trained model directory,
+    the weights actually used).
+    """
+
+    name: str
+    kind: str
+    options: Any
+    labels: dict[int, str]
+    seed: int
+    reference_slices: int
+    method_dir: Path
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of the plug-ins; see the module docstring."""
+
+    kind: ClassVar[str]
+    Options: ClassVar[type]
+    uses_prompts: ClassVar[bool] = False
+
+    def __init__(self, setup: MethodSetup) -> None:
+        self.setup = setup
+        self.options = setup.options
+
+    @classmethod
+    def check(cls, setup: MethodSetup, cohort) -> None:
+        """Raise a ``MedsegError`` when the method cannot run on ``cohort`` (before any compute)."""
+
+    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
+        """One-off work in the main process; returns ``MethodSetup.state`` for the workers."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Model name, checksum, preset... as known before any case runs (for method.json)."""
+        return {}
+
+    def segment(self, volume: Volume, *, prompts: Prompts, truth: LabelVolume, case_id: str) -> Segmentation:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.kind] = cls
+    return cls
+
+
+def build_method(setup: MethodSetup) -> Method:
+    try:
+        return METHODS[setup.kind](setup)
+    except KeyError:
+        raise ConfigError(f"unknown method type {setup.kind!r}; known: {sorted(METHODS)}") from None
+
+
+# --- oracle ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OracleOptions:
+    pass
+
+
+@register
+class Oracle(Method):
+    """The ground truth itself, every object scored 1: Dice 1, AP 1 (a self-check)."""
+
+    kind = "oracle"
+    Options = OracleOptions
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": "ground truth"}
+
+    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
+        wanted = sorted(self.setup.labels)
+        array = np.where(np.isin(truth.array, wanted), truth.array, 0)
+        return Segmentation(LabelVolume.like(volume, array, label_names=dict(self.setup.labels),
+                                             scores={v: 1.0 for v in wanted}, provenance={"method": "oracle"}))
+
+
+# --- SAM2 and reference prompting: shared model resolution -----------------------------------
+@dataclass(frozen=True)
+class Sam2Options:
+    """``model``: registry name or checkpoint path. ``fallback``: ``untrained`` runs the
+    random-weight model (flagged everywhere) when the checkpoint cannot be had, ``error``
+    stops. ``image_size``/``preset``/``device``: None = the model's/modality's default."""
+
+    model: str = "sam2.1-tiny"
+    fallback: Literal["error", "untrained"] = "error"
+    image_size: int | None = None
+    preset: str | None = None
+    device: str | None = None
+
+
+class _Sam2Family(Method):
+    """Resolves the checkpoint once in the main process (download or fallback to untrained)."""
+
+    @classmethod
+    def check(cls, setup: MethodSetup, cohort) -> None:
+        from medseg.preprocess import get_preset
+        from medseg.weights import REGISTRY
+
+        model = setup.options.model
+        if model not in REGISTRY and not Path(model).expanduser().is_file():
+            raise WeightsError(f"method {setup.name}: model {model!r} is neither a registry name {sorted(REGISTRY)} nor a checkpoint file")
+        if setup.options.preset is not None:
+            get_preset(setup.options.preset)
+
+    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
+        from medseg.weights import REGISTRY, fetch_checkpoint, sha256_file
+
+        model = self.options.model
+        if model not in REGISTRY:
+            path = Path(model).expanduser().resolve()
+            return {"model": str(path), "checkpoint_sha256": sha256_file(path), "untrained": False}
+        spec = REGISTRY[model]
+        if spec.untrained:
+            return {"model": model, "checkpoint_sha256": None, "untrained": True}
+        try:
+            path = fetch_checkpoint(spec, progress=progress_bar)
+        except WeightsError as error:
+            if self.options.fallback != "untrained":
+                raise
+            logger.warning("method %s: %s", self.setup.name, error)
+            logger.warning("method %s falls back to the untrained model. %s", self.setup.name, UNTRAINED_BANNER)
+            return {"model": "untrained", "requested_model": model, "checkpoint_sha256": None, "untrained": True,
+                    "fallback_reason": str(error)}
+        return {"model": model, "checkpoint_sha256": sha256_file(path), "untrained": False}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.setup.state, "image_size": self.options.image_size, "preset": self.options.preset}
+
+
+@register
+class Sam2(_Sam2Family):
+    """SAM2 propagation through the volume from the prompt policy's points and boxes."""
+
+    kind = "sam2"
+    Options = Sam2Options
+    uses_prompts = True
+
+    def _predictor(self):
+        if not hasattr(self, "_loaded"):
+            from medseg.sam2 import Sam2VolumePredictor
+
+            self._loaded = Sam2VolumePredictor(
+                self.setup.state["model"], image_size=self.options.image_size, device=self.options.device,
+                preset=self.options.preset, seed=self.setup.seed,
+            )
+        return self._loaded
+
+    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
+        if not prompts.objects:
+            raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is nothing to prompt")
+        return Segmentation(self._predictor().segment(volume, prompts, progress=False))
+
+
+# --- Mask R-CNN -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskRCNNOptions:
+    """``model_dir``: a trained model directory; without it the model is trained first on the
+    cohort's train split (validated on val) with the ``train`` settings (``TrainConfig``
+    fields), into ``RESULTS/<method>/model`` (resumable). ``score_threshold``: None = the model's."""
+
+    model_dir: str | None = None
+    train: dict | None = None
+    score_threshold: float | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.model_dir is not None and self.train is not None:
+            raise ConfigError("give either model_dir (a trained model) or train (settings to train one), not both")
+        if self.train is not None:
+            from medseg.maskrcnn import TrainConfig
+
+            TrainConfig.from_dict(self.train)
+
+
+@register
+class MaskRCNN(Method):
+    """The supervised baseline (``medseg.maskrcnn``): 2D detections stitched into 3D instances."""
+
+    kind = "maskrcnn"
+    Options = MaskRCNNOptions
+
+    @classmethod
+    def check(cls, setup: MethodSetup, cohort) -> None:
+        if setup.options.model_dir is not None:
+            if not (Path(setup.options.model_dir) / "model.json").is_file():
+                raise ConfigError(f"method {setup.name}: model_dir {setup.options.model_dir} is not a Mask R-CNN model directory (no model.json)")
+        elif not [c for c in cohort.split("train") if c.label is not None]:
+            raise ConfigError(f"method {setup.name}: no model_dir given and the cohort has no labelled train cases to train on")
+
+    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
+        from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
+
+        if self.options.model_dir is not None:
+            model_dir = Path(self.options.model_dir).resolve()
+        else:
+            config = TrainConfig.from_dict(self.options.train or {})
+            model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config, progress_bar=progress_bar)
+        model = load_model(model_dir)
+        return {"model_dir": str(model_dir), "weights_sha256": model.weights_sha256, "untrained": model.untrained,
+                "undertrained": model.undertrained, "training_steps": model.steps, "preset": model.config.preset}
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": f"Mask R-CNN {self.setup.state.get('model_dir')}", **self.setup.state}
+
+    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
+        from medseg.maskrcnn import load_model, predict_instances
+
+        if not hasattr(self, "_model"):
+            self._model = load_model(self.setup.state["model_dir"])
+        prediction = predict_instances(self._model, volume, score_threshold=self.options.score_threshold, device=self.options.device)
+        return Segmentation(prediction.labels, prediction.instances)
