@@ -14,8 +14,9 @@ Building blocks (used by ``medseg.sam2`` and ``medseg.revsam2``):
 
     * ``set_prompts(i, obj_id, mask=, points_yx=, labels=, box_yxyx=)``: the prompts of one
       object on frame ``i``, in that frame's pixel coordinates, replacing earlier ones there.
-      A mask comes back unchanged (SAM 2.1 uses it as the output); points/box given with a
-      mask refine it. Every prompted frame is a *conditioning* frame.
+      A mask alone is taken as the output (SAM 2.1), stored at ``image_size / 4`` like every
+      output (``Sam2Session`` gives it back exactly); points/box given with a mask refine
+      it. Every prompted frame is a *conditioning* frame.
     * ``propagate(start, end, obj_ids=None)``: track frames ``start..end`` inclusive (backwards
       when ``end < start``), yielding one ``FrameOutput`` per frame.
     * ``clear_prompts(i, obj_id)``, ``obj_ids``, ``memory_frames()``.
@@ -394,10 +395,15 @@ class Tracker:
                 self.cache.unpin(self.frames[frame_idx].key)
 
     def _forget_far(self, outputs: dict[int, dict], t: int, reverse: bool) -> None:
-        """Drop what the memory attention can no longer reach from frames after ``t``."""
+        """Drop what the memory attention can no longer reach from the frames after ``t``.
+
+        The next frame reads spatial memory from at most ``stride * (num_maskmem - 2)``
+        frames behind ``t`` (SAM2's ``_prepare_memory_conditioned_features``) and object
+        pointers from ``max_obj_ptrs_in_encoder - 2`` behind ``t``.
+        """
         net = self.model.net
-        spatial_reach = net.memory_temporal_stride_for_eval * (net.num_maskmem - 1) + 1
-        pointer_reach = net.max_obj_ptrs_in_encoder - 1
+        spatial_reach = net.memory_temporal_stride_for_eval * (net.num_maskmem - 2)
+        pointer_reach = net.max_obj_ptrs_in_encoder - 2
         for s in list(outputs):
             distance = s - t if reverse else t - s
             if distance > pointer_reach:

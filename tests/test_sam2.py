@@ -1,0 +1,326 @@
+"""medseg.sam2 with the real SAM2 architecture (random weights, image size 128, tiny volumes).
+
+Masks from random weights are meaningless: these tests check mechanics and invariants
+(exact prompt masks, coverage, label values, geometry, coordinates, memory bounds, errors).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.cli import main
+from medseg.errors import InputError, WeightsError
+from medseg.geometry import Geometry
+from medseg.prompts import Prompts
+from medseg.sam2 import FeatureCache, Sam2VolumePredictor, Tracker, VolumeFrames, load_model
+from medseg.sam2.frames import model_input, to_model_xy, upsample_logits
+from medseg.sam2.qc import qc_summary
+from medseg.sam2.session import plan_runs
+from medseg.volume import LabelVolume, Volume
+
+SHAPE = (10, 40, 56)  # non-square slices
+SPACING = (3.0, 0.7, 0.9)  # anisotropic
+
+
+def make_volume(nz: int = SHAPE[0], seed: int = 0) -> Volume:
+    rng = np.random.default_rng(seed)
+    array = rng.normal(100, 10, (nz, *SHAPE[1:])).astype(np.float32)
+    array[:, 10:26, 14:36] += 200  # a bright block through all slices
+    direction = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]], dtype=float)
+    return Volume(array, Geometry((nz, *SHAPE[1:]), SPACING, (-20.0, 5.5, 100.0), direction), modality="MR")
+
+
+def block_mask(y0: int = 12, y1: int = 22, x0: int = 18, x1: int = 30) -> np.ndarray:
+    mask = np.zeros(SHAPE[1:], dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Sam2VolumePredictor:
+    return Sam2VolumePredictor("untrained", image_size=128, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def volume() -> Volume:
+    return make_volume()
+
+
+# --- planning (pure) ----------------------------------------------------------------------
+@pytest.mark.parametrize("prompted,n", [([0], 7), ([6], 7), ([3], 7), ([0, 6], 7), ([0, 3, 6], 7), ([2, 3], 9), ([1, 4, 8], 12)])
+def test_runs_cover_every_slice_once_from_the_nearest_prompt(prompted, n):
+    reached = {}
+    for start, end in plan_runs(prompted, n):
+        assert start in prompted
+        step = -1 if end < start else 1
+        for z in range(start, end + step, step):
+            if z != start:
+                assert z not in reached, f"slice {z} reached twice"
+                reached[z] = start
+    for z in set(range(n)) - set(prompted):
+        assert abs(reached[z] - z) == min(abs(p - z) for p in prompted)
+
+
+# --- segment ------------------------------------------------------------------------------
+def test_mask_prompt_comes_back_exactly_and_geometry_is_kept(predictor, volume):
+    mask = block_mask()
+    labels = predictor.segment(volume, Prompts().add_mask(1, 4, mask), progress=False)
+    assert np.array_equal(labels.array[4] == 1, mask)
+    assert labels.geometry is volume.geometry
+    assert labels.array.shape == volume.shape and labels.array.dtype == np.int32
+
+
+@pytest.mark.parametrize("slices", [[0], [9], [4], [0, 4, 9]])
+def test_every_slice_predicted_once_per_object(predictor, volume, slices):
+    prompts = Prompts()
+    for z in slices:
+        prompts.add_mask(1, z, block_mask())
+    prompts.add_point(2, 5, 30, 8)  # a second object prompted elsewhere: its own pass
+    calls = []
+    session = predictor.session(volume)
+    session.set_prompts(prompts)
+    labels = session.propagate(progress=lambda done, total: calls.append((done, total)))
+    total = 2 * volume.shape[0]
+    assert calls == [(i, total) for i in range(1, total + 1)]
+    for obj_id in (1, 2):
+        present = (labels.array == obj_id).any(axis=(1, 2))
+        assert np.array_equal(np.isfinite(labels.slice_scores[obj_id]), present)
+    for z in slices:
+        assert np.array_equal(labels.array[z] == 1, block_mask())
+
+
+def test_object_ids_are_label_values_and_stay_separate(predictor, volume):
+    a, b = block_mask(5, 15, 5, 20), block_mask(20, 35, 30, 50)
+    prompts = Prompts()
+    prompts.object(3, "left")  # names travel to label_names
+    prompts.object(7, "right")
+    prompts.add_mask(3, 6, a).add_mask(7, 6, b)
+    labels = predictor.segment(volume, prompts, progress=False)
+    assert np.array_equal(labels.array[6] == 3, a) and np.array_equal(labels.array[6] == 7, b)
+    assert set(np.unique(labels.array)) <= {0, 3, 7}
+    assert labels.label_names == {3: "left", 7: "right"}
+    assert set(labels.scores) == {3, 7} and all(0 <= s <= 1 for s in labels.scores.values())
+
+
+def test_output_is_labelled_untrained_with_provenance(predictor, volume):
+    prompts = Prompts().add_box(1, 2, 10, 12, 25, 40).add_point(1, 2, 15, 20, positive=False)
+    labels = predictor.segment(volume, prompts, progress=False)
+    assert labels.untrained is True
+    p = labels.provenance
+    assert (p["model"], p["image_size"], p["seed"], p["untrained"], p["checkpoint_sha256"]) == ("untrained", 128, 0, True, None)
+    assert p["prompts"] == prompts.to_dict()
+    assert p["preset"]["name"] == "mri"
+    json.dumps(p)  # provenance is JSON-able as is
+
+
+def test_point_lands_at_the_right_model_coordinates(predictor, volume):
+    y, x = 31.0, 7.0
+    model = predictor.model
+    frames = VolumeFrames(volume)
+    tracker = Tracker(model, frames)
+    tracker.set_prompts(3, 1, points_yx=[(y, x)], labels=[1])
+    coords = tracker._state["point_inputs_per_obj"][0][3]["point_coords"][0, 0].numpy()
+    expected = ((x + 0.5) * 128 / 56 - 0.5, (y + 0.5) * 128 / 40 - 0.5)
+    np.testing.assert_allclose(coords, expected, atol=1e-4)
+    # and that model pixel shows the voxel: a single bright voxel peaks there after the resize
+    dot = np.zeros(volume.shape, dtype=np.float32)
+    dot[3, int(y), int(x)] = 1.0
+    image = model_input(VolumeFrames(volume.with_array(dot), "mri:0,100")[3].load(), 128)[0, 0].numpy()
+    peak = np.unravel_index(np.argmax(image), image.shape)
+    assert np.allclose(peak, np.round(to_model_xy([(y, x)], volume.shape[1:], 128)[0, ::-1]), atol=1)
+
+
+def test_bad_prompts_are_clear_errors(predictor, volume):
+    with pytest.raises(InputError, match="outside the volume"):
+        predictor.segment(volume, Prompts().add_point(1, 10, 5, 5), progress=False)
+    with pytest.raises(InputError, match="outside the volume"):
+        predictor.segment(volume, Prompts().add_box(1, 2, 0, 0, 40, 10), progress=False)
+    with pytest.raises(InputError, match="empty"):
+        predictor.segment(volume, Prompts().add_mask(1, 2, np.zeros(SHAPE[1:], bool)), progress=False)
+    with pytest.raises(InputError, match="no prompts"):
+        predictor.segment(volume, Prompts(), progress=False)
+    with pytest.raises(InputError, match="one box per object"):
+        predictor.segment(volume, Prompts().add_box(1, 2, 1, 1, 5, 5).add_box(1, 2, 6, 6, 9, 9), progress=False)
+
+
+def test_unknown_model_name():
+    with pytest.raises(WeightsError, match="unknown model 'sam2.1-gigantic'|neither a checkpoint file nor a known name"):
+        Sam2VolumePredictor("sam2.1-gigantic")
+
+
+def test_checkpoint_by_path_and_wrong_architecture(tmp_path, predictor):
+    path = tmp_path / "tiny_fp16.pt"
+    torch.save({"model": {k: v.half() for k, v in predictor.model.net.state_dict().items()}}, path)
+    model = load_model(path, image_size=128, device="cpu")
+    assert not model.untrained and model.checkpoint_sha256 and len(model.checkpoint_sha256) == 64
+    torch.testing.assert_close(
+        model.net.sam_mask_decoder.iou_token.weight, predictor.model.net.sam_mask_decoder.iou_token.weight.half().float()
+    )
+    with pytest.raises(WeightsError, match="does not fit the configs/sam2.1/sam2.1_hiera_s.yaml architecture"):
+        load_model(path, image_size=128, device="cpu", config="configs/sam2.1/sam2.1_hiera_s.yaml")
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(WeightsError, match="cut.pt"):
+        load_model(tmp_path / "cut.pt", image_size=128, device="cpu")
+
+
+def test_untrained_weights_are_seeded():
+    a = load_model("untrained", image_size=64, device="cpu", seed=3)
+    b = load_model("untrained", image_size=64, device="cpu", seed=3)
+    c = load_model("untrained", image_size=64, device="cpu", seed=4)
+    w = [m.net.obj_ptr_proj.layers[0].weight for m in (a, b, c)]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
+# --- session: corrections, undo ------------------------------------------------------------
+def test_correction_on_another_slice_changes_the_result(predictor, volume):
+    session = predictor.session(volume)
+    session.add_mask(1, 1, block_mask())
+    before = session.propagate()
+    correction = block_mask(25, 38, 2, 12)
+    session.add_mask(1, 8, correction)
+    after = session.propagate()
+    assert np.array_equal(after.array[8] == 1, correction)
+    assert np.array_equal(after.array[1] == 1, block_mask())
+    changed = [z for z in range(volume.shape[0]) if not np.array_equal(before.array[z], after.array[z])]
+    assert 8 in changed and {7, 9} <= set(changed)  # the correction reached its neighbours
+
+
+def test_click_on_propagated_slice_refines_it_and_undo_takes_it_back(predictor, volume):
+    session = predictor.session(volume)
+    session.add_mask(1, 2, block_mask())
+    propagated = session.propagate().array[6] == 1
+    assert propagated.any()
+    session.add_point(1, 6, 20, 20, positive=False)
+    obj = session.prompts.objects[1]
+    seed = [m for m in obj.masks if m.z == 6]
+    assert len(seed) == 1 and np.array_equal(seed[0].mask, propagated)  # seeded from the propagation
+    assert [(p.z, p.y, p.x, p.positive) for p in obj.points] == [(6, 20.0, 20.0, False)]
+    assert session.undo() == 6
+    assert [m.z for m in obj.masks] == [2] and obj.points == []
+    assert session.undo() == 2 and session.prompts.objects == {} and session.undo() is None
+    assert not session.labels[2].any()
+
+
+def test_predict_slice_reuses_the_slice_embedding(predictor, volume):
+    session = predictor.session(volume)
+    session.add_point(1, 4, 15, 20)
+    calls = session.cache.encoder_calls
+    session.add_point(1, 4, 18, 25)
+    session.add_point(2, 4, 30, 45)
+    labels = session.predict_slice(4)
+    assert session.cache.encoder_calls == calls
+    assert set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_stop_leaves_labels_unchanged(predictor, volume):
+    session = predictor.session(volume)
+    session.add_mask(1, 0, block_mask())
+    first = session.propagate().array
+    session.add_mask(1, 9, block_mask(2, 8, 2, 8))
+    steps = []
+    assert session.propagate(progress=lambda d, t: steps.append(d), should_stop=lambda: len(steps) >= 3) is None
+    assert steps == [1, 2, 3]
+    assert np.array_equal(session.labels[:9], first[:9])
+
+
+# --- engine: memory bounds, shared cache --------------------------------------------------
+@pytest.mark.parametrize("nz", [12, 30])
+def test_state_holds_a_bounded_number_of_frames(predictor, nz):
+    model = predictor.model
+    tracker = Tracker(model, VolumeFrames(make_volume(nz)))
+    tracker.set_prompts(0, 1, mask=block_mask())
+    tracker.set_prompts(0, 2, points_yx=[(30, 40)], labels=[1])
+    held = []
+    with closing(tracker.propagate(0, nz - 1)) as run:
+        for _ in run:
+            held.append(tracker.memory_frames())
+    net = model.net
+    assert max(h["spatial"] for h in held) == net.num_maskmem - 1
+    assert max(h["pointers"] for h in held) == min(nz - 1, net.max_obj_ptrs_in_encoder - 1)
+    assert max(h["cached_features"] for h in held) <= 3 and all(h["conditioning"] == 1 for h in held)
+    assert tracker.memory_frames()["pointers"] == 0  # nothing left behind after the run
+
+
+def test_bounded_memory_gives_exactly_sam2s_own_propagation(predictor):
+    """Pruning keeps everything SAM2 reads: same logits as its unbounded propagate_in_video."""
+    model, nz = predictor.model, 20  # longer than the pointer window (16)
+    frames = VolumeFrames(make_volume(nz, seed=3))
+    ours, official = Tracker(model, frames), Tracker(model, frames)
+    for tracker in (ours, official):
+        tracker.set_prompts(2, 1, mask=block_mask())
+        tracker.set_prompts(2, 2, points_yx=[(30, 40), (5, 5)], labels=[1, 0])
+    mine = {o.frame_idx: upsample_logits(o.logits, (128, 128)) for o in ours.propagate(2, nz - 1)}
+    theirs = {t: m[:, 0] for t, _, m in model.net.propagate_in_video(official._state, start_frame_idx=2)}
+    assert sorted(mine) == sorted(theirs) == list(range(2, nz))
+    for t in mine:
+        torch.testing.assert_close(mine[t], theirs[t], rtol=0, atol=1e-5)
+
+
+def test_feature_cache_shared_across_trackers_encodes_each_slice_once(predictor):
+    model = predictor.model
+    support, query = VolumeFrames(make_volume(4, seed=1)), VolumeFrames(make_volume(6, seed=2))
+    cache = FeatureCache(model)
+    for s in range(3):  # three small states: one support slice followed by the query slices
+        tracker = Tracker(model, [support[s], *query], cache)
+        tracker.set_prompts(0, 1, mask=block_mask())
+        outputs = list(tracker.propagate(0, len(query)))
+        assert [o.frame_idx for o in outputs] == list(range(len(query) + 1))
+        got = outputs[0].masks()[0]  # the mask prompt, through SAM2's image_size / 4 storage
+        assert (got & block_mask()).sum() / (got | block_mask()).sum() > 0.9
+    assert cache.encoder_calls == 3 + len(query)
+    backwards = Tracker(model, [*query, support[0]], cache)
+    backwards.set_prompts(len(query), 1, mask=block_mask())
+    assert [o.frame_idx for o in backwards.propagate(len(query), 0)] == list(range(len(query), -1, -1))
+    assert cache.encoder_calls == 3 + len(query)
+
+
+# --- QC and CLI ---------------------------------------------------------------------------
+def test_qc_names_the_least_confident_slice():
+    geometry = Geometry((4, 3, 3), (2.0, 0.5, 0.5))
+    array = np.zeros((4, 3, 3), dtype=np.int32)
+    array[1, :2, :2] = 1
+    array[2, :, :] = 1
+    array[3, 0, 0] = 2
+    scores = {1: np.array([np.nan, 0.9, 0.4, np.nan]), 2: np.array([np.nan, np.nan, np.nan, 0.7])}
+    qc = qc_summary(LabelVolume(array, geometry, {1: "liver", 2: "lesion"}, slice_scores=scores))
+    liver, lesion = qc.objects
+    assert liver.slices.tolist() == [1, 2] and liver.area_voxels.tolist() == [0, 4, 9, 0]
+    assert liver.area_mm2.tolist() == [0, 1.0, 2.25, 0] and liver.volume_ml == pytest.approx(13 * 0.5 / 1000)
+    assert liver.least_confident_slice == 2 and lesion.least_confident_slice == 3
+    assert qc.correct_next() == (1, 2)
+    assert "least confident slice z=2 (0.40" in qc.to_text() and "correct here next" in qc.to_text()
+
+
+def test_cli_segment_writes_labels_on_the_input_grid(tmp_path, volume):
+    image = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), volume.affine), image)
+    out, qc = tmp_path / "labels.nii.gz", tmp_path / "qc.json"
+    code = main([
+        "segment", str(image), "--model", "untrained", "--image-size", "128", "--device", "cpu",
+        "--point", "5,20,30", "--point", "2:3,30,45,1", "--box", "2:3,25,38,38,54", "--name", "2=lesion",
+        "--out", str(out), "--qc", str(qc), "--no-progress",
+    ])
+    assert code == 0
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, volume.affine, atol=1e-5)
+    assert written.shape == volume.shape[::-1]
+    report = json.loads(qc.read_text())
+    assert report["provenance"]["untrained"] is True and report["provenance"]["model"] == "untrained"
+    assert report["provenance"]["prompts"]["2"]["name"] == "lesion"
+    assert report["provenance"]["prompts"]["2"]["boxes"] == [[3, 25.0, 38.0, 38.0, 54.0]]
+
+
+def test_cli_segment_rejects_bad_prompt_text(tmp_path, volume, capsys):
+    image = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), volume.affine), image)
+    assert main(["segment", str(image), "--point", "5,20", "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "--point '5,20'" in capsys.readouterr().err
+    assert main(["segment", str(image), "--point", "5,20,300", "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "outside the volume" in capsys.readouterr().err

@@ -1,0 +1,171 @@
+"""medseg.weights against a real HTTP server on 127.0.0.1 (the only stand-in for a remote host)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from medseg.errors import WeightsError
+from medseg.weights import (
+    REGISTRY,
+    ModelSpec,
+    fetch_checkpoint,
+    get_spec,
+    load_state_dict,
+    medseg_home,
+    weights_dir,
+)
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _Server:
+    """Serves PAYLOAD at /ckpt.pt; honours Range unless told not to; can drop a response midway."""
+
+    def __init__(self) -> None:
+        self.honour_range = True
+        self.cut_after: int | None = None  # send this many body bytes of the next response, then hang up
+        self.requests: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.headers.get("Range"))
+                if self.path != "/ckpt.pt":
+                    self.send_error(404)
+                    return
+                start = 0
+                if server.honour_range and self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+                    if start >= len(PAYLOAD):
+                        self.send_error(416)
+                        return
+                body = PAYLOAD[start:]
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut_after is not None:
+                    self.wfile.write(body[: server.cut_after])
+                    server.cut_after = None
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/ckpt.pt"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = _Server()
+    yield s
+    s.close()
+
+
+def _spec(url: str, sha256: str | None = PAYLOAD_SHA, size: int | None = len(PAYLOAD)) -> ModelSpec:
+    return ModelSpec("test-model", "configs/sam2.1/sam2.1_hiera_t.yaml", 128, "ckpt.pt", url, "test", "test", None, size, sha256)
+
+
+def test_download_verifies_and_caches(server, tmp_path):
+    path = fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    assert path == tmp_path / "ckpt.pt"
+    assert path.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["ckpt.pt"]
+    fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    assert len(server.requests) == 1  # the second call used the cache
+
+
+def test_checksum_mismatch_leaves_nothing_in_cache(server, tmp_path):
+    with pytest.raises(WeightsError, match="SHA-256") as info:
+        fetch_checkpoint(_spec(server.url, sha256="0" * 64), directory=tmp_path, progress=False)
+    assert server.url in str(info.value)
+    assert not (tmp_path / "ckpt.pt").exists()
+    assert not (tmp_path / "ckpt.pt.part").exists()
+
+
+def test_interrupted_download_resumes_with_range(server, tmp_path):
+    server.cut_after = 300_000
+    with pytest.raises(WeightsError, match="run again to resume"):
+        fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    assert not (tmp_path / "ckpt.pt").exists()  # no half-written file under the final name
+    assert (tmp_path / "ckpt.pt.part").stat().st_size == 300_000
+    path = fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    assert server.requests == [None, "bytes=300000-"]
+    assert path.read_bytes() == PAYLOAD
+    assert not (tmp_path / "ckpt.pt.part").exists()
+
+
+def test_interrupted_download_restarts_when_server_ignores_range(server, tmp_path):
+    server.cut_after = 300_000
+    with pytest.raises(WeightsError):
+        fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    server.honour_range = False
+    path = fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_unknown_hash_is_recorded_on_first_download_and_checked_after(server, tmp_path):
+    spec = _spec(server.url, sha256=None, size=None)
+    path = fetch_checkpoint(spec, directory=tmp_path, progress=False)
+    assert (tmp_path / "ckpt.pt.sha256").read_text().split()[0] == PAYLOAD_SHA
+    path.write_bytes(PAYLOAD[:-1] + b"\x00")  # the file changes on disk later
+    with pytest.raises(WeightsError, match="expected " + PAYLOAD_SHA):
+        fetch_checkpoint(spec, directory=tmp_path, progress=False)
+
+
+def test_offline_error_names_file_url_and_place(tmp_path):
+    spec = _spec("http://127.0.0.1:9/ckpt.pt")  # port 9 (discard) refuses connections
+    with pytest.raises(WeightsError) as info:
+        fetch_checkpoint(spec, directory=tmp_path, progress=False)
+    message = str(info.value)
+    assert "ckpt.pt" in message and spec.url in message and str(tmp_path / "ckpt.pt") in message
+    assert not list(tmp_path.glob("ckpt.pt*.part"))
+
+
+def test_cache_location_follows_medseg_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))
+    assert medseg_home() == tmp_path / "home"
+    assert weights_dir() == tmp_path / "home" / "weights"
+
+
+def test_registry_names_licences_and_unknown_name():
+    assert {"sam2.1-tiny", "sam2.1-small", "sam2.1-base-plus", "sam2.1-large", "medsam2", "untrained"} <= set(REGISTRY)
+    assert "CC-BY-SA-4.0" in REGISTRY["medsam2"].licence
+    assert REGISTRY["medsam2"].image_size == 512
+    assert all("Apache-2.0" in REGISTRY[n].licence for n in REGISTRY if n.startswith("sam2.1"))
+    assert REGISTRY["untrained"].untrained and not REGISTRY["sam2.1-tiny"].untrained
+    with pytest.raises(WeightsError, match="sam2.1-tiny"):
+        get_spec("sam3-huge")
+
+
+def test_load_state_dict_formats_and_bad_files(tmp_path):
+    weights = {"a.weight": torch.ones(2, 3)}
+    torch.save({"model": weights}, tmp_path / "wrapped.pt")
+    torch.save(weights, tmp_path / "bare.pt")
+    assert torch.equal(load_state_dict(tmp_path / "wrapped.pt")["a.weight"], weights["a.weight"])
+    assert set(load_state_dict(tmp_path / "bare.pt")) == {"a.weight"}
+    data = (tmp_path / "wrapped.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="truncated.pt.*truncated, corrupt"):
+        load_state_dict(tmp_path / "truncated.pt")
+    torch.save({"epoch": 3}, tmp_path / "not_weights.pt")
+    with pytest.raises(WeightsError, match="not a model checkpoint"):
+        load_state_dict(tmp_path / "not_weights.pt")
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_state_dict(tmp_path / "missing.pt")
