@@ -127,17 +127,19 @@ def write_dicom_series(
 ) -> list[Path]:
     """Write ``volume`` as a single-frame CT/MR DICOM series, one file per slice.
 
-    Voxels are stored as 16-bit integers with RescaleIntercept/Slope chosen so that the
-    values read back (after rescale) are the volume's, rounded to the slope. File names
+    Voxels are stored as unsigned 16-bit integers with a RescaleIntercept (and a slope when
+    the range needs one), so readers must apply the rescale to get the volume's values back
+    (exactly, for whole-HU volumes). File names
     are deliberately not in slice order (a reader must sort by position). The patient
     module is filled with obviously synthetic values. Returns the files written.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     low, high = float(volume.array.min()), float(volume.array.max())
+    # GDCM stores (value - intercept) / slope as unsigned 16-bit: choose both so every value fits.
     slope = max(1.0, (high - low) / 65535.0)
-    intercept = np.floor(low)
-    stored = np.round((volume.array - intercept) / slope).astype(np.uint16)
+    intercept = float(np.floor(low))
+    physical = np.round((volume.array - intercept) / slope) * slope + intercept
 
     series_uid = series_uid or _new_uid()
     study_uid, frame_uid = _new_uid(), _new_uid()
@@ -160,6 +162,10 @@ def write_dicom_series(
         "0020|0037": orientation,
         "0018|0050": f"{volume.spacing[0]:.6f}",
         "0028|0030": f"{volume.spacing[1]:.6f}\\{volume.spacing[2]:.6f}",
+        "0028|0100": "16",  # stored as unsigned 16-bit: GDCM applies the inverse rescale
+        "0028|0101": "16",
+        "0028|0102": "15",
+        "0028|0103": "0",
         "0028|1052": f"{intercept:.6f}",
         "0028|1053": f"{slope:.6f}",
         "0028|1054": "HU" if volume.modality == "CT" else "US",
@@ -169,8 +175,11 @@ def write_dicom_series(
     files = []
     n_slices = volume.shape[0]
     for z in range(n_slices):
-        image = sitk.GetImageFromArray(stored[z : z + 1])
         position = volume.geometry.index_to_world([z, 0, 0])[0]
+        image = sitk.GetImageFromArray(physical[z : z + 1].astype(np.float32))
+        image.SetSpacing(volume.spacing[::-1])
+        image.SetOrigin(tuple(position))
+        image.SetDirection(direction.ravel().tolist())
         for tag, value in shared_tags.items():
             image.SetMetaData(tag, value)
         image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))

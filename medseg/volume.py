@@ -9,6 +9,7 @@ against the geometry on construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,17 @@ class Volume:
 
     ``metadata`` never holds patient-identifying DICOM fields: the readers only copy an
     allow-list of acquisition fields into it.
+
+    ``source_files`` are the DICOM files the voxels came from, in slice order (one file for
+    a multi-frame image), kept so that a DICOM SEG can reference them. They are not
+    metadata: nothing writes them to reports (file names can hold patient names).
     """
 
     array: np.ndarray
     geometry: Geometry
     modality: str = "OT"
     metadata: dict[str, Any] = field(default_factory=dict)
+    source_files: tuple[Path, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         array = np.asarray(self.array)

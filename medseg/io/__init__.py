@@ -21,13 +21,14 @@ import numpy as np
 
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
-from medseg.io import itk, nifti
+from medseg.io import dicom, itk, nifti, seg
+from medseg.io.dicom import DicomSeries, list_dicom_series
 from medseg.io.files import format_of, output_suffix
 from medseg.volume import LabelVolume, Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_labels", "load_volume", "read_geometry", "save_labels"]
+__all__ = ["DicomSeries", "list_dicom_series", "load_labels", "load_volume", "read_geometry", "save_labels"]
 
 _LABEL_WRITERS = {
     ".nii": partial(nifti.write_nifti, labels=True),
@@ -69,13 +70,14 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, *, pick_
         array, geometry = itk.read_itk(path)
         volume = Volume(array, geometry, "OT", {"format": path.suffix.lower().lstrip(".")})
     else:
-        raise InputError(f"{path}: DICOM input is not supported yet")
+        array, geometry, metadata, files = dicom.read_dicom(path, series_uid, pick_largest=pick_largest)
+        volume = Volume(array, geometry, str(metadata.get("Modality", "OT")), metadata, source_files=files)
     _check_finite(volume.array, path)
     logger.debug("loaded %s: %s volume, shape %s, spacing %s", path, volume.modality, volume.shape, volume.spacing)
     return volume
 
 
-def read_geometry(path: str | os.PathLike, series_uid: str | None = None) -> Geometry:
+def read_geometry(path: str | os.PathLike, series_uid: str | None = None, *, pick_largest: bool = False) -> Geometry:
     """The geometry ``load_volume`` would give, from the file headers alone (fast: no voxels)."""
     path = Path(path)
     kind = format_of(path)
@@ -83,7 +85,7 @@ def read_geometry(path: str | os.PathLike, series_uid: str | None = None) -> Geo
         return nifti.read_nifti_geometry(path)
     if kind == "itk":
         return itk.read_itk_geometry(path)
-    raise InputError(f"{path}: DICOM input is not supported yet")
+    return dicom.read_dicom_geometry(path, series_uid, pick_largest=pick_largest)
 
 
 def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume:
@@ -103,9 +105,9 @@ def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume
         array, geometry = nifti.read_nifti(path)
     elif kind == "itk":
         array, geometry = itk.read_itk(path)
-    else:
-        raise InputError(f"{path}: read label maps from NIfTI, NRRD or MetaImage files")
     grid = like.geometry if isinstance(like, Volume) else like
+    if kind in ("dicom", "dicom-dir"):
+        array, geometry = seg.read_seg(path, grid), grid
     if not grid.same_grid(geometry):
         raise GeometryError(
             f"{path}: label map does not lie on its image's voxel grid: {grid.describe_difference(geometry)} "
@@ -117,9 +119,10 @@ def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume
 def save_labels(labels: LabelVolume, like: Volume, path: str | os.PathLike) -> Path:
     """Write ``labels`` on ``like``'s geometry; the format follows the suffix of ``path``.
 
-    ``.nii`` / ``.nii.gz`` (sform = qform = ``like.affine``), ``.nrrd`` or ``.mha``. Voxels are
-    stored in the smallest integer type that holds them. The file appears complete or not at
-    all (written beside the target, then renamed).
+    ``.nii`` / ``.nii.gz`` (sform = qform = ``like.affine``), ``.nrrd`` or ``.mha``: voxels in the
+    smallest integer type that holds them. ``.dcm``: a DICOM SEG referencing the DICOM files
+    ``like`` was read from (label value = segment number, names from ``labels.label_names``).
+    The file appears complete or not at all (written beside the target, then renamed).
 
     Returns the path written.
     """
@@ -129,9 +132,12 @@ def save_labels(labels: LabelVolume, like: Volume, path: str | os.PathLike) -> P
             f"cannot save labels to {path}: they are not on the image's grid ({like.geometry.describe_difference(labels.geometry)})"
         )
     suffix = output_suffix(path)
+    if suffix == ".dcm":
+        seg.write_seg(labels, like, path)
+        return path
     writer = _LABEL_WRITERS.get(suffix)
     if writer is None:
-        raise InputError(f"{path}: cannot write labels as {suffix or 'a file without suffix'}; use one of {sorted(_LABEL_WRITERS)}")
+        raise InputError(f"{path}: cannot write labels as {suffix or 'a file without suffix'}; use one of {sorted([*_LABEL_WRITERS, '.dcm'])}")
     writer(_smallest_label_dtype(labels.array, path), like.geometry, path)
     logger.info("wrote labels %s to %s", labels.labels, path)
     return path
