@@ -282,7 +282,7 @@ class _Where:
             if not isinstance(value, list):
                 raise self.error(key, f"must be a list, got {value!r}")
             return [self.coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-        if origin is dict:
+        if origin is dict or hint is dict:
             if not isinstance(value, dict):
                 raise self.error(key, f"must be a mapping, got {value!r}")
             return dict(value)

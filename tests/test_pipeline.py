@@ -1,0 +1,223 @@
+"""medseg.pipeline: validation before compute, prompt policy, resumable runs, failures,
+interrupts, report, replay and the CLI, on a tiny phantom cohort written to tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.cli import main
+from medseg.errors import ConfigError
+from medseg.geometry import Geometry
+from medseg.manifest import load_manifest
+from medseg.phantom import write_demo_cohort
+from medseg.pipeline import load_pipeline, replay_case, run_pipeline
+from medseg.pipeline.config import PromptSettings
+from medseg.pipeline.methods import Oracle, register
+from medseg.pipeline.prompt_policy import PromptPolicy, centroid_voxel
+from medseg.pipeline.stats import mean_ci, paired_comparison
+from medseg.volume import UNTRAINED_BANNER, LabelVolume
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """4 phantoms of (8, 48, 48): phantom_000/001 train, phantom_002/003 test."""
+    return write_demo_cohort(tmp_path_factory.mktemp("cohort"), n_cases=4, n_test=2, shape=(8, 48, 48))
+
+
+def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"name: tiny\ncohort: {cohort}\nseed: 3\n{extra}methods:\n" + textwrap.indent(textwrap.dedent(methods), "  "))
+    return path
+
+
+# --- validation before compute ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("methods", "extra", "message"),
+    [
+        ("sam: {type: sam3}\n", "", r"methods\.sam\.type: unknown method 'sam3'; did you mean 'sam2'"),
+        ("s: {type: sam2, image_sise: 128}\n", "", r"methods\.s\.image_sise: unknown key; did you mean 'image_size'"),
+        ("s: {type: sam2, fallback: maybe}\n", "", r"methods\.s\.fallback: is 'maybe'; use one of \['error', 'untrained'\]"),
+        ("s: {type: sam2, image_size: big}\n", "", r"methods\.s\.image_size: must be an integer"),
+        ("m: {type: maskrcnn, train: {stepz: 3}}\n", "", r"methods\.m: unknown Mask R-CNN setting\(s\) \['stepz'\]"),
+        ("o: {type: oracle}\n", "promts: {point: centroid}\n", r"promts: unknown key; did you mean 'prompts'"),
+        ("o: {type: oracle}\n", "prompts: {point: middle}\n", r"prompts\.point: is 'middle'"),
+        ("a: {type: oracle, baseline: true}\nb: {type: oracle, baseline: true}\n", "", "at most one method can be the baseline"),
+    ],
+)
+def test_bad_pipeline_yaml_names_file_and_field(tmp_path, cohort, methods, extra, message):
+    path = pipeline_file(tmp_path, cohort, methods, extra)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_pipeline(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("labels: [1, 7]\n", r"labels: \[7\] are not labels of the cohort"),
+        ("cases: [phantom_002, nobody]\n", r"cases: \['nobody'\] are not in the 'test' split"),
+    ],
+)
+def test_bad_cohort_selection_fails_before_any_output(tmp_path, cohort, extra, message):
+    config = load_pipeline(pipeline_file(tmp_path, cohort, "o: {type: oracle}\n", extra))
+    with pytest.raises(ConfigError, match=message):
+        run_pipeline(config, tmp_path / "out", progress_bar=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_model_and_missing_weights_fail_before_compute(tmp_path, cohort, monkeypatch):
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))  # an empty cache, and no internet here
+    config = load_pipeline(pipeline_file(tmp_path, cohort, "s: {type: sam2, model: sam9-huge}\n"))
+    with pytest.raises(Exception, match="sam9-huge"):
+        run_pipeline(config, tmp_path / "out", progress_bar=False)
+    assert not (tmp_path / "out" / "s").exists()
+
+
+# --- prompt policy -------------------------------------------------------------------------------
+def test_prompt_policy_centroid_box_and_seeded_random():
+    array = np.zeros((5, 20, 20), dtype=np.int32)
+    array[1, 5:8, 5:8] = 1  # 9 voxels
+    array[2, 4:15, 4:15] = 1  # the largest slice: 121 voxels
+    array[2, 7:12, 7:15] = 0  # ... carved into a C whose centroid lies in the gap
+    array[3, 5:10, 5:10] = 1
+    array[4, 0:2, 0:2] = 2
+    truth = LabelVolume(array, Geometry(array.shape, (2.0, 1.0, 1.0)))
+    policy = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=0)
+    prompts = policy.prompts(truth, labels={1: "liver", 2: "spleen", 3: "kidney"}, case_id="c")
+    assert sorted(prompts.objects) == [1, 2]  # label 3 is not drawn: no prompt
+    point = prompts.objects[1].points[0]
+    assert point.z == 2 and array[2, int(point.y), int(point.x)] == 1  # moved into the C
+    assert centroid_voxel(array[3] == 1) == (7, 7)
+    box = prompts.objects[1].boxes[0]
+    assert (box.z, box.y0, box.x0, box.y1, box.x1) == (2, 4, 4, 14, 14)  # middle of z 1..3
+    random_policy = PromptPolicy(PromptSettings(point="random"), seed=5)
+    first = random_policy.prompts(truth, labels=[1], case_id="c").to_dict()
+    assert first == random_policy.prompts(truth, labels=[1], case_id="c").to_dict()
+    assert first != PromptPolicy(PromptSettings(point="random"), seed=6).prompts(truth, labels=[1], case_id="c").to_dict()
+
+
+def test_bootstrap_and_paired_statistics():
+    constant = mean_ci([0.5, 0.5, 0.5])
+    assert (constant.mean, constant.ci_low, constant.ci_high, constant.n) == (0.5, 0.5, 0.5, 3)
+    few = mean_ci([0.2, float("nan"), 0.4])
+    assert few.n == 2 and few.mean == pytest.approx(0.3) and np.isnan(few.ci_low)
+    spread = mean_ci([0.1, 0.5, 0.9, 0.3], seed=1)
+    assert spread.ci_low < spread.mean < spread.ci_high and 0.1 <= spread.ci_low and spread.ci_high <= 0.9
+    paired = paired_comparison({"a": 0.9, "b": 0.8, "c": 0.7, "d": float("nan")}, {"a": 0.8, "b": 0.85, "c": 0.6, "e": 0.1})
+    assert (paired.wins, paired.ties, paired.losses, paired.difference.n) == (2, 0, 1, 3)
+    assert paired.difference.mean == pytest.approx(0.05)
+    assert paired.p_value == pytest.approx(0.5)
+
+
+# --- runs -------------------------------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
+    # a third test case whose image is cut short: its header reads (validation passes), its voxels do not
+    manifest = json.loads(cohort.read_text())
+    broken = tmp_path / "broken.nii.gz"
+    data = (cohort.parent / manifest["cases"][3]["image"]).read_bytes()
+    broken.write_bytes(gzip.compress(gzip.decompress(data)[:2000]))
+    for case in manifest["cases"]:
+        case["image"], case["label"] = str(cohort.parent / case["image"]), str(cohort.parent / case["label"])
+    manifest["cases"].append({"id": "broken", "image": str(broken), "label": manifest["cases"][3]["label"], "split": "test"})
+    manifest_path = tmp_path / "with_broken.json"
+    manifest_path.write_text(json.dumps(manifest))
+
+    config = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n"))
+    out = tmp_path / "out"
+    summary = run_pipeline(config, out, progress_bar=False)
+    assert summary.counts == {"truth": {"ok": 2, "failed": 1, "skipped": 0}}
+    failed = json.loads((out / "truth" / "broken" / "result.json").read_text())
+    assert failed["status"] == "failed" and failed["error"]["type"] and "Traceback" in failed["error"]["traceback"]
+    ok = json.loads((out / "truth" / "phantom_002" / "result.json").read_text())
+    assert ok["status"] == "ok" and ok["mean_dice"] == 1.0 and ok["seed"] == 3 and ok["code"]["medseg"]
+    assert {m["dice"] for m in ok["metrics"].values()} == {1.0}
+
+    rows = read_csv(out / "metrics.csv")
+    assert len(rows) == 3 * 3  # 3 cases x 3 labels
+    assert {r["dice"] for r in rows if r["status"] == "ok"} == {"1.0"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["methods"]["truth"]["ap"]["3d"]["ap"] == pytest.approx(1.0)
+    assert metrics["methods"]["truth"]["ap"]["2d"]["ap"] == pytest.approx(1.0)
+    assert metrics["methods"]["truth"]["per_label"]["1"]["dice"]["mean"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "## Failures" in report and "broken" in report and UNTRAINED_BANNER not in report
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    for plot in ("dice_boxplot.png", "ap_bars.png", "overlay_phantom_002.png"):
+        assert (out / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+
+    # re-run: finished cases are skipped, the failed one is tried again
+    again = run_pipeline(config, out, progress_bar=False, report=False)
+    assert again.counts == {"truth": {"ok": 0, "failed": 1, "skipped": 2}}
+    # changed settings for the same method folder: refused before compute
+    changed = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n", "labels: [1]\n"))
+    with pytest.raises(ConfigError, match="other settings"):
+        run_pipeline(changed, out, progress_bar=False)
+
+
+@dataclass(frozen=True)
+class _NoOptions:
+    pass
+
+
+@register
+class _Interrupted(Oracle):
+    """A plug-in whose second case is interrupted by the user (Ctrl-C) while ``armed``."""
+
+    kind = "test-interrupted"
+    Options = _NoOptions
+    armed = True
+
+    def segment(self, volume, *, prompts, truth, case_id):
+        if case_id == "phantom_003" and self.armed:
+            raise KeyboardInterrupt
+        return super().segment(volume, prompts=prompts, truth=truth, case_id=case_id)
+
+
+def test_ctrl_c_loses_only_the_case_in_flight(tmp_path, cohort):
+    config = load_pipeline(pipeline_file(tmp_path, cohort, "m: {type: test-interrupted}\n"))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, tmp_path / "out", progress_bar=False)
+    assert json.loads((tmp_path / "out" / "m" / "phantom_002" / "result.json").read_text())["status"] == "ok"
+    assert not (tmp_path / "out" / "m" / "phantom_003").exists()
+    _Interrupted.armed = False  # the re-run does the rest
+    summary = run_pipeline(config, tmp_path / "out", progress_bar=False, report=False)
+    assert summary.counts == {"m": {"ok": 1, "failed": 0, "skipped": 1}}
+
+
+def test_sam2_untrained_run_is_flagged_and_replay_reproduces_labels(tmp_path, cohort):
+    path = pipeline_file(tmp_path, cohort, "sam2: {type: sam2, model: untrained, image_size: 128}\n",
+                         "cases: [phantom_002]\nprompts: {point: centroid, box: middle}\n")
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "sam2" / "phantom_002" / "result.json").read_text())
+    assert result["untrained"] is True and result["provenance"]["model"] == "untrained"
+    assert result["prompt_policy"] == {"point": "centroid", "box": "middle", "reference_slices": 3}
+    logged = json.loads((out / "sam2" / "phantom_002" / "prompts.json").read_text())["prompts"]
+    truth = load_manifest(cohort).case("phantom_002").load()[1]
+    expected = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=3).prompts(truth, labels={1: "liver", 2: "spleen", 3: "kidney"}, case_id="phantom_002")
+    assert logged == json.loads(json.dumps(expected.to_dict()))
+    assert (out / "report.md").read_text().splitlines()[2].startswith(f"> **{UNTRAINED_BANNER}")
+
+    replay = replay_case(out / "sam2" / "phantom_002")
+    assert replay.identical and replay.total_voxels == 8 * 48 * 48
+    assert json.loads((replay.replay_dir / "result.json").read_text())["metrics"] == result["metrics"]
+
+
+def test_cli_reports_bad_yaml_as_one_line(tmp_path, cohort, capsys):
+    path = pipeline_file(tmp_path, cohort, "o: {type: oracle, colour: red}\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medseg run: error:") and "methods.o.colour: unknown key" in err
