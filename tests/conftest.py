@@ -1,0 +1,86 @@
+"""Shared fixtures: small real inputs on disk (a phantom as NIfTI and as a DICOM series).
+
+Session-scoped and read-only by convention: a test that needs to modify a file copies it
+to its own ``tmp_path`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.geometry import Geometry
+from medseg.io import save_labels
+from medseg.io.nifti import write_nifti
+from medseg.phantom import make_phantom, write_dicom_series
+from medseg.volume import LabelVolume, Volume
+
+SMALL_SHAPE = (12, 48, 48)
+
+
+@dataclass(frozen=True)
+class PhantomCase:
+    """A phantom in memory and on disk: ``image`` / ``label`` are its files."""
+
+    volume: Volume
+    labels: LabelVolume
+    image: Path
+    label: Path
+
+
+@pytest.fixture(scope="session")
+def phantom_case(tmp_path_factory: pytest.TempPathFactory) -> PhantomCase:
+    """A (12, 48, 48) CT phantom (labels 1 liver, 2 spleen, 3 kidneys) as NIfTI files."""
+    folder = tmp_path_factory.mktemp("phantom_nifti")
+    volume, labels = make_phantom(1, shape=SMALL_SHAPE)
+    image, label = folder / "phantom.nii.gz", folder / "phantom_labels.nii.gz"
+    write_nifti(volume.array.astype(np.int16), volume.geometry, image)
+    save_labels(labels, volume, label)
+    return PhantomCase(volume, labels, image, label)
+
+
+@pytest.fixture(scope="session")
+def dicom_phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomCase:
+    """A phantom with an oblique, non-axial direction written as a DICOM series (one file per slice).
+
+    ``image`` is the series folder; ``label`` is a NIfTI of its labels. The slice normal runs
+    mostly along patient left-right (a sagittal-like stack, tilted), and file names are not
+    in slice order.
+    """
+    folder = tmp_path_factory.mktemp("phantom_dicom")
+    volume, labels = make_phantom(2, shape=(10, 40, 44))
+    # Index axes x, y, z -> patient: x ~ posterior, y ~ inferior, z ~ right (sagittal-like), tilted
+    # a little. Right-handed, as every DICOM stack is (slice normal = row x column direction).
+    direction = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(0.2), -np.sin(0.2)], [0.0, np.sin(0.2), np.cos(0.2)]])
+    geometry = Geometry(volume.shape, volume.spacing, (-40.5, 12.25, 80.0), tilt @ direction)
+    volume = Volume(volume.array, geometry, "CT")
+    labels = LabelVolume(labels.array, geometry, label_names=labels.label_names)
+    write_dicom_series(volume, folder / "series", series_description="sagittal phantom")
+    save_labels(labels, volume, folder / "labels.nii.gz")
+    return PhantomCase(volume, labels, folder / "series", folder / "labels.nii.gz")
+
+
+def _digests(paths: tuple[Path, ...]) -> dict[str, str]:
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()]
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+@pytest.fixture
+def unmodified():
+    """``with unmodified(path, ...):`` fails the test if any file under the paths changes or appears."""
+
+    @contextlib.contextmanager
+    def check(*paths: Path) -> Iterator[None]:
+        before = _digests(paths)
+        assert before, f"nothing to hash under {paths}"
+        yield
+        assert _digests(paths) == before, "an input file was modified, created or removed"
+
+    return check
