@@ -1,0 +1,64 @@
+"""Reference prompting: segment a query volume from a few annotated reference slices, frozen SAM2.
+
+>>> support = SupportSet.from_volumes([(ref, ref_labels)], k=3, labels={1: "liver"})   # doctest: +SKIP
+>>> labels = segment_with_references(case, support, mode="revsam2", model="medsam2")    # doctest: +SKIP
+
+What the paper states (RevSAM2, Bai et al., arXiv 2409.04298 v2, 2024; v1: FS-MedSAM2)
+---------------------------------------------------------------------------------------
+* SAM2 stays frozen: no fine-tuning. A 3D query volume is segmented from a few support
+  image-label pairs.
+* Instead of relying on SAM2's FIFO memory of recent query slices, a *reverse propagation*
+  uses the support images to judge the quality of each predicted query slice mask; the
+  high-quality query masks are then used as prompts to propagate across the whole query.
+* The FS-MedSAM2 baseline (v1 code): supports as conditioning masks placed before, or in the
+  middle of, the query slices, then forward (and reverse) propagation.
+* Not published: the v2 code, the similarity used to score, the top-k or threshold.
+
+What medseg designs (our choices, not the paper's)
+--------------------------------------------------
+* Supports (``support``): ``k`` slices per label and reference at the centres of ``k`` equal
+  chunks of the label's z-extent (the SSL-ALPNet protocol's chunk rule), or explicit slices;
+  every label is its own object; references are mapped with the query's intensity preset
+  (a CT window in HU, never per-slice min-max).
+* Forward pass = the baseline (``baseline``): supports before the query (or in its middle).
+* Reverse score (``reverse``): for each query slice with a non-empty forward mask, that
+  (slice, mask) is the *only* conditioning prompt of a small tracker, and each support slice
+  is predicted from it alone (one propagation call per support, so supports do not lean on
+  each other). Score = mean Dice between those predictions and the supports' true labels.
+* Selection: greedy from the best score: at most ``top_k`` slices, none below ``threshold``,
+  none closer than ``min_spacing`` slices (default: the candidates' z-extent over
+  ``2 * top_k``) so that the prompts spread over the object. No slice passing -> the forward
+  prediction is kept and the provenance says so.
+* Re-prompt (``engine``): a fresh tracker per label with the selected query masks (and, by
+  default, the supports) as conditioning frames; each query slice is reached from the
+  nearest selected slice, both ways. Selected slices come back exactly as their masks.
+* Supports drawn on the query itself are conditioning frames at their own slice in every
+  pass and come back exactly as drawn; they are not competing for the ``top_k`` slots.
+* Cost: every query and support slice is encoded once (one ``FeatureCache`` shared by all
+  trackers of a run); the reverse pass adds candidates x supports decoder steps.
+* Defaults ``top_k=3``, ``threshold=0.5``, automatic ``min_spacing`` are PROVISIONAL: they
+  were set by reasoning. The ablation that should fix them (``benchmarks/revsam2.py
+  --ablation`` on the demo cohort) only means something with real weights, which were not
+  reachable where this was written; with the untrained model it measures nothing.
+"""
+
+from medseg.revsam2.baseline import ObjectTrack, track_object
+from medseg.revsam2.engine import MODES, segment_with_references
+from medseg.revsam2.reverse import DEFAULT_THRESHOLD, DEFAULT_TOP_K, reverse_score, reverse_scores, select_slices
+from medseg.revsam2.support import Reference, SupportSet, SupportSlice, sample_slices
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TOP_K",
+    "MODES",
+    "ObjectTrack",
+    "Reference",
+    "SupportSet",
+    "SupportSlice",
+    "reverse_score",
+    "reverse_scores",
+    "sample_slices",
+    "segment_with_references",
+    "select_slices",
+    "track_object",
+]

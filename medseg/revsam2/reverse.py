@@ -1,0 +1,177 @@
+"""Reverse scoring and selection of query slices (RevSAM2 steps b and c).
+
+A query slice's predicted mask is judged by how well it, alone, segments the supports: it
+becomes the only prompt, SAM2 propagates it onto every support slice, and the slice's
+*reverse score* is the mean Dice between those predictions and the supports' true labels.
+The paper does not publish its similarity; Dice against the support labels is our choice
+(the support labels are the only ground truth available at inference time).
+
+One small tracker per candidate slice holds that slice (the conditioning frame) followed by
+the supports; each support is predicted by its own one-frame propagation call, which starts
+from the conditioning frame only, so no support's prediction leans on another's. The image
+features of every slice come from the run's shared cache: the reverse pass costs memory
+attention and mask decoding, not encoder passes. A support that *is* the candidate slice
+(supports annotated on the query itself) is the prompted frame, whose output is the prompt.
+
+The best-scoring slices are then selected as prompts for the final pass: at most ``top_k``,
+none scoring below ``threshold``, and no two closer than ``min_spacing`` slices, so that
+the selection spreads over the object's extent instead of bunching where it is largest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import closing
+
+import numpy as np
+
+from medseg.errors import ConfigError, InputError
+from medseg.metrics.overlap import dice_per_label
+from medseg.revsam2.baseline import ObjectTrack
+from medseg.sam2.engine import FeatureCache, Tracker
+from medseg.sam2.frames import Frame
+from medseg.sam2.model import Sam2Model
+
+#: Provisional defaults, chosen by reasoning, not yet by the ablation on real weights
+#: (``benchmarks/revsam2.py --ablation``); see the package docstring.
+DEFAULT_TOP_K = 3
+DEFAULT_THRESHOLD = 0.5
+
+
+def reverse_score(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> float:
+    """Mean Dice of ``predicted`` support masks against the supports' ``truth`` masks.
+
+    Both are sequences of ``(y, x)`` boolean masks, in the same order; each truth mask is
+    non-empty (``SupportSet`` guarantees it), so every Dice is defined.
+
+    >>> truth = [np.eye(4, dtype=bool)]
+    >>> reverse_score([np.eye(4, dtype=bool)], truth), reverse_score([np.zeros((4, 4), bool)], truth)
+    (1.0, 0.0)
+    """
+    if len(predicted) != len(truth) or not truth:
+        raise InputError(f"reverse score needs one prediction per support; got {len(predicted)} for {len(truth)} supports")
+    scores = []
+    for p, t in zip(predicted, truth):
+        if p.shape != t.shape:
+            raise InputError(f"predicted support mask of shape {p.shape} does not match its label slice {t.shape}")
+        scores.append(dice_per_label(p[None].astype(np.uint8), t[None].astype(np.uint8), labels=[1], empty=1.0)[1])
+    return float(np.mean(scores))
+
+
+def reverse_scores(
+    model: Sam2Model,
+    cache: FeatureCache,
+    query: Sequence[Frame],
+    forward: ObjectTrack,
+    obj_id: int,
+    supports: Sequence[tuple[Frame, np.ndarray]],
+    *,
+    candidates: Sequence[int],
+    progress: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Reverse score of each candidate query slice; NaN for the other slices.
+
+    Parameters
+    ----------
+    model, cache
+        The SAM2 model and the run's shared feature cache.
+    query
+        The query's frames.
+    forward
+        The forward prediction; its mask on a candidate slice is the prompt.
+    obj_id
+        The object (label value).
+    supports
+        ``(frame, true mask)`` of every support of the object.
+    candidates
+        Query slices to score (those with a non-empty forward mask).
+    progress
+        Called once per candidate scored.
+    """
+    scores = np.full(len(query), np.nan)
+    truth = [mask for _, mask in supports]
+    for z in candidates:
+        prompt = forward.mask(z)
+        tracker = Tracker(model, [query[z], *(frame for frame, _ in supports)], cache)
+        tracker.set_prompts(0, obj_id, mask=prompt)
+        predicted = []
+        for i, (frame, _) in enumerate(supports, start=1):
+            if frame.key == query[z].key:
+                predicted.append(prompt)
+                continue
+            with closing(tracker.propagate(i, i, obj_ids=[obj_id])) as run:
+                predicted.append(next(run).masks()[0])
+        tracker.clear_prompts(0, obj_id)  # unpins the slice in the shared cache
+        scores[z] = reverse_score(predicted, truth)
+        if progress is not None:
+            progress()
+    return scores
+
+
+def auto_min_spacing(candidates: Sequence[int], top_k: int | None) -> int:
+    """The default minimum spacing: the candidates' z-extent over ``2 * top_k``, at least 1.
+
+    With ``top_k`` slices no closer than this, the selection can still reach both halves of
+    every ``1 / top_k`` part of the object, yet is free to skip parts that score badly.
+    """
+    if not candidates or not top_k:
+        return 1
+    extent = max(candidates) - min(candidates) + 1
+    return max(1, extent // (2 * top_k))
+
+
+def select_slices(
+    scores: np.ndarray,
+    *,
+    top_k: int | None = DEFAULT_TOP_K,
+    threshold: float | None = DEFAULT_THRESHOLD,
+    min_spacing: int | None = None,
+) -> list[int]:
+    """Slice indices to re-prompt with, chosen greedily from the best reverse score down.
+
+    Parameters
+    ----------
+    scores
+        Reverse score per query slice, NaN where the slice is not a candidate (empty forward
+        prediction).
+    top_k
+        Keep at most this many slices (``None``: no limit).
+    threshold
+        Never keep a slice scoring below this (``None``: no floor).
+    min_spacing
+        No two kept slices are closer than this many slices (``None``: ``auto_min_spacing``;
+        ``1`` disables the constraint).
+
+    Returns
+    -------
+    list of int
+        Sorted slice indices; empty when no candidate reaches ``threshold``. Ties in score go
+        to the lower slice index, so the result is deterministic.
+
+    >>> select_slices(np.array([0.9, 0.95, np.nan, 0.2, 0.8]), top_k=2, threshold=0.5, min_spacing=2)
+    [1, 4]
+    """
+    check_selection(top_k=top_k, threshold=threshold, min_spacing=min_spacing)
+    scores = np.asarray(scores, dtype=float)
+    candidates = np.flatnonzero(~np.isnan(scores))
+    spacing = auto_min_spacing(candidates.tolist(), top_k) if min_spacing is None else min_spacing
+    order = candidates[np.lexsort((candidates, -scores[candidates]))]
+    chosen: list[int] = []
+    for z in order.tolist():
+        if top_k is not None and len(chosen) >= top_k:
+            break
+        if threshold is not None and scores[z] < threshold:
+            break  # ordered by score: nothing after this passes either
+        if all(abs(z - c) >= spacing for c in chosen):
+            chosen.append(z)
+    return sorted(chosen)
+
+
+def check_selection(*, top_k: int | None, threshold: float | None, min_spacing: int | None) -> None:
+    """Raise ``ConfigError`` for selection settings that cannot work."""
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold is a Dice in [0, 1] (or None for no floor), got {threshold}")
+    if min_spacing is not None and min_spacing < 1:
+        raise ConfigError(f"min_spacing is a number of slices >= 1 (or None for automatic), got {min_spacing}")

@@ -1,0 +1,127 @@
+"""Reference prompting end to end with the real SAM2 architecture (untrained tiny, image size 128).
+
+The untrained model's masks are meaningless: these tests check mechanics and invariants
+(exact conditioning masks, one prediction per slice, encoder reuse, selection rules, errors).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg import ConfigError, Geometry, InputError, LabelVolume, Volume
+from medseg.revsam2 import SupportSet, segment_with_references, select_slices, track_object
+from medseg.sam2 import FeatureCache, VolumeFrames, load_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("untrained", image_size=128, device="cpu")
+
+
+def _phantom(depth: int, seed: int, *, shape=(40, 36), modality: str = "CT") -> tuple[Volume, LabelVolume]:
+    """A CT-like volume: a disc (label 1) whose radius changes with z, and a box (label 2) on the middle slices."""
+    geometry = Geometry((depth, *shape), (3.0, 1.0, 1.0))
+    z, y, x = np.mgrid[: geometry.shape[0], : shape[0], : shape[1]]
+    labels = ((y - 18) ** 2 + (x - 15) ** 2 < (9 - np.abs(z - depth / 2)) ** 2).astype(np.int32)
+    labels[depth // 3 : depth - depth // 3, 4:10, 26:33] = 2
+    image = np.where(labels == 1, 60.0, np.where(labels == 2, 30.0, -80.0))
+    image += np.random.default_rng(seed).normal(0, 8, image.shape)
+    return Volume(image.astype(np.float32), geometry, modality), LabelVolume(labels, geometry)
+
+
+def test_reverse_score_is_one_for_the_slice_its_support_was_drawn_on(model):
+    query, truth = _phantom(6, 0)
+    # the support is slice 2 of the query itself: forward gives it back exactly as drawn, and
+    # the reverse pass from slice 2 onto that support must return the label: score 1
+    support = SupportSet.from_volumes([(query, truth, [2])], labels=[1])
+    result = segment_with_references(query, support, model=model, top_k=2, threshold=None, min_spacing=1, progress=False)
+    detail = result.provenance["labels"]["1"]
+    assert detail["reverse_scores"][2] == 1.0
+    assert np.array_equal(result.array[2] == 1, truth.array[2] == 1)
+    scored = [s for s in detail["reverse_scores"] if s is not None]
+    assert detail["candidates"] == len(scored) >= 2  # other slices went through the model
+    assert all(0.0 <= s <= 1.0 for s in scored)
+    assert 2 not in detail["selected_slices"]  # drawn slices condition anyway; selection picks others
+    assert result.untrained and result.label_names == {1: "label 1"}
+
+
+def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
+    query, _ = _phantom(8, 0)
+    ref, ref_labels = _phantom(10, 1)
+    support = SupportSet.from_volumes([(ref, ref_labels)], k=3, labels={1: "disc"})
+    forward = segment_with_references(query, support, mode="baseline", model=model, progress=False)
+    steps = []
+    result = segment_with_references(query, support, model=model, top_k=2, threshold=None, min_spacing=3,
+                                      progress=lambda done, total: steps.append((done, total)))
+    detail = result.provenance["labels"]["1"]
+    scores = np.array([np.nan if s is None else s for s in detail["reverse_scores"]])
+    selected = detail["selected_slices"]
+    assert selected == select_slices(scores, top_k=2, threshold=None, min_spacing=3)
+    assert len(selected) == 2 and selected[1] - selected[0] >= 3
+    for z in selected:
+        assert np.array_equal(result.array[z] == 1, forward.array[z] == 1)
+    assert result.scores[1] == pytest.approx(np.mean(scores[selected]), abs=1e-6)
+    assert steps[-1][0] == steps[-1][1] == 8 + detail["candidates"] + 8  # forward, reverse, re-prompt
+    assert result.provenance["method"] == "reference-prompting-revsam2"
+    assert result.provenance["support"]["slices"] == [{"reference": "reference 1", "z": z, "label": 1} for z in (1, 4, 8)]
+
+
+def test_no_slice_above_threshold_keeps_the_forward_prediction(model):
+    query, _ = _phantom(6, 0)
+    ref, ref_labels = _phantom(8, 1)
+    support = SupportSet.from_volumes([(ref, ref_labels)], k=2, labels=[1])
+    forward = segment_with_references(query, support, mode="baseline", model=model, progress=False)
+    result = segment_with_references(query, support, model=model, threshold=1.0, progress=False)
+    detail = result.provenance["labels"]["1"]
+    assert detail["fell_back_to_forward"] and detail["selected_slices"] == []
+    assert np.array_equal(result.array, forward.array)
+
+
+def test_every_support_and_query_slice_is_encoded_once(model):
+    query, _ = _phantom(6, 0)
+    ref, ref_labels = _phantom(9, 1)
+    # slices 4 and 5 show both labels: 4 supports, 2 distinct images
+    support = SupportSet.from_volumes([(ref, ref_labels, [4, 5])], labels={1: "disc", 2: "box"})
+    assert len(support) == 4
+    result = segment_with_references(query, support, model=model, top_k=2, threshold=None, progress=False)
+    details = result.provenance["labels"]
+    assert details["1"]["candidates"] > 0 and details["2"]["candidates"] > 0
+    assert result.provenance["encoder_calls"] == 6 + 2
+    assert set(np.unique(result.array)) <= {0, 1, 2}
+    assert set(result.slice_scores) == {1, 2}
+
+
+@pytest.mark.parametrize("placement", ["before", "middle"])
+def test_track_object_predicts_every_query_slice_once(model, placement):
+    query, _ = _phantom(7, 0)
+    ref, ref_labels = _phantom(9, 1)
+    cache = FeatureCache(model)
+    frames, ref_frames = VolumeFrames(query), VolumeFrames(ref)
+    external = [(ref_frames[z], ref_labels.array[z] == 1) for z in (3, 5)]
+    calls = []
+    track = track_object(model, cache, frames, 1, external=external, placement=placement, progress=lambda: calls.append(1))
+    assert len(calls) == 7 and np.isfinite(track.scores).all()
+    assert track.logits.shape == (7, 32, 32) and track.mask(0).shape == (40, 36)
+    # with conditioning slices on the query: those come back exactly, the rest is predicted once each
+    drawn = np.zeros((40, 36), bool)
+    drawn[10:20, 5:15] = True
+    calls.clear()
+    track = track_object(model, cache, frames, 1, in_query={4: drawn}, external=external, placement=placement,
+                         progress=lambda: calls.append(1))
+    assert len(calls) == 7 and np.isfinite(track.scores).all()
+    assert np.array_equal(track.mask(4), drawn)
+    assert cache.encoder_calls == 7 + 2
+
+
+def test_bad_settings_and_mismatched_modality_fail_before_any_model_work():
+    query, truth = _phantom(4, 0)
+    support = SupportSet.from_volumes([(query, truth, [2])])
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        segment_with_references(query, support, mode="fast", model="no-such-model")
+    with pytest.raises(ConfigError, match="top_k"):
+        segment_with_references(query, support, top_k=0, model="no-such-model")
+    mr, mr_labels = _phantom(4, 1, modality="MR")
+    mr_support = SupportSet.from_volumes([(mr, mr_labels)], names=["t2.nii.gz"])
+    with pytest.raises(InputError, match="t2.nii.gz is MR but the query is CT"):
+        segment_with_references(query, mr_support, model="no-such-model")
