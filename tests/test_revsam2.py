@@ -6,10 +6,17 @@ The untrained model's masks are meaningless: these tests check mechanics and inv
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
 from medseg import ConfigError, Geometry, InputError, LabelVolume, Volume
+from medseg.cli import main
+from medseg.io import load_labels, load_volume
+from medseg.io.nifti import write_nifti
+from medseg.phantom import make_phantom
 from medseg.revsam2 import SupportSet, segment_with_references, select_slices, track_object
 from medseg.sam2 import FeatureCache, VolumeFrames, load_model
 
@@ -125,3 +132,46 @@ def test_bad_settings_and_mismatched_modality_fail_before_any_model_work():
     mr_support = SupportSet.from_volumes([(mr, mr_labels)], names=["t2.nii.gz"])
     with pytest.raises(InputError, match="t2.nii.gz is MR but the query is CT"):
         segment_with_references(query, mr_support, model="no-such-model")
+
+
+# --- medseg fewshot -------------------------------------------------------------------------
+def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, tmp_path, capsys):
+    query_volume, _ = make_phantom(3, shape=(8, 48, 48))
+    query = tmp_path / "case.nii.gz"
+    write_nifti(query_volume.array.astype(np.int16), query_volume.geometry, query)
+    out, qc = tmp_path / "out" / "labels.nii.gz", tmp_path / "qc.json"
+    out.parent.mkdir()
+    with unmodified(phantom_case.image, phantom_case.label, query):
+        code = main([
+            "fewshot", "--support", f"{phantom_case.image}:{phantom_case.label}", "--query", str(query),
+            "--out", str(out), "--model", "untrained", "--image-size", "128", "--device", "cpu",
+            "--label", "1=liver", "--k", "2", "--top-k", "2", "--threshold", "none", "--preset", "ct-soft-tissue",
+            "--qc", str(qc), "--no-progress",
+        ])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "UNTRAINED MODEL" in captured.err
+    assert "1 liver:" in captured.out and "re-prompted from slices" in captured.out
+    written = load_labels(out, load_volume(query))  # raises unless on the query's exact grid
+    assert set(np.unique(written.array)) <= {0, 1}
+    report = json.loads(qc.read_text())
+    assert report["provenance"]["preset"]["name"] == "ct-soft-tissue"
+    assert len(report["provenance"]["labels"]["1"]["reverse_scores"]) == 8
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--support", "only-one-part.nii.gz"], "expected IMAGE:LABELS or IMAGE:LABELS:Z1,Z2"),
+        (["--label", "7=liver"], r"labels \[1, 2, 3\] are none of the labels to segment 7 \(liver\)"),
+        (["--label", "liver"], "expected ID=NAME"),
+    ],
+)
+def test_fewshot_cli_reports_bad_input_in_one_line(phantom_case, tmp_path, capsys, extra, message):
+    code = main(["fewshot", "--support", f"{phantom_case.image}:{phantom_case.label}", "--query", str(phantom_case.image),
+                 "--out", str(tmp_path / "x.nii.gz"), "--model", "untrained", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("medseg fewshot: error:") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err)
+    assert not (tmp_path / "x.nii.gz").exists()
