@@ -211,6 +211,7 @@ class _Parser:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[str] = []
+        self.seen_ids: set[str] = set()
 
     def medseg(self, data: dict[str, Any]) -> Cohort:
         labels = self.labels(data.get("labels"))
@@ -247,11 +248,6 @@ class _Parser:
 
     def cohort(self, data: dict[str, Any], modality: str, labels: dict[int, str], cases: list[Case | None]) -> Cohort:
         kept = [c for c in cases if c is not None]
-        seen: set[str] = set()
-        for case in kept:
-            if case.id in seen:
-                self.problems.append(f"case id {case.id!r} is used more than once; ids must be unique")
-            seen.add(case.id)
         name = data.get("name") or self.path.stem
         return Cohort(str(name), self.path, modality, labels, kept, str(data.get("description", "")))
 
@@ -296,6 +292,10 @@ class _Parser:
         case_id, split = raw.get("id"), raw.get("split")
         if not isinstance(case_id, str) or not case_id:
             self.problems.append(f"{where}: \"id\" must be a non-empty string")
+        elif case_id in self.seen_ids:
+            self.problems.append(f"{where}: case id {case_id!r} is used more than once; ids must be unique")
+        else:
+            self.seen_ids.add(case_id)
         if split not in SPLITS:
             self.problems.append(f"{where}: \"split\" is {split!r}; use one of {', '.join(SPLITS)}")
         image = self.file(where, "image", raw.get("image"), required=True)
