@@ -85,7 +85,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "object ID (label value; default 1), e.g. --point 2:14,80,97,0 is a negative click for object 2.",
     )
     p.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
-    p.add_argument("--model", default="sam2.1-tiny", help="registry name (sam2.1-tiny|small|base-plus|large, medsam2, untrained) or a checkpoint path (default sam2.1-tiny)")
+    p.add_argument("--model", default="sam2.1-tiny", help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), untrained (random, tests only); or a checkpoint path (default sam2.1-tiny)")
     p.add_argument("--point", action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
     p.add_argument("--box", action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
     p.add_argument("--mask", metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")

@@ -14,8 +14,8 @@ recorded in a sidecar ``<file>.sha256`` and every later load is checked against 
 first use); the expected size, where known, still catches truncated downloads.
 
 Offline use: put the checkpoint file, under the name the registry gives, into
-``weights_dir()`` (see ``medseg weights`` errors for the exact path), or pass its path as the
-model.
+``weights_dir()`` (the error raised when a download fails names the exact path), or pass its
+path as the model.
 """
 
 from __future__ import annotations

@@ -195,9 +195,13 @@ def test_correction_on_another_slice_changes_the_result(predictor, volume):
 def test_click_on_propagated_slice_refines_it_and_undo_takes_it_back(predictor, volume):
     session = predictor.session(volume)
     session.add_mask(1, 2, block_mask())
-    propagated = session.propagate().array[6] == 1
+    result = session.propagate()
+    snapshot = result.array.copy()
+    propagated = result.array[6] == 1
     assert propagated.any()
     session.add_point(1, 6, 20, 20, positive=False)
+    assert np.array_equal(result.array, snapshot)  # a returned result never changes afterwards
+    assert not np.array_equal(session.labels, snapshot)
     obj = session.prompts.objects[1]
     seed = [m for m in obj.masks if m.z == 6]
     assert len(seed) == 1 and np.array_equal(seed[0].mask, propagated)  # seeded from the propagation

@@ -136,6 +136,8 @@ def load_model(
     untrained = checkpoint is None
     if untrained:
         log.warning("model %r has RANDOM weights: its masks are meaningless (tests and smoke runs only)", spec.name)
+    else:
+        log.info("model %s (%s), image size %d on %s; licence: %s", spec.name, checkpoint, size, device, spec.licence)
     return Sam2Model(net, spec.name if path is None else str(path), size, device, untrained, checkpoint, sha,
                      spec.licence, seed if untrained else None)
 

@@ -68,6 +68,8 @@ class Sam2Session:
 
     Build it with ``Sam2VolumePredictor.session(volume)``. Prompts are voxel indices
     ``(z, y, x)`` of the volume. Each ``add_*`` call returns the label slice it changed.
+    A session is not thread-safe: make one call at a time (in napari, take no prompts while
+    ``propagate`` runs in its worker; ``should_stop`` ends it early).
 
     Parameters
     ----------
@@ -100,6 +102,7 @@ class Sam2Session:
         self.prompts = Prompts()
         self._actions: list[_Action] = []
         self._labels = np.zeros(volume.shape, dtype=np.int32)
+        self._labels_handed_out = False  # copy on the next edit: a returned LabelVolume shares it
         self._confidence: dict[int, np.ndarray] = {}
         self._slice_outputs: dict[tuple[int, int], FrameOutput] = {}
         self._exact_masks: dict[tuple[int, int], np.ndarray] = {}
@@ -165,7 +168,8 @@ class Sam2Session:
             self._slice_outputs.pop((obj_id, z), None)
             self._exact_masks.pop((obj_id, z), None)
         self._actions = [a for a in self._actions if a.obj_id != obj_id]
-        self._labels[self._labels == obj_id] = 0
+        labels = self._editable_labels()
+        labels[labels == obj_id] = 0
         self._confidence.pop(obj_id, None)
 
     # --- results --------------------------------------------------------------------------
@@ -175,7 +179,7 @@ class Sam2Session:
         Objects not prompted on ``z`` keep what the last propagation gave them. No model work
         happens here: prompts are applied when added (with the slice's features cached).
         """
-        labels = self._labels[z]
+        labels = self._editable_labels()[z]
         prompted = [o for (o, zz) in self._slice_outputs if zz == z]
         for obj_id in prompted:
             labels[labels == obj_id] = 0
@@ -195,8 +199,10 @@ class Sam2Session:
 
     @property
     def labels(self) -> np.ndarray:
-        """The current label array ``(z, y, x)`` (prompted slices and the last propagation)."""
-        return self._labels
+        """The current label array ``(z, y, x)``, read-only (prompted slices and the last propagation)."""
+        view = self._labels.view()
+        view.flags.writeable = False
+        return view
 
     def propagate(self, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> LabelVolume | None:
         """Propagate every object through the volume from all its prompted slices.
@@ -229,11 +235,15 @@ class Sam2Session:
                         done += 1
                         if progress is not None:
                             progress(done, total)
-        self._labels, self._confidence = labels, confidence
+        self._labels, self._confidence, self._labels_handed_out = labels, confidence, False
         return self.result()
 
     def result(self) -> LabelVolume:
-        """The current labels as a ``LabelVolume`` with names, scores and provenance."""
+        """The current labels as a ``LabelVolume`` with names, scores and provenance.
+
+        The array is shared with the session until the session's next edit, which copies it
+        first: the returned object never changes, and ``segment`` holds one label array.
+        """
         slice_scores, scores = {}, {}
         for obj_id in sorted(self.prompts.objects):
             present = (self._labels == obj_id).sum(axis=(1, 2))
@@ -242,9 +252,10 @@ class Sam2Session:
             slice_scores[obj_id] = per_slice
             weights = np.where(np.isfinite(per_slice), present, 0)
             scores[obj_id] = float(np.nansum(per_slice * weights) / weights.sum()) if weights.sum() else 0.0
+        self._labels_handed_out = True
         return LabelVolume.like(
             self.volume,
-            self._labels.copy(),
+            self._labels,
             label_names={o: obj.name for o, obj in sorted(self.prompts.objects.items())},
             scores=scores,
             slice_scores=slice_scores,
@@ -289,7 +300,8 @@ class Sam2Session:
         if not (masks or boxes or points):
             self.tracker.clear_prompts(z, obj.obj_id)
             self._slice_outputs.pop(key, None)
-            self._labels[z][self._labels[z] == obj.obj_id] = 0
+            labels = self._editable_labels()[z]
+            labels[labels == obj.obj_id] = 0
             return
         if len(boxes) > 1:
             raise InputError(f"object {obj.obj_id}: SAM2 takes one box per object per slice; slice {z} has {len(boxes)}")
@@ -324,6 +336,11 @@ class Sam2Session:
         winner = np.asarray(out.obj_ids)[logits.argmax(axis=0)]
         painted = (logits.max(axis=0) > 0) & ((labels[z] == 0) | forced)
         labels[z][painted] = winner[painted]
+
+    def _editable_labels(self) -> np.ndarray:
+        if self._labels_handed_out:
+            self._labels, self._labels_handed_out = self._labels.copy(), False
+        return self._labels
 
     def _empty_confidence(self) -> np.ndarray:
         return np.full(self.volume.shape[0], np.nan, dtype=np.float32)
