@@ -17,7 +17,7 @@ from medseg.cli import main
 from medseg.io import load_labels, load_volume
 from medseg.io.nifti import write_nifti
 from medseg.phantom import make_phantom
-from medseg.revsam2 import SupportSet, segment_with_references, select_slices, track_object
+from medseg.revsam2 import ReferenceSession, SupportSet, segment_with_references, select_slices, track_object
 from medseg.sam2 import FeatureCache, VolumeFrames, load_model
 
 
@@ -74,15 +74,29 @@ def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
     assert result.provenance["support"]["slices"] == [{"reference": "reference 1", "z": z, "label": 1} for z in (1, 4, 8)]
 
 
-def test_no_slice_above_threshold_keeps_the_forward_prediction(model):
+def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(model):
     query, _ = _phantom(6, 0)
     ref, ref_labels = _phantom(8, 1)
     support = SupportSet.from_volumes([(ref, ref_labels)], k=2, labels=[1])
-    forward = segment_with_references(query, support, mode="baseline", model=model, progress=False)
-    result = segment_with_references(query, support, model=model, threshold=1.0, progress=False)
-    detail = result.provenance["labels"]["1"]
+    session = ReferenceSession(query, support, model=model)
+    first = session.segment(top_k=1, threshold=None, progress=False)
+    encoded = session.encoder_calls
+    assert encoded == 6 + 2
+    steps = []
+    second = session.segment(top_k=3, threshold=None, min_spacing=1, progress=lambda done, total: steps.append((done, total)))
+    assert session.encoder_calls == encoded and steps[-1] == (6, 6)  # only the re-prompt ran
+    first_detail, second_detail = first.provenance["labels"]["1"], second.provenance["labels"]["1"]
+    assert first_detail["reverse_scores"] == second_detail["reverse_scores"]
+    assert len(first_detail["selected_slices"]) == 1 and len(second_detail["selected_slices"]) == 3
+    # nothing reaches a reverse score of 1: the forward prediction (= the baseline) is kept
+    steps.clear()
+    baseline = session.segment(mode="baseline", progress=lambda done, total: steps.append((done, total)))
+    fallback = session.segment(threshold=1.0, progress=False)
+    assert steps == [] and session.encoder_calls == encoded
+    detail = fallback.provenance["labels"]["1"]
     assert detail["fell_back_to_forward"] and detail["selected_slices"] == []
-    assert np.array_equal(result.array, forward.array)
+    assert np.array_equal(fallback.array, baseline.array)
+    assert fallback.scores[1] == pytest.approx(max(s for s in detail["reverse_scores"] if s is not None), abs=1e-6)
 
 
 def test_every_support_and_query_slice_is_encoded_once(model):

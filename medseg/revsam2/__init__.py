@@ -35,7 +35,9 @@ What medseg designs (our choices, not the paper's)
 * Supports drawn on the query itself are conditioning frames at their own slice in every
   pass and come back exactly as drawn; they are not competing for the ``top_k`` slots.
 * Cost: every query and support slice is encoded once (one ``FeatureCache`` shared by all
-  trackers of a run); the reverse pass adds candidates x supports decoder steps.
+  trackers of a session); the reverse pass adds candidates x supports decoder steps. A
+  ``ReferenceSession`` keeps forward predictions and reverse scores, so trying other
+  selection settings re-runs only the re-prompt pass.
 * Defaults ``top_k=3``, ``threshold=0.5``, automatic ``min_spacing`` are PROVISIONAL: they
   were set by reasoning. The ablation that should fix them (``benchmarks/revsam2.py
   --ablation`` on the demo cohort) only means something with real weights, which were not
@@ -43,7 +45,7 @@ What medseg designs (our choices, not the paper's)
 """
 
 from medseg.revsam2.baseline import ObjectTrack, track_object
-from medseg.revsam2.engine import MODES, segment_with_references
+from medseg.revsam2.engine import MODES, ReferenceSession, segment_with_references
 from medseg.revsam2.reverse import DEFAULT_THRESHOLD, DEFAULT_TOP_K, reverse_score, reverse_scores, select_slices
 from medseg.revsam2.support import Reference, SupportSet, SupportSlice, sample_slices
 
@@ -53,6 +55,7 @@ __all__ = [
     "MODES",
     "ObjectTrack",
     "Reference",
+    "ReferenceSession",
     "SupportSet",
     "SupportSlice",
     "reverse_score",
