@@ -1,0 +1,156 @@
+"""Reference prompting: RevSAM2 vs plain support-then-propagate (time, encoder calls, Dice).
+
+Timing (default): the query is a CT phantom (``medseg.phantom``, label 1 liver) of 64 slices,
+the support 3 liver slices of another phantom. Each mode runs ``--repeats`` times in a fresh
+``ReferenceSession`` (nothing cached between runs); reported per mode: median wall seconds,
+seconds in the image encoder, encoder calls, and for RevSAM2 the reverse candidates and the
+encoder calls it would need without the shared feature cache. Dice against the phantom's
+truth is printed only with real weights: the untrained model's masks are meaningless. With
+the untrained model no slice would pass the default threshold (its reverse scores are
+noise), so the threshold is switched off to time the full pipeline, re-prompt included.
+
+Ablation (``--ablation``): the demo cohort (``data_manifests/demo.json``): supports from the
+first train case(s), every test case as query, every label; mean Dice of both baselines and
+of RevSAM2 for a grid of ``top_k`` x ``threshold`` x ``min_spacing`` x ``include_supports``.
+One session per query, so forward and reverse passes run once and only the re-prompt
+repeats per setting. This is the run that should fix the defaults; it means something only
+with real weights (the script says so when it has none).
+
+Usage::
+
+    python benchmarks/revsam2.py --quick                        # 16 slices 64x64, image size 128
+    python benchmarks/revsam2.py                                # 64 slices 128x128, untrained at 256
+    python benchmarks/revsam2.py --model medsam2 --device cuda  # real weights: Dice as well
+    python benchmarks/revsam2.py --ablation --model medsam2 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medseg.manifest import load_manifest
+from medseg.metrics import dice_per_label
+from medseg.phantom import make_phantom
+from medseg.revsam2 import ReferenceSession, SupportSet
+from medseg.sam2 import load_model
+from medseg.volume import UNTRAINED_BANNER
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_DICE = "Dice: not measured: the model is untrained (random weights), its masks are meaningless. " \
+          "Rerun with --model sam2.1-tiny or --model medsam2 (checkpoint cached or downloadable) for quality numbers."
+
+
+def _timed_encoder(net) -> list[float]:
+    """Wrap ``net.forward_image`` to record the seconds of each call."""
+    seconds: list[float] = []
+    inner = net.forward_image
+
+    def forward_image(images):
+        start = time.perf_counter()
+        out = inner(images)
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    net.forward_image = forward_image
+    return seconds
+
+
+def timing(args: argparse.Namespace, model) -> None:
+    shape = (16, 64, 64) if args.quick else (64, 128, 128)
+    query, truth = make_phantom(4, shape=shape)
+    reference, reference_labels = make_phantom(1, shape=shape)
+    support = SupportSet.from_volumes([(reference, reference_labels)], k=3, labels={1: "liver"})
+    encoder = _timed_encoder(model.net)
+    n, k = shape[0], len(support)
+    # untrained reverse scores are noise: without a threshold the re-prompt pass always runs
+    settings = {"threshold": None} if model.untrained else {}
+    print(f"query {shape} (z, y, x), {k} support slices (liver), model {model.name} at {model.image_size}, "
+          f"{model.device}, median of {args.repeats}{', revsam2 threshold off' if settings else ''}")
+    rows = {}
+    for mode in ("baseline", "revsam2"):
+        runs = []
+        for _ in range(args.repeats):
+            encoder.clear()
+            session = ReferenceSession(query, support, model=model, preset="ct-soft-tissue")
+            start = time.perf_counter()
+            labels = session.segment(mode=mode, progress=False, **(settings if mode == "revsam2" else {}))
+            runs.append((time.perf_counter() - start, sum(encoder), len(encoder), labels))
+        seconds = statistics.median(r[0] for r in runs)
+        encoder_seconds = statistics.median(r[1] for r in runs)
+        calls, labels = runs[0][2], runs[0][3]
+        rows[mode] = seconds
+        line = f"  {mode:9s} {seconds:7.2f} s  encoder {encoder_seconds:6.2f} s in {calls} calls"
+        if mode == "revsam2":
+            detail = labels.provenance["labels"]["1"]
+            candidates = detail["candidates"]
+            reprompt = 0 if detail["fell_back_to_forward"] else n + k
+            uncached = (n + k) + candidates * (1 + k) + reprompt
+            line += (f"  ({candidates} reverse candidates; {uncached} encoder calls without the shared cache; "
+                     f"selected {detail['selected_slices']})")
+        if not model.untrained:
+            line += f"  Dice {dice_per_label(labels, truth, labels=[1])[1]:.4f}"
+        print(line)
+    print(f"  revsam2 / baseline wall time: {rows['revsam2'] / rows['baseline']:.2f}x")
+    if model.untrained:
+        print(NO_DICE)
+
+
+def ablation(args: argparse.Namespace, model) -> None:
+    cohort = load_manifest(args.manifest)
+    labels = {v: name for v, name in cohort.labels.items() if v != 0}
+    train, test = cohort.split("train"), cohort.split("test")
+    references = [case.load() for case in train[: args.references]]
+    support = SupportSet.from_volumes([(v, lv) for v, lv in references], k=3, labels=labels,
+                                      names=[case.id for case in train[: args.references]])
+    if args.quick:
+        grid = list(itertools.product([1, 3], [None, 0.5], [None], [True]))
+        test = test[:1]
+    else:
+        grid = list(itertools.product([1, 3, 5, None], [None, 0.5, 0.7], [None, 1], [True, False]))
+    print(f"ablation on {cohort.name}: {len(support)} support slices from {[c.id for c in train[: args.references]]}, "
+          f"queries {[c.id for c in test]}, labels {labels}, model {model.name} at {model.image_size}")
+    if model.untrained:
+        print(f"{UNTRAINED_BANNER}\nThe numbers below only show that the ablation runs; they cannot choose defaults.")
+    scores: dict[str, list[float]] = {}
+    for case in test:
+        query, truth = case.load()
+        session = ReferenceSession(query, support, model=model)
+        runs = {"baseline": {"mode": "baseline"}, "baseline-middle": {"mode": "baseline-middle"}}
+        for top_k, threshold, spacing, include in grid:
+            name = f"revsam2 top_k={top_k} threshold={threshold} min_spacing={spacing or 'auto'} supports={include}"
+            runs[name] = {"top_k": top_k, "threshold": threshold, "min_spacing": spacing, "include_supports": include}
+        for name, options in runs.items():
+            result = session.segment(progress=False, **options)
+            dice = dice_per_label(result, truth, labels=list(labels), empty=np.nan)
+            scores.setdefault(name, []).extend(dice.values())
+    width = max(map(len, scores))
+    print(f"  {'setting':{width}s}  mean Dice over {len(test)} queries x {len(labels)} labels")
+    for name, values in sorted(scores.items(), key=lambda item: -np.nanmean(item[1])):
+        print(f"  {name:{width}s}  {np.nanmean(values):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes to check the benchmark runs")
+    parser.add_argument("--model", default="untrained", help="registry name or checkpoint path (default untrained)")
+    parser.add_argument("--image-size", type=int, help="model input size (default: 128 quick, 256 untrained, else the model's)")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--repeats", type=int, help="runs per mode (default 3; quick 2)")
+    parser.add_argument("--ablation", action="store_true", help="selection settings on the demo cohort instead of timing")
+    parser.add_argument("--manifest", default=str(ROOT / "data_manifests" / "demo.json"), help="cohort for --ablation")
+    parser.add_argument("--references", type=int, default=1, help="train cases used as references in --ablation")
+    args = parser.parse_args()
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    image_size = args.image_size or (128 if args.quick else 256 if args.model == "untrained" else None)
+    model = load_model(args.model, image_size=image_size, device=args.device)
+    ablation(args, model) if args.ablation else timing(args, model)
+
+
+if __name__ == "__main__":
+    main()
