@@ -78,11 +78,12 @@ class DicomSeries:
     description: str
     files: tuple[Path, ...]
     n_slices: int  # frames of all files together
+    multiframe: bool  # enhanced / multi-frame objects: frames placed by functional groups
 
     def __str__(self) -> str:
         what = f"{self.n_slices} slice{'s' if self.n_slices != 1 else ''}"
-        if len(self.files) == 1 and self.n_slices > 1:
-            what += " in one multi-frame file"
+        if self.multiframe:
+            what += f" in {len(self.files)} multi-frame file{'s' if len(self.files) != 1 else ''}"
         return f"{self.uid} ({self.modality}, '{self.description}', {what})"
 
 
@@ -102,71 +103,23 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
     Raises ``InputError`` for an empty folder, a folder without DICOM files, a folder whose
     DICOM objects are all non-images (SEG, RTSTRUCT, ...), and a DICOM file that is corrupt.
     """
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR")
-    if not files:
-        raise InputError(f"{folder}: the folder is empty; give the folder that holds the DICOM files of a series")
-    groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
-    non_images: Counter[str] = Counter()
-    not_dicom: list[Path] = []
-    for path in files:
-        header = _read_header(path)
-        if header is None:
-            not_dicom.append(path)
-        elif not _is_image(header):
-            non_images[str(header.get("Modality", "unknown")) + ("" if "Rows" in header else " without pixel data")] += 1
-        else:
-            groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
-    if not groups:
-        if non_images:
-            found = ", ".join(f"{n} {kind}" for kind, n in sorted(non_images.items()))
-            raise InputError(f"{folder}: holds DICOM objects ({found}) but no image series; give the folder of the images")
-        examples = ", ".join(p.name for p in not_dicom[:3])
-        raise InputError(
-            f"{folder}: none of its {len(not_dicom)} file(s) is DICOM (e.g. {examples}); give a DICOM series folder, "
-            "or the path of a NIfTI/NRRD/MHA file"
-        )
-    if not_dicom:
-        logger.info("%s: skipped %d file(s) that are not DICOM", folder, len(not_dicom))
-    series = [_describe(uid, members) for uid, members in groups.items()]
-    return sorted(series, key=lambda s: (-s.n_slices, s.uid))
-
-
-def choose_series(folder: Path, series_uid: str | None, *, pick_largest: bool) -> DicomSeries:
-    """The series to load: by UID, the only one, or the largest when asked."""
-    series = list_dicom_series(folder)
-    listing = "\n".join(f"  - {s}" for s in series)
-    if series_uid is not None:
-        for s in series:
-            if s.uid == series_uid:
-                return s
-        raise InputError(f"{folder}: no series with SeriesInstanceUID {series_uid}; the folder holds:\n{listing}")
-    if len(series) == 1:
-        return series[0]
-    if pick_largest:
-        logger.info("%s: %d series found, loading the largest: %s", folder, len(series), series[0])
-        return series[0]
-    raise InputError(
-        f"{folder}: holds {len(series)} image series; choose one with series_uid=... (CLI: --series-uid) "
-        f"or pick_largest=True (CLI: --pick-largest):\n{listing}"
-    )
+    return _sorted_series(_scan(Path(folder)))
 
 
 def read_dicom(path: Path, series_uid: str | None = None, *, pick_largest: bool = False) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
     """Voxels ``(z, y, x)`` float32 in physical units, geometry, allow-listed metadata and source files."""
-    series = _series_of(path, series_uid, pick_largest=pick_largest)
-    if series.n_slices > len(series.files):
+    series, headers = _select(path, series_uid, pick_largest=pick_largest)
+    if series.multiframe:
         return _read_multiframe(series)
-    return _read_single_frames(series)
+    return _read_single_frames(series, headers)
 
 
 def read_dicom_geometry(path: Path, series_uid: str | None = None, *, pick_largest: bool = False) -> Geometry:
     """The geometry ``read_dicom`` would give, from the headers alone."""
-    series = _series_of(path, series_uid, pick_largest=pick_largest)
-    if series.n_slices > len(series.files):
-        header = _dataset(series.files[0], pixels=False)
-        return stack_geometry(_frames(header), str(series.files[0]))[1]
-    headers = [_dataset(f, pixels=False) for f in series.files]
+    series, headers = _select(path, series_uid, pick_largest=pick_largest)
+    if series.multiframe:
+        _check_one_file(series)
+        return stack_geometry(_frames(headers[0]), str(series.files[0]))[1]
     return _series_geometry(headers, series)[1]
 
 
@@ -219,22 +172,72 @@ def metadata_of(header: pydicom.Dataset) -> dict[str, Any]:
     return metadata
 
 
-def _series_of(path: Path, series_uid: str | None, *, pick_largest: bool) -> DicomSeries:
-    if path.is_dir():
-        return choose_series(path, series_uid, pick_largest=pick_largest)
-    header = _read_header(path)
-    if header is None:
-        raise InputError(f"{path}: not a DICOM file (no DICOM header could be read)")
-    if not _is_image(header):
-        raise InputError(f"{path}: a DICOM {header.get('Modality', 'object')} without an image to load")
-    series = _describe(str(header.get("SeriesInstanceUID", "")), [(path, header)])
-    if series_uid is not None and series.uid != series_uid:
-        raise InputError(f"{path}: belongs to series {series.uid}, not {series_uid}")
-    return series
+def _scan(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    """The image files under ``folder`` with their headers, grouped by SeriesInstanceUID."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR")
+    if not files:
+        raise InputError(f"{folder}: the folder is empty; give the folder that holds the DICOM files of a series")
+    groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    non_images: Counter[str] = Counter()
+    not_dicom: list[Path] = []
+    for path in files:
+        header = _read_header(path)
+        if header is None:
+            not_dicom.append(path)
+        elif not _is_image(header):
+            non_images[str(header.get("Modality", "unknown")) + ("" if "Rows" in header else " without pixel data")] += 1
+        else:
+            groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
+    if not groups:
+        if non_images:
+            found = ", ".join(f"{n} {kind}" for kind, n in sorted(non_images.items()))
+            raise InputError(f"{folder}: holds DICOM objects ({found}) but no image series; give the folder of the images")
+        examples = ", ".join(p.name for p in not_dicom[:3])
+        raise InputError(
+            f"{folder}: none of its {len(not_dicom)} file(s) is DICOM (e.g. {examples}); give a DICOM series folder, "
+            "or the path of a NIfTI/NRRD/MHA file"
+        )
+    if not_dicom:
+        logger.info("%s: skipped %d file(s) that are not DICOM", folder, len(not_dicom))
+    return groups
 
 
-def _read_single_frames(series: DicomSeries) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
-    headers = [_dataset(f, pixels=False) for f in series.files]
+def _sorted_series(groups: dict[str, list[tuple[Path, pydicom.Dataset]]]) -> list[DicomSeries]:
+    return sorted((_describe(uid, members) for uid, members in groups.items()), key=lambda s: (-s.n_slices, s.uid))
+
+
+def _select(path: Path, series_uid: str | None, *, pick_largest: bool) -> tuple[DicomSeries, list[pydicom.Dataset]]:
+    """The series to load (by UID, the only one, or the largest when asked) and its files' headers."""
+    if not path.is_dir():
+        header = _read_header(path)
+        if header is None:
+            raise InputError(f"{path}: not a DICOM file (no DICOM header could be read)")
+        if not _is_image(header):
+            raise InputError(f"{path}: a DICOM {header.get('Modality', 'object')} without an image to load")
+        series = _describe(str(header.get("SeriesInstanceUID", "")), [(path, header)])
+        if series_uid is not None and series.uid != series_uid:
+            raise InputError(f"{path}: belongs to series {series.uid}, not {series_uid}")
+        return series, [header]
+    groups = _scan(path)
+    found = _sorted_series(groups)
+    listing = "\n".join(f"  - {s}" for s in found)
+    if series_uid is not None:
+        chosen = next((s for s in found if s.uid == series_uid), None)
+        if chosen is None:
+            raise InputError(f"{path}: no series with SeriesInstanceUID {series_uid}; the folder holds:\n{listing}")
+    elif len(found) == 1 or pick_largest:
+        chosen = found[0]
+        if len(found) > 1:
+            logger.info("%s: %d series found, loading the largest: %s", path, len(found), chosen)
+    else:
+        raise InputError(
+            f"{path}: holds {len(found)} image series; choose one with series_uid=... (CLI: --series-uid) "
+            f"or pick_largest=True (CLI: --pick-largest):\n{listing}"
+        )
+    return chosen, [header for _, header in groups[chosen.uid]]
+
+
+def _read_single_frames(series: DicomSeries, headers: list[pydicom.Dataset]) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
     samples = {int(h.get("SamplesPerPixel", 1)) for h in headers}
     if samples != {1}:
         raise InputError(f"series {series.uid}: colour images (SamplesPerPixel {sorted(samples)}); medseg reads grey-value volumes")
@@ -261,12 +264,9 @@ def _series_geometry(headers: list[pydicom.Dataset], series: DicomSeries) -> tup
 
 
 def _read_multiframe(series: DicomSeries) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
-    if len(series.files) > 1:
-        raise InputError(
-            f"series {series.uid}: {len(series.files)} multi-frame files in one series; give the path of one of them"
-        )
+    _check_one_file(series)
     path = series.files[0]
-    dataset = _dataset(path, pixels=True)
+    dataset = _read_dataset(path)
     frames = _frames(dataset)
     order, geometry = stack_geometry(frames, str(path))
     try:
@@ -281,6 +281,13 @@ def _read_multiframe(series: DicomSeries) -> tuple[np.ndarray, Geometry, dict, t
     array = stored.astype(np.float32) * slopes[:, None, None] + intercepts[:, None, None]
     metadata = {"format": "dicom-multiframe", **metadata_of(dataset), "n_files": 1}
     return np.ascontiguousarray(array[order]), geometry, metadata, (path,)
+
+
+def _check_one_file(series: DicomSeries) -> None:
+    if len(series.files) > 1:
+        raise InputError(
+            f"series {series.uid}: {len(series.files)} multi-frame files in one series; give the path of one of them"
+        )
 
 
 def _frames(dataset: pydicom.Dataset) -> list[_Slice]:
@@ -389,6 +396,7 @@ def _describe(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> DicomSer
         description=str(header.get("SeriesDescription", "")),
         files=tuple(path for path, _ in members),
         n_slices=sum(int(h.get("NumberOfFrames", 1) or 1) for _, h in members),
+        multiframe=any("PerFrameFunctionalGroupsSequence" in h or int(h.get("NumberOfFrames", 1) or 1) > 1 for _, h in members),
     )
 
 
@@ -416,9 +424,9 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
         return None
 
 
-def _dataset(path: Path, *, pixels: bool) -> pydicom.Dataset:
+def _read_dataset(path: Path) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+        return pydicom.dcmread(path, force=True)
     except Exception as error:
         raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or replace it") from error
 

@@ -36,7 +36,7 @@ def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
             f"cannot write {path} as DICOM SEG: the image was not read from DICOM "
             f"({like.metadata.get('format', 'unknown format')}); save the labels as .nii.gz instead"
         )
-    sources = [pydicom.dcmread(f) for f in like.source_files]
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in like.source_files]  # highdicom needs headers only
     array = labels.array
     if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1)) > 1:
         # A multi-frame source: SEG frames follow the source's frame order, not medseg's z order.
