@@ -41,24 +41,11 @@ from medseg.revsam2 import ReferenceSession, SupportSet
 from medseg.sam2 import load_model
 from medseg.volume import UNTRAINED_BANNER
 
+from sam2_propagation import _timed_encoder  # the SAM2 benchmark's encoder timer (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_DICE = "Dice: not measured: the model is untrained (random weights), its masks are meaningless. " \
           "Rerun with --model sam2.1-tiny or --model medsam2 (checkpoint cached or downloadable) for quality numbers."
-
-
-def _timed_encoder(net) -> list[float]:
-    """Wrap ``net.forward_image`` to record the seconds of each call."""
-    seconds: list[float] = []
-    inner = net.forward_image
-
-    def forward_image(images):
-        start = time.perf_counter()
-        out = inner(images)
-        seconds.append(time.perf_counter() - start)
-        return out
-
-    net.forward_image = forward_image
-    return seconds
 
 
 def timing(args: argparse.Namespace, model) -> None:
