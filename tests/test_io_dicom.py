@@ -196,6 +196,28 @@ def test_missing_slice_is_an_error_not_a_silent_stretch(dicom_phantom, tmp_path)
         load_volume(tmp_path / "series")
 
 
+def test_rescale_is_applied_per_file(dicom_phantom, tmp_path):
+    _copy_series(dicom_phantom.image, tmp_path / "series")
+    victim = _files_by_position(tmp_path / "series")[4]
+    ds = pydicom.dcmread(victim)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    ds.PixelData = np.round((hu + 2000) / 0.5).astype(np.uint16).tobytes()  # same HU, other encoding
+    ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-2000"
+    ds.save_as(victim)
+    np.testing.assert_array_equal(load_volume(tmp_path / "series").array, dicom_phantom.volume.array)
+
+
+def test_uneven_spacing_is_an_error(dicom_phantom, tmp_path):
+    _copy_series(dicom_phantom.image, tmp_path / "series")
+    victim = _files_by_position(tmp_path / "series")[6]
+    ds = pydicom.dcmread(victim)
+    normal = np.cross(*np.reshape(np.array(ds.ImageOrientationPatient, float), (2, 3)))
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in np.array(ds.ImagePositionPatient, float) + 0.8 * normal]
+    ds.save_as(victim)
+    with pytest.raises(GeometryError, match=r"uneven slice spacing: gaps from 1\.700 to 3\.300 mm; medseg will not guess a grid"):
+        load_volume(tmp_path / "series")
+
+
 def test_repeated_positions_are_an_error(dicom_phantom, tmp_path):
     files = _copy_series(dicom_phantom.image, tmp_path / "series")
     duplicate = pydicom.dcmread(files[0])
