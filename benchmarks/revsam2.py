@@ -90,7 +90,7 @@ def timing(args: argparse.Namespace, model) -> None:
 
 def ablation(args: argparse.Namespace, model) -> None:
     cohort = load_manifest(args.manifest)
-    labels = {v: name for v, name in cohort.labels.items() if v != 0}
+    labels = dict(cohort.labels)
     train, test = cohort.split("train"), cohort.split("test")
     references = [case.load() for case in train[: args.references]]
     support = SupportSet.from_volumes([(v, lv) for v, lv in references], k=3, labels=labels,

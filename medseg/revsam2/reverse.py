@@ -9,7 +9,7 @@ The paper does not publish its similarity; Dice against the support labels is ou
 One small tracker per candidate slice holds that slice (the conditioning frame) followed by
 the supports; each support is predicted by its own one-frame propagation call, which starts
 from the conditioning frame only, so no support's prediction leans on another's. The image
-features of every slice come from the run's shared cache: the reverse pass costs memory
+features of every slice come from the session's shared cache: the reverse pass costs memory
 attention and mask decoding, not encoder passes. A support that *is* the candidate slice
 (supports annotated on the query itself) is the prompted frame, whose output is the prompt.
 
@@ -74,7 +74,7 @@ def reverse_scores(
     Parameters
     ----------
     model, cache
-        The SAM2 model and the run's shared feature cache.
+        The SAM2 model and the session's shared feature cache.
     query
         The query's frames.
     forward
