@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medseg.cli import main
 from medseg.errors import ConfigError
@@ -197,23 +198,43 @@ def test_ctrl_c_loses_only_the_case_in_flight(tmp_path, cohort):
     assert summary.counts == {"m": {"ok": 1, "failed": 0, "skipped": 1}}
 
 
-def test_sam2_untrained_run_is_flagged_and_replay_reproduces_labels(tmp_path, cohort):
-    path = pipeline_file(tmp_path, cohort, "sam2: {type: sam2, model: untrained, image_size: 128}\n",
-                         "cases: [phantom_002]\nprompts: {point: centroid, box: middle}\n")
+@pytest.mark.slow
+def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_path, cohort):
+    path = pipeline_file(
+        tmp_path, cohort,
+        "sam2: {type: sam2, model: untrained, image_size: 128}\nrev: {type: revsam2, model: untrained, image_size: 128}\n",
+        "cases: [phantom_002]\nprompts: {point: centroid, box: middle, reference_slices: 2}\n",
+    )
     out = tmp_path / "out"
-    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads((out / "sam2" / "phantom_002" / "result.json").read_text())
     assert result["untrained"] is True and result["provenance"]["model"] == "untrained"
-    assert result["prompt_policy"] == {"point": "centroid", "box": "middle", "reference_slices": 3}
+    assert result["prompt_policy"] == {"point": "centroid", "box": "middle", "reference_slices": 2}
     logged = json.loads((out / "sam2" / "phantom_002" / "prompts.json").read_text())["prompts"]
     truth = load_manifest(cohort).case("phantom_002").load()[1]
-    expected = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=3).prompts(truth, labels={1: "liver", 2: "spleen", 3: "kidney"}, case_id="phantom_002")
+    names = {1: "liver", 2: "spleen", 3: "kidney"}
+    expected = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=3).prompts(truth, labels=names, case_id="phantom_002")
     assert logged == json.loads(json.dumps(expected.to_dict()))
-    assert (out / "report.md").read_text().splitlines()[2].startswith(f"> **{UNTRAINED_BANNER}")
+    support = json.loads((out / "rev" / "phantom_002" / "prompts.json").read_text())["support"]
+    assert support["references"] == ["phantom_000"]  # the first labelled train case
+    assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3]  # 2 reference slices per label
+    assert (out / "report.md").read_text().splitlines()[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev.**"
 
-    replay = replay_case(out / "sam2" / "phantom_002")
-    assert replay.identical and replay.total_voxels == 8 * 48 * 48
-    assert json.loads((replay.replay_dir / "result.json").read_text())["metrics"] == result["metrics"]
+    torch.set_num_threads(2)  # the replay restores the run's thread count (1) for the same float sums
+    try:
+        for method in ("sam2", "rev"):
+            replay = replay_case(out / method / "phantom_002")
+            assert replay.identical and replay.total_voxels == 8 * 48 * 48
+            replayed = json.loads((replay.replay_dir / "result.json").read_text())
+            assert replayed["metrics"] == json.loads((out / method / "phantom_002" / "result.json").read_text())["metrics"]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_cli_reports_bad_yaml_as_one_line(tmp_path, cohort, capsys):

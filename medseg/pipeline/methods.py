@@ -174,15 +174,6 @@ class _Sam2Family(Method):
     def describe(self) -> dict[str, Any]:
         return {**self.setup.state, "image_size": self.options.image_size, "preset": self.options.preset}
 
-
-@register
-class Sam2(_Sam2Family):
-    """SAM2 propagation through the volume from the prompt policy's points and boxes."""
-
-    kind = "sam2"
-    Options = Sam2Options
-    uses_prompts = True
-
     def _predictor(self):
         if not hasattr(self, "_loaded"):
             from medseg.sam2 import Sam2VolumePredictor
@@ -193,10 +184,88 @@ class Sam2(_Sam2Family):
             )
         return self._loaded
 
+
+@register
+class Sam2(_Sam2Family):
+    """SAM2 propagation through the volume from the prompt policy's points and boxes."""
+
+    kind = "sam2"
+    Options = Sam2Options
+    uses_prompts = True
+
     def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
         if not prompts.objects:
             raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is nothing to prompt")
         return Segmentation(self._predictor().segment(volume, prompts, progress=False))
+
+
+@dataclass(frozen=True)
+class RevSam2Options(Sam2Options):
+    """The SAM2 options, plus: ``mode`` (``revsam2``, ``baseline``, ``baseline-middle``; see
+    ``medseg.revsam2``), ``references`` (how many labelled cases of ``reference_split``, in
+    manifest order, give the support slices: ``prompts.reference_slices`` per label each) and
+    the re-prompt selection ``top_k`` / ``threshold`` / ``min_spacing`` (None = no limit / no
+    floor / automatic)."""
+
+    mode: Literal["revsam2", "baseline", "baseline-middle"] = "revsam2"
+    references: int = 1
+    reference_split: Literal["train", "val"] = "train"
+    top_k: int | None = 3
+    threshold: float | None = 0.5
+    min_spacing: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.references < 1:
+            raise ConfigError(f"references must be at least 1, got {self.references}")
+
+
+@register
+class RevSam2(_Sam2Family):
+    """Reference prompting (``medseg.revsam2``): annotated slices of reference cases, frozen SAM2."""
+
+    kind = "revsam2"
+    Options = RevSam2Options
+
+    @classmethod
+    def _reference_cases(cls, setup: MethodSetup, cohort) -> list:
+        labelled = [c for c in cohort.split(setup.options.reference_split) if c.label is not None]
+        if len(labelled) < setup.options.references:
+            raise ConfigError(
+                f"method {setup.name}: references: {setup.options.references} reference case(s) wanted but the "
+                f"{setup.options.reference_split!r} split of {cohort.path} has {len(labelled)} labelled case(s)"
+            )
+        return labelled[: setup.options.references]
+
+    @classmethod
+    def check(cls, setup: MethodSetup, cohort) -> None:
+        super().check(setup, cohort)
+        cls._reference_cases(setup, cohort)
+
+    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
+        references = [c.id for c in self._reference_cases(self.setup, cohort)]
+        return {**super().prepare(cohort, progress_bar=progress_bar), "cohort": str(cohort.path), "references": references}
+
+    def _support(self):
+        if not hasattr(self, "_support_set"):
+            from medseg.manifest import load_manifest
+            from medseg.revsam2 import SupportSet
+
+            cohort = load_manifest(self.setup.state["cohort"])
+            ids = self.setup.state["references"]
+            self._support_set = SupportSet.from_volumes(
+                [cohort.case(i).load() for i in ids], k=self.setup.reference_slices, labels=self.setup.labels, names=ids
+            )
+        return self._support_set
+
+    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
+        from medseg.revsam2 import segment_with_references
+
+        support = self._support()
+        labels = segment_with_references(
+            volume, support, mode=self.options.mode, model=self._predictor(), top_k=self.options.top_k,
+            threshold=self.options.threshold, min_spacing=self.options.min_spacing, progress=False,
+        )
+        return Segmentation(labels, prompt_log={"support": support.to_dict()})
 
 
 # --- Mask R-CNN -------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 ``result.json`` holds the method's settings and prepared state (model name and checksum,
 trained model directory, preset), the seed and the cohort; ``prompts.json`` the exact prompts.
-The replay feeds exactly those again, writes its own case folder (default
-``<case>/replay``) and compares the two label maps voxel by voxel. The model loaders verify
+The replay feeds exactly those again with the run's torch thread count (floating-point sums,
+and so masks near the threshold, depend on it), writes its own case folder (default
+``<case>/replay``) and compares the two label maps voxel by voxel. Labels are reproduced
+exactly on the same kind of hardware (CPU vs GPU, and GPU models, sum differently). The model loaders verify
 checksums on load; a different checksum in the new provenance is reported as an error.
 """
 
@@ -58,7 +60,14 @@ def replay_case(case_dir: str | Path, *, out: str | Path | None = None) -> Repla
         fingerprint=result["fingerprint"], code=current,
         replay_prompts=rs.read_json(case_dir / rs.PROMPTS)["prompts"],
     )
-    replayed = run_case(task)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(result.get("torch_threads", threads))  # the same float summation order as the run
+    try:
+        replayed = run_case(task)
+    finally:
+        torch.set_num_threads(threads)
     if replayed["status"] != "ok":
         error = replayed["error"]
         raise InputError(f"replay of {case_dir} failed: {error['type']}: {error['message']}")

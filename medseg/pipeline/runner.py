@@ -128,6 +128,7 @@ def run_case(task: CaseTask) -> dict[str, Any]:
         else:
             prompts = Prompts()
         torch.manual_seed(setup.seed)
+        result["torch_threads"] = torch.get_num_threads()  # float sums, hence masks, depend on it
         seg = method.segment(volume, prompts=prompts, truth=truth, case_id=case.id)
         task.case_dir.mkdir(parents=True, exist_ok=True)
         rs.write_json(task.case_dir / rs.PROMPTS, {"prompts": prompts.to_dict(), **seg.prompt_log})
