@@ -91,6 +91,9 @@ def read_geometry(path: str | os.PathLike, series_uid: str | None = None, *, pic
 def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume:
     """Load a label map that must lie on the voxel grid of ``like`` (a Volume or its Geometry).
 
+    NIfTI, NRRD and MetaImage files must have ``like``'s shape and affine; a DICOM SEG's frames
+    must fall on ``like``'s voxels (its segment numbers become the label values).
+
     Raises
     ------
     GeometryError
@@ -101,13 +104,15 @@ def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume
     """
     path = Path(path)
     kind = format_of(path)
+    grid = like.geometry if isinstance(like, Volume) else like
     if kind == "nifti":
         array, geometry = nifti.read_nifti(path)
     elif kind == "itk":
         array, geometry = itk.read_itk(path)
-    grid = like.geometry if isinstance(like, Volume) else like
-    if kind in ("dicom", "dicom-dir"):
+    elif kind == "dicom":
         array, geometry = seg.read_seg(path, grid), grid
+    else:
+        raise InputError(f"{path}: a folder; give the label file (NIfTI, NRRD, MetaImage or DICOM SEG)")
     if not grid.same_grid(geometry):
         raise GeometryError(
             f"{path}: label map does not lie on its image's voxel grid: {grid.describe_difference(geometry)} "

@@ -9,9 +9,10 @@ the compressed transfer syntaxes and applies RescaleSlope/Intercept per file (CT
 Multi-frame images (enhanced CT/MR) are read with pydicom, with positions, orientation and
 rescale taken from the per-frame and shared functional groups.
 
-MONAI's ``PydicomReader`` is not used for series: it stacks the slices in the order it is
-given and does not detect missing slices or mixed stacks, which are exactly the failures
-this module must catch; its ``ITKReader`` needs the ``itk`` package.
+MONAI's ``PydicomReader`` is not used for series: it sorts slices by InstanceNumber and
+averages the distance between them, so a missing slice, or numbering that runs against the
+positions, gives a silently wrong grid (the failures this module exists to catch). MONAI's
+``ITKReader`` needs the ``itk`` package, which medseg does not depend on.
 
 Only an allow-list of acquisition fields reaches ``Volume.metadata``; no patient, study
 date or institution field is ever copied, logged or put into an error message.
@@ -37,21 +38,21 @@ from medseg.io.files import has_dicom_preamble
 
 logger = logging.getLogger(__name__)
 
-# Acquisition fields that identify no one; everything else in the header stays out.
+# Acquisition fields that identify no one; everything else in the header stays out. Free-text
+# fields that PS3.15 (de-identification) asks to remove or replace, such as ProtocolName and
+# ContrastBolusAgent, are left out; SeriesDescription stays: it is how users tell series apart.
 METADATA_KEYWORDS = (
     "Modality",
     "Manufacturer",
     "ManufacturerModelName",
     "SeriesDescription",
     "SeriesNumber",
-    "ProtocolName",
     "BodyPartExamined",
     "ImageType",
     "SliceThickness",
     "SpacingBetweenSlices",
     "KVP",
     "ConvolutionKernel",
-    "ContrastBolusAgent",
     "MagneticFieldStrength",
     "ScanningSequence",
     "SequenceName",
