@@ -148,6 +148,11 @@ def test_multiframe_dicom_with_shuffled_frames(dicom_phantom, tmp_path):
     out = save_labels(labels, volume, tmp_path / "enhanced_seg.dcm")
     np.testing.assert_array_equal(load_labels(out, volume).array, labels.array)
 
+    del enhanced.PerFrameFunctionalGroupsSequence
+    enhanced.save_as(tmp_path / "no_groups.dcm")
+    with pytest.raises(InputError, match=r"no_groups\.dcm: a multi-frame image without per-frame functional groups \(10 frames\)"):
+        load_volume(tmp_path / "no_groups.dcm")
+
 
 # --- folders with several series ---------------------------------------------------------
 @pytest.fixture(scope="module")

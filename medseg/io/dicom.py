@@ -120,13 +120,13 @@ def read_dicom_geometry(path: Path, series_uid: str | None = None, *, pick_large
     series, headers = _select(path, series_uid, pick_largest=pick_largest)
     if series.multiframe:
         _check_one_file(series)
-        return stack_geometry(_frames(headers[0]), str(series.files[0]))[1]
+        return _multiframe_geometry(headers[0])[1]
     return _series_geometry(headers, series)[1]
 
 
-def multiframe_order(dataset: pydicom.Dataset, source: str) -> np.ndarray:
+def multiframe_order(dataset: pydicom.Dataset) -> np.ndarray:
     """Frame indices of a multi-frame dataset in slice order (what ``read_dicom`` stacks as z)."""
-    return stack_geometry(_frames(dataset), source)[0]
+    return _multiframe_geometry(dataset)[0]
 
 
 def stack_geometry(slices: list[_Slice], source: str, *, single_slice_spacing: float = 1.0) -> tuple[np.ndarray, Geometry]:
@@ -268,8 +268,9 @@ def _read_multiframe(series: DicomSeries) -> tuple[np.ndarray, Geometry, dict, t
     _check_one_file(series)
     path = series.files[0]
     dataset = _read_dataset(path)
-    frames = _frames(dataset)
-    order, geometry = stack_geometry(frames, str(path))
+    order, geometry = _multiframe_geometry(dataset)
+    if int(dataset.get("SamplesPerPixel", 1)) != 1:
+        raise InputError(f"{path}: a colour image (SamplesPerPixel {dataset.SamplesPerPixel}); medseg reads grey-value volumes")
     try:
         stored = dataset.pixel_array
     except Exception as error:  # pydicom raises several types for missing decoders and short data
@@ -277,8 +278,8 @@ def _read_multiframe(series: DicomSeries) -> tuple[np.ndarray, Geometry, dict, t
             f"{path}: cannot decode the pixel data ({error}); for compressed multi-frame files install "
             "pylibjpeg with its plugins, or convert the file to a single-frame series"
         ) from error
-    stored = np.asarray(stored).reshape(len(frames), *frames[0].size)
-    slopes, intercepts = _frame_rescales(dataset, len(frames))
+    stored = np.asarray(stored).reshape(len(order), *geometry.shape[1:])
+    slopes, intercepts = _frame_rescales(dataset, len(order))
     array = stored.astype(np.float32) * slopes[:, None, None] + intercepts[:, None, None]
     metadata = {"format": "dicom-multiframe", **metadata_of(dataset), "n_files": 1}
     return np.ascontiguousarray(array[order]), geometry, metadata, (path,)
@@ -289,6 +290,12 @@ def _check_one_file(series: DicomSeries) -> None:
         raise InputError(
             f"series {series.uid}: {len(series.files)} multi-frame files in one series; give the path of one of them"
         )
+
+
+def _multiframe_geometry(dataset: pydicom.Dataset) -> tuple[np.ndarray, Geometry]:
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    thickness = _functional(dataset, per_frame[0], "PixelMeasuresSequence", "SliceThickness") if per_frame else None
+    return stack_geometry(_frames(dataset), _name(dataset), single_slice_spacing=float(thickness or 1.0))
 
 
 def _frames(dataset: pydicom.Dataset) -> list[_Slice]:

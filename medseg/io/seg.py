@@ -40,7 +40,7 @@ def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
     array = labels.array
     if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1)) > 1:
         # A multi-frame source: SEG frames follow the source's frame order, not medseg's z order.
-        order = multiframe_order(sources[0], str(like.source_files[0]))
+        order = multiframe_order(sources[0])
         array = array[np.argsort(order)]
     n_segments = int(array.max()) if array.size else 0
     if n_segments == 0:
