@@ -83,7 +83,8 @@ class Case:
         The label map must lie on the image's grid (``GeometryError`` otherwise); a spacing
         override applies to both after that check.
         """
-        from medseg.io import load_labels, load_volume
+        from medseg.io import load_labels, load_volume  # imported late: io pulls in MONAI and torch
+
 
         volume = load_volume(self.image, self.series_uid)
         if volume.modality == "OT":

@@ -129,9 +129,12 @@ def write_dicom_series(
 
     Voxels are stored as unsigned 16-bit integers with a RescaleIntercept (and a slope when
     the range needs one), so readers must apply the rescale to get the volume's values back
-    (exactly, for whole-HU volumes). File names
-    are deliberately not in slice order (a reader must sort by position). The patient
-    module is filled with obviously synthetic values. Returns the files written.
+    (exactly, for whole-HU volumes). File names are deliberately not in slice order (a reader
+    must sort by position). The patient module holds obviously synthetic values.
+
+    A DICOM stack is right-handed (slice normal = row x column direction): a volume whose
+    direction is left-handed reads back with its z axis reversed, the same voxels at the same
+    points. Returns the files written.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,7 +150,7 @@ def write_dicom_series(
     orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
     date, clock = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
     shared_tags = {
-        "0008|0008": "DERIVED\\SECONDARY\\AXIAL",
+        "0008|0008": "DERIVED\\SECONDARY",
         "0008|0020": date,
         "0008|0030": clock,
         "0008|0060": volume.modality if volume.modality in ("CT", "MR") else "OT",
