@@ -85,7 +85,6 @@ class Case:
         """
         from medseg.io import load_labels, load_volume  # imported late: io pulls in MONAI and torch
 
-
         volume = load_volume(self.image, self.series_uid)
         if volume.modality == "OT":
             volume = replace(volume, modality=self.modality)
