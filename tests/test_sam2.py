@@ -305,16 +305,20 @@ def test_qc_names_the_least_confident_slice():
 def test_cli_segment_writes_labels_on_the_input_grid(tmp_path, volume):
     image = tmp_path / "image.nii.gz"
     nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), volume.affine), image)
+    painted = np.zeros(volume.shape, dtype=np.int16)
+    painted[7][block_mask(2, 9, 2, 12)] = 4
+    nib.save(nib.Nifti1Image(painted.transpose(2, 1, 0), volume.affine), tmp_path / "painted.nii.gz")
     out, qc = tmp_path / "labels.nii.gz", tmp_path / "qc.json"
     code = main([
         "segment", str(image), "--model", "untrained", "--image-size", "128", "--device", "cpu",
         "--point", "5,20,30", "--point", "2:3,30,45,1", "--box", "2:3,25,38,38,54", "--name", "2=lesion",
-        "--out", str(out), "--qc", str(qc), "--no-progress",
+        "--mask", str(tmp_path / "painted.nii.gz"), "--out", str(out), "--qc", str(qc), "--no-progress",
     ])
     assert code == 0
     written = nib.load(out)
     np.testing.assert_allclose(written.affine, volume.affine, atol=1e-5)
     assert written.shape == volume.shape[::-1]
+    assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0)[7] == 4, block_mask(2, 9, 2, 12))
     report = json.loads(qc.read_text())
     assert report["provenance"]["untrained"] is True and report["provenance"]["model"] == "untrained"
     assert report["provenance"]["prompts"]["2"]["name"] == "lesion"
