@@ -324,9 +324,11 @@ class Tracker:
             raise InputError(f"propagation range {start}..{end} is outside the {n} frames")
         known = self.obj_ids
         obj_ids = list(known if obj_ids is None else obj_ids)
+        if not obj_ids:
+            raise InputError("nothing to propagate: add a mask, points or a box first")
         unknown = [o for o in obj_ids if o not in known]
-        if not known or unknown:
-            raise InputError(f"objects {unknown or obj_ids} have no prompts; add a mask, points or a box first")
+        if unknown:
+            raise InputError(f"objects {unknown} have no prompts; add a mask, points or a box first")
         reverse = end < start
         order = range(start, end - 1, -1) if reverse else range(start, end + 1)
         net = self.model.net

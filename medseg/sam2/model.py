@@ -101,7 +101,9 @@ def load_model(
     model
         A registry name (``medseg.weights.REGISTRY``: ``sam2.1-tiny``, ``sam2.1-small``,
         ``sam2.1-base-plus``, ``sam2.1-large``, ``medsam2``, ``untrained``) or the path of a
-        checkpoint file. A registry checkpoint is downloaded into the cache on first use.
+        checkpoint file. A registry checkpoint is downloaded into the cache on first use. A
+        path is taken as Hiera-T at image size 1024 unless ``config`` / ``image_size`` say
+        otherwise (a MedSAM2 file given by path wants ``image_size=512``).
     image_size
         Model input size, a multiple of 32. Default: the size the weights were trained at (1024 SAM 2.1, 512 MedSAM2, 128 untrained).
     device

@@ -134,7 +134,7 @@ class Sam2Session:
         return self._record(obj, int(z), (MaskPrompt(int(z), np.asarray(mask, dtype=bool).copy()),))
 
     def set_prompts(self, prompts: Prompts) -> None:
-        """Add every prompt of ``prompts`` (validated first, all or nothing)."""
+        """Add every prompt of ``prompts`` (all validated against the volume before any is applied)."""
         prompts.validate(self.volume.shape)
         for obj in prompts.objects.values():
             record = self.prompts.object(obj.obj_id, obj.name)
