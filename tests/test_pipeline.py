@@ -242,3 +242,24 @@ def test_cli_reports_bad_yaml_as_one_line(tmp_path, cohort, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("medseg run: error:") and "methods.o.colour: unknown key" in err
+
+
+@pytest.mark.slow
+def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, cohort):
+    train = "{backbone: resnet18, input_size: 64, steps: 1, batch_size: 1, val_every: 0, warmup_steps: 0, device: cpu}"
+    path = pipeline_file(tmp_path, cohort, f"mrcnn: {{type: maskrcnn, baseline: true, train: {train}}}\n", "cases: [phantom_002]\n")
+    out = tmp_path / "out"
+    summary = run_pipeline(load_pipeline(path), out, progress_bar=False)
+    assert summary.counts == {"mrcnn": {"ok": 1, "failed": 0, "skipped": 0}}
+    method = json.loads((out / "mrcnn" / "method.json").read_text())
+    assert method["state"]["model_dir"] == str(out / "mrcnn" / "model") and method["state"]["training_steps"] == 1
+    model_card = json.loads((out / "mrcnn" / "model" / "model.json").read_text())
+    assert model_card["train_cases"] == ["phantom_000", "phantom_001"]  # the train split only
+    result = json.loads((out / "mrcnn" / "phantom_002" / "result.json").read_text())
+    assert result["provenance"]["weights_sha256"] == method["state"]["weights_sha256"] == model_card["weights"]["sha256"]
+    assert "trained for 1 steps only" in (out / "report.md").read_text()
+    # the same YAML pointing at the trained model instead: no training, same weights
+    reuse = pipeline_file(tmp_path, cohort, f"mrcnn2: {{type: maskrcnn, model_dir: {out / 'mrcnn' / 'model'}}}\n", "cases: [phantom_002]\n")
+    run_pipeline(load_pipeline(reuse), out, progress_bar=False, report=False)
+    again = json.loads((out / "mrcnn2" / "phantom_002" / "result.json").read_text())
+    assert again["provenance"]["weights_sha256"] == method["state"]["weights_sha256"]

@@ -198,7 +198,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         if not isinstance(baseline, bool):
             raise where.error(f"{key}.baseline", "must be true or false")
         options = {k: v for k, v in spec.items() if k not in ("type", "baseline")}
-        methods.append(MethodConfig(method_name, kind, where.build(METHODS[kind].Options, options, key), baseline))
+        plugin = METHODS[kind]
+        built = plugin.resolve_paths(where.build(plugin.Options, options, key), path.parent)
+        methods.append(MethodConfig(method_name, kind, built, baseline))
     if sum(m.baseline for m in methods) > 1:
         raise where.error("methods", "at most one method can be the baseline (baseline: true)")
 

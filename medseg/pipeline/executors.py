@@ -58,6 +58,9 @@ class LocalExecutor:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def check(self) -> None:
+        """Nothing to check: this machine's processes are always there."""
+
     def describe(self) -> str:
         return f"local ({self.workers} worker{'s' if self.workers > 1 else ''})"
 
@@ -71,18 +74,29 @@ class RayExecutor:
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
+        self._started = False  # whether this executor started Ray (and so shuts it down)
 
-    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+    def check(self) -> None:
+        """Connect (or start a local Ray) and refuse resource requests the cluster cannot meet."""
         try:
             import ray
         except ImportError:
             raise ConfigError("the Ray executor needs Ray: pip install 'medseg[distributed]'") from None
-        tasks = list(tasks)
-        if not tasks:
-            return
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False)
+            self._started = True
+        available = ray.cluster_resources()
+        for name, wanted in (("CPU", self.num_cpus), ("GPU", self.num_gpus)):
+            if wanted > available.get(name, 0):
+                raise ConfigError(
+                    f"each case asks for {wanted} {name} but the Ray cluster has {available.get(name, 0)}; "
+                    f"lower --{name.lower()}s-per-case or add {name} nodes"
+                )
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        import ray
+
+        self.check()
         remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(fn)
         pending = [remote.remote(task) for task in tasks]
         try:
@@ -92,8 +106,9 @@ class RayExecutor:
         finally:
             for ref in pending:
                 ray.cancel(ref)
-            if started_here:
+            if self._started:
                 ray.shutdown()
+                self._started = False
 
     def describe(self) -> str:
         return f"ray ({self.address or 'local'}, {self.num_cpus} CPU, {self.num_gpus} GPU per case)"

@@ -15,7 +15,7 @@ ground truth: a self-check of the pipeline and metrics, whose Dice must be 1).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -67,6 +67,11 @@ class Method:
     def __init__(self, setup: MethodSetup) -> None:
         self.setup = setup
         self.options = setup.options
+
+    @classmethod
+    def resolve_paths(cls, options: Any, base: Path) -> Any:
+        """``options`` with relative file paths made absolute against ``base`` (the YAML's folder)."""
+        return options
 
     @classmethod
     def check(cls, setup: MethodSetup, cohort) -> None:
@@ -140,12 +145,20 @@ class _Sam2Family(Method):
     """Resolves the checkpoint once in the main process (download or fallback to untrained)."""
 
     @classmethod
+    def resolve_paths(cls, options: Any, base: Path) -> Any:
+        from medseg.weights import REGISTRY
+
+        if options.model in REGISTRY:
+            return options
+        return replace(options, model=str((base / Path(options.model).expanduser()).resolve()))
+
+    @classmethod
     def check(cls, setup: MethodSetup, cohort) -> None:
         from medseg.preprocess import get_preset
         from medseg.weights import REGISTRY
 
         model = setup.options.model
-        if model not in REGISTRY and not Path(model).expanduser().is_file():
+        if model not in REGISTRY and not Path(model).is_file():
             raise WeightsError(f"method {setup.name}: model {model!r} is neither a registry name {sorted(REGISTRY)} nor a checkpoint file")
         if setup.options.preset is not None:
             get_preset(setup.options.preset)
@@ -155,7 +168,7 @@ class _Sam2Family(Method):
 
         model = self.options.model
         if model not in REGISTRY:
-            path = Path(model).expanduser().resolve()
+            path = Path(model)
             return {"model": str(path), "checkpoint_sha256": sha256_file(path), "untrained": False}
         spec = REGISTRY[model]
         if spec.untrained:
@@ -297,6 +310,12 @@ class MaskRCNN(Method):
     Options = MaskRCNNOptions
 
     @classmethod
+    def resolve_paths(cls, options: Any, base: Path) -> Any:
+        if options.model_dir is None:
+            return options
+        return replace(options, model_dir=str((base / Path(options.model_dir).expanduser()).resolve()))
+
+    @classmethod
     def check(cls, setup: MethodSetup, cohort) -> None:
         if setup.options.model_dir is not None:
             if not (Path(setup.options.model_dir) / "model.json").is_file():
@@ -308,7 +327,7 @@ class MaskRCNN(Method):
         from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
 
         if self.options.model_dir is not None:
-            model_dir = Path(self.options.model_dir).resolve()
+            model_dir = Path(self.options.model_dir)
         else:
             config = TrainConfig.from_dict(self.options.train or {})
             model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config, progress_bar=progress_bar)

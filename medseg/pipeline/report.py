@@ -133,6 +133,12 @@ def _inline_code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _median_finite(values: list[float]) -> float:
+    """Median over the cases where the distance is defined (both maps have the label)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.median(finite)) if finite else float("nan")
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     value = rs.as_float(value)
     return "–" if np.isnan(value) else f"{value:.{digits}f}"
@@ -216,7 +222,7 @@ def write_report(results_dir: str | Path, *, progress_bar: bool = True) -> Path:
             per_label[str(label)] = {
                 "dice": mean_ci(values("dice"), resamples=resamples, seed=seed).to_dict(),
                 "nsd": mean_ci(values("nsd"), resamples=resamples, seed=seed).to_dict(),
-                "hd95_mm_median": float(np.nanmedian([v for v in values("hd95_mm") if not np.isinf(v)] or [np.nan])),
+                "hd95_mm_median": _median_finite(values("hd95_mm")),
                 "missed_or_invented": int(sum(np.isinf(values("hd95_mm")))),
             }
         case_means = [rs.as_float(r["mean_dice"]) for r in method.ok.values()]
@@ -273,6 +279,11 @@ def _document(run, methods, summary, paired, label_names, cohort, figures, resul
     if untrained:
         doc.banner(f"{UNTRAINED_BANNER} Rows marked (untrained): {', '.join(untrained)}.")
         doc.paragraph(WEIGHTS_HELP)
+    for m in methods:
+        state = m.info.get("state", {})
+        if state.get("undertrained") and not state.get("untrained"):
+            doc.paragraph(f"Note: {m.name} was trained for {state.get('training_steps')} steps only; "
+                          "read its rows as a smoke test of the baseline, not as its performance.")
     n_cases = len({c for m in methods for c in m.results})
     doc.paragraph(
         f"Cohort `{cohort.name}` ({cohort.path.name}), split `{pipeline['split']}`, {n_cases} cases; labels "

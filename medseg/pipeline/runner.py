@@ -233,9 +233,11 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, executor=None, 
     out_dir = Path(out_dir).resolve()
     executor = executor or LocalExecutor(workers=1)
     plan = validate(config, out_dir)
+    executor.check()
     code = rs.code_version()
     out_dir.mkdir(parents=True, exist_ok=True)
-    rs.write_json(out_dir / rs.PIPELINE, {"pipeline": config.to_dict(), "pipeline_file": str(config.path), "code": code})
+    rs.write_json(out_dir / rs.PIPELINE, {"pipeline": config.to_dict(), "pipeline_file": str(config.path), "code": code,
+                                          "executor": executor.describe()})
 
     counts: dict[str, dict[str, int]] = {}
     untrained: list[str] = []
