@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -152,7 +152,7 @@ class _Annotations:
 class _Instance:
     label: int
     score: float | None
-    mask: Callable[[], np.ndarray]  # built on demand: a 3D mask is as large as its volume
+    voxels: np.ndarray  # sorted flat (C-order) indices: into the volume (3D) or its slice (2D)
 
 
 def _score(item, key: int, z: int | None) -> float | None:
@@ -166,66 +166,73 @@ def _score(item, key: int, z: int | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def _component_mask(components: np.ndarray, index: int, box: tuple[slice, ...]) -> Callable[[], np.ndarray]:
-    def make() -> np.ndarray:
-        mask = np.zeros(components.shape, dtype=bool)
-        mask[box] = components[box] == index
-        return mask
+def _flat(box: tuple[slice, ...], mask: np.ndarray, shape: tuple[int, ...], local: np.ndarray | None = None) -> np.ndarray:
+    """Flat indices in an array of ``shape`` of the True voxels of ``mask``, the crop at ``box``
+    (or of the crop's flat indices ``local``)."""
+    coords = np.unravel_index(np.flatnonzero(mask) if local is None else local, mask.shape)
+    return np.ravel_multi_index(tuple(c + b.start for c, b in zip(coords, box)), shape)
 
-    return make
+
+def _components(mask: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Voxels (flat indices in ``shape``) of each connected component of ``mask``, the crop at
+    ``box``, numbered as ``ndimage.label`` does (raster order); full connectivity."""
+    components, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    local = np.flatnonzero(components)
+    ids = components.ravel()[local]
+    voxels = _flat(box, mask, shape, local[np.argsort(ids, kind="stable")])
+    return np.split(voxels, np.cumsum(np.bincount(ids, minlength=count + 1)[1:])[:-1])
 
 
 def _semantic_instances(array: np.ndarray, labels: Sequence[int], mode: Mode, policy: InstancePolicy):
-    """Yield ``(z or None, label, mask)`` of each instance of a semantic label map."""
-    if mode == "2d":
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        structure[1] = True  # 8-connected within a slice, never across slices
-    else:
-        structure = np.ones((3, 3, 3), dtype=bool)
-    present = set(int(v) for v in np.unique(array)) & set(labels)
-    for label in sorted(present):
-        binary = array == label
-        if policy == "per_class":
-            if mode == "3d":
-                yield None, label, lambda binary=binary: binary
-            else:
-                for z in np.flatnonzero(binary.any(axis=(1, 2))):
-                    yield int(z), label, lambda plane=binary[z]: plane
+    """Yield ``(z or None, label, voxels)`` of each instance of a semantic label map.
+
+    Work is confined to each label's bounding box; components are numbered in raster order.
+    """
+    boxes = ndimage.find_objects(array, max_label=max(labels))
+    for label in sorted(labels):
+        box = boxes[label - 1] if label <= len(boxes) else None
+        if box is None:
             continue
-        components, _ = ndimage.label(binary, structure=structure)
-        for index, box in enumerate(ndimage.find_objects(components), start=1):
-            if mode == "3d":
-                yield None, label, _component_mask(components, index, box)
-            else:
-                z = box[0].start
-                yield z, label, _component_mask(components[z], index, box[1:])
+        crop = array[box] == label
+        if mode == "3d":
+            pieces = [_flat(box, crop, array.shape)] if policy == "per_class" else _components(crop, box, array.shape)
+            for voxels in pieces:
+                yield None, label, voxels
+            continue
+        for dz, plane in enumerate(crop):
+            if not plane.any():
+                continue
+            z = box[0].start + dz
+            pieces = [_flat(box[1:], plane, array.shape[1:])] if policy == "per_class" else _components(plane, box[1:], array.shape[1:])
+            for voxels in pieces:
+                yield z, label, voxels
 
 
 def _map_instances(item: InstanceMap, labels: Sequence[int], mode: Mode):
-    """Yield ``(z or None, instance id, label, mask)`` of each instance of an ``InstanceMap``."""
+    """Yield ``(z or None, instance id, label, voxels)`` of each instance of an ``InstanceMap``."""
     wanted = set(labels)
+    shape = item.array.shape
     for index, box in enumerate(ndimage.find_objects(item.array), start=1):
         if box is None or item.labels.get(index) not in wanted:
             continue
+        crop = item.array[box] == index
         if mode == "3d":
-            yield None, index, item.labels[index], _component_mask(item.array, index, box)
-        else:
-            for z in range(box[0].start, box[0].stop):
-                plane = item.array[z] == index
-                if plane.any():
-                    yield z, index, item.labels[index], lambda plane=plane: plane
+            yield None, index, item.labels[index], _flat(box, crop, shape)
+            continue
+        for dz, plane in enumerate(crop):
+            if plane.any():
+                yield box[0].start + dz, index, item.labels[index], _flat(box[1:], plane, shape[1:])
 
 
-def _instances(item, labels: Sequence[int], mode: Mode, policy: InstancePolicy, scored: bool) -> dict[int | None, list[_Instance]]:
-    """The instances of one label map, grouped by slice (2D) or under ``None`` (3D)."""
-    array = np.asarray(getattr(item, "array", item))
+def _instances(item, array: np.ndarray, labels: Sequence[int], mode: Mode, policy: InstancePolicy, scored: bool) -> dict[int | None, list[_Instance]]:
+    """The instances of one label map (``array`` its integer voxels), grouped by slice (2D) or under ``None`` (3D)."""
     grouped: dict[int | None, list[_Instance]] = {}
     if isinstance(item, InstanceMap):
-        for z, key, label, mask in _map_instances(item, labels, mode):
-            grouped.setdefault(z, []).append(_Instance(label, _score(item, key, z) if scored else None, mask))
+        for z, key, label, voxels in _map_instances(item, labels, mode):
+            grouped.setdefault(z, []).append(_Instance(label, _score(item, key, z) if scored else None, voxels))
     else:
-        for z, label, mask in _semantic_instances(array, labels, mode, policy):
-            grouped.setdefault(z, []).append(_Instance(label, _score(item, label, z) if scored else None, mask))
+        for z, label, voxels in _semantic_instances(array, labels, mode, policy):
+            grouped.setdefault(z, []).append(_Instance(label, _score(item, label, z) if scored else None, voxels))
     return grouped
 
 
@@ -239,35 +246,53 @@ def _keep_top(instances: list[_Instance], max_detections: int) -> list[_Instance
     return kept
 
 
-def _encode(instances: list[_Instance], mode: Mode) -> list[dict]:
-    """RLE of 2D slice masks, or of 3D masks flattened to one column (exact voxel IoU)."""
-    if not instances:
-        return []
+def _encode(groups: list[list[_Instance]], mode: Mode, plane_shape: tuple[int, int]) -> tuple[tuple[int, int], list[list[dict]]]:
+    """The COCO image size and the RLE of every instance of one image.
+
+    2D: the slice itself. 3D: the voxels covered by any instance of the image (truth or
+    prediction), flattened to one column. Voxels outside every mask cannot change an IoU or
+    an area, so the RLE IoU is the exact voxel IoU, at the cost of the objects' size rather
+    than the volume's.
+    """
+    everything = [i for group in groups for i in group]
     if mode == "3d":
-        return [mask_utils.encode(np.asfortranarray(i.mask().reshape(-1, 1, 1).astype(np.uint8)))[0] for i in instances]
-    return mask_utils.encode(np.asfortranarray(np.stack([i.mask() for i in instances], axis=-1).astype(np.uint8)))
+        universe = np.unique(np.concatenate([i.voxels for i in everything]))
+        size = (len(universe), 1)
+        positions = [np.searchsorted(universe, i.voxels) for i in everything]
+    else:
+        size = plane_shape
+        positions = [i.voxels for i in everything]
+    masks = np.zeros((*size, max(1, len(everything))), dtype=np.uint8, order="F")  # (h, w, n) as pycocotools wants
+    for column, where in enumerate(positions):
+        rows, cols = np.divmod(where, size[1])
+        masks[rows, cols, column] = 1
+    rles = mask_utils.encode(masks)[: len(everything)]
+    out, start = [], 0
+    for group in groups:
+        out.append(rles[start : start + len(group)])
+        start += len(group)
+    return size, out
 
 
 def _add_case(ann: _Annotations, pred, truth, policy: InstancePolicy, case: int) -> None:
     try:
-        _, truth_array, spacing = label_arrays(pred, truth)
+        pred_array, truth_array, spacing = label_arrays(pred, truth)
     except GeometryError as error:
         raise GeometryError(f"case {case}: {error}") from None
-    nz, ny, nx = truth_array.shape
     unit = spacing[1] * spacing[2] * (spacing[0] if ann.mode == "3d" else 1.0)
-    truth_instances = _instances(truth, ann.categories, ann.mode, policy, scored=False)
-    pred_instances = _instances(pred, ann.categories, ann.mode, policy, scored=True)
+    truth_instances = _instances(truth, truth_array, ann.categories, ann.mode, policy, scored=False)
+    pred_instances = _instances(pred, pred_array, ann.categories, ann.mode, policy, scored=True)
     for group in pred_instances.values():
         for inst in group:
             if inst.score is None:
                 inst.score = _CONSTANT_SCORE
                 ann.constant_score = True
     for key in sorted(set(truth_instances) | set(pred_instances), key=lambda k: -1 if k is None else k):
-        image_id = ann.add_image(nz * ny * nx, 1) if ann.mode == "3d" else ann.add_image(ny, nx)
-        for target, group in ((ann.truth, truth_instances.get(key, [])), (ann.predicted, pred_instances.get(key, []))):
-            if target is ann.predicted:
-                group = _keep_top(group, MAX_DETECTIONS[-1])
-            for inst, rle in zip(group, _encode(group, ann.mode)):
+        groups = [truth_instances.get(key, []), _keep_top(pred_instances.get(key, []), MAX_DETECTIONS[-1])]
+        size, rles = _encode(groups, ann.mode, truth_array.shape[1:])
+        image_id = ann.add_image(*size)
+        for target, group, group_rles in zip((ann.truth, ann.predicted), groups, rles):
+            for inst, rle in zip(group, group_rles):
                 ann.add(target, image_id, inst.label, rle, float(mask_utils.area(rle)) * unit, inst.score)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 from monai.metrics import DiceMetric, compute_hausdorff_distance, compute_surface_dice
+from scipy import ndimage
 
 from medseg.errors import GeometryError, InputError
 from medseg.volume import LabelVolume
@@ -49,7 +50,34 @@ def label_arrays(pred, truth) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
         raise GeometryError(f"prediction shape {pred_array.shape} != ground truth shape {truth_array.shape}")
     if pred_array.ndim != 3:
         raise InputError(f"label maps are 3D (z, y, x); got an array of shape {pred_array.shape}")
-    return pred_array, truth_array, spacing
+    return _integer(pred_array, "prediction"), _integer(truth_array, "ground truth"), spacing
+
+
+def _integer(array: np.ndarray, name: str) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    if array.dtype != bool and not np.all(np.mod(array, 1) == 0):
+        raise InputError(f"the {name} holds non-integer values; label maps hold integer label values")
+    return array.astype(np.int32)
+
+
+def _label_boxes(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Per label, the box around its voxels in either map, grown by one voxel (None when absent).
+
+    Every metric here depends only on the voxels of the two masks and their immediate
+    background, so computing it on this box gives the same number as on the whole volume.
+    """
+    top = max(labels)
+    pred_boxes = ndimage.find_objects(pred, max_label=top)
+    truth_boxes = ndimage.find_objects(truth, max_label=top)
+    boxes = {}
+    for value in labels:
+        found = [b[value - 1] for b in (pred_boxes, truth_boxes) if value <= len(b) and b[value - 1] is not None]
+        boxes[value] = None if not found else tuple(
+            slice(max(0, min(b[d].start for b in found) - 1), min(n, max(b[d].stop for b in found) + 1))
+            for d, n in enumerate(pred.shape)
+        )
+    return boxes
 
 
 def _label_values(labels: Iterable[int] | Mapping[int, str]) -> list[int]:
@@ -85,13 +113,13 @@ def dice_per_label(pred: LabelMap, truth: LabelMap, *, labels: Iterable[int], em
     """
     pred_array, truth_array, _ = label_arrays(pred, truth)
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
+    values = _label_values(labels)
     scores = {}
-    for value in _label_values(labels):
-        p, t = _channel(pred_array, value), _channel(truth_array, value)
-        if not p.any() and not t.any():
+    for value, box in _label_boxes(pred_array, truth_array, values).items():
+        if box is None:
             scores[value] = float(empty)
         else:
-            scores[value] = float(metric(p, t)[0, 0])
+            scores[value] = float(metric(_channel(pred_array[box], value), _channel(truth_array[box], value))[0, 0])
     return scores
 
 
@@ -103,13 +131,15 @@ def mean_dice(scores: Mapping[int, float]) -> float:
 
 def _surface_metric(pred: LabelMap, truth: LabelMap, labels: Iterable[int], empty: float, one_empty: float, compute) -> dict[int, float]:
     pred_array, truth_array, spacing = label_arrays(pred, truth)
+    values = _label_values(labels)
     scores = {}
-    for value in _label_values(labels):
-        p, t = _channel(pred_array, value), _channel(truth_array, value)
-        has_pred, has_truth = bool(p.any()), bool(t.any())
-        if not has_pred and not has_truth:
+    for value, box in _label_boxes(pred_array, truth_array, values).items():
+        if box is None:
             scores[value] = float(empty)
-        elif has_pred != has_truth:
+            continue
+        p, t = _channel(pred_array[box], value), _channel(truth_array[box], value)
+        has_pred, has_truth = bool(p.any()), bool(t.any())
+        if has_pred != has_truth:
             scores[value] = float(one_empty)
         else:
             with warnings.catch_warnings():  # MONAI warns about deprecated internals on every call
