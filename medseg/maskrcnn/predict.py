@@ -1,0 +1,256 @@
+"""Segment a volume slice by slice with a trained Mask R-CNN and stitch the 2D detections in 3D.
+
+Per slice, detections at or above the score threshold are pasted in increasing order of
+score, so where two masks claim a pixel the more confident one keeps it. Each class then
+becomes a label value of the output ``LabelVolume`` (on the input's geometry).
+
+3D stitching: a detection on slice ``z`` and one of the same class on slice ``z + 1``
+belong to the same 3D object when their overlap, ``|a ∩ b| / min(|a|, |b|)``, is at least
+``link_overlap``. (Overlap over the smaller area, not IoU, because an organ's cross-section
+shrinks quickly near its ends.) Linked detections form one 3D instance whose score is the
+area-weighted mean of its detections' scores; the same weighting over all of a class's
+detections gives ``LabelVolume.scores``. ``LabelVolume.slice_scores`` and the instances'
+slice scores hold the best detection score of each slice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medseg.geometry import Geometry
+from medseg.maskrcnn.dataset import frame_bytes, to_tensor
+from medseg.maskrcnn.model import resolve_device
+from medseg.maskrcnn.store import MaskRCNNModel
+from medseg.metrics import InstanceMap
+from medseg.preprocess import SliceFrames
+from medseg.volume import UNTRAINED_BANNER, LabelVolume, Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """The semantic label map and the scored 3D instances behind it (for 3D mask AP)."""
+
+    labels: LabelVolume
+    instances: InstanceMap
+
+
+@dataclass
+class _Piece:
+    """One detection's pixels as pasted on its slice."""
+
+    z: int
+    label: int
+    score: float
+    area: int = 0
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _detect(model: MaskRCNNModel, volume: Volume, *, batch_size: int, device: torch.device, progress, progress_bar: bool):
+    """Yield ``(z, detections)`` per slice, detections on the CPU."""
+    frames = SliceFrames(volume, model.config.preset)
+    network = model.network.to(device).eval()
+    n = len(frames)
+    done = 0
+    with torch.inference_mode(), tqdm(total=n, desc="Mask R-CNN", unit="slice", disable=not progress_bar, leave=False) as bar:
+        for start in range(0, n, batch_size):
+            zs = range(start, min(start + batch_size, n))
+            images = [to_tensor(frame_bytes(frames, z)).to(device) for z in zs]
+            for z, output in zip(zs, network(images)):
+                yield z, {k: v.cpu() for k, v in output.items()}
+            done += len(zs)
+            bar.update(len(zs))
+            if progress is not None:
+                progress(done, n)
+
+
+def _paste(volume_shape, detections, *, label_values, score_threshold: float) -> tuple[np.ndarray, list[_Piece]]:
+    """Per-slice piece ids (0 = none) and the pieces; piece ``i`` has id ``i + 1``."""
+    pieces: list[_Piece] = []
+    piece_ids = np.zeros(volume_shape, dtype=np.int32)
+    for z, output in detections:
+        keep = output["scores"] >= score_threshold
+        order = torch.argsort(output["scores"][keep])  # ascending: the best is pasted last
+        masks = output["masks"][keep][order, 0] >= 0.5
+        for mask, cls, score in zip(masks.numpy(), output["labels"][keep][order].tolist(), output["scores"][keep][order].tolist()):
+            if mask.any():
+                pieces.append(_Piece(z, label_values[cls - 1], float(score)))
+                piece_ids[z][mask] = len(pieces)
+    areas = np.bincount(piece_ids.ravel(), minlength=len(pieces) + 1)
+    for piece, area in zip(pieces, areas[1:]):
+        piece.area = int(area)
+    return piece_ids, pieces
+
+
+def _link(piece_ids: np.ndarray, pieces: list[_Piece], link_overlap: float) -> list[int]:
+    """The 3D instance (root piece index) of each piece, linking same-class overlaps of adjacent slices."""
+    groups = _UnionFind(len(pieces))
+    for z in range(piece_ids.shape[0] - 1):
+        a, b = piece_ids[z], piece_ids[z + 1]
+        both = (a > 0) & (b > 0)
+        if not both.any():
+            continue
+        pairs, counts = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+        for (ia, ib), count in zip(pairs.T, counts):
+            pa, pb = pieces[ia - 1], pieces[ib - 1]
+            if pa.label == pb.label and count >= link_overlap * min(pa.area, pb.area):
+                groups.union(ia - 1, ib - 1)
+    return [groups.find(i) for i in range(len(pieces))]
+
+
+def _slice_best(scores_by_slice: list[tuple[int, float]], n_slices: int) -> np.ndarray:
+    best = np.full(n_slices, np.nan)
+    for z, score in scores_by_slice:
+        best[z] = score if np.isnan(best[z]) else max(best[z], score)
+    return best
+
+
+def stitch_detections(
+    detections: Iterable[tuple[int, dict[str, torch.Tensor]]],
+    *,
+    geometry: Geometry,
+    label_values: Sequence[int],
+    score_threshold: float = 0.5,
+    link_overlap: float = 0.5,
+) -> InstanceMap:
+    """Scored 3D instances from per-slice Mask R-CNN detections (see the module docstring).
+
+    Parameters
+    ----------
+    detections
+        ``(z, output)`` per slice, ``output`` as torchvision's ``MaskRCNN`` returns it in
+        evaluation mode (``scores``, ``labels`` as class indices, ``masks`` ``(n, 1, y, x)``
+        probabilities).
+    geometry
+        The grid of the volume the slices come from.
+    label_values
+        Label value of each class index: class ``i + 1`` is ``label_values[i]``.
+
+    Returns
+    -------
+    InstanceMap
+        Instance ids ``1..n`` in order of first appearance (slice by slice), their label
+        values, area-weighted scores and best score per slice.
+    """
+    piece_ids, pieces = _paste(geometry.shape, detections, label_values=label_values, score_threshold=score_threshold)
+    roots = _link(piece_ids, pieces, link_overlap)
+    instance_of_root: dict[int, int] = {}
+    piece_to_instance = np.zeros(len(pieces) + 1, dtype=np.int32)
+    members: dict[int, list[_Piece]] = {}
+    for i, piece in enumerate(pieces):
+        if piece.area:
+            instance = instance_of_root.setdefault(roots[i], len(instance_of_root) + 1)
+            piece_to_instance[i + 1] = instance
+            members.setdefault(instance, []).append(piece)
+    return InstanceMap(
+        piece_to_instance[piece_ids],
+        geometry,
+        labels={k: m[0].label for k, m in members.items()},
+        scores={k: sum(p.score * p.area for p in m) / sum(p.area for p in m) for k, m in members.items()},
+        slice_scores={k: _slice_best([(p.z, p.score) for p in m], geometry.shape[0]) for k, m in members.items()},
+    )
+
+
+def _semantic(instances: InstanceMap) -> tuple[np.ndarray, dict[int, float], dict[int, np.ndarray]]:
+    """Label array, and per label value the voxel-weighted mean instance score and best score per slice."""
+    lookup = np.zeros(max(instances.labels, default=0) + 1, dtype=np.int32)
+    for k, value in instances.labels.items():
+        lookup[k] = value
+    voxels = np.bincount(instances.array.ravel(), minlength=len(lookup))
+    scores, slice_scores = {}, {}
+    for value in sorted(set(instances.labels.values())):
+        ids = [k for k, v in instances.labels.items() if v == value]
+        weights = np.array([voxels[k] for k in ids], dtype=float)
+        scores[value] = float(np.dot(weights, [instances.scores[k] for k in ids]) / weights.sum())
+        best = np.stack([np.nan_to_num(instances.slice_scores[k], nan=-1.0) for k in ids]).max(axis=0)
+        slice_scores[value] = np.where(best < 0, np.nan, best)  # scores are in [0, 1]; -1 marks "absent"
+    return lookup[instances.array], scores, slice_scores
+
+
+def predict_instances(
+    model: MaskRCNNModel,
+    volume: Volume,
+    *,
+    score_threshold: float | None = None,
+    link_overlap: float = 0.5,
+    batch_size: int = 4,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    progress_bar: bool = False,
+) -> Prediction:
+    """Segment ``volume``: semantic labels on its geometry and the scored 3D instances.
+
+    Parameters
+    ----------
+    model
+        From ``load_model`` (or returned by training).
+    score_threshold
+        Detections scoring below it are dropped; default: the one stored with the model.
+    link_overlap
+        Minimum ``|a ∩ b| / min(|a|, |b|)`` for detections on adjacent slices to be one object.
+    batch_size
+        Slices per forward pass.
+    progress
+        Called with ``(slices done, slices in total)`` after each batch (for napari).
+    progress_bar
+        Show a tqdm bar.
+    """
+    threshold = model.config.score_threshold if score_threshold is None else float(score_threshold)
+    if model.untrained:
+        log.warning("%s (Mask R-CNN %s)", UNTRAINED_BANNER, model.directory)
+    elif model.undertrained:
+        log.warning("Mask R-CNN %s was trained for only %d steps: treat its output as a smoke test", model.directory, model.steps)
+    detections = _detect(model, volume, batch_size=batch_size, device=resolve_device(device), progress=progress, progress_bar=progress_bar)
+    instances = stitch_detections(
+        detections, geometry=volume.geometry, label_values=model.label_values, score_threshold=threshold, link_overlap=link_overlap
+    )
+    array, scores, slice_scores = _semantic(instances)
+    labels = LabelVolume.like(
+        volume,
+        array,
+        label_names={v: model.classes[v] for v in model.label_values},
+        scores=scores,
+        slice_scores=slice_scores,
+        untrained=model.untrained,
+        provenance=model.provenance(score_threshold=threshold, link_overlap=link_overlap),
+    )
+    log.debug("Mask R-CNN: %d 3D instances on %d slices", len(instances.labels), volume.shape[0])
+    return Prediction(labels, instances)
+
+
+def predict_volume(
+    model: MaskRCNNModel,
+    volume: Volume,
+    *,
+    score_threshold: float | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    progress_bar: bool = False,
+) -> LabelVolume:
+    """The label map of ``volume`` (see ``predict_instances`` for the options)."""
+    return predict_instances(
+        model, volume, score_threshold=score_threshold, batch_size=batch_size, device=device, progress=progress, progress_bar=progress_bar
+    ).labels
