@@ -61,14 +61,16 @@ def test_bad_pipeline_yaml_names_file_and_field(tmp_path, cohort, methods, extra
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("methods", "extra", "message"),
     [
-        ("labels: [1, 7]\n", r"labels: \[7\] are not labels of the cohort"),
-        ("cases: [phantom_002, nobody]\n", r"cases: \['nobody'\] are not in the 'test' split"),
+        ("o: {type: oracle}\n", "labels: [1, 7]\n", r"labels: \[7\] are not labels of the cohort"),
+        ("o: {type: oracle}\n", "cases: [phantom_002, nobody]\n", r"cases: \['nobody'\] are not in the 'test' split"),
+        ("s: {type: sam2, model: untrained}\n", "prompts: {point: none}\n", "'s' is interactive but the policy gives neither"),
+        ("r: {type: revsam2, model: untrained, references: 3}\n", "", r"3 reference case\(s\) wanted but the 'train' split"),
     ],
 )
-def test_bad_cohort_selection_fails_before_any_output(tmp_path, cohort, extra, message):
-    config = load_pipeline(pipeline_file(tmp_path, cohort, "o: {type: oracle}\n", extra))
+def test_bad_cohort_selection_fails_before_any_output(tmp_path, cohort, methods, extra, message):
+    config = load_pipeline(pipeline_file(tmp_path, cohort, methods, extra))
     with pytest.raises(ConfigError, match=message):
         run_pipeline(config, tmp_path / "out", progress_bar=False)
     assert not (tmp_path / "out").exists()

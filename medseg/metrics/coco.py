@@ -11,8 +11,10 @@ Modes
     COCO's own numbers read in mm² (small < 32², medium < 96², large >= 96²), which equal
     COCO's pixel ranges at 1 mm in-plane spacing.
 ``"3d"``
-    Each volume is one COCO image and each instance a 3D mask. The volume is flattened to a
-    single-column image before RLE encoding, so pycocotools' IoU is the exact voxel IoU.
+    Each volume is one COCO image and each instance a 3D mask. The voxels covered by any
+    instance of the volume (truth or prediction) are flattened to a single-column image
+    before RLE encoding; voxels outside every mask cannot change an IoU or an area, so
+    pycocotools' IoU is the exact voxel IoU.
     Areas are volumes in mm³ with ranges that fit anatomy: small < 1 mL (1 000 mm³: nodules,
     small lesions), medium 1–100 mL (lesions, small organs), large >= 100 mL (organs).
 

@@ -104,16 +104,6 @@ class PipelineConfig:
     report: ReportSettings = field(default_factory=ReportSettings)
     description: str = ""
 
-    @property
-    def baseline(self) -> MethodConfig | None:
-        return next((m for m in self.methods if m.baseline), None)
-
-    def method(self, name: str) -> MethodConfig:
-        for method in self.methods:
-            if method.name == name:
-                return method
-        raise ConfigError(f"{self.path}: no method called {name!r}; the pipeline has {[m.name for m in self.methods]}")
-
     def to_dict(self) -> dict:
         """The resolved pipeline (defaults filled in, absolute cohort path), JSON-able."""
         return {

@@ -53,11 +53,6 @@ class PromptPolicy:
         self.settings = settings
         self.seed = seed
 
-    @property
-    def interactive(self) -> bool:
-        """Whether the policy gives any point or box at all."""
-        return self.settings.point != "none" or self.settings.box != "none"
-
     def prompts(self, truth: LabelVolume, *, labels: Iterable[int] | Mapping[int, str], case_id: str) -> Prompts:
         """The prompts of every label of ``labels`` drawn in ``truth`` (maybe none)."""
         names = dict(labels) if isinstance(labels, Mapping) else {int(v): "" for v in labels}

@@ -196,6 +196,8 @@ def validate(config: PipelineConfig, out_dir: Path) -> Plan:
     for method in config.methods:
         setup = MethodSetup(method.name, method.type, method.options, labels, config.seed,
                             config.prompts.reference_slices, Path(out_dir).resolve() / method.name)
+        if METHODS[method.type].uses_prompts and config.prompts.point == "none" and config.prompts.box == "none":
+            raise ConfigError(f"{where}: prompts: method {method.name!r} is interactive but the policy gives neither a point nor a box")
         METHODS[method.type].check(setup, cohort)
         _check_old_results(setup)
         setups.append(setup)
