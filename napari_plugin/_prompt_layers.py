@@ -1,0 +1,145 @@
+"""The Points and Shapes layers a user prompts SAM2 with, on one volume's voxel grid.
+
+Both layers share the image's transform (``_layers.display_transform``), so their data are
+voxel indices ``(z, y, x)`` of the ``Volume``, which is what ``medseg`` prompts are. Each
+marker carries features: ``uid`` (a number given in placing order, shared by both layers),
+``object`` (the label value it prompts) and, for points, ``positive``.
+
+Positive points are green, negative points red; a marker's outline has its object's label
+colour. Shift-click places a negative point (a positive one while the "negative" toggle is
+on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import napari
+import numpy as np
+
+from medseg.volume import Volume
+
+from napari_plugin._layers import display_transform
+
+_POSITIVE = (0.2, 0.9, 0.35, 1.0)
+_NEGATIVE = (1.0, 0.25, 0.25, 1.0)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One prompt on slice ``z``: a point ``(y, x)`` (``positive`` or not), a box ``(y0, x0, y1, x1)``
+    or a mask (``np.packbits`` of the ``(y, x)`` bool slice, so that markers compare by value)."""
+
+    uid: int
+    obj_id: int
+    z: int
+    point: tuple[float, float] | None = None
+    positive: bool = True
+    box: tuple[float, float, float, float] | None = None
+    mask: bytes | None = None
+
+    def mask_array(self, shape_yx: tuple[int, int]) -> np.ndarray:
+        bits = np.unpackbits(np.frombuffer(self.mask, dtype=np.uint8), count=shape_yx[0] * shape_yx[1])
+        return bits.reshape(shape_yx).astype(bool)
+
+
+class PromptLayers:
+    """Create and read the prompt layers of one image; see the module docstring."""
+
+    def __init__(self, viewer: napari.Viewer, volume: Volume, *, name: str, colour_of: Any) -> None:
+        self._colour_of = colour_of  # label value -> RGBA, the output Labels layer's colours
+        self._next_uid = 0
+        self._obj_id = 1
+        self.negative = False
+        transform = display_transform(volume)
+        size = max(volume.shape[1:]) / 40
+        self.boxes = viewer.add_shapes(
+            ndim=3, name=f"{name} boxes", features={"uid": np.zeros(0, int), "object": np.zeros(0, int)},
+            face_color="transparent", edge_width=max(1.0, size / 4), **transform,
+        )
+        self.points = viewer.add_points(
+            ndim=3, name=f"{name} prompts", size=max(3.0, size),
+            features={"uid": np.zeros(0, int), "object": np.zeros(0, int), "positive": np.zeros(0, bool)},
+            border_width=0.25, out_of_slice_display=False, **transform,
+        )
+        for layer in (self.boxes, self.points):
+            layer.events.data.connect(self._on_data)
+        self.points.mouse_drag_callbacks.insert(0, self._sign_from_shift)
+        self._update_defaults()
+        self.points.mode = "add"
+
+    @property
+    def layers(self) -> tuple[Any, Any]:
+        return self.points, self.boxes
+
+    def set_object(self, obj_id: int) -> None:
+        """New markers prompt ``obj_id``."""
+        self._obj_id = obj_id
+        self._update_defaults()
+
+    def set_negative(self, negative: bool) -> None:
+        self.negative = negative
+        self._update_defaults()
+
+    def markers(self) -> list[Marker]:
+        """Every marker, in the order it was placed."""
+        found = []
+        features = self.points.features
+        for row, (z, y, x) in enumerate(np.asarray(self.points.data)):
+            found.append(Marker(int(features["uid"][row]), int(features["object"][row]), int(round(z)),
+                                point=(float(y), float(x)), positive=bool(features["positive"][row])))
+        features = self.boxes.features
+        for row, corners in enumerate(self.boxes.data):
+            corners = np.asarray(corners)
+            (y0, x0), (y1, x1) = corners[:, 1:].min(axis=0), corners[:, 1:].max(axis=0)
+            found.append(Marker(int(features["uid"][row]), int(features["object"][row]),
+                                int(round(corners[:, 0].mean())), box=(float(y0), float(x0), float(y1), float(x1))))
+        return sorted(found, key=lambda m: m.uid)
+
+    def new_uid(self) -> int:
+        """The next number in placing order (for prompts kept outside the two layers)."""
+        self._next_uid += 1
+        return self._next_uid - 1
+
+    def remove(self, uid: int) -> None:
+        """Delete the marker ``uid`` from its layer."""
+        for layer in (self.points, self.boxes):
+            rows = np.flatnonzero(np.asarray(layer.features["uid"]) == uid)
+            if len(rows):
+                layer.selected_data = set(rows.tolist())
+                layer.remove_selected()
+
+    def remove_object(self, obj_id: int) -> None:
+        for layer in (self.points, self.boxes):
+            rows = np.flatnonzero(np.asarray(layer.features["object"]) == obj_id)
+            if len(rows):
+                layer.selected_data = set(rows.tolist())
+                layer.remove_selected()
+
+    def recolour(self) -> None:
+        """Green/red faces by sign, outlines in each object's label colour."""
+        if len(self.points.data):
+            features = self.points.features
+            self.points.face_color = [_POSITIVE if p else _NEGATIVE for p in features["positive"]]
+            self.points.border_color = [self._colour_of(o) for o in features["object"]]
+        if len(self.boxes.data):
+            self.boxes.edge_color = [self._colour_of(o) for o in self.boxes.features["object"]]
+
+    def _on_data(self, event: Any) -> None:
+        if str(getattr(event, "action", "")) != "added":
+            return
+        layer = event.source
+        uids = np.asarray(layer.features["uid"])
+        for row in np.flatnonzero(uids < 0):
+            layer.features.loc[row, "uid"] = self.new_uid()
+        self.recolour()
+
+    def _update_defaults(self) -> None:
+        self.points.feature_defaults = {"uid": -1, "object": self._obj_id, "positive": not self.negative}
+        self.boxes.feature_defaults = {"uid": -1, "object": self._obj_id}
+
+    def _sign_from_shift(self, layer: Any, event: Any) -> None:
+        if layer.mode == "add":
+            negative = self.negative != ("Shift" in event.modifiers)
+            layer.feature_defaults = {"uid": -1, "object": self._obj_id, "positive": not negative}

@@ -1,0 +1,26 @@
+"""The "medseg" dock widget: one tab per panel (SAM2, Reference prompting, Baseline, Metrics)."""
+
+from __future__ import annotations
+
+import napari
+from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+
+from napari_plugin._sam2_panel import Sam2Panel
+
+
+class MedsegWidget(QWidget):
+    """The plugin's dock widget; each panel is reachable as an attribute (``widget.sam2``)."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.sam2 = Sam2Panel(napari_viewer)
+        self.tabs = QTabWidget()
+        for panel, title in ((self.sam2, "SAM2"),):
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(panel)
+            self.tabs.addTab(scroll, title)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)

@@ -1,0 +1,166 @@
+"""The SAM2 panel driven through its own controls, in a real napari viewer under Xvfb.
+
+The model is the untrained SAM2.1 Hiera-T at 128 px: its masks are meaningless, so the
+tests check mechanics and invariants (shapes, geometry, prompted slices, responsiveness).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt, QTimer
+
+import napari_plugin  # noqa: F401  (loads triton beside Mesa before any torch import)
+from medseg.phantom import make_phantom
+
+pytestmark = pytest.mark.napari
+
+ARTEFACTS = Path(__file__).resolve().parents[1] / "artefacts"
+WORKER_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def phantom_file(tmp_path):
+    volume, truth = make_phantom(0, shape=(12, 64, 64))
+    path = tmp_path / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), volume.affine), path)
+    return path, truth
+
+
+def _open_panel(viewer, path):
+    [image] = viewer.open(str(path), plugin="medseg")
+    _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    panel = widget.sam2
+    panel.model.set_choice("untrained", image_size=128)
+    return image, widget, panel
+
+
+def _click(qtbot, button):
+    assert button.isEnabled(), f"{button.text()} is disabled"
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def _wait(qtbot, panel):
+    qtbot.waitUntil(lambda: panel.task.finished, timeout=WORKER_TIMEOUT_MS)
+
+
+def test_point_segment_propagate_save(make_napari_viewer, qtbot, phantom_file, tmp_path):
+    path, truth = phantom_file
+    viewer = make_napari_viewer(show=True)
+    image, widget, panel = _open_panel(viewer, path)
+    ws = panel.workspace
+    liver = truth.array == 1
+    z = int(liver.sum(axis=(1, 2)).argmax())
+    y, x = np.argwhere(liver[z]).mean(axis=0).round()
+    viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
+
+    ws.prompts.points.add([z, y, x])  # what a click in the points layer's add mode does
+    _click(qtbot, panel.segment)
+    _wait(qtbot, panel)
+
+    labels = ws.labels
+    assert labels.data.shape == image.data.shape
+    result = labels.metadata["medseg_labels"]
+    assert result.untrained and result.label_names == {1: "object 1"}
+    assert [m.uid for m in ws.sent] == [0]
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(not panel.task.finished))
+    timer.start(5)
+    _click(qtbot, panel.propagate)
+    assert not panel.task.finished and not panel.propagate.isEnabled()
+    _wait(qtbot, panel)
+    timer.stop()
+
+    assert sum(ticks) >= 3, "the event loop must keep running while SAM2 propagates"
+    assert panel.progress.value() == panel.progress.maximum() == image.data.shape[0]
+    result = labels.metadata["medseg_labels"]
+    np.testing.assert_array_equal(labels.data, result.array)
+    assert result.geometry.same_grid(image.metadata["medseg_volume"].geometry)
+    assert "UNTRAINED" in panel.status.text()
+
+    out = tmp_path / "saved" / "labels.nii.gz"
+    panel.save_path.setText(str(out))
+    _click(qtbot, panel.save)
+    saved = nib.load(out)
+    np.testing.assert_allclose(saved.affine, nib.load(path).affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), labels.data)
+
+    ARTEFACTS.mkdir(exist_ok=True)
+    shot = viewer.screenshot(path=str(ARTEFACTS / "napari_sam2_panel.png"), canvas_only=False, flash=False)
+    assert shot.shape[0] > 300 and shot.shape[1] > 600
+
+
+def test_painted_mask_prompt_is_kept_exactly_and_undo_takes_prompts_back(make_napari_viewer, qtbot, phantom_file):
+    path, truth = phantom_file
+    viewer = make_napari_viewer(show=True)
+    image, widget, panel = _open_panel(viewer, path)
+    ws = panel.workspace
+    z, z_box = 5, 8
+    liver = truth.array[z] == 1
+    viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
+    ws.labels.data[z][liver] = 1  # what the labels brush does
+    ws.labels.refresh()
+
+    _click(qtbot, panel.mask_prompt)
+    _click(qtbot, panel.segment)
+    _wait(qtbot, panel)
+    np.testing.assert_array_equal(ws.labels.data[z] == 1, liver)
+
+    _click(qtbot, panel.add_object)
+    assert panel.current_object() == 2
+    ws.prompts.boxes.add_rectangles(np.array([[z_box, 10, 12], [z_box, 10, 50], [z_box, 40, 50], [z_box, 40, 12]]))
+    _click(qtbot, panel.propagate)
+    _wait(qtbot, panel)
+
+    result = ws.labels.metadata["medseg_labels"]
+    np.testing.assert_array_equal(ws.labels.data[z] == 1, liver)  # a mask prompt is kept as painted
+    assert set(result.label_names) == {1, 2}
+    assert np.isfinite(result.slice_scores[1][z])
+    assert [m.obj_id for m in ws.sent] == [1, 2]
+
+    task = panel.task
+    ws.prompts.points.add([3, 30, 30])
+    _click(qtbot, panel.undo)  # a point not yet sent goes without any model work
+    assert len(ws.prompts.points.data) == 0 and panel.task is task
+
+    _click(qtbot, panel.undo)  # the box was sent: the session takes it back
+    _wait(qtbot, panel)
+    assert len(ws.prompts.boxes.data) == 0
+    assert set(ws.session.prompts.objects) == {1}
+    assert [m.obj_id for m in ws.sent] == [1]
+
+
+def test_problems_are_viewer_messages(make_napari_viewer, qtbot, phantom_file, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    path, _ = phantom_file
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 48), np.float32), name="photo")
+
+    _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    panel = widget.sam2
+    assert any("'photo' has shape (32, 48)" in m and "3D" in m for m in messages)
+
+    [image] = viewer.open(str(path), plugin="medseg")
+    panel.image.set_layer(image)
+    ws = panel.workspace
+    other = viewer.add_labels(np.zeros((3, 4, 5), np.int32), name="other")
+    panel.output.set_layer(other)
+    assert any("labels layer 'other' has shape (3, 4, 5)" in m for m in messages)
+    assert ws.labels.name == panel.output.currentText() == "phantom medseg"
+
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    panel.model.set_choice(str(bad))
+    ws.prompts.points.add([4, 30, 30])
+    _click(qtbot, panel.segment)
+    _wait(qtbot, panel)
+    assert any(m.startswith("Segment object: cannot read checkpoint") and str(bad) in m for m in messages)
+    assert panel.segment.isEnabled() and ws.session is None
