@@ -1,11 +1,13 @@
 """Choose a SAM2 model: registry name or checkpoint file, input size, device; licence shown.
 
 Shared by the SAM2 and Reference prompting panels. ``ModelChoice`` is what the engines are
-built from; the panels keep one loaded predictor per choice, so a model loads once.
+built from; ``LoadedModels`` (one per dock widget) keeps one predictor per choice, so a model
+loads once per napari session whichever panel asks first.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from qtpy.QtCore import Qt, Signal
@@ -22,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import WeightsError
+from medseg.sam2 import Sam2VolumePredictor
 from medseg.weights import REGISTRY
 
 _CHECKPOINT = "checkpoint file…"
@@ -39,6 +42,25 @@ class ModelChoice:
     @property
     def untrained(self) -> bool:
         return self.model == "untrained"
+
+
+class LoadedModels:
+    """Predictors by ``ModelChoice``, loaded on first use (call ``get`` from a worker thread)."""
+
+    def __init__(self) -> None:
+        self._predictors: dict[ModelChoice, Sam2VolumePredictor] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, choice: ModelChoice) -> bool:
+        return choice in self._predictors
+
+    def get(self, choice: ModelChoice) -> Sam2VolumePredictor:
+        with self._lock:
+            if choice not in self._predictors:
+                self._predictors[choice] = Sam2VolumePredictor(
+                    choice.model, image_size=choice.image_size, device=choice.device
+                )
+            return self._predictors[choice]
 
 
 class ModelPicker(QWidget):

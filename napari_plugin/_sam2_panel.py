@@ -40,30 +40,25 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import MedsegError
-from medseg.sam2 import Sam2VolumePredictor
 from medseg.sam2.qc import qc_summary
 
 from napari_plugin._layer_picker import LayerPicker, same_layer
 from napari_plugin._layers import volume_of_image
-from napari_plugin._model_picker import ModelChoice, ModelPicker
+from napari_plugin._model_picker import LoadedModels, ModelChoice, ModelPicker
 from napari_plugin._sam2_workspace import Plan, Workspace, check_markers, send
-from napari_plugin._tasks import Progress, StopFlag, Task, TaskCancelled
+from napari_plugin._tasks import Progress, StopFlag, Task
 from napari_plugin._writer import write_labels
 
-
-
-def load_predictor(choice: ModelChoice) -> Sam2VolumePredictor:
-    return Sam2VolumePredictor(choice.model, image_size=choice.image_size, device=choice.device)
 
 
 class Sam2Panel(QWidget):
     """Interactive SAM2 segmentation of the selected image; see the module docstring."""
 
-    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, models: LoadedModels, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.task: Task | None = None
-        self._predictors: dict[ModelChoice, Sam2VolumePredictor] = {}
+        self._models = models
         self._workspaces: dict[str, Workspace] = {}  # by image layer unique_id
         self._correct_next: tuple[int, int] | None = None
         self._shown_image: Any | None = None
@@ -309,24 +304,19 @@ class Sam2Panel(QWidget):
 
     def _sender(self, ws: Workspace, choice: ModelChoice, plan: Plan):
         """A worker-side function giving ``plan``'s markers to the (new) session."""
-        predictor = self._predictors.get(choice)
         session = None if plan.rebuild else ws.session
         names = dict(ws.objects)
-        volume = ws.volume
+        volume, models = ws.volume, self._models
 
         def run(progress: Progress, should_stop: StopFlag):
-            nonlocal predictor, session
-            if predictor is None:
-                predictor = load_predictor(choice)
+            nonlocal session
             if session is None:
-                session = predictor.session(volume)
+                session = models.get(choice).session(volume)
             slices = {}
             for done, marker in enumerate(plan.markers, start=1):
-                if should_stop():
-                    raise TaskCancelled
                 slices[marker.z] = send(session, marker, names.get(marker.obj_id, ""))
                 progress(done, len(plan.markers))
-            return predictor, session, slices
+            return session, slices
 
         return run
 
@@ -341,12 +331,12 @@ class Sam2Panel(QWidget):
         send_markers = self._sender(ws, choice, plan)
 
         def run(progress: Progress, should_stop: StopFlag):
-            predictor, session, slices = send_markers(progress, should_stop)
-            return predictor, session, slices, session.result()
+            session, slices = send_markers(progress, should_stop)
+            return session, slices, session.result()
 
         def done(outcome) -> None:
-            predictor, session, slices, result = outcome
-            self._keep(ws, choice, predictor, session, plan)
+            session, slices, result = outcome
+            ws.commit(choice, session, plan)
             ws.paint_slices(slices, result)
             shown = ", ".join(str(z) for z in sorted(slices))
             self._show_status(f"Segmented on slice {shown} ({self._model_note(result)}).", result=result)
@@ -365,13 +355,13 @@ class Sam2Panel(QWidget):
 
         def run(progress: Progress, should_stop: StopFlag):
             started = time.perf_counter()
-            predictor, session, _ = send_markers(lambda *_: None, should_stop)
+            session, _ = send_markers(lambda *_: None, should_stop)
             result = session.propagate(progress=progress, should_stop=should_stop)
-            return predictor, session, result, time.perf_counter() - started
+            return session, result, time.perf_counter() - started
 
         def done(outcome) -> None:
-            predictor, session, result, seconds = outcome
-            self._keep(ws, choice, predictor, session, plan)
+            session, result, seconds = outcome
+            ws.commit(choice, session, plan)
             if result is None:
                 show_info("Propagation cancelled: the labels are as they were.")
                 self._show_status("Propagation cancelled: the labels are as they were.")
@@ -420,10 +410,6 @@ class Sam2Panel(QWidget):
         if self.task is not None:
             self.task.cancel()
 
-    def _keep(self, ws: Workspace, choice: ModelChoice, predictor: Sam2VolumePredictor, session, plan: Plan) -> None:
-        self._predictors[choice] = predictor
-        ws.commit(choice, session, plan)
-
     def _start(self, run, label: str, on_done, ws: Workspace, choice: ModelChoice) -> None:
         self.task = Task(
             run, label=label, on_done=on_done, bar=self.progress,
@@ -431,7 +417,7 @@ class Sam2Panel(QWidget):
         )
         self._set_busy(True)
         self.correct_next.setVisible(False)
-        if choice not in self._predictors:
+        if choice not in self._models:
             self._show_status(f"{label}: loading {choice.model} (once per napari session)…")
         self.task.start()
 

@@ -4,7 +4,8 @@ A ``Task`` runs ``fn(progress, should_stop)`` off the UI thread, so the viewer k
 painting and answering while SAM2 propagates. Progress reported from the worker (the
 ``progress(done, total)`` callback the medseg engines take) reaches the UI thread through a
 queued Qt signal and moves both napari's activity progress bar (which has a cancel button)
-and the panel's own bar. Cancel sets a flag the engine polls through ``should_stop``.
+and the panel's own bar. Cancel sets a flag that engines poll through ``should_stop``; for
+engines without that hook, the next ``progress`` call raises ``TaskCancelled``.
 
 Errors end up as viewer notifications, not tracebacks: a ``MedsegError`` (missing
 checkpoint, bad prompt...) is caught in the worker and shown as its message, which already
@@ -95,14 +96,20 @@ class Task:
             bar.setRange(0, 0)  # busy until the first progress report
             bar.setFormat(f"{label}: %v / %m")
 
-        def guarded(progress: Progress, should_stop: StopFlag) -> _Outcome:
+        def progress(done: int, total: int) -> None:
+            # Engines without a ``should_stop`` hook still call back between slices: stop there.
+            if self._stop.is_set():
+                raise TaskCancelled
+            self._relay.advanced.emit(done, total)
+
+        def guarded() -> _Outcome:
             try:
-                return _Outcome(fn(progress, should_stop))
+                return _Outcome(fn(progress, self._stop.is_set))
             except (MedsegError, TaskCancelled) as error:
                 return _Outcome(error=error)
 
         self.worker = create_worker(
-            guarded, self._relay.advanced.emit, self._stop.is_set, _start_thread=False,
+            guarded, _start_thread=False,
             _connect={"returned": self._returned, "errored": self._errored, "finished": self._finished},
         )
 

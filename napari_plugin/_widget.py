@@ -5,6 +5,8 @@ from __future__ import annotations
 import napari
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from napari_plugin._metrics_panel import MetricsPanel
+from napari_plugin._model_picker import LoadedModels
 from napari_plugin._sam2_panel import Sam2Panel
 
 
@@ -14,9 +16,11 @@ class MedsegWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.sam2 = Sam2Panel(napari_viewer)
+        models = LoadedModels()  # shared: a model loads once, whichever panel asks first
+        self.sam2 = Sam2Panel(napari_viewer, models)
+        self.metrics = MetricsPanel(napari_viewer)
         self.tabs = QTabWidget()
-        for panel, title in ((self.sam2, "SAM2"),):
+        for panel, title in ((self.sam2, "SAM2"), (self.metrics, "Metrics")):
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setWidget(panel)

@@ -1,0 +1,198 @@
+"""The Metrics panel: Dice, 95% Hausdorff, surface Dice and COCO mask AP of a Labels layer
+against a ground-truth Labels layer, computed by ``medseg.metrics`` in a worker.
+
+Distances are in millimetres when either layer carries its medseg ``Volume`` (the spacing
+comes from there); two layers that both carry one must lie on the same voxel grid. Layers
+made outside medseg are plain arrays: distances then count voxels, and the table says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import napari
+import numpy as np
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medseg.errors import InputError
+from medseg.metrics import MaskAP, dice_per_label, hausdorff95_per_label, mask_ap, mean_dice, surface_dice_per_label
+from medseg.volume import LabelVolume
+
+from napari_plugin._layer_picker import LayerPicker, same_layer
+from napari_plugin._layers import LABELS_KEY, label_volume, layer_volume
+from napari_plugin._tasks import Progress, StopFlag, Task
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Everything the panel shows for one prediction / ground-truth pair."""
+
+    names: dict[int, str]
+    dice: dict[int, float]
+    hd95: dict[int, float]
+    surface_dice: dict[int, float]
+    ap_3d: MaskAP
+    ap_2d: MaskAP
+    millimetres: bool
+    untrained: bool
+
+
+def as_label_map(layer: Any) -> LabelVolume | np.ndarray:
+    """A Labels layer as a ``LabelVolume`` when it carries its volume, else its plain array."""
+    volume = layer_volume(layer)
+    if volume is None:
+        return np.asarray(layer.data)
+    return label_volume(layer.data, volume, result=layer.metadata.get(LABELS_KEY), name=layer.name)
+
+
+def compute_scores(
+    pred: LabelVolume | np.ndarray,
+    truth: LabelVolume | np.ndarray,
+    *,
+    tolerance_mm: float,
+    instances: str,
+    progress: Progress,
+) -> Scores:
+    """Every metric of the panel, one ``medseg.metrics`` call after the other."""
+    truth_array = truth.array if isinstance(truth, LabelVolume) else truth
+    labels = [int(v) for v in np.unique(truth_array) if v != 0]
+    if not labels:
+        raise InputError("the ground-truth layer has no labels (all voxels are 0): pick the layer that holds the truth")
+    names = {}
+    for item in (pred, truth):  # the truth's names win
+        if isinstance(item, LabelVolume):
+            names.update(item.label_names)
+    steps = [
+        lambda: dice_per_label(pred, truth, labels=labels),
+        lambda: hausdorff95_per_label(pred, truth, labels=labels),
+        lambda: surface_dice_per_label(pred, truth, labels=labels, tolerance_mm=tolerance_mm),
+        lambda: mask_ap([(pred, truth)], labels=labels, mode="3d", instances=instances),
+        lambda: mask_ap([(pred, truth)], labels=labels, mode="2d", instances=instances),
+    ]
+    results = []
+    for done, step in enumerate(steps, start=1):
+        results.append(step())
+        progress(done, len(steps))
+    return Scores(
+        {v: names.get(v, f"label {v}") for v in labels}, *results,
+        millimetres=isinstance(pred, LabelVolume) or isinstance(truth, LabelVolume),
+        untrained=isinstance(pred, LabelVolume) and pred.untrained,
+    )
+
+
+def _number(value: float) -> str:
+    return "—" if np.isnan(value) else ("∞" if np.isinf(value) else f"{value:.3f}")
+
+
+class MetricsPanel(QWidget):
+    """Pick a prediction and a ground truth, press Compute, read the table."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.task: Task | None = None
+        self.prediction = LayerPicker(viewer, napari.layers.Labels)
+        self.truth = LayerPicker(viewer, napari.layers.Labels)
+        self.instances = QComboBox()
+        self.instances.addItems(["components", "per_class"])
+        self.instances.setToolTip("Mask AP instances: connected components of each label, or one instance per label")
+        self.tolerance = QDoubleSpinBox()
+        self.tolerance.setRange(0.0, 50.0)
+        self.tolerance.setValue(2.0)
+        self.tolerance.setSuffix(" mm")
+        self.compute = QPushButton("Compute")
+        self.copy = QPushButton("Copy table")
+        self.progress = QProgressBar()
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", "HD95", "surface Dice"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+
+        inputs = QGroupBox("Layers")
+        form = QFormLayout(inputs)
+        form.addRow("Prediction", self.prediction)
+        form.addRow("Ground truth", self.truth)
+        form.addRow("AP instances", self.instances)
+        form.addRow("Surface tolerance", self.tolerance)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.compute)
+        buttons.addWidget(self.copy)
+        layout = QVBoxLayout(self)
+        layout.addWidget(inputs)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.table)
+        layout.addWidget(self.summary)
+        layout.addStretch(1)
+        self.compute.clicked.connect(self._on_compute)
+        self.copy.clicked.connect(self._on_copy)
+
+    def _on_compute(self) -> None:
+        pred_layer, truth_layer = self.prediction.layer(), self.truth.layer()
+        if pred_layer is None or truth_layer is None:
+            show_error("Pick a prediction and a ground-truth Labels layer.")
+            return
+        if same_layer(pred_layer, truth_layer):
+            show_error("The prediction and the ground truth are the same layer: pick the layer to score and the truth.")
+            return
+        pred, truth = as_label_map(pred_layer), as_label_map(truth_layer)
+        tolerance, instances = self.tolerance.value(), self.instances.currentText()
+
+        def run(progress: Progress, should_stop: StopFlag) -> Scores:
+            return compute_scores(pred, truth, tolerance_mm=tolerance, instances=instances, progress=progress)
+
+        self.compute.setEnabled(False)
+        self.task = Task(run, label="Metrics", on_done=self._show, bar=self.progress,
+                         on_finish=lambda: self.compute.setEnabled(True))
+        self.task.start()
+
+    def _show(self, scores: Scores) -> None:
+        unit = "mm" if scores.millimetres else "voxels"
+        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", f"HD95 ({unit})", "surface Dice"])
+        self.table.setRowCount(0)
+        for value, name in scores.names.items():
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            cells = [str(value), name, _number(scores.dice[value]), _number(scores.hd95[value]),
+                     _number(scores.surface_dice[value])]
+            for column, text in enumerate(cells):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        lines = [f"mean Dice {_number(mean_dice(scores.dice))}"]
+        for ap in (scores.ap_3d, scores.ap_2d):
+            lines.append(
+                f"mask AP {ap.mode.upper()}: AP {_number(ap.ap)}, AP50 {_number(ap.ap50)}, AP75 {_number(ap.ap75)} "
+                f"({ap.n_predicted} predicted / {ap.n_truth} true instances)"
+            )
+        if scores.ap_3d.constant_score:
+            lines.append("The prediction carries no confidence scores: AP ranks its instances arbitrarily.")
+        if not scores.millimetres:
+            lines.append("Neither layer carries its volume's geometry: distances are in voxels.")
+        if scores.untrained:
+            lines.append("UNTRAINED MODEL: these numbers are meaningless.")
+        self.summary.setText("\n".join(lines))
+        self.summary.setStyleSheet("color: #ff6060" if scores.untrained else "")
+
+    def _on_copy(self) -> None:
+        """The table and summary as tab-separated text, for a spreadsheet."""
+        header = [self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())]
+        rows = [[self.table.item(r, c).text() for c in range(self.table.columnCount())] for r in range(self.table.rowCount())]
+        text = "\n".join("\t".join(row) for row in [header, *rows]) + "\n\n" + self.summary.text()
+        QApplication.clipboard().setText(text)
