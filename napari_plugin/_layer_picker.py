@@ -36,9 +36,15 @@ class LayerPicker(QComboBox):
         self._none_text = none_text
         self._choices: list[Any] = []
         events = viewer.layers.events
-        for event in (events.inserted, events.removed, events.moved, events.changed, events.renamed):
+        self._events = (events.inserted, events.removed, events.moved, events.changed, events.renamed)
+        for event in self._events:
             event.connect(self.refresh)
         self.refresh()
+
+    def release(self) -> None:
+        """Stop following the layer list (before this picker is deleted)."""
+        for event in self._events:
+            event.disconnect(self.refresh)
 
     def layers(self) -> list[Any]:
         return [layer for layer in self._viewer.layers if isinstance(layer, self._kind)]

@@ -5,22 +5,27 @@ from __future__ import annotations
 import napari
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from napari_plugin._baseline_panel import BaselinePanel
 from napari_plugin._metrics_panel import MetricsPanel
 from napari_plugin._model_picker import LoadedModels
+from napari_plugin._reference_panel import ReferencePanel
 from napari_plugin._sam2_panel import Sam2Panel
 
 
 class MedsegWidget(QWidget):
-    """The plugin's dock widget; each panel is reachable as an attribute (``widget.sam2``)."""
+    """The plugin's dock widget; each panel is an attribute (``sam2``, ``reference``, ``baseline``, ``metrics``)."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         models = LoadedModels()  # shared: a model loads once, whichever panel asks first
         self.sam2 = Sam2Panel(napari_viewer, models)
+        self.reference = ReferencePanel(napari_viewer, models)
+        self.baseline = BaselinePanel(napari_viewer)
         self.metrics = MetricsPanel(napari_viewer)
         self.tabs = QTabWidget()
-        for panel, title in ((self.sam2, "SAM2"), (self.metrics, "Metrics")):
+        panels = ((self.sam2, "SAM2"), (self.reference, "Reference"), (self.baseline, "Baseline"), (self.metrics, "Metrics"))
+        for panel, title in panels:
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setWidget(panel)

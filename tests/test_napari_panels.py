@@ -68,3 +68,68 @@ def test_metrics_panel_scores_a_prediction_against_the_truth(phantom_viewer, qtb
     assert rows["kidney"] == ["0.000", "∞", "0.000"]
     assert panel.table.horizontalHeaderItem(3).text() == "HD95 (mm)"
     assert "mask AP 3D" in panel.summary.text() and "no confidence scores" in panel.summary.text()
+
+
+def test_reference_panel_segments_the_query_from_another_volume_and_its_own_slices(phantom_viewer, qtbot):
+    viewer, widget, image, truth_layer, volume, truth = phantom_viewer
+    ref_volume, ref_truth = make_phantom(1, shape=(10, 48, 48))
+    ref_image = _add(viewer, image_layer_data(ref_volume, "reference"))
+    ref_labels = _add(viewer, labels_layer_data(ref_truth, ref_volume, "reference truth"))
+    panel = widget.reference
+    panel.query.set_layer(image)
+    panel.set_reference(0, ref_image, ref_labels)  # k sampled slices of another volume
+    panel.set_reference(1, image, truth_layer, "5")  # one slice drawn on the query itself
+    panel.labels.setText("1")
+    panel.k.setValue(2)
+    panel.model.set_choice("untrained", image_size=128)
+
+    _run(qtbot, panel, panel.run)
+
+    layer = viewer.layers["phantom references (revsam2)"]
+    result = layer.metadata["medseg_labels"]
+    assert layer.data.shape == volume.shape and result.geometry.same_grid(volume.geometry)
+    assert result.untrained and result.label_names == {1: "liver"}
+    np.testing.assert_array_equal(layer.data[5] == 1, truth.array[5] == 1)  # drawn on the query: kept exactly
+    detail = result.provenance["labels"]["1"]
+    assert len(detail["reverse_scores"]) == volume.shape[0]
+    listed = [panel.selected.item(i).text() for i in range(panel.selected.count())]
+    assert len(listed) == max(1, len(detail["selected_slices"]))
+    assert all(text.startswith("liver: ") for text in listed)
+    assert len(panel.plot.axes.lines) == 2  # scores and selected slices of the one label
+    assert "UNTRAINED" in panel.status.text()
+
+
+def test_baseline_panel_runs_a_model_directory(phantom_viewer, qtbot, tmp_path):
+    from medseg.maskrcnn import MaskRCNNModel, TrainConfig, build_model, save_model
+
+    viewer, widget, image, _, volume, _ = phantom_viewer
+    config = TrainConfig(backbone="resnet18", input_size=64, score_threshold=0.0)
+    network = build_model(num_classes=3, backbone="resnet18", input_size=64)
+    save_model(MaskRCNNModel(network, config, {1: "liver", 2: "spleen", 3: "kidney"}), tmp_path / "model")
+    panel = widget.baseline
+    panel.image.set_layer(image)
+    panel.model_dir.setText(str(tmp_path / "model"))
+
+    _run(qtbot, panel, panel.run)
+
+    layer = viewer.layers["phantom Mask R-CNN"]
+    result = layer.metadata["medseg_labels"]
+    assert layer.data.shape == volume.shape and result.untrained
+    assert panel.objects.rowCount() == len(result.labels)
+    assert "UNTRAINED" in panel.status.text()
+    assert panel.progress.value() == panel.progress.maximum() == volume.shape[0]
+
+
+def test_baseline_panel_says_what_is_wrong_with_a_model_directory(phantom_viewer, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    viewer, widget, image, *_ = phantom_viewer
+    panel = widget.baseline
+    panel.model_dir.setText(str(tmp_path))
+
+    _run(qtbot, panel, panel.run)
+
+    assert any(m.startswith("Mask R-CNN: ") and "model.json is missing" in m for m in messages)
+    assert panel.run.isEnabled()

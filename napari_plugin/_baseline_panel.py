@@ -1,0 +1,152 @@
+"""The Baseline panel: segment the image with a trained Mask R-CNN model directory.
+
+The model directory (``medseg baseline train``) says which classes it knows, its intensity
+preset and input size, and how long it was trained; the panel loads it once, predicts every
+slice in a worker and stitches the detections into scored 3D objects (``medseg.maskrcnn``).
+The result is a Labels layer that keeps the object scores, so the Metrics panel's mask AP
+ranks the objects by the model's confidence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import napari
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medseg.errors import MedsegError, WeightsError
+from medseg.maskrcnn import MaskRCNNModel, load_model, predict_instances
+from medseg.volume import LabelVolume, Volume
+
+from napari_plugin._layer_picker import LayerPicker
+from napari_plugin._layers import labels_layer_data, volume_of_image
+from napari_plugin._tasks import Progress, StopFlag, Task
+
+
+class BaselinePanel(QWidget):
+    """Pick the image and a model directory, Run, read the objects and their scores."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.task: Task | None = None
+        self._models: dict[Path, MaskRCNNModel] = {}
+        self.image = LayerPicker(viewer, napari.layers.Image)
+        self.model_dir = QLineEdit()
+        self.model_dir.setPlaceholderText("model directory from `medseg baseline train`")
+        self.browse = QPushButton("…")
+        self.browse.setMaximumWidth(30)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setSpecialValueText("model default")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.run = QPushButton("Run")
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.objects = QTableWidget(0, 4)
+        self.objects.setHorizontalHeaderLabels(["label", "name", "score", "slices"])
+        self.objects.horizontalHeader().setStretchLastSection(True)
+        self.objects.verticalHeader().setVisible(False)
+
+        directory = QHBoxLayout()
+        directory.addWidget(self.model_dir)
+        directory.addWidget(self.browse)
+        form = QFormLayout()
+        form.addRow("Image", self.image)
+        form.addRow("Model", directory)
+        form.addRow("Score threshold", self.threshold)
+        form.addRow("Device", self.device)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run)
+        buttons.addWidget(self.cancel)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.objects)
+        layout.addStretch(1)
+        self.browse.clicked.connect(self._on_browse)
+        self.run.clicked.connect(self._on_run)
+        self.cancel.clicked.connect(lambda: self.task is not None and self.task.cancel())
+
+    def _on_browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Mask R-CNN model directory", self.model_dir.text())
+        if path:
+            self.model_dir.setText(path)
+
+    def _on_run(self) -> None:
+        layer, directory = self.image.layer(), self.model_dir.text().strip()
+        try:
+            if layer is None:
+                raise MedsegError("pick the image to segment")
+            if not directory:
+                raise WeightsError("no model directory: train one with `medseg baseline train` and pick its folder")
+            volume = volume_of_image(layer)
+        except MedsegError as error:
+            show_error(str(error))
+            return
+        path, models = Path(directory).expanduser().resolve(), self._models
+        threshold, device = self.threshold.value() or None, self.device.currentText()
+
+        def run(progress: Progress, should_stop: StopFlag) -> tuple[MaskRCNNModel, LabelVolume]:
+            model = models.get(path) or load_model(path)
+            prediction = predict_instances(model, volume, score_threshold=threshold, device=device, progress=progress)
+            return model, prediction.labels
+
+        def done(outcome: tuple[MaskRCNNModel, LabelVolume]) -> None:
+            model, labels = outcome
+            models[path] = model
+            self._show(layer, volume, model, labels)
+
+        self.run.setEnabled(False)
+        self.cancel.setEnabled(True)
+        self.status.setText(f"Mask R-CNN on {layer.name}…")
+        self.task = Task(run, label="Mask R-CNN", on_done=done, bar=self.progress, on_finish=self._finished)
+        self.task.start()
+
+    def _finished(self) -> None:
+        self.run.setEnabled(True)
+        self.cancel.setEnabled(False)
+
+    def _show(self, image: Any, volume: Volume, model: MaskRCNNModel, labels: LabelVolume) -> None:
+        data, kwargs, _ = labels_layer_data(labels, volume, f"{image.name} Mask R-CNN")
+        self.viewer.add_labels(data, **kwargs)
+        self.objects.setRowCount(0)
+        for value in labels.labels:
+            slices = (labels.array == value).any(axis=(1, 2)).nonzero()[0]
+            cells = [str(value), labels.label_names.get(value, f"label {value}"),
+                     f"{labels.scores[value]:.3f}" if value in labels.scores else "—", f"{slices[0]}–{slices[-1]}"]
+            row = self.objects.rowCount()
+            self.objects.insertRow(row)
+            for column, text in enumerate(cells):
+                self.objects.setItem(row, column, QTableWidgetItem(text))
+        note = f"{len(labels.labels)} label(s) found by {model.directory.name if model.directory else 'the model'}"
+        note += f" ({model.config.backbone}, {model.steps} training steps)."
+        if model.untrained:
+            note += " UNTRAINED MODEL: these masks are meaningless."
+        elif model.undertrained:
+            note += " Trained for only a few steps: expect poor masks."
+        self.status.setText(note)
+        self.status.setStyleSheet("color: #ff6060" if model.untrained or model.undertrained else "")

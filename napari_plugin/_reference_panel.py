@@ -1,0 +1,297 @@
+"""The Reference prompting panel: segment a query volume from a few annotated slices (RevSAM2).
+
+References are (image, labels) layer pairs: another open volume with its labels, or the
+query itself with a few slices drawn on it. Each label is segmented through the query with
+frozen SAM2 (``medseg.revsam2``). In RevSAM2 mode the panel then shows, per label, the
+reverse score of every query slice (how well that slice's prediction, propagated back,
+reproduces the references' labels) and the slices chosen as prompts; clicking a chosen
+slice shows it in the viewer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import napari
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medseg.errors import InputError, MedsegError
+from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, ReferenceSession, SupportSet
+from medseg.volume import LabelVolume, Volume
+
+from napari_plugin._layer_picker import LayerPicker
+from napari_plugin._layers import LABELS_KEY, label_volume, labels_layer_data, volume_of_image
+from napari_plugin._model_picker import LoadedModels, ModelPicker
+from napari_plugin._tasks import Progress, StopFlag, Task
+
+_MODE_HELP = {
+    "revsam2": "RevSAM2: forward pass, reverse scoring of every slice, re-prompt from the best slices",
+    "baseline": "Supports as conditioning frames before the query, then propagation (FS-MedSAM2 baseline)",
+    "baseline-middle": "Supports inserted at the query's middle, propagation both ways",
+}
+
+
+def parse_slices(text: str, reference: str) -> list[int] | None:
+    """``"12, 20 28"`` -> ``[12, 20, 28]``; empty -> None (sample ``k`` slices per label)."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        return None
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"{reference}: slices must be whole numbers separated by commas, got {text!r}") from None
+
+
+class ScorePlot(FigureCanvasQTAgg):
+    """Reverse score against slice index per label, the selected slices marked."""
+
+    def __init__(self) -> None:
+        self.figure = Figure(figsize=(4, 2.2), tight_layout=True)
+        super().__init__(self.figure)
+        self.axes = self.figure.add_subplot()
+        self.setMinimumHeight(170)
+
+    def show_scores(self, result: LabelVolume) -> None:
+        self.axes.clear()
+        for value, detail in result.provenance.get("labels", {}).items():
+            scores = np.array([np.nan if s is None else s for s in detail["reverse_scores"]], dtype=float)
+            name = result.label_names.get(int(value), f"label {value}")
+            (line,) = self.axes.plot(np.arange(len(scores)), scores, marker=".", label=name)
+            selected = detail["selected_slices"]
+            self.axes.plot(selected, scores[selected], "o", mfc="none", ms=9, color=line.get_color())
+        self.axes.set_xlabel("query slice (z)")
+        self.axes.set_ylabel("reverse score")
+        self.axes.set_ylim(-0.02, 1.02)
+        if self.axes.lines:
+            self.axes.legend(fontsize="small")
+        self.draw_idle()
+
+
+class ReferencePanel(QWidget):
+    """Pick the query, the references and the mode; Run; read the scores; jump to chosen slices."""
+
+    def __init__(self, viewer: napari.Viewer, models: LoadedModels, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.task: Task | None = None
+        self._models = models
+        self._query_layer: Any | None = None
+        self.query = LayerPicker(viewer, napari.layers.Image)
+        self.references = QTableWidget(0, 3)
+        self.references.setHorizontalHeaderLabels(["image", "labels", "slices (empty: sample k)"])
+        self.references.horizontalHeader().setStretchLastSection(True)
+        self.references.verticalHeader().setVisible(False)
+        self.references.setMaximumHeight(130)
+        self.add_reference = QPushButton("+ reference")
+        self.remove_reference = QPushButton("− reference")
+        self.k = QSpinBox()
+        self.k.setRange(1, 50)
+        self.k.setValue(3)
+        self.labels = QLineEdit()
+        self.labels.setPlaceholderText("all labels of the references")
+        self.mode = QComboBox()
+        for mode in MODES:
+            self.mode.addItem(mode)
+            self.mode.setItemData(self.mode.count() - 1, _MODE_HELP[mode], Qt.ItemDataRole.ToolTipRole)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 100)
+        self.top_k.setValue(DEFAULT_TOP_K)
+        self.top_k.setSpecialValueText("no limit")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(DEFAULT_THRESHOLD)
+        self.min_spacing = QSpinBox()
+        self.min_spacing.setRange(0, 1000)
+        self.min_spacing.setSpecialValueText("auto")
+        self.include_supports = QCheckBox("Keep the references as prompts in the final pass")
+        self.include_supports.setChecked(True)
+        self.model = ModelPicker()
+        self.run = QPushButton("Run")
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.plot = ScorePlot()
+        self.selected = QListWidget()
+        self.selected.setMaximumHeight(110)
+        self.selected.setToolTip("Slices chosen as prompts; click one to show it")
+        self._layout()
+        self.add_reference.clicked.connect(self._on_add_reference)
+        self.remove_reference.clicked.connect(self._on_remove_reference)
+        self.run.clicked.connect(self._on_run)
+        self.cancel.clicked.connect(lambda: self.task is not None and self.task.cancel())
+        self.selected.itemClicked.connect(self._on_slice_clicked)
+        self._on_add_reference()
+
+    def _layout(self) -> None:
+        data = QGroupBox("Query and references")
+        grid = QGridLayout(data)
+        form = QFormLayout()
+        form.addRow("Query", self.query)
+        grid.addLayout(form, 0, 0, 1, 2)
+        grid.addWidget(self.references, 1, 0, 1, 2)
+        grid.addWidget(self.add_reference, 2, 0)
+        grid.addWidget(self.remove_reference, 2, 1)
+        settings = QGroupBox("Settings")
+        form = QFormLayout(settings)
+        form.addRow("Labels (e.g. 1, 3)", self.labels)
+        form.addRow("Slices per label (k)", self.k)
+        form.addRow("Mode", self.mode)
+        form.addRow("Top k slices", self.top_k)
+        form.addRow("Score threshold", self.threshold)
+        form.addRow("Min spacing", self.min_spacing)
+        form.addRow(self.include_supports)
+        model = QGroupBox("Model")
+        QVBoxLayout(model).addWidget(self.model)
+        run = QGroupBox("Run")
+        box = QVBoxLayout(run)
+        row = QHBoxLayout()
+        row.addWidget(self.run)
+        row.addWidget(self.cancel)
+        box.addLayout(row)
+        box.addWidget(self.progress)
+        box.addWidget(self.status)
+        box.addWidget(self.plot)
+        box.addWidget(self.selected)
+        layout = QVBoxLayout(self)
+        for group in (data, settings, model, run):
+            layout.addWidget(group)
+        layout.addStretch(1)
+
+    # --- references -------------------------------------------------------------------------
+    def _on_add_reference(self) -> None:
+        row = self.references.rowCount()
+        self.references.insertRow(row)
+        self.references.setCellWidget(row, 0, LayerPicker(self.viewer, napari.layers.Image))
+        self.references.setCellWidget(row, 1, LayerPicker(self.viewer, napari.layers.Labels))
+        self.references.setCellWidget(row, 2, QLineEdit())
+
+    def _on_remove_reference(self) -> None:
+        row = self.references.currentRow() if self.references.currentRow() >= 0 else self.references.rowCount() - 1
+        if row >= 0:
+            for column in (0, 1):
+                self.references.cellWidget(row, column).release()
+            self.references.removeRow(row)
+
+    def set_reference(self, row: int, image: Any, labels: Any, slices: str = "") -> None:
+        """Fill reference row ``row`` (added if needed), as a user picking in its cells would."""
+        while self.references.rowCount() <= row:
+            self._on_add_reference()
+        self.references.cellWidget(row, 0).set_layer(image)
+        self.references.cellWidget(row, 1).set_layer(labels)
+        self.references.cellWidget(row, 2).setText(slices)
+
+    def _support_entries(self, query_layer: Any, query: Volume) -> tuple[list[tuple], list[str]]:
+        entries, names = [], []
+        for row in range(self.references.rowCount()):
+            image, labels = self.references.cellWidget(row, 0).layer(), self.references.cellWidget(row, 1).layer()
+            if image is None or labels is None:
+                raise InputError(f"reference {row + 1}: pick its image and its labels layer")
+            volume = query if image.unique_id == query_layer.unique_id else volume_of_image(image)
+            label_map = label_volume(labels.data, volume, result=labels.metadata.get(LABELS_KEY), name=labels.name)
+            name = f"{image.name} / {labels.name}"
+            entries.append((volume, label_map, parse_slices(self.references.cellWidget(row, 2).text(), name)))
+            names.append(name)
+        if not entries:
+            raise InputError("no reference: add one (an annotated volume, or slices drawn on the query)")
+        return entries, names
+
+    def _wanted_labels(self) -> list[int] | None:
+        text = self.labels.text().replace(",", " ").split()
+        try:
+            return [int(v) for v in text] or None
+        except ValueError:
+            raise InputError(f"labels must be label values separated by commas, got {self.labels.text()!r}") from None
+
+    # --- run --------------------------------------------------------------------------------
+    def _on_run(self) -> None:
+        query_layer = self.query.layer()
+        if query_layer is None:
+            show_error("Pick the query image to segment.")
+            return
+        try:
+            query = volume_of_image(query_layer)
+            entries, names = self._support_entries(query_layer, query)
+            labels, choice = self._wanted_labels(), self.model.choice()
+        except MedsegError as error:
+            show_error(str(error))
+            return
+        k, mode, models = self.k.value(), self.mode.currentText(), self._models
+        settings = {
+            "top_k": self.top_k.value() or None,
+            "threshold": self.threshold.value(),
+            "min_spacing": self.min_spacing.value() or None,
+            "include_supports": self.include_supports.isChecked(),
+        }
+
+        def run(progress: Progress, should_stop: StopFlag) -> LabelVolume:
+            support = SupportSet.from_volumes(entries, k=k, labels=labels, names=names)
+            session = ReferenceSession(query, support, model=models.get(choice))
+            return session.segment(mode=mode, progress=progress, **settings)
+
+        self._query_layer = query_layer
+        self.run.setEnabled(False)
+        self.cancel.setEnabled(True)
+        self.status.setText(f"Segmenting {query_layer.name} from {len(entries)} reference(s) ({mode})…")
+        self.task = Task(run, label="Reference prompting", on_done=lambda result: self._show(result, query),
+                         bar=self.progress, on_finish=self._finished)
+        self.task.start()
+
+    def _finished(self) -> None:
+        self.run.setEnabled(True)
+        self.cancel.setEnabled(False)
+
+    def _show(self, result: LabelVolume, query: Volume) -> None:
+        name = f"{self._query_layer.name} references ({result.provenance['method'].removeprefix('reference-prompting-')})"
+        data, kwargs, _ = labels_layer_data(result, query, name)
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data, layer.features = data, kwargs["features"]
+            layer.metadata.update(kwargs["metadata"])
+        else:
+            self.viewer.add_labels(data, **kwargs)
+        self.plot.show_scores(result)
+        self.selected.clear()
+        for value, detail in result.provenance.get("labels", {}).items():
+            label_name = result.label_names.get(int(value), f"label {value}")
+            if detail["fell_back_to_forward"]:
+                self.selected.addItem(f"{label_name}: no slice reached the threshold; forward prediction kept")
+            for z in detail["selected_slices"]:
+                item = QListWidgetItem(f"{label_name}: slice {z}, reverse score {detail['reverse_scores'][z]:.3f}")
+                item.setData(Qt.ItemDataRole.UserRole, z)
+                self.selected.addItem(item)
+        lines = [f"{len(result.label_names)} label(s) segmented; {result.provenance['encoder_calls']} slices encoded."]
+        if result.untrained:
+            lines.append("UNTRAINED MODEL: masks and scores are meaningless.")
+        self.status.setText(" ".join(lines))
+        self.status.setStyleSheet("color: #ff6060" if result.untrained else "")
+
+    def _on_slice_clicked(self, item: QListWidgetItem) -> None:
+        z = item.data(Qt.ItemDataRole.UserRole)
+        if z is not None and self._query_layer is not None:
+            self.viewer.dims.set_point(0, self._query_layer.data_to_world((z, 0, 0))[0])
