@@ -7,15 +7,18 @@ and the ``Volume`` in its metadata, so that segmenting and saving use its exact 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from medseg.io import load_volume
+from medseg.io import list_dicom_series, load_volume
 from medseg.io.files import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, has_dicom_preamble
 
 from napari_plugin._layers import image_layer_data
+
+logger = logging.getLogger(__name__)
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 
@@ -31,15 +34,27 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] 
 
 
 def read_volume(path: str | list[str]) -> LayerData:
-    """Load one volume as an Image layer named after the file or folder."""
+    """Load a volume as an Image layer named after the file or folder.
+
+    A folder holding several DICOM series (a whole study) gives one layer per image series,
+    largest first, each named after its series description.
+    """
     path = Path(path)
-    volume = load_volume(path)
-    return [image_layer_data(volume, _layer_name(path))]
+    if not path.is_dir():
+        return [image_layer_data(load_volume(path), _layer_name(path))]
+    series = list_dicom_series(path)
+    if len(series) == 1:
+        return [image_layer_data(load_volume(path), path.name)]
+    logger.info("%s holds %d image series; opening each as a layer", path, len(series))
+    return [
+        image_layer_data(load_volume(path, series_uid=s.uid), f"{path.name}: {s.description or s.uid} ({s.modality})")
+        for s in series
+    ]
 
 
 def _is_readable(path: Path) -> bool:
     if path.is_dir():
-        files = islice((p for p in sorted(path.iterdir()) if p.is_file()), _FOLDER_PROBE)
+        files = islice((p for p in path.rglob("*") if p.is_file()), _FOLDER_PROBE)  # series may sit in subfolders
         return any(_is_dicom(p) for p in files)
     name = path.name.lower()
     return path.is_file() and (name.endswith(NIFTI_SUFFIXES + ITK_SUFFIXES) or _is_dicom(path))

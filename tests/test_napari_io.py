@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import napari_plugin  # noqa: F401  (loads triton beside Mesa before any torch import)
 from medseg.volume import Volume
 
 pytestmark = pytest.mark.napari
@@ -148,3 +149,78 @@ def test_mni152_sample_is_real_mri_with_tissue_labels(make_napari_viewer):
     assert list(truth.features["name"]) == ["grey_matter", "white_matter"]
     # The template is RAS with voxel (0, 0, 0) at RAS (-98, -134, -72) mm: LPS (98, 134, -72).
     np.testing.assert_allclose(image.data_to_world((0, 0, 0)), (-72.0, 134.0, 98.0))
+
+
+def _world_rule(volume, zyx):
+    """The display frame of ``_layers``: LPS projected on the index axes, flipped toward L, P, S."""
+    direction_zyx = volume.direction[:, ::-1]
+    signs = np.sign(direction_zyx[np.abs(direction_zyx).argmax(axis=0), [0, 1, 2]])
+    return signs * (volume.geometry.index_to_world(zyx)[0] @ direction_zyx)
+
+
+def test_dicom_series_opens_like_its_nifti(make_napari_viewer, tmp_path):
+    from medseg.phantom import make_phantom, write_dicom_series
+
+    phantom, _ = make_phantom(3, shape=(6, 24, 20))  # anisotropic, slightly oblique
+    write_dicom_series(phantom, tmp_path / "series")
+    nifti = tmp_path / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.array.transpose(2, 1, 0), phantom.affine), nifti)
+    viewer = make_napari_viewer()
+
+    [dicom_layer] = viewer.open(str(tmp_path / "series"), plugin="medseg")
+    [nifti_layer] = viewer.open(str(nifti), plugin="medseg")
+
+    volume = dicom_layer.metadata["medseg_volume"]
+    assert volume.modality == "CT" and dicom_layer.name == "series"
+    assert volume.geometry.same_grid(phantom.geometry)
+    np.testing.assert_array_equal(dicom_layer.data, phantom.array)
+    np.testing.assert_allclose(dicom_layer.scale, phantom.spacing)
+    assert tuple(dicom_layer.contrast_limits) == (-160.0, 240.0)  # CT: soft-tissue window
+    for zyx in [(0, 0, 0), (5, 23, 19), (2, 10, 4)]:
+        world = dicom_layer.data_to_world(zyx)
+        np.testing.assert_allclose(world, _world_rule(phantom, zyx), atol=1e-4)
+        np.testing.assert_allclose(world, nifti_layer.data_to_world(zyx), atol=1e-4)
+    # a rigid frame: world distances are patient distances
+    a, b = phantom.geometry.index_to_world([(0, 0, 0), (5, 23, 19)])
+    world_distance = np.linalg.norm(np.subtract(dicom_layer.data_to_world((5, 23, 19)), dicom_layer.data_to_world((0, 0, 0))))
+    assert world_distance == pytest.approx(np.linalg.norm(a - b), abs=1e-4)
+
+
+def test_dicom_study_folder_opens_one_layer_per_series(make_napari_viewer, tmp_path):
+    from medseg.phantom import make_phantom, write_dicom_series
+
+    small, _ = make_phantom(0, shape=(4, 16, 16))
+    large, _ = make_phantom(1, shape=(7, 16, 16))
+    write_dicom_series(small, tmp_path / "study" / "a", series_description="small")
+    write_dicom_series(large, tmp_path / "study" / "b", series_description="large")
+    viewer = make_napari_viewer()
+
+    layers = viewer.open(str(tmp_path / "study"), plugin="medseg")
+
+    assert [layer.name for layer in layers] == ["study: large (CT)", "study: small (CT)"]
+    assert [layer.data.shape for layer in layers] == [(7, 16, 16), (4, 16, 16)]
+
+
+def test_labels_on_a_dicom_series_save_as_dicom_seg(make_napari_viewer, tmp_path):
+    import pydicom
+
+    from medseg.io import load_labels
+    from medseg.phantom import make_phantom, write_dicom_series
+    from medseg.volume import LabelVolume
+    from napari_plugin._layers import labels_layer_data
+
+    phantom, truth = make_phantom(2, shape=(5, 20, 20))
+    write_dicom_series(phantom, tmp_path / "series")
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(tmp_path / "series"), plugin="medseg")
+    volume = image.metadata["medseg_volume"]
+    on_series = LabelVolume(truth.array, volume.geometry, label_names=truth.label_names)
+    data, kwargs, _ = labels_layer_data(on_series, volume, "organs")
+    labels = viewer.add_labels(data, **kwargs)
+
+    [written] = labels.save(str(tmp_path / "organs.dcm"), plugin="medseg")
+
+    back = load_labels(written, volume)
+    np.testing.assert_array_equal(back.array, truth.array)
+    segments = pydicom.dcmread(written).SegmentSequence
+    assert [s.SegmentLabel for s in segments] == ["liver", "spleen", "kidney"]
