@@ -72,7 +72,9 @@ class Sam2Panel(QWidget):
         self.objects.verticalHeader().setVisible(False)
         self.objects.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.objects.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.objects.setMaximumHeight(120)
+        self.objects.setMinimumHeight(130)
+        self.objects.setMaximumHeight(160)
+        self.objects.setColumnWidth(0, 60)
         self.add_object = QPushButton("+ object")
         self.remove_object = QPushButton("− object")
         self.negative = QCheckBox("Negative points (or shift-click)")
@@ -339,7 +341,8 @@ class Sam2Panel(QWidget):
             ws.commit(choice, session, plan)
             ws.paint_slices(slices, result)
             shown = ", ".join(str(z) for z in sorted(slices))
-            self._show_status(f"Segmented on slice {shown} ({self._model_note(result)}).", result=result)
+            note = " UNTRAINED MODEL: the masks are meaningless." if result.untrained else ""
+            self._show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}", result=result)
 
         self._start(run, "Segment object", done, ws, choice)
 
@@ -371,7 +374,7 @@ class Sam2Panel(QWidget):
             self._correct_next = summary.correct_next()
             self._show_status(
                 f"Propagated {len(result.label_names)} object(s) through {ws.volume.shape[0]} slices in "
-                f"{seconds:.1f} s ({self._model_note(result)}).\n{summary.to_text()}",
+                f"{seconds:.1f} s with {result.provenance['model']}.\n{summary.to_text()}",
                 result=result,
             )
             self.correct_next.setVisible(self._correct_next is not None)
@@ -430,10 +433,6 @@ class Sam2Panel(QWidget):
         self.cancel.setEnabled(busy)
 
     # --- results ----------------------------------------------------------------------------
-    def _model_note(self, result) -> str:
-        model = result.provenance.get("model", "?")
-        return f"{model}, UNTRAINED: masks are meaningless" if result.untrained else str(model)
-
     def _show_status(self, text: str, *, error: bool = False, result=None) -> None:
         untrained = result is not None and result.untrained
         self.status.setText(text)

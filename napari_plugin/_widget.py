@@ -30,6 +30,7 @@ class MedsegWidget(QWidget):
             scroll.setWidgetResizable(True)
             scroll.setWidget(panel)
             self.tabs.addTab(scroll, title)
+        self.setMinimumWidth(430)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)

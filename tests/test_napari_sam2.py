@@ -90,9 +90,6 @@ def test_point_segment_propagate_save(make_napari_viewer, qtbot, phantom_file, t
     np.testing.assert_allclose(saved.affine, nib.load(path).affine, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), labels.data)
 
-    ARTEFACTS.mkdir(exist_ok=True)
-    shot = viewer.screenshot(path=str(ARTEFACTS / "napari_sam2_panel.png"), canvas_only=False, flash=False)
-    assert shot.shape[0] > 300 and shot.shape[1] > 600
 
 
 def test_painted_mask_prompt_is_kept_exactly_and_undo_takes_prompts_back(make_napari_viewer, qtbot, phantom_file):
@@ -164,3 +161,39 @@ def test_problems_are_viewer_messages(make_napari_viewer, qtbot, phantom_file, t
     _wait(qtbot, panel)
     assert any(m.startswith("Segment object: cannot read checkpoint") and str(bad) in m for m in messages)
     assert panel.segment.isEnabled() and ws.session is None
+
+
+@pytest.mark.slow
+def test_three_organs_from_painted_slices_and_the_docked_screenshot(make_napari_viewer, qtbot):
+    """The demo phantom as a user opens it; one painted slice per organ; propagate; screenshot.
+
+    ``artefacts/napari.png`` is the README's ``docs/napari.png`` (for that picture, run with
+    ``-o xvfb_width=1600 -o xvfb_height=1000 -o xvfb_colordepth=24``).
+    """
+    viewer = make_napari_viewer(show=True)
+    viewer.window.set_geometry(0, 0, 1500, 940)
+    image, truth = viewer.open_sample("medseg", "phantom")
+    _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    panel = widget.sam2
+    panel.model.set_choice("untrained", image_size=128)
+    ws = panel.workspace
+    z = int((truth.data == 1).sum(axis=(1, 2)).argmax())
+    viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
+    for value, name in truth.metadata["medseg_labels"].label_names.items():
+        if value > 1:
+            _click(qtbot, panel.add_object)
+        panel.objects.item(value - 1, 1).setText(name)  # the user types the organ's name
+        ws.labels.data[z][truth.data[z] == value] = value  # and paints it with the labels brush
+        _click(qtbot, panel.mask_prompt)
+    _click(qtbot, panel.propagate)
+    _wait(qtbot, panel)
+
+    result = ws.labels.metadata["medseg_labels"]
+    np.testing.assert_array_equal(ws.labels.data[z], truth.data[z])  # three mask prompts, kept exactly
+    assert result.label_names == {1: "liver", 2: "spleen", 3: "kidney"}
+    assert list(ws.labels.features["name"]) == ["liver", "spleen", "kidney"]
+    truth.visible = False
+    viewer.layers.selection.active = ws.prompts.points
+    ARTEFACTS.mkdir(exist_ok=True)
+    shot = viewer.screenshot(path=str(ARTEFACTS / "napari.png"), canvas_only=False, flash=False)
+    assert shot.shape[0] >= 600 and shot.shape[1] >= 1000
