@@ -20,9 +20,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -36,7 +34,7 @@ from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._layer_picker import LayerPicker
 from napari_plugin._layers import labels_layer_data, volume_of_image
-from napari_plugin._tasks import Progress, StopFlag, Task
+from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
 
 class BaselinePanel(QWidget):
@@ -45,7 +43,6 @@ class BaselinePanel(QWidget):
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.task: Task | None = None
         self._models: dict[Path, MaskRCNNModel] = {}
         self.image = LayerPicker(viewer, napari.layers.Image)
         self.model_dir = QLineEdit()
@@ -58,12 +55,7 @@ class BaselinePanel(QWidget):
         self.threshold.setSpecialValueText("model default")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
-        self.run = QPushButton("Run")
-        self.cancel = QPushButton("Cancel")
-        self.cancel.setEnabled(False)
-        self.progress = QProgressBar()
-        self.status = QLabel()
-        self.status.setWordWrap(True)
+        self.controls = TaskControls("Run")
         self.objects = QTableWidget(0, 4)
         self.objects.setHorizontalHeaderLabels(["label", "name", "score", "slices"])
         self.objects.horizontalHeader().setStretchLastSection(True)
@@ -77,19 +69,13 @@ class BaselinePanel(QWidget):
         form.addRow("Model", directory)
         form.addRow("Score threshold", self.threshold)
         form.addRow("Device", self.device)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run)
-        buttons.addWidget(self.cancel)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        layout.addWidget(self.controls)
         layout.addWidget(self.objects)
         layout.addStretch(1)
         self.browse.clicked.connect(self._on_browse)
-        self.run.clicked.connect(self._on_run)
-        self.cancel.clicked.connect(lambda: self.task is not None and self.task.cancel())
+        self.controls.run.clicked.connect(self._on_run)
 
     def _on_browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Mask R-CNN model directory", self.model_dir.text())
@@ -120,15 +106,7 @@ class BaselinePanel(QWidget):
             models[path] = model
             self._show(layer, volume, model, labels)
 
-        self.run.setEnabled(False)
-        self.cancel.setEnabled(True)
-        self.status.setText(f"Mask R-CNN on {layer.name}…")
-        self.task = Task(run, label="Mask R-CNN", on_done=done, bar=self.progress, on_finish=self._finished)
-        self.task.start()
-
-    def _finished(self) -> None:
-        self.run.setEnabled(True)
-        self.cancel.setEnabled(False)
+        self.controls.start(run, label="Mask R-CNN", on_done=done)
 
     def _show(self, image: Any, volume: Volume, model: MaskRCNNModel, labels: LabelVolume) -> None:
         data, kwargs, _ = labels_layer_data(labels, volume, f"{image.name} Mask R-CNN")
@@ -148,5 +126,4 @@ class BaselinePanel(QWidget):
             note += " UNTRAINED MODEL: these masks are meaningless."
         elif model.undertrained:
             note += " Trained for only a few steps: expect poor masks."
-        self.status.setText(note)
-        self.status.setStyleSheet("color: #ff6060" if model.untrained or model.undertrained else "")
+        self.controls.show_status(note, warn=model.untrained or model.undertrained)

@@ -36,7 +36,7 @@ import numpy as np
 
 from medseg.errors import GeometryError, InputError
 from medseg.preprocess import default_preset
-from medseg.volume import UNTRAINED_BANNER, LabelVolume, Volume
+from medseg.volume import LabelVolume, Volume
 
 VOLUME_KEY = "medseg_volume"
 LABELS_KEY = "medseg_labels"
@@ -150,8 +150,3 @@ def label_volume(data: Any, volume: Volume, *, result: LabelVolume | None = None
         untrained=result.untrained,
         provenance=dict(result.provenance),
     )
-
-
-def untrained_note(labels: LabelVolume) -> str:
-    """The banner to show next to a result, empty for a trained model."""
-    return UNTRAINED_BANNER if labels.untrained else ""

@@ -20,9 +20,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -36,7 +33,7 @@ from medseg.volume import LabelVolume
 
 from napari_plugin._layer_picker import LayerPicker, same_layer
 from napari_plugin._layers import LABELS_KEY, label_volume, layer_volume
-from napari_plugin._tasks import Progress, StopFlag, Task
+from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,6 @@ class MetricsPanel(QWidget):
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.task: Task | None = None
         self.prediction = LayerPicker(viewer, napari.layers.Labels)
         self.truth = LayerPicker(viewer, napari.layers.Labels)
         self.instances = QComboBox()
@@ -116,15 +112,12 @@ class MetricsPanel(QWidget):
         self.tolerance.setRange(0.0, 50.0)
         self.tolerance.setValue(2.0)
         self.tolerance.setSuffix(" mm")
-        self.compute = QPushButton("Compute")
+        self.controls = TaskControls("Compute")
         self.copy = QPushButton("Copy table")
-        self.progress = QProgressBar()
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["label", "name", "Dice", "HD95", "surface Dice"])
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
-        self.summary = QLabel()
-        self.summary.setWordWrap(True)
 
         inputs = QGroupBox("Layers")
         form = QFormLayout(inputs)
@@ -132,17 +125,13 @@ class MetricsPanel(QWidget):
         form.addRow("Ground truth", self.truth)
         form.addRow("AP instances", self.instances)
         form.addRow("Surface tolerance", self.tolerance)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.compute)
-        buttons.addWidget(self.copy)
         layout = QVBoxLayout(self)
         layout.addWidget(inputs)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
+        layout.addWidget(self.controls)
         layout.addWidget(self.table)
-        layout.addWidget(self.summary)
+        layout.addWidget(self.copy)
         layout.addStretch(1)
-        self.compute.clicked.connect(self._on_compute)
+        self.controls.run.clicked.connect(self._on_compute)
         self.copy.clicked.connect(self._on_copy)
 
     def _on_compute(self) -> None:
@@ -159,10 +148,7 @@ class MetricsPanel(QWidget):
         def run(progress: Progress, should_stop: StopFlag) -> Scores:
             return compute_scores(pred, truth, tolerance_mm=tolerance, instances=instances, progress=progress)
 
-        self.compute.setEnabled(False)
-        self.task = Task(run, label="Metrics", on_done=self._show, bar=self.progress,
-                         on_finish=lambda: self.compute.setEnabled(True))
-        self.task.start()
+        self.controls.start(run, label="Metrics", on_done=self._show)
 
     def _show(self, scores: Scores) -> None:
         unit = "mm" if scores.millimetres else "voxels"
@@ -187,12 +173,11 @@ class MetricsPanel(QWidget):
             lines.append("Neither layer carries its volume's geometry: distances are in voxels.")
         if scores.untrained:
             lines.append("UNTRAINED MODEL: these numbers are meaningless.")
-        self.summary.setText("\n".join(lines))
-        self.summary.setStyleSheet("color: #ff6060" if scores.untrained else "")
+        self.controls.show_status("\n".join(lines), warn=scores.untrained)
 
     def _on_copy(self) -> None:
         """The table and summary as tab-separated text, for a spreadsheet."""
         header = [self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())]
         rows = [[self.table.item(r, c).text() for c in range(self.table.columnCount())] for r in range(self.table.rowCount())]
-        text = "\n".join("\t".join(row) for row in [header, *rows]) + "\n\n" + self.summary.text()
+        text = "\n".join("\t".join(row) for row in [header, *rows]) + "\n\n" + self.controls.status.text()
         QApplication.clipboard().setText(text)

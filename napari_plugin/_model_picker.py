@@ -39,10 +39,6 @@ class ModelChoice:
     image_size: int | None
     device: str | None
 
-    @property
-    def untrained(self) -> bool:
-        return self.model == "untrained"
-
 
 class LoadedModels:
     """Predictors by ``ModelChoice``, loaded on first use (call ``get`` from a worker thread)."""

@@ -104,15 +104,15 @@ class PromptLayers:
 
     def remove(self, uid: int) -> None:
         """Delete the marker ``uid`` from its layer."""
-        for layer in (self.points, self.boxes):
-            rows = np.flatnonzero(np.asarray(layer.features["uid"]) == uid)
-            if len(rows):
-                layer.selected_data = set(rows.tolist())
-                layer.remove_selected()
+        self._remove_where("uid", uid)
 
     def remove_object(self, obj_id: int) -> None:
+        """Delete every marker of ``obj_id``."""
+        self._remove_where("object", obj_id)
+
+    def _remove_where(self, feature: str, value: int) -> None:
         for layer in (self.points, self.boxes):
-            rows = np.flatnonzero(np.asarray(layer.features["object"]) == obj_id)
+            rows = np.flatnonzero(np.asarray(layer.features[feature]) == value)
             if len(rows):
                 layer.selected_data = set(rows.tolist())
                 layer.remove_selected()

@@ -25,12 +25,9 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QGroupBox,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QTableWidget,
@@ -45,7 +42,7 @@ from medseg.volume import LabelVolume, Volume
 from napari_plugin._layer_picker import LayerPicker
 from napari_plugin._layers import LABELS_KEY, label_volume, labels_layer_data, volume_of_image
 from napari_plugin._model_picker import LoadedModels, ModelPicker
-from napari_plugin._tasks import Progress, StopFlag, Task
+from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
 _MODE_HELP = {
     "revsam2": "RevSAM2: forward pass, reverse scoring of every slice, re-prompt from the best slices",
@@ -96,7 +93,6 @@ class ReferencePanel(QWidget):
     def __init__(self, viewer: napari.Viewer, models: LoadedModels, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.task: Task | None = None
         self._models = models
         self._query_layer: Any | None = None
         self.query = LayerPicker(viewer, napari.layers.Image)
@@ -130,12 +126,7 @@ class ReferencePanel(QWidget):
         self.include_supports = QCheckBox("Keep the references as prompts in the final pass")
         self.include_supports.setChecked(True)
         self.model = ModelPicker()
-        self.run = QPushButton("Run")
-        self.cancel = QPushButton("Cancel")
-        self.cancel.setEnabled(False)
-        self.progress = QProgressBar()
-        self.status = QLabel()
-        self.status.setWordWrap(True)
+        self.controls = TaskControls("Run")
         self.plot = ScorePlot()
         self.selected = QListWidget()
         self.selected.setMaximumHeight(110)
@@ -143,8 +134,7 @@ class ReferencePanel(QWidget):
         self._layout()
         self.add_reference.clicked.connect(self._on_add_reference)
         self.remove_reference.clicked.connect(self._on_remove_reference)
-        self.run.clicked.connect(self._on_run)
-        self.cancel.clicked.connect(lambda: self.task is not None and self.task.cancel())
+        self.controls.run.clicked.connect(self._on_run)
         self.selected.itemClicked.connect(self._on_slice_clicked)
         self._on_add_reference()
 
@@ -170,12 +160,7 @@ class ReferencePanel(QWidget):
         QVBoxLayout(model).addWidget(self.model)
         run = QGroupBox("Run")
         box = QVBoxLayout(run)
-        row = QHBoxLayout()
-        row.addWidget(self.run)
-        row.addWidget(self.cancel)
-        box.addLayout(row)
-        box.addWidget(self.progress)
-        box.addWidget(self.status)
+        box.addWidget(self.controls)
         box.addWidget(self.plot)
         box.addWidget(self.selected)
         layout = QVBoxLayout(self)
@@ -255,16 +240,7 @@ class ReferencePanel(QWidget):
             return session.segment(mode=mode, progress=progress, **settings)
 
         self._query_layer = query_layer
-        self.run.setEnabled(False)
-        self.cancel.setEnabled(True)
-        self.status.setText(f"Segmenting {query_layer.name} from {len(entries)} reference(s) ({mode})…")
-        self.task = Task(run, label="Reference prompting", on_done=lambda result: self._show(result, query),
-                         bar=self.progress, on_finish=self._finished)
-        self.task.start()
-
-    def _finished(self) -> None:
-        self.run.setEnabled(True)
-        self.cancel.setEnabled(False)
+        self.controls.start(run, label="Reference prompting", on_done=lambda result: self._show(result, query))
 
     def _show(self, result: LabelVolume, query: Volume) -> None:
         name = f"{self._query_layer.name} references ({result.provenance['method'].removeprefix('reference-prompting-')})"
@@ -288,8 +264,7 @@ class ReferencePanel(QWidget):
         lines = [f"{len(result.label_names)} label(s) segmented; {result.provenance['encoder_calls']} slices encoded."]
         if result.untrained:
             lines.append("UNTRAINED MODEL: masks and scores are meaningless.")
-        self.status.setText(" ".join(lines))
-        self.status.setStyleSheet("color: #ff6060" if result.untrained else "")
+        self.controls.show_status(" ".join(lines), warn=result.untrained)
 
     def _on_slice_clicked(self, item: QListWidgetItem) -> None:
         z = item.data(Qt.ItemDataRole.UserRole)

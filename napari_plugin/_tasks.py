@@ -25,7 +25,7 @@ from napari.qt.threading import create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QProgressBar
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from medseg.errors import MedsegError
 
@@ -155,3 +155,44 @@ class Task:
         self.finished = True
         if self._on_finish is not None:
             self._on_finish()
+
+
+class TaskControls(QWidget):
+    """Run and Cancel buttons, a progress bar and a status line: one panel's engine call."""
+
+    def __init__(self, run_text: str = "Run", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.task: Task | None = None
+        self.run = QPushButton(run_text)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setEnabled(False)
+        self.cancel.clicked.connect(lambda: self.task is not None and self.task.cancel())
+        self.progress = QProgressBar()
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run)
+        buttons.addWidget(self.cancel)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+
+    def start(self, fn: Callable[[Progress, StopFlag], Any], *, label: str, on_done: Callable[[Any], None]) -> None:
+        """Run ``fn`` as a ``Task``; Run is disabled and Cancel enabled until it ends."""
+        self.run.setEnabled(False)
+        self.cancel.setEnabled(True)
+        self.show_status(f"{label}…")
+        self.task = Task(fn, label=label, on_done=on_done, bar=self.progress, on_error=lambda: self.show_status(""),
+                         on_finish=self._finished)
+        self.task.start()
+
+    def show_status(self, text: str, *, warn: bool = False) -> None:
+        """``text`` under the progress bar; ``warn`` shows it in red (untrained models)."""
+        self.status.setText(text)
+        self.status.setStyleSheet("color: #ff6060" if warn else "")
+
+    def _finished(self) -> None:
+        self.run.setEnabled(True)
+        self.cancel.setEnabled(False)

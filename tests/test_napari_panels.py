@@ -22,9 +22,9 @@ def _click(qtbot, button):
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
-def _run(qtbot, panel, button):
-    _click(qtbot, button)
-    qtbot.waitUntil(lambda: panel.task.finished, timeout=WORKER_TIMEOUT_MS)
+def _run(qtbot, panel):
+    _click(qtbot, panel.controls.run)
+    qtbot.waitUntil(lambda: panel.controls.task.finished, timeout=WORKER_TIMEOUT_MS)
 
 
 def _add(viewer, layer_data):
@@ -59,7 +59,7 @@ def test_metrics_panel_scores_a_prediction_against_the_truth(phantom_viewer, qtb
     panel.prediction.set_layer(pred_layer)
     panel.truth.set_layer(truth_layer)
 
-    _run(qtbot, panel, panel.compute)
+    _run(qtbot, panel)
 
     rows = _table(panel)
     expected = dice_per_label(predicted, truth.array, labels=[1, 2, 3])
@@ -67,7 +67,7 @@ def test_metrics_panel_scores_a_prediction_against_the_truth(phantom_viewer, qtb
     assert rows["spleen"] == ["1.000", "0.000", "1.000"]
     assert rows["kidney"] == ["0.000", "∞", "0.000"]
     assert panel.table.horizontalHeaderItem(3).text() == "HD95 (mm)"
-    assert "mask AP 3D" in panel.summary.text() and "no confidence scores" in panel.summary.text()
+    assert "mask AP 3D" in panel.controls.status.text() and "no confidence scores" in panel.controls.status.text()
 
 
 def test_reference_panel_segments_the_query_from_another_volume_and_its_own_slices(phantom_viewer, qtbot):
@@ -83,7 +83,7 @@ def test_reference_panel_segments_the_query_from_another_volume_and_its_own_slic
     panel.k.setValue(2)
     panel.model.set_choice("untrained", image_size=128)
 
-    _run(qtbot, panel, panel.run)
+    _run(qtbot, panel)
 
     layer = viewer.layers["phantom references (revsam2)"]
     result = layer.metadata["medseg_labels"]
@@ -96,7 +96,7 @@ def test_reference_panel_segments_the_query_from_another_volume_and_its_own_slic
     assert len(listed) == max(1, len(detail["selected_slices"]))
     assert all(text.startswith("liver: ") for text in listed)
     assert len(panel.plot.axes.lines) == 2  # scores and selected slices of the one label
-    assert "UNTRAINED" in panel.status.text()
+    assert "UNTRAINED" in panel.controls.status.text()
 
 
 def test_baseline_panel_runs_a_model_directory(phantom_viewer, qtbot, tmp_path):
@@ -110,14 +110,14 @@ def test_baseline_panel_runs_a_model_directory(phantom_viewer, qtbot, tmp_path):
     panel.image.set_layer(image)
     panel.model_dir.setText(str(tmp_path / "model"))
 
-    _run(qtbot, panel, panel.run)
+    _run(qtbot, panel)
 
     layer = viewer.layers["phantom Mask R-CNN"]
     result = layer.metadata["medseg_labels"]
     assert layer.data.shape == volume.shape and result.untrained
     assert panel.objects.rowCount() == len(result.labels)
-    assert "UNTRAINED" in panel.status.text()
-    assert panel.progress.value() == panel.progress.maximum() == volume.shape[0]
+    assert "UNTRAINED" in panel.controls.status.text()
+    assert panel.controls.progress.value() == panel.controls.progress.maximum() == volume.shape[0]
 
 
 def test_baseline_panel_says_what_is_wrong_with_a_model_directory(phantom_viewer, qtbot, tmp_path):
@@ -129,7 +129,7 @@ def test_baseline_panel_says_what_is_wrong_with_a_model_directory(phantom_viewer
     panel = widget.baseline
     panel.model_dir.setText(str(tmp_path))
 
-    _run(qtbot, panel, panel.run)
+    _run(qtbot, panel)
 
     assert any(m.startswith("Mask R-CNN: ") and "model.json is missing" in m for m in messages)
-    assert panel.run.isEnabled()
+    assert panel.controls.run.isEnabled()

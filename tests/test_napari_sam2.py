@@ -6,6 +6,7 @@ tests check mechanics and invariants (shapes, geometry, prompted slices, respons
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -130,6 +131,57 @@ def test_painted_mask_prompt_is_kept_exactly_and_undo_takes_prompts_back(make_na
     assert len(ws.prompts.boxes.data) == 0
     assert set(ws.session.prompts.objects) == {1}
     assert [m.obj_id for m in ws.sent] == [1]
+
+    before = ws.labels.data.copy()
+    _click(qtbot, panel.propagate)
+    _click(qtbot, panel.cancel)  # stops before the first slice is written
+    _wait(qtbot, panel)
+    np.testing.assert_array_equal(ws.labels.data, before)
+    assert "cancelled" in panel.status.text()
+
+
+def _click_canvas(layer, world, modifiers=()):
+    """Press and release the mouse at ``world`` (z, y, x) in the 2D view, through napari's callbacks."""
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    for kind in ("mouse_press", "mouse_release"):
+        event = _MouseEvent(kind, modifiers=list(modifiers), position=tuple(world))
+        (mouse_press_callbacks if kind == "mouse_press" else mouse_release_callbacks)(
+            layer, ReadOnlyWrapper(event, exceptions=("handled",))
+        )
+
+
+@dataclass
+class _MouseEvent:
+    """What napari's layer mouse callbacks read from a vispy mouse event."""
+
+    type: str
+    modifiers: list
+    position: tuple
+    is_dragging: bool = False
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    view_direction: None = None
+    up_direction: None = None
+    dims_displayed: list = field(default_factory=lambda: [1, 2])
+
+
+def test_clicks_place_positive_and_shift_clicks_negative_points(make_napari_viewer, phantom_file):
+    path, _ = phantom_file
+    viewer = make_napari_viewer()
+    image, _, panel = _open_panel(viewer, path)
+    points = panel.workspace.prompts.points
+    assert points.mode == "add"
+
+    _click_canvas(points, image.data_to_world((4, 20, 30)))
+    _click_canvas(points, image.data_to_world((4, 40, 30)), modifiers=["Shift"])
+    panel.negative.setChecked(True)
+    _click_canvas(points, image.data_to_world((4, 30, 10)))
+
+    np.testing.assert_allclose(points.data, [(4, 20, 30), (4, 40, 30), (4, 30, 10)], atol=1e-6)
+    assert list(points.features["positive"]) == [True, False, False]
+    assert list(points.features["uid"]) == [0, 1, 2]
+    assert [m.positive for m in panel.workspace.markers()] == [True, False, False]
 
 
 def test_problems_are_viewer_messages(make_napari_viewer, qtbot, phantom_file, tmp_path):
