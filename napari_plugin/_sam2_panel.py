@@ -50,7 +50,6 @@ from napari_plugin._tasks import Progress, StopFlag, Task
 from napari_plugin._writer import write_labels
 
 
-
 class Sam2Panel(QWidget):
     """Interactive SAM2 segmentation of the selected image; see the module docstring."""
 
@@ -464,7 +463,8 @@ class Sam2Panel(QWidget):
             self._on_browse()
             return
         try:
-            written = write_labels(str(Path(path).expanduser()), ws.labels.data, {"name": ws.labels.name, "metadata": ws.labels.metadata})
+            meta = {"name": ws.labels.name, "metadata": ws.labels.metadata}
+            written = write_labels(str(Path(path).expanduser()), ws.labels.data, meta)
         except MedsegError as error:
             show_error(str(error))
             return

@@ -65,17 +65,16 @@ def send(session: Sam2Session, marker: Marker, name: str) -> np.ndarray:
 class Workspace:
     """Objects, prompt layers, output Labels layer and SAM2 session of one image layer."""
 
-    def __init__(self, viewer: napari.Viewer, image: Any, volume: Volume, labels: Any | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, image: Any, volume: Volume) -> None:
         self.viewer = viewer
         self.image = image
         self.volume = volume
         self.objects: dict[int, str] = {1: "object 1"}
         self.session: Sam2Session | None = None
         self.session_model: ModelChoice | None = None
-        self.sent: list[Marker] = []
+        self.sent: list[Marker] = []  # markers the session holds, in the order it got them
         self.mask_markers: list[Marker] = []
-        self.labels = labels if labels is not None else self.new_labels_layer()
-        self.use_labels_layer(self.labels)
+        self.labels = self.new_labels_layer()
         self.prompts = PromptLayers(viewer, volume, name=image.name, colour_of=self.colour_of)
 
     # --- objects ----------------------------------------------------------------------------
@@ -136,7 +135,7 @@ class Workspace:
 
     def commit(self, model: ModelChoice, session: Sam2Session, plan: Plan) -> None:
         """Record that ``session`` now holds ``plan``'s markers."""
-        self.sent = (plan.markers if plan.rebuild else self.sent + plan.markers)
+        self.sent = plan.markers if plan.rebuild else self.sent + plan.markers
         self.session, self.session_model = session, model
 
     def forget_session(self) -> None:
@@ -157,7 +156,7 @@ class Workspace:
         Raises
         ------
         GeometryError
-            The layer's shape differs from the image's.
+            The layer's shape differs from the image's, or it was drawn on another image's grid.
         """
         shape = np.shape(layer.data)
         if shape != self.volume.shape:
@@ -165,6 +164,12 @@ class Workspace:
                 f"labels layer {layer.name!r} has shape {shape} but image {self.image.name!r} has shape "
                 f"{self.volume.shape}: SAM2 writes into a labels layer of the image's shape; pick another "
                 "layer or '(new layer)'"
+            )
+        drawn_on = layer.metadata.get(VOLUME_KEY)
+        if drawn_on is not None and not drawn_on.geometry.same_grid(self.volume.geometry):
+            raise GeometryError(
+                f"labels layer {layer.name!r} belongs to another image ({self.volume.geometry.describe_difference(drawn_on.geometry)}); "
+                "pick a labels layer of this image or '(new layer)'"
             )
         layer.metadata.setdefault(VOLUME_KEY, self.volume)
         self.labels = layer
