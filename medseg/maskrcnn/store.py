@@ -8,8 +8,8 @@ Layout::
                      validation metrics, whether it is untrained / undertrained, the
                      training and validation case ids, weights checksum, versions
       weights.pt     the network's state dict (loads with torch.load(weights_only=True))
-      training/      resumable training state (checkpoint.pt) and the slice cache; not
-                     needed to predict, delete it to ship the model
+      training/      while training runs: the resumable state (checkpoint.pt) and the
+                     slice cache; removed when training finishes
 
 Both files are written atomically; ``weights.pt`` is checked against its SHA-256 on load.
 A model trained for fewer than ``UNDERTRAINED_STEPS`` steps is marked ``undertrained``;

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -96,8 +97,8 @@ def train(
     train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
     if not train_cases:
         raise ConfigError("no training cases: the cohort's \"train\" split is empty")
-    if not labels:
-        raise ConfigError("no label classes to learn: the manifest's \"labels\" lists none besides background")
+    if not labels or min(labels) < 1:
+        raise ConfigError(f"labels must map label values >= 1 (background 0 excluded) to names; got {labels}")
     leaked = sorted(set(train_ids) & set(val_ids))
     if leaked:
         raise ConfigError(f"cases {leaked} are in both the training and the validation split; a case belongs to one split")
@@ -134,19 +135,23 @@ def train(
     model = MaskRCNNModel(network, config, dict(labels), train_cases=train_ids, val_cases=val_ids)
 
     checkpoint_path = out_dir / TRAINING_DIR / CHECKPOINT
+    resumed_rng = None
     if checkpoint_path.is_file():
-        _resume(checkpoint_path, model, optimizer, scheduler)
+        resumed_rng = _resume(checkpoint_path, model, optimizer, scheduler)
         log.info("resuming %s at step %d of %d", out_dir, model.steps, config.steps)
 
     sampler = StepBatchSampler(
         dataset, batch_size=config.batch_size, empty_ratio=config.empty_ratio, seed=config.seed, start_step=model.steps, steps=config.steps
     )
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda batch: tuple(zip(*batch)), num_workers=config.num_workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.num_workers)
+    batches = iter(loader)  # this draws a seed from torch's random state: restore it after
+    if resumed_rng is not None:
+        torch.set_rng_state(resumed_rng)
     bar = tqdm(total=config.steps, initial=model.steps, desc="Mask R-CNN training", unit="step", disable=not progress_bar)
     rng_at_step_start = torch.get_rng_state()
     in_step = updating = False
     try:
-        for images, targets in loader:
+        for images, targets in batches:
             in_step = True
             network.train()
             rng_at_step_start = torch.get_rng_state()
@@ -154,16 +159,11 @@ def train(
             targets = [{k: v.to(device) for k, v in target.items()} for target in targets]
             losses = network(images, targets)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise ConfigError(
-                    f"training diverged at step {model.steps + 1}: loss {loss.item()} ({detail}); lower lr "
-                    f"(now {config.lr}) or lengthen warmup_steps (now {config.warmup_steps}); "
-                    f"the checkpoint in {checkpoint_path.parent} holds the last finite state"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
+            gradient_norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
+            if not (torch.isfinite(loss) and torch.isfinite(gradient_norm)):
+                _diverged(model.steps + 1, losses, gradient_norm, config)
             updating = True
             optimizer.step()
             scheduler.step()
@@ -190,11 +190,25 @@ def train(
         bar.close()
 
     _validate(model, val_cases, device)
-    _save_checkpoint(checkpoint_path, model, optimizer, scheduler, torch.get_rng_state())
     network.eval()
     save_model(model, out_dir)
+    shutil.rmtree(out_dir / TRAINING_DIR)  # the checkpoint and slice cache served their purpose
     log.info("Mask R-CNN trained for %d steps, saved to %s", model.steps, out_dir)
     return model
+
+
+def _collate(batch: list) -> tuple:
+    """``[(image, target), ...]`` -> ``(images, targets)``: detection batches are lists, not stacks."""
+    return tuple(zip(*batch))
+
+
+def _diverged(step: int, losses: dict[str, torch.Tensor], gradient_norm: torch.Tensor, config: TrainConfig) -> None:
+    detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+    raise ConfigError(
+        f"training diverged at step {step}: losses {detail}, gradient norm {gradient_norm.item():.4g}; the weights "
+        f"were not updated with it. Lower lr (now {config.lr}) or lengthen warmup_steps (now {config.warmup_steps}); "
+        "the last checkpoint, if any, is from before"
+    )
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -211,7 +225,7 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def _finished_model(out_dir: Path, config: TrainConfig) -> MaskRCNNModel | None:
-    """The model already in ``out_dir`` when it was finished with ``config``; None when there is none."""
+    """The model already finished in ``out_dir`` with ``config``; None when there is none."""
     if not (out_dir / MODEL_JSON).is_file():
         return None
     model = load_model(out_dir)
@@ -221,10 +235,8 @@ def _finished_model(out_dir: Path, config: TrainConfig) -> MaskRCNNModel | None:
             f"{out_dir} already holds a model trained with other settings ({'; '.join(changed)}); "
             "give another output folder or delete this one"
         )
-    if model.steps >= config.steps:
-        log.info("%s already holds this model, trained for %d steps; nothing to do", out_dir, model.steps)
-        return model
-    return None
+    log.info("%s already holds this model, trained for %d steps; nothing to do", out_dir, model.steps)
+    return model
 
 
 def _save_checkpoint(path: Path, model: MaskRCNNModel, optimizer, scheduler, rng_state: torch.Tensor) -> None:
@@ -243,7 +255,8 @@ def _save_checkpoint(path: Path, model: MaskRCNNModel, optimizer, scheduler, rng
         torch.save(state, tmp)
 
 
-def _resume(path: Path, model: MaskRCNNModel, optimizer, scheduler) -> None:
+def _resume(path: Path, model: MaskRCNNModel, optimizer, scheduler) -> torch.Tensor:
+    """Load the checkpoint's state into ``model``, ``optimizer`` and ``scheduler``; return its torch random state."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file
@@ -259,10 +272,10 @@ def _resume(path: Path, model: MaskRCNNModel, optimizer, scheduler) -> None:
     model.network.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
     model.steps = int(state["step"])
     model.validation = list(state["validation"])
     model.losses = list(state["losses"])
+    return state["rng"]
 
 
 def _json_number(value: float) -> float | None:
