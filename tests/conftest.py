@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import napari_plugin  # noqa: F401  (first: loads triton with its own LLVM before Mesa's, see its docstring)
 from medseg.geometry import Geometry
 from medseg.io import save_labels
 from medseg.io.nifti import write_nifti
