@@ -260,6 +260,7 @@ def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, c
     result = json.loads((out / "mrcnn" / "phantom_002" / "result.json").read_text())
     assert result["provenance"]["weights_sha256"] == method["state"]["weights_sha256"] == model_card["weights"]["sha256"]
     assert "trained for 1 steps only" in (out / "report.md").read_text()
+    assert replay_case(out / "mrcnn" / "phantom_002").identical
     # the same YAML pointing at the trained model instead: no training, same weights
     reuse = pipeline_file(tmp_path, cohort, f"mrcnn2: {{type: maskrcnn, model_dir: {out / 'mrcnn' / 'model'}}}\n", "cases: [phantom_002]\n")
     run_pipeline(load_pipeline(reuse), out, progress_bar=False, report=False)

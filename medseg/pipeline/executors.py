@@ -6,8 +6,8 @@ cases finish, so a cohort moves from a laptop to a cluster with no code change.
   worker), with ``torch`` threads split between them.
 * ``RayExecutor(address=...)``: one Ray task per case on a running Ray cluster (``address``
   such as ``"ray://head:10001"`` or ``"auto"``; None starts a local instance), each asking for
-  ``num_cpus`` and ``num_gpus``. Ray reuses its worker processes, so each keeps its model
-  between cases as in the local pool. The results folder and the cohort's files must be on a
+  ``num_cpus`` and ``num_gpus``. Workers are reused (also for GPU tasks, which Ray would
+  otherwise end after one call), so each keeps its model between cases as in the local pool. The results folder and the cohort's files must be on a
   file system every node sees at the same path.
 
 On Ctrl-C, queued cases are cancelled; finished cases are already on disk.
@@ -97,7 +97,9 @@ class RayExecutor:
         import ray
 
         self.check()
-        remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(fn)
+        # max_calls=0: Ray would otherwise end a GPU task's worker after one call, and with it
+        # the model that worker loaded; kept, each worker loads each model once.
+        remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_calls=0)(fn)
         pending = [remote.remote(task) for task in tasks]
         try:
             while pending:
