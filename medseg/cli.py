@@ -443,7 +443,10 @@ _SUBCOMMANDS = [_add_info, _add_demo_data, _add_segment, _add_fewshot, _add_base
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="medseg",
+        description="Segment CT and MRI volumes: SAM2 propagation, reference prompting, a Mask R-CNN baseline, batch evaluation.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
