@@ -17,7 +17,17 @@ from torchvision.models import resnet18
 from medseg.cli import main
 from medseg.errors import ConfigError, InputError, WeightsError
 from medseg.geometry import Geometry
-from medseg.maskrcnn import TrainConfig, build_model, load_model, load_pretrained, predict_instances, predict_volume, train
+from medseg.maskrcnn import (
+    MaskRCNNModel,
+    TrainConfig,
+    build_model,
+    load_model,
+    load_pretrained,
+    predict_instances,
+    predict_volume,
+    save_model,
+    train,
+)
 from medseg.maskrcnn.dataset import SliceDataset, StepBatchSampler, instance_targets, prepare_cases
 from medseg.maskrcnn.model import group_norm
 from medseg.maskrcnn.predict import stitch_detections
@@ -187,6 +197,21 @@ def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
         load_pretrained(target, tmp_path / "notes.pth")
     with pytest.raises(WeightsError, match="missing.pth does not exist"):
         load_pretrained(target, tmp_path / "missing.pth")
+
+
+def test_a_model_that_never_trained_says_so_in_its_directory_and_outputs(tmp_path, caplog):
+    torch.manual_seed(0)
+    config = TrainConfig(backbone="resnet18", input_size=64, preset="ct-soft-tissue", device="cpu")
+    fresh = MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", input_size=64), config, dict(LABELS))
+    save_model(fresh, tmp_path / "random")
+    card = json.loads((tmp_path / "random" / "model.json").read_text())
+    assert card["untrained"] is True and card["steps"] == 0 and card["validation"] is None
+    model = load_model(tmp_path / "random")
+    assert "UNTRAINED MODEL" in caplog.text
+    volume, _ = make_phantom(0, shape=(2, 64, 64))
+    labels = predict_volume(model, volume)
+    assert labels.untrained is True and labels.provenance["untrained"] is True
+    assert labels.provenance["weights_sha256"] == card["weights"]["sha256"]
 
 
 # --- 3D stitching -------------------------------------------------------------------------

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medseg.errors import ConfigError
 from medseg.geometry import Geometry
 from medseg.maskrcnn.dataset import frame_bytes, to_tensor
 from medseg.maskrcnn.model import resolve_device
 from medseg.maskrcnn.store import MaskRCNNModel
 from medseg.metrics import InstanceMap
 from medseg.preprocess import SliceFrames
-from medseg.volume import UNTRAINED_BANNER, LabelVolume, Volume
+from medseg.volume import LabelVolume, Volume
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,13 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _detect(model: MaskRCNNModel, volume: Volume, *, batch_size: int, device: torch.device, progress, progress_bar: bool):
+def _detect(model: MaskRCNNModel, volume: Volume, *, score_threshold: float, batch_size: int, device: torch.device, progress, progress_bar: bool):
     """Yield ``(z, detections)`` per slice, detections on the CPU."""
     frames = SliceFrames(volume, model.config.preset)
     network = model.network.to(device).eval()
+    # Detections below the threshold would be dropped anyway: dropping them inside the
+    # network spares the mask head (the costliest part of inference on CPU) from them.
+    network.roi_heads.score_thresh = score_threshold
     n = len(frames)
     done = 0
     with torch.inference_mode(), tqdm(total=n, desc="Mask R-CNN", unit="slice", disable=not progress_bar, leave=False) as bar:
@@ -218,11 +222,11 @@ def predict_instances(
         Show a tqdm bar.
     """
     threshold = model.config.score_threshold if score_threshold is None else float(score_threshold)
-    if model.untrained:
-        log.warning("%s (Mask R-CNN %s)", UNTRAINED_BANNER, model.directory)
-    elif model.undertrained:
-        log.warning("Mask R-CNN %s was trained for only %d steps: treat its output as a smoke test", model.directory, model.steps)
-    detections = _detect(model, volume, batch_size=batch_size, device=resolve_device(device), progress=progress, progress_bar=progress_bar)
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"score_threshold must be in [0, 1], got {threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    detections = _detect(model, volume, score_threshold=threshold, batch_size=batch_size, device=resolve_device(device), progress=progress, progress_bar=progress_bar)
     instances = stitch_detections(
         detections, geometry=volume.geometry, label_values=model.label_values, score_threshold=threshold, link_overlap=link_overlap
     )

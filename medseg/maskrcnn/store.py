@@ -37,6 +37,7 @@ from medseg.errors import ConfigError, WeightsError
 from medseg.io.files import atomic_output
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.model import build_model
+from medseg.volume import UNTRAINED_BANNER
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     except RuntimeError as error:
         raise WeightsError(f"{weights_path} does not fit a {config.backbone} Mask R-CNN with {len(classes)} classes: {str(error)[:300]}") from error
     network.eval()
-    return MaskRCNNModel(
+    model = MaskRCNNModel(
         network=network,
         config=config,
         classes=classes,
@@ -190,3 +191,8 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
         directory=directory,
         weights_sha256=sha256,
     )
+    if model.untrained:
+        log.warning("%s (Mask R-CNN %s)", UNTRAINED_BANNER, directory)
+    elif model.undertrained:
+        log.warning("Mask R-CNN %s was trained for only %d steps (< %d): treat its output as a smoke test", directory, model.steps, UNDERTRAINED_STEPS)
+    return model

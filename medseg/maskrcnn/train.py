@@ -108,23 +108,19 @@ def train(
         config = replace(config, preset=default_preset(train_cases[0].load()[0]).name)
     label_values = sorted(labels)
 
-    finished = _finished_model(out_dir, config)
+    finished = _finished_model(out_dir, config, labels)
     if finished is not None:
         return finished
 
-    # Data first: bad cases fail here, before the network is built.
-    prepared = prepare_cases(train_cases, out_dir / TRAINING_DIR / "slices", preset=get_preset(config.preset), label_values=label_values)
-    dataset = SliceDataset(prepared, label_values=label_values, instances=config.instances, min_area=config.min_area)
-    log.info(
-        "training on %d cases: %d slices with objects, %d without (%d per epoch)",
-        len(train_cases), len(dataset.positive), len(dataset.empty), round(config.empty_ratio * len(dataset.positive)),
-    )
-
+    # The network first (a bad checkpoint fails in a second), then the data (a bad case
+    # fails while the slices are prepared); training starts only when both are right.
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
     if config.pretrained is not None:
         load_pretrained(network, config.pretrained)
+    prepared = prepare_cases(train_cases, out_dir / TRAINING_DIR / "slices", preset=get_preset(config.preset), label_values=label_values)
+    dataset = SliceDataset(prepared, label_values=label_values, instances=config.instances, min_area=config.min_area)
     network.to(device)
     parameters = [p for p in network.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
@@ -142,6 +138,10 @@ def train(
 
     sampler = StepBatchSampler(
         dataset, batch_size=config.batch_size, empty_ratio=config.empty_ratio, seed=config.seed, start_step=model.steps, steps=config.steps
+    )
+    log.info(
+        "training on %d cases: %d slices with objects, %d without (%d of them per epoch)",
+        len(train_cases), len(dataset.positive), len(dataset.empty), sampler.n_empty,
     )
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.num_workers)
     batches = iter(loader)  # this draws a seed from torch's random state: restore it after
@@ -179,6 +179,7 @@ def train(
                 _save_checkpoint(checkpoint_path, model, optimizer, scheduler, torch.get_rng_state())
             if progress is not None:
                 progress(model.steps, config.steps)
+        _validate(model, val_cases, device)
     except KeyboardInterrupt:
         # Weights change only inside the optimiser update: interrupted there, keep the last
         # checkpoint; interrupted elsewhere in a step, save the state from before that step.
@@ -189,7 +190,6 @@ def train(
     finally:
         bar.close()
 
-    _validate(model, val_cases, device)
     network.eval()
     save_model(model, out_dir)
     shutil.rmtree(out_dir / TRAINING_DIR)  # the checkpoint and slice cache served their purpose
@@ -224,12 +224,14 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / decay_steps)))
 
 
-def _finished_model(out_dir: Path, config: TrainConfig) -> MaskRCNNModel | None:
+def _finished_model(out_dir: Path, config: TrainConfig, labels: dict[int, str]) -> MaskRCNNModel | None:
     """The model already finished in ``out_dir`` with ``config``; None when there is none."""
     if not (out_dir / MODEL_JSON).is_file():
         return None
     model = load_model(out_dir)
     changed = model.config.differences(config, ignore=_RESUMABLE_CHANGES)
+    if model.classes != labels:
+        changed.append(f"classes {model.classes} -> {labels}")
     if changed:
         raise ConfigError(
             f"{out_dir} already holds a model trained with other settings ({'; '.join(changed)}); "
