@@ -132,7 +132,7 @@ def _run_segment(args: argparse.Namespace) -> None:
 
     volume = load_volume(args.volume, series_uid=args.series_uid)
     if args.prompts:
-        with open(args.prompts) as f:
+        with open(args.prompts, encoding="utf-8") as f:
             prompts = Prompts.from_dict(json.load(f))
     else:
         prompts = Prompts()
@@ -163,7 +163,7 @@ def _run_segment(args: argparse.Namespace) -> None:
     qc = qc_summary(labels)
     print(qc.to_text())
     if args.qc:
-        with open(args.qc, "w") as f:
+        with open(args.qc, "w", encoding="utf-8") as f:
             json.dump({"scores": labels.scores, "qc": qc.to_dict(), "provenance": labels.provenance}, f, indent=1)
         print(f"wrote {args.qc}")
     if labels.untrained:
@@ -270,7 +270,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
         voxels = int((labels.array == value).sum())
         print(f"  {value} {name}: {voxels} voxels, score {labels.scores[value]:.3f}{selected}{fallback}")
     if args.qc:
-        with open(args.qc, "w") as f:
+        with open(args.qc, "w", encoding="utf-8") as f:
             json.dump({"scores": labels.scores, "provenance": labels.provenance}, f, indent=1)
         print(f"wrote {args.qc}")
     if labels.untrained:
@@ -368,7 +368,7 @@ def _run_baseline_predict(args: argparse.Namespace) -> None:
     if args.instances:
         print(f"wrote {save_labels(LabelVolume(instances.array, volume.geometry), volume, args.instances)} ({len(instances.labels)} instances)")
     if args.qc:
-        with open(args.qc, "w") as f:
+        with open(args.qc, "w", encoding="utf-8") as f:
             json.dump(
                 {
                     "scores": labels.scores,

@@ -188,13 +188,13 @@ def verify_checkpoint(path: Path, spec: ModelSpec) -> str:
     expected = spec.sha256
     sidecar = path.with_name(path.name + ".sha256")
     if expected is None and sidecar.exists():
-        expected = sidecar.read_text().split()[0]
+        expected = sidecar.read_text(encoding="utf-8").split()[0]
     if expected is None:
         log.warning(
             "%s: no published SHA-256 for %s; recording %s in %s and checking against it from now on",
             path, spec.name, digest, sidecar,
         )
-        sidecar.write_text(f"{digest}  {path.name}\n")
+        sidecar.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
     elif digest != expected:
         raise WeightsError(
             f"{path} has SHA-256 {digest}, expected {expected} for {spec.name}: the file is corrupt or another "

@@ -187,7 +187,7 @@ def test_empty_folder(tmp_path):
 
 
 def test_folder_of_non_dicom_files(tmp_path):
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "blob").write_bytes(np.random.default_rng(1).bytes(2000))
     with pytest.raises(InputError, match=r"none of its 2 file\(s\) is DICOM \(e\.g\. blob, notes\.txt\)"):
         load_volume(tmp_path)

@@ -101,7 +101,7 @@ def test_every_problem_is_reported_at_once(cohort_dir):
 def test_unreadable_manifests(tmp_path):
     with pytest.raises(ConfigError, match=r"nothere\.json: manifest not found"):
         load_manifest(tmp_path / "nothere.json")
-    (tmp_path / "broken.json").write_text("{\"cases\": [")
+    (tmp_path / "broken.json").write_text("{\"cases\": [", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"broken\.json: not a readable JSON manifest"):
         load_manifest(tmp_path / "broken.json")
     with pytest.raises(ConfigError, match=r"(?s)empty\.json: 2 problem\(s\).*\"labels\" must be an object.*\"cases\" must be a non-empty list"):
@@ -180,7 +180,7 @@ def test_package_paths_resolve_inside_installed_distributions():
 
 def test_committed_demo_manifest_is_what_the_generator_writes(tmp_path):
     written = write_demo_cohort(tmp_path, shape=(6, 24, 24))
-    assert written.read_text() == (REPO / "data_manifests" / "demo.json").read_text()
+    assert written.read_text(encoding="utf-8") == (REPO / "data_manifests" / "demo.json").read_text(encoding="utf-8")
     cohort = load_manifest(written)
     assert [c.split for c in cohort.cases] == ["train"] * 4 + ["test"] * 2
     cohort.validate_data()

@@ -192,7 +192,7 @@ def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
     with pytest.raises(WeightsError, match=r"batch-norm statistics .* norm='frozen-bn'"):
         load_pretrained(target, tmp_path / "resnet18-bn.pth")
     load_pretrained(build_model(num_classes=3, backbone="resnet18", norm="frozen-bn", input_size=64), tmp_path / "resnet18-bn.pth")
-    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    (tmp_path / "notes.pth").write_text("not a checkpoint", encoding="utf-8")
     with pytest.raises(WeightsError, match="cannot read .*notes.pth as a PyTorch checkpoint"):
         load_pretrained(target, tmp_path / "notes.pth")
     with pytest.raises(WeightsError, match="missing.pth does not exist"):
@@ -204,7 +204,7 @@ def test_a_model_that_never_trained_says_so_in_its_directory_and_outputs(tmp_pat
     config = TrainConfig(backbone="resnet18", input_size=64, preset="ct-soft-tissue", device="cpu")
     fresh = MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", input_size=64), config, dict(LABELS))
     save_model(fresh, tmp_path / "random")
-    card = json.loads((tmp_path / "random" / "model.json").read_text())
+    card = json.loads((tmp_path / "random" / "model.json").read_text(encoding="utf-8"))
     assert card["untrained"] is True and card["steps"] == 0 and card["validation"] is None
     model = load_model(tmp_path / "random")
     assert "UNTRAINED MODEL" in caplog.text
@@ -304,7 +304,7 @@ def test_overfit_drives_the_loss_down_and_segments_a_training_case(overfit):
 @pytest.mark.slow
 def test_model_directory_describes_the_model_and_reloads_anywhere(overfit, tmp_path):
     model, cases, val = overfit
-    card = json.loads((model.directory / "model.json").read_text())
+    card = json.loads((model.directory / "model.json").read_text(encoding="utf-8"))
     assert card["format"] == "medseg-maskrcnn/1"
     assert card["classes"] == {"1": "liver", "2": "spleen", "3": "kidney"}
     assert card["config"]["backbone"] == "resnet18" and card["config"]["input_size"] == 128
@@ -439,7 +439,7 @@ def test_baseline_commands_train_and_predict_from_a_manifest(tmp_path, capsys):
     written, source = nib.load(out), nib.load(image)
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
     assert written.shape == source.shape and (tmp_path / "instances.nii.gz").is_file()
-    qc = json.loads((tmp_path / "qc.json").read_text())
+    qc = json.loads((tmp_path / "qc.json").read_text(encoding="utf-8"))
     assert qc["provenance"]["method"] == "maskrcnn" and qc["provenance"]["training_steps"] == 2
 
 

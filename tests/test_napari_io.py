@@ -83,7 +83,7 @@ def test_nifti_shows_in_radiological_convention(make_napari_viewer, tmp_path, fl
 def test_reader_declines_what_it_cannot_read(tmp_path):
     from napari_plugin._reader import get_reader
 
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "empty").mkdir()
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path / "empty")) is None

@@ -91,7 +91,7 @@ def test_demo_data_command_writes_both_cohorts(tmp_path, capsys):
     assert f"demo cohort: {tmp_path / 'demo.json'}" in out
     assert f"real cohort: {tmp_path / 'mni152.json'}" in out
     assert len(load_manifest(tmp_path / "demo.json").cases) == 3
-    assert json.loads((tmp_path / "mni152.json").read_text()) == json.loads((REPO / "data_manifests" / "mni152.json").read_text())
+    assert json.loads((tmp_path / "mni152.json").read_text(encoding="utf-8")) == json.loads((REPO / "data_manifests" / "mni152.json").read_text(encoding="utf-8"))
     assert main(["demo-data", str(tmp_path), "--cases", "1"]) == 2
     assert "--cases must be at least 3" in capsys.readouterr().err
 

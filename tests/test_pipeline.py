@@ -35,7 +35,7 @@ def cohort(tmp_path_factory) -> Path:
 
 def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -> Path:
     path = tmp_path / "pipeline.yaml"
-    path.write_text(f"name: tiny\ncohort: {cohort}\nseed: 3\n{extra}methods:\n" + textwrap.indent(textwrap.dedent(methods), "  "))
+    path.write_text(f"name: tiny\ncohort: {cohort}\nseed: 3\n{extra}methods:\n" + textwrap.indent(textwrap.dedent(methods), "  "), encoding="utf-8")
     return path
 
 
@@ -122,13 +122,13 @@ def test_bootstrap_and_paired_statistics():
 
 # --- runs -------------------------------------------------------------------------------------------
 def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
 def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
     # a third test case whose image is cut short: its header reads (validation passes), its voxels do not
-    manifest = json.loads(cohort.read_text())
+    manifest = json.loads(cohort.read_text(encoding="utf-8"))
     broken = tmp_path / "broken.nii.gz"
     data = (cohort.parent / manifest["cases"][3]["image"]).read_bytes()
     broken.write_bytes(gzip.compress(gzip.decompress(data)[:2000]))
@@ -136,28 +136,28 @@ def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
         case["image"], case["label"] = str(cohort.parent / case["image"]), str(cohort.parent / case["label"])
     manifest["cases"].append({"id": "broken", "image": str(broken), "label": manifest["cases"][3]["label"], "split": "test"})
     manifest_path = tmp_path / "with_broken.json"
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
 
     config = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n"))
     out = tmp_path / "out"
     summary = run_pipeline(config, out, progress_bar=False)
     assert summary.counts == {"truth": {"ok": 2, "failed": 1, "skipped": 0}}
-    failed = json.loads((out / "truth" / "broken" / "result.json").read_text())
+    failed = json.loads((out / "truth" / "broken" / "result.json").read_text(encoding="utf-8"))
     assert failed["status"] == "failed" and failed["error"]["type"] and "Traceback" in failed["error"]["traceback"]
-    ok = json.loads((out / "truth" / "phantom_002" / "result.json").read_text())
+    ok = json.loads((out / "truth" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert ok["status"] == "ok" and ok["mean_dice"] == 1.0 and ok["seed"] == 3 and ok["code"]["medseg"]
     assert {m["dice"] for m in ok["metrics"].values()} == {1.0}
 
     rows = read_csv(out / "metrics.csv")
     assert len(rows) == 3 * 3  # 3 cases x 3 labels
     assert {r["dice"] for r in rows if r["status"] == "ok"} == {"1.0"}
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["methods"]["truth"]["ap"]["3d"]["ap"] == pytest.approx(1.0)
     assert metrics["methods"]["truth"]["ap"]["2d"]["ap"] == pytest.approx(1.0)
     assert metrics["methods"]["truth"]["per_label"]["1"]["dice"]["mean"] == 1.0
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Failures" in report and "broken" in report and UNTRAINED_BANNER not in report
-    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert (out / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     for plot in ("dice_boxplot.png", "ap_bars.png", "overlay_phantom_002.png"):
         assert (out / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
 
@@ -193,7 +193,7 @@ def test_ctrl_c_loses_only_the_case_in_flight(tmp_path, cohort):
     config = load_pipeline(pipeline_file(tmp_path, cohort, "m: {type: test-interrupted}\n"))
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, tmp_path / "out", progress_bar=False)
-    assert json.loads((tmp_path / "out" / "m" / "phantom_002" / "result.json").read_text())["status"] == "ok"
+    assert json.loads((tmp_path / "out" / "m" / "phantom_002" / "result.json").read_text(encoding="utf-8"))["status"] == "ok"
     assert not (tmp_path / "out" / "m" / "phantom_003").exists()
     _Interrupted.armed = False  # the re-run does the rest
     summary = run_pipeline(config, tmp_path / "out", progress_bar=False, report=False)
@@ -214,26 +214,26 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
         assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
     finally:
         torch.set_num_threads(threads)
-    result = json.loads((out / "sam2" / "phantom_002" / "result.json").read_text())
+    result = json.loads((out / "sam2" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert result["untrained"] is True and result["provenance"]["model"] == "untrained"
     assert result["prompt_policy"] == {"point": "centroid", "box": "middle", "reference_slices": 2}
-    logged = json.loads((out / "sam2" / "phantom_002" / "prompts.json").read_text())["prompts"]
+    logged = json.loads((out / "sam2" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["prompts"]
     truth = load_manifest(cohort).case("phantom_002").load()[1]
     names = {1: "liver", 2: "spleen", 3: "kidney"}
     expected = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=3).prompts(truth, labels=names, case_id="phantom_002")
     assert logged == json.loads(json.dumps(expected.to_dict()))
-    support = json.loads((out / "rev" / "phantom_002" / "prompts.json").read_text())["support"]
+    support = json.loads((out / "rev" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["support"]
     assert support["references"] == ["phantom_000"]  # the first labelled train case
     assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3]  # 2 reference slices per label
-    assert (out / "report.md").read_text().splitlines()[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev.**"
+    assert (out / "report.md").read_text(encoding="utf-8").splitlines()[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev.**"
 
     torch.set_num_threads(2)  # the replay restores the run's thread count (1) for the same float sums
     try:
         for method in ("sam2", "rev"):
             replay = replay_case(out / method / "phantom_002")
             assert replay.identical and replay.total_voxels == 8 * 48 * 48
-            replayed = json.loads((replay.replay_dir / "result.json").read_text())
-            assert replayed["metrics"] == json.loads((out / method / "phantom_002" / "result.json").read_text())["metrics"]
+            replayed = json.loads((replay.replay_dir / "result.json").read_text(encoding="utf-8"))
+            assert replayed["metrics"] == json.loads((out / method / "phantom_002" / "result.json").read_text(encoding="utf-8"))["metrics"]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
@@ -253,16 +253,16 @@ def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, c
     out = tmp_path / "out"
     summary = run_pipeline(load_pipeline(path), out, progress_bar=False)
     assert summary.counts == {"mrcnn": {"ok": 1, "failed": 0, "skipped": 0}}
-    method = json.loads((out / "mrcnn" / "method.json").read_text())
+    method = json.loads((out / "mrcnn" / "method.json").read_text(encoding="utf-8"))
     assert method["state"]["model_dir"] == str(out / "mrcnn" / "model") and method["state"]["training_steps"] == 1
-    model_card = json.loads((out / "mrcnn" / "model" / "model.json").read_text())
+    model_card = json.loads((out / "mrcnn" / "model" / "model.json").read_text(encoding="utf-8"))
     assert model_card["train_cases"] == ["phantom_000", "phantom_001"]  # the train split only
-    result = json.loads((out / "mrcnn" / "phantom_002" / "result.json").read_text())
+    result = json.loads((out / "mrcnn" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert result["provenance"]["weights_sha256"] == method["state"]["weights_sha256"] == model_card["weights"]["sha256"]
-    assert "trained for 1 steps only" in (out / "report.md").read_text()
+    assert "trained for 1 steps only" in (out / "report.md").read_text(encoding="utf-8")
     assert replay_case(out / "mrcnn" / "phantom_002").identical
     # the same YAML pointing at the trained model instead: no training, same weights
     reuse = pipeline_file(tmp_path, cohort, f"mrcnn2: {{type: maskrcnn, model_dir: {out / 'mrcnn' / 'model'}}}\n", "cases: [phantom_002]\n")
     run_pipeline(load_pipeline(reuse), out, progress_bar=False, report=False)
-    again = json.loads((out / "mrcnn2" / "phantom_002" / "result.json").read_text())
+    again = json.loads((out / "mrcnn2" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert again["provenance"]["weights_sha256"] == method["state"]["weights_sha256"]

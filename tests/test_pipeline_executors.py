@@ -17,12 +17,12 @@ def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("executors")
     manifest = write_demo_cohort(root, n_cases=4, n_test=2, shape=(6, 40, 40))
     path = root / "pipeline.yaml"
-    path.write_text(f"name: executors\ncohort: {manifest}\nmethods:\n  truth: {{type: oracle}}\n")
+    path.write_text(f"name: executors\ncohort: {manifest}\nmethods:\n  truth: {{type: oracle}}\n", encoding="utf-8")
     return load_pipeline(path)
 
 
 def results(out: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text())["metrics"] for p in sorted((out / "truth").glob("*/result.json"))}
+    return {p.parent.name: json.loads(p.read_text(encoding="utf-8"))["metrics"] for p in sorted((out / "truth").glob("*/result.json"))}
 
 
 @pytest.mark.slow

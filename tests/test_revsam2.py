@@ -168,7 +168,7 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
     assert "1 liver:" in captured.out and "re-prompted from slices" in captured.out
     written = load_labels(out, load_volume(query))  # raises unless on the query's exact grid
     assert set(np.unique(written.array)) <= {0, 1}
-    report = json.loads(qc.read_text())
+    report = json.loads(qc.read_text(encoding="utf-8"))
     assert report["provenance"]["preset"]["name"] == "ct-soft-tissue"
     assert len(report["provenance"]["labels"]["1"]["reverse_scores"]) == 8
 

@@ -319,7 +319,7 @@ def test_cli_segment_writes_labels_on_the_input_grid(tmp_path, volume):
     np.testing.assert_allclose(written.affine, volume.affine, atol=1e-5)
     assert written.shape == volume.shape[::-1]
     assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0)[7] == 4, block_mask(2, 9, 2, 12))
-    report = json.loads(qc.read_text())
+    report = json.loads(qc.read_text(encoding="utf-8"))
     assert report["provenance"]["untrained"] is True and report["provenance"]["model"] == "untrained"
     assert report["provenance"]["prompts"]["2"]["name"] == "lesion"
     assert report["provenance"]["prompts"]["2"]["boxes"] == [[3, 25.0, 38.0, 38.0, 54.0]]

@@ -123,7 +123,7 @@ def test_interrupted_download_restarts_when_server_ignores_range(server, tmp_pat
 def test_unknown_hash_is_recorded_on_first_download_and_checked_after(server, tmp_path):
     spec = _spec(server.url, sha256=None, size=None)
     path = fetch_checkpoint(spec, directory=tmp_path, progress=False)
-    assert (tmp_path / "ckpt.pt.sha256").read_text().split()[0] == PAYLOAD_SHA
+    assert (tmp_path / "ckpt.pt.sha256").read_text(encoding="utf-8").split()[0] == PAYLOAD_SHA
     path.write_bytes(PAYLOAD[:-1] + b"\x00")  # the file changes on disk later
     with pytest.raises(WeightsError, match="expected " + PAYLOAD_SHA):
         fetch_checkpoint(spec, directory=tmp_path, progress=False)

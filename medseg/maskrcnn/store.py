@@ -159,7 +159,7 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     if not card_path.is_file():
         raise WeightsError(f"{directory} is not a Mask R-CNN model directory: {MODEL_JSON} is missing; train one with `medseg baseline train`")
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ConfigError(f"{card_path}: not valid JSON ({error})") from error
     if card.get("format") != FORMAT:
