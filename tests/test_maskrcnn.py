@@ -448,7 +448,7 @@ def test_baseline_train_names_a_missing_file_and_trains_nothing(tmp_path, capsys
     manifest.write_text(json.dumps({
         "name": "broken", "modality": "CT", "labels": {"0": "background", "1": "liver"},
         "cases": [{"id": "a", "image": "missing/a.nii.gz", "label": "missing/a_labels.nii.gz", "split": "train"}],
-    }))
+    }), encoding="utf-8")
     code = main(["baseline", "train", "--manifest", str(manifest), "--out", str(tmp_path / "model"), "--steps", "1"])
     assert code == 2
     assert "missing/a.nii.gz" in capsys.readouterr().err

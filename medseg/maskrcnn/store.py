@@ -140,7 +140,7 @@ def save_model(model: MaskRCNNModel, directory: str | Path) -> Path:
         model.weights_sha256 = _sha256(tmp)
     model.directory = directory
     with atomic_output(directory / MODEL_JSON) as tmp:
-        tmp.write_text(json.dumps(model.card(), indent=2) + "\n")
+        tmp.write_text(json.dumps(model.card(), indent=2) + "\n", encoding="utf-8")
     return directory
 
 
