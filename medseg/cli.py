@@ -93,14 +93,19 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", action="append", default=[], metavar="ID=NAME", help="name of an object (label value); repeatable")
     p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, per-slice QC and provenance as JSON")
-    p.add_argument("--image-size", type=int, help="model input size (default: the model's own)")
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
-    p.add_argument("--seed", type=int, default=0, help="seed of the untrained model's random weights")
-    p.add_argument("--offload-state-to-cpu", action="store_true", help="keep SAM2's memory in CPU memory (long volumes, small GPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_sam2_runtime_options(p)
     p.set_defaults(run=_run_segment)
+
+
+def _add_sam2_runtime_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run SAM2 (segment, fewshot)."""
+    p.add_argument("--image-size", type=int, help="model input size (default: the model's own)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained model's random weights")
+    p.add_argument("--offload-state-to-cpu", action="store_true", help="keep cached features and SAM2's memory in CPU memory (long volumes, small GPUs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _parse_prompt_option(option: str, text: str, sizes: tuple[int, ...]) -> tuple[int, list[float]]:
@@ -194,13 +199,9 @@ def _add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")
-    p.add_argument("--image-size", type=int, help="model input size (default: the model's own)")
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--preset", help="intensity preset of query and references, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
     p.add_argument("--series-uid", help="pick this series when the query's DICOM folder holds several")
-    p.add_argument("--seed", type=int, default=0, help="seed of the untrained model's random weights")
-    p.add_argument("--offload-state-to-cpu", action="store_true", help="keep features and SAM2's memory in CPU memory (long volumes, small GPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_sam2_runtime_options(p)
     p.set_defaults(run=_run_fewshot)
 
 
