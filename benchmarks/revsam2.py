@@ -41,7 +41,7 @@ from medseg.revsam2 import ReferenceSession, SupportSet
 from medseg.sam2 import load_model
 from medseg.volume import UNTRAINED_BANNER
 
-from sam2_propagation import _timed_encoder  # the SAM2 benchmark's encoder timer (this folder is on sys.path)
+from sam2_propagation import _warm_up_and_time_encoder  # the SAM2 benchmark's encoder timer (this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_DICE = "Dice: not measured: the model is untrained (random weights), its masks are meaningless. " \
@@ -53,7 +53,7 @@ def timing(args: argparse.Namespace, model) -> None:
     query, truth = make_phantom(4, shape=shape)
     reference, reference_labels = make_phantom(1, shape=shape)
     support = SupportSet.from_volumes([(reference, reference_labels)], k=3, labels={1: "liver"})
-    encoder = _timed_encoder(model.net)
+    encoder = _warm_up_and_time_encoder(model.net, model.image_size)
     n, k = shape[0], len(support)
     # untrained reverse scores are noise: without a threshold the re-prompt pass always runs
     settings = {"threshold": None} if model.untrained else {}
