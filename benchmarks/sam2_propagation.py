@@ -177,7 +177,7 @@ def main() -> None:
         a, b = rows[n, "medseg"], rows[n, "official"]
         print(f"  {n:>4} slices: time {a['seconds'] / b['seconds']:.2f}x, RSS growth {a['growth'] / max(b['growth'], 1e-9):.2f}x")
     first, last = args.slices[0], args.slices[-1]
-    for variant in ("medseg", "official"):
+    for variant in ("medseg", "official") if last > first else ():
         slope = (rows[last, variant]["growth"] - rows[first, variant]["growth"]) / (last - first)
         print(f"  RSS growth per extra slice, {variant}: {slope:.2f} MB")
 
