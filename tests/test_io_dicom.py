@@ -105,6 +105,7 @@ def test_dicom_seg_round_trip(dicom_phantom, tmp_path):
     out = save_labels(labels, volume, tmp_path / "labels.dcm")
     back = load_labels(out, volume)
     np.testing.assert_array_equal(back.array, labels.array)
+    assert back.label_names == {1: "liver", 2: "spleen", 3: "kidney"}
 
     seg = hd.seg.segread(out)
     assert [seg.get_segment_description(n).SegmentLabel for n in (1, 2, 3)] == ["liver", "spleen", "kidney"]

@@ -105,12 +105,13 @@ def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume
     path = Path(path)
     kind = format_of(path)
     grid = like.geometry if isinstance(like, Volume) else like
+    names: dict[int, str] = {}
     if kind == "nifti":
         array, geometry = nifti.read_nifti(path)
     elif kind == "itk":
         array, geometry = itk.read_itk(path)
     elif kind == "dicom":
-        array, geometry = seg.read_seg(path, grid), grid
+        (array, names), geometry = seg.read_seg(path, grid), grid
     else:
         raise InputError(f"{path}: a folder; give the label file (NIfTI, NRRD, MetaImage or DICOM SEG)")
     if not grid.same_grid(geometry):
@@ -118,7 +119,7 @@ def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume
             f"{path}: label map does not lie on its image's voxel grid: {grid.describe_difference(geometry)} "
             "(label vs image); give the label file that was drawn on this image, or resample it onto the image first"
         )
-    return LabelVolume(_integer_labels(array, path), grid)
+    return LabelVolume(_integer_labels(array, path), grid, label_names=names)
 
 
 def save_labels(labels: LabelVolume, like: Volume, path: str | os.PathLike) -> Path:

@@ -73,8 +73,9 @@ def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
     logger.info("wrote DICOM SEG %s with %d segment(s)", path, n_segments)
 
 
-def read_seg(path: Path, grid: Geometry) -> np.ndarray:
-    """The label map ``(z, y, x)`` of a DICOM SEG, placed on ``grid`` (segment number = label value).
+def read_seg(path: Path, grid: Geometry) -> tuple[np.ndarray, dict[int, str]]:
+    """The label map ``(z, y, x)`` of a DICOM SEG placed on ``grid`` (segment number = label
+    value), and the segment labels (names) by label value.
 
     The SEG's frames may cover only part of the grid (empty frames are often omitted); they
     must fall on its voxels exactly, else ``GeometryError``.
@@ -94,7 +95,8 @@ def read_seg(path: Path, grid: Geometry) -> np.ndarray:
         raise GeometryError(
             f"{path}: the SEG's frames do not lie on the image's voxel grid ({error}); it was made on another image"
         ) from error
-    return np.asarray(matched.array, dtype=np.int32)
+    names = {int(number): str(seg.get_segment_description(number).SegmentLabel) for number in seg.segment_numbers}
+    return np.asarray(matched.array, dtype=np.int32), names
 
 
 def _zyx_affine(grid: Geometry) -> np.ndarray:
