@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from medseg.errors import InputError
 
@@ -118,14 +119,14 @@ class Prompts:
                     raise InputError(f"object {obj.obj_id}: mask on slice {m.z} is empty")
 
     def to_dict(self) -> dict:
-        """JSON-able form; masks are stored as lists of (y, x) foreground indices."""
+        """JSON-able form; masks are stored as COCO run-length encodings (compact for big masks)."""
         return {
             str(obj_id): {
                 "name": obj.name,
                 "points": [[p.z, p.y, p.x, int(p.positive)] for p in obj.points],
                 "boxes": [[b.z, b.y0, b.x0, b.y1, b.x1] for b in obj.boxes],
                 "masks": [
-                    {"z": m.z, "shape": list(m.mask.shape), "yx": np.argwhere(m.mask).tolist()} for m in obj.masks
+                    {"z": m.z, "shape": list(m.mask.shape), "rle": _encode_mask(m.mask)} for m in obj.masks
                 ],
             }
             for obj_id, obj in sorted(self.objects.items())
@@ -141,8 +142,15 @@ class Prompts:
             for z, y0, x0, y1, x1 in spec.get("boxes", []):
                 prompts.add_box(obj.obj_id, z, y0, x0, y1, x1)
             for m in spec.get("masks", []):
-                mask = np.zeros(m["shape"], dtype=bool)
-                yx = np.asarray(m["yx"], dtype=int).reshape(-1, 2)
-                mask[yx[:, 0], yx[:, 1]] = True
-                prompts.add_mask(obj.obj_id, m["z"], mask)
+                prompts.add_mask(obj.obj_id, m["z"], _decode_mask(m["rle"], m["shape"]))
         return prompts
+
+
+def _encode_mask(mask: np.ndarray) -> str:
+    """COCO RLE counts of a 2D boolean mask, as text."""
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return rle["counts"].decode("ascii")
+
+
+def _decode_mask(counts: str, shape: list[int]) -> np.ndarray:
+    return mask_utils.decode({"size": list(shape), "counts": counts.encode("ascii")}).astype(bool)

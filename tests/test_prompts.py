@@ -1,0 +1,61 @@
+"""Prompts: JSON round trip (exact masks via RLE) and validation against a volume's shape."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medseg.errors import InputError
+from medseg.prompts import Prompts
+
+
+def _mask(shape=(20, 30)) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[3:9, 4:20] = True
+    mask[15, 29] = True  # a lone voxel in the last column
+    return mask
+
+
+def test_round_trip_through_json_is_exact():
+    prompts = Prompts()
+    prompts.object(1, "liver")
+    prompts.add_point(1, 4, 2.5, 7.0).add_point(1, 4, 10, 11, positive=False)
+    prompts.add_box(2, 6, 1, 2, 8, 9).add_mask(2, 0, _mask())
+    back = Prompts.from_dict(json.loads(json.dumps(prompts.to_dict())))
+    assert back.objects[1].name == "liver"
+    assert back.objects[1].points == prompts.objects[1].points
+    assert back.objects[2].boxes == prompts.objects[2].boxes
+    np.testing.assert_array_equal(back.objects[2].masks[0].mask, _mask())
+    assert back.slices == [0, 4, 6]
+    assert back.to_dict() == prompts.to_dict()
+
+
+def test_a_big_mask_is_stored_compactly():
+    mask = np.zeros((512, 512), dtype=bool)
+    mask[100:400, 50:450] = True
+    text = json.dumps(Prompts().add_mask(1, 0, mask).to_dict())
+    assert len(text) < 2000  # 120,000 foreground voxels as a few hundred run lengths
+    np.testing.assert_array_equal(Prompts.from_dict(json.loads(text)).objects[1].masks[0].mask, mask)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda p: p, r"no prompts given"),
+        (lambda p: p.add_point(1, 5, 1, 1), r"object 1: point \(z=5, y=1.0, x=1.0\) is outside the volume of shape \(5, 20, 30\)"),
+        (lambda p: p.add_point(1, 0, 20, 1), r"is outside the volume"),
+        (lambda p: p.add_box(2, 0, 0, 0, 19, 30), r"object 2: box on slice 0 .* is outside the volume"),
+        (lambda p: p.add_mask(3, 1, np.zeros((20, 30), bool)), r"object 3: mask on slice 1 is empty"),
+        (lambda p: p.add_mask(3, 1, np.ones((30, 20), bool)), r"mask on slice 1 has shape \(30, 20\), the slices are \(20, 30\)"),
+    ],
+)
+def test_validate_names_the_prompt_that_does_not_fit(build, message):
+    with pytest.raises(InputError, match=message):
+        build(Prompts()).validate((5, 20, 30))
+
+
+def test_bad_ids_and_swapped_box_corners():
+    with pytest.raises(InputError, match="object ids are label values and start at 1"):
+        Prompts().add_point(0, 0, 0, 0)
+    with pytest.raises(InputError, match="box on slice 2 has its corners swapped"):
+        Prompts().add_box(1, 2, 5, 5, 1, 9)
