@@ -22,3 +22,10 @@ class ConfigError(MedsegError):
 
 class WeightsError(MedsegError):
     """A model checkpoint is missing, fails verification or does not fit the architecture."""
+
+
+class Cancelled(Exception):
+    """A long call stopped because its ``should_stop()`` said so (see ``medseg.runtime``).
+
+    Not a ``MedsegError``: nothing is wrong. The call left nothing half-done before raising.
+    """

@@ -1,9 +1,10 @@
-"""``Volume`` and ``LabelVolume``: voxels that carry their geometry.
+"""``Volume``, ``LabelVolume`` and ``InstanceMap``: voxels that carry their geometry.
 
 A ``Volume`` is an image in physical units (CT in HU) on a ``Geometry``; a ``LabelVolume``
 is an integer label map on the *same* geometry plus what the method that made it knows
-(names, scores, provenance). Neither can drift from its grid: the array shape is checked
-against the geometry on construction.
+(names, scores, provenance); an ``InstanceMap`` holds the scored object instances an engine
+that detects instances (Mask R-CNN) returns beside its labels. None can drift from its grid:
+the array shape is checked against the geometry on construction.
 """
 
 from __future__ import annotations
@@ -150,3 +151,27 @@ class LabelVolume:
     def labels(self) -> list[int]:
         """Label values present (background excluded), sorted."""
         return [int(v) for v in np.unique(self.array) if v != 0]
+
+
+@dataclass(frozen=True, eq=False)
+class InstanceMap:
+    """Scored object instances on one voxel grid.
+
+    ``array`` ``(z, y, x)`` holds an instance id per voxel (0 = background);
+    ``labels`` maps instance id -> label value (the COCO category); ``scores`` maps
+    instance id -> confidence for the whole instance; ``slice_scores`` instance id ->
+    per-slice confidences (NaN where absent) for 2D AP.
+    """
+
+    array: np.ndarray
+    geometry: Geometry
+    labels: dict[int, int]
+    scores: dict[int, float] = field(default_factory=dict)
+    slice_scores: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.shape != self.geometry.shape:
+            raise GeometryError(f"instance array shape {self.array.shape} != geometry shape {self.geometry.shape}")
+        missing = sorted(set(int(v) for v in np.unique(self.array)) - {0} - set(self.labels))
+        if missing:
+            raise InputError(f"instance ids {missing[:10]} have no label value in InstanceMap.labels")

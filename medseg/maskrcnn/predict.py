@@ -28,7 +28,7 @@ from medseg.geometry import Geometry
 from medseg.maskrcnn.dataset import frame_bytes, to_tensor
 from medseg.maskrcnn.model import resolve_device
 from medseg.maskrcnn.store import MaskRCNNModel
-from medseg.metrics import InstanceMap
+from medseg.volume import InstanceMap
 from medseg.preprocess import SliceFrames
 from medseg.volume import LabelVolume, Volume
 

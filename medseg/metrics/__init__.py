@@ -5,13 +5,12 @@ See ``medseg.metrics.overlap`` for the empty-label conventions and ``medseg.metr
 for how label maps become COCO images, instances, scores and area ranges.
 """
 
-from medseg.metrics.coco import AREA_RANGES_2D_MM2, AREA_RANGES_3D_MM3, InstanceMap, MaskAP, mask_ap
+from medseg.metrics.coco import AREA_RANGES_2D_MM2, AREA_RANGES_3D_MM3, MaskAP, mask_ap
 from medseg.metrics.overlap import dice_per_label, hausdorff95_per_label, mean_dice, surface_dice_per_label
 
 __all__ = [
     "AREA_RANGES_2D_MM2",
     "AREA_RANGES_3D_MM3",
-    "InstanceMap",
     "MaskAP",
     "dice_per_label",
     "hausdorff95_per_label",

@@ -52,9 +52,8 @@ from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.geometry import Geometry
 from medseg.metrics.overlap import label_arrays
-from medseg.volume import LabelVolume
+from medseg.volume import InstanceMap, LabelVolume
 
 Mode = Literal["2d", "3d"]
 InstancePolicy = Literal["components", "per_class"]
@@ -63,30 +62,6 @@ AREA_RANGES_2D_MM2 = {"all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32
 AREA_RANGES_3D_MM3 = {"all": (0.0, 1e12), "small": (0.0, 1e3), "medium": (1e3, 1e5), "large": (1e5, 1e12)}
 MAX_DETECTIONS = (1, 10, 100)
 _CONSTANT_SCORE = 1.0
-
-
-@dataclass(frozen=True, eq=False)
-class InstanceMap:
-    """Scored object instances on one voxel grid.
-
-    ``array`` ``(z, y, x)`` holds an instance id per voxel (0 = background);
-    ``labels`` maps instance id -> label value (the COCO category); ``scores`` maps
-    instance id -> confidence for the whole instance; ``slice_scores`` instance id ->
-    per-slice confidences (NaN where absent) for 2D AP.
-    """
-
-    array: np.ndarray
-    geometry: Geometry
-    labels: dict[int, int]
-    scores: dict[int, float] = field(default_factory=dict)
-    slice_scores: dict[int, np.ndarray] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.array.shape != self.geometry.shape:
-            raise GeometryError(f"instance array shape {self.array.shape} != geometry shape {self.geometry.shape}")
-        missing = sorted(set(int(v) for v in np.unique(self.array)) - {0} - set(self.labels))
-        if missing:
-            raise InputError(f"instance ids {missing[:10]} have no label value in InstanceMap.labels")
 
 
 @dataclass(frozen=True)

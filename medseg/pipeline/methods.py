@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from medseg.errors import ConfigError, InputError, WeightsError
-from medseg.metrics import InstanceMap
+from medseg.volume import InstanceMap
 from medseg.prompts import Prompts
 from medseg.volume import UNTRAINED_BANNER, LabelVolume, Volume
 

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from medseg.io import load_labels, read_geometry
 from medseg.manifest import load_manifest
-from medseg.metrics import InstanceMap, mask_ap
+from medseg.metrics import mask_ap
+from medseg.volume import InstanceMap
 from medseg.pipeline import plots
 from medseg.pipeline import results as rs
 from medseg.pipeline.stats import mean_ci, paired_comparison
