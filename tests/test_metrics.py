@@ -17,14 +17,13 @@ from pycocotools.cocoeval import COCOeval
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.metrics import (
-    InstanceMap,
     dice_per_label,
     hausdorff95_per_label,
     mask_ap,
     mean_dice,
     surface_dice_per_label,
 )
-from medseg.volume import LabelVolume
+from medseg.volume import InstanceMap, LabelVolume
 
 GRID = Geometry((12, 24, 24), (3.0, 1.0, 1.0))
 
