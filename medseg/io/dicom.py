@@ -129,6 +129,20 @@ def multiframe_order(dataset: pydicom.Dataset) -> np.ndarray:
     return _multiframe_geometry(dataset)[0]
 
 
+def require_attributes(header: pydicom.Dataset, file: Path, output: Path, what: str) -> None:
+    """Refuse to write a derived object (SEG, RTSTRUCT) whose source lacks what it must reference.
+
+    The frame of reference cannot be invented: a new UID would claim a coordinate system the
+    source does not share, and a planning system would then place the object on nothing.
+    """
+    for attribute in ("FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(header.get(attribute, "") or ""):
+            raise InputError(
+                f"cannot write {output} as {what}: the source image {file} lacks {attribute}, which a {what} must "
+                "reference; save the labels as .nii.gz instead (or repair the source's header)"
+            )
+
+
 def stack_geometry(slices: list[_Slice], source: str, *, single_slice_spacing: float = 1.0) -> tuple[np.ndarray, Geometry]:
     """Sort 2D frames into one regular 3D grid: the order (indices into ``slices``) and its geometry.
 
