@@ -21,19 +21,19 @@ from typing import Literal
 
 import numpy as np
 
-from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.io import dicom, itk, nifti, rtstruct, seg
 from medseg.io.dicom import DicomSeries, list_dicom_series
-from medseg.io.files import format_of, label_file_kind, output_suffix, refuse_overwriting_inputs
-from medseg.io.roi_names import RoiMapping
+from medseg.io.files import format_of, label_file_kind, label_file_names, output_suffix, refuse_overwriting_inputs
+from medseg.roi_names import RoiMapping
 from medseg.io.rtstruct_write import write_rtstruct
 from medseg.volume import LabelVolume, Volume
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DicomSeries", "RoiMapping", "label_file_kind", "list_dicom_series", "load_labels", "load_volume", "read_geometry",
+    "DicomSeries", "RoiMapping", "label_file_kind", "label_file_names", "list_dicom_series", "load_labels", "load_volume", "read_geometry",
     "refuse_overwriting_inputs", "save_labels",
 ]
 
@@ -203,7 +203,7 @@ def _rtstruct_labels(path: Path, grid: Geometry, sources: tuple[Path, ...], roi_
         values = {roi.number: value for value, roi in enumerate(with_area, start=1)}
         names = {value: roi.name for value, roi in enumerate(with_area, start=1)}
     else:
-        match = _match(roi_names, [roi.name for roi in rois], path)
+        match = roi_names.match([roi.name for roi in rois], source=path)
         values = {roi.number: match.values[roi.name] for roi in rois if roi.name in match.values}
         names = {}
     return rtstruct.label_map(rois, grid.shape, values), names
@@ -211,22 +211,12 @@ def _rtstruct_labels(path: Path, grid: Geometry, sources: tuple[Path, ...], roi_
 
 def _relabel(array: np.ndarray, names: dict[int, str], roi_names: RoiMapping, path: Path) -> tuple[np.ndarray, dict[int, str]]:
     """A SEG's label map with its segments renumbered by their names."""
-    match = _match(roi_names, list(names.values()), path)
+    match = roi_names.match(list(names.values()), source=path)
     lookup = np.zeros(int(array.max(initial=0)) + 1, dtype=np.int32)
     for number, name in names.items():
         if number < len(lookup):
             lookup[number] = match.values.get(name, 0)
     return lookup[array], {}
-
-
-def _match(roi_names: RoiMapping, found: list[str], path: Path):
-    match = roi_names.match(found)
-    if match.ambiguous:
-        listing = ", ".join(f"{name!r} -> {values}" for name, values in match.ambiguous.items())
-        raise ConfigError(f"{path}: ROI name(s) matched by several labels' roi_names rules: {listing}; make the rules exclusive")
-    if match.unmatched:
-        log.info("%s: ROI(s) not mapped to any label, left out: %s", path, match.unmatched)
-    return match
 
 
 def _check_finite(array: np.ndarray, path: Path) -> None:

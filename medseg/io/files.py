@@ -67,6 +67,20 @@ def label_file_kind(path: str | os.PathLike) -> Literal["rtstruct", "seg"] | Non
     return dicom_label_kind(header)
 
 
+def label_file_names(path: str | os.PathLike) -> list[str]:
+    """The ROI names of an RTSTRUCT or the segment labels of a SEG, from the header ([] otherwise)."""
+    kind = label_file_kind(path)
+    if kind is None:
+        return []
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if kind == "rtstruct":
+            return [str(item.get("ROIName", "")) for item in header.get("StructureSetROISequence", [])]
+        return [str(item.get("SegmentLabel", "")) for item in header.get("SegmentSequence", [])]
+    except Exception as error:  # a header that parsed for its class but not further: corrupt
+        raise InputError(f"{path}: a corrupt DICOM {kind} header ({type(error).__name__}: {error}); re-export it") from error
+
+
 def dicom_label_kind(header: pydicom.Dataset) -> Literal["rtstruct", "seg"] | None:
     """``label_file_kind`` of a header already read (by SOP class; by modality when the class is absent)."""
     sop_class, modality = str(header.get("SOPClassUID", "")), str(header.get("Modality", ""))

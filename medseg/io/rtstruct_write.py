@@ -42,7 +42,7 @@ import medseg
 from medseg.errors import InputError
 from medseg.io.dicom import multiframe_order, require_attributes
 from medseg.io.files import atomic_output
-from medseg.io.roi_names import TG263, standard_name
+from medseg.roi_names import TG263, standard_name
 from medseg.volume import LabelVolume, Volume
 
 log = logging.getLogger(__name__)

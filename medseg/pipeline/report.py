@@ -172,7 +172,7 @@ def _prediction(case_dir: Path, result: dict[str, Any], use_instances: bool) -> 
 
 
 def _truth_array(case) -> np.ndarray:
-    return load_labels(case.label, read_geometry(case.image, case.series_uid)).array
+    return case.load_labels(read_geometry(case.image, case.series_uid)).array
 
 
 def _average_precision(method: _Method, cohort, labels: list[int], instances: str, results_dir: Path) -> dict[str, dict]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from medseg.errors import ConfigError
 
@@ -63,9 +63,8 @@ class RoiMatch:
     """The outcome of mapping one case's ROI names: what is used, and what to report."""
 
     values: dict[str, int]  # ROI name -> label value
-    unmatched: list[str]  # ROI names no rule matched (ignored)
-    ambiguous: dict[str, list[int]] = field(default_factory=dict)  # ROI name -> the several values it matched
-    missing: list[int] = field(default_factory=list)  # label values no ROI matched
+    unmatched: list[str]  # ROI names no rule matched (left out)
+    missing: list[int]  # label values no ROI matched
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,12 @@ class RoiMapping:
         """The default: each label's own name and its TG-263 name, matched loosely."""
         return cls({value: tuple(dict.fromkeys((name, standard_name(name)))) for value, name in names.items()})
 
-    def match(self, roi_names: list[str]) -> RoiMatch:
-        """Map every ROI name; nothing is decided for an ROI that matches several values."""
+    def match(self, roi_names: list[str], *, source: object) -> RoiMatch:
+        """Map every ROI name of the file ``source`` (named in errors).
+
+        Raises ``ConfigError`` listing the ROIs that match several label values: medseg does
+        not guess which one is meant.
+        """
         values: dict[str, int] = {}
         unmatched: list[str] = []
         ambiguous: dict[str, list[int]] = {}
@@ -113,8 +116,10 @@ class RoiMapping:
                 ambiguous[name] = hits
             else:
                 values[name] = hits[0]
-        missing = sorted(set(self.rules) - set(values.values()))
-        return RoiMatch(values, unmatched, ambiguous, missing)
+        if ambiguous:
+            listing = ", ".join(f"{name!r} -> labels {hits}" for name, hits in ambiguous.items())
+            raise ConfigError(f"{source}: ROI(s) matched by several labels: {listing}; make \"roi_names\" exclusive")
+        return RoiMatch(values, unmatched, sorted(set(self.rules) - set(values.values())))
 
 
 def _simplify(name: str) -> str:
