@@ -275,3 +275,15 @@ def test_dciodvfy_finds_no_errors_in_medsegs_dicom_outputs(case, tmp_path):
         assert iod in report
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert not errors, f"{path.name}: {errors}"
+
+
+def test_cli_info_reads_an_rtstruct_and_the_commands_offer_the_format(written, capsys):
+    from medseg.cli import build_parser, main
+
+    volume, out = written
+    assert main(["info", str(volume.source_files[0].parent), "--labels", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}: on the volume's grid; 3 label value(s)" in printed
+    for command in (["segment", "v", "--out", "x.dcm"], ["fewshot", "--support", "a", "--query", "v", "--out", "x.dcm"],
+                    ["baseline", "predict", "v", "--model", "m", "--out", "x.dcm"]):
+        assert build_parser().parse_args([*command, "--dicom-format", "rtstruct"]).dicom_format == "rtstruct"
