@@ -325,7 +325,7 @@ def _frames(dataset: pydicom.Dataset) -> list[_Slice]:
             f"{_name(dataset)}: a multi-frame image without per-frame functional groups ({n_frames} frames); "
             "medseg cannot place its frames in space. Convert it to an enhanced or single-frame series"
         )
-    size = (int(dataset.Rows), int(dataset.Columns))
+    size = (dataset.get("Rows"), dataset.get("Columns"))
     frames = []
     for index, groups in enumerate(per_frame):
         position = _functional(dataset, groups, "PlanePositionSequence", "ImagePositionPatient")
@@ -333,7 +333,7 @@ def _frames(dataset: pydicom.Dataset) -> list[_Slice]:
         spacing = _functional(dataset, groups, "PixelMeasuresSequence", "PixelSpacing")
         if position is None or orientation is None or spacing is None:
             raise InputError(f"{_name(dataset)}: frame {index + 1} lacks its position, orientation or pixel spacing")
-        frames.append(_Slice(np.array(position, float), np.array(orientation, float), tuple(float(v) for v in spacing), size))
+        frames.append(_make_slice(position, orientation, spacing, size, f"{_name(dataset)} frame {index + 1}"))
     return frames
 
 
@@ -405,15 +405,31 @@ def _direction(orientation: np.ndarray) -> np.ndarray:
 
 
 def _slice_of(header: pydicom.Dataset, path: Path) -> _Slice:
-    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in header]
+    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in header]
     if missing:
         raise InputError(f"{path}: lacks {', '.join(missing)}; medseg cannot place this image in space")
-    return _Slice(
-        np.array(header.ImagePositionPatient, float),
-        np.array(header.ImageOrientationPatient, float),
-        tuple(float(v) for v in header.PixelSpacing),
-        (int(header.Rows), int(header.Columns)),
-    )
+    return _make_slice(header.ImagePositionPatient, header.ImageOrientationPatient, header.PixelSpacing,
+                       (header.Rows, header.Columns), str(path))
+
+
+def _make_slice(position: Any, orientation: Any, spacing: Any, size: Any, where: str) -> _Slice:
+    """A ``_Slice`` from header values, refusing values no image can have (a damaged header)."""
+    try:
+        made = _Slice(np.array(position, float), np.array(orientation, float), tuple(float(v) for v in spacing),
+                      (int(size[0]), int(size[1])))
+    except (TypeError, ValueError, IndexError) as error:
+        raise InputError(f"{where}: unreadable position, orientation, pixel spacing or size ({error}); the header is damaged") from error
+    if (
+        made.position.shape != (3,) or made.orientation.shape != (6,) or len(made.pixel_spacing) != 2
+        or not np.all(np.isfinite(np.r_[made.position, made.orientation, made.pixel_spacing]))
+        or min(made.pixel_spacing) <= 0 or min(made.size) < 1
+        or min(np.linalg.norm(made.orientation[:3]), np.linalg.norm(made.orientation[3:])) < 0.5
+    ):
+        raise InputError(
+            f"{where}: impossible geometry in the header (position {made.position.tolist()}, orientation "
+            f"{made.orientation.tolist()}, pixel spacing {list(made.pixel_spacing)}, size {made.size}); the header is damaged"
+        )
+    return made
 
 
 def _describe(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> DicomSeries:
@@ -436,7 +452,7 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     that cannot be parsed is corrupt, and says so.
     """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return _decoded(pydicom.dcmread(path, stop_before_pixels=True))
     except InvalidDicomError:
         pass
     except Exception as error:
@@ -446,15 +462,23 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     try:
         with warnings.catch_warnings():  # parsing random bytes warns about every "element"
             warnings.simplefilter("ignore")
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            header = _decoded(pydicom.dcmread(path, stop_before_pixels=True, force=True))
             return header if "SOPClassUID" in header or "SeriesInstanceUID" in header else None
     except Exception:  # random bytes parsed as DICOM fail in many ways: not DICOM
         return None
 
 
+def _decoded(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """``dataset`` with every element decoded now: pydicom decodes values on first access, so a
+    damaged value would otherwise fail wherever it is first used, with an error naming no file."""
+    for _ in dataset.iterall():
+        pass
+    return dataset
+
+
 def _read_dataset(path: Path) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, force=True)
+        return _decoded(pydicom.dcmread(path, force=True))
     except Exception as error:
         raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or replace it") from error
 

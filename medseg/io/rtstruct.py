@@ -81,7 +81,7 @@ def read_rois(path: Path, grid: Geometry, source_files: tuple[Path, ...] = ()) -
             rois.append(Roi(number, str(item.get("ROIName", "") or f"ROI {number}"),
                             tuple(int(c) for c in color) if color is not None and len(color) == 3 else None,
                             _contours(dataset, number, str(item.get("ROIName", "")), grid, path)))
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as error:  # malformed values in the file
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError, OSError) as error:  # malformed values, decoded lazily
         raise InputError(f"{path}: a malformed RTSTRUCT ({type(error).__name__}: {error}); re-export it from its source") from error
     return rois
 
