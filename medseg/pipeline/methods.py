@@ -276,7 +276,7 @@ class RevSam2(_Sam2Family):
         support = self._support()
         labels = segment_with_references(
             volume, support, mode=self.options.mode, model=self._predictor(), top_k=self.options.top_k,
-            threshold=self.options.threshold, min_spacing=self.options.min_spacing, progress=False,
+            threshold=self.options.threshold, min_spacing=self.options.min_spacing,
         )
         return Segmentation(labels, prompt_log={"support": support.to_dict()})
 
@@ -330,7 +330,7 @@ class MaskRCNN(Method):
             model_dir = Path(self.options.model_dir)
         else:
             config = TrainConfig.from_dict(self.options.train or {})
-            model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config, progress_bar=progress_bar)
+            model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config)
         model = load_model(model_dir)
         return {"model_dir": str(model_dir), "weights_sha256": model.weights_sha256, "untrained": model.untrained,
                 "undertrained": model.undertrained, "training_steps": model.steps, "preset": model.config.preset}
