@@ -29,3 +29,22 @@ class Cancelled(Exception):
 
     Not a ``MedsegError``: nothing is wrong. The call left nothing half-done before raising.
     """
+
+
+class OutputError(MedsegError):
+    """An output path cannot be written: it is an input of the same call, or the file system refuses it."""
+
+
+def user_message(error: BaseException) -> str:
+    """The one-line message users see for ``error`` (CLI, pipeline records, napari).
+
+    A ``MedsegError`` says it all already; an ``OSError`` is named by its file and reason
+    (``[Errno 20] Not a directory: 'x'`` becomes ``x: not a directory``); anything else is a bug
+    and keeps its type.
+    """
+    if isinstance(error, MedsegError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        where = error.filename if error.filename is not None else "a file"
+        return f"{where}: {error.strerror[:1].lower()}{error.strerror[1:]}"
+    return f"{type(error).__name__}: {error}"

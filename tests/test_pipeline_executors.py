@@ -27,9 +27,9 @@ def results(out: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_local_process_pool(tmp_path, config):
-    summary = run_pipeline(config, tmp_path / "pool", executor=LocalExecutor(workers=2), progress_bar=False, report=False)
+    summary = run_pipeline(config, tmp_path / "pool", executor=LocalExecutor(workers=2), report=False)
     assert summary.counts == {"truth": {"ok": 2, "failed": 0, "skipped": 0}}
-    reference = run_pipeline(config, tmp_path / "inline", progress_bar=False, report=False)
+    reference = run_pipeline(config, tmp_path / "inline", report=False)
     assert reference.counts["truth"]["ok"] == 2
     assert results(tmp_path / "pool") == results(tmp_path / "inline")
     with pytest.raises(ConfigError, match="workers"):
@@ -39,15 +39,15 @@ def test_local_process_pool(tmp_path, config):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_executor_on_a_local_instance(tmp_path, config):
-    ray = pytest.importorskip("ray")
+    import ray
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
-        summary = run_pipeline(config, tmp_path / "ray", executor=RayExecutor(num_cpus=1), progress_bar=False, report=False)
+        summary = run_pipeline(config, tmp_path / "ray", executor=RayExecutor(num_cpus=1), report=False)
         assert summary.counts == {"truth": {"ok": 2, "failed": 0, "skipped": 0}}
         assert {case: m["1"]["dice"] for case, m in results(tmp_path / "ray").items()} == {"phantom_002": 1.0, "phantom_003": 1.0}
         # resources the cluster lacks are refused up front instead of queueing forever
         with pytest.raises(ConfigError, match="asks for 1 GPU but the Ray cluster has 0"):
-            run_pipeline(config, tmp_path / "gpu", executor=RayExecutor(num_gpus=1), progress_bar=False, report=False)
+            run_pipeline(config, tmp_path / "gpu", executor=RayExecutor(num_gpus=1), report=False)
         assert not (tmp_path / "gpu").exists()
         assert ray.is_initialized()  # the executor leaves a Ray it did not start running
     finally:
