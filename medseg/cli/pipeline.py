@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli import values
+
 EXIT_CASES_FAILED = 3  # the run finished but some case runs failed
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a batch pipeline (pipelines/*.yaml) over a cohort and write a report")
-    p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo.yaml")
+    p.add_argument("pipeline", type=values.existing_path, help="pipeline YAML, e.g. pipelines/demo.yaml")
     p.add_argument("--out", required=True, help="results folder (re-running into it resumes)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="where cases run (default: local)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=values.positive_int, default=None,
                    help="worker processes (local, default 1) or Ray actors (default: as many as the cluster fits), one model each")
-    p.add_argument("--case-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--case-timeout", type=values.seconds, default=None, metavar="SECONDS",
                    help="stop a case (and its worker) after this long; it is retried or recorded as failed")
-    p.add_argument("--retries", type=int, default=0,
+    p.add_argument("--retries", type=values.non_negative_int, default=0,
                    help="tries again after a worker died, a timeout or an error that is not the input's fault (default 0)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://head:10001); default: start Ray locally")
     p.add_argument("--cpus-per-case", type=float, default=1, help="Ray CPUs requested per case (default 1)")
@@ -67,7 +69,7 @@ def _bar_progress(bar):
 
 def add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="re-run one case of a results folder from its log and compare the labels")
-    p.add_argument("case_dir", help="RESULTS/<method>/<case>")
+    p.add_argument("case_dir", type=values.existing_path, help="RESULTS/<method>/<case>")
     p.add_argument("--out", help="where the replayed case goes (default: <case_dir>/replay)")
     p.set_defaults(run=_run_replay)
 

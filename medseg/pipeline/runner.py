@@ -19,6 +19,7 @@ from pathlib import Path
 
 from medseg.errors import ConfigError, InputError, user_message
 from medseg.manifest import Case, Cohort, load_manifest
+from medseg.outputs import check_output
 from medseg.pipeline import results as rs
 from medseg.pipeline.case import CaseTask, Worker, lost_result, setup_dict
 from medseg.pipeline.config import PipelineConfig, fingerprint
@@ -62,6 +63,8 @@ def validate(config: PipelineConfig, out_dir: Path) -> Plan:
     cohort = load_manifest(config.cohort)
     labels = _labels(config, cohort)
     cases = _cases(config, cohort)
+    check_output(out_dir, inputs=[config.path, cohort.path, *(p for c in cohort.cases for p in (c.image, c.label))],
+                 what="results folder")
     cohort.validate_data()
     setups = [_setup(config, method, labels, out_dir, cohort) for method in config.methods]
     return Plan(config, cohort, cases, labels, setups)
