@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli.outputs import add_dicom_format
+
 
 def add_baseline(sub: argparse._SubParsersAction) -> None:
     # Defaults live in medseg.maskrcnn.TrainConfig (importing it here would load torch for
@@ -43,7 +45,8 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     q = actions.add_parser("predict", help="segment a volume with a trained model directory")
     q.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
     q.add_argument("--model", required=True, help="model directory written by `medseg baseline train`")
-    q.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
+    q.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    add_dicom_format(q)
     q.add_argument("--instances", metavar="FILE", help="also write the 3D instance map (instance ids) to this label file")
     q.add_argument("--qc", metavar="FILE.json", help="also write per-label and per-instance scores and provenance as JSON")
     q.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the model's)")
@@ -95,7 +98,7 @@ def _run_baseline_predict(args: argparse.Namespace) -> None:
             progress=progress,
         )
     labels, instances = prediction.labels, prediction.instances
-    print(f"wrote {save_labels(labels, volume, args.out)}")
+    print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     for value in labels.labels:
         print(f"  {value} {labels.label_names.get(value, '')}: {int((labels.array == value).sum())} voxels, score {labels.scores[value]:.3f}")
     if args.instances:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli.outputs import add_dicom_format
 from medseg.cli.segment import add_sam2_runtime_options
 
 
@@ -24,7 +25,8 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
                    help="LABELS [Z1,Z2,...]: a label map drawn on the query itself (on its grid); those slices come back "
                    "exactly as drawn; repeatable")
     p.add_argument("--query", required=True, help="volume to segment: DICOM folder or file, NIfTI, NRRD or MHA")
-    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
+    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    add_dicom_format(p)
     p.add_argument("--mode", choices=["revsam2", "baseline", "baseline-middle"], default="revsam2",
                    help="revsam2: forward, reverse scoring, re-prompt (default); baseline: supports before the query; "
                    "baseline-middle: supports in the query's middle, propagation both ways")
@@ -106,7 +108,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
             min_spacing=args.min_spacing, include_supports=args.include_supports,
             offload_state_to_cpu=args.offload_state_to_cpu, progress=progress,
         )
-    print(f"wrote {save_labels(labels, query, args.out)}")
+    print(f"wrote {save_labels(labels, query, args.out, format=args.dicom_format)}")
     for value, name in labels.label_names.items():
         detail = labels.provenance["labels"].get(str(value), {})
         selected = f", re-prompted from slices {detail['selected_slices']}" if detail.get("selected_slices") else ""

@@ -281,7 +281,7 @@ def _prediction(case_dir: Path, result: dict[str, Any], use_instances: bool) -> 
 
 def _truth(case) -> LabelVolume:
     """The case's label map on its image's own geometry (a prediction on another grid is a GeometryError)."""
-    return load_labels(case.label, read_geometry(case.image, case.series_uid))
+    return case.load_labels(read_geometry(case.image, case.series_uid))
 
 
 def _average_precision(run: _Run, method: _Method) -> dict[str, dict]:
