@@ -65,7 +65,7 @@ from medseg.geometry import Geometry
 from medseg.roi_names import RoiMapping
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 PACKAGE_SCHEME = "package://"
@@ -113,7 +113,7 @@ class Case:
         if volume.modality == "OT":
             volume = replace(volume, modality=self.modality)
         elif volume.modality != self.modality:
-            logger.warning("case %s: file says modality %s, manifest says %s; using the file's", self.id, volume.modality, self.modality)
+            log.warning("case %s: file says modality %s, manifest says %s; using the file's", self.id, volume.modality, self.modality)
         labels = self.load_labels(volume) if self.label is not None else None
         if self.spacing is not None:
             geometry = replace(volume.geometry, spacing=self.spacing)
@@ -163,7 +163,7 @@ class Cohort:
                 if case.label is None:
                     continue
                 for line in self.roi_report(case):
-                    logger.warning("%s", line)
+                    log.warning("%s", line)
                 labels = case.load_labels(geometry)
                 undeclared = sorted(set(labels.labels) - set(self.labels))
                 if undeclared:
@@ -233,7 +233,7 @@ def write_manifest(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-    logger.info("wrote %s", path)
+    log.info("wrote %s", path)
     return path
 
 

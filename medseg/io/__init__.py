@@ -23,9 +23,10 @@ import numpy as np
 
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
+from medseg.outputs import check_output
 from medseg.io import dicom, itk, nifti, rtstruct, seg
 from medseg.io.dicom import DicomSeries, list_dicom_series
-from medseg.io.files import format_of, label_file_kind, label_file_names, output_suffix, refuse_overwriting_inputs
+from medseg.io.files import format_of, label_file_kind, label_file_names, output_suffix
 from medseg.roi_names import RoiMapping
 from medseg.io.rtstruct_write import write_rtstruct
 from medseg.volume import LabelVolume, Volume
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DicomSeries", "RoiMapping", "label_file_kind", "label_file_names", "list_dicom_series", "load_labels", "load_volume", "read_geometry",
-    "refuse_overwriting_inputs", "save_labels",
+    "save_labels",
 ]
 
 _LABEL_WRITERS = {
@@ -158,9 +159,9 @@ def save_labels(
     come from ``labels.label_names``. The file appears complete or not at all (written beside
     the target, then renamed).
 
-    Raises ``InputError`` when ``path`` resolves (symlinks included) to a file the labels or
+    Raises ``OutputError`` when ``path`` resolves (symlinks included) to a file the labels or
     the image were read from, or lies in the folder of a DICOM series read: an output never
-    replaces an input. Returns the path written.
+    replaces an input (``medseg.outputs.check_output``). Returns the path written.
     """
     path = Path(path)
     if not isinstance(labels, LabelVolume):
@@ -174,7 +175,7 @@ def save_labels(
         raise InputError(f"{path}: format={format!r} applies to .dcm outputs only, as \"seg\" or \"rtstruct\"")
     series = like.metadata.get("format") == "dicom-series" and len(like.source_files) > 1  # read from a folder
     folders = {f.parent for f in like.source_files} if series else set()
-    refuse_overwriting_inputs(path, (*like.source_files, *labels.source_files), folders=folders)
+    check_output(path, inputs=[*like.source_files, *labels.source_files, *folders], what="label file")
     if suffix == ".dcm":
         if not _from_dicom(like):
             raise InputError(

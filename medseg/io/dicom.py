@@ -39,7 +39,7 @@ from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.io.files import has_dicom_preamble
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Acquisition fields that identify no one; everything else in the header stays out. Free-text
 # fields that PS3.15 (de-identification) asks to remove or replace, such as ProtocolName and
@@ -217,7 +217,7 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
             "or the path of a NIfTI/NRRD/MHA file"
         )
     if not_dicom:
-        logger.info("%s: skipped %d file(s) that are not DICOM", folder, len(not_dicom))
+        log.info("%s: skipped %d file(s) that are not DICOM", folder, len(not_dicom))
     return groups
 
 
@@ -247,7 +247,7 @@ def _select(path: Path, series_uid: str | None, *, pick_largest: bool) -> tuple[
     elif len(found) == 1 or pick_largest:
         chosen = found[0]
         if len(found) > 1:
-            logger.info("%s: %d series found, loading the largest: %s", path, len(found), chosen)
+            log.info("%s: %d series found, loading the largest: %s", path, len(found), chosen)
     else:
         raise InputError(
             f"{path}: holds {len(found)} image series; choose one with series_uid=... (CLI: --series-uid) "

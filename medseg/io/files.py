@@ -6,7 +6,7 @@ import contextlib
 import os
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -89,27 +89,6 @@ def dicom_label_kind(header: pydicom.Dataset) -> Literal["rtstruct", "seg"] | No
     if sop_class == pydicom.uid.SegmentationStorage or (not sop_class and modality == "SEG"):
         return "seg"
     return None
-
-
-def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, folders: Iterable[str | os.PathLike] = ()) -> None:
-    """Raise ``InputError`` when ``output`` is one of ``inputs`` or lies inside one of ``folders``.
-
-    Paths are compared after resolving symlinks (and, for existing files, as the same file on
-    disk, which also catches hard links), so no spelling of an input's path gets past. Every
-    writer calls this with what its call read: an output never replaces an input.
-    """
-    target = Path(output).resolve()
-    for source in inputs:
-        source = Path(source)
-        if target == source.resolve() or (target.exists() and source.exists() and os.path.samefile(target, source)):
-            raise InputError(f"{output}: is an input of this call ({source}); choose another output path, nothing was written")
-    for folder in folders:
-        folder = Path(folder).resolve()
-        if target.is_relative_to(folder):
-            raise InputError(
-                f"{output}: lies inside the input DICOM folder {folder}; write outputs elsewhere (the folder would then hold "
-                "objects that are not part of the series), nothing was written"
-            )
 
 
 def output_suffix(path: Path) -> str:

@@ -19,7 +19,7 @@ from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.io.files import atomic_output
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _XFORM_SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: what ITK and dcm2niix write
 
@@ -78,7 +78,7 @@ def write_nifti_if_changed(array_zyx: np.ndarray, geometry: Geometry, path: Path
             ):
                 return False
         except Exception:  # an unreadable earlier file (interrupted write, disk full) is rewritten
-            logger.info("%s is unreadable; rewriting it", path)
+            log.info("%s is unreadable; rewriting it", path)
     write_nifti(array_zyx, geometry, path, labels=labels)
     return True
 
@@ -118,7 +118,7 @@ def _warn_on_xform_mismatch(path: Path, header: nib.Nifti1Header) -> None:
     sform, sform_code = header.get_sform(coded=True)
     qform, qform_code = header.get_qform(coded=True)
     if sform_code and qform_code and not np.allclose(sform, qform, atol=1e-3):
-        logger.warning(
+        log.warning(
             "%s: sform and qform disagree; using the sform as nibabel does (SimpleITK may use the qform "
             "and place the voxels elsewhere). Check the file's orientation in a viewer.",
             path,

@@ -26,7 +26,7 @@ from medseg.io.dicom import multiframe_order, require_attributes
 from medseg.io.files import atomic_output
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
@@ -69,7 +69,7 @@ def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
     seg.SeriesDescription = f"medseg {method}{untrained}"[:64]
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
-    logger.info("wrote DICOM SEG %s with %d segment(s)", path, n_segments)
+    log.info("wrote DICOM SEG %s with %d segment(s)", path, n_segments)
 
 
 def read_seg(path: Path, grid: Geometry) -> tuple[np.ndarray, dict[int, str]]:
