@@ -278,12 +278,13 @@ def test_dciodvfy_finds_no_errors_in_medsegs_dicom_outputs(case, tmp_path):
 
 
 def test_cli_info_reads_an_rtstruct_and_the_commands_offer_the_format(written, capsys):
-    from medseg.cli import build_parser, main
+    from medseg.cli import main
 
     volume, out = written
     assert main(["info", str(volume.source_files[0].parent), "--labels", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"{out}: on the volume's grid; 3 label value(s)" in printed
-    for command in (["segment", "v", "--out", "x.dcm"], ["fewshot", "--support", "a", "--query", "v", "--out", "x.dcm"],
-                    ["baseline", "predict", "v", "--model", "m", "--out", "x.dcm"]):
-        assert build_parser().parse_args([*command, "--dicom-format", "rtstruct"]).dicom_format == "rtstruct"
+    for command in (["segment"], ["fewshot"], ["baseline", "predict"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        assert "--dicom-format {seg,rtstruct}" in capsys.readouterr().out

@@ -49,7 +49,6 @@ class Roi:
 
     number: int
     name: str
-    color: tuple[int, int, int] | None
     contours: tuple[tuple[int, np.ndarray], ...]
 
     def mask(self, shape: tuple[int, int, int]) -> np.ndarray:
@@ -73,14 +72,10 @@ def read_rois(path: Path, grid: Geometry, source_files: tuple[Path, ...] = ()) -
     try:
         if source_files:
             _check_references(dataset, path, source_files)
-        colors = {int(item.ReferencedROINumber): item.get("ROIDisplayColor") for item in dataset.get("ROIContourSequence", [])}
         rois = []
         for item in dataset.get("StructureSetROISequence", []):
-            number = int(item.ROINumber)
-            color = colors.get(number)
-            rois.append(Roi(number, str(item.get("ROIName", "") or f"ROI {number}"),
-                            tuple(int(c) for c in color) if color is not None and len(color) == 3 else None,
-                            _contours(dataset, number, str(item.get("ROIName", "")), grid, path)))
+            number, name = int(item.ROINumber), str(item.get("ROIName", ""))
+            rois.append(Roi(number, name or f"ROI {number}", _contours(dataset, number, name, grid, path)))
     except (AttributeError, KeyError, TypeError, ValueError, IndexError, OSError) as error:  # malformed values, decoded lazily
         raise InputError(f"{path}: a malformed RTSTRUCT ({type(error).__name__}: {error}); re-export it from its source") from error
     return rois
