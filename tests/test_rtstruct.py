@@ -284,6 +284,7 @@ def test_cli_info_reads_an_rtstruct_and_the_commands_offer_the_format(written, c
     assert main(["info", str(volume.source_files[0].parent), "--labels", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"{out}: on the volume's grid; 3 label value(s)" in printed
-    for command in (["segment", "v", "--out", "x.dcm"], ["fewshot", "--support", "a", "--query", "v", "--out", "x.dcm"],
-                    ["baseline", "predict", "v", "--model", "m", "--out", "x.dcm"]):
+    v = str(volume.source_files[0].parent)
+    for command in (["segment", v, "--out", "x.dcm"], ["fewshot", "--support", v, str(out), "--query", v, "--out", "x.dcm"],
+                    ["baseline", "predict", v, "--model", str(out.parent), "--out", "x.dcm"]):
         assert build_parser().parse_args([*command, "--dicom-format", "rtstruct"]).dicom_format == "rtstruct"
