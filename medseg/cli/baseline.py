@@ -83,13 +83,18 @@ def _run_baseline_train(args: argparse.Namespace) -> None:
 
 
 def _run_baseline_predict(args: argparse.Namespace) -> None:
-    import json
+    from pathlib import Path
 
     from medseg.cli.progress import tqdm_progress
     from medseg.io import load_volume, save_labels
     from medseg.maskrcnn import load_model, predict_instances
+    from medseg.outputs import check_output, check_writable
+    from medseg.pipeline.results import write_json
     from medseg.volume import UNTRAINED_BANNER, LabelVolume
 
+    for path, what in ((args.out, "--out"), (args.instances, "--instances"), (args.qc, "--qc")):
+        if path is not None:
+            check_writable(check_output(path, inputs=[args.volume, args.model], what=what), what=what)
     model = load_model(args.model)
     volume = load_volume(args.volume, series_uid=args.series_uid)
     with tqdm_progress("Mask R-CNN", "slice", disable=args.no_progress) as progress:
@@ -104,16 +109,11 @@ def _run_baseline_predict(args: argparse.Namespace) -> None:
     if args.instances:
         print(f"wrote {save_labels(LabelVolume(instances.array, volume.geometry), volume, args.instances)} ({len(instances.labels)} instances)")
     if args.qc:
-        with open(args.qc, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "scores": labels.scores,
-                    "instances": {k: {"label": instances.labels[k], "score": instances.scores[k]} for k in instances.labels},
-                    "provenance": labels.provenance,
-                },
-                f,
-                indent=1,
-            )
+        write_json(Path(args.qc), {
+            "scores": labels.scores,
+            "instances": {k: {"label": instances.labels[k], "score": instances.scores[k]} for k in instances.labels},
+            "provenance": labels.provenance,
+        })
         print(f"wrote {args.qc}")
     if labels.untrained:
         print(UNTRAINED_BANNER, file=sys.stderr)

@@ -70,10 +70,12 @@ def _parse_support_option(option: str, items: list[str], paths: tuple[str, ...])
 
 
 def _run_fewshot(args: argparse.Namespace) -> None:
-    import json
+    from pathlib import Path
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
+    from medseg.outputs import check_output, check_writable
+    from medseg.pipeline.results import write_json
     from medseg.cli.progress import tqdm_progress
     from medseg.revsam2 import SupportEntry, SupportSet, segment_with_references
     from medseg.sam2 import load_model
@@ -83,6 +85,10 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     drawn = [_parse_support_option("--support-from-query", items, ("LABELS",)) for items in args.support_from_query]
     if not others and not drawn:
         raise ConfigError("no reference: give --support IMAGE LABELS and/or --support-from-query LABELS")
+    inputs = [args.query, args.model, *(path for paths, _ in others for path in paths), *(paths[0] for paths, _ in drawn)]
+    for path, what in ((args.out, "--out"), (args.qc, "--qc")):
+        if path is not None:
+            check_writable(check_output(path, inputs=inputs, what=what), what=what)
     label_map = {}
     for text in args.label:
         value, _, name = text.partition("=")
@@ -116,8 +122,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
         voxels = int((labels.array == value).sum())
         print(f"  {value} {name}: {voxels} voxels, score {labels.scores[value]:.3f}{selected}{fallback}")
     if args.qc:
-        with open(args.qc, "w", encoding="utf-8") as f:
-            json.dump({"scores": labels.scores, "provenance": labels.provenance}, f, indent=1)
+        write_json(Path(args.qc), {"scores": labels.scores, "provenance": labels.provenance})
         print(f"wrote {args.qc}")
     if labels.untrained:
         print(UNTRAINED_BANNER, file=sys.stderr)
