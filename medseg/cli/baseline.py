@@ -63,7 +63,9 @@ _TRAIN_OPTIONS = (
 def _run_baseline_train(args: argparse.Namespace) -> None:
     from medseg.manifest import load_manifest
     from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
+    from medseg.outputs import check_output
 
+    check_output(args.out, inputs=[args.manifest], what="--out")
     config = TrainConfig(**{name: getattr(args, name) for name in _TRAIN_OPTIONS if getattr(args, name) is not None})
     model = load_model(train_from_cohort(load_manifest(args.manifest), args.out, config=config, progress_bar=not args.no_progress))
     print(f"model: {model.directory} ({model.config.backbone}, {model.steps} steps, classes {model.classes})")
@@ -81,8 +83,10 @@ def _run_baseline_predict(args: argparse.Namespace) -> None:
 
     from medseg.io import load_volume, save_labels
     from medseg.maskrcnn import load_model, predict_instances
+    from medseg.outputs import check_outputs
     from medseg.volume import UNTRAINED_BANNER, LabelVolume
 
+    check_outputs({"--out": args.out, "--instances": args.instances, "--qc": args.qc}, inputs=[args.volume, args.model])
     model = load_model(args.model)
     volume = load_volume(args.volume, series_uid=args.series_uid)
     prediction = predict_instances(

@@ -69,6 +69,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
+    from medseg.outputs import check_outputs
     from medseg.revsam2 import SupportSet, segment_with_references
     from medseg.sam2 import load_model
     from medseg.volume import UNTRAINED_BANNER
@@ -81,6 +82,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
             raise ConfigError(f"--label {text!r}: expected ID=NAME, e.g. 1=liver")
         label_map[int(value)] = name
     query = load_volume(args.query, series_uid=args.series_uid)
+    check_outputs({"--out": args.out, "--qc": args.qc}, inputs=[args.query, args.model, *(p for s in specs for p in s[:2])])
     entries = []
     for image, labels, slices in specs:
         same_as_query = Path(image).resolve() == Path(args.query).resolve()
