@@ -311,7 +311,7 @@ class RevSam2(_Sam2Family):
         predictor, support = model
         labels = segment_with_references(
             volume, support, mode=self.options.mode, model=predictor, top_k=self.options.top_k,
-            threshold=self.options.threshold, min_spacing=self.options.min_spacing, progress=None,
+            threshold=self.options.threshold, min_spacing=self.options.min_spacing,
         )
         return Segmentation(labels, prompt_log={"support": support.to_dict()})
 
@@ -365,7 +365,8 @@ class MaskRCNN(Method):
             model_dir = Path(self.options.model_dir)
         else:
             config = TrainConfig.from_dict(self.options.train or {})
-            model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config, progress=progress)
+            model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config,
+                                          progress=progress, should_stop=should_stop)
         model = load_model(model_dir)
         return {"model_dir": str(model_dir), "weights_sha256": model.weights_sha256, "untrained": model.untrained,
                 "undertrained": model.undertrained, "training_steps": model.steps, "preset": model.config.preset}
