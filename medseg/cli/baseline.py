@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli import values
+
 
 def add_baseline(sub: argparse._SubParsersAction) -> None:
     # Defaults live in medseg.maskrcnn.TrainConfig (importing it here would load torch for
@@ -21,22 +23,22 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--manifest", required=True, help="cohort manifest (medseg JSON or a Decathlon dataset.json)")
     t.add_argument("--out", required=True, help="model directory to write (an interrupted run there resumes)")
     t.add_argument("--backbone", help="resnet50 (as in the paper), resnet34, resnet18 or mobilenet_v3_large (lighter, for CPU)")
-    t.add_argument("--steps", type=int, help="optimiser steps")
-    t.add_argument("--batch-size", type=int, help="slices per step")
+    t.add_argument("--steps", type=values.positive_int, help="optimiser steps")
+    t.add_argument("--batch-size", type=values.positive_int, help="slices per step")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--optimizer", choices=["adamw", "sgd"])
     t.add_argument("--warmup-steps", type=int, help="linear LR warm-up steps (at most a quarter of --steps)")
-    t.add_argument("--input-size", type=int, help="longer slice side inside the network, a multiple of 32")
+    t.add_argument("--input-size", type=values.image_size, help="longer slice side inside the network, a multiple of 32")
     t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
     t.add_argument("--instances", choices=["components", "per_class"], help="instances per slice: connected components of each class (default), or one per class")
     t.add_argument("--empty-ratio", type=float, help="slices without objects per slice with one, each epoch")
     t.add_argument("--pretrained", metavar="CHECKPOINT", help="start from this state dict (a medseg/torchvision Mask R-CNN or an ImageNet backbone)")
     t.add_argument("--norm", choices=["group", "frozen-bn"], help="GroupNorm to train from scratch (default); frozen-bn to fine-tune a torchvision checkpoint")
-    t.add_argument("--score-threshold", type=float, help="default detection threshold stored for prediction")
+    t.add_argument("--score-threshold", type=values.fraction, help="default detection threshold stored for prediction")
     t.add_argument("--val-every", type=int, help="validate every N steps; 0 = only at the end")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", dest="num_workers", metavar="N", type=int, help="data loader processes (default 0: in the main process)")
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    t.add_argument("--device", type=values.device, help="auto (default), cpu, cuda, cuda:1 ...")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(run=_run_baseline_train)
 
@@ -46,9 +48,9 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
     q.add_argument("--instances", metavar="FILE", help="also write the 3D instance map (instance ids) to this label file")
     q.add_argument("--qc", metavar="FILE.json", help="also write per-label and per-instance scores and provenance as JSON")
-    q.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the model's)")
-    q.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (default 4)")
-    q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    q.add_argument("--score-threshold", type=values.fraction, help="drop detections below this score (default: the model's)")
+    q.add_argument("--batch-size", type=values.positive_int, default=4, help="slices per forward pass (default 4)")
+    q.add_argument("--device", type=values.device, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     q.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(run=_run_baseline_predict)
