@@ -31,7 +31,7 @@ from medseg.errors import InputError
 from medseg.metrics import MaskAP, dice_per_label, hausdorff95_per_label, mask_ap, mean_dice, surface_dice_per_label
 from medseg.volume import LabelVolume
 
-from napari_plugin._layer_picker import LayerPicker, same_layer
+from napari_plugin._layer_picker import LayerPicker, fit_columns, same_layer
 from napari_plugin._layers import LABELS_KEY, label_volume, layer_volume
 from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
@@ -115,8 +115,9 @@ class MetricsPanel(QWidget):
         self.controls = TaskControls("Compute")
         self.copy = QPushButton("Copy table")
         self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", "HD95", "surface Dice"])
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", "HD95", "surf. Dice"])
+        self.table.horizontalHeaderItem(4).setToolTip("surface Dice at the tolerance (MONAI: boundary voxels counted)")
+        fit_columns(self.table, stretch=1)
         self.table.verticalHeader().setVisible(False)
 
         inputs = QGroupBox("Layers")
@@ -133,6 +134,19 @@ class MetricsPanel(QWidget):
         layout.addStretch(1)
         self.controls.run.clicked.connect(self._on_compute)
         self.copy.clicked.connect(self._on_copy)
+        viewer.layers.events.inserted.connect(self._pick_distinct)
+        viewer.layers.events.removed.connect(self._pick_distinct)
+        self._pick_distinct()
+
+    def _pick_distinct(self, *_: Any) -> None:
+        """Defaults that can be scored: the truth a layer named like one, the prediction another layer."""
+        layers = self.prediction.layers()
+        if len(layers) < 2 or not same_layer(self.prediction.layer(), self.truth.layer()):
+            return
+        truthy = [layer for layer in layers if "truth" in layer.name.lower() or "ground" in layer.name.lower()]
+        truth = truthy[0] if truthy else layers[0]
+        self.truth.set_layer(truth)
+        self.prediction.set_layer(next(layer for layer in reversed(layers) if not same_layer(layer, truth)))
 
     def _on_compute(self) -> None:
         pred_layer, truth_layer = self.prediction.layer(), self.truth.layer()
@@ -152,7 +166,7 @@ class MetricsPanel(QWidget):
 
     def _show(self, scores: Scores) -> None:
         unit = "mm" if scores.millimetres else "voxels"
-        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", f"HD95 ({unit})", "surface Dice"])
+        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", f"HD95 ({unit})", "surf. Dice"])
         self.table.setRowCount(0)
         for value, name in scores.names.items():
             row = self.table.rowCount()

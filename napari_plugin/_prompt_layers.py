@@ -110,6 +110,20 @@ class PromptLayers:
         """Delete every marker of ``obj_id``."""
         self._remove_where("object", obj_id)
 
+    def set_markers(self, markers: list[Marker]) -> None:
+        """Replace every point and box by ``markers`` (mask markers are kept elsewhere): Undo/Redo."""
+        points = [m for m in markers if m.point is not None]
+        boxes = [m for m in markers if m.box is not None]
+        self.points.data = np.array([(m.z, *m.point) for m in points], dtype=float).reshape(-1, 3)
+        self.points.features = {"uid": [m.uid for m in points], "object": [m.obj_id for m in points],
+                                "positive": [m.positive for m in points]}
+        self.boxes.data = []
+        if boxes:
+            self.boxes.add_rectangles([np.array([[m.z, m.box[0], m.box[1]], [m.z, m.box[0], m.box[3]],
+                                                 [m.z, m.box[2], m.box[3]], [m.z, m.box[2], m.box[1]]]) for m in boxes])
+        self.boxes.features = {"uid": [m.uid for m in boxes], "object": [m.obj_id for m in boxes]}
+        self.recolour()
+
     def _remove_where(self, feature: str, value: int) -> None:
         for layer in (self.points, self.boxes):
             rows = np.flatnonzero(np.asarray(layer.features[feature]) == value)

@@ -1,0 +1,94 @@
+"""The Save row of the SAM2 panel: a path per image, never an input, overwrite only when asked.
+
+The path is the image's own (``Workspace.save_path``, suggested beside its source), so saving
+image B never writes over image A's labels. A path that is one of the viewer's inputs (a
+file or DICOM series a layer was read from) is refused before anything is written; an
+existing file is overwritten only after the user says yes (``ask_overwrite``, a QMessageBox
+question, replaceable so tests can answer it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QMessageBox, QPushButton, QWidget
+
+from medseg.errors import InputError
+
+from napari_plugin._layers import SOURCE_KEY, VOLUME_KEY
+
+_FILTERS = "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;DICOM SEG (*.dcm)"
+
+
+def input_paths(layers: Iterable[Any]) -> set[Path]:
+    """Every file or folder the layers were read from (sources and DICOM source files)."""
+    found: set[Path] = set()
+    for layer in layers:
+        source = layer.metadata.get(SOURCE_KEY) or getattr(layer.source, "path", None)
+        if source:
+            found.add(Path(source).expanduser().resolve())
+        volume = layer.metadata.get(VOLUME_KEY)
+        found.update(Path(f).resolve() for f in getattr(volume, "source_files", ()))
+    return found
+
+
+def check_output_path(path: Path, inputs: set[Path]) -> Path:
+    """``path`` resolved; ``InputError`` when it is one of ``inputs`` or lies in an input DICOM folder's files."""
+    resolved = path.expanduser().resolve()
+    if resolved in inputs:
+        raise InputError(f"{resolved} is one of the opened inputs: saving there would destroy it; choose another file name")
+    if resolved.is_dir():
+        raise InputError(f"{resolved} is a folder: give a file name ending in .nii.gz, .nrrd, .mha or .dcm")
+    return resolved
+
+
+def ask_overwrite_dialog(parent: QWidget, path: Path) -> bool:
+    """Ask before replacing ``path``; True when the user says yes."""
+    answer = QMessageBox.question(parent, "Overwrite?", f"{path} exists. Replace it?",
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes
+
+
+class SaveRow(QWidget):
+    """Path, browse and Save; ``target(inputs)`` says where a save may go (or raises)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("labels.nii.gz, .nrrd, .mha or .dcm (DICOM SEG)")
+        self.browse = QPushButton("…")
+        self.browse.setMaximumWidth(30)
+        self.save = QPushButton("Save")
+        self.ask_overwrite: Callable[[Path], bool] = lambda path: ask_overwrite_dialog(self, path)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path)
+        row.addWidget(self.browse)
+        row.addWidget(self.save)
+
+    def choose(self) -> bool:
+        """The file dialog (it asks about overwriting itself); True when a path was chosen."""
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", self.path.text(), _FILTERS,
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
+        if path:
+            self.path.setText(path)
+        return bool(path)
+
+    def target(self, inputs: set[Path]) -> Path | None:
+        """Where to write: the checked path, or None when the user declined to overwrite.
+
+        Raises
+        ------
+        InputError
+            No path, a folder, or one of the inputs.
+        """
+        text = self.path.text().strip()
+        if not text:
+            raise InputError("no file name: type one or press … to choose where to save")
+        path = check_output_path(Path(text), inputs)
+        if path.exists() and not self.ask_overwrite(path):
+            return None
+        return path
