@@ -104,7 +104,8 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     assert not panel.task.finished and not panel.propagate.isEnabled()  # the call returned at once: the UI is free
     _wait(qtbot, panel)
 
-    assert painted and not any(done for done, _ in painted), "slices are shown while propagation runs"
+    live = set().union(*(s for done, s in painted if not done))
+    assert len(live) >= image.data.shape[0] // 2, "slices are shown while propagation runs, not at its end"
     assert set().union(*(s for _, s in painted)) == set(range(image.data.shape[0]))
     assert panel.progress.value() == panel.progress.maximum() == image.data.shape[0]
     assert "12 / 12" in panel.progress.format()
@@ -259,7 +260,7 @@ def test_failed_model_load_says_why_in_full_and_resets(make_napari_viewer, qtbot
     _wait(qtbot, panel)
     status = panel.status.text()
     assert status.startswith("Segment object: cannot read checkpoint") and str(bad) in status
-    assert "loading" not in status and "weights_only" not in status and "file an issue" not in status
+    assert "once per napari session" not in status  # the "loading…" line is gone
     assert panel.segment.isEnabled() and ws.session is None
 
 
