@@ -101,7 +101,8 @@ class BaselinePanel(QWidget):
 
         def run(progress: Progress, should_stop: StopFlag) -> tuple[MaskRCNNModel, Prediction]:
             model = models.get(path) or load_model(path)
-            return model, predict_instances(model, volume, score_threshold=threshold, device=device, progress=progress)
+            return model, predict_instances(model, volume, score_threshold=threshold, device=device, progress=progress,
+                                            should_stop=should_stop)
 
         def done(outcome: tuple[MaskRCNNModel, Prediction]) -> None:
             model, prediction = outcome

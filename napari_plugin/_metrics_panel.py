@@ -28,7 +28,8 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import InputError
-from medseg.metrics import MaskAP, dice_per_label, hausdorff95_per_label, mask_ap, mean_dice, surface_dice_per_label
+from medseg.metrics import MaskAP, evaluate, mask_ap, mean_dice
+from medseg.runtime import check_stop
 from medseg.volume import LabelVolume
 
 from napari_plugin._layer_picker import LayerPicker, fit_columns, same_layer
@@ -65,8 +66,9 @@ def compute_scores(
     tolerance_mm: float,
     instances: str,
     progress: Progress,
+    should_stop: StopFlag,
 ) -> Scores:
-    """Every metric of the panel, one ``medseg.metrics`` call after the other."""
+    """Every metric of the panel: ``medseg.metrics.evaluate`` (the pipeline's), then mask AP in 3D and 2D."""
     truth_array = truth.array if isinstance(truth, LabelVolume) else truth
     labels = [int(v) for v in np.unique(truth_array) if v != 0]
     if not labels:
@@ -75,20 +77,16 @@ def compute_scores(
     for item in (pred, truth):  # the truth's names win
         if isinstance(item, LabelVolume):
             names.update(item.label_names)
-    steps = [
-        lambda: dice_per_label(pred, truth, labels=labels),
-        lambda: hausdorff95_per_label(pred, truth, labels=labels),
-        lambda: surface_dice_per_label(pred, truth, labels=labels, tolerance_mm=tolerance_mm),
-        lambda: mask_ap([(pred, truth)], labels=labels, mode="3d", instances=instances),
-        lambda: mask_ap([(pred, truth)], labels=labels, mode="2d", instances=instances),
-    ]
-    results = []
-    for done, step in enumerate(steps, start=1):
-        results.append(step())
-        progress(done, len(steps))
+    case = evaluate(pred, truth, labels=labels, surface_tolerance_mm=tolerance_mm,
+                    progress=lambda done, _: progress(done, 5), should_stop=should_stop)
+    aps = []
+    for done, mode in enumerate(("3d", "2d"), start=4):
+        check_stop(should_stop, "mask AP")
+        aps.append(mask_ap([case.ap_pair], labels=labels, mode=mode, instances=instances))
+        progress(done, 5)
     return Scores(
-        {v: names.get(v, f"label {v}") for v in labels}, *results,
-        millimetres=isinstance(pred, LabelVolume) or isinstance(truth, LabelVolume),
+        {v: names.get(v, f"label {v}") for v in labels}, case.dice, case.hd95_mm, case.surface_dice, *aps,
+        millimetres=case.millimetres,
         untrained=isinstance(pred, LabelVolume) and pred.untrained,
     )
 
@@ -160,7 +158,8 @@ class MetricsPanel(QWidget):
         tolerance, instances = self.tolerance.value(), self.instances.currentText()
 
         def run(progress: Progress, should_stop: StopFlag) -> Scores:
-            return compute_scores(pred, truth, tolerance_mm=tolerance, instances=instances, progress=progress)
+            return compute_scores(pred, truth, tolerance_mm=tolerance, instances=instances, progress=progress,
+                                  should_stop=should_stop)
 
         self.controls.start(run, label="Metrics", on_done=self._show)
 

@@ -16,6 +16,7 @@ from typing import Any
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QMessageBox, QPushButton, QWidget
 
 from medseg.errors import InputError
+from medseg.outputs import check_output
 
 from napari_plugin._layers import SOURCE_KEY, VOLUME_KEY
 
@@ -32,16 +33,6 @@ def input_paths(layers: Iterable[Any]) -> set[Path]:
         volume = layer.metadata.get(VOLUME_KEY)
         found.update(Path(f).resolve() for f in getattr(volume, "source_files", ()))
     return found
-
-
-def check_output_path(path: Path, inputs: set[Path]) -> Path:
-    """``path`` resolved; ``InputError`` when it is one of ``inputs`` or lies in an input DICOM folder's files."""
-    resolved = path.expanduser().resolve()
-    if resolved in inputs:
-        raise InputError(f"{resolved} is one of the opened inputs: saving there would destroy it; choose another file name")
-    if resolved.is_dir():
-        raise InputError(f"{resolved} is a folder: give a file name ending in .nii.gz, .nrrd, .mha or .dcm")
-    return resolved
 
 
 def ask_overwrite_dialog(parent: QWidget, path: Path) -> bool:
@@ -83,12 +74,16 @@ class SaveRow(QWidget):
         Raises
         ------
         InputError
-            No path, a folder, or one of the inputs.
+            No path, or a folder.
+        OutputError
+            One of the inputs, or inside an input folder (``medseg.outputs.check_output``).
         """
         text = self.path.text().strip()
         if not text:
             raise InputError("no file name: type one or press … to choose where to save")
-        path = check_output_path(Path(text), inputs)
+        path = check_output(Path(text), inputs=inputs, what="labels file")
+        if path.is_dir():
+            raise InputError(f"{path} is a folder: give a file name ending in .nii.gz, .nrrd, .mha or .dcm")
         if path.exists() and not self.ask_overwrite(path):
             return None
         return path

@@ -229,7 +229,7 @@ def test_save_is_per_image_asks_before_overwriting_and_refuses_inputs(make_napar
     with unmodified(path_a):
         panel.save_row.path.setText(str(path_a))  # an input
         _click(qtbot, panel.save_row.save)
-    assert "one of the opened inputs" in panel.status.text()
+    assert f"is the input {path_a}" in panel.status.text()
 
 
 def test_failed_model_load_says_why_in_full_and_resets(make_napari_viewer, qtbot, phantom_file, tmp_path):

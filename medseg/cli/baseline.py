@@ -61,11 +61,14 @@ _TRAIN_OPTIONS = (
 
 
 def _run_baseline_train(args: argparse.Namespace) -> None:
+    from medseg.cli.progress import tqdm_progress
     from medseg.manifest import load_manifest
     from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
 
     config = TrainConfig(**{name: getattr(args, name) for name in _TRAIN_OPTIONS if getattr(args, name) is not None})
-    model = load_model(train_from_cohort(load_manifest(args.manifest), args.out, config=config, progress_bar=not args.no_progress))
+    cohort = load_manifest(args.manifest)
+    with tqdm_progress("Mask R-CNN training", "step", disable=args.no_progress) as progress:
+        model = load_model(train_from_cohort(cohort, args.out, config=config, progress=progress))
     print(f"model: {model.directory} ({model.config.backbone}, {model.steps} steps, classes {model.classes})")
     if model.validation:
         last = model.validation[-1]
@@ -79,16 +82,18 @@ def _run_baseline_train(args: argparse.Namespace) -> None:
 def _run_baseline_predict(args: argparse.Namespace) -> None:
     import json
 
+    from medseg.cli.progress import tqdm_progress
     from medseg.io import load_volume, save_labels
     from medseg.maskrcnn import load_model, predict_instances
     from medseg.volume import UNTRAINED_BANNER, LabelVolume
 
     model = load_model(args.model)
     volume = load_volume(args.volume, series_uid=args.series_uid)
-    prediction = predict_instances(
-        model, volume, score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
-        progress_bar=not args.no_progress,
-    )
+    with tqdm_progress("Mask R-CNN", "slice", disable=args.no_progress) as progress:
+        prediction = predict_instances(
+            model, volume, score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
+            progress=progress,
+        )
     labels, instances = prediction.labels, prediction.instances
     print(f"wrote {save_labels(labels, volume, args.out)}")
     for value in labels.labels:
