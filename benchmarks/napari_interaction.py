@@ -170,7 +170,7 @@ def measure_scroll_and_3d(viewer, image, repeats: int, *, prefix: str) -> dict:
             toggle.append(time.perf_counter() - started)
         freeze3d.append(meter.longest_s)
         started = time.perf_counter()
-        viewer.camera.angles = (10.0, 30.0, 60.0)
+        viewer.scene.camera.angles = (10.0, 30.0, 60.0)
         _draw(viewer)
         camera.append(time.perf_counter() - started)
         viewer.dims.ndisplay = 2

@@ -5,8 +5,8 @@ window as contrast limits (``_layers.suggest_preset``), the layer transform of `
 (scale = spacing, LPS-flipped axes), the ``Volume`` and the source path in its metadata, so
 that segmenting and saving use its exact geometry.
 
-A label map (integer values, mostly background, a few distinct values: decided from the
-voxels, not the file name) opens as a Labels layer on its own grid, so it overlays its
+A label map (stored as integers, whole non-negative values, mostly background, a few
+distinct values: decided from the header and the voxels, not the file name) opens as a Labels layer on its own grid, so it overlays its
 image and every Labels picker offers it. A study folder opens every image series that reads;
 the ones that do not are listed (description, number of slices, reason) in a warning.
 
@@ -87,14 +87,18 @@ def read_volume(path: str | list[str]) -> LayerData:
     return layers
 
 
-def is_label_map(array: np.ndarray) -> bool:
-    """True for whole non-negative values, few of them, mostly 0 (a segmentation, not an image).
+def is_label_map(array: np.ndarray, *, stored_as_integers: bool = True) -> bool:
+    """True for integers on disk, whole non-negative values, few of them, mostly 0: a segmentation.
 
     >>> is_label_map(np.array([[0, 0, 0, 1], [0, 0, 2, 2]], dtype=np.float32))
     True
     >>> is_label_map(np.array([[-1000, 40], [60, 300]], dtype=np.float32))
     False
+    >>> is_label_map(np.array([[0, 0, 0, 1000]], dtype=np.float32), stored_as_integers=False)
+    False
     """
+    if not stored_as_integers:  # label maps are written as integers; a float file is an image
+        return False
     sample = array[::2, ::2, ::2] if array.ndim == 3 else array
     if sample.size == 0 or sample.min() < 0 or not np.array_equal(sample, np.round(sample)):
         return False
@@ -114,12 +118,32 @@ def claim_reader_patterns() -> None:
         get_settings().plugins.extension2reader = {**preferences, **missing}
 
 
+def stored_as_integers(path: Path) -> bool:
+    """Whether a NIfTI / NRRD / MetaImage file stores integer voxels (its header, no voxels read)."""
+    name = path.name.lower()
+    if name.endswith(_NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        header = nib.load(path).header
+        scaled = header.get_slope_inter()[0] not in (None, 1.0)
+        return np.issubdtype(header.get_data_dtype(), np.integer) and not scaled
+    if name.endswith(_ITK_SUFFIXES):
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return "float" not in sitk.GetPixelIDValueAsString(reader.GetPixelID()) and reader.GetNumberOfComponents() == 1
+    return False  # DICOM image series: images (DICOM SEG / RTSTRUCT are not read here)
+
+
 def _layer_data(volume: Any, name: str, source: str) -> tuple[Any, dict[str, Any], str]:
     from medseg.volume import LabelVolume
 
     from napari_plugin._layers import SOURCE_KEY, image_layer_data, labels_layer_data
 
-    if not is_label_map(volume.array):
+    path = Path(source)
+    if path.is_dir() or not is_label_map(volume.array, stored_as_integers=stored_as_integers(path)):
         return image_layer_data(volume, name, source=source)
     labels = LabelVolume.like(volume, volume.array.astype(np.int32))
     data, kwargs, kind = labels_layer_data(labels, volume, name)

@@ -24,8 +24,6 @@ from typing import Any
 import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,7 +32,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -48,6 +45,7 @@ from napari_plugin._keys import bind_shortcuts, help_text
 from napari_plugin._layer_picker import LayerPicker, same_layer
 from napari_plugin._layers import volume_of_image
 from napari_plugin._model_picker import LoadedModels, ModelPicker
+from napari_plugin._object_table import ObjectTable
 from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_markers
 from napari_plugin._save_row import SaveRow, input_paths
 from napari_plugin._tasks import Progress, StopFlag, Task, TaskControls
@@ -75,15 +73,7 @@ class Sam2Panel(QWidget):
         self.model = ModelPicker()
         self.precompute = QPushButton("Precompute embeddings")
         self.precompute.setToolTip("Encode every slice now (cancellable), so later clicks and propagation are fast")
-        self.objects = QTableWidget(0, 2)
-        self.objects.setHorizontalHeaderLabels(["label", "name"])
-        self.objects.horizontalHeader().setStretchLastSection(True)
-        self.objects.verticalHeader().setVisible(False)
-        self.objects.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-        self.objects.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.objects.setMinimumHeight(100)
-        self.objects.setMaximumHeight(130)
-        self.objects.setColumnWidth(0, 60)
+        self.objects = ObjectTable()
         self.add_object = QPushButton("+ object")
         self.remove_object = QPushButton("− object")
         self.accept = QPushButton("Accept (Shift-C)")
@@ -316,27 +306,13 @@ class Sam2Panel(QWidget):
     # --- objects ----------------------------------------------------------------------------
     def _refresh_objects(self, select: int | None = None) -> None:
         ws = self.workspace
-        self.objects.blockSignals(True)
-        self.objects.setRowCount(0)
-        for obj_id, name in (ws.objects.items() if ws else []):
-            row = self.objects.rowCount()
-            self.objects.insertRow(row)
-            value = QTableWidgetItem(f"{obj_id} ✓" if obj_id in ws.accepted else str(obj_id))
-            value.setData(Qt.ItemDataRole.UserRole, obj_id)
-            value.setFlags(value.flags() & ~Qt.ItemFlag.ItemIsEditable)
-            value.setBackground(QColor.fromRgbF(*ws.colour_of(obj_id)))
-            self.objects.setItem(row, 0, value)
-            self.objects.setItem(row, 1, QTableWidgetItem(name))
-        self.objects.blockSignals(False)
-        if ws:
-            ids = list(ws.objects)
-            self.objects.selectRow(ids.index(select) if select in ids else 0)
+        if ws is None:
+            self.objects.setRowCount(0)
+            return
+        self.objects.show_objects(ws.objects, accepted=ws.accepted, colour_of=ws.colour_of, select=select)
 
     def current_object(self) -> int | None:
-        rows = self.objects.selectionModel().selectedRows()
-        if not rows or self.workspace is None:
-            return None
-        return int(self.objects.item(rows[0].row(), 0).data(Qt.ItemDataRole.UserRole))
+        return None if self.workspace is None else self.objects.current()
 
     def select_object(self, obj_id: int) -> None:
         """Make ``obj_id`` the object new markers prompt (as clicking its row does)."""
@@ -352,7 +328,7 @@ class Sam2Panel(QWidget):
     def _on_object_renamed(self, item: QTableWidgetItem) -> None:
         ws = self.workspace
         if ws is not None and item.column() == 1:
-            obj_id = int(self.objects.item(item.row(), 0).data(Qt.ItemDataRole.UserRole))
+            obj_id = self.objects.object_at(item.row())
             ws.rename(obj_id, item.text().strip() or f"object {obj_id}")
 
     def _on_add_object(self) -> None:

@@ -3,12 +3,13 @@ pushed out of view, the labels drawn where their voxels are (a screenshot, under
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 import napari_plugin  # noqa: F401  (loads triton beside Mesa before any torch import)
-from medseg.metrics import MaskAP
-from napari_plugin._metrics_panel import Scores
+from napari_plugin._metrics_panel import as_label_map, compute_scores
 
 pytestmark = pytest.mark.napari
 
@@ -42,10 +43,10 @@ def test_metrics_columns_and_reference_cells_fit_the_default_dock(docked, qtbot)
     viewer, widget, *_ = docked
     metrics = widget.metrics
     widget.tabs.setCurrentIndex(3)
-    ap = MaskAP(mode="3d", ap=0.5, ap50=0.5, ap75=0.5, ap_small=0.5, ap_medium=0.5, ap_large=0.5, ar100=0.5,
-                per_label={1: 0.5}, n_images=1, n_truth=1, n_predicted=1, constant_score=True)
-    metrics._show(Scores({1: "liver", 2: "spleen", 3: "kidney"}, {1: 0.912, 2: 1.0, 3: 0.0}, {1: 1.5, 2: 0.0, 3: np.inf},
-                         {1: 0.8, 2: 1.0, 3: 0.0}, ap, ap, millimetres=True, untrained=False))
+    truth = as_label_map(viewer.layers["phantom ground truth"])
+    predicted = replace(truth, array=np.where(truth.array == 3, 0, truth.array))
+    metrics._show(compute_scores(predicted, truth, tolerance_mm=2.0, instances="components",
+                                 progress=lambda *_: None, should_stop=lambda: False))
     qtbot.wait(50)
     header, table = metrics.table.horizontalHeader(), metrics.table
     last = table.columnCount() - 1
