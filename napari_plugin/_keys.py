@@ -1,7 +1,7 @@
 """Keyboard shortcuts of the SAM2 panel, bound through napari's keybinding system.
 
 The keys are chosen not to clash with napari's own layer keys (Points: A, S, Z, P, 1-5;
-Labels: P, E, F, L, M, B, X, [ ]; Shapes: the mode letters), so they work whichever prompt or
+Labels: P, E, F, L, M, B, X, [ ]; Shapes: its mode letters), so they work whichever prompt or
 labels layer is active: a layer's own binding wins in napari, the viewer's applies otherwise.
 Micro-sam's habits where they do not clash: a key to segment, Shift for the volume, a key
 to commit (accept) an object.
@@ -23,6 +23,7 @@ class Shortcut:
 
 SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("A", "place_points", "place points (the prompts layer, add mode)"),
+    Shortcut("Shift-B", "draw_box", "draw a box (the boxes layer, rectangle mode)"),
     Shortcut("T", "toggle_negative", "toggle positive / negative points (or shift-click)"),
     Shortcut("G", "segment_object", "segment the object on its prompted slices"),
     Shortcut("Shift-G", "propagate_volume", "propagate through the volume"),

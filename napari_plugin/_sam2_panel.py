@@ -80,6 +80,8 @@ class Sam2Panel(QWidget):
         self.accept.setToolTip("Keep this object as it is now; SAM2 forgets its prompts and moves on to a new object")
         self.clear = QPushButton("Clear prompts")
         self.clear.setToolTip("Remove this object's points, boxes and mask (accepted voxels stay)")
+        self.box = QPushButton("Draw box (Shift-B)")
+        self.box.setToolTip("Drag a box around the object on this slice (one box per object per slice)")
         self.negative = QCheckBox("Negative points (T, or shift-click)")
         self.negative.setToolTip("Place background points (red) instead of object points (green)")
         self.mask_prompt = QPushButton("Slice as mask prompt")
@@ -148,7 +150,8 @@ class Sam2Panel(QWidget):
         grid.addWidget(self.accept, 2, 0)
         grid.addWidget(self.clear, 2, 1)
         grid.addWidget(self.negative, 3, 0)
-        grid.addWidget(self.mask_prompt, 3, 1)
+        grid.addWidget(self.box, 3, 1)
+        grid.addWidget(self.mask_prompt, 4, 0, 1, 2)
         actions = QGroupBox("Segment")
         grid = QGridLayout(actions)
         grid.addWidget(self.segment, 0, 0)
@@ -177,6 +180,7 @@ class Sam2Panel(QWidget):
         self.accept.clicked.connect(self.accept_object)
         self.clear.clicked.connect(self.clear_object)
         self.negative.toggled.connect(self._on_negative)
+        self.box.clicked.connect(self.draw_box)
         self.mask_prompt.clicked.connect(self._on_mask_prompt)
         self.segment.clicked.connect(self._on_segment)
         self.controls.run.clicked.connect(self._on_propagate)
@@ -196,6 +200,14 @@ class Sam2Panel(QWidget):
             ws.restore_layers()
             self.viewer.layers.selection.active = ws.prompts.points
             ws.prompts.points.mode = "add"
+
+    def draw_box(self) -> None:
+        """Make the boxes layer active in rectangle mode: a drag on the image draws a box."""
+        ws = self.workspace
+        if ws is not None:
+            ws.restore_layers()
+            self.viewer.layers.selection.active = ws.prompts.boxes
+            ws.prompts.boxes.mode = "add_rectangle"
 
     def toggle_negative(self) -> None:
         self.negative.toggle()

@@ -300,7 +300,8 @@ class Workspace:
         data, kwargs, _ = labels_layer_data(LabelVolume.like(self.volume), self.volume, f"{self.image.name} medseg")
         kwargs["opacity"] = 0.6
         layer = self.viewer.add_labels(data, **kwargs)
-        self.viewer.layers.selection.active = self.prompts.points  # clicks keep going to the prompts
+        if self.prompts.layers:
+            self.viewer.layers.selection.active = self.prompts.layers[0]  # clicks keep going to the prompts
         self.prompts.recolour()
         return layer
 

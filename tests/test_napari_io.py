@@ -262,7 +262,10 @@ def test_integer_label_file_opens_as_labels_on_its_image(make_napari_viewer, pha
 
 def test_a_plain_open_does_not_ask_which_reader(make_napari_viewer, phantom_case):
     viewer = make_napari_viewer()
+    from napari.plugins.utils import get_preferred_reader
+
     viewer.window.add_plugin_dock_widget("medseg", "medseg")  # the plugin claims its formats
+    assert get_preferred_reader(str(phantom_case.image)) == "medseg"
 
     [layer] = viewer.open(str(phantom_case.image))  # no plugin named: napari must not ask
 
