@@ -46,6 +46,7 @@ class BaselinePanel(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self._models: dict[Path, MaskRCNNModel] = {}
+        self.instances = None  # the last run's InstanceMap (what the table lists)
         self.image = LayerPicker(viewer, napari.layers.Image)
         self.model_dir = QLineEdit()
         self.model_dir.setPlaceholderText("model directory from `medseg baseline train`")
@@ -113,6 +114,7 @@ class BaselinePanel(QWidget):
 
     def _show(self, image: Any, volume: Volume, model: MaskRCNNModel, prediction: Prediction) -> None:
         labels, instances = prediction.labels, prediction.instances
+        self.instances = instances
         put_labels(self.viewer, labels_layer_data(labels, volume, f"{image.name} Mask R-CNN"))
         self.objects.setRowCount(0)
         present = {int(v) for v in np.unique(instances.array) if v}

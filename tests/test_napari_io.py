@@ -267,7 +267,9 @@ def test_a_plain_open_does_not_ask_which_reader(make_napari_viewer, phantom_case
     viewer.window.add_plugin_dock_widget("medseg", "medseg")  # the plugin claims its formats
     assert get_preferred_reader(str(phantom_case.image)) == "medseg"
 
-    [layer] = viewer.open(str(phantom_case.image))  # no plugin named: napari must not ask
+    viewer.window._qt_viewer._qt_open([str(phantom_case.image)], stack=False)  # File ▸ Open: no plugin named
+
+    [layer] = viewer.layers  # opened, without the "Choose reader" dialog
 
     assert "medseg_volume" in layer.metadata
 
