@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from medseg.cli.outputs import add_dicom_format
+from medseg.cli import values
 from medseg.cli.segment import add_sam2_runtime_options
 
 
@@ -32,9 +33,9 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
                    "baseline-middle: supports in the query's middle, propagation both ways")
     p.add_argument("--model", default="sam2.1-tiny", help="registry name (sam2.1-tiny|small|base-plus|large, medsam2, untrained) or a checkpoint path (default sam2.1-tiny)")
     p.add_argument("--label", action="append", default=[], metavar="ID=NAME", help="segment this label (value=name); repeatable (default: every label of the references)")
-    p.add_argument("--k", type=int, default=3, help="support slices sampled per label and reference (default 3)")
+    p.add_argument("--k", type=values.positive_int, default=3, help="support slices sampled per label and reference (default 3)")
     p.add_argument("--top-k", type=_none_or(int), default=3, metavar="N|none", help="revsam2: re-prompt with at most N query slices (default 3)")
-    p.add_argument("--threshold", type=_none_or(float), default=0.5, metavar="DICE|none", help="revsam2: minimum reverse score of a selected slice (default 0.5)")
+    p.add_argument("--threshold", type=_none_or(values.fraction), default=0.5, metavar="DICE|none", help="revsam2: minimum reverse score of a selected slice (default 0.5)")
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")
@@ -74,9 +75,9 @@ def _run_fewshot(args: argparse.Namespace) -> None:
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
-    from medseg.outputs import check_output, check_writable
-    from medseg.pipeline.results import write_json
     from medseg.cli.progress import tqdm_progress
+    from medseg.outputs import check_outputs
+    from medseg.pipeline.results import write_json
     from medseg.revsam2 import SupportEntry, SupportSet, segment_with_references
     from medseg.sam2 import load_model
     from medseg.volume import UNTRAINED_BANNER
@@ -85,10 +86,8 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     drawn = [_parse_support_option("--support-from-query", items, ("LABELS",)) for items in args.support_from_query]
     if not others and not drawn:
         raise ConfigError("no reference: give --support IMAGE LABELS and/or --support-from-query LABELS")
-    inputs = [args.query, args.model, *(path for paths, _ in others for path in paths), *(paths[0] for paths, _ in drawn)]
-    for path, what in ((args.out, "--out"), (args.qc, "--qc")):
-        if path is not None:
-            check_writable(check_output(path, inputs=inputs, what=what), what=what)
+    check_outputs({"--out": args.out, "--qc": args.qc},
+                  inputs=[args.query, args.model, *(p for paths, _ in others + drawn for p in paths)])
     label_map = {}
     for text in args.label:
         value, _, name = text.partition("=")

@@ -48,7 +48,7 @@ def _run_segment(args: argparse.Namespace) -> None:
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
-    from medseg.outputs import check_output, check_writable
+    from medseg.outputs import check_outputs
     from medseg.pipeline.results import write_json
     from medseg.prompts import Prompts
     from medseg.sam2 import Sam2VolumePredictor
@@ -56,10 +56,7 @@ def _run_segment(args: argparse.Namespace) -> None:
     from medseg.volume import UNTRAINED_BANNER
 
     volume = load_volume(args.volume, series_uid=args.series_uid)
-    inputs = [args.volume, args.mask, args.model]
-    for path, what in ((args.out, "--out"), (args.qc, "--qc")):
-        if path is not None:
-            check_writable(check_output(path, inputs=inputs, what=what), what=what)
+    check_outputs({"--out": args.out, "--qc": args.qc}, inputs=[args.volume, args.mask, args.model])
     prompts = Prompts.from_dict(args.prompts) if args.prompts else Prompts()
     for obj_id, v in args.point:
         prompts.add_point(obj_id, int(v[0]), v[1], v[2], positive=bool(v[3]) if len(v) == 4 else True)
