@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg.errors import MedsegError
+from medseg.errors import Cancelled, MedsegError
 from medseg.sam2.qc import qc_summary
 
 from napari_plugin._layer_picker import LayerPicker, same_layer
@@ -358,7 +358,10 @@ class Sam2Panel(QWidget):
         def run(progress: Progress, should_stop: StopFlag):
             started = time.perf_counter()
             session, _ = send_markers(lambda *_: None, should_stop)
-            result = session.propagate(progress=progress, should_stop=should_stop)
+            try:
+                result = session.propagate(progress=progress, should_stop=should_stop)
+            except Cancelled:  # the session's labels are as they were
+                result = None
             return session, result, time.perf_counter() - started
 
         def done(outcome) -> None:

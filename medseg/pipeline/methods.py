@@ -164,7 +164,8 @@ class _Sam2Family(Method):
             get_preset(setup.options.preset)
 
     def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
-        from medseg.weights import REGISTRY, fetch_checkpoint, sha256_file
+        from medseg.runtime import sha256_file
+        from medseg.weights import REGISTRY, fetch_checkpoint
 
         model = self.options.model
         if model not in REGISTRY:
@@ -174,7 +175,7 @@ class _Sam2Family(Method):
         if spec.untrained:
             return {"model": model, "checkpoint_sha256": None, "untrained": True}
         try:
-            path = fetch_checkpoint(spec, progress=progress_bar)
+            path = fetch_checkpoint(spec)
         except WeightsError as error:
             if self.options.fallback != "untrained":
                 raise
@@ -209,7 +210,7 @@ class Sam2(_Sam2Family):
     def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
         if not prompts.objects:
             raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is nothing to prompt")
-        return Segmentation(self._predictor().segment(volume, prompts, progress=False))
+        return Segmentation(self._predictor().segment(volume, prompts))
 
 
 @dataclass(frozen=True)
