@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import InputError, MedsegError
-from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, ReferenceSession, SupportSet
+from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, ReferenceSession, SupportEntry, SupportSet
 from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._layer_picker import LayerPicker
@@ -197,10 +197,12 @@ class ReferencePanel(QWidget):
             image, labels = self.references.cellWidget(row, 0).layer(), self.references.cellWidget(row, 1).layer()
             if image is None or labels is None:
                 raise InputError(f"reference {row + 1}: pick its image and its labels layer")
-            volume = query if image.unique_id == query_layer.unique_id else volume_of_image(image)
+            on_query = image.unique_id == query_layer.unique_id  # engineer F replaces this with an explicit choice
+            volume = query if on_query else volume_of_image(image)
             label_map = label_volume(labels.data, volume, result=labels.metadata.get(LABELS_KEY), name=labels.name)
             name = f"{image.name} / {labels.name}"
-            entries.append((volume, label_map, parse_slices(self.references.cellWidget(row, 2).text(), name)))
+            slices = parse_slices(self.references.cellWidget(row, 2).text(), name)
+            entries.append(SupportEntry(label_map, volume=None if on_query else volume, slices=slices, from_query=on_query))
             names.append(name)
         if not entries:
             raise InputError("no reference: add one (an annotated volume, or slices drawn on the query)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli.outputs import add_dicom_format
+
 
 def add_baseline(sub: argparse._SubParsersAction) -> None:
     # Defaults live in medseg.maskrcnn.TrainConfig (importing it here would load torch for
@@ -43,7 +45,8 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     q = actions.add_parser("predict", help="segment a volume with a trained model directory")
     q.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
     q.add_argument("--model", required=True, help="model directory written by `medseg baseline train`")
-    q.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
+    q.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    add_dicom_format(q)
     q.add_argument("--instances", metavar="FILE", help="also write the 3D instance map (instance ids) to this label file")
     q.add_argument("--qc", metavar="FILE.json", help="also write per-label and per-instance scores and provenance as JSON")
     q.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the model's)")
@@ -61,11 +64,14 @@ _TRAIN_OPTIONS = (
 
 
 def _run_baseline_train(args: argparse.Namespace) -> None:
+    from medseg.cli.progress import tqdm_progress
     from medseg.manifest import load_manifest
     from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
 
     config = TrainConfig(**{name: getattr(args, name) for name in _TRAIN_OPTIONS if getattr(args, name) is not None})
-    model = load_model(train_from_cohort(load_manifest(args.manifest), args.out, config=config, progress_bar=not args.no_progress))
+    cohort = load_manifest(args.manifest)
+    with tqdm_progress("Mask R-CNN training", "step", disable=args.no_progress) as progress:
+        model = load_model(train_from_cohort(cohort, args.out, config=config, progress=progress))
     print(f"model: {model.directory} ({model.config.backbone}, {model.steps} steps, classes {model.classes})")
     if model.validation:
         last = model.validation[-1]
@@ -79,18 +85,20 @@ def _run_baseline_train(args: argparse.Namespace) -> None:
 def _run_baseline_predict(args: argparse.Namespace) -> None:
     import json
 
+    from medseg.cli.progress import tqdm_progress
     from medseg.io import load_volume, save_labels
     from medseg.maskrcnn import load_model, predict_instances
     from medseg.volume import UNTRAINED_BANNER, LabelVolume
 
     model = load_model(args.model)
     volume = load_volume(args.volume, series_uid=args.series_uid)
-    prediction = predict_instances(
-        model, volume, score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
-        progress_bar=not args.no_progress,
-    )
+    with tqdm_progress("Mask R-CNN", "slice", disable=args.no_progress) as progress:
+        prediction = predict_instances(
+            model, volume, score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
+            progress=progress,
+        )
     labels, instances = prediction.labels, prediction.instances
-    print(f"wrote {save_labels(labels, volume, args.out)}")
+    print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     for value in labels.labels:
         print(f"  {value} {labels.label_names.get(value, '')}: {int((labels.array == value).sum())} voxels, score {labels.scores[value]:.3f}")
     if args.instances:

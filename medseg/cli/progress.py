@@ -1,27 +1,26 @@
-"""The one place the CLI turns an engine's ``progress(done, total)`` into a tqdm bar.
-
->>> with tqdm_progress("SAM2 propagation", "slice") as progress:    # doctest: +SKIP
-...     predictor.segment(volume, prompts, progress=progress)
-"""
+"""The CLI's face of the engine contract: a ``Progress`` callback drawn as a tqdm bar."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tqdm.auto import tqdm
-
 from medseg.runtime import Progress
 
 
 @contextmanager
-def tqdm_progress(desc: str, unit: str = "it", *, disable: bool = False) -> Iterator[Progress]:
-    """A ``Progress`` callback drawing one tqdm bar, closed when the block ends.
+def tqdm_progress(desc: str, unit: str, *, disable: bool = False) -> Iterator[Progress | None]:
+    """A ``progress(done, total)`` callback that draws a tqdm bar; None when ``disable``.
 
-    ``unit="B"`` scales bytes (kB, MB). ``total`` may grow between calls (a new phase starts);
-    the bar follows it. ``disable=True`` (``--no-progress``) draws nothing.
+    ``total`` may grow while the call runs (the engine contract allows it): the bar follows.
     """
-    with tqdm(total=None, desc=desc, unit=unit, unit_scale=unit == "B", disable=disable) as bar:
+    if disable:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=None, desc=desc, unit=unit) as bar:
+
         def progress(done: int, total: int) -> None:
             if bar.total != total:
                 bar.total = total
