@@ -238,6 +238,8 @@ class Sam2Session:
                         done += 1
                         report(progress, done, total)
         self._labels, self._confidence, self._labels_handed_out = labels, confidence, False
+        log.debug("propagated %d object(s) over %d slices; encoder runs so far %d, slices read from the store %d",
+                  len(self.prompts.objects), nz, self.cache.encoder_calls, self.cache.disk_hits)
         return self.result()
 
     def precompute(self, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> int:
