@@ -96,7 +96,7 @@ class EmbeddingStore:
     max_bytes
         Size cap; least recently used folders are removed beyond it.
     dtype
-        ``"float16"`` (half the disk, features differ from float32 in the 4th digit) or
+        ``"float16"`` (half the disk; features within 0.2% of the float32 ones) or
         ``"float32"`` (results identical to running without the store).
     """
 
