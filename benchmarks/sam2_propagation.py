@@ -90,11 +90,11 @@ def _worker(variant: str, n: int, size: int, image_size: int) -> dict:
         from medseg.prompts import Prompts
         from medseg.sam2 import Sam2VolumePredictor
 
-        predictor = Sam2VolumePredictor("untrained", image_size=image_size, device="cpu", preset="ct-soft-tissue")
+        predictor = Sam2VolumePredictor("untrained", image_size=image_size, device="cpu", preset="ct-soft-tissue", store=False)
         encoder = _warm_up_and_time_encoder(predictor.model.net, image_size)
         base = _rss_mb()
         start = time.perf_counter()
-        labels = predictor.segment(volume, Prompts().add_mask(1, mid, seed_mask), progress=False)
+        labels = predictor.segment(volume, Prompts().add_mask(1, mid, seed_mask))
         result["seconds"] = time.perf_counter() - start
         result["io_seconds"] = 0.0
         result["foreground"] = int((labels.array == 1).sum())

@@ -4,7 +4,8 @@ Checkpoints live in ``$MEDSEG_HOME/weights`` (``MEDSEG_HOME`` defaults to ``~/.c
 A download goes to ``<file>.part`` next to its final place, resumes with an HTTP ``Range``
 request when a ``.part`` is already there (and restarts cleanly when the server ignores the
 range), is verified, and only then renamed into place: a file under its final name is
-always complete. A lock file serialises concurrent downloads of the same checkpoint
+always complete (also when ``should_stop`` ends a download: the ``.part`` stays, to be
+resumed). A lock file serialises concurrent downloads of the same checkpoint
 (several Ray workers on one machine).
 
 Verification: where the SHA-256 of a published checkpoint is known it is pinned in
@@ -20,7 +21,6 @@ path as the model.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import WeightsError
+from medseg.runtime import Progress, ShouldStop, check_stop, report, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +128,13 @@ def weights_dir() -> Path:
     return medseg_home() / "weights"
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fetch_checkpoint(spec: ModelSpec | str, *, directory: str | Path | None = None, progress: bool = True) -> Path:
+def fetch_checkpoint(
+    spec: ModelSpec | str,
+    *,
+    directory: str | Path | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> Path:
     """The verified local checkpoint of ``spec``, downloading it first if it is not cached.
 
     Parameters
@@ -145,7 +144,11 @@ def fetch_checkpoint(spec: ModelSpec | str, *, directory: str | Path | None = No
     directory
         Cache directory; ``weights_dir()`` by default.
     progress
-        Show a tqdm bar for the download.
+        ``progress(bytes_done, bytes_total)`` after each downloaded chunk (``bytes_total`` is
+        ``bytes_done`` while the server does not say the size).
+    should_stop
+        Asked between chunks; True keeps the ``.part`` file (the next call resumes it) and
+        raises ``medseg.errors.Cancelled``.
 
     Raises
     ------
@@ -166,7 +169,7 @@ def fetch_checkpoint(spec: ModelSpec | str, *, directory: str | Path | None = No
 
     with FileLock(str(target) + ".lock"):
         if not target.exists():  # another process may have finished it while we waited
-            _download(spec, target, progress=progress)
+            _download(spec, target, progress=progress, should_stop=should_stop)
     verify_checkpoint(target, spec)
     return target
 
@@ -203,10 +206,8 @@ def verify_checkpoint(path: Path, spec: ModelSpec) -> str:
     return digest
 
 
-def _download(spec: ModelSpec, target: Path, *, progress: bool) -> None:
+def _download(spec: ModelSpec, target: Path, *, progress: Progress | None, should_stop: ShouldStop | None) -> None:
     """Download ``spec.url`` into ``target`` via ``target.part``, resuming a previous ``.part``."""
-    from tqdm.auto import tqdm
-
     part = target.with_name(target.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(spec.url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -216,7 +217,7 @@ def _download(spec: ModelSpec, target: Path, *, progress: bool) -> None:
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # the range starts past the end: the .part is bad
             part.unlink()
-            return _download(spec, target, progress=progress)
+            return _download(spec, target, progress=progress, should_stop=should_stop)
         raise _offline_error(spec, target, error) from error
     except (urllib.error.URLError, OSError) as error:
         raise _offline_error(spec, target, error) from error
@@ -228,12 +229,13 @@ def _download(spec: ModelSpec, target: Path, *, progress: bool) -> None:
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         try:
-            with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, desc=spec.filename, disable=not progress
-            ) as bar:
+            with open(part, "ab" if resumed else "wb") as f:
+                done = have
                 while chunk := response.read(_CHUNK):
                     f.write(chunk)
-                    bar.update(len(chunk))
+                    done += len(chunk)
+                    report(progress, done, total or done)
+                    check_stop(should_stop, f"download of {spec.filename} (resumable from {part})")
         except (OSError, http.client.HTTPException) as error:  # dropped: keep the .part for the next try
             raise WeightsError(
                 f"download of {spec.url} was interrupted after {part.stat().st_size} bytes ({error}); "
@@ -270,27 +272,3 @@ def _offline_error(spec: ModelSpec, target: Path, error: Exception) -> WeightsEr
         f"(set MEDSEG_HOME to change the cache location), or pass the file's path as the model. "
         f"Licence: {spec.licence}."
     )
-
-
-def load_state_dict(path: str | Path) -> dict:
-    """The model weights stored in a SAM2-style checkpoint, loaded with ``weights_only=True``.
-
-    Accepts ``{"model": state_dict}`` (Meta's and MedSAM2's format) or a bare state dict.
-    A truncated or non-PyTorch file raises ``WeightsError`` naming the file.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, pickle and zip errors for bad files
-        raise WeightsError(
-            f"cannot read checkpoint {path}: {error}. The file is truncated, corrupt or not a PyTorch "
-            f"checkpoint; delete it and download it again"
-        ) from error
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} is not a model checkpoint: expected a state dict or {{'model': state_dict}}")
-    return state

@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg.errors import Cancelled, MedsegError
+from medseg.errors import MedsegError
 from medseg.preprocess import PRESETS
 from medseg.sam2.qc import qc_summary
 
@@ -505,8 +505,6 @@ class Sam2Panel(QWidget):
             started = time.perf_counter()
             session, _ = sync()
             result = session.propagate(progress=progress, should_stop=should_stop, on_slice=keep)
-            if result is None:  # sessions before the engine contract returned None when stopped
-                raise Cancelled("propagation stopped on request")
             return session, result, time.perf_counter() - started
 
         def done(outcome) -> None:

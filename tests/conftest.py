@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from medseg.phantom import make_phantom, write_dicom_series
 from medseg.volume import LabelVolume, Volume
 
 SMALL_SHAPE = (12, 48, 48)
+
+# the on-disk SAM2 embedding store is on by default for users; tests ask for it explicitly
+os.environ["MEDSEG_EMBEDDINGS"] = "off"
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from medseg.cli import main
-from medseg.errors import InputError, WeightsError
+from medseg.errors import Cancelled, InputError, WeightsError
 from medseg.geometry import Geometry
 from medseg.prompts import Prompts
 from medseg.sam2 import FeatureCache, Sam2VolumePredictor, Tracker, VolumeFrames, load_model
+from medseg.sam2 import meta_internals
 from medseg.sam2.frames import model_input, to_model_xy, upsample_logits
+from medseg.sam2.meta_internals import Sam2VersionError
 from medseg.sam2.qc import qc_summary
 from medseg.sam2.session import plan_runs
 from medseg.volume import LabelVolume, Volume
@@ -70,7 +72,7 @@ def test_runs_cover_every_slice_once_from_the_nearest_prompt(prompted, n):
 # --- segment ------------------------------------------------------------------------------
 def test_mask_prompt_comes_back_exactly_and_geometry_is_kept(predictor, volume):
     mask = block_mask()
-    labels = predictor.segment(volume, Prompts().add_mask(1, 4, mask), progress=False)
+    labels = predictor.segment(volume, Prompts().add_mask(1, 4, mask))
     assert np.array_equal(labels.array[4] == 1, mask)
     assert labels.geometry is volume.geometry
     assert labels.array.shape == volume.shape and labels.array.dtype == np.int32
@@ -101,7 +103,7 @@ def test_object_ids_are_label_values_and_stay_separate(predictor, volume):
     prompts.object(3, "left")  # names travel to label_names
     prompts.object(7, "right")
     prompts.add_mask(3, 6, a).add_mask(7, 6, b)
-    labels = predictor.segment(volume, prompts, progress=False)
+    labels = predictor.segment(volume, prompts)
     assert np.array_equal(labels.array[6] == 3, a) and np.array_equal(labels.array[6] == 7, b)
     assert set(np.unique(labels.array)) <= {0, 3, 7}
     assert labels.label_names == {3: "left", 7: "right"}
@@ -110,7 +112,7 @@ def test_object_ids_are_label_values_and_stay_separate(predictor, volume):
 
 def test_output_is_labelled_untrained_with_provenance(predictor, volume):
     prompts = Prompts().add_box(1, 2, 10, 12, 25, 40).add_point(1, 2, 15, 20, positive=False)
-    labels = predictor.segment(volume, prompts, progress=False)
+    labels = predictor.segment(volume, prompts)
     assert labels.untrained is True
     p = labels.provenance
     assert (p["model"], p["image_size"], p["seed"], p["untrained"], p["checkpoint_sha256"]) == ("untrained", 128, 0, True, None)
@@ -125,7 +127,7 @@ def test_point_lands_at_the_right_model_coordinates(predictor, volume):
     frames = VolumeFrames(volume)
     tracker = Tracker(model, frames)
     tracker.set_prompts(3, 1, points_yx=[(y, x)], labels=[1])
-    coords = tracker._state["point_inputs_per_obj"][0][3]["point_coords"][0, 0].numpy()
+    coords = tracker._state.raw["point_inputs_per_obj"][0][3]["point_coords"][0, 0].numpy()
     expected = ((x + 0.5) * 128 / 56 - 0.5, (y + 0.5) * 128 / 40 - 0.5)
     np.testing.assert_allclose(coords, expected, atol=1e-4)
     # and that model pixel shows the voxel: a single bright voxel peaks there after the resize
@@ -138,15 +140,15 @@ def test_point_lands_at_the_right_model_coordinates(predictor, volume):
 
 def test_bad_prompts_are_clear_errors(predictor, volume):
     with pytest.raises(InputError, match="outside the volume"):
-        predictor.segment(volume, Prompts().add_point(1, 10, 5, 5), progress=False)
+        predictor.segment(volume, Prompts().add_point(1, 10, 5, 5))
     with pytest.raises(InputError, match="outside the volume"):
-        predictor.segment(volume, Prompts().add_box(1, 2, 0, 0, 40, 10), progress=False)
+        predictor.segment(volume, Prompts().add_box(1, 2, 0, 0, 40, 10))
     with pytest.raises(InputError, match="empty"):
-        predictor.segment(volume, Prompts().add_mask(1, 2, np.zeros(SHAPE[1:], bool)), progress=False)
+        predictor.segment(volume, Prompts().add_mask(1, 2, np.zeros(SHAPE[1:], bool)))
     with pytest.raises(InputError, match="no prompts"):
-        predictor.segment(volume, Prompts(), progress=False)
+        predictor.segment(volume, Prompts())
     with pytest.raises(InputError, match="one box per object"):
-        predictor.segment(volume, Prompts().add_box(1, 2, 1, 1, 5, 5).add_box(1, 2, 6, 6, 9, 9), progress=False)
+        predictor.segment(volume, Prompts().add_box(1, 2, 1, 1, 5, 5).add_box(1, 2, 6, 6, 9, 9))
 
 
 def test_unknown_model_name():
@@ -223,15 +225,42 @@ def test_predict_slice_reuses_the_slice_embedding(predictor, volume):
     assert set(np.unique(labels)) <= {0, 1, 2}
 
 
-def test_stop_leaves_labels_unchanged(predictor, volume):
+def test_stop_raises_cancelled_leaves_labels_and_a_later_propagate_works(predictor, volume):
     session = predictor.session(volume)
     session.add_mask(1, 0, block_mask())
-    first = session.propagate().array
+    session.propagate()
     session.add_mask(1, 9, block_mask(2, 8, 2, 8))
+    before = session.labels.copy()
     steps = []
-    assert session.propagate(progress=lambda d, t: steps.append(d), should_stop=lambda: len(steps) >= 3) is None
+    with pytest.raises(Cancelled, match="after 3 of 10 slices"):
+        session.propagate(progress=lambda d, t: steps.append(d), should_stop=lambda: len(steps) >= 3)
     assert steps == [1, 2, 3]
-    assert np.array_equal(session.labels[:9], first[:9])
+    assert np.array_equal(session.labels, before)
+    assert session.tracker.memory_frames()["pointers"] == 0  # no run memory left behind
+    fresh = predictor.session(volume)
+    fresh.add_mask(1, 0, block_mask())
+    fresh.add_mask(1, 9, block_mask(2, 8, 2, 8))
+    assert np.array_equal(session.propagate().array, fresh.propagate().array)
+
+
+def test_segment_stops_between_slices(predictor, volume):
+    steps = []
+    with pytest.raises(Cancelled):
+        predictor.segment(volume, Prompts().add_mask(1, 4, block_mask()), progress=lambda d, t: steps.append((d, t)),
+                          should_stop=lambda: len(steps) == 5)
+    assert steps == [(i, volume.shape[0]) for i in range(1, 6)]
+
+
+def test_unsupported_sam2_version_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(meta_internals, "installed_sam2_version", lambda: "9.9")
+    with pytest.raises(Sam2VersionError, match=r"tested with sam2 1\.1\.0 only, and sam2 9\.9 is installed.*"
+                                               r"SAM2_BUILD_CUDA=0 pip install sam2==1\.1\.0"):
+        meta_internals.check_sam2_version()
+    monkeypatch.setattr(meta_internals, "installed_sam2_version", lambda: None)
+    with pytest.raises(Sam2VersionError, match="sam2 is not installed"):
+        meta_internals.check_sam2_version()
+    monkeypatch.undo()
+    meta_internals.check_sam2_version()  # the installed one passes
 
 
 # --- engine: memory bounds, shared cache --------------------------------------------------
@@ -261,7 +290,7 @@ def test_bounded_memory_gives_exactly_sam2s_own_propagation(predictor):
         tracker.set_prompts(2, 1, mask=block_mask())
         tracker.set_prompts(2, 2, points_yx=[(30, 40), (5, 5)], labels=[1, 0])
     mine = {o.frame_idx: upsample_logits(o.logits, (128, 128)) for o in ours.propagate(2, nz - 1)}
-    theirs = {t: m[:, 0] for t, _, m in model.net.propagate_in_video(official._state, start_frame_idx=2)}
+    theirs = {t: m[:, 0] for t, _, m in model.net.propagate_in_video(official._state.raw, start_frame_idx=2)}
     assert sorted(mine) == sorted(theirs) == list(range(2, nz))
     for t in mine:
         torch.testing.assert_close(mine[t], theirs[t], rtol=0, atol=1e-5)

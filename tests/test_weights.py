@@ -9,13 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from medseg.errors import WeightsError
+import medseg.weights
+from medseg.errors import Cancelled, WeightsError
+from medseg.runtime import read_checkpoint
 from medseg.weights import (
     REGISTRY,
     ModelSpec,
     fetch_checkpoint,
     get_spec,
-    load_state_dict,
     medseg_home,
     weights_dir,
 )
@@ -83,17 +84,17 @@ def _spec(url: str, sha256: str | None = PAYLOAD_SHA, size: int | None = len(PAY
 
 
 def test_download_verifies_and_caches(server, tmp_path):
-    path = fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    path = fetch_checkpoint(_spec(server.url), directory=tmp_path)
     assert path == tmp_path / "ckpt.pt"
     assert path.read_bytes() == PAYLOAD
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["ckpt.pt"]
-    fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    fetch_checkpoint(_spec(server.url), directory=tmp_path)
     assert len(server.requests) == 1  # the second call used the cache
 
 
 def test_checksum_mismatch_leaves_nothing_in_cache(server, tmp_path):
     with pytest.raises(WeightsError, match="SHA-256") as info:
-        fetch_checkpoint(_spec(server.url, sha256="0" * 64), directory=tmp_path, progress=False)
+        fetch_checkpoint(_spec(server.url, sha256="0" * 64), directory=tmp_path)
     assert server.url in str(info.value)
     assert not (tmp_path / "ckpt.pt").exists()
     assert not (tmp_path / "ckpt.pt.part").exists()
@@ -102,10 +103,10 @@ def test_checksum_mismatch_leaves_nothing_in_cache(server, tmp_path):
 def test_interrupted_download_resumes_with_range(server, tmp_path):
     server.cut_after = 300_000
     with pytest.raises(WeightsError, match="run again to resume"):
-        fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+        fetch_checkpoint(_spec(server.url), directory=tmp_path)
     assert not (tmp_path / "ckpt.pt").exists()  # no half-written file under the final name
     assert (tmp_path / "ckpt.pt.part").stat().st_size == 300_000
-    path = fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    path = fetch_checkpoint(_spec(server.url), directory=tmp_path)
     assert server.requests == [None, "bytes=300000-"]
     assert path.read_bytes() == PAYLOAD
     assert not (tmp_path / "ckpt.pt.part").exists()
@@ -114,25 +115,25 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
 def test_interrupted_download_restarts_when_server_ignores_range(server, tmp_path):
     server.cut_after = 300_000
     with pytest.raises(WeightsError):
-        fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+        fetch_checkpoint(_spec(server.url), directory=tmp_path)
     server.honour_range = False
-    path = fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=False)
+    path = fetch_checkpoint(_spec(server.url), directory=tmp_path)
     assert path.read_bytes() == PAYLOAD
 
 
 def test_unknown_hash_is_recorded_on_first_download_and_checked_after(server, tmp_path):
     spec = _spec(server.url, sha256=None, size=None)
-    path = fetch_checkpoint(spec, directory=tmp_path, progress=False)
+    path = fetch_checkpoint(spec, directory=tmp_path)
     assert (tmp_path / "ckpt.pt.sha256").read_text(encoding="utf-8").split()[0] == PAYLOAD_SHA
     path.write_bytes(PAYLOAD[:-1] + b"\x00")  # the file changes on disk later
     with pytest.raises(WeightsError, match="expected " + PAYLOAD_SHA):
-        fetch_checkpoint(spec, directory=tmp_path, progress=False)
+        fetch_checkpoint(spec, directory=tmp_path)
 
 
 def test_offline_error_names_file_url_and_place(tmp_path):
     spec = _spec("http://127.0.0.1:9/ckpt.pt")  # port 9 (discard) refuses connections
     with pytest.raises(WeightsError) as info:
-        fetch_checkpoint(spec, directory=tmp_path, progress=False)
+        fetch_checkpoint(spec, directory=tmp_path)
     message = str(info.value)
     assert "ckpt.pt" in message and spec.url in message and str(tmp_path / "ckpt.pt") in message
     assert not list(tmp_path.glob("ckpt.pt*.part"))
@@ -154,18 +155,32 @@ def test_registry_names_licences_and_unknown_name():
         get_spec("sam3-huge")
 
 
-def test_load_state_dict_formats_and_bad_files(tmp_path):
+def test_read_checkpoint_formats_and_bad_files(tmp_path):
     weights = {"a.weight": torch.ones(2, 3)}
     torch.save({"model": weights}, tmp_path / "wrapped.pt")
     torch.save(weights, tmp_path / "bare.pt")
-    assert torch.equal(load_state_dict(tmp_path / "wrapped.pt")["a.weight"], weights["a.weight"])
-    assert set(load_state_dict(tmp_path / "bare.pt")) == {"a.weight"}
+    assert torch.equal(read_checkpoint(tmp_path / "wrapped.pt")["a.weight"], weights["a.weight"])
+    assert set(read_checkpoint(tmp_path / "bare.pt")) == {"a.weight"}
     data = (tmp_path / "wrapped.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match="truncated.pt.*truncated, corrupt"):
-        load_state_dict(tmp_path / "truncated.pt")
+        read_checkpoint(tmp_path / "truncated.pt")
     torch.save({"epoch": 3}, tmp_path / "not_weights.pt")
-    with pytest.raises(WeightsError, match="not a model checkpoint"):
-        load_state_dict(tmp_path / "not_weights.pt")
+    with pytest.raises(WeightsError, match="does not hold a state dict"):
+        read_checkpoint(tmp_path / "not_weights.pt")
     with pytest.raises(WeightsError, match="does not exist"):
-        load_state_dict(tmp_path / "missing.pt")
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_stopped_download_keeps_a_resumable_part_and_reports_bytes(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(medseg.weights, "_CHUNK", 256 * 1024)
+    seen = []
+    with pytest.raises(Cancelled, match="resumable"):
+        fetch_checkpoint(_spec(server.url), directory=tmp_path, progress=lambda done, total: seen.append((done, total)),
+                         should_stop=lambda: len(seen) >= 2)
+    assert seen == [(256 * 1024, len(PAYLOAD)), (512 * 1024, len(PAYLOAD))]
+    assert not (tmp_path / "ckpt.pt").exists()
+    assert (tmp_path / "ckpt.pt.part").stat().st_size == 512 * 1024
+    path = fetch_checkpoint(_spec(server.url), directory=tmp_path)
+    assert server.requests == [None, f"bytes={512 * 1024}-"]
+    assert path.read_bytes() == PAYLOAD

@@ -41,6 +41,15 @@ def add_sam2_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def load_sam2_model(args: argparse.Namespace):
+    """The SAM2 model the options of ``add_sam2_runtime_options`` name, with a download bar."""
+    from medseg.cli.progress import tqdm_progress
+    from medseg.sam2 import load_model
+
+    with tqdm_progress(f"download {args.model}", "B", disable=args.no_progress) as progress:
+        return load_model(args.model, image_size=args.image_size, device=args.device, seed=args.seed, progress=progress)
+
+
 def _run_segment(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -48,6 +57,7 @@ def _run_segment(args: argparse.Namespace) -> None:
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
+    from medseg.cli.progress import tqdm_progress
     from medseg.outputs import check_outputs
     from medseg.pipeline.results import write_json
     from medseg.prompts import Prompts
@@ -75,10 +85,10 @@ def _run_segment(args: argparse.Namespace) -> None:
     prompts.validate(volume.shape)  # before the model loads
 
     predictor = Sam2VolumePredictor(
-        args.model, image_size=args.image_size, device=args.device, preset=args.preset, seed=args.seed,
-        offload_state_to_cpu=args.offload_state_to_cpu,
+        load_sam2_model(args), preset=args.preset, offload_state_to_cpu=args.offload_state_to_cpu,
     )
-    labels = predictor.segment(volume, prompts, progress=not args.no_progress)
+    with tqdm_progress("SAM2 propagation", "slice", disable=args.no_progress) as progress:
+        labels = predictor.segment(volume, prompts, progress=progress)
     print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     qc = qc_summary(labels)
     print(qc.to_text())

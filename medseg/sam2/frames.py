@@ -1,10 +1,11 @@
 """Lazy frames for SAM2, and the one place where voxel coordinates become model coordinates.
 
 A ``Frame`` is a slice that has not been computed yet: a hashable ``key`` (so an encoder
-cache can recognise the same slice in several frame sequences), its pixel ``shape`` and a
-``load`` callable giving ``(3, H, W)`` float32 in [0, 1]. ``VolumeFrames`` makes one per slice
-of a ``Volume`` through ``medseg.preprocess.SliceFrames`` (intensity window applied per
-volume). ``model_input`` turns a loaded frame into the network's input: resize to
+cache can recognise the same slice in several frame sequences), its pixel ``shape``, a
+``load`` callable giving ``(3, H, W)`` float32 in [0, 1] and, where its content is known, a
+``source`` ``(volume content key, z)`` under which the embedding store keeps its features.
+``VolumeFrames`` makes one per slice of a ``Volume`` through ``medseg.preprocess.SliceFrames``
+(intensity window applied per volume), keyed by the volume's content and preset. ``model_input`` turns a loaded frame into the network's input: resize to
 ``image_size`` squared, ImageNet normalisation. Nothing is written to disk and no stack of
 resized frames is ever built.
 
@@ -16,15 +17,16 @@ index ``(i + 0.5) * S / n - 0.5``).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from medseg.preprocess import IntensityPreset, SliceFrames
+from medseg.sam2.embeddings import volume_key
 from medseg.volume import Volume
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,15 +35,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """One lazily computed frame: ``load()`` gives ``(3, *shape)`` float32 in [0, 1]."""
+    """One lazily computed frame: ``load()`` gives ``(3, *shape)`` float32 in [0, 1].
+
+    ``source``: ``(content key, z)`` when ``load`` is slice ``z`` of a volume whose voxels and
+    preset hash to the content key (the embedding store's key); None keeps it out of the store.
+    """
 
     key: Hashable
     shape: tuple[int, int]
     load: Callable[[], np.ndarray]
+    source: tuple[str, int] | None = None
 
 
 class VolumeFrames(Sequence[Frame]):
-    """The slices of ``volume`` as ``Frame`` objects keyed ``(self.key, z)``.
+    """The slices of ``volume`` as ``Frame`` objects keyed ``(self.key, z)``, with ``source`` ``(self.content_key, z)``.
 
     Parameters
     ----------
@@ -50,14 +57,24 @@ class VolumeFrames(Sequence[Frame]):
     preset
         Intensity preset (name or object) for ``SliceFrames``; the modality default if None.
     key
-        Identifies this volume in feature caches; a fresh random id by default. Give the same
-        key to two ``VolumeFrames`` only when they hold the same voxels and preset.
+        Identifies this volume in in-memory feature caches; ``content_key`` by default (hashed
+        on first use). Give the same key to two ``VolumeFrames`` only when they hold the same
+        voxels and preset.
     """
 
     def __init__(self, volume: Volume, preset: str | IntensityPreset | None = None, *, key: Hashable | None = None) -> None:
         self.slices = SliceFrames(volume, preset)
-        self.key = key if key is not None else uuid.uuid4().hex
+        self._key = key
         self.shape: tuple[int, int] = tuple(volume.shape[1:])
+
+    @cached_property
+    def content_key(self) -> str:
+        """Hash of the voxels and the preset (``medseg.sam2.embeddings.volume_key``)."""
+        return volume_key(self.slices.volume, self.preset)
+
+    @property
+    def key(self) -> Hashable:
+        return self._key if self._key is not None else self.content_key
 
     @property
     def preset(self) -> IntensityPreset:
@@ -70,7 +87,7 @@ class VolumeFrames(Sequence[Frame]):
         if isinstance(z, slice):
             return [self[i] for i in range(*z.indices(len(self)))]
         z = range(len(self))[z]  # normalises negative indices, raises IndexError outside
-        return Frame((self.key, z), self.shape, lambda: self.slices[z])
+        return Frame((self.key, z), self.shape, lambda: self.slices[z], (self.content_key, z))
 
 
 def model_input(image: np.ndarray, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:

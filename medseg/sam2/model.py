@@ -1,8 +1,9 @@
 """Load a SAM2 video model by registry name, checkpoint path or ``"untrained"``; pick the device.
 
 The architecture is Meta's (``sam2`` package, Hydra configs shipped with it); only the class
-is swapped for ``medseg.sam2.engine.VolumeVideoPredictor``, which reads frames lazily through a
-feature cache. Weights come from ``medseg.weights`` (verified, ``weights_only=True``).
+is swapped for ``medseg.sam2.meta_internals.VolumeVideoPredictor``, which reads frames lazily
+through a feature cache. Checkpoints come from ``medseg.weights`` (download, verification) and
+are read by ``medseg.runtime.read_checkpoint`` (``weights_only=True``).
 
 Devices: CUDA runs under bfloat16 autocast (as Meta's demos do), Apple MPS and CPU in
 float32. ``Sam2Model.inference()`` is the context every model call runs in.
@@ -23,11 +24,13 @@ from omegaconf import OmegaConf
 
 import sam2  # noqa: F401  (registers the package's Hydra config module)
 from medseg.errors import InputError, WeightsError
-from medseg.weights import REGISTRY, ModelSpec, fetch_checkpoint, get_spec, load_state_dict, sha256_file, verify_checkpoint
+from medseg.runtime import Progress, ShouldStop, read_checkpoint, resolve_device, sha256_file
+from medseg.sam2.meta_internals import VolumeVideoPredictor  # checks the sam2 version on import
+from medseg.weights import REGISTRY, ModelSpec, fetch_checkpoint, get_spec, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
-_PREDICTOR_CLASS = "medseg.sam2.engine.VolumeVideoPredictor"
+_PREDICTOR_CLASS = f"{VolumeVideoPredictor.__module__}.{VolumeVideoPredictor.__qualname__}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +50,7 @@ class Sam2Model:
     checkpoint_sha256: str | None
     licence: str
     seed: int | None
+    config: str = ""
 
     def inference(self) -> contextlib.AbstractContextManager:
         """``torch.inference_mode`` plus bfloat16 autocast on CUDA."""
@@ -55,6 +59,11 @@ class Sam2Model:
         if self.device.type == "cuda":
             stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
         return stack
+
+    @property
+    def weights_id(self) -> str:
+        """What identifies the weights: the checkpoint's SHA-256, or ``untrained:<seed>:<config>``."""
+        return self.checkpoint_sha256 or f"untrained:{self.seed}:{self.config}"
 
     def provenance(self) -> dict:
         return {
@@ -69,22 +78,6 @@ class Sam2Model:
         }
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, or the best available: CUDA, then Apple MPS, then CPU."""
-    if device is not None:
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device {device} was asked for but CUDA is not available; use 'cpu'")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise InputError(f"device {device} was asked for but Apple MPS is not available; use 'cpu'")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def load_model(
     model: str | Path = "sam2.1-tiny",
     *,
@@ -92,7 +85,8 @@ def load_model(
     device: str | torch.device | None = None,
     seed: int = 0,
     config: str | None = None,
-    progress: bool = True,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Sam2Model:
     """Build a SAM2 video model.
 
@@ -107,11 +101,13 @@ def load_model(
     image_size
         Model input size, a multiple of 32. Default: the size the weights were trained at (1024 SAM 2.1, 512 MedSAM2, 128 untrained).
     device
-        ``"cuda"``, ``"mps"``, ``"cpu"``; the best available by default.
+        ``"cuda"``, ``"mps"``, ``"cpu"``; the best available by default (``medseg.runtime.resolve_device``).
     seed
         Seed of the random initialisation of ``untrained`` (ignored otherwise).
     config
         SAM2 config for a checkpoint given by path (default: the Hiera-T SAM 2.1 config).
+    progress, should_stop
+        Byte progress and cancellation of a checkpoint download (``medseg.runtime``).
     """
     device = resolve_device(device)
     path = Path(model) if not isinstance(model, str) or model not in REGISTRY else None
@@ -124,7 +120,7 @@ def load_model(
         checkpoint, sha = path, sha256_file(path)
     else:
         spec = get_spec(str(model))
-        checkpoint = None if spec.untrained else fetch_checkpoint(spec, progress=progress)
+        checkpoint = None if spec.untrained else fetch_checkpoint(spec, progress=progress, should_stop=should_stop)
         sha = None if checkpoint is None else verify_checkpoint(checkpoint, spec)
     size = int(image_size or spec.image_size)
     if size % 32 or size < 64:
@@ -141,7 +137,7 @@ def load_model(
     else:
         log.info("model %s (%s), image size %d on %s; licence: %s", spec.name, checkpoint, size, device, spec.licence)
     return Sam2Model(net, spec.name if path is None else str(path), size, device, untrained, checkpoint, sha,
-                     spec.licence, seed if untrained else None)
+                     spec.licence, seed if untrained else None, spec.config)
 
 
 def _build(config: str, image_size: int) -> torch.nn.Module:
@@ -166,7 +162,7 @@ def _build(config: str, image_size: int) -> torch.nn.Module:
 
 
 def _load_weights(net: torch.nn.Module, checkpoint: Path, spec: ModelSpec) -> None:
-    state = load_state_dict(checkpoint)
+    state = read_checkpoint(checkpoint, what=f"{spec.name} checkpoint")
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -9,14 +9,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from medseg.preprocess import IntensityPreset
 from medseg.prompts import Prompts
+from medseg.runtime import Progress, ShouldStop
+from medseg.sam2.embeddings import EmbeddingStore
 from medseg.sam2.model import Sam2Model, load_model
 from medseg.sam2.session import Sam2Session
 from medseg.volume import LabelVolume, Volume
@@ -28,9 +28,11 @@ class Sam2VolumePredictor:
     Parameters
     ----------
     model
-        Registry name (``sam2.1-tiny``, ``sam2.1-small``, ``sam2.1-base-plus``,
+        A loaded ``Sam2Model`` (``load_model``; load once, share it), or what ``load_model``
+        takes: a registry name (``sam2.1-tiny``, ``sam2.1-small``, ``sam2.1-base-plus``,
         ``sam2.1-large``, ``medsam2``, ``untrained``) or a checkpoint path; see
-        ``medseg.weights.REGISTRY`` for sizes and licences.
+        ``medseg.weights.REGISTRY`` for sizes and licences. ``image_size``, ``device`` and
+        ``seed`` apply only to a model loaded here.
     image_size
         Model input size (multiple of 32); default: the size the weights were trained at.
     device
@@ -41,21 +43,28 @@ class Sam2VolumePredictor:
         Seed of the random weights of ``untrained``.
     offload_state_to_cpu
         Keep SAM2's memory and cached features in CPU memory (long volumes on small GPUs).
+    store
+        On-disk embedding store for the sessions: True for the user's
+        (``EmbeddingStore.default()``, off when ``MEDSEG_EMBEDDINGS=off``), False for none, or a store.
     """
 
     def __init__(
         self,
-        model: str | Path = "sam2.1-tiny",
+        model: Sam2Model | str | Path = "sam2.1-tiny",
         *,
         image_size: int | None = None,
         device: str | torch.device | None = None,
         preset: str | IntensityPreset | None = None,
         seed: int = 0,
         offload_state_to_cpu: bool = False,
+        store: EmbeddingStore | bool = True,
     ) -> None:
-        self.model: Sam2Model = load_model(model, image_size=image_size, device=device, seed=seed)
+        self.model: Sam2Model = (
+            model if isinstance(model, Sam2Model) else load_model(model, image_size=image_size, device=device, seed=seed)
+        )
         self.preset = preset
         self.offload_state_to_cpu = offload_state_to_cpu
+        self.store = EmbeddingStore.default() if store is True else store
 
     @property
     def untrained(self) -> bool:
@@ -65,7 +74,7 @@ class Sam2VolumePredictor:
         """An interactive session on ``volume`` (prompt, preview, propagate, correct, undo)."""
         return Sam2Session(
             self.model, volume, preset=preset if preset is not None else self.preset,
-            offload_state_to_cpu=self.offload_state_to_cpu,
+            offload_state_to_cpu=self.offload_state_to_cpu, store=self.store or False,
         )
 
     def segment(
@@ -73,7 +82,8 @@ class Sam2VolumePredictor:
         volume: Volume,
         prompts: Prompts,
         *,
-        progress: bool | Callable[[int, int], None] = True,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> LabelVolume:
         """Segment every prompted object through the whole volume.
 
@@ -84,8 +94,9 @@ class Sam2VolumePredictor:
         prompts
             Voxel ``(z, y, x)`` prompts per object id (= label value); validated before any
             model work.
-        progress
-            True for a tqdm bar, False for none, or a ``callback(done, total)``.
+        progress, should_stop
+            The engine contract (``medseg.runtime``): ``progress(done, total)`` per slice;
+            ``should_stop()`` asked between slices, True raises ``Cancelled``.
 
         Returns
         -------
@@ -98,11 +109,4 @@ class Sam2VolumePredictor:
         prompts.validate(volume.shape)
         session = self.session(volume)
         session.set_prompts(prompts)
-        if callable(progress):
-            return session.propagate(progress=progress)
-        with tqdm(total=None, unit="slice", desc="SAM2 propagation", disable=not progress) as bar:
-            def advance(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            return session.propagate(progress=advance)
+        return session.propagate(progress=progress, should_stop=should_stop)

@@ -25,15 +25,15 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.preprocess import IntensityPreset
+from medseg.runtime import Progress, ShouldStop, check_stop, report
 from medseg.prompts import BoxPrompt, MaskPrompt, ObjectPrompts, PointPrompt, Prompts
+from medseg.sam2.embeddings import EmbeddingStore
 from medseg.sam2.engine import FeatureCache, FrameOutput, Tracker
 from medseg.sam2.frames import VolumeFrames
 from medseg.sam2.model import Sam2Model
 from medseg.volume import LabelVolume, Volume
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Sam2Session:
     Build it with ``Sam2VolumePredictor.session(volume)``. Prompts are voxel indices
     ``(z, y, x)`` of the volume. Each ``add_*`` call returns the label slice it changed.
     A session is not thread-safe: make one call at a time (in napari, take no prompts while
-    ``propagate`` runs in its worker; ``should_stop`` ends it early).
+    ``propagate`` runs in its worker; ``should_stop`` ends it early with ``Cancelled``).
 
     Parameters
     ----------
@@ -81,8 +81,12 @@ class Sam2Session:
         Intensity preset for the model's input frames (modality default if None).
     offload_state_to_cpu
         Keep SAM2's memory in CPU memory (GPU memory stays flat on long stacks).
-    cache_frames
-        Unprompted slices whose encoder features are kept (prompted slices always are).
+    cache_bytes
+        In-memory budget of encoder features (default: a quarter of the available RAM), so a
+        re-propagation after a correction re-runs only memory attention and the decoder.
+    store
+        On-disk embedding store: True for the user's (``EmbeddingStore.default()``), False for
+        none, or a store.
     """
 
     def __init__(
@@ -92,12 +96,13 @@ class Sam2Session:
         *,
         preset: str | IntensityPreset | None = None,
         offload_state_to_cpu: bool = False,
-        cache_frames: int = 2,
+        cache_bytes: int | None = None,
+        store: EmbeddingStore | bool = True,
     ) -> None:
         self.model = model
         self.volume = volume
         self.frames = VolumeFrames(volume, preset)
-        self.cache = FeatureCache(model, max_frames=cache_frames, device="cpu" if offload_state_to_cpu else None)
+        self.cache = FeatureCache(model, max_bytes=cache_bytes, device="cpu" if offload_state_to_cpu else None, store=store)
         self.tracker = Tracker(model, self.frames, self.cache, offload_state_to_cpu=offload_state_to_cpu)
         self.prompts = Prompts()
         self._actions: list[_Action] = []
@@ -208,15 +213,16 @@ class Sam2Session:
         self,
         *,
         progress: Progress | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: ShouldStop | None = None,
         on_slice: Callable[[int, np.ndarray], None] | None = None,
-    ) -> LabelVolume | None:
+    ) -> LabelVolume:
         """Propagate every object through the volume from all its prompted slices.
 
-        ``progress(done, total)`` is called after each slice; ``should_stop()`` is asked
-        before each slice and, when True, stops early: the session's labels are then left
-        as they were and None is returned. ``on_slice(z, labels)`` gets each slice as soon
-        as it is written (for live display; copy it, later passes may still change it).
+        ``progress(done, total)`` is called after each slice (and object group); ``should_stop()``
+        is asked before each, and when True the session's labels are left as they were and
+        ``medseg.errors.Cancelled`` is raised (the session stays usable). ``on_slice(z, labels)``
+        gets each slice as soon as it is written (for live display; copy it, later passes may
+        still change it).
         """
         if not self.prompts.objects:
             raise InputError("no prompts given: add at least one point, box or mask")
@@ -234,18 +240,26 @@ class Sam2Session:
                     for out in run:
                         if out.frame_idx in seen:
                             continue
-                        if should_stop is not None and should_stop():
-                            log.info("propagation stopped after %d of %d slices; labels unchanged", done, total)
-                            return None
+                        check_stop(should_stop, f"SAM2 propagation (after {done} of {total} slices; labels unchanged)")
                         self._write(labels, confidence, out)
                         if on_slice is not None:
                             on_slice(out.frame_idx, labels[out.frame_idx])
                         seen.add(out.frame_idx)
                         done += 1
-                        if progress is not None:
-                            progress(done, total)
+                        report(progress, done, total)
         self._labels, self._confidence, self._labels_handed_out = labels, confidence, False
+        log.debug("propagated %d object(s) over %d slices; encoder runs so far %d, slices read from the store %d",
+                  len(self.prompts.objects), nz, self.cache.encoder_calls, self.cache.disk_hits)
         return self.result()
+
+    def precompute(self, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> int:
+        """Encode every slice not encoded yet (into the store and the memory budget); returns how many.
+
+        Run it while the user reads the scan: afterwards every prompt and propagation skips the
+        image encoder. ``progress(done, total)`` counts slices; ``should_stop()`` is asked
+        between batches and raises ``Cancelled`` (slices stored so far stay and count next time).
+        """
+        return self.cache.precompute(self.frames, progress=progress, should_stop=should_stop)
 
     def result(self) -> LabelVolume:
         """The current labels as a ``LabelVolume`` with names, scores and provenance.
