@@ -51,7 +51,10 @@ REPORT_BUG = "this is a bug in medseg: please report it with the traceback above
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # argparse has printed its one-line error (exit 2) or the help (exit 0)
+        return exit.code if isinstance(exit.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     debug = args.debug or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
     try:
