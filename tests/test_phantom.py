@@ -68,7 +68,9 @@ def test_phantom_kidneys_are_two_components_of_one_label():
 def test_demo_cohort_is_idempotent(tmp_path):
     manifest = write_demo_cohort(tmp_path, shape=(6, 24, 24))
     files = sorted((tmp_path / "demo").iterdir())
-    assert len(files) == 12
+    assert len(files) == 16  # 8 cases, image + labels
+    splits = [c.split for c in load_manifest(manifest).cases]
+    assert splits == ["train"] * 4 + ["test"] * 4
     stamps = {f: f.stat().st_mtime_ns for f in [*files, manifest]}
     write_demo_cohort(tmp_path, shape=(6, 24, 24))
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # nothing rewritten

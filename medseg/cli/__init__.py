@@ -13,11 +13,11 @@ import logging
 import sys
 
 from medseg.errors import MedsegError
-from medseg.cli import baseline, demo, fewshot, info, pipeline, segment
+from medseg.cli import baseline, demo, fewshot, info, pipeline, sam2_train, segment
 
 # --- subcommands are registered here, in the order `medseg --help` lists them --------------
 _SUBCOMMANDS = [info.add_info, demo.add_demo_data, segment.add_segment, fewshot.add_fewshot, baseline.add_baseline,
-                pipeline.add_run, pipeline.add_replay]
+                sam2_train.add_sam2, pipeline.add_run, pipeline.add_replay]
 
 
 def build_parser() -> argparse.ArgumentParser:
