@@ -150,7 +150,7 @@ def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase
     for _ in range(config.batch_size):
         clip = sample_clip(prepared[int(rng.integers(len(prepared)))], config.clip_length, rng,
                            p_point=config.p_point, p_box=config.p_box).to(device)
-        loss, _ = clip_loss(net, clip, rng, correction_clicks=config.correction_clicks,
+        loss, _ = clip_loss(net, clip, rng, correction_clicks=config.correction_clicks, image_prompts=config.image_prompts,
                             encoder_grad="image_encoder" in config.train)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"step {step + 1}: the loss is {float(loss)}; lower lr (now {config.lr}) or raise "

@@ -26,6 +26,8 @@ class Sam2TrainConfig:
     a point with probability ``p_point``, a box with ``p_box``, otherwise the mask;
     ``correction_clicks`` extra clicks are drawn from the error region after a point prompt
     (positive on a miss, negative on a false positive), as SAM2 trains interactive correction.
+    ``image_prompts``: also prompt every object on every frame alone, without memory (SAM2's
+    joint image training; it teaches the decoder to follow prompts far sooner).
     ``threads``: CPU threads torch uses while training (restored afterwards); on a CPU shared
     with other work 1 is often several times faster than more, which spin-wait.
     """
@@ -45,6 +47,7 @@ class Sam2TrainConfig:
     p_point: float = 0.5
     p_box: float = 0.35
     correction_clicks: int = 1
+    image_prompts: bool = True
     preset: str | None = None
     seed: int = 0
     val_every: int = 0

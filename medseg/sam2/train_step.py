@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.pipeline.prompt_policy import centroid_voxel
 from medseg.sam2.train_data import Clip, correction_click
 
 WEIGHT_FOCAL, WEIGHT_DICE, WEIGHT_IOU, WEIGHT_OBJECT = 20.0, 1.0, 1.0, 1.0
@@ -28,8 +29,13 @@ FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 
 
 def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, correction_clicks: int,
-              encoder_grad: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
-    """The summed SAM2 loss of ``clip`` (averaged over supervised predictions) and its parts."""
+              image_prompts: bool = True, encoder_grad: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """The summed SAM2 loss of ``clip`` (averaged over supervised predictions) and its parts.
+
+    ``image_prompts``: also prompt every object on every frame of the clip on its own, without
+    memory (SAM2 trains on images and videos together; on a volume the frames are the images).
+    The decoder is cheap next to the encoder, so this multiplies the prompted examples per step.
+    """
     with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
         backbone = net.forward_image(clip.images)
     _, feats, pos, sizes = net._prepare_backbone_features(backbone)
@@ -55,6 +61,8 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
             terms.append(_frame_terms(sam, target))
         net._encode_memory_in_output(frame_feats, sizes, points, True, sam[4], sam[6], out)
         memory["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
+    if image_prompts:
+        terms.append(_image_terms(net, feats, sizes, clip.targets, rng))
     parts = {k: torch.stack([term[k] for term in terms]).mean() for k in terms[0]}
     loss = (WEIGHT_FOCAL * parts["focal"] + WEIGHT_DICE * parts["dice"] + WEIGHT_IOU * parts["iou"]
             + WEIGHT_OBJECT * parts["object"])
@@ -70,6 +78,38 @@ def _track(net, t, feats, pos, sizes, points, masks, memory, n_frames, previous_
     out, sam, _, _ = net._track_step(t, t == 0, feats, pos, sizes, points, masks, memory, n_frames, False, previous_logits)
     out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"], out["object_score_logits"] = sam[3], sam[4], sam[5], sam[6]
     return out, sam
+
+
+def _image_terms(net, feats, sizes, targets: torch.Tensor, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Every drawn (object, frame) of the clip prompted alone, with no memory, in one batch.
+
+    The prompt kind (one click: the object's centroid voxel or a random object voxel; or the
+    object's box) is drawn once per clip, so the batch shares one prompt shape.
+    """
+    n_obj, n_frames = targets.shape[:2]
+    drawn = [(b, t) for t in range(n_frames) for b in range(n_obj) if bool(targets[b, t].any())]
+    frames = [t for _, t in drawn]
+    masks = torch.stack([targets[b, t] for b, t in drawn])
+    box = rng.random() < 0.5
+    points = torch.tensor(np.array([_image_prompt(m.cpu().numpy() > 0.5, box, rng) for m in masks]), dtype=torch.float32,
+                          device=masks.device)
+    labels = torch.tensor([[2, 3] if box else [1]] * len(drawn), dtype=torch.int32, device=masks.device)
+    prompts = {"point_coords": points, "point_labels": labels}
+    # As _prepare_memory_conditioned_features does for a first prompted frame: no memory, the "no memory" embedding.
+    pix = (feats[-1][:, frames] + net.no_mem_embed).permute(1, 2, 0).reshape(len(drawn), net.hidden_dim, *sizes[-1])
+    high_res = [x[:, frames].permute(1, 2, 0).reshape(len(drawn), x.shape[-1], *size) for x, size in zip(feats[:-1], sizes[:-1])]
+    sam = net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=None, high_res_features=high_res,
+                                 multimask_output=net._use_multimask(True, prompts))
+    return _frame_terms(sam, masks)
+
+
+def _image_prompt(mask: np.ndarray, box: bool, rng: np.random.Generator) -> np.ndarray:
+    """Model ``(x, y)`` prompt points of a model-frame ``mask``: its box corners, or one click."""
+    yx = np.argwhere(mask)
+    if box:
+        return np.stack([yx.min(axis=0), yx.max(axis=0)])[:, ::-1].astype(np.float32)
+    click = centroid_voxel(mask) if rng.random() < 0.5 else yx[rng.integers(len(yx))]
+    return np.asarray(click, dtype=np.float32)[None, ::-1]
 
 
 def _frame_terms(sam: tuple, target: torch.Tensor) -> dict[str, torch.Tensor]:
