@@ -10,7 +10,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11
 	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 	libxcb-xfixes0 libxcb-shape0 libdbus-1-3 libfontconfig1
 
-.PHONY: demo test install system-deps clean-demo
+.PHONY: demo test install system-deps clean-demo napari-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: install system-deps
 demo: install
 	$(BIN)/medseg demo-data data_manifests
 	$(BIN)/medseg run pipelines/demo.yaml --out results/demo
+
+# the README's napari pictures (docs/napari*.png), on a virtual 1600x1000 screen
+napari-screenshots: install system-deps
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/napari_screenshots.py
 
 clean-demo:
 	rm -rf results/demo data_manifests/demo data_manifests/real

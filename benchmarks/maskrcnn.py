@@ -91,7 +91,7 @@ def quality(*, backbone: str, steps: int, batch: int, lr: float) -> None:
         cohort = load_manifest(write_demo_cohort(tmp))
         config = TrainConfig(backbone=backbone, input_size=128, steps=steps, batch_size=batch, lr=lr, val_every=0, device="cpu")
         start = time.perf_counter()
-        model_dir = train_from_cohort(cohort, Path(tmp) / "model", config=config, progress_bar=False)
+        model_dir = train_from_cohort(cohort, Path(tmp) / "model", config=config)
         trained = time.perf_counter() - start
         model = load_model(model_dir)
         dice: dict[int, list[float]] = {v: [] for v in LABELS}

@@ -66,7 +66,7 @@ def timing(args: argparse.Namespace, model) -> None:
             encoder.clear()
             session = ReferenceSession(query, support, model=model, preset="ct-soft-tissue")
             start = time.perf_counter()
-            labels = session.segment(mode=mode, progress=False, **(settings if mode == "revsam2" else {}))
+            labels = session.segment(mode=mode, **(settings if mode == "revsam2" else {}))
             runs.append((time.perf_counter() - start, sum(encoder), len(encoder), labels))
         seconds = statistics.median(r[0] for r in runs)
         encoder_seconds = statistics.median(r[1] for r in runs)
@@ -113,7 +113,7 @@ def ablation(args: argparse.Namespace, model) -> None:
             name = f"revsam2 top_k={top_k} threshold={threshold} min_spacing={spacing or 'auto'} supports={include}"
             runs[name] = {"top_k": top_k, "threshold": threshold, "min_spacing": spacing, "include_supports": include}
         for name, options in runs.items():
-            result = session.segment(progress=False, **options)
+            result = session.segment(**options)
             dice = dice_per_label(result, truth, labels=list(labels), empty=np.nan)
             scores.setdefault(name, []).extend(dice.values())
     width = max(map(len, scores))

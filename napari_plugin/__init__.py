@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _load_triton_with_its_own_llvm() -> None:
@@ -30,7 +30,7 @@ def _load_triton_with_its_own_llvm() -> None:
     try:
         import triton  # noqa: F401
     except ImportError as error:  # a broken triton: torch then runs without it
-        logger.debug("triton not loaded: %s", error)
+        log.debug("triton not loaded: %s", error)
     finally:
         sys.setdlopenflags(flags)
 

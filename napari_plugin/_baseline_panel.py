@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QComboBox,
@@ -30,10 +31,11 @@ from qtpy.QtWidgets import (
 
 from medseg.errors import MedsegError, WeightsError
 from medseg.maskrcnn import MaskRCNNModel, load_model, predict_instances
-from medseg.volume import LabelVolume, Volume
+from medseg.maskrcnn.predict import Prediction
+from medseg.volume import Volume
 
-from napari_plugin._layer_picker import LayerPicker
-from napari_plugin._layers import labels_layer_data, volume_of_image
+from napari_plugin._layer_picker import LayerPicker, fit_columns
+from napari_plugin._layers import labels_layer_data, put_labels, volume_of_image
 from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
 
@@ -44,6 +46,7 @@ class BaselinePanel(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self._models: dict[Path, MaskRCNNModel] = {}
+        self.instances = None  # the last run's InstanceMap (what the table lists)
         self.image = LayerPicker(viewer, napari.layers.Image)
         self.model_dir = QLineEdit()
         self.model_dir.setPlaceholderText("model directory from `medseg baseline train`")
@@ -58,7 +61,8 @@ class BaselinePanel(QWidget):
         self.controls = TaskControls("Run")
         self.objects = QTableWidget(0, 4)
         self.objects.setHorizontalHeaderLabels(["label", "name", "score", "slices"])
-        self.objects.horizontalHeader().setStretchLastSection(True)
+        self.objects.setToolTip("One row per 3D instance (what 3D mask AP counts), best score first")
+        fit_columns(self.objects, stretch=1)
         self.objects.verticalHeader().setVisible(False)
 
         directory = QHBoxLayout()
@@ -96,31 +100,36 @@ class BaselinePanel(QWidget):
         path, models = Path(directory).expanduser().resolve(), self._models
         threshold, device = self.threshold.value() or None, self.device.currentText()
 
-        def run(progress: Progress, should_stop: StopFlag) -> tuple[MaskRCNNModel, LabelVolume]:
+        def run(progress: Progress, should_stop: StopFlag) -> tuple[MaskRCNNModel, Prediction]:
             model = models.get(path) or load_model(path)
-            prediction = predict_instances(model, volume, score_threshold=threshold, device=device, progress=progress)
-            return model, prediction.labels
+            return model, predict_instances(model, volume, score_threshold=threshold, device=device, progress=progress,
+                                            should_stop=should_stop)
 
-        def done(outcome: tuple[MaskRCNNModel, LabelVolume]) -> None:
-            model, labels = outcome
+        def done(outcome: tuple[MaskRCNNModel, Prediction]) -> None:
+            model, prediction = outcome
             models[path] = model
-            self._show(layer, volume, model, labels)
+            self._show(layer, volume, model, prediction)
 
         self.controls.start(run, label="Mask R-CNN", on_done=done)
 
-    def _show(self, image: Any, volume: Volume, model: MaskRCNNModel, labels: LabelVolume) -> None:
-        data, kwargs, _ = labels_layer_data(labels, volume, f"{image.name} Mask R-CNN")
-        self.viewer.add_labels(data, **kwargs)
+    def _show(self, image: Any, volume: Volume, model: MaskRCNNModel, prediction: Prediction) -> None:
+        labels, instances = prediction.labels, prediction.instances
+        self.instances = instances
+        put_labels(self.viewer, labels_layer_data(labels, volume, f"{image.name} Mask R-CNN"))
         self.objects.setRowCount(0)
-        for value in labels.labels:
-            slices = (labels.array == value).any(axis=(1, 2)).nonzero()[0]
+        present = {int(v) for v in np.unique(instances.array) if v}
+        for instance in sorted(present, key=lambda i: -instances.scores.get(i, 0.0)):
+            value = instances.labels[instance]
+            slices = (instances.array == instance).any(axis=(1, 2)).nonzero()[0]
+            score = instances.scores.get(instance)
             cells = [str(value), labels.label_names.get(value, f"label {value}"),
-                     f"{labels.scores[value]:.3f}" if value in labels.scores else "—", f"{slices[0]}–{slices[-1]}"]
+                     "—" if score is None else f"{score:.3f}", f"{slices[0]}–{slices[-1]}"]
             row = self.objects.rowCount()
             self.objects.insertRow(row)
             for column, text in enumerate(cells):
                 self.objects.setItem(row, column, QTableWidgetItem(text))
-        note = f"{len(labels.labels)} label(s) found by {model.directory.name if model.directory else 'the model'}"
+        note = (f"{len(present)} instance(s) of {len(labels.labels)} label(s) found by "
+                f"{model.directory.name if model.directory else 'the model'}")
         note += f" ({model.config.backbone}, {model.steps} training steps)."
         if model.untrained:
             note += " UNTRAINED MODEL: these masks are meaningless."

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import napari
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtWidgets import QComboBox, QHeaderView, QTableWidget, QWidget
 
 
 def same_layer(a: Any | None, b: Any | None) -> bool:
@@ -71,3 +71,12 @@ class LayerPicker(QComboBox):
         self.blockSignals(False)
         if not same_layer(self.layer(), current):
             self.currentIndexChanged.emit(self.currentIndex())
+
+
+def fit_columns(table: QTableWidget, *, stretch: int) -> None:
+    """Columns sized to their contents, column ``stretch`` taking the rest: nothing clipped at the dock's width."""
+    header = table.horizontalHeader()
+    header.setStretchLastSection(False)
+    for column in range(table.columnCount()):
+        mode = QHeaderView.ResizeMode.Stretch if column == stretch else QHeaderView.ResizeMode.ResizeToContents
+        header.setSectionResizeMode(column, mode)

@@ -24,8 +24,16 @@ Layer metadata
 --------------
 ``metadata[VOLUME_KEY]`` holds the ``Volume`` an image was read from, or the ``Volume`` a
 label layer was drawn on; ``metadata[LABELS_KEY]`` holds the ``LabelVolume`` that an engine
-returned (names, scores, the untrained flag). Writers and panels get exact geometry from
-there, never from the layer transform.
+returned (names, scores, the untrained flag); ``metadata[SOURCE_KEY]`` the file or folder a
+layer was read from (where Save suggests to write, and what it refuses to overwrite).
+Writers and panels get exact geometry from there, never from the layer transform.
+
+Intensity preset
+----------------
+``suggest_preset`` picks the display window and SAM2's input mapping: the modality's default,
+and for a file that does not say (NIfTI, NRRD: modality "OT") the CT soft-tissue window when
+the intensities are HU-like (air near -1000), else the MRI percentiles. The panels show the
+choice in a preset box, never hide it.
 """
 
 from __future__ import annotations
@@ -35,11 +43,41 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import GeometryError, InputError
-from medseg.preprocess import default_preset
+from medseg.geometry import Geometry
 from medseg.volume import LabelVolume, Volume
 
 VOLUME_KEY = "medseg_volume"
 LABELS_KEY = "medseg_labels"
+SOURCE_KEY = "medseg_source"
+
+#: Below this 1st-percentile intensity a volume without modality is taken for CT in HU (air).
+_HU_AIR = -500.0
+
+
+def suggest_preset(volume: Volume) -> str:
+    """The intensity preset's name for ``volume`` (see the module docstring).
+
+    >>> from medseg.geometry import Geometry
+    >>> ct = Volume(np.full((2, 4, 4), -1000.0), Geometry((2, 4, 4), (1, 1, 1)))  # modality "OT"
+    >>> suggest_preset(ct)
+    'ct-soft-tissue'
+    """
+    modality = volume.modality.upper()
+    if modality == "CT":
+        return "ct-soft-tissue"
+    if modality in ("MR", "MRI", "PT"):
+        return "mri"
+    sample = volume.array[::2, ::4, ::4]
+    finite = sample[np.isfinite(sample)]
+    return "ct-soft-tissue" if finite.size and np.percentile(finite, 1) <= _HU_AIR else "mri"
+
+
+def display_range(volume: Volume, preset: str) -> tuple[float, float]:
+    """The contrast limits of ``preset`` (its first channel's window) on ``volume``."""
+    from medseg.preprocess import get_preset
+
+    low, high = get_preset(preset).resolve(volume)[0]
+    return float(low), float(high)
 
 
 def display_transform(volume: Volume) -> dict[str, Any]:
@@ -54,17 +92,32 @@ def display_transform(volume: Volume) -> dict[str, Any]:
     }
 
 
-def image_layer_data(volume: Volume, name: str) -> tuple[np.ndarray, dict[str, Any], str]:
-    """A napari ``LayerDataTuple`` for an Image layer, with the default CT/MRI contrast."""
-    low, high = default_preset(volume).resolve(volume)[0]
+def image_layer_data(volume: Volume, name: str, *, source: str | None = None) -> tuple[np.ndarray, dict[str, Any], str]:
+    """A napari ``LayerDataTuple`` for an Image layer, with the suggested preset's contrast."""
+    metadata: dict[str, Any] = {VOLUME_KEY: volume}
+    if source is not None:
+        metadata[SOURCE_KEY] = source
     kwargs = {
         "name": name,
-        "contrast_limits": (float(low), float(high)),
+        "contrast_limits": display_range(volume, suggest_preset(volume)),
         "colormap": "gray",
-        "metadata": {VOLUME_KEY: volume},
+        "metadata": metadata,
         **display_transform(volume),
     }
     return volume.array, kwargs, "image"
+
+
+def put_labels(viewer: Any, layer_data: tuple[np.ndarray, dict[str, Any], str]) -> Any:
+    """Add a Labels layer, or update the one of the same name (a panel's repeated runs replace their output)."""
+    data, kwargs, _ = layer_data
+    name = kwargs["name"]
+    if name not in viewer.layers:
+        return viewer.add_labels(data, **kwargs)
+    layer = viewer.layers[name]
+    layer.data = data
+    layer.features = kwargs["features"]
+    layer.metadata.update(kwargs["metadata"])
+    return layer
 
 
 def labels_layer_data(labels: LabelVolume, volume: Volume, name: str) -> tuple[np.ndarray, dict[str, Any], str]:
@@ -99,13 +152,17 @@ def layer_volume(layer: Any) -> Volume | None:
 def volume_of_image(layer: Any) -> Volume:
     """The ``Volume`` behind an Image layer: the one it was read from, else one built from it.
 
-    A 3D image opened by another reader gets an axis-aligned geometry from its layer scale
-    and translate (the only geometry napari knows for it).
+    A 3D image opened by another reader gets its geometry from the layer's whole data-to-world
+    transform (scale, translate, rotate and affine), read in this plugin's display frame
+    (world ``(z, y, x)`` = LPS ``(S, P, L)`` millimetres): a negative scale or a flipping
+    affine stays a flipped direction, not a lost sign.
 
     Raises
     ------
     InputError
         The layer is not a single-channel 3D image.
+    GeometryError
+        The layer's transform shears (no voxel grid can represent it).
     """
     volume = layer_volume(layer)
     if volume is not None:
@@ -116,10 +173,23 @@ def volume_of_image(layer: Any) -> Volume:
             f"layer {layer.name!r} has shape {data.shape}: medseg segments single-channel 3D volumes (z, y, x); "
             "open a CT or MRI volume, not a 2D image, RGB picture or time series"
         )
-    from medseg.geometry import Geometry
+    return Volume(data.astype(np.float32), layer_geometry(layer, data.shape), "OT", {"napari_layer": layer.name})
 
-    geometry = Geometry(data.shape, tuple(np.abs(layer.scale)), tuple(np.asarray(layer.translate)[::-1]))
-    return Volume(data.astype(np.float32), geometry, "OT", {"napari_layer": layer.name})
+
+def layer_geometry(layer: Any, shape: tuple[int, int, int]) -> Geometry:
+    """The voxel grid a 3D layer's data-to-world transform describes, in the display frame."""
+    origin = np.asarray(layer.data_to_world((0.0, 0.0, 0.0)), dtype=float)
+    # column k: the LPS (x, y, z) step of index axis k = x, y, z (= data axes 2, 1, 0)
+    steps = np.stack([(np.asarray(layer.data_to_world(np.eye(3)[2 - k]), dtype=float) - origin)[::-1] for k in range(3)],
+                     axis=1)
+    spacing_xyz = np.linalg.norm(steps, axis=0)
+    if np.any(spacing_xyz <= 0):
+        raise GeometryError(f"layer {layer.name!r} has a zero scale: no voxel grid to segment on")
+    direction = steps / spacing_xyz
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise GeometryError(f"layer {layer.name!r} has a shearing transform, which medseg cannot represent; "
+                            "open the file with medseg (File ▸ Open) or remove the shear")
+    return Geometry(shape, tuple(spacing_xyz[::-1]), tuple(origin[::-1]), direction)
 
 
 def label_volume(data: Any, volume: Volume, *, result: LabelVolume | None = None, name: str = "labels") -> LabelVolume:

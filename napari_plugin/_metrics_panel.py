@@ -28,10 +28,11 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import InputError
-from medseg.metrics import MaskAP, dice_per_label, hausdorff95_per_label, mask_ap, mean_dice, surface_dice_per_label
+from medseg.metrics import MaskAP, evaluate, mask_ap, mean_dice
+from medseg.runtime import check_stop
 from medseg.volume import LabelVolume
 
-from napari_plugin._layer_picker import LayerPicker, same_layer
+from napari_plugin._layer_picker import LayerPicker, fit_columns, same_layer
 from napari_plugin._layers import LABELS_KEY, label_volume, layer_volume
 from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
@@ -65,8 +66,9 @@ def compute_scores(
     tolerance_mm: float,
     instances: str,
     progress: Progress,
+    should_stop: StopFlag,
 ) -> Scores:
-    """Every metric of the panel, one ``medseg.metrics`` call after the other."""
+    """Every metric of the panel: ``medseg.metrics.evaluate`` (the pipeline's), then mask AP in 3D and 2D."""
     truth_array = truth.array if isinstance(truth, LabelVolume) else truth
     labels = [int(v) for v in np.unique(truth_array) if v != 0]
     if not labels:
@@ -75,20 +77,16 @@ def compute_scores(
     for item in (pred, truth):  # the truth's names win
         if isinstance(item, LabelVolume):
             names.update(item.label_names)
-    steps = [
-        lambda: dice_per_label(pred, truth, labels=labels),
-        lambda: hausdorff95_per_label(pred, truth, labels=labels),
-        lambda: surface_dice_per_label(pred, truth, labels=labels, tolerance_mm=tolerance_mm),
-        lambda: mask_ap([(pred, truth)], labels=labels, mode="3d", instances=instances),
-        lambda: mask_ap([(pred, truth)], labels=labels, mode="2d", instances=instances),
-    ]
-    results = []
-    for done, step in enumerate(steps, start=1):
-        results.append(step())
-        progress(done, len(steps))
+    case = evaluate(pred, truth, labels=labels, surface_tolerance_mm=tolerance_mm,
+                    progress=lambda done, _: progress(done, 5), should_stop=should_stop)
+    aps = []
+    for done, mode in enumerate(("3d", "2d"), start=4):
+        check_stop(should_stop, "mask AP")
+        aps.append(mask_ap([case.ap_pair], labels=labels, mode=mode, instances=instances))
+        progress(done, 5)
     return Scores(
-        {v: names.get(v, f"label {v}") for v in labels}, *results,
-        millimetres=isinstance(pred, LabelVolume) or isinstance(truth, LabelVolume),
+        {v: names.get(v, f"label {v}") for v in labels}, case.dice, case.hd95_mm, case.surface_dice, *aps,
+        millimetres=case.millimetres,
         untrained=isinstance(pred, LabelVolume) and pred.untrained,
     )
 
@@ -115,8 +113,9 @@ class MetricsPanel(QWidget):
         self.controls = TaskControls("Compute")
         self.copy = QPushButton("Copy table")
         self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", "HD95", "surface Dice"])
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", "HD95", "surf. Dice"])
+        self.table.horizontalHeaderItem(4).setToolTip("surface Dice at the tolerance (MONAI: boundary voxels counted)")
+        fit_columns(self.table, stretch=1)
         self.table.verticalHeader().setVisible(False)
 
         inputs = QGroupBox("Layers")
@@ -133,6 +132,19 @@ class MetricsPanel(QWidget):
         layout.addStretch(1)
         self.controls.run.clicked.connect(self._on_compute)
         self.copy.clicked.connect(self._on_copy)
+        viewer.layers.events.inserted.connect(self._pick_distinct)
+        viewer.layers.events.removed.connect(self._pick_distinct)
+        self._pick_distinct()
+
+    def _pick_distinct(self, *_: Any) -> None:
+        """Defaults that can be scored: the truth a layer named like one, the prediction another layer."""
+        layers = self.prediction.layers()
+        if len(layers) < 2 or not same_layer(self.prediction.layer(), self.truth.layer()):
+            return
+        truthy = [layer for layer in layers if "truth" in layer.name.lower() or "ground" in layer.name.lower()]
+        truth = truthy[0] if truthy else layers[0]
+        self.truth.set_layer(truth)
+        self.prediction.set_layer(next(layer for layer in reversed(layers) if not same_layer(layer, truth)))
 
     def _on_compute(self) -> None:
         pred_layer, truth_layer = self.prediction.layer(), self.truth.layer()
@@ -146,13 +158,14 @@ class MetricsPanel(QWidget):
         tolerance, instances = self.tolerance.value(), self.instances.currentText()
 
         def run(progress: Progress, should_stop: StopFlag) -> Scores:
-            return compute_scores(pred, truth, tolerance_mm=tolerance, instances=instances, progress=progress)
+            return compute_scores(pred, truth, tolerance_mm=tolerance, instances=instances, progress=progress,
+                                  should_stop=should_stop)
 
         self.controls.start(run, label="Metrics", on_done=self._show)
 
     def _show(self, scores: Scores) -> None:
         unit = "mm" if scores.millimetres else "voxels"
-        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", f"HD95 ({unit})", "surface Dice"])
+        self.table.setHorizontalHeaderLabels(["label", "name", "Dice", f"HD95 ({unit})", "surf. Dice"])
         self.table.setRowCount(0)
         for value, name in scores.names.items():
             row = self.table.rowCount()

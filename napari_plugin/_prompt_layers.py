@@ -1,6 +1,7 @@
 """The Points and Shapes layers a user prompts SAM2 with, on one volume's voxel grid.
 
-Both layers share the image's transform (``_layers.display_transform``), so their data are
+Both layers share the image's transform, and each is made on first use (an empty layer in
+the layer list only costs drawing time, most of all in 3D) (``_layers.display_transform``), so their data are
 voxel indices ``(z, y, x)`` of the ``Volume``, which is what ``medseg`` prompts are. Each
 marker carries features: ``uid`` (a number given in placing order, shared by both layers),
 ``object`` (the label value it prompts) and, for points, ``positive``.
@@ -48,30 +49,50 @@ class PromptLayers:
     """Create and read the prompt layers of one image; see the module docstring."""
 
     def __init__(self, viewer: napari.Viewer, volume: Volume, *, name: str, colour_of: Any) -> None:
+        self._viewer = viewer
+        self._name = name
         self._colour_of = colour_of  # label value -> RGBA, the output Labels layer's colours
+        self._transform = display_transform(volume)
+        self._size = max(volume.shape[1:]) / 40
         self._next_uid = 0
         self._obj_id = 1
         self.negative = False
-        transform = display_transform(volume)
-        size = max(volume.shape[1:]) / 40
-        self.boxes = viewer.add_shapes(
-            ndim=3, name=f"{name} boxes", features={"uid": np.zeros(0, int), "object": np.zeros(0, int)},
-            face_color="transparent", edge_width=max(1.0, size / 4), **transform,
-        )
-        self.points = viewer.add_points(
-            ndim=3, name=f"{name} prompts", size=max(3.0, size),
-            features={"uid": np.zeros(0, int), "object": np.zeros(0, int), "positive": np.zeros(0, bool)},
-            border_width=0.25, out_of_slice_display=False, **transform,
-        )
-        for layer in (self.boxes, self.points):
-            layer.events.data.connect(self._on_data)
-        self.points.mouse_drag_callbacks.insert(0, self._sign_from_shift)
-        self._update_defaults()
-        self.points.mode = "add"
+        self._points: Any | None = None  # made on first use: an empty layer only costs (3D) drawing time
+        self._boxes: Any | None = None
 
     @property
-    def layers(self) -> tuple[Any, Any]:
-        return self.points, self.boxes
+    def points(self) -> Any:
+        """The Points layer (made, in add mode, on first use)."""
+        if self._points is None:
+            self._points = self._viewer.add_points(
+                ndim=3, name=f"{self._name} prompts", size=max(3.0, self._size),
+                features={"uid": np.zeros(0, int), "object": np.zeros(0, int), "positive": np.zeros(0, bool)},
+                border_width=0.25, out_of_slice_display=False, **self._transform,
+            )
+            self._points.mouse_drag_callbacks.insert(0, self._sign_from_shift)
+            self._watch(self._points)
+            self._points.mode = "add"
+        return self._points
+
+    @property
+    def boxes(self) -> Any:
+        """The Shapes layer for boxes (made on first use)."""
+        if self._boxes is None:
+            self._boxes = self._viewer.add_shapes(
+                ndim=3, name=f"{self._name} boxes", features={"uid": np.zeros(0, int), "object": np.zeros(0, int)},
+                face_color="transparent", edge_width=max(1.0, self._size / 4), **self._transform,
+            )
+            self._watch(self._boxes)
+        return self._boxes
+
+    def _watch(self, layer: Any) -> None:
+        layer.events.data.connect(self._on_data)
+        self._update_defaults()
+
+    @property
+    def layers(self) -> tuple[Any, ...]:
+        """The prompt layers made so far."""
+        return tuple(layer for layer in (self._points, self._boxes) if layer is not None)
 
     def set_object(self, obj_id: int) -> None:
         """New markers prompt ``obj_id``."""
@@ -85,17 +106,29 @@ class PromptLayers:
     def markers(self) -> list[Marker]:
         """Every marker, in the order it was placed."""
         found = []
+        if self._points is not None:
+            found += self._point_markers()
+        if self._boxes is not None:
+            found += self._box_markers()
+        return sorted(found, key=lambda m: m.uid)
+
+    def _point_markers(self) -> list[Marker]:
+        found = []
         features = self.points.features
         for row, (z, y, x) in enumerate(np.asarray(self.points.data)):
             found.append(Marker(int(features["uid"][row]), int(features["object"][row]), int(round(z)),
                                 point=(float(y), float(x)), positive=bool(features["positive"][row])))
+        return found
+
+    def _box_markers(self) -> list[Marker]:
+        found = []
         features = self.boxes.features
         for row, corners in enumerate(self.boxes.data):
             corners = np.asarray(corners)
             (y0, x0), (y1, x1) = corners[:, 1:].min(axis=0), corners[:, 1:].max(axis=0)
             found.append(Marker(int(features["uid"][row]), int(features["object"][row]),
                                 int(round(corners[:, 0].mean())), box=(float(y0), float(x0), float(y1), float(x1))))
-        return sorted(found, key=lambda m: m.uid)
+        return found
 
     def new_uid(self) -> int:
         """The next number in placing order (for prompts kept outside the two layers)."""
@@ -110,8 +143,30 @@ class PromptLayers:
         """Delete every marker of ``obj_id``."""
         self._remove_where("object", obj_id)
 
+    def set_markers(self, markers: list[Marker]) -> None:
+        """Replace every point and box by ``markers`` (mask markers are kept elsewhere): Undo/Redo."""
+        points = [m for m in markers if m.point is not None]
+        boxes = [m for m in markers if m.box is not None]
+        if points or self._points is not None:
+            self._set_points(points)
+        if boxes or self._boxes is not None:
+            self._set_boxes(boxes)
+        self.recolour()
+
+    def _set_points(self, points: list[Marker]) -> None:
+        self.points.data = np.array([(m.z, *m.point) for m in points], dtype=float).reshape(-1, 3)
+        self.points.features = {"uid": [m.uid for m in points], "object": [m.obj_id for m in points],
+                                "positive": [m.positive for m in points]}
+
+    def _set_boxes(self, boxes: list[Marker]) -> None:
+        self.boxes.data = []
+        if boxes:
+            self.boxes.add_rectangles([np.array([[m.z, m.box[0], m.box[1]], [m.z, m.box[0], m.box[3]],
+                                                 [m.z, m.box[2], m.box[3]], [m.z, m.box[2], m.box[1]]]) for m in boxes])
+        self.boxes.features = {"uid": [m.uid for m in boxes], "object": [m.obj_id for m in boxes]}
+
     def _remove_where(self, feature: str, value: int) -> None:
-        for layer in (self.points, self.boxes):
+        for layer in self.layers:
             rows = np.flatnonzero(np.asarray(layer.features[feature]) == value)
             if len(rows):
                 layer.selected_data = set(rows.tolist())
@@ -119,11 +174,11 @@ class PromptLayers:
 
     def recolour(self) -> None:
         """Green/red faces by sign, outlines in each object's label colour."""
-        if len(self.points.data):
+        if self._points is not None and len(self._points.data):
             features = self.points.features
             self.points.face_color = [_POSITIVE if p else _NEGATIVE for p in features["positive"]]
             self.points.border_color = [self._colour_of(o) for o in features["object"]]
-        if len(self.boxes.data):
+        if self._boxes is not None and len(self._boxes.data):
             self.boxes.edge_color = [self._colour_of(o) for o in self.boxes.features["object"]]
 
     def _on_data(self, event: Any) -> None:
@@ -136,8 +191,10 @@ class PromptLayers:
         self.recolour()
 
     def _update_defaults(self) -> None:
-        self.points.feature_defaults = {"uid": -1, "object": self._obj_id, "positive": not self.negative}
-        self.boxes.feature_defaults = {"uid": -1, "object": self._obj_id}
+        if self._points is not None:
+            self._points.feature_defaults = {"uid": -1, "object": self._obj_id, "positive": not self.negative}
+        if self._boxes is not None:
+            self._boxes.feature_defaults = {"uid": -1, "object": self._obj_id}
 
     def _sign_from_shift(self, layer: Any, event: Any) -> None:
         if layer.mode == "add":

@@ -1,8 +1,19 @@
 """napari reader: DICOM folders and files, NIfTI, NRRD and MetaImage through ``medseg.io``.
 
-The Image layer keeps the voxels in physical units (CT in HU) with the CT/MRI display window
-as contrast limits, the layer transform of ``_layers`` (scale = spacing, LPS-flipped axes)
-and the ``Volume`` in its metadata, so that segmenting and saving use its exact geometry.
+The Image layer keeps the voxels in physical units (CT in HU) with the suggested preset's
+window as contrast limits (``_layers.suggest_preset``), the layer transform of ``_layers``
+(scale = spacing, LPS-flipped axes), the ``Volume`` and the source path in its metadata, so
+that segmenting and saving use its exact geometry.
+
+A label map (stored as integers, whole non-negative values, mostly background, a few
+distinct values: decided from the header and the voxels, not the file name) opens as a Labels layer on its own grid, so it overlays its
+image and every Labels picker offers it. A study folder opens every image series that reads;
+the ones that do not are listed (description, number of slices, reason) in a warning.
+
+napari's built-in reader also claims ``.dcm``, ``.nii.gz``, ``.nrrd`` and ``.mha``, which
+makes napari ask "Choose reader" on every open. ``claim_reader_patterns`` records medseg as
+the preferred reader for those patterns where the user has not chosen one (napari's
+Preferences ▸ Plugins shows and changes it).
 """
 
 from __future__ import annotations
@@ -13,17 +24,27 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from medseg.io import list_dicom_series, load_volume
-from medseg.io.files import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, has_dicom_preamble
+import numpy as np
 
-from napari_plugin._layers import image_layer_data
+from medseg.errors import MedsegError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 
 #: Files looked at to decide whether a folder holds DICOM (exports can hold thousands).
 _FOLDER_PROBE = 32
+#: A label map: at most this many distinct values, and at least this share of background.
+_MAX_LABELS = 255
+_MIN_BACKGROUND = 0.3
+#: Patterns napari's built-in reader also claims, for which medseg asks to be preferred.
+CLAIMED_PATTERNS = ("*.dcm", "*.dicom", "*.ima", "*.nii", "*.nii.gz", "*.nrrd", "*.nhdr", "*.mha", "*.mhd")
+# napari calls ``get_reader`` for every path it opens: it must not import ``medseg.io``, whose
+# package import loads pydicom, SimpleITK, highdicom and MONAI (torch). Hence these suffixes
+# and the DICOM preamble test are spelled here rather than taken from ``medseg.io.files``.
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
@@ -34,22 +55,101 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] 
 
 
 def read_volume(path: str | list[str]) -> LayerData:
-    """Load a volume as an Image layer named after the file or folder.
+    """Load a volume as an Image layer (or a label map as a Labels layer) named after the file.
 
-    A folder holding several DICOM series (a whole study) gives one layer per image series,
-    largest first, each named after its series description.
+    A folder holding several DICOM series (a whole study) gives one layer per image series
+    that reads, largest first, each named after its series description.
     """
+    from medseg.io import list_dicom_series, load_volume
+
     path = Path(path)
     if not path.is_dir():
-        return [image_layer_data(load_volume(path), _layer_name(path))]
+        return [_layer_data(load_volume(path), _layer_name(path), str(path))]
     series = list_dicom_series(path)
     if len(series) == 1:
-        return [image_layer_data(load_volume(path), path.name)]
-    logger.info("%s holds %d image series; opening each as a layer", path, len(series))
-    return [
-        image_layer_data(load_volume(path, series_uid=s.uid), f"{path.name}: {s.description or s.uid} ({s.modality})")
-        for s in series
-    ]
+        return [_layer_data(load_volume(path), path.name, str(path))]
+    log.info("%s holds %d image series; opening each as a layer", path, len(series))
+    layers, skipped = [], []
+    for s in series:
+        try:
+            volume = load_volume(path, series_uid=s.uid)
+        except MedsegError as error:
+            skipped.append(f"'{s.description or 'no description'}' ({s.modality}, {s.n_slices} slices): {error}")
+            continue
+        layers.append(_layer_data(volume, f"{path.name}: {s.description or s.uid} ({s.modality})", str(path)))
+    if skipped:
+        message = f"{path.name}: skipped {len(skipped)} of {len(series)} series that cannot be read:\n" + "\n".join(skipped)
+        if not layers:
+            raise MedsegError(message)
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+    return layers
+
+
+def is_label_map(array: np.ndarray, *, stored_as_integers: bool = True) -> bool:
+    """True for integers on disk, whole non-negative values, few of them, mostly 0: a segmentation.
+
+    >>> is_label_map(np.array([[0, 0, 0, 1], [0, 0, 2, 2]], dtype=np.float32))
+    True
+    >>> is_label_map(np.array([[-1000, 40], [60, 300]], dtype=np.float32))
+    False
+    >>> is_label_map(np.array([[0, 0, 0, 1000]], dtype=np.float32), stored_as_integers=False)
+    False
+    """
+    if not stored_as_integers:  # label maps are written as integers; a float file is an image
+        return False
+    sample = array[::2, ::2, ::2] if array.ndim == 3 else array
+    if sample.size == 0 or sample.min() < 0 or not np.array_equal(sample, np.round(sample)):
+        return False
+    if np.count_nonzero(sample == 0) < _MIN_BACKGROUND * sample.size:
+        return False
+    values = np.unique(array)
+    return len(values) <= _MAX_LABELS + 1 and np.array_equal(array, np.round(array))
+
+
+def claim_reader_patterns() -> None:
+    """Prefer medseg for the medical formats napari's own reader also claims (see module docstring)."""
+    from napari.settings import get_settings
+
+    preferences = get_settings().plugins.extension2reader
+    missing = {pattern: "medseg" for pattern in CLAIMED_PATTERNS if pattern not in preferences}
+    if missing:
+        get_settings().plugins.extension2reader = {**preferences, **missing}
+
+
+def stored_as_integers(path: Path) -> bool:
+    """Whether a NIfTI / NRRD / MetaImage file stores integer voxels (its header, no voxels read)."""
+    name = path.name.lower()
+    if name.endswith(_NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        header = nib.load(path).header
+        scaled = header.get_slope_inter()[0] not in (None, 1.0)
+        return np.issubdtype(header.get_data_dtype(), np.integer) and not scaled
+    if name.endswith(_ITK_SUFFIXES):
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return "float" not in sitk.GetPixelIDValueAsString(reader.GetPixelID()) and reader.GetNumberOfComponents() == 1
+    return False  # DICOM image series: images (DICOM SEG / RTSTRUCT are not read here)
+
+
+def _layer_data(volume: Any, name: str, source: str) -> tuple[Any, dict[str, Any], str]:
+    from medseg.volume import LabelVolume
+
+    from napari_plugin._layers import SOURCE_KEY, image_layer_data, labels_layer_data
+
+    path = Path(source)
+    if path.is_dir() or not is_label_map(volume.array, stored_as_integers=stored_as_integers(path)):
+        return image_layer_data(volume, name, source=source)
+    labels = LabelVolume.like(volume, volume.array.astype(np.int32))
+    data, kwargs, kind = labels_layer_data(labels, volume, name)
+    kwargs["metadata"][SOURCE_KEY] = source
+    kwargs["opacity"] = 0.5  # the image under it stays readable
+    return data, kwargs, kind
 
 
 def _is_readable(path: Path) -> bool:
@@ -57,16 +157,22 @@ def _is_readable(path: Path) -> bool:
         files = islice((p for p in path.rglob("*") if p.is_file()), _FOLDER_PROBE)  # series may sit in subfolders
         return any(_is_dicom(p) for p in files)
     name = path.name.lower()
-    return path.is_file() and (name.endswith(NIFTI_SUFFIXES + ITK_SUFFIXES) or _is_dicom(path))
+    return path.is_file() and (name.endswith(_NIFTI_SUFFIXES + _ITK_SUFFIXES) or _is_dicom(path))
 
 
 def _is_dicom(path: Path) -> bool:
-    return path.name.lower().endswith(DICOM_SUFFIXES) or has_dicom_preamble(path)
+    if path.name.lower().endswith(_DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def _layer_name(path: Path) -> str:
     name = path.name
-    for suffix in NIFTI_SUFFIXES + ITK_SUFFIXES:
+    for suffix in _NIFTI_SUFFIXES + _ITK_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

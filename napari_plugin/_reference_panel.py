@@ -25,6 +25,8 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QGroupBox,
+    QHeaderView,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -36,11 +38,20 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import InputError, MedsegError
-from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, ReferenceSession, SupportSet
+from medseg.preprocess import PRESETS
+from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, ReferenceSession, SupportEntry, SupportSet
 from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._layer_picker import LayerPicker
-from napari_plugin._layers import LABELS_KEY, label_volume, labels_layer_data, volume_of_image
+from napari_plugin._layers import (
+    LABELS_KEY,
+    label_volume,
+    labels_layer_data,
+    layer_volume,
+    put_labels,
+    suggest_preset,
+    volume_of_image,
+)
 from napari_plugin._model_picker import LoadedModels, ModelPicker
 from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
@@ -97,10 +108,15 @@ class ReferencePanel(QWidget):
         self._query_layer: Any | None = None
         self.query = LayerPicker(viewer, napari.layers.Image)
         self.references = QTableWidget(0, 3)
-        self.references.setHorizontalHeaderLabels(["image", "labels", "slices (empty: sample k)"])
-        self.references.horizontalHeader().setStretchLastSection(True)
+        self.references.setHorizontalHeaderLabels(["image", "labels", "slices"])
+        self.references.horizontalHeaderItem(2).setToolTip("slices drawn on, e.g. 12, 20 (empty: sample k per label)")
+        header = self.references.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
+        self.references.setColumnWidth(2, 70)
         self.references.verticalHeader().setVisible(False)
-        self.references.setMaximumHeight(130)
+        self.references.setMaximumHeight(110)
         self.add_reference = QPushButton("+ reference")
         self.remove_reference = QPushButton("− reference")
         self.k = QSpinBox()
@@ -125,6 +141,10 @@ class ReferencePanel(QWidget):
         self.min_spacing.setSpecialValueText("auto")
         self.include_supports = QCheckBox("Keep the references as prompts in the final pass")
         self.include_supports.setChecked(True)
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.setToolTip("How intensities become SAM2's input (query and references): a CT window or MRI percentiles; "
+                               "set from the query's modality, or its intensities when the file does not say")
         self.model = ModelPicker()
         self.controls = TaskControls("Run")
         self.plot = ScorePlot()
@@ -136,7 +156,9 @@ class ReferencePanel(QWidget):
         self.remove_reference.clicked.connect(self._on_remove_reference)
         self.controls.run.clicked.connect(self._on_run)
         self.selected.itemClicked.connect(self._on_slice_clicked)
+        self.query.currentIndexChanged.connect(self._on_query_changed)
         self._on_add_reference()
+        self._on_query_changed()
 
     def _layout(self) -> None:
         data = QGroupBox("Query and references")
@@ -148,14 +170,13 @@ class ReferencePanel(QWidget):
         grid.addWidget(self.add_reference, 2, 0)
         grid.addWidget(self.remove_reference, 2, 1)
         settings = QGroupBox("Settings")
-        form = QFormLayout(settings)
-        form.addRow("Labels (e.g. 1, 3)", self.labels)
-        form.addRow("Slices per label (k)", self.k)
-        form.addRow("Mode", self.mode)
-        form.addRow("Top k slices", self.top_k)
-        form.addRow("Score threshold", self.threshold)
-        form.addRow("Min spacing", self.min_spacing)
-        form.addRow(self.include_supports)
+        grid = QGridLayout(settings)  # two fields per row: the score plot stays above the fold
+        fields = [("Labels", self.labels), ("Preset", self.preset), ("k per label", self.k), ("Mode", self.mode),
+                  ("Top k", self.top_k), ("Threshold", self.threshold), ("Min spacing", self.min_spacing)]
+        for i, (text, widget) in enumerate(fields):
+            grid.addWidget(QLabel(text), i // 2, 2 * (i % 2))
+            grid.addWidget(widget, i // 2, 2 * (i % 2) + 1)
+        grid.addWidget(self.include_supports, len(fields) // 2 + 1, 0, 1, 4)
         model = QGroupBox("Model")
         QVBoxLayout(model).addWidget(self.model)
         run = QGroupBox("Run")
@@ -164,16 +185,25 @@ class ReferencePanel(QWidget):
         box.addWidget(self.plot)
         box.addWidget(self.selected)
         layout = QVBoxLayout(self)
-        for group in (data, settings, model, run):
+        for group in (data, settings, run, model):
             layout.addWidget(group)
         layout.addStretch(1)
+
+    def _on_query_changed(self, *_: Any) -> None:
+        """The preset follows the query (its modality, else its intensities)."""
+        layer = self.query.layer()
+        if layer is not None and layer_volume(layer) is not None:
+            self.preset.setCurrentText(suggest_preset(layer_volume(layer)))
 
     # --- references -------------------------------------------------------------------------
     def _on_add_reference(self) -> None:
         row = self.references.rowCount()
         self.references.insertRow(row)
-        self.references.setCellWidget(row, 0, LayerPicker(self.viewer, napari.layers.Image))
-        self.references.setCellWidget(row, 1, LayerPicker(self.viewer, napari.layers.Labels))
+        for column, kind in ((0, napari.layers.Image), (1, napari.layers.Labels)):
+            picker = LayerPicker(self.viewer, kind)
+            picker.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            picker.setMinimumContentsLength(8)
+            self.references.setCellWidget(row, column, picker)
         self.references.setCellWidget(row, 2, QLineEdit())
 
     def _on_remove_reference(self) -> None:
@@ -197,10 +227,12 @@ class ReferencePanel(QWidget):
             image, labels = self.references.cellWidget(row, 0).layer(), self.references.cellWidget(row, 1).layer()
             if image is None or labels is None:
                 raise InputError(f"reference {row + 1}: pick its image and its labels layer")
-            volume = query if image.unique_id == query_layer.unique_id else volume_of_image(image)
+            on_query = image.unique_id == query_layer.unique_id  # engineer F replaces this with an explicit choice
+            volume = query if on_query else volume_of_image(image)
             label_map = label_volume(labels.data, volume, result=labels.metadata.get(LABELS_KEY), name=labels.name)
             name = f"{image.name} / {labels.name}"
-            entries.append((volume, label_map, parse_slices(self.references.cellWidget(row, 2).text(), name)))
+            slices = parse_slices(self.references.cellWidget(row, 2).text(), name)
+            entries.append(SupportEntry(label_map, volume=None if on_query else volume, slices=slices, from_query=on_query))
             names.append(name)
         if not entries:
             raise InputError("no reference: add one (an annotated volume, or slices drawn on the query)")
@@ -226,7 +258,7 @@ class ReferencePanel(QWidget):
         except MedsegError as error:
             show_error(str(error))
             return
-        k, mode, models = self.k.value(), self.mode.currentText(), self._models
+        k, mode, models, preset = self.k.value(), self.mode.currentText(), self._models, self.preset.currentText()
         settings = {
             "top_k": self.top_k.value() or None,
             "threshold": self.threshold.value(),
@@ -236,21 +268,17 @@ class ReferencePanel(QWidget):
 
         def run(progress: Progress, should_stop: StopFlag) -> LabelVolume:
             support = SupportSet.from_volumes(entries, k=k, labels=labels, names=names)
-            session = ReferenceSession(query, support, model=models.get(choice))
-            return session.segment(mode=mode, progress=progress, **settings)
+            session = ReferenceSession(query, support, model=models.get(choice), preset=preset)
+            return session.segment(mode=mode, progress=progress, should_stop=should_stop, **settings)
 
         self._query_layer = query_layer
-        self.controls.start(run, label="Reference prompting", on_done=lambda result: self._show(result, query))
+        phases = ("forward pass", "reverse scoring", "re-prompted pass") if mode == "revsam2" else ("propagation",)
+        self.controls.start(run, label="Reference prompting", on_done=lambda result: self._show(result, query),
+                            phases=phases)
 
     def _show(self, result: LabelVolume, query: Volume) -> None:
         name = f"{self._query_layer.name} references ({result.provenance['method'].removeprefix('reference-prompting-')})"
-        data, kwargs, _ = labels_layer_data(result, query, name)
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data, layer.features = data, kwargs["features"]
-            layer.metadata.update(kwargs["metadata"])
-        else:
-            self.viewer.add_labels(data, **kwargs)
+        put_labels(self.viewer, labels_layer_data(result, query, name))
         self.plot.show_scores(result)
         self.selected.clear()
         for value, detail in result.provenance.get("labels", {}).items():

@@ -1,53 +1,57 @@
 """The SAM2 panel: prompt objects on any slice, segment them there, propagate, correct, save.
 
-Workflow: pick the image and a model; place green points on the object (shift-click or the
-"negative" toggle for red background points) and/or draw a box; "Segment object" shows the
-objects on their prompted slices; "Propagate" fills the volume from every prompted slice;
-points on another slice correct it (press Propagate again); "Undo" takes back the last
-point or box; "Save" writes the labels on the image's geometry.
+Workflow: pick the image, the intensity preset and a model; press A (or pick an object) and
+click on the object (shift-click or T for red background points) and/or draw a box;
+"Segment object" (G) shows the objects on their prompted slices; "Propagate" (Shift-G) fills
+the volume from every prompted slice, slice by slice as they finish; points on another slice
+correct it (propagate again); Undo/Redo (U / Shift-U) restore the whole previous result;
+"Accept" (Shift-C) keeps an object as it is and moves on to the next organ; "Save" writes
+the labels on the image's geometry, to a path of this image's own.
 
-All model work runs in a napari thread worker (``_tasks.Task``): the viewer stays live,
-progress shows in the panel and in napari's activity dock, Cancel stops between slices.
-One predictor per model choice is kept, so a model loads once per napari session, and the
+All model work runs through the panel's ``TaskControls`` (a napari thread worker): the viewer
+stays live, progress with phase and ETA shows in the panel and in napari's activity dock,
+Cancel (Escape) stops between slices and leaves the labels as they were. One predictor per
+model choice is kept (``LoadedModels``), so a model loads once per napari session; the
 session keeps the image features of every prompted slice, so more clicks there are fast.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QCheckBox,
-    QFileDialog,
+    QComboBox,
     QFormLayout,
     QGridLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QProgressBar,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from medseg.errors import MedsegError
+from medseg.errors import Cancelled, MedsegError
+from medseg.preprocess import PRESETS
 from medseg.sam2.qc import qc_summary
 
+from napari_plugin._keys import bind_shortcuts, help_text
 from napari_plugin._layer_picker import LayerPicker, same_layer
 from napari_plugin._layers import volume_of_image
-from napari_plugin._model_picker import LoadedModels, ModelChoice, ModelPicker
-from napari_plugin._sam2_workspace import Plan, Workspace, check_markers, send
-from napari_plugin._tasks import Progress, StopFlag, Task
+from napari_plugin._model_picker import LoadedModels, ModelPicker
+from napari_plugin._object_table import ObjectTable
+from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_markers
+from napari_plugin._save_row import SaveRow, input_paths
+from napari_plugin._tasks import Progress, StopFlag, Task, TaskControls
 from napari_plugin._writer import write_labels
+
+_UNTRAINED = " UNTRAINED MODEL: the masks are meaningless."
 
 
 class Sam2Panel(QWidget):
@@ -56,54 +60,75 @@ class Sam2Panel(QWidget):
     def __init__(self, viewer: napari.Viewer, models: LoadedModels, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.task: Task | None = None
         self._models = models
         self._workspaces: dict[str, Workspace] = {}  # by image layer unique_id
-        self._correct_next: tuple[int, int] | None = None
         self._shown_image: Any | None = None
 
         self.image = LayerPicker(viewer, napari.layers.Image)
         self.output = LayerPicker(viewer, napari.layers.Labels, none_text="(new layer)")
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.setToolTip("How intensities become SAM2's input: a CT window (HU) or MRI percentiles")
+        self.preset_note = QLabel()
         self.model = ModelPicker()
-        self.objects = QTableWidget(0, 2)
-        self.objects.setHorizontalHeaderLabels(["label", "name"])
-        self.objects.horizontalHeader().setStretchLastSection(True)
-        self.objects.verticalHeader().setVisible(False)
-        self.objects.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-        self.objects.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-        self.objects.setMinimumHeight(130)
-        self.objects.setMaximumHeight(160)
-        self.objects.setColumnWidth(0, 60)
+        self.precompute = QPushButton("Precompute embeddings")
+        self.precompute.setToolTip("Encode every slice now (cancellable), so later clicks and propagation are fast")
+        self.objects = ObjectTable()
         self.add_object = QPushButton("+ object")
         self.remove_object = QPushButton("− object")
-        self.negative = QCheckBox("Negative points (or shift-click)")
+        self.accept = QPushButton("Accept (Shift-C)")
+        self.accept.setToolTip("Keep this object as it is now; SAM2 forgets its prompts and moves on to a new object")
+        self.clear = QPushButton("Clear prompts")
+        self.clear.setToolTip("Remove this object's points, boxes and mask (accepted voxels stay)")
+        self.box = QPushButton("Draw box (Shift-B)")
+        self.box.setToolTip("Drag a box around the object on this slice (one box per object per slice)")
+        self.negative = QCheckBox("Negative points (T, or shift-click)")
         self.negative.setToolTip("Place background points (red) instead of object points (green)")
         self.mask_prompt = QPushButton("Slice as mask prompt")
         self.mask_prompt.setToolTip(
             "Use the object's voxels on the current slice, as shown and as painted with the labels brush, "
             "as a mask prompt: SAM2 keeps them exactly and propagates from them"
         )
-        self.segment = QPushButton("Segment object")
+        self.segment = QPushButton("Segment object (G)")
         self.segment.setToolTip("Send the new points and boxes to SAM2 and show the objects on their slices")
-        self.propagate = QPushButton("Propagate")
-        self.propagate.setToolTip("Segment every object through the whole volume from all its prompted slices")
-        self.undo = QPushButton("Undo")
-        self.undo.setToolTip("Take back the last point or box")
-        self.cancel = QPushButton("Cancel")
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
+        self.controls = TaskControls("Propagate (Shift-G)")
+        self.controls.run.setToolTip("Segment every object through the whole volume from all its prompted slices")
+        self.undo = QPushButton("Undo (U)")
+        self.undo.setToolTip("Take back the last point, or the last result (labels and prompts)")
+        self.redo = QPushButton("Redo (Shift-U)")
         self.correct_next = QPushButton("Go to the slice to correct next")
         self.correct_next.setVisible(False)
-        self.save_path = QLineEdit()
-        self.save_path.setPlaceholderText("labels.nii.gz, .nrrd, .mha or .dcm (DICOM SEG)")
-        self.browse = QPushButton("…")
-        self.browse.setMaximumWidth(30)
-        self.save = QPushButton("Save")
+        self.save_row = SaveRow()
+        self.help = QLabel(help_text())
+        self.help.setStyleSheet("font-family: monospace; font-size: 9pt")
+        self.controls.busy_widgets = [
+            self.segment, self.undo, self.redo, self.save_row.save, self.add_object, self.remove_object,
+            self.mask_prompt, self.accept, self.clear, self.model, self.image, self.preset, self.precompute,
+        ]
         self._layout()
         self._connect()
+        bind_shortcuts(viewer, self)
         self._show_image()
+
+    @property
+    def task(self) -> Task | None:
+        return self.controls.task
+
+    @property
+    def status(self) -> QLabel:
+        return self.controls.status
+
+    @property
+    def progress(self):
+        return self.controls.progress
+
+    @property
+    def propagate(self) -> QPushButton:
+        return self.controls.run
+
+    @property
+    def cancel(self) -> QPushButton:
+        return self.controls.cancel
 
     # --- layout and signals -----------------------------------------------------------------
     def _layout(self) -> None:
@@ -111,52 +136,100 @@ class Sam2Panel(QWidget):
         form = QFormLayout(data)
         form.addRow("Image", self.image)
         form.addRow("Labels", self.output)
+        form.addRow("Preset", self.preset)
+        form.addRow(self.preset_note)
         model = QGroupBox("Model")
-        QVBoxLayout(model).addWidget(self.model)
+        box = QVBoxLayout(model)
+        box.addWidget(self.model)
+        box.addWidget(self.precompute)
         objects = QGroupBox("Objects and prompts")
         grid = QGridLayout(objects)
         grid.addWidget(self.objects, 0, 0, 1, 2)
         grid.addWidget(self.add_object, 1, 0)
         grid.addWidget(self.remove_object, 1, 1)
-        grid.addWidget(self.negative, 2, 0)
-        grid.addWidget(self.mask_prompt, 2, 1)
+        grid.addWidget(self.accept, 2, 0)
+        grid.addWidget(self.clear, 2, 1)
+        grid.addWidget(self.negative, 3, 0)
+        grid.addWidget(self.box, 3, 1)
+        grid.addWidget(self.mask_prompt, 4, 0, 1, 2)
         actions = QGroupBox("Segment")
         grid = QGridLayout(actions)
         grid.addWidget(self.segment, 0, 0)
-        grid.addWidget(self.propagate, 0, 1)
         grid.addWidget(self.undo, 1, 0)
-        grid.addWidget(self.cancel, 1, 1)
-        grid.addWidget(self.progress, 2, 0, 1, 2)
-        grid.addWidget(self.status, 3, 0, 1, 2)
-        grid.addWidget(self.correct_next, 4, 0, 1, 2)
+        grid.addWidget(self.redo, 1, 1)
+        grid.addWidget(self.controls, 2, 0, 1, 2)
+        grid.addWidget(self.correct_next, 3, 0, 1, 2)
         save = QGroupBox("Save labels")
-        row = QHBoxLayout(save)
-        row.addWidget(self.save_path)
-        row.addWidget(self.browse)
-        row.addWidget(self.save)
+        QVBoxLayout(save).addWidget(self.save_row)
+        keys = QGroupBox("Keys")
+        QVBoxLayout(keys).addWidget(self.help)
         layout = QVBoxLayout(self)
-        for box in (data, model, objects, actions, save):
-            layout.addWidget(box)
+        for group in (data, model, objects, actions, save, keys):
+            layout.addWidget(group)
         layout.addStretch(1)
 
     def _connect(self) -> None:
         self.image.currentIndexChanged.connect(self._on_image_changed)
         self.image.activated.connect(self._show_image)
         self.output.currentIndexChanged.connect(self._on_output_changed)
+        self.preset.currentTextChanged.connect(self._on_preset)
         self.objects.itemSelectionChanged.connect(self._on_object_selected)
         self.objects.itemChanged.connect(self._on_object_renamed)
         self.add_object.clicked.connect(self._on_add_object)
         self.remove_object.clicked.connect(self._on_remove_object)
+        self.accept.clicked.connect(self.accept_object)
+        self.clear.clicked.connect(self.clear_object)
         self.negative.toggled.connect(self._on_negative)
+        self.box.clicked.connect(self.draw_box)
         self.mask_prompt.clicked.connect(self._on_mask_prompt)
         self.segment.clicked.connect(self._on_segment)
-        self.propagate.clicked.connect(self._on_propagate)
-        self.undo.clicked.connect(self._on_undo)
-        self.cancel.clicked.connect(self._on_cancel)
+        self.controls.run.clicked.connect(self._on_propagate)
+        self.undo.clicked.connect(self.undo_step)
+        self.redo.clicked.connect(self.redo_step)
+        self.precompute.clicked.connect(self._on_precompute)
         self.correct_next.clicked.connect(self._on_correct_next)
-        self.browse.clicked.connect(self._on_browse)
-        self.save.clicked.connect(self._on_save)
-        self._set_busy(False)
+        self.save_row.browse.clicked.connect(lambda: self.save_row.choose() and self._on_save())
+        self.save_row.save.clicked.connect(self._on_save)
+        self.save_row.path.editingFinished.connect(self._on_save_path_edited)
+
+    # --- keyboard (see _keys.SHORTCUTS) -------------------------------------------------------
+    def place_points(self) -> None:
+        """Make the prompts layer active in add mode: clicks on the image become points."""
+        ws = self.workspace
+        if ws is not None:
+            ws.restore_layers()
+            self.viewer.layers.selection.active = ws.prompts.points
+            ws.prompts.points.mode = "add"
+
+    def draw_box(self) -> None:
+        """Make the boxes layer active in rectangle mode: a drag on the image draws a box."""
+        ws = self.workspace
+        if ws is not None:
+            ws.restore_layers()
+            self.viewer.layers.selection.active = ws.prompts.boxes
+            ws.prompts.boxes.mode = "add_rectangle"
+
+    def toggle_negative(self) -> None:
+        self.negative.toggle()
+
+    def segment_object(self) -> None:
+        self.segment.click()
+
+    def propagate_volume(self) -> None:
+        self.controls.run.click()
+
+    def next_object(self, step: int = 1) -> None:
+        ws, current = self.workspace, self.current_object()
+        if ws is None or current is None:
+            return
+        ids = list(ws.objects)
+        self.select_object(ids[(ids.index(current) + step) % len(ids)])
+
+    def previous_object(self) -> None:
+        self.next_object(-1)
+
+    def cancel_task(self) -> None:
+        self.controls.cancel.click()
 
     # --- the current image ------------------------------------------------------------------
     @property
@@ -173,30 +246,58 @@ class Sam2Panel(QWidget):
         self._show_image(start=not removed)
 
     def _show_image(self, *_: Any, start: bool = True) -> None:
-        """Show the picked image's objects; with ``start``, create its layers on first use."""
+        """Show the picked image's objects, preset, save path; with ``start``, set it up on first use."""
         alive = {layer.unique_id for layer in self.viewer.layers}
         self._workspaces = {k: ws for k, ws in self._workspaces.items() if k in alive}
         layer = self._shown_image = self.image.layer()
+        self._reset_stale()
         if layer is None:
-            self._show_status("Open a 3D CT or MRI volume (File ▸ Open, or File ▸ Open Sample ▸ medseg).")
+            self.controls.show_status("Open a 3D CT or MRI volume (File ▸ Open, or File ▸ Open Sample ▸ medseg).")
         elif layer.unique_id not in self._workspaces and start:
             try:
-                ws = self._workspaces[layer.unique_id] = Workspace(self.viewer, layer, volume_of_image(layer))
+                self._workspaces[layer.unique_id] = Workspace(self.viewer, layer, volume_of_image(layer))
             except MedsegError as error:
                 show_error(str(error))
-                self._show_status(str(error), error=True)
+                self.controls.show_status(str(error), warn=True)
             else:
-                self.viewer.layers.selection.active = ws.prompts.points
+                self.viewer.layers.selection.active = layer  # napari's New Labels then fits this image
         ws = self.workspace
         if ws is not None:
             self.output.set_layer(ws.labels)
-            self._show_status(
-                f"{layer.name}: {ws.volume.modality} volume {ws.volume.shape} (z, y, x). Click on the object "
-                "(points layer in add mode) or draw a box, then press Segment object or Propagate."
+            self.preset.blockSignals(True)
+            self.preset.setCurrentText(ws.preset)
+            self.preset.blockSignals(False)
+            self.preset_note.setText(self._preset_reason(ws))
+            self.save_row.path.setText(ws.save_path)
+            self.controls.show_status(
+                f"{layer.name}: {ws.volume.modality} volume {ws.volume.shape} (z, y, x). Press A (or pick an "
+                "object) and click on the object, or draw a box; then Segment object (G) or Propagate (Shift-G)."
             )
         elif layer is not None and start is False:
-            self._show_status(f"Pick {layer.name!r} in the Image list to segment it.")
+            self.controls.show_status(f"Pick {layer.name!r} in the Image list to segment it.")
         self._refresh_objects()
+
+    def _reset_stale(self) -> None:
+        """What belonged to the previous image: the correction hint and the last progress."""
+        self.correct_next.setVisible(False)
+        if not self.controls.busy:
+            self.controls.progress.setRange(0, 1)
+            self.controls.progress.setValue(0)
+            self.controls.progress.setFormat("")
+
+    @staticmethod
+    def _preset_reason(ws: Workspace) -> str:
+        modality = ws.volume.modality
+        if modality.upper() not in ("OT", ""):
+            return f"default for {modality}"
+        return "modality unknown: chosen from the intensities (HU-like: CT)" if ws.preset.startswith("ct") else \
+            "modality unknown: chosen from the intensities (not HU-like: MRI)"
+
+    def _on_preset(self, name: str) -> None:
+        ws = self.workspace
+        if ws is not None:
+            ws.preset = name
+            self.preset_note.setText("chosen by you; the next call re-encodes the slices")
 
     def _on_output_changed(self, *_: Any) -> None:
         """The user picked another labels layer for the results, or "(new layer)"."""
@@ -210,29 +311,20 @@ class Sam2Panel(QWidget):
         ws.prompts.recolour()
         self.output.set_layer(ws.labels)
 
+    def _on_save_path_edited(self) -> None:
+        if self.workspace is not None:
+            self.workspace.save_path = self.save_row.path.text().strip()
+
     # --- objects ----------------------------------------------------------------------------
     def _refresh_objects(self, select: int | None = None) -> None:
         ws = self.workspace
-        self.objects.blockSignals(True)
-        self.objects.setRowCount(0)
-        for obj_id, name in (ws.objects.items() if ws else []):
-            row = self.objects.rowCount()
-            self.objects.insertRow(row)
-            value = QTableWidgetItem(str(obj_id))
-            value.setFlags(value.flags() & ~Qt.ItemFlag.ItemIsEditable)
-            value.setBackground(QColor.fromRgbF(*ws.colour_of(obj_id)))
-            self.objects.setItem(row, 0, value)
-            self.objects.setItem(row, 1, QTableWidgetItem(name))
-        self.objects.blockSignals(False)
-        if ws:
-            ids = list(ws.objects)
-            self.objects.selectRow(ids.index(select) if select in ids else 0)
+        if ws is None:
+            self.objects.setRowCount(0)
+            return
+        self.objects.show_objects(ws.objects, accepted=ws.accepted, colour_of=ws.colour_of, select=select)
 
     def current_object(self) -> int | None:
-        rows = self.objects.selectionModel().selectedRows()
-        if not rows or self.workspace is None:
-            return None
-        return int(self.objects.item(rows[0].row(), 0).text())
+        return None if self.workspace is None else self.objects.current()
 
     def select_object(self, obj_id: int) -> None:
         """Make ``obj_id`` the object new markers prompt (as clicking its row does)."""
@@ -242,23 +334,49 @@ class Sam2Panel(QWidget):
         ws, obj_id = self.workspace, self.current_object()
         if ws is not None and obj_id is not None:
             ws.prompts.set_object(obj_id)
-            ws.labels.selected_label = obj_id
+            if ws.labels is not None:
+                ws.labels.selected_label = obj_id
 
     def _on_object_renamed(self, item: QTableWidgetItem) -> None:
         ws = self.workspace
         if ws is not None and item.column() == 1:
-            ws.rename(int(self.objects.item(item.row(), 0).text()), item.text().strip() or f"object {item.row() + 1}")
+            obj_id = self.objects.object_at(item.row())
+            ws.rename(obj_id, item.text().strip() or f"object {obj_id}")
 
     def _on_add_object(self) -> None:
         ws = self.workspace
         if ws is not None:
             self._refresh_objects(select=ws.add_object())
+            self.place_points()
 
     def _on_remove_object(self) -> None:
+        self._change_object(lambda ws, obj_id: ws.remove_object(obj_id), "Removed object {obj_id}.")
+
+    def accept_object(self) -> None:
+        """Keep the current object's voxels as they are; SAM2 moves on to a new object."""
         ws, obj_id = self.workspace, self.current_object()
-        if ws is not None and obj_id is not None:
-            ws.remove_object(obj_id)
-            self._refresh_objects()
+        if ws is None or obj_id is None or not self.accept.isEnabled():
+            return
+        before = ws.snapshot()
+        voxels = ws.accept(obj_id)
+        ws.history.push(before)
+        self._refresh_objects(select=ws.add_object())
+        self.controls.show_status(f"Accepted object {obj_id} ({voxels} voxels): it stays as it is. "
+                                  "Now prompt the next object.")
+
+    def clear_object(self) -> None:
+        """Take away the current object's prompts and the mask SAM2 gave it."""
+        self._change_object(lambda ws, obj_id: ws.clear_object(obj_id), "Cleared the prompts of object {obj_id}.")
+
+    def _change_object(self, change, message: str) -> None:
+        ws, obj_id = self.workspace, self.current_object()
+        if ws is None or obj_id is None or not self.clear.isEnabled():
+            return
+        before = ws.snapshot()
+        change(ws, obj_id)
+        ws.history.push(before)
+        self._refresh_objects(select=obj_id)
+        self.controls.show_status(message.format(obj_id=obj_id) + " Undo (U) brings it back.")
 
     def _on_negative(self, negative: bool) -> None:
         if self.workspace is not None:
@@ -278,195 +396,219 @@ class Sam2Panel(QWidget):
         voxels = int(marker.mask_array(ws.volume.shape[1:]).sum())
         if voxels == 0:
             ws.remove_marker(marker.uid)
-            show_error(
-                f"Object {obj_id} has no voxels on slice {z}: paint it with the labels brush "
-                f"(label {obj_id}) or segment it there first."
-            )
+            ws.labels.selected_label = obj_id
+            self.viewer.layers.selection.active = ws.labels
+            ws.labels.mode = "paint"
+            message = (f"Object {obj_id} has no voxels on slice {z}: paint it now with the labels brush "
+                       f"(label {obj_id}), then press Slice as mask prompt again.")
+            show_info(message)
+            self.controls.show_status(message)
             return
-        self._show_status(f"Mask prompt of object {obj_id} on slice {z} ({voxels} voxels); press Segment object or Propagate.")
+        self.controls.show_status(f"Mask prompt of object {obj_id} on slice {z} ({voxels} voxels); "
+                                  "press Segment object or Propagate.")
 
     # --- engine calls -----------------------------------------------------------------------
-    def _prepare(self) -> tuple[Workspace, ModelChoice, Plan] | None:
-        """The workspace, model and markers for the next call; a message instead when unusable."""
+    def _prepare(self) -> tuple[Workspace, SessionKey, Plan] | None:
+        """The workspace, session key and plan for the next call; a message instead when unusable."""
         ws = self.workspace
         if ws is None:
             show_error("Pick a 3D image layer first (File ▸ Open a DICOM folder or NIfTI file).")
             return None
         ws.restore_layers()
-        self.output.set_layer(ws.labels)
         try:
-            choice = self.model.choice()
-            plan = ws.plan(choice)
+            key = (self.model.choice(), ws.preset)
+            plan = ws.plan(key)
             check_markers(plan.markers, ws.volume.shape)
         except MedsegError as error:
             show_error(str(error))
+            self.controls.show_status(str(error), warn=True)
             return None
-        return ws, choice, plan
+        return ws, key, plan
 
-    def _sender(self, ws: Workspace, choice: ModelChoice, plan: Plan):
-        """A worker-side function giving ``plan``'s markers to the (new) session."""
+    def _syncer(self, ws: Workspace, key: SessionKey, plan: Plan):
+        """A worker-side function bringing the (new) session in step with the markers."""
         session = None if plan.rebuild else ws.session
         names = dict(ws.objects)
         volume, models = ws.volume, self._models
 
-        def run(progress: Progress, should_stop: StopFlag):
+        def sync():
             nonlocal session
             if session is None:
-                session = models.get(choice).session(volume)
-            slices = {}
-            for done, marker in enumerate(plan.markers, start=1):
-                slices[marker.z] = send(session, marker, names.get(marker.obj_id, ""))
-                progress(done, len(plan.markers))
-            return session, slices
+                session = models.get(key[0]).session(volume, preset=key[1])
+            return session, plan.apply(session, names)
 
-        return run
+        return sync
+
+    def _start(self, run, label: str, on_done, ws: Workspace, key: SessionKey, *, on_error=None,
+               on_progress=None) -> None:
+        loading = key[0] not in self._models
+        status = f"{label}: loading {key[0].model} (once per napari session)…" if loading else None
+
+        def failed(message: str) -> None:
+            ws.forget_session()
+            if on_error is not None:
+                on_error(message)
+
+        self.correct_next.setVisible(False)
+        self.controls.start(run, label=label, on_done=on_done, on_error=failed, on_progress=on_progress, status=status)
 
     def _on_segment(self) -> None:
         prepared = self._prepare()
         if prepared is None:
             return
-        ws, choice, plan = prepared
-        if not plan.markers:
+        ws, key, plan = prepared
+        if not plan.markers and not plan.undo:
             show_info("No new points or boxes: click on the object first (shift-click for background).")
             return
-        send_markers = self._sender(ws, choice, plan)
+        sync, before = self._syncer(ws, key, plan), ws.snapshot()
 
         def run(progress: Progress, should_stop: StopFlag):
-            session, slices = send_markers(progress, should_stop)
+            session, slices = sync()
             return session, slices, session.result()
 
         def done(outcome) -> None:
             session, slices, result = outcome
-            ws.commit(choice, session, plan)
+            ws.commit(key, session, plan)
             ws.paint_slices(slices, result)
-            shown = ", ".join(str(z) for z in sorted(slices))
-            note = " UNTRAINED MODEL: the masks are meaningless." if result.untrained else ""
-            self._show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}", result=result)
+            ws.history.push(before)
+            shown = ", ".join(str(z) for z in sorted(slices)) or "none"
+            note = _UNTRAINED if result.untrained else ""
+            self.controls.show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}",
+                                      warn=result.untrained)
 
-        self._start(run, "Segment object", done, ws, choice)
+        self._start(run, "Segment object", done, ws, key)
 
     def _on_propagate(self) -> None:
         prepared = self._prepare()
         if prepared is None:
             return
-        ws, choice, plan = prepared
+        ws, key, plan = prepared
         if not plan.markers and not ws.sent:
             show_info("Nothing to propagate: place points or a box on the object first.")
             return
-        send_markers = self._sender(ws, choice, plan)
+        sync, before = self._syncer(ws, key, plan), ws.snapshot()
+        finished: dict[int, np.ndarray] = {}  # slices done and not shown yet (worker -> UI thread)
+        lock = threading.Lock()
+
+        def keep(z: int, label_slice: np.ndarray) -> None:
+            with lock:
+                finished[z] = label_slice.copy()
+
+        def show_finished(*_: int) -> None:
+            with lock:
+                slices = dict(finished)
+                finished.clear()
+            if slices:
+                ws.paint_slices(slices)
 
         def run(progress: Progress, should_stop: StopFlag):
             started = time.perf_counter()
-            session, _ = send_markers(lambda *_: None, should_stop)
-            result = session.propagate(progress=progress, should_stop=should_stop)
+            session, _ = sync()
+            result = session.propagate(progress=progress, should_stop=should_stop, on_slice=keep)
+            if result is None:  # sessions before the engine contract returned None when stopped
+                raise Cancelled("propagation stopped on request")
             return session, result, time.perf_counter() - started
 
         def done(outcome) -> None:
             session, result, seconds = outcome
-            ws.commit(choice, session, plan)
-            if result is None:
-                show_info("Propagation cancelled: the labels are as they were.")
-                self._show_status("Propagation cancelled: the labels are as they were.")
-                return
+            ws.commit(key, session, plan)
             ws.show_result(result)
+            ws.history.push(before)
             summary = qc_summary(ws.result())
-            self._correct_next = summary.correct_next()
-            self._show_status(
+            ws.correct_next = summary.correct_next()
+            note = _UNTRAINED if result.untrained else ""
+            self.controls.show_status(
                 f"Propagated {len(result.label_names)} object(s) through {ws.volume.shape[0]} slices in "
-                f"{seconds:.1f} s with {result.provenance['model']}.\n{summary.to_text()}",
-                result=result,
+                f"{seconds:.1f} s with {result.provenance['model']}.{note}\n{summary.to_text()}",
+                warn=result.untrained,
             )
-            self.correct_next.setVisible(self._correct_next is not None)
+            self.correct_next.setVisible(ws.correct_next is not None)
 
-        self._start(run, "Propagate", done, ws, choice)
+        def failed(_: str) -> None:
+            with lock:
+                finished.clear()
+            if ws.labels is not None:
+                ws.labels.data[...] = before.labels_array()  # the slices shown so far go
+                ws.labels.refresh()
 
-    def _on_undo(self) -> None:
+        self._start(run, "Propagate", done, ws, key, on_error=failed, on_progress=show_finished)
+
+    def _on_precompute(self) -> None:
+        """Encode every slice ahead of the clicks (``Sam2Session.precompute``), cancellable."""
+        prepared = self._prepare()
+        if prepared is None:
+            return
+        ws, key, plan = prepared
+        sync = self._syncer(ws, key, plan)
+
+        def run(progress: Progress, should_stop: StopFlag):
+            session, slices = sync()
+            session.precompute(progress=progress, should_stop=should_stop)
+            return session, slices
+
+        def done(outcome) -> None:
+            session, slices = outcome
+            ws.commit(key, session, plan)
+            if slices:
+                ws.paint_slices(slices, session.result())
+            self.controls.show_status(f"Embeddings of {ws.volume.shape[0]} slices ready: clicks are fast now.")
+
+        self._start(run, "Precompute embeddings", done, ws, key)
+
+    def undo_step(self) -> None:
+        """Take back the last point not sent yet, else the last result (prompts and labels)."""
         ws = self.workspace
-        if ws is None:
+        if ws is None or not self.undo.isEnabled():
             return
         pending = ws.pending()
         if pending:
             ws.remove_marker(pending[-1].uid)
-            self._show_status("Removed the last point or box (it had not been sent to SAM2 yet).")
+            self.controls.show_status("Removed the last point or box (it had not been sent to SAM2 yet).")
             return
-        if not ws.sent or ws.session is None:
-            show_info("Nothing to undo.")
+        self._restore(ws, ws.history.undo(ws.snapshot()), "Undone", "Nothing to undo.")
+
+    def redo_step(self) -> None:
+        """Put back what the last Undo took."""
+        ws = self.workspace
+        if ws is not None and self.redo.isEnabled():
+            self._restore(ws, ws.history.redo(ws.snapshot()), "Redone", "Nothing to redo.")
+
+    def _restore(self, ws: Workspace, snapshot, verb: str, nothing: str) -> None:
+        if snapshot is None:
+            show_info(nothing)
             return
-        last = ws.sent.pop()
-        ws.remove_marker(last.uid)
-        session = ws.session
-
-        def run(progress: Progress, should_stop: StopFlag):
-            z = session.undo()
-            return z, session.result()
-
-        def done(outcome) -> None:
-            z, result = outcome
-            if z is not None:
-                ws.paint_slices({z: result.array[z]}, result)
-            self._show_status(f"Took back the last prompt on slice {z}; press Propagate to carry it through.")
-
-        self._start(run, "Undo", done, ws, ws.session_model)
-
-    def _on_cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-    def _start(self, run, label: str, on_done, ws: Workspace, choice: ModelChoice) -> None:
-        self.task = Task(
-            run, label=label, on_done=on_done, bar=self.progress,
-            on_error=ws.forget_session, on_finish=lambda: self._set_busy(False),
-        )
-        self._set_busy(True)
+        ws.restore(snapshot)
+        self._refresh_objects(select=self.current_object())
         self.correct_next.setVisible(False)
-        if choice not in self._models:
-            self._show_status(f"{label}: loading {choice.model} (once per napari session)…")
-        self.task.start()
-
-    def _set_busy(self, busy: bool) -> None:
-        for button in (self.segment, self.propagate, self.undo, self.save, self.add_object, self.remove_object,
-                       self.mask_prompt):
-            button.setEnabled(not busy)
-        self.model.setEnabled(not busy)
-        self.image.setEnabled(not busy)
-        self.cancel.setEnabled(busy)
+        self.controls.show_status(f"{verb}: labels and prompts are as they were "
+                                  "(SAM2 follows on the next Segment or Propagate).")
 
     # --- results ----------------------------------------------------------------------------
-    def _show_status(self, text: str, *, error: bool = False, result=None) -> None:
-        untrained = result is not None and result.untrained
-        self.status.setText(text)
-        self.status.setStyleSheet("color: #ff6060" if error or untrained else "")
-
     def _on_correct_next(self) -> None:
         ws = self.workspace
-        if ws is None or self._correct_next is None:
+        if ws is None or ws.correct_next is None:
             return
-        obj_id, z = self._correct_next
+        obj_id, z = ws.correct_next
         self.viewer.dims.set_point(0, ws.image.data_to_world((z, 0, 0))[0])
         self.select_object(obj_id)
-
-    def _on_browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save labels", self.save_path.text(), "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;DICOM SEG (*.dcm)"
-        )
-        if path:
-            self.save_path.setText(path)
-            self._on_save()
+        self.place_points()
 
     def _on_save(self) -> None:
         ws = self.workspace
-        path = self.save_path.text().strip()
-        if ws is None:
+        if ws is None or ws.labels is None:
             show_error("Nothing to save: pick an image and segment it first.")
             return
-        if not path:
-            self._on_browse()
-            return
         try:
+            path = self.save_row.target(input_paths(self.viewer.layers))
+            if path is None:
+                self.controls.show_status("Not saved: the file exists and you chose not to replace it.")
+                return
             meta = {"name": ws.labels.name, "metadata": ws.labels.metadata}
-            written = write_labels(str(Path(path).expanduser()), ws.labels.data, meta)
+            written = write_labels(str(path), ws.labels.data, meta)
         except MedsegError as error:
             show_error(str(error))
+            self.controls.show_status(str(error), warn=True)
             return
+        ws.save_path = str(path)
         show_info(f"Saved {ws.labels.name} to {written[0]}")
-        self._show_status(f"Saved to {written[0]} on the geometry of {ws.image.name}.")
+        self.controls.show_status(f"Saved to {written[0]} on the geometry of {ws.image.name}.")

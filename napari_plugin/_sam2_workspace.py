@@ -1,15 +1,22 @@
 """The SAM2 state of one image in the viewer: objects, prompt layers, output labels, session.
 
-The prompt layers are the user's record of what they said; the ``Sam2Session`` is SAM2's.
-``plan`` compares the two: markers placed since the last call are *pending* and go to the
-session in placing order; when a marker the session already has was moved or deleted by
-hand (or the model changed), the session is rebuilt from all markers, so what SAM2 uses is
-always exactly what the layers show.
+The prompt layers are the user's record of what they said; the ``Sam2Session`` is SAM2's,
+and its action history is the one prompt history (one action per marker sent). ``plan``
+compares the two: markers placed since the last call are *pending* and go to the session in
+placing order; sent markers that are gone or were moved (by hand, or by Undo) are taken
+back with ``Sam2Session.undo`` (the later ones are sent again); only a model or preset change
+rebuilds the session. What SAM2 uses is always exactly what the layers show.
+
+Accepted objects (micro-sam's "committed" objects) leave the session and live in
+``committed``, a label map the results are painted under, so one segments organ after organ
+on the same volume. The output Labels layer is made with the first result (an empty
+full-size layer would only cost memory and 3D rendering time).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import napari
@@ -20,17 +27,34 @@ from medseg.prompts import Prompts
 from medseg.sam2 import Sam2Session
 from medseg.volume import LabelVolume, Volume
 
-from napari_plugin._layers import LABELS_KEY, VOLUME_KEY, label_features, labels_layer_data
+from napari_plugin._history import History, Snapshot
+from napari_plugin._layers import LABELS_KEY, SOURCE_KEY, VOLUME_KEY, label_features, labels_layer_data, suggest_preset
 from napari_plugin._model_picker import ModelChoice
 from napari_plugin._prompt_layers import Marker, PromptLayers
+
+SessionKey = tuple[ModelChoice, str]
+"""What a session was built with: the model and the intensity preset's name."""
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What the next engine call sends: all markers to a new session, or the pending ones."""
+    """What the next engine call does: all markers to a new session (``rebuild``), or take
+    back the session's last ``undo`` actions and send ``markers``."""
 
     rebuild: bool
     markers: list[Marker]
+    undo: int = 0
+
+    def apply(self, session: Sam2Session, names: dict[int, str]) -> dict[int, np.ndarray]:
+        """Bring ``session`` in step with the layers; returns the label slices that changed."""
+        slices = {}
+        for _ in range(self.undo):
+            z = session.undo()
+            if z is not None:
+                slices[z] = session.labels[z].copy()
+        for marker in self.markers:
+            slices[marker.z] = send(session, marker, names.get(marker.obj_id, ""))
+        return slices
 
 
 def check_markers(markers: list[Marker], shape: tuple[int, int, int]) -> None:
@@ -63,22 +87,32 @@ def send(session: Sam2Session, marker: Marker, name: str) -> np.ndarray:
 
 
 class Workspace:
-    """Objects, prompt layers, output Labels layer and SAM2 session of one image layer."""
+    """Objects, prompt layers, output Labels layer, accepted objects and SAM2 session of one image."""
 
     def __init__(self, viewer: napari.Viewer, image: Any, volume: Volume) -> None:
         self.viewer = viewer
         self.image = image
         self.volume = volume
         self.objects: dict[int, str] = {1: "object 1"}
+        self.accepted: set[int] = set()
+        self.committed: np.ndarray | None = None  # accepted objects' voxels, made on the first Accept
         self.session: Sam2Session | None = None
-        self.session_model: ModelChoice | None = None
+        self.session_key: SessionKey | None = None
         self.sent: list[Marker] = []  # markers the session holds, in the order it got them
         self.mask_markers: list[Marker] = []
-        self.labels = self.new_labels_layer()
+        self.preset = suggest_preset(volume)  # a name of medseg.preprocess.PRESETS
+        self.history = History()
+        self.save_path = suggested_save_path(image.metadata.get(SOURCE_KEY), image.name)
+        self.correct_next: tuple[int, int] | None = None
+        self.labels: Any | None = None
         self.prompts = PromptLayers(viewer, volume, name=image.name, colour_of=self.colour_of)
 
     # --- objects ----------------------------------------------------------------------------
     def colour_of(self, obj_id: int) -> np.ndarray:
+        if self.labels is None:
+            from napari.utils.colormaps import label_colormap
+
+            return np.asarray(label_colormap().map(np.array([int(obj_id)]))[0], dtype=float)
         return np.asarray(self.labels.get_color(int(obj_id)), dtype=float)
 
     def add_object(self) -> int:
@@ -88,18 +122,44 @@ class Workspace:
 
     def remove_object(self, obj_id: int) -> None:
         """Forget an object everywhere: its markers, its voxels, its prompts in the session."""
-        self.prompts.remove_object(obj_id)
-        self.mask_markers = [m for m in self.mask_markers if m.obj_id != obj_id]
-        self.sent = [m for m in self.sent if m.obj_id != obj_id]
-        if self.session is not None:
-            self.session.remove_object(obj_id)
-        data = self.labels.data
-        data[data == obj_id] = 0
-        self.labels.refresh()
+        self.clear_object(obj_id)
+        if self.committed is not None:
+            self.committed[self.committed == obj_id] = 0
+        self.accepted.discard(obj_id)
         del self.objects[obj_id]
         if not self.objects:
             self.objects[1] = "object 1"
         self._update_names()
+
+    def clear_object(self, obj_id: int) -> None:
+        """Take away an object's prompts and the voxels SAM2 gave it (accepted voxels stay)."""
+        self._drop_prompts(obj_id)
+        if self.labels is not None:
+            data = self.labels.data
+            gone = data == obj_id
+            if self.committed is not None:
+                gone &= self.committed != obj_id
+            data[gone] = 0
+            self.labels.refresh()
+
+    def accept(self, obj_id: int) -> int:
+        """Keep ``obj_id``'s voxels as they are now; its prompts leave SAM2. Returns its voxel count."""
+        if self.labels is None:
+            return 0
+        mask = np.asarray(self.labels.data) == obj_id
+        if self.committed is None:
+            self.committed = np.zeros(self.volume.shape, dtype=np.int32)
+        self.committed[mask] = obj_id
+        self._drop_prompts(obj_id)
+        self.accepted.add(obj_id)
+        return int(mask.sum())
+
+    def _drop_prompts(self, obj_id: int) -> None:
+        self.prompts.remove_object(obj_id)
+        self.mask_markers = [m for m in self.mask_markers if m.obj_id != obj_id]
+        self.sent = [m for m in self.sent if m.obj_id != obj_id]  # the session drops its actions too
+        if self.session is not None:
+            self.session.remove_object(obj_id)
 
     def rename(self, obj_id: int, name: str) -> None:
         self.objects[obj_id] = name
@@ -112,7 +172,7 @@ class Workspace:
 
     def add_mask_from_labels(self, obj_id: int, z: int) -> Marker:
         """A mask prompt: the voxels of ``obj_id`` on slice ``z`` of the output layer, as shown and painted."""
-        mask = np.asarray(self.labels.data[z]) == obj_id
+        mask = np.asarray(self.ensure_labels().data[z]) == obj_id
         marker = Marker(self.prompts.new_uid(), obj_id, z, mask=np.packbits(mask).tobytes())
         self.mask_markers.append(marker)
         return marker
@@ -121,33 +181,55 @@ class Workspace:
         self.mask_markers = [m for m in self.mask_markers if m.uid != uid]
         self.prompts.remove(uid)
 
-    def plan(self, model: ModelChoice) -> Plan:
+    def plan(self, key: SessionKey) -> Plan:
+        """What brings a session built with ``key`` in step with the markers (see module docstring)."""
         current = {m.uid: m for m in self.markers()}
-        moved_or_deleted = any(current.get(m.uid) != m for m in self.sent)
-        if moved_or_deleted or self.session is None or self.session_model != model:
+        if self.session is None or self.session_key != key:
             return Plan(True, list(current.values()))
-        sent = {m.uid for m in self.sent}
-        return Plan(False, [m for m in current.values() if m.uid not in sent])
+        kept = 0
+        while kept < len(self.sent) and current.get(self.sent[kept].uid) == self.sent[kept]:
+            kept += 1
+        held = {m.uid for m in self.sent[:kept]}
+        return Plan(False, [m for m in current.values() if m.uid not in held], undo=len(self.sent) - kept)
 
     def pending(self) -> list[Marker]:
         sent = {m.uid for m in self.sent}
         return [m for m in self.markers() if m.uid not in sent]
 
-    def commit(self, model: ModelChoice, session: Sam2Session, plan: Plan) -> None:
+    def commit(self, key: SessionKey, session: Sam2Session, plan: Plan) -> None:
         """Record that ``session`` now holds ``plan``'s markers."""
-        self.sent = plan.markers if plan.rebuild else self.sent + plan.markers
-        self.session, self.session_model = session, model
+        kept = self.sent[: len(self.sent) - plan.undo]
+        self.sent = plan.markers if plan.rebuild else kept + plan.markers
+        self.session, self.session_key = session, key
 
     def forget_session(self) -> None:
         """After a failed engine call: the next call rebuilds the session from the markers."""
-        self.session, self.session_model, self.sent = None, None, []
+        self.session, self.session_key, self.sent = None, None, []
 
     def restore_layers(self) -> None:
         """Put the output and prompt layers back into the viewer if the user deleted them."""
         present = {layer.unique_id for layer in self.viewer.layers}
         for layer in (self.labels, *self.prompts.layers):
-            if layer.unique_id not in present:
+            if layer is not None and layer.unique_id not in present:
                 self.viewer.add_layer(layer)
+
+    # --- undo / redo ------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The state a change is about to replace (push it with ``history.push`` once it happened)."""
+        labels = np.zeros(self.volume.shape, np.int32) if self.labels is None else np.asarray(self.labels.data)
+        return Snapshot.take(labels, self.committed, self.markers(), self.objects)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put back labels, accepted objects, objects and markers; the session follows on the next call."""
+        self.ensure_labels().data[...] = snapshot.labels_array()
+        self.labels.refresh()
+        self.committed = snapshot.committed_array()
+        self.accepted = set() if self.committed is None else {int(v) for v in np.unique(self.committed) if v}
+        self.objects = dict(snapshot.objects)
+        markers = list(snapshot.markers)
+        self.mask_markers = [m for m in markers if m.mask is not None]
+        self.prompts.set_markers([m for m in markers if m.mask is None])
+        self._update_names()
 
     # --- output labels ----------------------------------------------------------------------
     def use_labels_layer(self, layer: Any) -> None:
@@ -174,21 +256,34 @@ class Workspace:
         layer.metadata.setdefault(VOLUME_KEY, self.volume)
         self.labels = layer
 
-    def paint_slices(self, slices: dict[int, np.ndarray], result: LabelVolume) -> None:
-        """Write label slices (from prompting) into the output layer."""
-        data = self.labels.data
+    def ensure_labels(self) -> Any:
+        """The output layer, made (empty, on the image's grid) on first use."""
+        if self.labels is None:
+            self.labels = self.new_labels_layer()
+        return self.labels
+
+    def paint_slices(self, slices: dict[int, np.ndarray], result: LabelVolume | None = None) -> None:
+        """Write label slices into the output layer (accepted objects stay on top)."""
+        data = self.ensure_labels().data
         for z, label_slice in slices.items():
-            data[z] = label_slice
-        self._set_result(result)
+            data[z] = label_slice if self.committed is None else np.where(self.committed[z] > 0, self.committed[z], label_slice)
+        if result is not None:
+            self._set_result(result)
         self.labels.refresh()
 
     def show_result(self, result: LabelVolume) -> None:
-        """Replace the output layer's voxels by a propagation result."""
-        self.labels.data = result.array
+        """Replace the output layer's voxels by a propagation result (accepted objects stay on top)."""
+        array = result.array if self.committed is None else np.where(self.committed > 0, self.committed, result.array)
+        layer = self.ensure_labels()
+        if layer.data.dtype == array.dtype:
+            layer.data[...] = array  # in place: no new layer data, no colormap or history reset
+            layer.refresh()
+        else:
+            layer.data = array
         self._set_result(result)
 
     def result(self) -> LabelVolume | None:
-        return self.labels.metadata.get(LABELS_KEY)
+        return None if self.labels is None else self.labels.metadata.get(LABELS_KEY)
 
     def _set_result(self, result: LabelVolume) -> None:
         self.labels.metadata[LABELS_KEY] = result
@@ -204,4 +299,29 @@ class Workspace:
     def new_labels_layer(self) -> Any:
         data, kwargs, _ = labels_layer_data(LabelVolume.like(self.volume), self.volume, f"{self.image.name} medseg")
         kwargs["opacity"] = 0.6
-        return self.viewer.add_labels(data, **kwargs)
+        layer = self.viewer.add_labels(data, **kwargs)
+        if self.prompts.layers:
+            self.viewer.layers.selection.active = self.prompts.layers[0]  # clicks keep going to the prompts
+        self.prompts.recolour()
+        return layer
+
+
+def suggested_save_path(source: str | None, image_name: str) -> str:
+    """Beside the image's source file, named after it: ``/data/ct.nii.gz`` -> ``/data/ct_labels.nii.gz``.
+
+    A DICOM series folder gets ``<folder>_labels.nii.gz`` beside the folder; an image without
+    a source file gets ``<layer name>_labels.nii.gz`` in the working directory.
+    """
+    if not source:
+        return str(Path.cwd() / f"{_safe(image_name)}_labels.nii.gz")
+    source = Path(source)
+    stem = source.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return str(source.parent / f"{_safe(stem)}_labels.nii.gz")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "labels"

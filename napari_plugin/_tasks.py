@@ -7,16 +7,24 @@ queued Qt signal and moves both napari's activity progress bar (which has a canc
 and the panel's own bar. Cancel sets a flag that engines poll through ``should_stop``; for
 engines without that hook, the next ``progress`` call raises ``TaskCancelled``.
 
-Errors end up as viewer notifications, not tracebacks: a ``MedsegError`` (missing
-checkpoint, bad prompt...) is caught in the worker and shown as its message, which already
-names the file or field and says what to do. Anything else is a bug: napari's worker shows
-it with its traceback, and the task's ``on_error`` still runs so the panel can recover.
+The progress text names the phase (engines announce a new phase by growing ``total``;
+a panel may name its phases) and an ETA from the rate so far. Progress signals arrive once
+per slice, but the bars are repainted at most every ``_REPAINT_S`` (a busy bar or a repaint
+per slice costs the engine CPU time on a shared machine).
+
+Errors end up as viewer notifications and, in full, in the panel's status (a toast is cut
+short): a ``MedsegError`` (missing checkpoint, bad prompt...) is caught in the worker and
+shown as its message, which already names the file or field and says what to do;
+``Cancelled`` (the engine stopped at the user's request) is a warning. Anything else is a
+bug: napari's worker shows it with its traceback, and the task's ``on_error`` still runs so
+the panel can recover.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,19 +32,34 @@ from typing import Any
 from napari.qt.threading import create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
-from medseg.errors import MedsegError
+from medseg.errors import Cancelled, MedsegError
+from medseg.runtime import Progress, ShouldStop
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-StopFlag = Callable[[], bool]
+StopFlag = ShouldStop
+_REPAINT_S = 0.2
+_STATUS_MAX_HEIGHT = 110
 
 
-class TaskCancelled(Exception):
-    """Raised inside a task's function to end it early at the user's request."""
+class TaskCancelled(Cancelled):
+    """Raised from ``progress`` when an engine without ``should_stop`` reports after Cancel."""
+
+
+def progress_text(label: str, done: int, total: int, *, phase: str, elapsed_s: float) -> str:
+    """``"Propagate (forward pass): 12 / 32, about 4 s left"``: what the bar shows.
+
+    >>> progress_text("Run", 5, 20, phase="pass 1", elapsed_s=10.0)
+    'Run (pass 1): 5 / 20, about 30 s left'
+    """
+    text = f"{label} ({phase})" if phase else label
+    text += f": {done} / {total}"
+    if 0 < done < total and elapsed_s > 0:
+        text += f", about {elapsed_s / done * (total - done):.0f} s left"
+    return text
 
 
 class _ProgressRelay(QObject):
@@ -67,9 +90,14 @@ class Task:
     bar
         A panel progress bar to move along (optional).
     on_error
-        Called on the UI thread when the call failed or was cancelled (to reset state).
+        Called on the UI thread with the message when the call failed or was cancelled.
     on_finish
         Called on the UI thread when the task ends in any way (to re-enable buttons).
+    on_progress
+        Called on the UI thread with ``(done, total)``, at most every ``_REPAINT_S``
+        and once at the end (live results).
+    phases
+        Names of the phases; the engine starts the next one when it grows ``total``.
     """
 
     def __init__(
@@ -79,33 +107,43 @@ class Task:
         label: str,
         on_done: Callable[[Any], None],
         bar: QProgressBar | None = None,
-        on_error: Callable[[], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
         on_finish: Callable[[], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        phases: tuple[str, ...] = (),
     ) -> None:
         self.label = label
         self.finished = False  # True once the result or error has been handled on the UI thread
         self._on_done = on_done
         self._on_error = on_error
         self._on_finish = on_finish
+        self._on_progress = on_progress
+        self._phases = phases
+        self._phase = 0
+        self._total = 0
+        self._latest = (0, 0)
+        self._painted_at = 0.0
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._bar = bar
         self._relay = _ProgressRelay()
         self._relay.advanced.connect(self._show_progress)
         self._pbar = cancelable_progress(total=0, desc=label, cancel_callback=self.cancel)
         if bar is not None:
-            bar.setRange(0, 0)  # busy until the first progress report
-            bar.setFormat(f"{label}: %v / %m")
+            bar.setRange(0, 1)  # not a busy bar: its animation repaints all the time
+            bar.setValue(0)
+            bar.setFormat(f"{label}…")
 
         def progress(done: int, total: int) -> None:
             # Engines without a ``should_stop`` hook still call back between slices: stop there.
             if self._stop.is_set():
-                raise TaskCancelled
+                raise TaskCancelled(f"{label} stopped on request")
             self._relay.advanced.emit(done, total)
 
         def guarded() -> _Outcome:
             try:
                 return _Outcome(fn(progress, self._stop.is_set))
-            except (MedsegError, TaskCancelled) as error:
+            except (MedsegError, Cancelled) as error:
                 return _Outcome(error=error)
 
         self.worker = create_worker(
@@ -121,34 +159,63 @@ class Task:
         """Ask the engine to stop at its next check (between slices)."""
         self._stop.set()
 
+    @property
+    def phase(self) -> str:
+        """The current phase's name ("" when the panel named none)."""
+        if not self._phases:
+            return f"pass {self._phase + 1}" if self._phase else ""
+        return self._phases[min(self._phase, len(self._phases) - 1)]
+
     def _show_progress(self, done: int, total: int) -> None:
+        if total > self._total > 0:
+            self._phase += 1
+        self._total = total
+        self._latest = (done, total)
+        now = time.perf_counter()
+        if done < total and now - self._painted_at < _REPAINT_S:
+            return
+        self._painted_at = now
+        self._paint()
+
+    def _paint(self) -> None:
+        done, total = self._latest
+        text = progress_text(self.label, done, total, phase=self.phase, elapsed_s=time.perf_counter() - self._started)
         if self._pbar.total != total:
             self._pbar.total = total
+        self._pbar.set_description(text)
         self._pbar.update(done - self._pbar.n)
         if self._bar is not None:
             self._bar.setRange(0, max(total, 1))
             self._bar.setValue(done)
+            self._bar.setFormat(text.replace("%", "%%"))
+        if self._on_progress is not None:
+            self._on_progress(done, total)
 
     def _returned(self, outcome: _Outcome) -> None:
+        if self._latest[1]:
+            self._paint()  # the last throttled report
         if outcome.error is None:
             self._on_done(outcome.value)
             return
-        self._failed()
-        if isinstance(outcome.error, TaskCancelled):
-            show_warning(f"{self.label}: cancelled")
+        if isinstance(outcome.error, Cancelled):
+            message = f"{self.label}: cancelled; nothing was changed."
+            show_warning(message)
         else:
-            show_error(f"{self.label}: {outcome.error}")
+            message = f"{self.label}: {outcome.error}"
+            show_error(message)
+        self._failed(message)
 
     def _errored(self, error: BaseException) -> None:
-        logger.error("%s failed", self.label, exc_info=(type(error), error, error.__traceback__))
-        self._failed()
+        log.error("%s failed", self.label, exc_info=(type(error), error, error.__traceback__))
+        self._failed(f"{self.label} failed: {type(error).__name__}: {error} (a bug: please report it with the log)")
 
-    def _failed(self) -> None:
+    def _failed(self, message: str) -> None:
         if self._bar is not None:
             self._bar.setRange(0, 1)
             self._bar.setValue(0)
+            self._bar.setFormat("")
         if self._on_error is not None:
-            self._on_error()
+            self._on_error(message)
 
     def _finished(self) -> None:
         self._pbar.close()
@@ -158,7 +225,11 @@ class Task:
 
 
 class TaskControls(QWidget):
-    """Run and Cancel buttons, a progress bar and a status line: one panel's engine call."""
+    """Run and Cancel buttons, a progress bar and a status area: one panel's engine calls.
+
+    The status keeps the full text of the last message (errors included), in a scroll area
+    of capped height, so a long message never pushes the panel's other controls away.
+    """
 
     def __init__(self, run_text: str = "Run", parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -168,8 +239,17 @@ class TaskControls(QWidget):
         self.cancel.setEnabled(False)
         self.cancel.clicked.connect(lambda: self.task is not None and self.task.cancel())
         self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.status.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_area = QScrollArea()
+        self.status_area.setWidgetResizable(True)
+        self.status_area.setWidget(self.status)
+        self.status_area.setMaximumHeight(_STATUS_MAX_HEIGHT)
+        self.status_area.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.busy_widgets: list[QWidget] = []  # disabled while a task runs
         buttons = QHBoxLayout()
         buttons.addWidget(self.run)
         buttons.addWidget(self.cancel)
@@ -177,22 +257,46 @@ class TaskControls(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        layout.addWidget(self.status_area)
 
-    def start(self, fn: Callable[[Progress, StopFlag], Any], *, label: str, on_done: Callable[[Any], None]) -> None:
-        """Run ``fn`` as a ``Task``; Run is disabled and Cancel enabled until it ends."""
-        self.run.setEnabled(False)
-        self.cancel.setEnabled(True)
-        self.show_status(f"{label}…")
-        self.task = Task(fn, label=label, on_done=on_done, bar=self.progress, on_error=lambda: self.show_status(""),
-                         on_finish=self._finished)
-        self.task.start()
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.finished
+
+    def start(
+        self,
+        fn: Callable[[Progress, StopFlag], Any],
+        *,
+        label: str,
+        on_done: Callable[[Any], None],
+        on_error: Callable[[str], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        phases: tuple[str, ...] = (),
+        status: str | None = None,
+    ) -> Task:
+        """Run ``fn`` as a ``Task``; Run (and ``busy_widgets``) disabled, Cancel enabled until it ends.
+
+        ``status``: what to say while it runs (default ``"label…"``); ``on_error`` runs after
+        the message is shown in the status.
+        """
+        self._set_busy(True)
+        self.show_status(status or f"{label}…")
+
+        def failed(message: str) -> None:
+            self.show_status(message, warn=True)
+            if on_error is not None:
+                on_error(message)
+
+        self.task = Task(fn, label=label, on_done=on_done, bar=self.progress, on_error=failed,
+                         on_finish=lambda: self._set_busy(False), on_progress=on_progress, phases=phases)
+        return self.task.start()
 
     def show_status(self, text: str, *, warn: bool = False) -> None:
-        """``text`` under the progress bar; ``warn`` shows it in red (untrained models)."""
+        """``text`` under the progress bar; ``warn`` shows it in red (errors, untrained models)."""
         self.status.setText(text)
         self.status.setStyleSheet("color: #ff6060" if warn else "")
 
-    def _finished(self) -> None:
-        self.run.setEnabled(True)
-        self.cancel.setEnabled(False)
+    def _set_busy(self, busy: bool) -> None:
+        for widget in (self.run, *self.busy_widgets):
+            widget.setEnabled(not busy)
+        self.cancel.setEnabled(busy)

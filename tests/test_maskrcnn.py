@@ -15,7 +15,7 @@ import torch
 from torchvision.models import resnet18
 
 from medseg.cli import main
-from medseg.errors import ConfigError, InputError, WeightsError
+from medseg.errors import Cancelled, ConfigError, InputError, WeightsError
 from medseg.geometry import Geometry
 from medseg.maskrcnn import (
     MaskRCNNModel,
@@ -193,7 +193,7 @@ def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
         load_pretrained(target, tmp_path / "resnet18-bn.pth")
     load_pretrained(build_model(num_classes=3, backbone="resnet18", norm="frozen-bn", input_size=64), tmp_path / "resnet18-bn.pth")
     (tmp_path / "notes.pth").write_text("not a checkpoint", encoding="utf-8")
-    with pytest.raises(WeightsError, match="cannot read .*notes.pth as a PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match="cannot read pretrained checkpoint .*notes.pth .*not a PyTorch checkpoint"):
         load_pretrained(target, tmp_path / "notes.pth")
     with pytest.raises(WeightsError, match="missing.pth does not exist"):
         load_pretrained(target, tmp_path / "missing.pth")
@@ -282,7 +282,7 @@ def overfit(tmp_path_factory):
     """A model trained on two 128x128 phantoms, validated on a third (the budget of the issue's overfit test)."""
     out = tmp_path_factory.mktemp("maskrcnn") / "model"
     cases, val = [PhantomCase(0, shape=SHAPE), PhantomCase(1, shape=SHAPE)], [PhantomCase(2, shape=SHAPE)]
-    model = train(cases, out, labels=LABELS, val_cases=val, config=OVERFIT, progress_bar=False)
+    model = train(cases, out, labels=LABELS, val_cases=val, config=OVERFIT)
     return model, cases, val
 
 
@@ -379,30 +379,38 @@ def test_a_volume_without_foreground_gives_an_empty_label_map(overfit):
 def test_a_finished_model_is_returned_as_is_and_other_settings_are_refused(overfit):
     model, cases, val = overfit
     weights = (model.directory / "weights.pt").stat().st_mtime_ns
-    again = train(cases, model.directory, labels=LABELS, val_cases=val, config=OVERFIT, progress_bar=False)
+    again = train(cases, model.directory, labels=LABELS, val_cases=val, config=OVERFIT)
     assert again.steps == 40 and (model.directory / "weights.pt").stat().st_mtime_ns == weights
     with pytest.raises(ConfigError, match=r"other settings \(lr: 0.0003 -> 0.001\)"):
         train(cases, model.directory, labels=LABELS, config=TrainConfig(**{**OVERFIT.to_dict(), "lr": 1e-3}))
 
 
-def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("stop", ["should_stop", "ctrl-c"])
+def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path, stop):
     cases = [PhantomCase(3, shape=(4, 64, 64))]
     config = TrainConfig(backbone="resnet18", input_size=64, steps=6, batch_size=2, warmup_steps=2, val_every=0, checkpoint_every=100, device="cpu")
-    straight = train(cases, tmp_path / "straight", labels=LABELS, config=config, progress_bar=False)
+    straight = train(cases, tmp_path / "straight", labels=LABELS, config=config)
 
-    def stop_after_three(step: int, total: int) -> None:
-        if step == 3:
-            raise KeyboardInterrupt  # what Ctrl-C does
+    steps_done = []
+    if stop == "should_stop":  # asked before each step: the fourth step never starts
+        with pytest.raises(Cancelled, match="Mask R-CNN training stopped"):
+            train(cases, tmp_path / "resumed", labels=LABELS, config=config, progress=lambda s, n: steps_done.append(s),
+                  should_stop=lambda: len(steps_done) == 3)
+    else:
+        def ctrl_c_after_three(step: int, total: int) -> None:
+            if step == 3:
+                raise KeyboardInterrupt  # what Ctrl-C does
 
-    with pytest.raises(KeyboardInterrupt):
-        train(cases, tmp_path / "resumed", labels=LABELS, config=config, progress=stop_after_three, progress_bar=False)
-    assert (tmp_path / "resumed" / "training" / "checkpoint.pt").is_file()
-    assert not (tmp_path / "resumed" / "model.json").exists()
+        with pytest.raises(KeyboardInterrupt):
+            train(cases, tmp_path / "resumed", labels=LABELS, config=config, progress=ctrl_c_after_three)
+    checkpoint = tmp_path / "resumed" / "training" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["step"] == 3
+    assert not (tmp_path / "resumed" / "model.json").exists() and not (tmp_path / "resumed" / "weights.pt").exists()
     with pytest.raises(ConfigError, match=r"interrupted run with other settings \(seed: 0 -> 1\)"):
         train(cases, tmp_path / "resumed", labels=LABELS, config=TrainConfig(**{**config.to_dict(), "seed": 1}))
 
     steps_seen = []
-    resumed = train(cases, tmp_path / "resumed", labels=LABELS, config=config, progress=lambda s, n: steps_seen.append(s), progress_bar=False)
+    resumed = train(cases, tmp_path / "resumed", labels=LABELS, config=config, progress=lambda s, n: steps_seen.append(s))
     assert steps_seen == [4, 5, 6]
     assert resumed.losses == straight.losses
     expected = straight.network.state_dict()
@@ -410,12 +418,30 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_weights(tmp_pat
         assert torch.equal(tensor, expected[name]), name
 
 
+def test_prediction_stops_between_batches_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    config = TrainConfig(backbone="resnet18", input_size=64, preset="ct-soft-tissue", score_threshold=0.3, device="cpu")
+    model = MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", input_size=64), config, dict(LABELS))
+    network = model.network.train()
+    network.roi_heads.score_thresh = 0.05
+    volume, _ = make_phantom(0, shape=(5, 64, 64))
+    calls = []
+    with pytest.raises(Cancelled, match="Mask R-CNN prediction stopped"):
+        predict_instances(model, volume, batch_size=2, device="cpu", progress=lambda d, n: calls.append((d, n)),
+                          should_stop=lambda: len(calls) == 2)
+    assert calls == [(2, 5), (4, 5)]  # two batches, then the stop: no result
+    # neither the stopped call nor a full one moves the model, changes its mode or its threshold
+    assert predict_instances(model, volume, score_threshold=0.9, device="cpu").labels.provenance["score_threshold"] == 0.9
+    assert model.network is network and network.training and network.roi_heads.score_thresh == 0.05
+    assert {p.device.type for p in network.parameters()} == {"cpu"}
+
+
 def test_a_diverging_run_stops_with_advice_instead_of_training_on_nan(tmp_path):
     config = TrainConfig(
         backbone="resnet18", input_size=64, steps=6, batch_size=1, optimizer="sgd", lr=1e9, warmup_steps=0, val_every=0, device="cpu"
     )
     with pytest.raises(ConfigError, match=r"diverged at step [2-6]: losses .* Lower lr \(now 1000000000.0\)"):
-        train([PhantomCase(3, shape=(4, 64, 64))], tmp_path / "model", labels=LABELS, config=config, progress_bar=False)
+        train([PhantomCase(3, shape=(4, 64, 64))], tmp_path / "model", labels=LABELS, config=config)
     assert not (tmp_path / "model" / "model.json").exists()
 
 

@@ -18,6 +18,7 @@ from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.metrics import (
     dice_per_label,
+    evaluate,
     hausdorff95_per_label,
     mask_ap,
     mean_dice,
@@ -247,3 +248,35 @@ def test_2d_ap_matches_pycocotools_direct_per_slice_images():
     direct = _direct_cocoeval(images, truth_anns, pred_anns, [1, 2], [[0, 1e10], [0, 32**2], [32**2, 96**2], [96**2, 1e10]])
     assert [ours.ap, ours.ap50, ours.ap75] == pytest.approx(list(direct[:3]), abs=1e-12)
     assert 0.0 < ours.ap < 1.0
+
+
+# --- evaluate: the one bundle ------------------------------------------------------------------
+def test_evaluate_bundles_every_metric_of_one_case():
+    truth_array = cube(value=1) + cube(z0=8, y0=14, x0=14, size=3, value=2) * (cube(value=1) == 0)
+    pred_array = cube(x0=3, value=1)  # label 1 shifted by one voxel along x; label 2 missed
+    pred, truth = labels(pred_array), labels(truth_array)
+    steps = []
+    scores = evaluate(pred, truth, labels={1: "liver", 2: "spleen", 3: "kidney"}, surface_tolerance_mm=1.0,
+                      progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert scores.dice == dice_per_label(pred, truth, labels=[1, 2, 3])
+    assert scores.hd95_mm[1] == hausdorff95_per_label(pred, truth, labels=[1])[1] == pytest.approx(1.0)
+    assert scores.surface_dice == surface_dice_per_label(pred, truth, labels=[1, 2, 3], tolerance_mm=1.0)
+    assert (scores[1].truth_voxels, scores[1].pred_voxels) == (1000, 1000)
+    assert (scores[2].dice, scores[2].hd95_mm, scores[2].pred_voxels) == (0.0, float("inf"), 0)
+    assert np.isnan(scores[3].dice) and scores[3].truth_voxels == 0
+    assert scores.mean_dice == pytest.approx((0.9 + 0.0) / 2)  # label 3 is in neither map: not counted
+    assert scores.to_dict()["1"] == {"dice": pytest.approx(0.9), "hd95_mm": pytest.approx(1.0), "nsd": scores[1].surface_dice,
+                                     "truth_voxels": 1000, "pred_voxels": 1000}
+    assert scores.millimetres and scores.ap_pair == (pred, truth)
+    assert scores.mask_ap(mode="3d").ap50 == mask_ap([(pred, truth)], labels=[1, 2, 3], mode="3d").ap50
+
+
+def test_evaluate_uses_the_methods_instances_for_ap_and_refuses_other_grids():
+    truth = labels(cube())
+    instances = InstanceMap(cube(), GRID, labels={1: 1}, scores={1: 0.7})
+    scores = evaluate(labels(cube()), truth, labels=[1], instances=instances, hausdorff=False)
+    assert scores.ap_pair[0] is instances and np.isnan(scores[1].hd95_mm)
+    other = LabelVolume(cube(), Geometry((12, 24, 24), (2.0, 1.0, 1.0)))
+    with pytest.raises(GeometryError, match="different voxel grids"):
+        evaluate(other, truth, labels=[1])

@@ -139,7 +139,8 @@ def test_phantom_sample_opens_image_and_ground_truth(make_napari_viewer):
 
 
 def test_mni152_sample_is_real_mri_with_tissue_labels(make_napari_viewer):
-    pytest.importorskip("nilearn")
+    import nilearn  # noqa: F401  (installed by make test: a missing one fails, not skips)
+
     viewer = make_napari_viewer()
 
     image, truth = viewer.open_sample("medseg", "mni152")
@@ -224,3 +225,69 @@ def test_labels_on_a_dicom_series_save_as_dicom_seg(make_napari_viewer, tmp_path
     np.testing.assert_array_equal(back.array, truth.array)
     segments = pydicom.dcmread(written).SegmentSequence
     assert [s.SegmentLabel for s in segments] == ["liver", "spleen", "kidney"]
+
+
+def test_study_folder_with_a_bad_series_opens_the_good_ones_and_names_the_skipped(make_napari_viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from medseg.phantom import make_phantom, write_dicom_series
+
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    good, _ = make_phantom(0, shape=(4, 16, 16))
+    bad, _ = make_phantom(1, shape=(7, 16, 16))
+    write_dicom_series(good, tmp_path / "study" / "a", series_description="good axial")
+    files = write_dicom_series(bad, tmp_path / "study" / "b", series_description="broken axial")
+    sorted(files)[3].unlink()  # a missing slice in the middle
+    viewer = make_napari_viewer()
+
+    layers = viewer.open(str(tmp_path / "study"), plugin="medseg")
+
+    assert [layer.name for layer in layers] == ["study: good axial (CT)"]
+    [message] = [m for m in messages if "skipped 1 of 2 series" in m]
+    assert "'broken axial' (CT, 6 slices)" in message
+
+
+def test_integer_label_file_opens_as_labels_on_its_image(make_napari_viewer, phantom_case):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(phantom_case.image), plugin="medseg")
+    [labels] = viewer.open(str(phantom_case.label), plugin="medseg")  # decided by its voxels, not its name
+
+    assert labels._type_string == "labels" and labels.opacity == 0.5
+    np.testing.assert_array_equal(labels.data, phantom_case.labels.array)
+    assert labels.metadata["medseg_volume"].geometry.same_grid(image.metadata["medseg_volume"].geometry)
+    np.testing.assert_allclose(labels.data_to_world((3, 10, 20)), image.data_to_world((3, 10, 20)))
+    assert image._type_string == "image" and image.contrast_limits == [-160.0, 240.0]  # HU-like: CT window
+
+
+def test_a_plain_open_does_not_ask_which_reader(make_napari_viewer, phantom_case):
+    viewer = make_napari_viewer()
+    from napari.plugins.utils import get_preferred_reader
+
+    viewer.window.add_plugin_dock_widget("medseg", "medseg")  # the plugin claims its formats
+    assert get_preferred_reader(str(phantom_case.image)) == "medseg"
+
+    viewer.window._qt_viewer._qt_open([str(phantom_case.image)], stack=False)  # File ▸ Open: no plugin named
+
+    [layer] = viewer.layers  # opened, without the "Choose reader" dialog
+
+    assert "medseg_volume" in layer.metadata
+
+
+@pytest.mark.parametrize("scale", [(2.0, -0.8, 0.9), (2.0, 0.8, 0.9)], ids=["flipped", "plain"])
+def test_a_layer_from_another_reader_keeps_its_whole_transform(make_napari_viewer, scale):
+    from medseg.errors import GeometryError
+    from napari_plugin._layers import volume_of_image
+
+    viewer = make_napari_viewer()
+    flip_x = np.diag([1.0, 1.0, -1.0, 1.0])
+    layer = viewer.add_image(np.zeros((5, 6, 7), np.float32), scale=scale, translate=(10, -20, 30), affine=flip_x)
+
+    volume = volume_of_image(layer)
+
+    for zyx in [(0, 0, 0), (4, 0, 0), (0, 5, 0), (0, 0, 6), (2, 3, 4)]:
+        np.testing.assert_allclose(volume.geometry.index_to_world(zyx)[0], layer.data_to_world(zyx)[::-1], atol=1e-9)
+    np.testing.assert_allclose(volume.spacing, np.abs(scale))
+    sheared = viewer.add_image(np.zeros((5, 6, 7), np.float32), shear=(0.3, 0, 0))
+    with pytest.raises(GeometryError, match="shearing transform"):
+        volume_of_image(sheared)

@@ -14,7 +14,7 @@ from medseg.volume import LabelVolume
 from napari_plugin._layers import image_layer_data, labels_layer_data
 
 pytestmark = pytest.mark.napari
-WORKER_TIMEOUT_MS = 120_000
+WORKER_TIMEOUT_MS = 600_000  # a shared machine can be slow: generous, never a timing assertion
 
 
 def _click(qtbot, button):
@@ -115,7 +115,10 @@ def test_baseline_panel_runs_a_model_directory(phantom_viewer, qtbot, tmp_path):
     layer = viewer.layers["phantom Mask R-CNN"]
     result = layer.metadata["medseg_labels"]
     assert layer.data.shape == volume.shape and result.untrained
-    assert panel.objects.rowCount() == len(result.labels)
+    instances = panel.instances
+    assert panel.objects.rowCount() == len(np.unique(instances.array)) - 1 > 0  # a row per 3D instance
+    scores = [float(panel.objects.item(r, 2).text()) for r in range(panel.objects.rowCount())]
+    assert scores == sorted(scores, reverse=True)
     assert "UNTRAINED" in panel.controls.status.text()
     assert panel.controls.progress.value() == panel.controls.progress.maximum() == volume.shape[0]
 

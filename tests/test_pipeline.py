@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import inspect
 import json
 import textwrap
 from dataclasses import dataclass
@@ -15,13 +16,13 @@ import pytest
 import torch
 
 from medseg.cli import main
-from medseg.errors import ConfigError
+from medseg.errors import Cancelled, ConfigError
 from medseg.geometry import Geometry
 from medseg.manifest import load_manifest
 from medseg.phantom import write_demo_cohort
 from medseg.pipeline import load_pipeline, replay_case, run_pipeline
 from medseg.pipeline.config import PromptSettings
-from medseg.pipeline.methods import Oracle, register
+from medseg.pipeline.methods import METHODS, MaskRCNN, Oracle, RevSam2, Sam2, Segmentation
 from medseg.pipeline.prompt_policy import PromptPolicy, centroid_voxel
 from medseg.pipeline.stats import mean_ci, paired_comparison
 from medseg.volume import UNTRAINED_BANNER, LabelVolume
@@ -72,7 +73,7 @@ def test_bad_pipeline_yaml_names_file_and_field(tmp_path, cohort, methods, extra
 def test_bad_cohort_selection_fails_before_any_output(tmp_path, cohort, methods, extra, message):
     config = load_pipeline(pipeline_file(tmp_path, cohort, methods, extra))
     with pytest.raises(ConfigError, match=message):
-        run_pipeline(config, tmp_path / "out", progress_bar=False)
+        run_pipeline(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -80,7 +81,7 @@ def test_unknown_model_and_missing_weights_fail_before_compute(tmp_path, cohort,
     monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))  # an empty cache, and no internet here
     config = load_pipeline(pipeline_file(tmp_path, cohort, "s: {type: sam2, model: sam9-huge}\n"))
     with pytest.raises(Exception, match="sam9-huge"):
-        run_pipeline(config, tmp_path / "out", progress_bar=False)
+        run_pipeline(config, tmp_path / "out")
     assert not (tmp_path / "out" / "s").exists()
 
 
@@ -140,7 +141,7 @@ def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
 
     config = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n"))
     out = tmp_path / "out"
-    summary = run_pipeline(config, out, progress_bar=False)
+    summary = run_pipeline(config, out)
     assert summary.counts == {"truth": {"ok": 2, "failed": 1, "skipped": 0}}
     failed = json.loads((out / "truth" / "broken" / "result.json").read_text(encoding="utf-8"))
     assert failed["status"] == "failed" and failed["error"]["type"] and "Traceback" in failed["error"]["traceback"]
@@ -162,12 +163,12 @@ def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
         assert (out / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
 
     # re-run: finished cases are skipped, the failed one is tried again
-    again = run_pipeline(config, out, progress_bar=False, report=False)
+    again = run_pipeline(config, out, report=False)
     assert again.counts == {"truth": {"ok": 0, "failed": 1, "skipped": 2}}
     # changed settings for the same method folder: refused before compute
     changed = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n", "labels: [1]\n"))
     with pytest.raises(ConfigError, match="other settings"):
-        run_pipeline(changed, out, progress_bar=False)
+        run_pipeline(changed, out)
 
 
 @dataclass(frozen=True)
@@ -175,29 +176,60 @@ class _NoOptions:
     pass
 
 
-@register
 class _Interrupted(Oracle):
-    """A plug-in whose second case is interrupted by the user (Ctrl-C) while ``armed``."""
+    """A plug-in whose ``interrupt_on`` case is interrupted by the user (Ctrl-C)."""
 
     kind = "test-interrupted"
     Options = _NoOptions
-    armed = True
+    interrupt_on: str | None = None
 
-    def segment(self, volume, *, prompts, truth, case_id):
-        if case_id == "phantom_003" and self.armed:
+    def from_truth(self, volume, truth, *, case_id):
+        if case_id == self.interrupt_on:
             raise KeyboardInterrupt
-        return super().segment(volume, prompts=prompts, truth=truth, case_id=case_id)
+        return super().from_truth(volume, truth, case_id=case_id)
 
 
-def test_ctrl_c_loses_only_the_case_in_flight(tmp_path, cohort):
+@pytest.fixture
+def interrupted(monkeypatch):
+    """``_Interrupted`` registered for this test only, interrupting phantom_003."""
+    monkeypatch.setitem(METHODS, _Interrupted.kind, _Interrupted)
+    monkeypatch.setattr(_Interrupted, "interrupt_on", "phantom_003")
+    return _Interrupted
+
+
+def test_ctrl_c_loses_only_the_case_in_flight(tmp_path, cohort, interrupted):
     config = load_pipeline(pipeline_file(tmp_path, cohort, "m: {type: test-interrupted}\n"))
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(config, tmp_path / "out", progress_bar=False)
+        run_pipeline(config, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "m" / "phantom_002" / "result.json").read_text(encoding="utf-8"))["status"] == "ok"
-    assert not (tmp_path / "out" / "m" / "phantom_003").exists()
-    _Interrupted.armed = False  # the re-run does the rest
-    summary = run_pipeline(config, tmp_path / "out", progress_bar=False, report=False)
+    assert sorted(p.name for p in (tmp_path / "out" / "m").iterdir()) == ["method.json", "phantom_002"]  # nothing half-written
+    interrupted.interrupt_on = None  # the re-run does the rest
+    summary = run_pipeline(config, tmp_path / "out", report=False)
     assert summary.counts == {"m": {"ok": 1, "failed": 0, "skipped": 1}}
+
+
+def test_should_stop_keeps_finished_cases_and_a_rerun_resumes(tmp_path, cohort):
+    config = load_pipeline(pipeline_file(tmp_path, cohort, "m: {type: oracle}\n"))
+    seen = []
+    with pytest.raises(Cancelled):
+        run_pipeline(config, tmp_path / "out", progress=lambda done, total: seen.append((done, total)),
+                     should_stop=lambda: len(seen) >= 2)  # stop once the first case is done
+    assert seen == [(0, 2), (1, 2)]
+    assert sorted(p.name for p in (tmp_path / "out" / "m").iterdir()) == ["method.json", "phantom_002"]
+    assert json.loads((tmp_path / "out" / "m" / "phantom_002" / "result.json").read_text(encoding="utf-8"))["status"] == "ok"
+    summary = run_pipeline(config, tmp_path / "out", report=False)
+    assert summary.counts == {"m": {"ok": 1, "failed": 0, "skipped": 1}}
+
+
+def test_a_damaged_result_is_run_again(tmp_path, cohort):
+    config = load_pipeline(pipeline_file(tmp_path, cohort, "m: {type: oracle}\n"))
+    run_pipeline(config, tmp_path / "out", report=False)
+    result = tmp_path / "out" / "m" / "phantom_003" / "result.json"
+    result.write_bytes(result.read_bytes()[:100])  # cut short, as by a full disk
+    assert main(["replay", str(result.parent)]) == 2
+    summary = run_pipeline(config, tmp_path / "out", report=False)
+    assert summary.counts == {"m": {"ok": 1, "failed": 0, "skipped": 1}}
+    assert json.loads(result.read_text(encoding="utf-8"))["status"] == "ok"
 
 
 @pytest.mark.slow
@@ -251,7 +283,7 @@ def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, c
     train = "{backbone: resnet18, input_size: 64, steps: 1, batch_size: 1, val_every: 0, warmup_steps: 0, device: cpu}"
     path = pipeline_file(tmp_path, cohort, f"mrcnn: {{type: maskrcnn, baseline: true, train: {train}}}\n", "cases: [phantom_002]\n")
     out = tmp_path / "out"
-    summary = run_pipeline(load_pipeline(path), out, progress_bar=False)
+    summary = run_pipeline(load_pipeline(path), out)
     assert summary.counts == {"mrcnn": {"ok": 1, "failed": 0, "skipped": 0}}
     method = json.loads((out / "mrcnn" / "method.json").read_text(encoding="utf-8"))
     assert method["state"]["model_dir"] == str(out / "mrcnn" / "model") and method["state"]["training_steps"] == 1
@@ -263,6 +295,66 @@ def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, c
     assert replay_case(out / "mrcnn" / "phantom_002").identical
     # the same YAML pointing at the trained model instead: no training, same weights
     reuse = pipeline_file(tmp_path, cohort, f"mrcnn2: {{type: maskrcnn, model_dir: {out / 'mrcnn' / 'model'}}}\n", "cases: [phantom_002]\n")
-    run_pipeline(load_pipeline(reuse), out, progress_bar=False, report=False)
+    run_pipeline(load_pipeline(reuse), out, report=False)
     again = json.loads((out / "mrcnn2" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert again["provenance"]["weights_sha256"] == method["state"]["weights_sha256"]
+
+
+# --- what a method sees ----------------------------------------------------------------------
+def _recording(base):
+    """A subclass of ``base`` that records what ``load``/``segment`` get instead of running a model."""
+
+    class Recording(base):
+        kind = f"test-recording-{base.kind}"
+        calls: list = []
+
+        def prepare(self, cohort, *, progress=None, should_stop=None):
+            state = super().prepare(cohort) if base is RevSam2 else {}
+            return {**state, "model": "untrained", "untrained": True}
+
+        def load(self):
+            self.calls.append(("load",))
+            return "the loaded model"
+
+        def segment(self, model, volume, *, prompts, case_id):
+            self.calls.append(("segment", model, volume, prompts, case_id))
+            return Segmentation(LabelVolume.like(volume, np.zeros(volume.shape, np.uint8)))
+
+        def from_truth(self, volume, truth, *, case_id):
+            self.calls.append(("from_truth", volume, truth, case_id))
+            return super().from_truth(volume, truth, case_id=case_id)
+
+    Recording.calls = []
+    return Recording
+
+
+@pytest.mark.parametrize("base", [Oracle, Sam2, RevSam2, MaskRCNN], ids=lambda c: c.kind)
+def test_a_method_sees_the_volume_and_its_prompts_never_the_truth(tmp_path, cohort, monkeypatch, base):
+    recording = _recording(base)
+    monkeypatch.setitem(METHODS, recording.kind, recording)
+    options = "{model: untrained}" if base in (Sam2, RevSam2) else "{}"
+    config = load_pipeline(pipeline_file(tmp_path, cohort, f"m: {{type: {recording.kind}, {options[1:-1]}}}\n".replace(", }", "}"),
+                                         "prompts: {point: centroid}\n"))
+    summary = run_pipeline(config, tmp_path / "out", report=False)
+    assert summary.counts["m"]["ok"] == 2
+    manifest = load_manifest(cohort)
+    kinds = [call[0] for call in recording.calls]
+    if base is Oracle:  # the self-check, and only it, is given the truth, and loads nothing
+        assert kinds == ["from_truth", "from_truth"]
+        for _, volume, truth, case_id in recording.calls:
+            assert np.array_equal(truth.array, manifest.case(case_id).load()[1].array)
+        return
+    assert kinds == ["load", "segment", "segment"]  # loaded once per worker, then passed in
+    for _, model, volume, prompts, case_id in recording.calls[1:]:
+        image, truth = manifest.case(case_id).load()
+        assert model == "the loaded model" and np.array_equal(volume.array, image.array)
+        assert not isinstance(volume, LabelVolume) and not isinstance(prompts, LabelVolume)
+        if base is Sam2:  # exactly the prompt policy's prompts
+            expected = PromptPolicy(PromptSettings(point="centroid"), seed=3).prompts(truth, labels=manifest.labels, case_id=case_id)
+            assert prompts.to_dict() == expected.to_dict()
+        else:
+            assert prompts is None
+    if base is RevSam2:  # references come from the train split, never the query
+        state = json.loads((tmp_path / "out" / "m" / "method.json").read_text(encoding="utf-8"))["state"]
+        assert state["references"] == ["phantom_000"]
+    assert "truth" not in inspect.signature(base.segment).parameters

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from medseg import ConfigError, Geometry, InputError, LabelVolume, Volume
+from medseg.errors import Cancelled
 from medseg.cli import main
 from medseg.io import load_labels, load_volume
 from medseg.io.nifti import write_nifti
 from medseg.phantom import make_phantom
-from medseg.revsam2 import ReferenceSession, SupportSet, segment_with_references, select_slices, track_object
+from medseg.revsam2 import ReferenceSession, SupportEntry, SupportSet, segment_with_references, select_slices, track_object
 from medseg.sam2 import FeatureCache, VolumeFrames, load_model
 
 
@@ -41,8 +42,8 @@ def test_reverse_score_is_one_for_the_slice_its_support_was_drawn_on(model):
     query, truth = _phantom(6, 0)
     # the support is slice 2 of the query itself: forward gives it back exactly as drawn, and
     # the reverse pass from slice 2 onto that support must return the label: score 1
-    support = SupportSet.from_volumes([(query, truth, [2])], labels=[1])
-    result = segment_with_references(query, support, model=model, top_k=2, threshold=None, min_spacing=1, progress=False)
+    support = SupportSet.from_volumes([SupportEntry(truth, slices=[2], from_query=True)], labels=[1])
+    result = segment_with_references(query, support, model=model, top_k=2, threshold=None, min_spacing=1)
     detail = result.provenance["labels"]["1"]
     assert detail["reverse_scores"][2] == 1.0
     assert np.array_equal(result.array[2] == 1, truth.array[2] == 1)
@@ -51,13 +52,50 @@ def test_reverse_score_is_one_for_the_slice_its_support_was_drawn_on(model):
     assert all(0.0 <= s <= 1.0 for s in scored)
     assert 2 not in detail["selected_slices"]  # drawn slices condition anyway; selection picks others
     assert result.untrained and result.label_names == {1: "label 1"}
+    assert result.provenance["support"]["drawn_on_query"] == ["reference 1"]
+    assert result.provenance["support"]["resampled_in_plane"] == {}
+
+
+def test_drawn_on_the_query_is_the_entry_s_flag_not_the_volume_s_identity(model):
+    query, truth = _phantom(5, 0)
+    reloaded = Volume(query.array.copy(), query.geometry, query.modality)  # the same file loaded twice
+    drawn = SupportSet.from_volumes([SupportEntry(truth, slices=[2], from_query=True)], labels=[1])
+    session = ReferenceSession(reloaded, drawn, model=model)
+    result = session.segment(mode="baseline")
+    assert session.encoder_calls == 5  # the support is the query's own slice 2
+    assert np.array_equal(result.array[2] == 1, truth.array[2] == 1)
+    other = SupportSet.from_volumes([(query, truth, [2])], labels=[1])  # a volume, even the query object: another patient's
+    session = ReferenceSession(query, other, model=model)
+    session.segment(mode="baseline")
+    assert session.encoder_calls == 5 + 1
+    assert other.to_dict()["drawn_on_query"] == []
+
+
+def test_stopping_returns_nothing_and_keeps_only_finished_passes(model):
+    query, _ = _phantom(6, 0)
+    ref, ref_labels = _phantom(8, 1)
+    support = SupportSet.from_volumes([(ref, ref_labels)], k=2, labels=[1])
+    session = ReferenceSession(query, support, model=model)
+    steps = []
+    # stop after the forward pass and two reverse candidates: the reverse pass is dropped whole
+    with pytest.raises(Cancelled, match="reverse scoring of object 1 stopped"):
+        session.segment(top_k=2, threshold=None, progress=lambda done, total: steps.append(done),
+                        should_stop=lambda: len(steps) == 6 + 2)
+    assert steps[-1] == 8 and session._reverse == {} and list(session._forward) == [("before", 1)]
+    again = session.segment(top_k=2, threshold=None)
+    straight = segment_with_references(query, support, model=model, top_k=2, threshold=None)
+    np.testing.assert_array_equal(again.array, straight.array)
+    assert again.provenance["labels"] == straight.provenance["labels"]
+    with pytest.raises(Cancelled, match="tracking object 1 stopped"):  # in the middle of a pass
+        ReferenceSession(query, support, model=model).segment(mode="baseline-middle", progress=lambda d, t: steps.append(d),
+                                                               should_stop=lambda: steps[-1] == 3)
 
 
 def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
     query, _ = _phantom(8, 0)
     ref, ref_labels = _phantom(10, 1)
     support = SupportSet.from_volumes([(ref, ref_labels)], k=3, labels={1: "disc"})
-    forward = segment_with_references(query, support, mode="baseline", model=model, progress=False)
+    forward = segment_with_references(query, support, mode="baseline", model=model)
     steps = []
     result = segment_with_references(query, support, model=model, top_k=2, threshold=None, min_spacing=3,
                                       progress=lambda done, total: steps.append((done, total)))
@@ -79,7 +117,7 @@ def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(m
     ref, ref_labels = _phantom(8, 1)
     support = SupportSet.from_volumes([(ref, ref_labels)], k=2, labels=[1])
     session = ReferenceSession(query, support, model=model)
-    first = session.segment(top_k=1, threshold=None, progress=False)
+    first = session.segment(top_k=1, threshold=None)
     encoded = session.encoder_calls
     assert encoded == 6 + 2
     steps = []
@@ -91,7 +129,7 @@ def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(m
     # nothing reaches a reverse score of 1: the forward prediction (= the baseline) is kept
     steps.clear()
     baseline = session.segment(mode="baseline", progress=lambda done, total: steps.append((done, total)))
-    fallback = session.segment(threshold=1.0, progress=False)
+    fallback = session.segment(threshold=1.0)
     assert steps == [] and session.encoder_calls == encoded
     detail = fallback.provenance["labels"]["1"]
     assert detail["fell_back_to_forward"] and detail["selected_slices"] == []
@@ -105,7 +143,7 @@ def test_every_support_and_query_slice_is_encoded_once(model):
     # slices 4 and 5 show both labels: 4 supports, 2 distinct images
     support = SupportSet.from_volumes([(ref, ref_labels, [4, 5])], labels={1: "disc", 2: "box"})
     assert len(support) == 4
-    result = segment_with_references(query, support, model=model, top_k=2, threshold=None, progress=False)
+    result = segment_with_references(query, support, model=model, top_k=2, threshold=None)
     details = result.provenance["labels"]
     assert details["1"]["candidates"] > 0 and details["2"]["candidates"] > 0
     assert result.provenance["encoder_calls"] == 6 + 2
@@ -121,16 +159,17 @@ def test_track_object_predicts_every_query_slice_once(model, placement):
     frames, ref_frames = VolumeFrames(query), VolumeFrames(ref)
     external = [(ref_frames[z], ref_labels.array[z] == 1) for z in (3, 5)]
     calls = []
-    track = track_object(model, cache, frames, 1, external=external, placement=placement, progress=lambda: calls.append(1))
-    assert len(calls) == 7 and np.isfinite(track.scores).all()
+    track = track_object(model, cache, frames, 1, external=external, placement=placement,
+                         progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 7) for i in range(1, 8)] and np.isfinite(track.scores).all()
     assert track.logits.shape == (7, 32, 32) and track.mask(0).shape == (40, 36)
     # with conditioning slices on the query: those come back exactly, the rest is predicted once each
     drawn = np.zeros((40, 36), bool)
     drawn[10:20, 5:15] = True
     calls.clear()
     track = track_object(model, cache, frames, 1, in_query={4: drawn}, external=external, placement=placement,
-                         progress=lambda: calls.append(1))
-    assert len(calls) == 7 and np.isfinite(track.scores).all()
+                         progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 7) for i in range(1, 8)] and np.isfinite(track.scores).all()
     assert np.array_equal(track.mask(4), drawn)
     assert cache.encoder_calls == 7 + 2
 
@@ -153,11 +192,16 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
     query_volume, _ = make_phantom(3, shape=(8, 48, 48))
     query = tmp_path / "case.nii.gz"
     write_nifti(query_volume.array.astype(np.int16), query_volume.geometry, query)
+    references = tmp_path / "C:references"  # a ':' in a path is no separator
+    references.mkdir()
+    image, label = references / "ref:1.nii.gz", references / "ref:1_labels.nii.gz"
+    image.write_bytes(phantom_case.image.read_bytes())
+    label.write_bytes(phantom_case.label.read_bytes())
     out, qc = tmp_path / "out" / "labels.nii.gz", tmp_path / "qc.json"
     out.parent.mkdir()
-    with unmodified(phantom_case.image, phantom_case.label, query):
+    with unmodified(image, label, query):
         code = main([
-            "fewshot", "--support", f"{phantom_case.image}:{phantom_case.label}", "--query", str(query),
+            "fewshot", "--support", str(image), str(label), "--query", str(query),
             "--out", str(out), "--model", "untrained", "--image-size", "128", "--device", "cpu",
             "--label", "1=liver", "--k", "2", "--top-k", "2", "--threshold", "none", "--preset", "ct-soft-tissue",
             "--qc", str(qc), "--no-progress",
@@ -170,19 +214,37 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
     assert set(np.unique(written.array)) <= {0, 1}
     report = json.loads(qc.read_text(encoding="utf-8"))
     assert report["provenance"]["preset"]["name"] == "ct-soft-tissue"
+    assert report["provenance"]["support"]["references"] == [str(image)]
     assert len(report["provenance"]["labels"]["1"]["reverse_scores"]) == 8
+
+
+def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, capsys):
+    out, qc = tmp_path / "labels.nii.gz", tmp_path / "qc.json"
+    code = main([
+        "fewshot", "--support-from-query", str(phantom_case.label), "5,6", "--query", str(phantom_case.image),
+        "--out", str(out), "--model", "untrained", "--image-size", "128", "--device", "cpu", "--label", "1=liver",
+        "--mode", "baseline", "--preset", "ct-soft-tissue", "--qc", str(qc), "--no-progress",
+    ])
+    assert code == 0, capsys.readouterr().err
+    support = json.loads(qc.read_text(encoding="utf-8"))["provenance"]["support"]
+    assert support["drawn_on_query"] == [f"{phantom_case.label} (on the query)"]
+    assert [s["z"] for s in support["slices"]] == [5, 6]
+    written = load_labels(out, load_volume(phantom_case.image))
+    for z in (5, 6):  # drawn slices come back exactly
+        np.testing.assert_array_equal(written.array[z] == 1, phantom_case.labels.array[z] == 1)
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--support", "only-one-part.nii.gz"], "expected IMAGE:LABELS or IMAGE:LABELS:Z1,Z2"),
+        (["--support", "only-one-part.nii.gz"], r"expected --support IMAGE LABELS \[Z1,Z2,...\]"),
+        (["--support", "a.nii.gz", "b.nii.gz", "3:4"], "'3:4' is not a list of slice indices"),
         (["--label", "7=liver"], r"labels \[1, 2, 3\] are none of the labels to segment 7 \(liver\)"),
         (["--label", "liver"], "expected ID=NAME"),
     ],
 )
 def test_fewshot_cli_reports_bad_input_in_one_line(phantom_case, tmp_path, capsys, extra, message):
-    code = main(["fewshot", "--support", f"{phantom_case.image}:{phantom_case.label}", "--query", str(phantom_case.image),
+    code = main(["fewshot", "--support", str(phantom_case.image), str(phantom_case.label), "--query", str(phantom_case.image),
                  "--out", str(tmp_path / "x.nii.gz"), "--model", "untrained", *extra])
     err = capsys.readouterr().err
     assert code == 2

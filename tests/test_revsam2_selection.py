@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from medseg import ConfigError, Geometry, GeometryError, InputError, LabelVolume, Volume
-from medseg.preprocess import PRESETS
 from medseg.revsam2.reverse import auto_min_spacing, reverse_score, select_slices
-from medseg.revsam2.support import SupportSet, sample_slices
+from medseg.revsam2.support import SupportEntry, SupportSet, sample_slices
 
 
 def _reference(depth: int = 20, *, modality: str = "CT", names: dict | None = None) -> tuple[Volume, LabelVolume]:
@@ -74,22 +73,76 @@ def test_labels_restrict_the_objects_and_several_references_each_contribute():
     assert support.label_names == {2: "label 2"}
 
 
-def test_frames_use_the_given_preset_for_every_reference():
-    volume, labels = _reference()
-    support = SupportSet.from_volumes([(volume, labels)], k=1)
-    (frames,) = support.frames(PRESETS["ct-liver"])
-    assert frames.preset is PRESETS["ct-liver"]
-    # liver window 60 +/- 80 HU: 60 HU maps to 0.5, -100 HU clips to 0
-    assert frames[5][0, 3, 3] == pytest.approx(0.5)
-    assert frames[5][0, 0, 0] == 0.0
+# --- geometry: references onto the query's in-plane grid --------------------------------------
+def test_a_reference_on_the_query_s_in_plane_grid_is_used_as_it_is():
+    query, _ = _reference()
+    support = SupportSet.from_volumes([_reference(24)], k=1)  # other depth: z does not matter
+    assert support.for_query(query).references[0] is support.references[0]
+    assert support.for_query(query).to_dict()["resampled_in_plane"] == {}
+
+
+def test_a_reference_with_twice_the_pixel_spacing_is_resampled_to_the_query_s():
+    query, fine = _reference()
+    coarse_geometry = Geometry((20, 8, 6), (2.5, 1.6, 1.6), origin=(40.0, -7.0, 300.0))  # same field of view
+    coarse = LabelVolume(fine.array[:, ::2, ::2], coarse_geometry, label_names={1: "liver"})
+    image = Volume(query.array[:, ::2, ::2], coarse_geometry, "CT")
+    support = SupportSet.from_volumes([(image, coarse)], k=2, names=["coarse.nii.gz"]).for_query(query)
+    (reference,) = support.references
+    assert reference.volume.shape == reference.labels.array.shape == (20, 16, 12)
+    assert reference.volume.spacing == (2.5, 0.8, 0.8)
+    np.testing.assert_array_equal(reference.labels.array, fine.array)  # the organs' edges fall on coarse pixel edges
+    assert reference.volume.array[8, 4, 3] == pytest.approx(60.0)  # inside the liver
+    assert reference.labels.label_names == {1: "liver"}
+    assert support.to_dict()["resampled_in_plane"]["coarse.nii.gz"] == {
+        "in_plane_spacing": [[1.6, 1.6], [0.8, 0.8]],
+        "in_plane_shape": [[8, 6], [16, 12]],
+        "in_plane_axes": [[1.0, 0.0], [0.0, 1.0]],
+        "alignment": "fields of view centred",
+    }
+    # the resampled voxels keep their place in the reference patient's space
+    np.testing.assert_allclose(reference.volume.geometry.index_to_world([[0, 7.5, 5.5]]),
+                               coarse_geometry.index_to_world([[0, 3.5, 2.5]]), atol=1e-9)
+
+
+def test_a_reference_with_flipped_columns_is_flipped_back():
+    query, labels = _reference()
+    flipped = np.diag([-1.0, 1.0, 1.0])  # columns run right to left
+    geometry = Geometry(query.shape, query.spacing, direction=flipped)
+    reference = Volume(query.array[:, :, ::-1], geometry, "CT")
+    support = SupportSet.from_volumes([(reference, LabelVolume(labels.array[:, :, ::-1], geometry))], k=1).for_query(query)
+    np.testing.assert_array_equal(support.references[0].labels.array, labels.array)
+    np.testing.assert_allclose(support.references[0].volume.array, query.array, atol=1e-4)
+    assert support.to_dict()["resampled_in_plane"]["reference 1"]["in_plane_axes"] == [[-1.0, 0.0], [0.0, 1.0]]
+    assert [support.mask(s).sum() for s in support.slices] == [24, 16]
+
+
+def test_references_that_cannot_match_the_query_are_refused_naming_both():
+    query, labels = _reference()
+    sagittal = Geometry(query.shape, query.spacing, direction=[[0, 0, 1], [1, 0, 0], [0, 1, 0]])
+    support = SupportSet.from_volumes([(Volume(query.array, sagittal, "CT"), LabelVolume(labels.array, sagittal))], names=["sag.nii.gz"])
+    with pytest.raises(GeometryError, match=r"sag.nii.gz: its slices lie 90 degrees off the query's slices \(slice normal \[1.0, 0.0, 0.0\] vs \[0.0, 0.0, 1.0\]"):
+        support.for_query(query)
+    drawn = SupportSet.from_volumes([SupportEntry(labels, slices=[5], from_query=True)], labels=[1], names=["drawn"])
+    drawn.for_query(query)  # on the query's grid: fine
+    other = Volume(np.zeros((20, 16, 10), np.float32), Geometry((20, 16, 10), (2.5, 0.8, 0.8)), "CT")
+    with pytest.raises(GeometryError, match=r"drawn is marked as drawn on the query but is not on the query's grid \(shape"):
+        drawn.for_query(other)
+    with pytest.raises(InputError, match="drawn on the query, so it takes the query's image; leave its volume out"):
+        SupportSet.from_volumes([SupportEntry(labels, volume=query, from_query=True)], names=["drawn"])
+    small_fov = Volume(np.zeros((20, 4, 4), np.float32), Geometry((20, 4, 4), (2.5, 0.8, 0.8)), "CT")
+    with pytest.raises(GeometryError, match=r"label 2 on support slice 11 lies outside the query's field of view"):
+        SupportSet.from_volumes([(query, labels, [11])], labels=[2]).for_query(small_fov)  # the spleen is off-centre
 
 
 # --- bad input ------------------------------------------------------------------------------
-def test_image_and_label_shapes_must_match():
-    volume, _ = _reference()
+def test_image_and_label_grids_must_match():
+    volume, labels = _reference()
     _, other = _reference(18)
     with pytest.raises(GeometryError, match=r"ref\.nii\.gz.*label map has shape \(18, 16, 12\).*image has shape \(20, 16, 12\)"):
         SupportSet.from_volumes([(volume, other)], names=["ref.nii.gz"])
+    shifted = LabelVolume(labels.array, Geometry(volume.shape, volume.spacing, origin=(0.0, 0.0, 5.0)))
+    with pytest.raises(GeometryError, match=r"ref\.nii\.gz: the label map is not on its image's grid \(origin"):
+        SupportSet.from_volumes([(volume, shifted)], names=["ref.nii.gz"])
 
 
 def test_empty_support_labels_are_refused():

@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli import values
+
+EXIT_CASES_FAILED = 3  # the run finished but some case runs failed
+
 
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a batch pipeline (pipelines/*.yaml) over a cohort and write a report")
-    p.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/demo.yaml")
+    p.add_argument("pipeline", type=values.existing_path, help="pipeline YAML, e.g. pipelines/demo.yaml")
     p.add_argument("--out", required=True, help="results folder (re-running into it resumes)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="where cases run (default: local)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes, one model each (default 1)")
+    p.add_argument("--workers", type=values.positive_int, default=None,
+                   help="worker processes (local, default 1) or Ray actors (default: as many as the cluster fits), one model each")
+    p.add_argument("--case-timeout", type=values.seconds, default=None, metavar="SECONDS",
+                   help="stop a case (and its worker) after this long; it is retried or recorded as failed")
+    p.add_argument("--retries", type=values.non_negative_int, default=0,
+                   help="tries again after a worker died, a timeout or an error that is not the input's fault (default 0)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://head:10001); default: start Ray locally")
     p.add_argument("--cpus-per-case", type=float, default=1, help="Ray CPUs requested per case (default 1)")
     p.add_argument("--gpus-per-case", type=float, default=0, help="Ray GPUs requested per case (default 0)")
@@ -19,28 +28,48 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_run)
 
 
-def _run_run(args: argparse.Namespace) -> None:
+def _run_run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from medseg.pipeline import LocalExecutor, RayExecutor, load_pipeline, run_pipeline
     from medseg.volume import UNTRAINED_BANNER
 
     config = load_pipeline(args.pipeline)
+    faults = {"case_timeout": args.case_timeout, "retries": args.retries}
     if args.executor == "ray":
-        executor = RayExecutor(address=args.address, num_cpus=args.cpus_per_case, num_gpus=args.gpus_per_case)
+        executor = RayExecutor(address=args.address, num_cpus=args.cpus_per_case, num_gpus=args.gpus_per_case,
+                               workers=args.workers, **faults)
     else:
-        executor = LocalExecutor(workers=args.workers)
-    summary = run_pipeline(config, args.out, executor=executor, progress_bar=not args.no_progress)
+        executor = LocalExecutor(workers=args.workers or 1, **faults)
+    with tqdm(desc=config.name, unit="case", disable=args.no_progress) as bar:
+        summary = run_pipeline(config, args.out, executor=executor, progress=_bar_progress(bar))
     for method, counts in summary.counts.items():
         print(f"{method}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
     print(f"report: {summary.report}")
     if summary.untrained:
         print(f"{UNTRAINED_BANNER} Methods: {', '.join(summary.untrained)}.", file=sys.stderr)
     if summary.failed:
-        print(f"{summary.failed} case run(s) failed: see the Failures section of the report", file=sys.stderr)
+        print(f"{summary.failed} case run(s) failed (see the Failures section of the report):", file=sys.stderr)
+        for method, case, message in summary.failures:
+            print(f"  {method} / {case}: {message}", file=sys.stderr)
+        return EXIT_CASES_FAILED
+    return 0
+
+
+def _bar_progress(bar):
+    """``progress(done, total)`` drawn on a tqdm bar."""
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return progress
 
 
 def add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="re-run one case of a results folder from its log and compare the labels")
-    p.add_argument("case_dir", help="RESULTS/<method>/<case>")
+    p.add_argument("case_dir", type=values.existing_path, help="RESULTS/<method>/<case>")
     p.add_argument("--out", help="where the replayed case goes (default: <case_dir>/replay)")
     p.set_defaults(run=_run_replay)
 

@@ -45,8 +45,7 @@ _OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from tqdm.auto import tqdm
-
+    from medseg.cli.progress import tqdm_progress
     from medseg.manifest import load_manifest
     from medseg.sam2.model_dir import read_model_json
     from medseg.sam2.train import train_sam2
@@ -56,11 +55,8 @@ def _run_train(args: argparse.Namespace) -> None:
     if "train" in options:
         options["train"] = tuple(options["train"])
     config = Sam2TrainConfig(**options)
-    with tqdm(total=config.steps, unit="step", desc="SAM2 training", disable=args.no_progress) as bar:
-        def advance(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
-        directory = train_sam2(load_manifest(args.manifest), args.out, config=config, progress=advance)
+    with tqdm_progress("SAM2 training", "step", disable=args.no_progress) as progress:
+        directory = train_sam2(load_manifest(args.manifest), args.out, config=config, progress=progress)
     info = read_model_json(directory)
     print(f"model: {directory} — {info['statement']}")
     if info["validation"]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli import values
+from medseg.cli.outputs import add_dicom_format
+
 
 def add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,14 +16,15 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
         description="Prompts are voxel indices (z, y, x) of VOLUME. Prefix a prompt with ID: to give it to "
         "object ID (label value; default 1), e.g. --point 2:14,80,97,0 is a negative click for object 2.",
     )
-    p.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
+    p.add_argument("volume", type=values.existing_path, help="DICOM folder or file, NIfTI, NRRD or MHA")
     p.add_argument("--model", default="sam2.1-tiny", help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), untrained (random, tests only); or a checkpoint path (default sam2.1-tiny)")
-    p.add_argument("--point", action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
-    p.add_argument("--box", action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
-    p.add_argument("--mask", metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
-    p.add_argument("--prompts", metavar="FILE.json", help="prompts as written in a result's provenance (Prompts.to_dict)")
+    p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
+    p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
+    p.add_argument("--mask", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
+    p.add_argument("--prompts", type=values.json_file, metavar="FILE.json", help="prompts as written in a result's provenance (Prompts.to_dict)")
     p.add_argument("--name", action="append", default=[], metavar="ID=NAME", help="name of an object (label value); repeatable")
-    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
+    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    add_dicom_format(p)
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, per-slice QC and provenance as JSON")
     p.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
@@ -30,51 +34,33 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
 
 def add_sam2_runtime_options(p: argparse.ArgumentParser) -> None:
     """Options shared by the commands that run SAM2 (segment, fewshot)."""
-    p.add_argument("--image-size", type=int, help="model input size (default: the model's own)")
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--image-size", type=values.image_size, help="model input size (default: the model's own)")
+    p.add_argument("--device", type=values.device, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained model's random weights")
     p.add_argument("--offload-state-to-cpu", action="store_true", help="keep cached features and SAM2's memory in CPU memory (long volumes, small GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _parse_prompt_option(option: str, text: str, sizes: tuple[int, ...]) -> tuple[int, list[float]]:
-    """``[ID:]v1,v2,...`` -> (object id, values); ConfigError naming the option otherwise."""
-    from medseg.errors import ConfigError
-
-    obj, _, values = text.rpartition(":")
-    try:
-        numbers = [float(v) for v in values.split(",")]
-        obj_id = int(obj) if obj else 1
-    except ValueError:
-        numbers, obj_id = [], 0
-    if len(numbers) not in sizes or obj_id < 1:
-        raise ConfigError(f"{option} {text!r}: expected [ID:]{','.join(['N'] * sizes[0])} with {' or '.join(map(str, sizes))} numbers and ID >= 1")
-    return obj_id, numbers
-
-
 def _run_segment(args: argparse.Namespace) -> None:
-    import json
+    from pathlib import Path
 
     import numpy as np
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
+    from medseg.outputs import check_outputs
+    from medseg.pipeline.results import write_json
     from medseg.prompts import Prompts
     from medseg.sam2 import Sam2VolumePredictor
     from medseg.sam2.qc import qc_summary
     from medseg.volume import UNTRAINED_BANNER
 
     volume = load_volume(args.volume, series_uid=args.series_uid)
-    if args.prompts:
-        with open(args.prompts, encoding="utf-8") as f:
-            prompts = Prompts.from_dict(json.load(f))
-    else:
-        prompts = Prompts()
-    for text in args.point:
-        obj_id, v = _parse_prompt_option("--point", text, (3, 4))
+    check_outputs({"--out": args.out, "--qc": args.qc}, inputs=[args.volume, args.mask, args.model])
+    prompts = Prompts.from_dict(args.prompts) if args.prompts else Prompts()
+    for obj_id, v in args.point:
         prompts.add_point(obj_id, int(v[0]), v[1], v[2], positive=bool(v[3]) if len(v) == 4 else True)
-    for text in args.box:
-        obj_id, v = _parse_prompt_option("--box", text, (5,))
+    for obj_id, v in args.box:
         prompts.add_box(obj_id, int(v[0]), *v[1:])
     if args.mask:
         painted = load_labels(args.mask, volume)
@@ -93,12 +79,11 @@ def _run_segment(args: argparse.Namespace) -> None:
         offload_state_to_cpu=args.offload_state_to_cpu,
     )
     labels = predictor.segment(volume, prompts, progress=not args.no_progress)
-    print(f"wrote {save_labels(labels, volume, args.out)}")
+    print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     qc = qc_summary(labels)
     print(qc.to_text())
-    if args.qc:
-        with open(args.qc, "w", encoding="utf-8") as f:
-            json.dump({"scores": labels.scores, "qc": qc.to_dict(), "provenance": labels.provenance}, f, indent=1)
+    if args.qc:  # valid JSON (NaN -> null), written atomically
+        write_json(Path(args.qc), {"scores": labels.scores, "qc": qc.to_dict(), "provenance": labels.provenance})
         print(f"wrote {args.qc}")
     if labels.untrained:
         print(UNTRAINED_BANNER, file=sys.stderr)

@@ -18,7 +18,6 @@ import logging
 import math
 from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -28,6 +27,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from medseg.errors import ConfigError, WeightsError
+from medseg.runtime import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +109,6 @@ def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "gr
     )
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in a checkpoint file (bare, or under ``"model"``/``"state_dict"``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"pretrained checkpoint {path} does not exist; give the path of a .pt/.pth state dict")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unrelated types for a bad file
-        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({type(error).__name__}: {error})") from error
-    for key in ("model", "state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors (bare or under 'model' / 'state_dict')")
-    return data
-
-
 def load_pretrained(model: MaskRCNN, path: str | Path) -> list[str]:
     """Copy the weights in ``path`` into ``model``; returns the parameter names left as they were.
 
@@ -134,7 +117,7 @@ def load_pretrained(model: MaskRCNN, path: str | Path) -> list[str]:
     ImageNet ResNet/MobileNet state dict, its classifier ignored). Anything else that does
     not fit raises ``WeightsError`` naming the first offending tensors.
     """
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, what="pretrained checkpoint")
     target = model.state_dict()
     if not any(k.startswith("backbone.") for k in state):
         # A classification backbone: ``conv1.weight``, ``layer1...`` / ``features...``.
@@ -167,15 +150,3 @@ def load_pretrained(model: MaskRCNN, path: str | Path) -> list[str]:
         log.info("re-initialised class-specific heads (class count differs): %s", ", ".join(mismatched))
     return kept
 
-
-def resolve_device(spec: str) -> torch.device:
-    """``"auto"`` is the first CUDA GPU when there is one, else the CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as error:
-        raise ConfigError(f"device: {spec!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1', ...)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {spec!r} asked for, but torch sees no CUDA GPU here; use 'cpu' or 'auto'")
-    return device

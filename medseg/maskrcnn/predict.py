@@ -15,22 +15,23 @@ slice scores hold the best detection score of each slice.
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from torchvision.models.detection import MaskRCNN
 
 from medseg.errors import ConfigError
 from medseg.geometry import Geometry
 from medseg.maskrcnn.dataset import frame_bytes, to_tensor
-from medseg.maskrcnn.model import resolve_device
 from medseg.maskrcnn.store import MaskRCNNModel
-from medseg.volume import InstanceMap
 from medseg.preprocess import SliceFrames
-from medseg.volume import LabelVolume, Volume
+from medseg.runtime import Progress, ShouldStop, check_stop, report, resolve_device
+from medseg.volume import InstanceMap, LabelVolume, Volume
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +70,47 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _detect(model: MaskRCNNModel, volume: Volume, *, score_threshold: float, batch_size: int, device: torch.device, progress, progress_bar: bool):
-    """Yield ``(z, detections)`` per slice, detections on the CPU."""
-    frames = SliceFrames(volume, model.config.preset)
-    network = model.network.to(device).eval()
-    # Detections below the threshold would be dropped anyway: dropping them inside the
-    # network spares the mask head (the costliest part of inference on CPU) from them.
+@contextmanager
+def _inference_network(model: MaskRCNNModel, device: torch.device, score_threshold: float) -> Iterator[MaskRCNN]:
+    """The model's network in evaluation mode on ``device``, the caller's model left as it was.
+
+    On another device a copy runs, so the caller's model never moves; its own network gets
+    its training mode and score threshold back afterwards. Detections below the threshold
+    would be dropped anyway: dropping them inside the network spares the mask head (the
+    costliest part of inference on CPU) from them.
+    """
+    network = model.network
+    if not _on_device(network, device):
+        network = copy.deepcopy(network).to(device)
+    training, threshold = network.training, network.roi_heads.score_thresh
+    network.eval()
     network.roi_heads.score_thresh = score_threshold
+    try:
+        yield network
+    finally:
+        network.train(training)
+        network.roi_heads.score_thresh = threshold
+
+
+def _on_device(network: torch.nn.Module, device: torch.device) -> bool:
+    actual = next(network.parameters()).device
+    return actual.type == device.type and (device.index is None or actual.index == device.index)
+
+
+def _detect(
+    network: MaskRCNN, frames: SliceFrames, *, batch_size: int, progress: Progress | None, should_stop: ShouldStop | None
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield ``(z, detections)`` per slice, detections on the CPU; stops between batches when asked."""
+    device = next(network.parameters()).device
     n = len(frames)
-    done = 0
-    with torch.inference_mode(), tqdm(total=n, desc="Mask R-CNN", unit="slice", disable=not progress_bar, leave=False) as bar:
+    with torch.inference_mode():
         for start in range(0, n, batch_size):
+            check_stop(should_stop, "Mask R-CNN prediction")
             zs = range(start, min(start + batch_size, n))
             images = [to_tensor(frame_bytes(frames, z)).to(device) for z in zs]
             for z, output in zip(zs, network(images)):
                 yield z, {k: v.cpu() for k, v in output.items()}
-            done += len(zs)
-            bar.update(len(zs))
-            if progress is not None:
-                progress(done, n)
+            report(progress, zs[-1] + 1, n)
 
 
 def _paste(volume_shape, detections, *, label_values, score_threshold: float) -> tuple[np.ndarray, list[_Piece]]:
@@ -200,36 +223,41 @@ def predict_instances(
     score_threshold: float | None = None,
     link_overlap: float = 0.5,
     batch_size: int = 4,
-    device: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-    progress_bar: bool = False,
+    device: str | torch.device | None = "auto",
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Prediction:
     """Segment ``volume``: semantic labels on its geometry and the scored 3D instances.
 
     Parameters
     ----------
     model
-        From ``load_model`` (or returned by training).
+        From ``load_model`` (or returned by training); left unchanged (device, mode, threshold).
     score_threshold
         Detections scoring below it are dropped; default: the one stored with the model.
     link_overlap
         Minimum ``|a ∩ b| / min(|a|, |b|)`` for detections on adjacent slices to be one object.
     batch_size
         Slices per forward pass.
+    device
+        Where to run (``medseg.runtime.resolve_device``); a copy of the network runs there when
+        the model lives elsewhere.
     progress
-        Called with ``(slices done, slices in total)`` after each batch (for napari).
-    progress_bar
-        Show a tqdm bar.
+        ``progress(slices done, slices in total)`` after each batch.
+    should_stop
+        Asked before each batch; True raises ``medseg.errors.Cancelled`` and nothing is returned.
     """
     threshold = model.config.score_threshold if score_threshold is None else float(score_threshold)
     if not 0 <= threshold <= 1:
         raise ConfigError(f"score_threshold must be in [0, 1], got {threshold}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    detections = _detect(model, volume, score_threshold=threshold, batch_size=batch_size, device=resolve_device(device), progress=progress, progress_bar=progress_bar)
-    instances = stitch_detections(
-        detections, geometry=volume.geometry, label_values=model.label_values, score_threshold=threshold, link_overlap=link_overlap
-    )
+    frames = SliceFrames(volume, model.config.preset)
+    with _inference_network(model, resolve_device(device), threshold) as network:
+        detections = _detect(network, frames, batch_size=batch_size, progress=progress, should_stop=should_stop)
+        instances = stitch_detections(
+            detections, geometry=volume.geometry, label_values=model.label_values, score_threshold=threshold, link_overlap=link_overlap
+        )
     array, scores, slice_scores = _semantic(instances)
     labels = LabelVolume.like(
         volume,
@@ -250,11 +278,12 @@ def predict_volume(
     *,
     score_threshold: float | None = None,
     batch_size: int = 4,
-    device: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-    progress_bar: bool = False,
+    device: str | torch.device | None = "auto",
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> LabelVolume:
     """The label map of ``volume`` (see ``predict_instances`` for the options)."""
     return predict_instances(
-        model, volume, score_threshold=score_threshold, batch_size=batch_size, device=device, progress=progress, progress_bar=progress_bar
+        model, volume, score_threshold=score_threshold, batch_size=batch_size, device=device, progress=progress,
+        should_stop=should_stop,
     ).labels

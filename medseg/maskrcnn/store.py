@@ -19,7 +19,6 @@ predictions carry ``LabelVolume.untrained``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -37,6 +36,7 @@ from medseg.errors import ConfigError, WeightsError
 from medseg.io.files import atomic_output
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.model import build_model
+from medseg.runtime import read_checkpoint, sha256_file
 from medseg.volume import UNTRAINED_BANNER
 
 log = logging.getLogger(__name__)
@@ -124,20 +124,12 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_model(model: MaskRCNNModel, directory: str | Path) -> Path:
     """Write ``weights.pt`` then ``model.json`` into ``directory`` (each atomically)."""
     directory = Path(directory)
     with atomic_output(directory / WEIGHTS) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, tmp)
-        model.weights_sha256 = _sha256(tmp)
+        model.weights_sha256 = sha256_file(tmp)
     model.directory = directory
     with atomic_output(directory / MODEL_JSON) as tmp:
         tmp.write_text(json.dumps(model.card(), indent=2) + "\n", encoding="utf-8")
@@ -169,11 +161,9 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     weights_path = directory / card["weights"]["file"]
     if not weights_path.is_file():
         raise WeightsError(f"{weights_path} is missing; the model directory is incomplete (copy weights.pt with model.json)")
-    sha256 = _sha256(weights_path)
-    if sha256 != card["weights"]["sha256"]:
-        raise WeightsError(f"{weights_path} fails its checksum (SHA-256 {sha256[:12]}..., {card_path} says {card['weights']['sha256'][:12]}...): the file is corrupt or from another model")
+    sha256 = card["weights"]["sha256"]
+    state = read_checkpoint(weights_path, sha256=sha256, what="Mask R-CNN weights")
     network = build_model(num_classes=len(classes), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
     try:
         network.load_state_dict(state)
     except RuntimeError as error:

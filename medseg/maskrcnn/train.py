@@ -1,9 +1,9 @@
 """Train the Mask R-CNN baseline on the labelled cases of a cohort.
 
-Read ``train`` from top to bottom: validate the inputs, prepare the slices, build the
-network (optionally from a pretrained checkpoint), resume from the last checkpoint if
-there is one, then loop over steps with periodic validation and atomic checkpoints, and
-finally write the model directory (see ``medseg.maskrcnn.store``).
+Laid out like torchvision's detection reference: ``train`` reads top to bottom (check the
+inputs, return a finished model if there is one, start or resume a run, loop over
+``train_one_step``, validate, save); the run's state and its checkpointing live beside it
+in ``_Run``.
 
 Stability from scratch (torchvision's defaults diverge within a few steps without
 pretrained weights): GroupNorm (see ``model``), AdamW, a linear LR warm-up followed by a
@@ -12,7 +12,8 @@ cosine decay, gradient-norm clipping, and a check that stops on a non-finite los
 Resuming: the checkpoint holds the network, optimiser, LR schedule, step and the torch
 random state; batches are a function of ``(seed, step)``. A resumed run therefore
 continues exactly as the uninterrupted one would have (on the same device and thread
-count). Ctrl-C writes a checkpoint at the last completed step before it stops.
+count). Stopping, by ``should_stop`` between steps or by Ctrl-C anywhere, writes a
+checkpoint at the last completed step first.
 """
 
 from __future__ import annotations
@@ -20,25 +21,26 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from medseg.errors import ConfigError, WeightsError
+from medseg.errors import Cancelled, ConfigError, WeightsError
 from medseg.io.files import atomic_output
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.dataset import CaseLike, SliceDataset, StepBatchSampler, prepare_cases
-from medseg.maskrcnn.model import build_model, load_pretrained, resolve_device
+from medseg.maskrcnn.model import build_model, load_pretrained
 from medseg.maskrcnn.predict import predict_instances
 from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
-from medseg.metrics import dice_per_label, mask_ap, mean_dice
+from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
+from medseg.runtime import Progress, ShouldStop, check_stop, report, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +50,18 @@ CHECKPOINT = "checkpoint.pt"
 _RESUMABLE_CHANGES = ("val_every", "checkpoint_every", "num_workers", "device")
 
 
-def train_from_cohort(cohort, out_dir: str | Path, *, config: TrainConfig, progress: Callable[[int, int], None] | None = None, progress_bar: bool = True) -> Path:
+def train_from_cohort(
+    cohort, out_dir: str | Path, *, config: TrainConfig, progress: Progress | None = None, should_stop: ShouldStop | None = None
+) -> Path:
     """Train on ``cohort``'s ``train`` split, validate on its ``val`` split; return the model directory.
 
     ``cohort`` is a ``medseg.manifest.Cohort``; its data are validated (files, grids, label
-    values) before any training starts.
+    values) before any training starts. ``progress`` and ``should_stop``: see ``train``.
     """
     cohort.validate_data()
     model = train(
         cohort.split("train"), out_dir, labels=cohort.labels, val_cases=cohort.split("val"), config=config,
-        progress=progress, progress_bar=progress_bar,
+        progress=progress, should_stop=should_stop,
     )
     return model.directory
 
@@ -69,8 +73,8 @@ def train(
     labels: dict[int, str],
     config: TrainConfig,
     val_cases: Sequence[CaseLike] = (),
-    progress: Callable[[int, int], None] | None = None,
-    progress_bar: bool = True,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> MaskRCNNModel:
     """Train a Mask R-CNN on ``train_cases`` and write it to ``out_dir``.
 
@@ -84,7 +88,10 @@ def train(
     config
         Model and training settings.
     progress
-        Called with ``(step, steps)`` after every step.
+        ``progress(step, steps)`` after every step.
+    should_stop
+        Asked before every step; True writes a checkpoint at the last completed step and
+        raises ``medseg.errors.Cancelled`` (a later call with the same settings resumes).
 
     Returns
     -------
@@ -94,6 +101,174 @@ def train(
         holds an interrupted run, training resumes from its checkpoint.
     """
     out_dir = Path(out_dir)
+    config = _checked_inputs(train_cases, val_cases, labels, config)
+    finished = _finished_model(out_dir, config, labels)
+    if finished is not None:
+        return finished
+    run, loader = _Run.start(train_cases, val_cases, out_dir, labels, config)
+    with run.checkpoint_on_stop():
+        for images, targets in run.batches(loader):
+            check_stop(should_stop, "Mask R-CNN training")
+            train_one_step(run, images, targets)
+            if config.val_every and run.model.steps % config.val_every == 0 and run.model.steps < config.steps:
+                _validate(run.model, val_cases, run.device)
+            if run.model.steps % config.checkpoint_every == 0:
+                run.save_checkpoint(torch.get_rng_state())
+            report(progress, run.model.steps, config.steps)
+        _validate(run.model, val_cases, run.device)
+    run.model.network.eval()
+    save_model(run.model, out_dir)
+    shutil.rmtree(out_dir / TRAINING_DIR)  # the checkpoint and slice cache served their purpose
+    log.info("Mask R-CNN trained for %d steps, saved to %s", run.model.steps, out_dir)
+    return run.model
+
+
+def train_one_step(run: _Run, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]) -> float:
+    """One optimiser step on one batch; returns its loss.
+
+    A non-finite loss or gradient raises ``ConfigError`` before the weights change.
+    """
+    network, config = run.model.network, run.model.config
+    network.train()
+    run.rng_at_step_start = torch.get_rng_state()
+    images = [image.to(run.device) for image in images]
+    targets = [{k: v.to(run.device) for k, v in target.items()} for target in targets]
+    losses = network(images, targets)
+    loss = sum(losses.values())
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    gradient_norm = torch.nn.utils.clip_grad_norm_(run.parameters, config.clip_grad_norm)
+    if not (torch.isfinite(loss) and torch.isfinite(gradient_norm)):
+        _diverged(run.model.steps + 1, losses, gradient_norm, config)
+    run.updating = True
+    run.optimizer.step()
+    run.scheduler.step()
+    run.model.steps += 1
+    run.model.losses.append(round(loss.item(), 5))
+    run.updating, run.rng_at_step_start = False, None
+    log.debug("step %d: loss %.4f, lr %.2e", run.model.steps, loss.item(), run.scheduler.get_last_lr()[0])
+    return loss.item()
+
+
+@dataclass(eq=False)
+class _Run:
+    """One training run between steps: model, optimiser, schedule, and where it checkpoints."""
+
+    model: MaskRCNNModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    checkpoint: Path
+    resumed_rng: torch.Tensor | None = None
+    rng_at_step_start: torch.Tensor | None = None  # set while a step runs
+    updating: bool = False  # True only while the optimiser changes the weights
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.network.parameters() if p.requires_grad]
+
+    @classmethod
+    def start(cls, train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig) -> tuple[_Run, DataLoader]:
+        """Build the network (a bad checkpoint fails in a second), then the data (a bad case
+        fails while the slices are prepared); resume from the checkpoint if there is one."""
+        torch.manual_seed(config.seed)
+        device = resolve_device(config.device)
+        network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
+        if config.pretrained is not None:
+            load_pretrained(network, config.pretrained)
+        label_values = sorted(labels)
+        prepared = prepare_cases(train_cases, out_dir / TRAINING_DIR / "slices", preset=get_preset(config.preset), label_values=label_values)
+        dataset = SliceDataset(prepared, label_values=label_values, instances=config.instances, min_area=config.min_area)
+        network.to(device)
+        parameters = [p for p in network.parameters() if p.requires_grad]
+        if config.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+        model = MaskRCNNModel(network, config, dict(labels), train_cases=[c.id for c in train_cases], val_cases=[c.id for c in val_cases])
+        run = cls(model, optimizer, scheduler, device, out_dir / TRAINING_DIR / CHECKPOINT)
+        if run.checkpoint.is_file():
+            run.resumed_rng = run.resume()
+            log.info("resuming %s at step %d of %d", out_dir, model.steps, config.steps)
+        sampler = StepBatchSampler(
+            dataset, batch_size=config.batch_size, empty_ratio=config.empty_ratio, seed=config.seed, start_step=model.steps, steps=config.steps
+        )
+        log.info(
+            "training on %d cases: %d slices with objects, %d without (%d of them per epoch)",
+            len(train_cases), len(dataset.positive), len(dataset.empty), sampler.n_empty,
+        )
+        return run, DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.num_workers)
+
+    def batches(self, loader: DataLoader) -> Iterator[tuple]:
+        """The loader's batches from the run's step on, with the torch random state resumed."""
+        batches = iter(loader)  # this draws a seed from torch's random state: restore it after
+        if self.resumed_rng is not None:
+            torch.set_rng_state(self.resumed_rng)
+        return batches
+
+    @contextmanager
+    def checkpoint_on_stop(self) -> Iterator[None]:
+        """On ``Cancelled`` or Ctrl-C, checkpoint the last completed step, then let it go on up.
+
+        Weights change only inside the optimiser update: stopped there, the last checkpoint
+        stays; stopped elsewhere in a step, the state from before that step is saved.
+        """
+        try:
+            yield
+        except (Cancelled, KeyboardInterrupt):
+            if not self.updating:
+                in_step = self.rng_at_step_start is not None
+                self.save_checkpoint(self.rng_at_step_start if in_step else torch.get_rng_state())
+                log.warning("stopped: checkpoint at step %d written to %s; run again to resume", self.model.steps, self.checkpoint)
+            raise
+
+    def save_checkpoint(self, rng_state: torch.Tensor) -> None:
+        model = self.model
+        state = {
+            "step": model.steps,
+            "config": model.config.to_dict(),
+            "classes": {str(k): v for k, v in model.classes.items()},
+            "validation": model.validation,
+            "losses": model.losses,
+            "model": model.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state,
+        }
+        with atomic_output(self.checkpoint) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> torch.Tensor:
+        """Load the checkpoint into the model, optimiser and schedule; return its torch random state.
+
+        Not ``medseg.runtime.read_checkpoint``: this is a training state (numbers, lists and
+        several state dicts), not a model's weights; it is still loaded with ``weights_only``.
+        """
+        path, model = self.checkpoint, self.model
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated or foreign file
+            raise WeightsError(f"cannot read the training checkpoint {path} ({error}); delete it to start over") from error
+        changed = TrainConfig.from_dict(state["config"]).differences(model.config, ignore=_RESUMABLE_CHANGES)
+        classes = {int(k): v for k, v in state["classes"].items()}
+        if changed or classes != model.classes:
+            what = "; ".join(changed) if changed else f"classes {classes} -> {model.classes}"
+            raise ConfigError(
+                f"{path} is an interrupted run with other settings ({what}); resume it with the same settings, "
+                "or give another output folder"
+            )
+        model.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        model.steps = int(state["step"])
+        model.validation = list(state["validation"])
+        model.losses = list(state["losses"])
+        return state["rng"]
+
+
+def _checked_inputs(train_cases: Sequence[CaseLike], val_cases: Sequence[CaseLike], labels: dict[int, str], config: TrainConfig) -> TrainConfig:
+    """Refuse empty or overlapping splits and bad labels; the config with its preset resolved."""
     train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
     if not train_cases:
         raise ConfigError("no training cases: the cohort's \"train\" split is empty")
@@ -106,95 +281,7 @@ def train(
         raise ConfigError("training case ids must be unique")
     if config.preset is None:
         config = replace(config, preset=default_preset(train_cases[0].load()[0]).name)
-    label_values = sorted(labels)
-
-    finished = _finished_model(out_dir, config, labels)
-    if finished is not None:
-        return finished
-
-    # The network first (a bad checkpoint fails in a second), then the data (a bad case
-    # fails while the slices are prepared); training starts only when both are right.
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
-    if config.pretrained is not None:
-        load_pretrained(network, config.pretrained)
-    prepared = prepare_cases(train_cases, out_dir / TRAINING_DIR / "slices", preset=get_preset(config.preset), label_values=label_values)
-    dataset = SliceDataset(prepared, label_values=label_values, instances=config.instances, min_area=config.min_area)
-    network.to(device)
-    parameters = [p for p in network.parameters() if p.requires_grad]
-    if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
-    model = MaskRCNNModel(network, config, dict(labels), train_cases=train_ids, val_cases=val_ids)
-
-    checkpoint_path = out_dir / TRAINING_DIR / CHECKPOINT
-    resumed_rng = None
-    if checkpoint_path.is_file():
-        resumed_rng = _resume(checkpoint_path, model, optimizer, scheduler)
-        log.info("resuming %s at step %d of %d", out_dir, model.steps, config.steps)
-
-    sampler = StepBatchSampler(
-        dataset, batch_size=config.batch_size, empty_ratio=config.empty_ratio, seed=config.seed, start_step=model.steps, steps=config.steps
-    )
-    log.info(
-        "training on %d cases: %d slices with objects, %d without (%d of them per epoch)",
-        len(train_cases), len(dataset.positive), len(dataset.empty), sampler.n_empty,
-    )
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.num_workers)
-    batches = iter(loader)  # this draws a seed from torch's random state: restore it after
-    if resumed_rng is not None:
-        torch.set_rng_state(resumed_rng)
-    bar = tqdm(total=config.steps, initial=model.steps, desc="Mask R-CNN training", unit="step", disable=not progress_bar)
-    rng_at_step_start = torch.get_rng_state()
-    in_step = updating = False
-    try:
-        for images, targets in batches:
-            in_step = True
-            network.train()
-            rng_at_step_start = torch.get_rng_state()
-            images = [image.to(device) for image in images]
-            targets = [{k: v.to(device) for k, v in target.items()} for target in targets]
-            losses = network(images, targets)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            gradient_norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
-            if not (torch.isfinite(loss) and torch.isfinite(gradient_norm)):
-                _diverged(model.steps + 1, losses, gradient_norm, config)
-            updating = True
-            optimizer.step()
-            scheduler.step()
-            model.steps += 1
-            model.losses.append(round(loss.item(), 5))
-            in_step = updating = False
-
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if config.val_every and model.steps % config.val_every == 0 and model.steps < config.steps:
-                _validate(model, val_cases, device)
-            if model.steps % config.checkpoint_every == 0:
-                _save_checkpoint(checkpoint_path, model, optimizer, scheduler, torch.get_rng_state())
-            if progress is not None:
-                progress(model.steps, config.steps)
-        _validate(model, val_cases, device)
-    except KeyboardInterrupt:
-        # Weights change only inside the optimiser update: interrupted there, keep the last
-        # checkpoint; interrupted elsewhere in a step, save the state from before that step.
-        if not updating:
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, rng_at_step_start if in_step else torch.get_rng_state())
-            log.warning("interrupted: checkpoint at step %d written to %s; run again to resume", model.steps, checkpoint_path)
-        raise
-    finally:
-        bar.close()
-
-    network.eval()
-    save_model(model, out_dir)
-    shutil.rmtree(out_dir / TRAINING_DIR)  # the checkpoint and slice cache served their purpose
-    log.info("Mask R-CNN trained for %d steps, saved to %s", model.steps, out_dir)
-    return model
+    return config
 
 
 def _collate(batch: list) -> tuple:
@@ -241,76 +328,44 @@ def _finished_model(out_dir: Path, config: TrainConfig, labels: dict[int, str]) 
     return model
 
 
-def _save_checkpoint(path: Path, model: MaskRCNNModel, optimizer, scheduler, rng_state: torch.Tensor) -> None:
-    state = {
-        "step": model.steps,
-        "config": model.config.to_dict(),
-        "classes": {str(k): v for k, v in model.classes.items()},
-        "validation": model.validation,
-        "losses": model.losses,
-        "model": model.network.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state,
-    }
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _resume(path: Path, model: MaskRCNNModel, optimizer, scheduler) -> torch.Tensor:
-    """Load the checkpoint's state into ``model``, ``optimizer`` and ``scheduler``; return its torch random state."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file
-        raise WeightsError(f"cannot read the training checkpoint {path} ({error}); delete it to start over") from error
-    changed = TrainConfig.from_dict(state["config"]).differences(model.config, ignore=_RESUMABLE_CHANGES)
-    classes = {int(k): v for k, v in state["classes"].items()}
-    if changed or classes != model.classes:
-        what = "; ".join(changed) if changed else f"classes {classes} -> {model.classes}"
-        raise ConfigError(
-            f"{path} is an interrupted run with other settings ({what}); resume it with the same settings, "
-            "or give another output folder"
-        )
-    model.network.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    model.steps = int(state["step"])
-    model.validation = list(state["validation"])
-    model.losses = list(state["losses"])
-    return state["rng"]
-
-
 def _json_number(value: float) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), 6)
 
 
 def _validate(model: MaskRCNNModel, val_cases: Sequence[CaseLike], device: torch.device) -> None:
-    """Dice per label (mean over cases) and 3D mask AP on the validation cases, appended to ``model.validation``."""
+    """Dice and surface Dice per label (means over cases) and 3D mask AP on the validation
+    cases (``medseg.metrics.evaluate``), appended to ``model.validation``."""
     if not val_cases:
         log.info("no validation cases: skipping validation at step %d", model.steps)
         return
     model.network.eval()
-    dice: dict[int, list[float]] = {v: [] for v in model.label_values}
-    pairs = []
+    cases = []
     for case in val_cases:
         volume, truth = case.load()
         if truth is None:
             raise ConfigError(f"validation case {case.id!r} has no label map; give it a \"label\" or move it to the test split")
-        prediction = predict_instances(model, volume, device=str(device))
-        for value, score in dice_per_label(prediction.labels, truth, labels=model.label_values).items():
-            if not np.isnan(score):  # NaN: the label is in neither map
-                dice[value].append(score)
-        pairs.append((prediction.instances, truth))
-    ap = mask_ap(pairs, labels=model.label_values, mode="3d", instances=model.config.instances)
-    per_label = {v: float(np.mean(s)) if s else float("nan") for v, s in dice.items()}
+        prediction = predict_instances(model, volume, device=device)
+        cases.append(evaluate(prediction.labels, truth, labels=model.label_values, instances=prediction.instances, hausdorff=False))
+    ap = mask_ap([c.ap_pair for c in cases], labels=model.label_values, mode="3d", instances=model.config.instances)
+    dice = _mean_over_cases([c.dice for c in cases], model.label_values)
     record: dict[str, Any] = {
         "step": model.steps,
         "cases": len(val_cases),
-        "dice": {str(v): _json_number(d) for v, d in per_label.items()},
-        "mean_dice": _json_number(mean_dice(per_label)),
+        "dice": {str(v): _json_number(d) for v, d in dice.items()},
+        "mean_dice": _json_number(mean_dice(dice)),
+        "surface_dice": {str(v): _json_number(d) for v, d in _mean_over_cases([c.surface_dice for c in cases], model.label_values).items()},
         "mask_ap_3d": _json_number(ap.ap),
         "mask_ap50_3d": _json_number(ap.ap50),
         "mask_ap75_3d": _json_number(ap.ap75),
     }
     model.validation.append(record)
     log.info("validation at step %d: mean Dice %s, 3D mask AP %s", model.steps, record["mean_dice"], record["mask_ap_3d"])
+
+
+def _mean_over_cases(per_case: Sequence[dict[int, float]], label_values: Sequence[int]) -> dict[int, float]:
+    """Per label, the mean over the cases where it is defined (NaN: the label is in neither map)."""
+    means = {}
+    for value in label_values:
+        scores = [case[value] for case in per_case if not np.isnan(case[value])]
+        means[value] = float(np.mean(scores)) if scores else float("nan")
+    return means

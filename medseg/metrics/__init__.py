@@ -3,16 +3,23 @@ mask AP in 2D and 3D (pycocotools).
 
 See ``medseg.metrics.overlap`` for the empty-label conventions and ``medseg.metrics.coco``
 for how label maps become COCO images, instances, scores and area ranges.
+
+``evaluate(prediction, truth, labels=...)`` scores one case with all of them at once (a
+``CaseMetrics``); use it rather than assembling the bundle by hand.
 """
 
 from medseg.metrics.coco import AREA_RANGES_2D_MM2, AREA_RANGES_3D_MM3, MaskAP, mask_ap
+from medseg.metrics.evaluate import CaseMetrics, LabelScores, evaluate
 from medseg.metrics.overlap import dice_per_label, hausdorff95_per_label, mean_dice, surface_dice_per_label
 
 __all__ = [
     "AREA_RANGES_2D_MM2",
     "AREA_RANGES_3D_MM3",
+    "CaseMetrics",
+    "LabelScores",
     "MaskAP",
     "dice_per_label",
+    "evaluate",
     "hausdorff95_per_label",
     "mask_ap",
     "mean_dice",

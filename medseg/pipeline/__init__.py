@@ -4,14 +4,14 @@
 >>> summary = run_pipeline(load_pipeline("pipelines/demo.yaml"), "results/demo")  # doctest: +SKIP
 
 Modules: ``config`` (the YAML schema), ``methods`` (plug-ins), ``prompt_policy`` (prompts
-simulated from ground truth), ``runner`` (validation and the per-case loop), ``executors``
-(local process pool, Ray), ``results`` (the results folder), ``report`` / ``plots`` /
+simulated from ground truth), ``runner`` (validation and the run), ``case`` (one case: the task, the worker, its
+record), ``executors`` (in process, local worker processes, Ray; worker death, timeouts, retries), ``results`` (the results folder), ``report`` / ``plots`` /
 ``stats`` (the report), ``replay`` (re-run one case from its log).
 """
 
 from medseg.pipeline.config import PipelineConfig, load_pipeline
 from medseg.pipeline.executors import LocalExecutor, RayExecutor
-from medseg.pipeline.methods import METHODS, Method, Segmentation
+from medseg.pipeline.methods import METHODS, Method, ReferenceMethod, Segmentation
 from medseg.pipeline.replay import ReplayResult, replay_case
 from medseg.pipeline.report import write_report
 from medseg.pipeline.runner import RunSummary, run_pipeline
@@ -22,6 +22,7 @@ __all__ = [
     "Method",
     "PipelineConfig",
     "RayExecutor",
+    "ReferenceMethod",
     "ReplayResult",
     "RunSummary",
     "Segmentation",

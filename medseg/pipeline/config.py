@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, syntax_error, user_message
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -135,23 +135,42 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     Only the file itself is checked here (keys, types, method types and options); the cohort
     and the methods' resources are checked by ``runner.validate`` before any case runs.
     """
-    from medseg.pipeline.methods import METHODS
-
     path = Path(path).resolve()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: not a readable YAML file ({error})") from error
+    raw = _read_yaml(path)
     where = _Where(path)
-    if not isinstance(raw, dict):
-        raise where.error("", "a pipeline is a YAML mapping with at least 'cohort' and 'methods'")
     where.check_keys("", raw, _TOP_KEYS)
     for key in ("cohort", "methods"):
         if key not in raw:
             raise where.error(key, "is required")
+    top = _top_level(where, raw)
+    methods = _methods(where, raw["methods"])
+    return PipelineConfig(
+        path=path,
+        **top,
+        prompts=where.build(PromptSettings, raw.get("prompts", {}), "prompts"),
+        methods=methods,
+        metrics=where.build(MetricSettings, raw.get("metrics", {}), "metrics"),
+        report=where.build(ReportSettings, raw.get("report", {}), "report"),
+        description=str(raw.get("description", "")),
+    )
 
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pipeline file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the pipeline file ({user_message(error)})") from None
+    except yaml.YAMLError as error:
+        raise syntax_error(path, error) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a pipeline is a YAML mapping with at least 'cohort' and 'methods'")
+    return raw
+
+
+def _top_level(where: _Where, raw: dict[str, Any]) -> dict[str, Any]:
+    """The scalar settings: name, cohort, split, labels, cases, seed."""
     cohort = raw["cohort"]
     if not isinstance(cohort, str) or not cohort:
         raise where.error("cohort", "must be the path of a manifest (relative to the pipeline file)")
@@ -167,11 +186,16 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     seed = raw.get("seed", 0)
     if not _is_int(seed):
         raise where.error("seed", f"must be an integer, got {seed!r}")
-    name = raw.get("name", path.stem)
+    name = raw.get("name", where.path.stem)
     if not isinstance(name, str) or not name:
         raise where.error("name", "must be a non-empty string")
+    return {"name": name, "cohort": (where.path.parent / cohort).resolve(), "split": split,
+            "labels": [int(v) for v in labels] if labels is not None else None, "cases": cases, "seed": int(seed)}
 
-    methods_raw = raw["methods"]
+
+def _methods(where: _Where, methods_raw: Any) -> list[MethodConfig]:
+    from medseg.pipeline.methods import METHODS
+
     if not isinstance(methods_raw, dict) or not methods_raw:
         raise where.error("methods", "must map method names to their settings, e.g. {sam2: {type: sam2, model: sam2.1-tiny}}")
     methods = []
@@ -189,25 +213,11 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
             raise where.error(f"{key}.baseline", "must be true or false")
         options = {k: v for k, v in spec.items() if k not in ("type", "baseline")}
         plugin = METHODS[kind]
-        built = plugin.resolve_paths(where.build(plugin.Options, options, key), path.parent)
-        methods.append(MethodConfig(method_name, kind, built, baseline))
+        methods.append(MethodConfig(method_name, kind, plugin.resolve_paths(where.build(plugin.Options, options, key), where.path.parent),
+                                    baseline))
     if sum(m.baseline for m in methods) > 1:
         raise where.error("methods", "at most one method can be the baseline (baseline: true)")
-
-    return PipelineConfig(
-        path=path,
-        name=name,
-        cohort=(path.parent / cohort).resolve(),
-        split=split,
-        labels=[int(v) for v in labels] if labels is not None else None,
-        cases=cases,
-        seed=int(seed),
-        prompts=where.build(PromptSettings, raw.get("prompts", {}), "prompts"),
-        methods=methods,
-        metrics=where.build(MetricSettings, raw.get("metrics", {}), "metrics"),
-        report=where.build(ReportSettings, raw.get("report", {}), "report"),
-        description=str(raw.get("description", "")),
-    )
+    return methods
 
 
 def _is_int(value: Any) -> bool:

@@ -2,9 +2,17 @@
 
 A plug-in is a ``Method`` subclass registered in ``METHODS`` under its YAML ``type``. It
 declares its YAML options as a frozen dataclass (``Options``; unknown or mistyped keys are
-rejected by ``medseg.pipeline.config``), may ``check`` its resources before any compute,
-``prepare`` once in the main process (download weights, train a model), and ``segment`` one
-case in a worker, where it loads its model once and keeps it (one model per worker).
+rejected by ``medseg.pipeline.config``), may ``check`` its resources before any compute and
+``prepare`` once in the main process (download weights, train a model, pick reference cases).
+In a worker, ``load`` is called once (the runner's ``Worker`` keeps what it returns, one
+method per worker) and ``segment(model, volume, prompts=..., case_id=...)`` once per case.
+
+What a method sees: the volume and, when ``uses_prompts``, the prompt policy's prompts
+(simulated from the truth by the runner, as a user would click them); every other method
+gets ``prompts=None``. The ground truth is never an argument of ``segment``. Support sets
+come from the *reference* split (chosen in ``prepare``, built in ``load``), Mask R-CNN from
+its model. The one exception is explicit: a ``ReferenceMethod`` subclass (the ``oracle``
+self-check) gets the truth through its own ``from_truth`` hook.
 
 Built in: ``sam2`` (propagation from the policy's points/boxes), ``revsam2`` (reference
 prompting from annotated slices of reference cases), ``maskrcnn`` (supervised baseline,
@@ -22,11 +30,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from medseg.errors import ConfigError, InputError, WeightsError
-from medseg.volume import InstanceMap
 from medseg.prompts import Prompts
-from medseg.volume import UNTRAINED_BANNER, LabelVolume, Volume
+from medseg.runtime import Progress, ShouldStop
+from medseg.volume import UNTRAINED_BANNER, InstanceMap, LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ class Method:
 
     kind: ClassVar[str]
     Options: ClassVar[type]
-    uses_prompts: ClassVar[bool] = False
+    uses_prompts: ClassVar[bool] = False  # segment gets the prompt policy's prompts (else None)
 
     def __init__(self, setup: MethodSetup) -> None:
         self.setup = setup
@@ -77,7 +85,7 @@ class Method:
     def check(cls, setup: MethodSetup, cohort) -> None:
         """Raise a ``MedsegError`` when the method cannot run on ``cohort`` (before any compute)."""
 
-    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
+    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
         """One-off work in the main process; returns ``MethodSetup.state`` for the workers."""
         return {}
 
@@ -85,23 +93,48 @@ class Method:
         """Model name, checksum, preset... as known before any case runs (for method.json)."""
         return {}
 
-    def segment(self, volume: Volume, *, prompts: Prompts, truth: LabelVolume, case_id: str) -> Segmentation:
+    def load(self) -> Any:
+        """The model (and whatever else ``segment`` needs), built once per worker from ``setup.state``."""
+        return None
+
+    def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
+        """Segment one case with ``model`` (what ``load`` returned). No ground truth, by design."""
         raise NotImplementedError
+
+
+class ReferenceMethod(Method):
+    """A self-check that is *given the truth*: never a method to compare.
+
+    The runner calls ``from_truth`` instead of ``segment``; ``segment`` refuses, so the
+    truth reaches nothing else through this class.
+    """
+
+    def from_truth(self, volume: Volume, truth: LabelVolume, *, case_id: str) -> Segmentation:
+        raise NotImplementedError
+
+    def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
+        raise ConfigError(f"method type {self.kind!r} is a reference built from the ground truth; it cannot segment on its own")
 
 
 METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
+    """Make ``cls`` available as YAML ``type: <cls.kind>``."""
     METHODS[cls.kind] = cls
     return cls
 
 
-def build_method(setup: MethodSetup) -> Method:
+def method_class(kind: str) -> type[Method]:
+    """The plug-in class of a YAML ``type`` (looked up in the main process; workers get the class)."""
     try:
-        return METHODS[setup.kind](setup)
+        return METHODS[kind]
     except KeyError:
-        raise ConfigError(f"unknown method type {setup.kind!r}; known: {sorted(METHODS)}") from None
+        raise ConfigError(f"unknown method type {kind!r}; known: {sorted(METHODS)}") from None
+
+
+def build_method(setup: MethodSetup) -> Method:
+    return method_class(setup.kind)(setup)
 
 
 # --- oracle ---------------------------------------------------------------------------------
@@ -111,7 +144,7 @@ class OracleOptions:
 
 
 @register
-class Oracle(Method):
+class Oracle(ReferenceMethod):
     """The ground truth itself, every object scored 1: Dice 1, AP 1 (a self-check)."""
 
     kind = "oracle"
@@ -120,7 +153,7 @@ class Oracle(Method):
     def describe(self) -> dict[str, Any]:
         return {"model": "ground truth"}
 
-    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
+    def from_truth(self, volume: Volume, truth: LabelVolume, *, case_id: str) -> Segmentation:
         wanted = sorted(self.setup.labels)
         array = np.where(np.isin(truth.array, wanted), truth.array, 0)
         return Segmentation(LabelVolume.like(volume, array, label_names=dict(self.setup.labels),
@@ -176,14 +209,15 @@ class _Sam2Family(Method):
         if setup.options.preset is not None:
             get_preset(setup.options.preset)
 
-    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
-        from medseg.weights import REGISTRY, fetch_checkpoint, sha256_file
+    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+        from medseg.runtime import sha256_file
+        from medseg.weights import REGISTRY, fetch_checkpoint
 
         model = self.options.model
         if self.options.train is not None:
             from medseg.sam2.train_method import train_for_pipeline
 
-            return train_for_pipeline(self.options, cohort, self.setup.method_dir.parent, progress_bar=progress_bar)
+            return train_for_pipeline(self.options, cohort, self.setup.method_dir.parent, progress=progress, should_stop=should_stop)
         if Path(model).is_dir():
             from medseg.sam2.train_method import trained_state
 
@@ -195,12 +229,12 @@ class _Sam2Family(Method):
         if spec.untrained:
             return {"model": model, "checkpoint_sha256": None, "untrained": True}
         try:
-            path = fetch_checkpoint(spec, progress=progress_bar)
+            path = fetch_checkpoint(spec, progress=progress)
         except WeightsError as error:
             if self.options.fallback != "untrained":
                 raise
-            logger.warning("method %s: %s", self.setup.name, error)
-            logger.warning("method %s falls back to the untrained model. %s", self.setup.name, UNTRAINED_BANNER)
+            log.warning("method %s: %s", self.setup.name, error)
+            log.warning("method %s falls back to the untrained model. %s", self.setup.name, UNTRAINED_BANNER)
             return {"model": "untrained", "requested_model": model, "checkpoint_sha256": None, "untrained": True,
                     "fallback_reason": str(error)}
         return {"model": model, "checkpoint_sha256": sha256_file(path), "untrained": False}
@@ -209,15 +243,14 @@ class _Sam2Family(Method):
         shown = {"model": self.setup.state["trained"]} if "trained" in self.setup.state else {}
         return {**self.setup.state, "image_size": self.options.image_size, "preset": self.options.preset, **shown}
 
-    def _predictor(self):
-        if not hasattr(self, "_loaded"):
-            from medseg.sam2 import Sam2VolumePredictor
+    def load(self) -> Any:
+        """The SAM2 predictor of the prepared checkpoint."""
+        from medseg.sam2 import Sam2VolumePredictor
 
-            self._loaded = Sam2VolumePredictor(
-                self.setup.state["model"], image_size=self.options.image_size, device=self.options.device,
-                preset=self.options.preset, seed=self.setup.seed,
-            )
-        return self._loaded
+        return Sam2VolumePredictor(
+            self.setup.state["model"], image_size=self.options.image_size, device=self.options.device,
+            preset=self.options.preset, seed=self.setup.seed,
+        )
 
 
 @register
@@ -228,10 +261,10 @@ class Sam2(_Sam2Family):
     Options = Sam2Options
     uses_prompts = True
 
-    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
-        if not prompts.objects:
+    def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
+        if prompts is None or not prompts.objects:
             raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is nothing to prompt")
-        return Segmentation(self._predictor().segment(volume, prompts, progress=False))
+        return Segmentation(model.segment(volume, prompts, progress=None))
 
 
 @dataclass(frozen=True)
@@ -277,29 +310,31 @@ class RevSam2(_Sam2Family):
         super().check(setup, cohort)
         cls._reference_cases(setup, cohort)
 
-    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
+    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+        """The checkpoint, and the reference cases (ids of the reference split, never the query's)."""
         references = [c.id for c in self._reference_cases(self.setup, cohort)]
-        return {**super().prepare(cohort, progress_bar=progress_bar), "cohort": str(cohort.path), "references": references}
+        return {**super().prepare(cohort, progress=progress, should_stop=should_stop), "cohort": str(cohort.path),
+                "references": references}
 
-    def _support(self):
-        if not hasattr(self, "_support_set"):
-            from medseg.manifest import load_manifest
-            from medseg.revsam2 import SupportSet
+    def load(self) -> Any:
+        """The SAM2 predictor and the support set built from the reference cases chosen in ``prepare``."""
+        from medseg.manifest import load_manifest
+        from medseg.revsam2 import SupportSet
 
-            cohort = load_manifest(self.setup.state["cohort"])
-            ids = self.setup.state["references"]
-            self._support_set = SupportSet.from_volumes(
-                [cohort.case(i).load() for i in ids], k=self.setup.reference_slices, labels=self.setup.labels, names=ids
-            )
-        return self._support_set
+        cohort = load_manifest(self.setup.state["cohort"])
+        ids = self.setup.state["references"]
+        support = SupportSet.from_volumes(
+            [cohort.case(i).load() for i in ids], k=self.setup.reference_slices, labels=self.setup.labels, names=ids
+        )
+        return super().load(), support
 
-    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
+    def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
         from medseg.revsam2 import segment_with_references
 
-        support = self._support()
+        predictor, support = model
         labels = segment_with_references(
-            volume, support, mode=self.options.mode, model=self._predictor(), top_k=self.options.top_k,
-            threshold=self.options.threshold, min_spacing=self.options.min_spacing, progress=False,
+            volume, support, mode=self.options.mode, model=predictor, top_k=self.options.top_k,
+            threshold=self.options.threshold, min_spacing=self.options.min_spacing,
         )
         return Segmentation(labels, prompt_log={"support": support.to_dict()})
 
@@ -346,14 +381,15 @@ class MaskRCNN(Method):
         elif not [c for c in cohort.split("train") if c.label is not None]:
             raise ConfigError(f"method {setup.name}: no model_dir given and the cohort has no labelled train cases to train on")
 
-    def prepare(self, cohort, *, progress_bar: bool = True) -> dict[str, Any]:
+    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
         from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
 
         if self.options.model_dir is not None:
             model_dir = Path(self.options.model_dir)
         else:
             config = TrainConfig.from_dict(self.options.train or {})
-            model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config, progress_bar=progress_bar)
+            model_dir = train_from_cohort(cohort, self.setup.method_dir / "model", config=config,
+                                          progress=progress, should_stop=should_stop)
         model = load_model(model_dir)
         return {"model_dir": str(model_dir), "weights_sha256": model.weights_sha256, "untrained": model.untrained,
                 "undertrained": model.undertrained, "training_steps": model.steps, "preset": model.config.preset}
@@ -361,10 +397,13 @@ class MaskRCNN(Method):
     def describe(self) -> dict[str, Any]:
         return {"model": f"Mask R-CNN {self.setup.state.get('model_dir')}", **self.setup.state}
 
-    def segment(self, volume, *, prompts, truth, case_id) -> Segmentation:
-        from medseg.maskrcnn import load_model, predict_instances
+    def load(self) -> Any:
+        from medseg.maskrcnn import load_model
 
-        if not hasattr(self, "_model"):
-            self._model = load_model(self.setup.state["model_dir"])
-        prediction = predict_instances(self._model, volume, score_threshold=self.options.score_threshold, device=self.options.device)
+        return load_model(self.setup.state["model_dir"])
+
+    def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
+        from medseg.maskrcnn import predict_instances
+
+        prediction = predict_instances(model, volume, score_threshold=self.options.score_threshold, device=self.options.device)
         return Segmentation(prediction.labels, prediction.instances)

@@ -1,23 +1,36 @@
-"""The report's figures (matplotlib, Agg backend): Dice box plots, AP bars, overlay snapshots."""
+"""The report's figures: Dice box plots, AP bars, overlay snapshots.
+
+matplotlib's object-oriented API (a ``Figure`` drawn by its own Agg canvas): no pyplot
+state and no ``matplotlib.use``, so importing this module changes nothing for a caller's
+own plots or backend (napari's Qt, a notebook).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from medseg.io.files import atomic_output
 
-_COLOURS = plt.get_cmap("tab10")
+_COLOURS = colormaps["tab10"]
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def dice_boxplot(dice: dict[str, dict[int, list[float]]], label_names: dict[int, str], path: Path) -> Path:
     """One panel per label: a box of per-case Dice per method, with the cases as dots."""
     methods = list(dice)
     labels = list(label_names)
-    fig, axes = plt.subplots(1, len(labels), figsize=(max(4, 1.2 * len(methods)) * len(labels), 4), squeeze=False, sharey=True)
+    fig = _figure(max(4, 1.2 * len(methods)) * len(labels), 4)
+    axes = fig.subplots(1, len(labels), squeeze=False, sharey=True)
     for ax, label in zip(axes[0], labels):
         data = [[v for v in dice[m].get(label, []) if np.isfinite(v)] for m in methods]
         ax.boxplot([d if d else [np.nan] for d in data], showfliers=False)
@@ -36,7 +49,8 @@ def ap_bars(ap: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
     """Grouped bars of AP, AP50 and AP75 per method, one panel per mode (2D, 3D)."""
     methods = list(ap)
     modes = sorted({mode for m in ap.values() for mode in m})
-    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(max(4, 1.5 * len(methods)) * max(1, len(modes)), 4), squeeze=False, sharey=True)
+    fig = _figure(max(4, 1.5 * len(methods)) * max(1, len(modes)), 4)
+    axes = fig.subplots(1, max(1, len(modes)), squeeze=False, sharey=True)
     width = 0.25
     for ax, mode in zip(axes[0], modes):
         x = np.arange(len(methods))
@@ -56,7 +70,8 @@ def overlay(image: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndar
     finite = image[np.isfinite(image)]
     low, high = np.percentile(finite, (1, 99)) if finite.size else (0, 1)
     panels = {"ground truth": truth, **predictions}
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), squeeze=False)
+    fig = _figure(3 * len(panels), 3.3)
+    axes = fig.subplots(1, len(panels), squeeze=False)
     values = sorted(int(v) for v in np.unique(truth) if v)
     for ax, (name, labels) in zip(axes[0], panels.items()):
         ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
@@ -71,9 +86,8 @@ def overlay(image: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndar
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path

@@ -22,9 +22,10 @@ from medseg.io import load_labels, read_geometry
 from medseg.manifest import load_manifest
 from medseg.pipeline import results as rs
 from medseg.pipeline.config import MetricSettings, PromptSettings
-from medseg.pipeline.runner import CaseTask, run_case, setup_from_dict
+from medseg.pipeline.case import CaseTask, Worker, setup_from_dict
+from medseg.pipeline.methods import method_class
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _CHECKSUM_KEYS = ("checkpoint_sha256", "weights_sha256")
 
@@ -51,11 +52,11 @@ def replay_case(case_dir: str | Path, *, out: str | Path | None = None) -> Repla
         raise InputError(f"{case_dir}: this case failed ({result.get('error', {}).get('message')}); there are no labels to reproduce")
     current = rs.code_version()
     if current != result["code"]:
-        logger.warning("code version differs from the run's: now %s, then %s", current, result["code"])
+        log.warning("code version differs from the run's: now %s, then %s", current, result["code"])
     replay_dir = Path(out).resolve() if out is not None else case_dir / "replay"
     case = load_manifest(result["cohort"]).case(result["case"])
     task = CaseTask(
-        setup=setup_from_dict(result["setup"]), case=case, cohort=Path(result["cohort"]), case_dir=replay_dir,
+        setup=setup_from_dict(result["setup"]), method=method_class(result["type"]), case=case, cohort=Path(result["cohort"]), case_dir=replay_dir,
         prompts=PromptSettings(**result["prompt_policy"]), metrics=MetricSettings(**result["metrics_settings"]),
         fingerprint=result["fingerprint"], code=current,
         replay_prompts=rs.read_json(case_dir / rs.PROMPTS)["prompts"],
@@ -65,7 +66,7 @@ def replay_case(case_dir: str | Path, *, out: str | Path | None = None) -> Repla
     threads = torch.get_num_threads()
     torch.set_num_threads(result.get("torch_threads", threads))  # the same float summation order as the run
     try:
-        replayed = run_case(task)
+        replayed = Worker().run(task)
     finally:
         torch.set_num_threads(threads)
     if replayed["status"] != "ok":

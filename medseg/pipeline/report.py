@@ -14,7 +14,6 @@ again on a finished or partial folder).
 from __future__ import annotations
 
 import csv
-import html
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,18 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from medseg.errors import InputError
 from medseg.io import load_labels, read_geometry
+from medseg.io.files import atomic_output
 from medseg.manifest import load_manifest
 from medseg.metrics import mask_ap
-from medseg.volume import InstanceMap
 from medseg.pipeline import plots
+from medseg.pipeline.document import Document
 from medseg.pipeline import results as rs
 from medseg.pipeline.stats import mean_ci, paired_comparison
-from medseg.volume import UNTRAINED_BANNER, LabelVolume
+from medseg.runtime import Progress, ShouldStop, check_stop
+from medseg.runtime import report as report_progress
+from medseg.volume import UNTRAINED_BANNER, InstanceMap, LabelVolume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 WEIGHTS_HELP = (
     "To get real weights: on a machine with internet access run the pipeline once (checkpoints download "
@@ -66,74 +68,6 @@ class _Method:
         return f"{self.name} (untrained)" if self.untrained else self.name
 
 
-class _Document:
-    """Blocks rendered to Markdown and to HTML from one description."""
-
-    def __init__(self) -> None:
-        self.blocks: list[tuple] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("h", level, text))
-
-    def paragraph(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def banner(self, text: str) -> None:
-        self.blocks.append(("banner", text))
-
-    def table(self, header: list[str], rows: list[list[Any]]) -> None:
-        self.blocks.append(("table", header, [[str(c) for c in row] for row in rows]))
-
-    def image(self, path: str, alt: str) -> None:
-        self.blocks.append(("img", path, alt))
-
-    def markdown(self) -> str:
-        out = []
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "h":
-                out.append(f"{'#' * block[1]} {block[2]}")
-            elif kind == "p":
-                out.append(block[1])
-            elif kind == "banner":
-                out.append(f"> **{block[1]}**")
-            elif kind == "table":
-                header, rows = block[1], block[2]
-                out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                     + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]))
-            elif kind == "img":
-                out.append(f"![{block[2]}]({block[1]})")
-        return "\n\n".join(out) + "\n"
-
-    def html(self, title: str) -> str:
-        out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-               "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-               "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-               ".banner{background:#fdd;border:2px solid #c00;padding:1em;font-weight:bold}img{max-width:100%}"
-               "code{background:#eee}</style></head><body>"]
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "h":
-                out.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
-            elif kind == "p":
-                out.append(f"<p>{_inline_code(html.escape(block[1]))}</p>")
-            elif kind == "banner":
-                out.append(f"<div class='banner'>{_inline_code(html.escape(block[1]))}</div>")
-            elif kind == "table":
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
-                out.append(f"<table><tr>{head}</tr>{body}</table>")
-            elif kind == "img":
-                out.append(f"<p><img src='{html.escape(block[1])}' alt='{html.escape(block[2])}'></p>")
-        out.append("</body></html>")
-        return "\n".join(out)
-
-
-def _inline_code(text: str) -> str:
-    parts = text.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
 def _median_finite(values: list[float]) -> float:
     """Median over the cases where the distance is defined (both maps have the label)."""
     finite = [v for v in values if np.isfinite(v)]
@@ -145,16 +79,122 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "–" if np.isnan(value) else f"{value:.{digits}f}"
 
 
+@dataclass
+class _Run:
+    """A results folder as the report reads it."""
+
+    results_dir: Path
+    pipeline: dict[str, Any]
+    code: dict[str, Any]
+    methods: list[_Method]
+    cohort: Any
+    label_names: dict[int, str]
+
+    @property
+    def labels(self) -> list[int]:
+        return sorted(self.label_names)
+
+    @property
+    def baseline(self) -> _Method | None:
+        return next((m for m in self.methods if m.info.get("baseline")), None)
+
+    def bootstrap(self) -> dict[str, int]:
+        return {"resamples": self.pipeline["report"]["bootstrap"], "seed": self.pipeline["seed"]}
+
+
+def write_report(results_dir: str | Path, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> Path:
+    """Write the report files into ``results_dir``; return the path of report.md.
+
+    ``progress(done, total)`` counts methods summarised; ``should_stop`` is asked between them.
+    """
+    run = _read_run(Path(results_dir).resolve())
+    rows = _case_rows(run)
+    _write_csv(run.results_dir / "metrics.csv", rows)
+    summary = {}
+    for done, method in enumerate(run.methods, start=1):
+        check_stop(should_stop, "the report")
+        summary[method.name] = _summarise(run, method)
+        report_progress(progress, done, len(run.methods))
+    paired = _paired(run)
+    figures = _figures(run, summary)
+    rs.write_json(run.results_dir / "metrics.json", {"pipeline": run.pipeline, "code": run.code, "labels": run.label_names,
+                                                     "methods": summary, "paired": paired, "cases": rows})
+    document = _document(run, summary, paired, figures)
+    _write_text(run.results_dir / "report.md", document.markdown())
+    _write_text(run.results_dir / "report.html", document.html(f"medseg report: {run.pipeline['name']}"))
+    log.info("report written to %s", run.results_dir / "report.md")
+    return run.results_dir / "report.md"
+
+
+def _read_run(results_dir: Path) -> _Run:
+    run = rs.read_json(results_dir / rs.PIPELINE)
+    pipeline = run["pipeline"]
+    cohort = load_manifest(pipeline["cohort"])
+    label_names = {v: cohort.labels[v] for v in pipeline["labels"]} if pipeline["labels"] else dict(cohort.labels)
+    return _Run(results_dir, pipeline, run["code"], _collect(results_dir, list(pipeline["methods"])), cohort, label_names)
+
+
 def _collect(results_dir: Path, order: list[str]) -> list[_Method]:
     methods = []
     for method_dir in rs.method_dirs(results_dir):
         method = _Method(method_dir.name, rs.read_json(method_dir / rs.METHOD))
         for case_dir in rs.case_dirs(method_dir):
-            result = rs.read_json(case_dir / rs.RESULT)
+            try:
+                result = rs.read_json(case_dir / rs.RESULT)
+            except InputError as error:  # a damaged record: left out, and said so
+                log.warning("%s; left out of the report", error)
+                continue
             method.results[result["case"]] = result
         methods.append(method)
     rank = {name: i for i, name in enumerate(order)}
     return sorted(methods, key=lambda m: rank.get(m.name, len(rank)))
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _case_rows(run: _Run) -> list[dict[str, Any]]:
+    """One row per method, case and label (metrics.csv)."""
+    rows = []
+    for method in run.methods:
+        for case_id, result in sorted(method.results.items()):
+            for label in run.labels:
+                m = result.get("metrics", {}).get(str(label), {})
+                rows.append({"method": method.name, "case": case_id, "label": label, "label_name": run.label_names[label],
+                             "status": result["status"], "dice": rs.as_float(m.get("dice")), "hd95_mm": rs.as_float(m.get("hd95_mm")),
+                             "nsd": rs.as_float(m.get("nsd")), "truth_voxels": m.get("truth_voxels"), "pred_voxels": m.get("pred_voxels"),
+                             "untrained": method.untrained})
+    return rows
+
+
+def _summarise(run: _Run, method: _Method) -> dict[str, Any]:
+    """Means with bootstrap intervals, surface medians and mask AP of one method."""
+    per_label = {}
+    for label in run.labels:
+        values = lambda key: [rs.as_float(r["metrics"][str(label)][key]) for r in method.ok.values()]
+        per_label[str(label)] = {
+            "dice": mean_ci(values("dice"), **run.bootstrap()).to_dict(),
+            "nsd": mean_ci(values("nsd"), **run.bootstrap()).to_dict(),
+            "hd95_mm_median": _median_finite(values("hd95_mm")),
+            "missed_or_invented": int(sum(np.isinf(values("hd95_mm")))),
+        }
+    case_means = [rs.as_float(r["mean_dice"]) for r in method.ok.values()]
+    return {
+        "untrained": method.untrained, "baseline": bool(method.info.get("baseline")),
+        "cases_ok": len(method.ok), "cases_failed": len(method.results) - len(method.ok),
+        "model": method.info.get("model", {}), "per_label": per_label,
+        "mean_dice": mean_ci(case_means, **run.bootstrap()).to_dict(),
+        "ap": _average_precision(run, method),
+    }
 
 
 def _prediction(case_dir: Path, result: dict[str, Any], use_instances: bool) -> LabelVolume | InstanceMap:
@@ -171,110 +211,74 @@ def _prediction(case_dir: Path, result: dict[str, Any], use_instances: bool) -> 
                        slice_scores=slices(result["slice_scores"]))
 
 
-def _truth_array(case) -> np.ndarray:
-    return load_labels(case.label, read_geometry(case.image, case.series_uid)).array
+def _truth(case) -> LabelVolume:
+    """The case's label map on its image's own geometry (a prediction on another grid is a GeometryError)."""
+    return case.load_labels(read_geometry(case.image, case.series_uid))
 
 
-def _average_precision(method: _Method, cohort, labels: list[int], instances: str, results_dir: Path) -> dict[str, dict]:
+def _average_precision(run: _Run, method: _Method) -> dict[str, dict]:
     out = {}
     for mode in ("2d", "3d"):
         def pairs():
             for case_id, result in method.ok.items():
-                pred = _prediction(results_dir / method.name / case_id, result, use_instances=True)
-                yield pred, LabelVolume(_truth_array(cohort.case(case_id)), pred.geometry)
+                yield _prediction(run.results_dir / method.name / case_id, result, use_instances=True), _truth(run.cohort.case(case_id))
 
-        out[mode] = mask_ap(pairs(), labels=labels, mode=mode, instances=instances).to_dict() if method.ok else {}
+        out[mode] = mask_ap(pairs(), labels=run.labels, mode=mode, instances=run.pipeline["metrics"]["ap_instances"]).to_dict() if method.ok else {}
     return out
 
 
-def write_report(results_dir: str | Path, *, progress_bar: bool = True) -> Path:
-    """Write the report files into ``results_dir``; return the path of report.md."""
-    results_dir = Path(results_dir).resolve()
-    run = rs.read_json(results_dir / rs.PIPELINE)
-    pipeline = run["pipeline"]
-    methods = _collect(results_dir, list(pipeline["methods"]))
-    cohort = load_manifest(pipeline["cohort"])
-    label_names = {v: cohort.labels[v] for v in pipeline["labels"]} if pipeline["labels"] else dict(cohort.labels)
-    labels = sorted(label_names)
-    seed, resamples = pipeline["seed"], pipeline["report"]["bootstrap"]
-    baseline = next((m for m in methods if m.info.get("baseline")), None)
-    plot_dir = results_dir / "plots"
-
-    # per-case rows
-    rows = []
-    for method in methods:
-        for case_id, result in sorted(method.results.items()):
-            for label in labels:
-                m = result.get("metrics", {}).get(str(label), {})
-                rows.append({"method": method.name, "case": case_id, "label": label, "label_name": label_names[label],
-                             "status": result["status"], "dice": rs.as_float(m.get("dice")), "hd95_mm": rs.as_float(m.get("hd95_mm")),
-                             "nsd": rs.as_float(m.get("nsd")), "truth_voxels": m.get("truth_voxels"), "pred_voxels": m.get("pred_voxels"),
-                             "untrained": method.untrained})
-    with open(results_dir / "metrics.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    summary: dict[str, Any] = {}
-    for method in tqdm(methods, desc="report", unit="method", disable=not progress_bar):
-        per_label = {}
-        for label in labels:
-            values = lambda key: [rs.as_float(r["metrics"][str(label)][key]) for r in method.ok.values()]
-            per_label[str(label)] = {
-                "dice": mean_ci(values("dice"), resamples=resamples, seed=seed).to_dict(),
-                "nsd": mean_ci(values("nsd"), resamples=resamples, seed=seed).to_dict(),
-                "hd95_mm_median": _median_finite(values("hd95_mm")),
-                "missed_or_invented": int(sum(np.isinf(values("hd95_mm")))),
-            }
-        case_means = [rs.as_float(r["mean_dice"]) for r in method.ok.values()]
-        summary[method.name] = {
-            "untrained": method.untrained, "baseline": bool(method.info.get("baseline")),
-            "cases_ok": len(method.ok), "cases_failed": len(method.results) - len(method.ok),
-            "model": method.info.get("model", {}), "per_label": per_label,
-            "mean_dice": mean_ci(case_means, resamples=resamples, seed=seed).to_dict(),
-            "ap": _average_precision(method, cohort, labels, pipeline["metrics"]["ap_instances"], results_dir),
-        }
-    paired = []
-    if baseline is not None:
-        for method in methods:
-            if method is baseline:
-                continue
-            for label in labels:
-                comparison = paired_comparison(method.dice(label), baseline.dice(label), resamples=resamples, seed=seed)
-                paired.append({"method": method.name, "baseline": baseline.name, "label": label, **comparison.to_dict()})
-
-    figures = []
-    if methods and any(m.ok for m in methods):
-        figures.append(plots.dice_boxplot({m.display(): {l: list(m.dice(l).values()) for l in labels} for m in methods},
-                                          label_names, plot_dir / "dice_boxplot.png"))
-        figures.append(plots.ap_bars({m.display(): summary[m.name]["ap"] for m in methods}, plot_dir / "ap_bars.png"))
-        figures += _overlays(methods, cohort, pipeline["report"]["overlays"], results_dir, plot_dir)
-
-    rs.write_json(results_dir / "metrics.json", {"pipeline": pipeline, "code": run["code"], "labels": label_names,
-                                                 "methods": summary, "paired": paired, "cases": rows})
-    document = _document(run, methods, summary, paired, label_names, cohort, figures, results_dir)
-    (results_dir / "report.md").write_text(document.markdown(), encoding="utf-8")
-    (results_dir / "report.html").write_text(document.html(f"medseg report: {pipeline['name']}"), encoding="utf-8")
-    logger.info("report written to %s", results_dir / "report.md")
-    return results_dir / "report.md"
+def _paired(run: _Run) -> list[dict[str, Any]]:
+    """Each method against the baseline, per label (paired over cases)."""
+    baseline = run.baseline
+    if baseline is None:
+        return []
+    return [{"method": method.name, "baseline": baseline.name, "label": label,
+             **paired_comparison(method.dice(label), baseline.dice(label), **run.bootstrap()).to_dict()}
+            for method in run.methods if method is not baseline for label in run.labels]
 
 
-def _overlays(methods: list[_Method], cohort, count: int, results_dir: Path, plot_dir: Path) -> list[Path]:
-    cases = sorted({c for m in methods for c in m.ok})[:count]
+def _figures(run: _Run, summary: dict[str, Any]) -> list[Path]:
+    if not any(m.ok for m in run.methods):
+        return []
+    plot_dir = run.results_dir / "plots"
+    return [
+        plots.dice_boxplot({m.display(): {l: list(m.dice(l).values()) for l in run.labels} for m in run.methods},
+                           run.label_names, plot_dir / "dice_boxplot.png"),
+        plots.ap_bars({m.display(): summary[m.name]["ap"] for m in run.methods}, plot_dir / "ap_bars.png"),
+        *_overlays(run, plot_dir),
+    ]
+
+
+def _overlays(run: _Run, plot_dir: Path) -> list[Path]:
+    cases = sorted({c for m in run.methods for c in m.ok})[: run.pipeline["report"]["overlays"]]
     paths = []
     for case_id in cases:
-        volume, truth = cohort.case(case_id).load()
+        volume, truth = run.cohort.case(case_id).load()
         z = int(np.argmax((truth.array > 0).reshape(truth.array.shape[0], -1).sum(axis=1)))
-        predictions = {m.display(): load_labels(results_dir / m.name / case_id / rs.LABELS, volume).array[z]
-                       for m in methods if case_id in m.ok}
+        predictions = {m.display(): load_labels(run.results_dir / m.name / case_id / rs.LABELS, volume).array[z]
+                       for m in run.methods if case_id in m.ok}
         paths.append(plots.overlay(volume.array[z], truth.array[z], predictions, f"case {case_id}, slice z={z}",
                                    plot_dir / f"overlay_{case_id}.png"))
     return paths
 
 
-def _document(run, methods, summary, paired, label_names, cohort, figures, results_dir: Path) -> _Document:
-    pipeline, code = run["pipeline"], run["code"]
-    doc = _Document()
+def _document(run: _Run, summary: dict[str, Any], paired: list[dict], figures: list[Path]) -> Document:
+    """The report, section after section."""
+    doc = Document()
+    for section in (_intro, _methods_section, _dice_section, _surface_section, _ap_section):
+        section(doc, run, summary)
+    _paired_section(doc, run, paired)
+    if figures:
+        doc.heading("Plots")
+        for path in figures:
+            doc.image(rs.relative(path, run.results_dir), path.stem.replace("_", " "))
+    _failures_section(doc, run)
+    _per_case_section(doc, run)
+    return doc
+
+
+def _intro(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
+    pipeline, code, methods = run.pipeline, run.code, run.methods
     doc.heading(f"medseg evaluation: {pipeline['name']}", 1)
     untrained = [m.name for m in methods if m.untrained]
     if untrained:
@@ -287,66 +291,77 @@ def _document(run, methods, summary, paired, label_names, cohort, figures, resul
                           "read its rows as a smoke test of the baseline, not as its performance.")
     n_cases = len({c for m in methods for c in m.results})
     doc.paragraph(
-        f"Cohort `{cohort.name}` ({cohort.path.name}), split `{pipeline['split']}`, {n_cases} cases; labels "
-        f"{', '.join(f'{v} {n}' for v, n in label_names.items())}. Prompt policy: point `{pipeline['prompts']['point']}`, "
+        f"Cohort `{run.cohort.name}` ({run.cohort.path.name}), split `{pipeline['split']}`, {n_cases} cases; labels "
+        f"{', '.join(f'{v} {n}' for v, n in run.label_names.items())}. Prompt policy: point `{pipeline['prompts']['point']}`, "
         f"box `{pipeline['prompts']['box']}`, {pipeline['prompts']['reference_slices']} reference slices per object; seed {pipeline['seed']}. "
         f"medseg {code['medseg']}" + (f", git {code['git_commit'][:12]}{' (modified)' if code['git_dirty'] else ''}" if code.get("git_commit") else "")
         + f". Report made {datetime.now(timezone.utc).isoformat(timespec='seconds')}."
     )
+
+
+def _methods_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Methods")
     doc.table(["method", "type", "model", "checksum", "preset", "cases ok", "failed"], [
         [m.display() + (" (baseline)" if m.info.get("baseline") else ""), m.info.get("type", ""),
          m.info.get("model", {}).get("model", m.info.get("error", {}).get("message", "")),
          str(m.info.get("model", {}).get("checkpoint_sha256") or m.info.get("model", {}).get("weights_sha256") or "–")[:12],
          m.info.get("model", {}).get("preset") or "default", len(m.ok), len(m.results) - len(m.ok) if m.info.get("status") == "ok" else "all"]
-        for m in methods])
+        for m in run.methods])
 
+
+def _dice_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Dice per label (mean [95% bootstrap CI over cases])")
-    doc.table(["method", *label_names.values(), "mean of labels"], [
-        [m.display(), *(_estimate(summary[m.name]["per_label"][str(l)]["dice"]) for l in label_names), _estimate(summary[m.name]["mean_dice"])]
-        for m in methods])
+    doc.table(["method", *run.label_names.values(), "mean of labels"], [
+        [m.display(), *(_estimate(summary[m.name]["per_label"][str(l)]["dice"]) for l in run.labels), _estimate(summary[m.name]["mean_dice"])]
+        for m in run.methods])
     doc.paragraph("A label absent from both the prediction and the truth of a case is left out of that label's mean (not applicable); "
                   "a missed or invented object scores 0.")
-    doc.heading("Surface metrics")
-    doc.table(["method", *(f"{n}: HD95 median (mm)" for n in label_names.values()), *(f"{n}: surface Dice" for n in label_names.values())], [
-        [m.display(), *(_fmt(summary[m.name]["per_label"][str(l)]["hd95_mm_median"], 1) for l in label_names),
-         *(_estimate(summary[m.name]["per_label"][str(l)]["nsd"]) for l in label_names)] for m in methods])
 
+
+def _surface_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
+    names = run.label_names.values()
+    doc.heading("Surface metrics")
+    doc.table(["method", *(f"{n}: HD95 median (mm)" for n in names), *(f"{n}: surface Dice" for n in names)], [
+        [m.display(), *(_fmt(summary[m.name]["per_label"][str(l)]["hd95_mm_median"], 1) for l in run.labels),
+         *(_estimate(summary[m.name]["per_label"][str(l)]["nsd"]) for l in run.labels)] for m in run.methods])
+
+
+def _ap_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Mask AP (COCO, pycocotools)")
-    ap_rows = []
-    for m in methods:
-        for mode, ap in summary[m.name]["ap"].items():
-            if ap:
-                ap_rows.append([m.display(), mode.upper(), _fmt(ap["ap"]), _fmt(ap["ap50"]), _fmt(ap["ap75"]),
-                                *(_fmt(ap["per_label"].get(str(l))) for l in label_names),
-                                "constant (method gives none)" if ap["constant_score"] else "method"])
-    doc.table(["method", "mode", "AP@[.5:.95]", "AP50", "AP75", *(f"AP {n}" for n in label_names.values()), "scores"], ap_rows)
+    rows = [[m.display(), mode.upper(), _fmt(ap["ap"]), _fmt(ap["ap50"]), _fmt(ap["ap75"]),
+             *(_fmt(ap["per_label"].get(str(l))) for l in run.labels), "constant (method gives none)" if ap["constant_score"] else "method"]
+            for m in run.methods for mode, ap in summary[m.name]["ap"].items() if ap]
+    doc.table(["method", "mode", "AP@[.5:.95]", "AP50", "AP75", *(f"AP {n}" for n in run.label_names.values()), "scores"], rows)
     doc.paragraph("2D: each slice an image, areas in mm²; 3D: each volume an image, exact voxel IoU, areas in mm³ "
                   "(small < 1 mL, medium 1–100 mL, large > 100 mL). Instances: "
-                  f"`{pipeline['metrics']['ap_instances']}` (a method's own 3D instances where it has them).")
+                  f"`{run.pipeline['metrics']['ap_instances']}` (a method's own 3D instances where it has them).")
 
-    baseline = next((m for m in methods if m.info.get("baseline")), None)
-    if baseline is not None and paired:
-        doc.heading(f"Paired comparison with the baseline ({baseline.name})")
-        doc.table(["method", "label", "cases", "mean Δ Dice [95% CI]", "Wilcoxon p", "better / tie / worse"], [
-            [p["method"], label_names[p["label"]], p["difference"]["n"], _estimate(p["difference"], signed=True),
-             _fmt(p["p_value"]), f"{p['wins']} / {p['ties']} / {p['losses']}"] for p in paired])
-    if figures:
-        doc.heading("Plots")
-        for path in figures:
-            doc.image(rs.relative(path, results_dir), path.stem.replace("_", " "))
-    failures = [(m.name, c, r["error"]) for m in methods for c, r in sorted(m.results.items()) if r["status"] == "failed"]
-    failures += [(m.name, "(all)", m.info["error"]) for m in methods if m.info.get("status") == "failed"]
+
+def _paired_section(doc: Document, run: _Run, paired: list[dict]) -> None:
+    if run.baseline is None or not paired:
+        return
+    doc.heading(f"Paired comparison with the baseline ({run.baseline.name})")
+    doc.table(["method", "label", "cases", "mean Δ Dice [95% CI]", "Wilcoxon p", "better / tie / worse"], [
+        [p["method"], run.label_names[p["label"]], p["difference"]["n"], _estimate(p["difference"], signed=True),
+         _fmt(p["p_value"]), f"{p['wins']} / {p['ties']} / {p['losses']}"] for p in paired])
+
+
+def _failures_section(doc: Document, run: _Run) -> None:
+    failures = [(m.name, c, r["error"]) for m in run.methods for c, r in sorted(m.results.items()) if r["status"] == "failed"]
+    failures += [(m.name, "(all)", m.info["error"]) for m in run.methods if m.info.get("status") == "failed"]
     if failures:
         doc.heading("Failures")
         doc.table(["method", "case", "error"], [[n, c, f"{e['type']}: {e['message']}"] for n, c, e in failures])
+
+
+def _per_case_section(doc: Document, run: _Run) -> None:
     doc.heading("Dice per case")
-    cases = sorted({c for m in methods for c in m.results})
-    doc.table(["case", *(m.display() for m in methods)], [
-        [c, *(_fmt(m.results[c].get("mean_dice")) if c in m.ok else ("failed" if c in m.results else "–") for m in methods)] for c in cases])
+    cases = sorted({c for m in run.methods for c in m.results})
+    doc.table(["case", *(m.display() for m in run.methods)], [
+        [c, *(_fmt(m.results[c].get("mean_dice")) if c in m.ok else ("failed" if c in m.results else "–") for m in run.methods)]
+        for c in cases])
     doc.paragraph("Files: `metrics.csv` (one row per method, case and label), `metrics.json` (everything above), "
                   "`<method>/<case>/` (labels, prompt log, result); `medseg replay <method>/<case>` re-runs one case.")
-    return doc
 
 
 def _estimate(data: dict, signed: bool = False) -> str:

@@ -28,6 +28,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from medseg.errors import InputError
 from medseg.io.files import atomic_output
 
 RESULT = "result.json"
@@ -71,7 +72,14 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON at ``path``; a truncated or corrupt file is an ``InputError`` naming file, line and column."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}:{error.lineno}:{error.colno}: damaged JSON ({error.msg}): the file was cut short or "
+                         "corrupted; delete it (a re-run of `medseg run` redoes that case)") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: damaged JSON (not UTF-8 text); delete it (a re-run of `medseg run` redoes that case)") from None
 
 
 def code_version() -> dict[str, Any]:
@@ -93,7 +101,7 @@ def code_version() -> dict[str, Any]:
 
 def case_dirs(method_dir: Path) -> list[Path]:
     """The case folders of a method that hold a result, sorted by name."""
-    return sorted(p.parent for p in method_dir.glob(f"*/{RESULT}"))
+    return sorted(p.parent for p in method_dir.glob(f"*/{RESULT}") if not p.parent.name.startswith("."))
 
 
 def method_dirs(results: Path) -> list[Path]:

@@ -1,157 +1,49 @@
 """Run a pipeline: validate everything, prepare each method, then the resumable per-case loop.
 
-``run_case`` is the one per-case function every executor runs (in this process, in a local
-process pool or as a Ray task). It loads the case, simulates the prompts from the ground
-truth, segments, writes the label map and the prompt log, scores the case and writes
-``result.json`` last, each file atomically. Any error inside a case is recorded in its
-``result.json`` (type, message, traceback) and the run goes on; Ctrl-C stops the run and
-loses only the cases in flight. A re-run skips the cases whose result is ``ok`` under the
-same fingerprint (method settings, prepared model, prompt policy, seed, labels).
+Every executor runs ``medseg.pipeline.case.Worker.run`` on each (method, case) task; a
+case's folder is complete or absent, and any error inside a case is recorded in its
+``result.json`` while the run goes on. A worker that dies or overruns ``case_timeout`` is
+recorded as a failed case (after ``retries`` further attempts). ``should_stop`` stops the
+run between cases (the cases in flight finish) and raises ``Cancelled``; Ctrl-C loses only
+the cases in flight. A re-run skips the cases whose result is ``ok`` under the same
+fingerprint (method settings, prepared model, prompt policy, seed, labels) and redoes the
+others, including cases whose ``result.json`` is damaged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-import traceback
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tqdm.auto import tqdm
-
-from medseg.errors import ConfigError, InputError
+from medseg.errors import ConfigError, InputError, user_message
 from medseg.manifest import Case, Cohort, load_manifest
-from medseg.metrics import dice_per_label, hausdorff95_per_label, mean_dice, surface_dice_per_label
+from medseg.outputs import check_output
 from medseg.pipeline import results as rs
-from medseg.pipeline.config import MetricSettings, PipelineConfig, PromptSettings, fingerprint
-from medseg.pipeline.methods import METHODS, Method, MethodSetup, build_method
-from medseg.pipeline.prompt_policy import PromptPolicy
-from medseg.prompts import Prompts
+from medseg.pipeline.case import CaseTask, Worker, lost_result, setup_dict
+from medseg.pipeline.config import PipelineConfig, fingerprint
+from medseg.pipeline.methods import MethodSetup, method_class
+from medseg.runtime import Progress, ShouldStop, check_stop
+from medseg.runtime import report as report_progress
 from medseg.volume import UNTRAINED_BANNER
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CaseTask:
-    """One (method, case) to run; picklable, so any executor can ship it to a worker."""
-
-    setup: MethodSetup
-    case: Case
-    cohort: Path  # the manifest, so that a replay finds the case again
-    case_dir: Path
-    prompts: PromptSettings
-    metrics: MetricSettings
-    fingerprint: str
-    code: dict[str, Any]
-    replay_prompts: dict | None = None  # the logged prompts, when replaying
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunSummary:
+    """What a run did: counts per method, the failures and why, the untrained methods, the report."""
+
     out_dir: Path
     counts: dict[str, dict[str, int]]  # method -> {"ok", "failed", "skipped"}
     untrained: list[str]
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (method, case or "(all)", message)
     report: Path | None = None
 
     @property
     def failed(self) -> int:
         return sum(c["failed"] for c in self.counts.values())
-
-
-# --- the per-case function --------------------------------------------------------------------
-_LOADED: dict[str, Method] = {}  # one model per worker process, by setup fingerprint
-
-
-def _method(setup: MethodSetup) -> Method:
-    key = fingerprint(setup_dict(setup))
-    if key not in _LOADED:
-        _LOADED.clear()  # keep one model in memory per worker
-        _LOADED[key] = build_method(setup)
-    return _LOADED[key]
-
-
-def setup_dict(setup: MethodSetup) -> dict[str, Any]:
-    data = dataclasses.asdict(setup)
-    data["method_dir"] = str(setup.method_dir)
-    return data
-
-
-def setup_from_dict(data: dict[str, Any]) -> MethodSetup:
-    options = METHODS[data["kind"]].Options(**data["options"])
-    return MethodSetup(
-        name=data["name"], kind=data["kind"], options=options, labels={int(k): v for k, v in data["labels"].items()},
-        seed=int(data["seed"]), reference_slices=int(data["reference_slices"]), method_dir=Path(data["method_dir"]),
-        state=dict(data["state"]),
-    )
-
-
-def case_metrics(pred, truth, labels: dict[int, str], settings: MetricSettings) -> dict[str, dict[str, float]]:
-    """Dice, 95% Hausdorff (mm), surface Dice and voxel counts per label of one case."""
-    dice = dice_per_label(pred, truth, labels=labels)
-    hd = hausdorff95_per_label(pred, truth, labels=labels) if settings.hausdorff else {}
-    nsd = surface_dice_per_label(pred, truth, labels=labels, tolerance_mm=settings.surface_tolerance_mm)
-    return {
-        str(v): {"dice": dice[v], "hd95_mm": hd.get(v, float("nan")), "nsd": nsd[v],
-                 "truth_voxels": int((truth.array == v).sum()), "pred_voxels": int((pred.array == v).sum())}
-        for v in labels
-    }
-
-
-def run_case(task: CaseTask) -> dict[str, Any]:
-    """Segment and score one case; write its folder; return its ``result.json`` content."""
-    import torch
-
-    from medseg.io import save_labels
-
-    setup, case = task.setup, task.case
-    started = time.perf_counter()
-    result: dict[str, Any] = {
-        "format": rs.FORMAT, "method": setup.name, "type": setup.kind, "case": case.id, "split": case.split, "cohort": task.cohort,
-        "fingerprint": task.fingerprint, "seed": setup.seed, "labels": setup.labels,
-        "prompt_policy": dataclasses.asdict(task.prompts), "code": task.code, "setup": setup_dict(setup),
-        "metrics_settings": dataclasses.asdict(task.metrics),
-    }
-    try:
-        volume, truth = case.load()
-        if truth is None:
-            raise InputError(f"case {case.id} has no label map to score against")
-        method = _method(setup)
-        if task.replay_prompts is not None:
-            prompts = Prompts.from_dict(task.replay_prompts)
-        elif method.uses_prompts:
-            prompts = PromptPolicy(task.prompts, seed=setup.seed).prompts(truth, labels=setup.labels, case_id=case.id)
-        else:
-            prompts = Prompts()
-        torch.manual_seed(setup.seed)
-        result["torch_threads"] = torch.get_num_threads()  # float sums, hence masks, depend on it
-        seg = method.segment(volume, prompts=prompts, truth=truth, case_id=case.id)
-        task.case_dir.mkdir(parents=True, exist_ok=True)
-        rs.write_json(task.case_dir / rs.PROMPTS, {"prompts": prompts.to_dict(), **seg.prompt_log})
-        save_labels(seg.labels, volume, task.case_dir / rs.LABELS)
-        if seg.instances is not None:
-            from medseg.volume import LabelVolume
-
-            save_labels(LabelVolume.like(volume, seg.instances.array), volume, task.case_dir / rs.INSTANCES)
-            result["instances"] = {"file": rs.INSTANCES, "labels": seg.instances.labels, "scores": seg.instances.scores,
-                                   "slice_scores": {k: v.tolist() for k, v in seg.instances.slice_scores.items()}}
-        metrics = case_metrics(seg.labels, truth, setup.labels, task.metrics)
-        result.update(
-            status="ok", metrics=metrics, mean_dice=mean_dice({int(k): m["dice"] for k, m in metrics.items()}),
-            scores=seg.labels.scores, slice_scores={k: v.tolist() for k, v in seg.labels.slice_scores.items()},
-            untrained=bool(seg.labels.untrained or setup.state.get("untrained", False)),
-            provenance={**setup.state, **seg.labels.provenance},
-        )
-    except Exception as error:  # a failing case is recorded and the cohort goes on
-        logger.error("%s / %s failed: %s: %s", setup.name, case.id, type(error).__name__, error)
-        result.update(status="failed", error={"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()})
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rs.write_json(task.case_dir / rs.RESULT, result)
-    return rs.read_json(task.case_dir / rs.RESULT)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -169,38 +61,48 @@ class Plan:
 def validate(config: PipelineConfig, out_dir: Path) -> Plan:
     """Every check that can fail before compute: cohort, files, grids, labels, methods, old results."""
     cohort = load_manifest(config.cohort)
-    where = f"{config.path}"
+    labels = _labels(config, cohort)
+    cases = _cases(config, cohort)
+    check_output(out_dir, inputs=[config.path, cohort.path, *(p for c in cohort.cases for p in (c.image, c.label))],
+                 what="results folder")
+    cohort.validate_data()
+    setups = [_setup(config, method, labels, out_dir, cohort) for method in config.methods]
+    return Plan(config, cohort, cases, labels, setups)
+
+
+def _labels(config: PipelineConfig, cohort: Cohort) -> dict[int, str]:
     if config.labels is None:
-        labels = dict(cohort.labels)
-    else:
-        unknown = sorted(set(config.labels) - set(cohort.labels))
-        if unknown:
-            raise ConfigError(f"{where}: labels: {unknown} are not labels of the cohort {cohort.path} ({cohort.labels})")
-        labels = {v: cohort.labels[v] for v in config.labels}
+        return dict(cohort.labels)
+    unknown = sorted(set(config.labels) - set(cohort.labels))
+    if unknown:
+        raise ConfigError(f"{config.path}: labels: {unknown} are not labels of the cohort {cohort.path} ({cohort.labels})")
+    return {v: cohort.labels[v] for v in config.labels}
+
+
+def _cases(config: PipelineConfig, cohort: Cohort) -> list[Case]:
     cases = cohort.split(config.split)
     if config.cases is not None:
-        known = {c.id for c in cases}
-        missing = [c for c in config.cases if c not in known]
+        missing = [c for c in config.cases if c not in {case.id for case in cases}]
         if missing:
-            raise ConfigError(f"{where}: cases: {missing} are not in the {config.split!r} split of {cohort.path}")
+            raise ConfigError(f"{config.path}: cases: {missing} are not in the {config.split!r} split of {cohort.path}")
         cases = [c for c in cases if c.id in set(config.cases)]
     if not cases:
-        raise ConfigError(f"{where}: split: the {config.split!r} split of {cohort.path} has no cases")
+        raise ConfigError(f"{config.path}: split: the {config.split!r} split of {cohort.path} has no cases")
     unlabelled = [c.id for c in cases if c.label is None]
     if unlabelled:
-        raise ConfigError(f"{where}: split: cases {unlabelled} have no label map, so they cannot be scored")
-    cohort.validate_data()
+        raise ConfigError(f"{config.path}: split: cases {unlabelled} have no label map, so they cannot be scored")
+    return cases
 
-    setups = []
-    for method in config.methods:
-        setup = MethodSetup(method.name, method.type, method.options, labels, config.seed,
-                            config.prompts.reference_slices, Path(out_dir).resolve() / method.name)
-        if METHODS[method.type].uses_prompts and config.prompts.point == "none" and config.prompts.box == "none":
-            raise ConfigError(f"{where}: prompts: method {method.name!r} is interactive but the policy gives neither a point nor a box")
-        METHODS[method.type].check(setup, cohort)
-        _check_old_results(setup)
-        setups.append(setup)
-    return Plan(config, cohort, cases, labels, setups)
+
+def _setup(config: PipelineConfig, method, labels: dict[int, str], out_dir: Path, cohort: Cohort) -> MethodSetup:
+    setup = MethodSetup(method.name, method.type, method.options, labels, config.seed,
+                        config.prompts.reference_slices, Path(out_dir).resolve() / method.name)
+    cls = method_class(method.type)
+    if cls.uses_prompts and config.prompts.point == "none" and config.prompts.box == "none":
+        raise ConfigError(f"{config.path}: prompts: method {method.name!r} is interactive but the policy gives neither a point nor a box")
+    cls.check(setup, cohort)
+    _check_old_results(setup)
+    return setup
 
 
 def _settings_fingerprint(setup: MethodSetup) -> str:
@@ -217,17 +119,33 @@ def _check_old_results(setup: MethodSetup) -> None:
 
 
 def _is_done(task: CaseTask) -> bool:
+    """Whether the case finished ``ok`` under this fingerprint; a damaged ``result.json`` means redo it."""
     path = task.case_dir / rs.RESULT
     if not path.exists() or not (task.case_dir / rs.LABELS).exists():
         return False
-    result = rs.read_json(path)
+    try:
+        result = rs.read_json(path)
+    except InputError as error:
+        log.warning("%s; the case runs again", error)
+        return False
     return result.get("status") == "ok" and result.get("fingerprint") == task.fingerprint
 
 
-def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, executor=None, progress_bar: bool = True, report: bool = True) -> RunSummary:
+def run_pipeline(
+    config: PipelineConfig,
+    out_dir: str | Path,
+    *,
+    executor=None,
+    report: bool = True,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> RunSummary:
     """Run ``config`` into ``out_dir`` (resumable) and write the report.
 
     ``executor``: a ``LocalExecutor`` (default: one worker, in this process) or ``RayExecutor``.
+    ``progress(done, total)`` counts case runs; ``should_stop()`` is asked between cases
+    (see ``medseg.runtime``): the cases in flight finish, then ``Cancelled`` is raised and a
+    re-run resumes from there.
     """
     from medseg.pipeline.executors import LocalExecutor
 
@@ -239,49 +157,56 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, executor=None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     rs.write_json(out_dir / rs.PIPELINE, {"pipeline": config.to_dict(), "pipeline_file": str(config.path), "code": code,
                                           "executor": executor.describe()})
-
-    counts: dict[str, dict[str, int]] = {}
-    untrained: list[str] = []
-    tasks: list[CaseTask] = []
-    for setup, method in zip(plan.setups, config.methods):
-        counts[setup.name] = {"ok": 0, "failed": 0, "skipped": 0}
-        logger.info("preparing method %s (%s)", setup.name, setup.kind)
-        info = {"name": setup.name, "type": setup.kind, "baseline": method.baseline, "options": dataclasses.asdict(setup.options),
-                "settings_fingerprint": _settings_fingerprint(setup), "code": code}
-        try:
-            state = build_method(setup).prepare(plan.cohort, progress_bar=progress_bar)
-        except Exception as error:  # a method that cannot be prepared fails all its cases, others go on
-            logger.error("method %s could not be prepared: %s: %s", setup.name, type(error).__name__, error)
-            rs.write_json(setup.method_dir / rs.METHOD, {**info, "status": "failed",
-                                                         "error": {"type": type(error).__name__, "message": str(error)}})
-            counts[setup.name]["failed"] = len(plan.cases)
-            continue
-        setup = dataclasses.replace(setup, state=state)
-        described = build_method(setup).describe()
-        rs.write_json(setup.method_dir / rs.METHOD, {**info, "status": "ok", "state": state, "model": described})
-        if state.get("untrained"):
-            untrained.append(setup.name)
-        task_fingerprint = fingerprint({"setup": setup_dict(setup), "prompts": dataclasses.asdict(config.prompts),
-                                        "metrics": dataclasses.asdict(config.metrics)})
-        for case in plan.cases:
-            task = CaseTask(setup, case, plan.cohort.path, setup.method_dir / case.id, config.prompts, config.metrics, task_fingerprint, code)
-            if _is_done(task):
-                counts[setup.name]["skipped"] += 1
-            else:
-                tasks.append(task)
-    if untrained:
-        logger.warning("%s Methods: %s.", UNTRAINED_BANNER, ", ".join(untrained))
-
-    skipped = sum(c["skipped"] for c in counts.values())
-    logger.info("%d case runs to do, %d already finished", len(tasks), skipped)
-    with tqdm(total=len(tasks), desc=f"{config.name}", unit="case", disable=not progress_bar) as bar:
-        for result in executor.map(run_case, tasks):
-            counts[result["method"]][result["status"]] += 1
-            bar.set_postfix_str(f"{result['method']}/{result['case']} {result['status']}")
-            bar.update()
-    summary = RunSummary(out_dir, counts, untrained)
+    summary = RunSummary(out_dir, {s.name: {"ok": 0, "failed": 0, "skipped": 0} for s in plan.setups}, [])
+    tasks = [task for setup, method in zip(plan.setups, config.methods)
+             for task in _prepare(plan, setup, method.baseline, code, summary, should_stop)]
+    if summary.untrained:
+        log.warning("%s Methods: %s.", UNTRAINED_BANNER, ", ".join(summary.untrained))
+    log.info("%d case runs to do, %d already finished", len(tasks), sum(c["skipped"] for c in summary.counts.values()))
+    _run_tasks(executor, tasks, summary, progress, should_stop)
     if report:
         from medseg.pipeline.report import write_report
 
-        summary.report = write_report(out_dir, progress_bar=progress_bar)
+        summary.report = write_report(out_dir)
     return summary
+
+
+def _prepare(plan: Plan, setup: MethodSetup, baseline: bool, code: dict, summary: RunSummary,
+             should_stop: ShouldStop | None) -> list[CaseTask]:
+    """Prepare one method (main process) and return its case tasks still to run."""
+    check_stop(should_stop, "the pipeline run")
+    log.info("preparing method %s (%s)", setup.name, setup.kind)
+    info = {"name": setup.name, "type": setup.kind, "baseline": baseline, "options": dataclasses.asdict(setup.options),
+            "settings_fingerprint": _settings_fingerprint(setup), "code": code}
+    cls = method_class(setup.kind)
+    try:
+        state = cls(setup).prepare(plan.cohort, should_stop=should_stop)
+    except Exception as error:  # a method that cannot be prepared fails all its cases, others go on
+        log.error("method %s could not be prepared: %s", setup.name, user_message(error))
+        rs.write_json(setup.method_dir / rs.METHOD, {**info, "status": "failed",
+                                                     "error": {"type": type(error).__name__, "message": user_message(error)}})
+        summary.counts[setup.name]["failed"] = len(plan.cases)
+        summary.failures.append((setup.name, "(all)", user_message(error)))
+        return []
+    setup = dataclasses.replace(setup, state=state)
+    rs.write_json(setup.method_dir / rs.METHOD, {**info, "status": "ok", "state": state, "model": cls(setup).describe()})
+    if state.get("untrained"):
+        summary.untrained.append(setup.name)
+    config = plan.config
+    task_fingerprint = fingerprint({"setup": setup_dict(setup), "prompts": dataclasses.asdict(config.prompts),
+                                    "metrics": dataclasses.asdict(config.metrics)})
+    tasks = [CaseTask(setup, cls, case, plan.cohort.path, setup.method_dir / case.id, config.prompts, config.metrics,
+                      task_fingerprint, code) for case in plan.cases]
+    todo = [task for task in tasks if not _is_done(task)]
+    summary.counts[setup.name]["skipped"] = len(tasks) - len(todo)
+    return todo
+
+
+def _run_tasks(executor, tasks: list[CaseTask], summary: RunSummary, progress: Progress | None,
+               should_stop: ShouldStop | None) -> None:
+    report_progress(progress, 0, len(tasks))
+    for done, result in enumerate(executor.map(Worker, tasks, lost=lost_result, should_stop=should_stop), start=1):
+        summary.counts[result["method"]][result["status"]] += 1
+        if result["status"] == "failed":
+            summary.failures.append((result["method"], result["case"], result["error"]["message"]))
+        report_progress(progress, done, len(tasks))

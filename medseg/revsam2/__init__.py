@@ -32,8 +32,12 @@ What medseg designs (our choices, not the paper's)
 * Re-prompt (``engine``): a fresh tracker per label with the selected query masks (and, by
   default, the supports) as conditioning frames; each query slice is reached from the
   nearest selected slice, both ways. Selected slices come back exactly as their masks.
-* Supports drawn on the query itself are conditioning frames at their own slice in every
-  pass and come back exactly as drawn; they are not competing for the ``top_k`` slots.
+* Supports drawn on the query itself (``SupportEntry(..., from_query=True)``: an explicit
+  flag, never guessed from identity or paths) are conditioning frames at their own slice in
+  every pass and come back exactly as drawn; they are not competing for the ``top_k`` slots.
+* Geometry: references come from other patients, so only their in-plane geometry matters;
+  one whose pixel spacing, matrix or in-plane orientation differs from the query's is
+  resampled onto the query's in-plane grid (``inplane``), and the provenance says so.
 * Cost: every query and support slice is encoded once (one ``FeatureCache`` shared by all
   trackers of a session); the reverse pass adds candidates x supports decoder steps. A
   ``ReferenceSession`` keeps forward predictions and reverse scores, so trying other
@@ -47,7 +51,7 @@ What medseg designs (our choices, not the paper's)
 from medseg.revsam2.baseline import ObjectTrack, track_object
 from medseg.revsam2.engine import MODES, ReferenceSession, segment_with_references
 from medseg.revsam2.reverse import DEFAULT_THRESHOLD, DEFAULT_TOP_K, reverse_score, reverse_scores, select_slices
-from medseg.revsam2.support import Reference, SupportSet, SupportSlice, sample_slices
+from medseg.revsam2.support import Reference, SupportEntry, SupportSet, SupportSlice, sample_slices
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -56,6 +60,7 @@ __all__ = [
     "ObjectTrack",
     "Reference",
     "ReferenceSession",
+    "SupportEntry",
     "SupportSet",
     "SupportSlice",
     "reverse_score",

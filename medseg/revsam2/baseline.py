@@ -20,7 +20,7 @@ gets exactly one prediction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Literal
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError
-from medseg.sam2.engine import FeatureCache, Tracker
+from medseg.runtime import Progress, ShouldStop, check_stop, report
+from medseg.sam2.engine import FeatureCache, FrameOutput, Tracker
 from medseg.sam2.frames import Frame, upsample_logits
 from medseg.sam2.model import Sam2Model
 from medseg.sam2.session import plan_runs
@@ -80,7 +81,8 @@ def track_object(
     in_query: Mapping[int, np.ndarray] | None = None,
     external: Sequence[tuple[Frame, np.ndarray]] = (),
     placement: Placement = "before",
-    progress: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> ObjectTrack:
     """Track object ``obj_id`` through every slice of ``query`` from conditioning masks.
 
@@ -97,46 +99,70 @@ def track_object(
     placement
         ``"before"`` the query, or in the ``"middle"`` (between slices ``n // 2 - 1`` and ``n // 2``).
     progress
-        Called once per query slice predicted.
+        ``progress(slices predicted, query slices)`` after each query slice.
+    should_stop
+        Asked between query slices; True raises ``medseg.errors.Cancelled`` (no track returned).
     """
     if placement not in PLACEMENTS:
         raise ConfigError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     in_query = dict(in_query or {})
     if not in_query and not external:
         raise ConfigError(f"object {obj_id}: nothing to propagate from (no support and no conditioning slice)")
-    n, k = len(query), len(external)
-    insert_at = 0 if placement == "before" else n // 2
-    frames = list(query[:insert_at]) + [frame for frame, _ in external] + list(query[insert_at:])
-
-    def position(z: int) -> int:
-        return z if z < insert_at else z + k
-
+    n = len(query)
+    layout = _Layout(n, len(external), 0 if placement == "before" else n // 2)
+    frames = list(query[: layout.insert_at]) + [frame for frame, _ in external] + list(query[layout.insert_at :])
     tracker = Tracker(model, frames, cache)
     for i, (_, mask) in enumerate(external):
-        tracker.set_prompts(insert_at + i, obj_id, mask=mask)
+        tracker.set_prompts(layout.insert_at + i, obj_id, mask=mask)
     for z, mask in sorted(in_query.items()):
-        tracker.set_prompts(position(z), obj_id, mask=mask)
-
-    if in_query:
-        runs = [(position(a), position(b)) for a, b in plan_runs(sorted(in_query), n)]
-    elif insert_at == 0:
-        runs = [(0, len(frames) - 1)]
-    else:
-        runs = [(insert_at, len(frames) - 1), (insert_at + k - 1, 0)]
-    query_slice = {position(z): z for z in range(n)}
+        tracker.set_prompts(layout.position(z), obj_id, mask=mask)
+    query_slice = {layout.position(z): z for z in range(n)}
 
     logits: np.ndarray | None = None
     scores = np.full(n, np.nan, dtype=np.float32)
+    with closing(_first_outputs(tracker, layout.runs(sorted(in_query)), obj_id, query_slice)) as outputs:
+        for done, (z, out) in enumerate(outputs, start=1):
+            if logits is None:
+                logits = np.zeros((n, *out.logits.shape[1:]), dtype=np.float16)
+            logits[z] = out.logits[0].numpy().astype(np.float16)
+            scores[z] = out.scores[0]
+            report(progress, done, n)
+            if done < n:
+                check_stop(should_stop, f"tracking object {obj_id}")
+    return ObjectTrack(logits, scores, in_query, query[0].shape)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the ``n`` query slices and ``k`` external supports sit in one tracker's frames."""
+
+    n: int
+    k: int
+    insert_at: int  # the supports' first frame: 0 ("before") or n // 2 ("middle")
+
+    def position(self, z: int) -> int:
+        """Frame index of query slice ``z``."""
+        return z if z < self.insert_at else z + self.k
+
+    def runs(self, conditioned: Sequence[int]) -> list[tuple[int, int]]:
+        """Propagation runs ``(start, end)`` in frame indices: from the nearest conditioned query
+        slice both ways when there are any, else onwards from the supports."""
+        if conditioned:
+            return [(self.position(a), self.position(b)) for a, b in plan_runs(list(conditioned), self.n)]
+        if self.insert_at == 0:
+            return [(0, self.n + self.k - 1)]
+        return [(self.insert_at, self.n + self.k - 1), (self.insert_at + self.k - 1, 0)]
+
+
+def _first_outputs(tracker: Tracker, runs: Sequence[tuple[int, int]], obj_id: int,
+                   query_slice: Mapping[int, int]) -> Iterator[tuple[int, FrameOutput]]:
+    """``(query slice, output)`` of each query slice the first time a run reaches it; support
+    frames, and slices an earlier run already gave, are skipped."""
+    seen: set[int] = set()
     for start, end in runs:
         with closing(tracker.propagate(start, end, obj_ids=[obj_id])) as run:
             for out in run:
                 z = query_slice.get(out.frame_idx)
-                if z is None or not np.isnan(scores[z]):
-                    continue  # a support frame, or a slice an earlier run already gave
-                if logits is None:
-                    logits = np.zeros((n, *out.logits.shape[1:]), dtype=np.float16)
-                logits[z] = out.logits[0].numpy().astype(np.float16)
-                scores[z] = out.scores[0]
-                if progress is not None:
-                    progress()
-    return ObjectTrack(logits, scores, in_query, query[0].shape)
+                if z is not None and z not in seen:
+                    seen.add(z)
+                    yield z, out

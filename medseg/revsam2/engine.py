@@ -18,12 +18,9 @@ labels are settled per pixel by the highest logit; conditioning masks on query s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from medseg.errors import ConfigError
 from medseg.preprocess import IntensityPreset, default_preset, get_preset
@@ -37,17 +34,17 @@ from medseg.revsam2.reverse import (
     select_slices,
 )
 from medseg.revsam2.support import SupportSet
+from medseg.runtime import Progress, ShouldStop, check_stop, report
 from medseg.sam2.engine import FeatureCache
 from medseg.sam2.frames import Frame, VolumeFrames
 from medseg.sam2.model import Sam2Model, load_model
 from medseg.sam2.predictor import Sam2VolumePredictor
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MODES = ("revsam2", "baseline", "baseline-middle")
 
-Progress = Callable[[int, int], None]
 ModelLike = Sam2Model | Sam2VolumePredictor | str | Path
 
 
@@ -63,7 +60,8 @@ def segment_with_references(
     min_spacing: int | None = None,
     include_supports: bool = True,
     offload_state_to_cpu: bool = False,
-    progress: bool | Progress = True,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> LabelVolume:
     """Segment every label of ``support`` through ``query`` with frozen SAM2.
 
@@ -81,7 +79,7 @@ def segment_with_references(
     check_selection(top_k=top_k, threshold=threshold, min_spacing=min_spacing)
     session = ReferenceSession(query, support, model=model, preset=preset, offload_state_to_cpu=offload_state_to_cpu)
     return session.segment(mode=mode, top_k=top_k, threshold=threshold, min_spacing=min_spacing,
-                           include_supports=include_supports, progress=progress)
+                           include_supports=include_supports, progress=progress, should_stop=should_stop)
 
 
 def check_mode(mode: str) -> None:
@@ -97,9 +95,10 @@ class ReferenceSession:
     query
         The volume to segment.
     support
-        Annotated reference slices (``SupportSet.from_volumes``). A reference may be ``query``
-        itself (slices annotated on the query): those slices are then conditioning frames at
-        their own place in every pass and come back exactly as drawn.
+        Annotated reference slices (``SupportSet.from_volumes``), put on the query's in-plane
+        grid here (``SupportSet.for_query``). References marked ``from_query`` (slices drawn on
+        the query) are conditioning frames at their own place in every pass and come back
+        exactly as drawn.
     model
         A loaded ``Sam2Model``, a ``Sam2VolumePredictor`` (its model and preset), a registry
         name or a checkpoint path (loaded at its default image size on the best device).
@@ -113,6 +112,9 @@ class ReferenceSession:
     ------
     InputError
         A reference's modality contradicts the query's (checked before the model loads).
+    GeometryError
+        Labels marked as drawn on the query are not on its grid, or a reference's slices are
+        not parallel to the query's (checked before the model loads).
     """
 
     def __init__(
@@ -124,20 +126,18 @@ class ReferenceSession:
         preset: str | IntensityPreset | None = None,
         offload_state_to_cpu: bool = False,
     ) -> None:
-        support.check_query(query)
-        self.query, self.support = query, support
+        self.query, self.support = query, support.for_query(query)
         self.model, predictor_preset = _resolve_model(model)
         self.preset = get_preset(preset) if preset is not None else predictor_preset or default_preset(query)
         self.query_frames = VolumeFrames(query, self.preset)
-        # a reference that is the query itself shares its frames, so its slices are the query's
+        # a reference drawn on the query shares its frames, so its slices are the query's
         self.reference_frames = [
-            self.query_frames if reference.volume is query else VolumeFrames(reference.volume, self.preset)
-            for reference in support.references
+            self.query_frames if reference.from_query else VolumeFrames(reference.volume, self.preset)
+            for reference in self.support.references
         ]
         self.cache = FeatureCache(self.model, device="cpu" if offload_state_to_cpu else None)
         self._forward: dict[tuple[str, int], ObjectTrack] = {}
         self._reverse: dict[int, np.ndarray] = {}
-        self._steps: _Steps | None = None  # set while ``segment`` runs
 
     @property
     def encoder_calls(self) -> int:
@@ -152,7 +152,8 @@ class ReferenceSession:
         threshold: float | None = DEFAULT_THRESHOLD,
         min_spacing: int | None = None,
         include_supports: bool = True,
-        progress: bool | Progress = True,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> LabelVolume:
         """Segment every label of the support set through the query.
 
@@ -169,8 +170,12 @@ class ReferenceSession:
             ``revsam2`` only: keep the supports from other volumes as conditioning frames in
             the re-prompt (False: the selected query slices alone, plus supports drawn on the query).
         progress
-            True for a tqdm bar, False for none, or ``callback(done, total)``; ``total`` grows
-            when the number of reverse candidates of a label becomes known.
+            ``progress(done, total)`` over query slices predicted and candidates scored;
+            ``total`` grows when the number of reverse candidates of a label becomes known.
+        should_stop
+            Asked between slices and candidates; True raises ``medseg.errors.Cancelled`` and
+            nothing is returned. Passes that finished stay in the session (a later call
+            reuses them); a pass that was stopped is dropped whole.
 
         Returns
         -------
@@ -188,53 +193,48 @@ class ReferenceSession:
         to_forward = sum((placement, label) not in self._forward for label in self.support.labels)
         tracks: dict[int, ObjectTrack] = {}
         details: dict[str, dict] = {}
-        with _reporter(progress, f"reference prompting ({mode})") as report:
-            self._steps = _Steps(self.query.shape[0] * to_forward, report)
-            try:
-                for label in self.support.labels:
-                    forward = self.forward(label, placement)
-                    if mode == "revsam2":
-                        tracks[label], details[str(label)] = self._revsam2(
-                            label, forward, top_k, threshold, min_spacing, include_supports
-                        )
-                    else:
-                        tracks[label] = forward
-            finally:
-                self._steps = None
+        work = _Work(self.query.shape[0] * to_forward, progress)
+        for label in self.support.labels:
+            check_stop(should_stop, "reference prompting")
+            forward = self.forward(label, placement, progress=work.part(self.query.shape[0]), should_stop=should_stop)
+            if mode == "revsam2":
+                tracks[label], details[str(label)] = self._revsam2(
+                    label, forward, top_k, threshold, min_spacing, include_supports, work, should_stop
+                )
+            else:
+                tracks[label] = forward
         settings = {"top_k": top_k, "threshold": threshold, "min_spacing": min_spacing,
                     "include_supports": include_supports} if mode == "revsam2" else {}
         return self._result(mode, tracks, details, settings)
 
-    def forward(self, label: int, placement: Placement = "before") -> ObjectTrack:
+    def forward(
+        self, label: int, placement: Placement = "before", *, progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> ObjectTrack:
         """The support-then-propagate prediction of one label (computed once per placement)."""
         key = (placement, label)
         if key not in self._forward:
             in_query, external = self._supports_of(label)
             self._forward[key] = track_object(self.model, self.cache, self.query_frames, label, in_query=in_query,
-                                              external=external, placement=placement, progress=self._step)
+                                              external=external, placement=placement, progress=progress,
+                                              should_stop=should_stop)
         return self._forward[key]
 
-    def reverse_scores(self, label: int) -> np.ndarray:
-        """Reverse score of every query slice for one label (NaN: empty forward mask); computed once."""
+    def reverse_scores(self, label: int, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> np.ndarray:
+        """Reverse score of every query slice for one label (NaN: empty forward mask); computed once.
+
+        Needs the label's forward prediction (``forward``), computed first when missing.
+        """
         if label not in self._reverse:
-            forward = self.forward(label)
+            forward = self.forward(label, should_stop=should_stop)
             candidates = [z for z in range(len(forward)) if forward.mask(z).any()]
-            self._grow(len(candidates))
             in_query, external = self._supports_of(label)
             supports = [(self.query_frames[z], mask) for z, mask in sorted(in_query.items())] + external
             self._reverse[label] = reverse_scores(self.model, self.cache, self.query_frames, forward, label, supports,
-                                                  candidates=candidates, progress=self._step)
+                                                  candidates=candidates, progress=progress, should_stop=should_stop)
         return self._reverse[label]
 
     # --- internals ------------------------------------------------------------------------
-    @property
-    def _step(self) -> Callable[[], None] | None:
-        return None if self._steps is None else self._steps.step
-
-    def _grow(self, extra: int) -> None:
-        if self._steps is not None:
-            self._steps.total += extra
-
     def _supports_of(self, label: int) -> tuple[dict[int, np.ndarray], list[tuple[Frame, np.ndarray]]]:
         """The label's supports: drawn on the query (slice -> mask) and from other volumes."""
         in_query, external = {}, []
@@ -247,9 +247,10 @@ class ReferenceSession:
         return in_query, external
 
     def _revsam2(self, label: int, forward: ObjectTrack, top_k: int | None, threshold: float | None,
-                 min_spacing: int | None, include_supports: bool) -> tuple[ObjectTrack, dict]:
+                 min_spacing: int | None, include_supports: bool, work: _Work,
+                 should_stop: ShouldStop | None) -> tuple[ObjectTrack, dict]:
         """Steps b-d for one label: reverse scores, selection, re-prompt."""
-        scores = self.reverse_scores(label)
+        scores = self.reverse_scores(label, progress=work.part(), should_stop=should_stop)
         in_query, external = self._supports_of(label)
         # slices drawn on the query condition the re-prompt anyway: selection picks among the rest
         selectable = scores.copy()
@@ -266,14 +267,14 @@ class ReferenceSession:
         }
         if not selected:
             best = float(np.nanmax(selectable)) if selectable_slices else 0.0
-            logger.warning("label %d: no slice reaches reverse score %s (best %.3f of %d candidates); keeping the forward "
+            log.warning("label %d: no slice reaches reverse score %s (best %.3f of %d candidates); keeping the forward "
                            "prediction", label, threshold, best, len(selectable_slices))
             detail["object_score"] = best
             return forward, detail
-        self._grow(len(forward))
         prompts = {**{z: forward.mask(z) for z in selected}, **in_query}
         final = track_object(self.model, self.cache, self.query_frames, label, in_query=prompts,
-                             external=external if include_supports else [], progress=self._step)
+                             external=external if include_supports else [], progress=work.part(),
+                             should_stop=should_stop)
         detail["object_score"] = float(np.mean(scores[selected]))
         return final, detail
 
@@ -301,35 +302,33 @@ class ReferenceSession:
             "labels": details,
             "encoder_calls": self.cache.encoder_calls,
         }
-        logger.info("reference prompting (%s): %d label(s), %d encoder calls", mode, len(tracks), self.cache.encoder_calls)
+        log.info("reference prompting (%s): %d label(s), %d encoder calls", mode, len(tracks), self.cache.encoder_calls)
         return LabelVolume.like(self.query, array, label_names=dict(self.support.label_names), scores=scores,
                                 slice_scores=slice_scores, untrained=self.model.untrained, provenance=provenance)
 
 
-class _Steps:
-    """Work units of one ``segment`` call (a query slice predicted, a candidate scored)."""
+class _Work:
+    """The units of one ``segment`` call (query slices predicted, candidates scored) as one
+    ``progress(done, total)`` stream; each pass reports through its own ``part``."""
 
-    def __init__(self, total: int, report: Progress | None) -> None:
-        self.done, self.total, self.report = 0, total, report
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
 
-    def step(self) -> None:
-        self.done += 1
-        if self.report is not None:
-            self.report(self.done, self.total)
+    def part(self, counted: int = 0) -> Progress | None:
+        """A pass's ``progress``, added to the call's; ``counted``: its units already in the total."""
+        if self.progress is None:
+            return None
+        start = self.done
 
+        def progress(done: int, total: int) -> None:
+            nonlocal counted
+            if total > counted:  # the pass is larger than planned: the call's total grows
+                self.total += total - counted
+                counted = total
+            self.done = start + done
+            report(self.progress, self.done, self.total)
 
-@contextmanager
-def _reporter(progress: bool | Progress, description: str) -> Iterator[Progress | None]:
-    """``progress`` as a ``callback(done, total)``: itself, a tqdm bar (True) or None (False)."""
-    if callable(progress) or not progress:
-        yield progress or None
-        return
-    with tqdm(total=None, unit="step", desc=description) as bar:
-        def report(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        yield report
+        return progress
 
 
 def _resolve_model(model: ModelLike) -> tuple[Sam2Model, IntensityPreset | None]:

@@ -20,7 +20,7 @@ the selection spreads over the object's extent instead of bunching where it is l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 
 import numpy as np
@@ -28,6 +28,7 @@ import numpy as np
 from medseg.errors import ConfigError, InputError
 from medseg.metrics.overlap import dice_per_label
 from medseg.revsam2.baseline import ObjectTrack
+from medseg.runtime import Progress, ShouldStop, check_stop, report
 from medseg.sam2.engine import FeatureCache, Tracker
 from medseg.sam2.frames import Frame
 from medseg.sam2.model import Sam2Model
@@ -67,7 +68,8 @@ def reverse_scores(
     supports: Sequence[tuple[Frame, np.ndarray]],
     *,
     candidates: Sequence[int],
-    progress: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> np.ndarray:
     """Reverse score of each candidate query slice; NaN for the other slices.
 
@@ -86,26 +88,31 @@ def reverse_scores(
     candidates
         Query slices to score (those with a non-empty forward mask).
     progress
-        Called once per candidate scored.
+        ``progress(candidates scored, candidates)`` after each candidate.
+    should_stop
+        Asked before each candidate; True raises ``medseg.errors.Cancelled`` (no scores returned).
     """
     scores = np.full(len(query), np.nan)
     truth = [mask for _, mask in supports]
-    for z in candidates:
+    for done, z in enumerate(candidates, start=1):
+        check_stop(should_stop, f"reverse scoring of object {obj_id}")
         prompt = forward.mask(z)
         tracker = Tracker(model, [query[z], *(frame for frame, _ in supports)], cache)
         tracker.set_prompts(0, obj_id, mask=prompt)
-        predicted = []
-        for i, (frame, _) in enumerate(supports, start=1):
-            if frame.key == query[z].key:
-                predicted.append(prompt)
-                continue
-            with closing(tracker.propagate(i, i, obj_ids=[obj_id])) as run:
-                predicted.append(next(run).masks()[0])
-        tracker.clear_prompts(0, obj_id)  # unpins the slice in the shared cache
+        try:
+            predicted = [prompt if frame.key == query[z].key else _predict_one(tracker, i, obj_id)
+                         for i, (frame, _) in enumerate(supports, start=1)]
+        finally:
+            tracker.clear_prompts(0, obj_id)  # unpins the slice in the shared cache
         scores[z] = reverse_score(predicted, truth)
-        if progress is not None:
-            progress()
+        report(progress, done, len(candidates))
     return scores
+
+
+def _predict_one(tracker: Tracker, frame_idx: int, obj_id: int) -> np.ndarray:
+    """The object's mask on one frame, propagated from the conditioning frames alone."""
+    with closing(tracker.propagate(frame_idx, frame_idx, obj_ids=[obj_id])) as run:
+        return next(run).masks()[0]
 
 
 def auto_min_spacing(candidates: Sequence[int], top_k: int | None) -> int:

@@ -9,35 +9,66 @@ per label and reference, at the centres of ``k`` equal chunks of the label's z-e
 chunk-centre rule of the SSL-ALPNet few-shot protocol that FS-MedSAM2 evaluates with), each
 moved to the nearest slice where the label is actually drawn.
 
-Images are not converted here: the engine maps every reference with the *query's* intensity
-preset (``frames``), so that supports and query look alike to the model.
+A reference is either another patient's labelled volume or labels drawn on the query itself,
+and it says which (``SupportEntry.from_query``): never inferred from object identity or file
+paths, so loading the same file twice changes nothing.
+
+Before segmenting a query, ``for_query`` puts every other-patient reference on the query's
+in-plane grid (pixel spacing, matrix, orientation; see ``medseg.revsam2.inplane``). Intensities
+are not converted here: the engine maps every reference with the *query's* intensity preset,
+so that supports and query look alike to the model.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.preprocess import IntensityPreset, SliceFrames
+from medseg.revsam2.inplane import in_plane_axes, resample_in_plane, same_in_plane_grid
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Modalities that say nothing about contrast (NIfTI has no modality field).
 _UNKNOWN_MODALITIES = {"", "OT"}
 
 
 @dataclass(frozen=True, eq=False)
-class Reference:
-    """A labelled reference volume; ``name`` (usually its file) appears in messages and provenance."""
+class SupportEntry:
+    """One annotated reference, as given to ``SupportSet.from_volumes``.
 
-    volume: Volume
+    ``labels`` drawn on ``volume`` (another patient's image), or, with ``from_query=True``,
+    drawn on the query itself: ``volume`` is then left out (the session uses the query's
+    slices), ``labels`` must lie on the query's grid, and those slices come back exactly as
+    drawn. ``slices``: the z indices to use (every wanted label drawn on them becomes a
+    support); ``None`` samples ``k`` per label. A plain ``(volume, labels)`` or
+    ``(volume, labels, slices)`` tuple is an entry from another volume.
+
+    >>> SupportEntry(ref_labels, volume=ref)                                # doctest: +SKIP
+    >>> SupportEntry(drawn_on_query, slices=[12, 30], from_query=True)      # doctest: +SKIP
+    """
+
+    labels: LabelVolume
+    volume: Volume | None = None
+    slices: Sequence[int] | None = None
+    from_query: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """A checked reference: ``volume`` (None when drawn on the query), ``labels``, ``name`` for
+    messages and provenance, and how it was put on the query's in-plane grid (``resampled``)."""
+
+    volume: Volume | None
     labels: LabelVolume
     name: str
+    from_query: bool = False
+    resampled: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +84,7 @@ class SupportSet:
     """Annotated reference slices, grouped by label value.
 
     Build it with ``SupportSet.from_volumes``; the constructor takes already validated parts.
+    ``for_query`` puts it on a query's in-plane grid (the session does it).
 
     Attributes
     ----------
@@ -72,20 +104,18 @@ class SupportSet:
     @classmethod
     def from_volumes(
         cls,
-        entries: Sequence[tuple[Volume, LabelVolume] | tuple[Volume, LabelVolume, Sequence[int] | None]],
+        entries: Sequence[SupportEntry | tuple[Volume, LabelVolume] | tuple[Volume, LabelVolume, Sequence[int] | None]],
         *,
         k: int = 3,
         labels: Mapping[int, str] | Sequence[int] | None = None,
         names: Sequence[str] | None = None,
-    ) -> "SupportSet":
-        """Supports from labelled reference volumes.
+    ) -> SupportSet:
+        """Supports from labelled references.
 
         Parameters
         ----------
         entries
-            ``(volume, labels)`` or ``(volume, labels, slices)`` per reference. ``slices`` lists
-            the z indices to use (every wanted label drawn on them becomes a support); ``None``
-            samples ``k`` slices per label.
+            One ``SupportEntry`` (or ``(volume, labels[, slices])`` tuple) per reference.
         k
             Slices sampled per label and reference when no slices are given.
         labels
@@ -107,40 +137,23 @@ class SupportSet:
             raise InputError("no reference given: pass at least one (volume, labels) pair")
         if names is not None and len(names) != len(entries):
             raise ConfigError(f"got {len(names)} reference names for {len(entries)} references")
-        references, requested = [], []
-        for index, entry in enumerate(entries):
-            if len(entry) not in (2, 3):
-                raise InputError(f"reference {index + 1}: expected (volume, labels) or (volume, labels, slices), got {len(entry)} items")
-            name = names[index] if names is not None else f"reference {index + 1}"
-            references.append(_checked_reference(entry[0], entry[1], name))
-            requested.append(None if len(entry) == 2 or entry[2] is None else [int(z) for z in entry[2]])
-
+        names = list(names) if names is not None else [f"reference {i + 1}" for i in range(len(entries))]
+        given = [_as_entry(entry, name) for entry, name in zip(entries, names)]
+        references = [_checked_reference(entry, name) for entry, name in zip(given, names)]
         label_names = _label_map(labels, references)
         slices: list[SupportSlice] = []
-        for index, (reference, zs) in enumerate(zip(references, requested)):
-            wanted = sorted(set(reference.labels.labels) & set(label_names))
-            if not wanted:
-                raise InputError(
-                    f"{reference.name}: its labels {reference.labels.labels} are none of the labels to segment "
-                    f"{_describe(label_names)}; give the label map that matches this reference or renumber its labels"
-                )
+        for index, (reference, entry) in enumerate(zip(references, given)):
             if isinstance(labels, Mapping):
                 _check_names_agree(reference, labels)
-            if zs is None:
-                for label in wanted:
-                    slices += [SupportSlice(index, z, label) for z in sample_slices(reference.labels.array == label, k=k)]
-            else:
-                slices += _explicit_slices(reference, index, zs, wanted)
-
+            slices += _supports_of(reference, index, entry.slices, label_names, k=k)
         missing = sorted(set(label_names) - {s.label for s in slices})
         if missing:
             raise InputError(
                 f"label(s) {_describe({v: label_names[v] for v in missing})} have no support slice in any reference; "
                 "annotate them on a reference slice or drop them from the label map"
             )
-        support = cls(references, slices, label_names)
-        logger.info("support set: %d slices over %d label(s) from %d reference(s)", len(support.slices), len(label_names), len(references))
-        return support
+        log.info("support set: %d slices over %d label(s) from %d reference(s)", len(slices), len(label_names), len(references))
+        return cls(references, slices, label_names)
 
     @property
     def labels(self) -> list[int]:
@@ -155,31 +168,56 @@ class SupportSet:
         """The ``(y, x)`` boolean mask of ``support``'s label on its slice."""
         return self.references[support.reference].labels.array[support.z] == support.label
 
-    def frames(self, preset: IntensityPreset) -> list[SliceFrames]:
-        """Lazy model frames of each reference volume, mapped with ``preset`` (the query's)."""
-        return [SliceFrames(reference.volume, preset) for reference in self.references]
-
     def check_query(self, query: Volume) -> None:
-        """Raise ``InputError`` when a reference's modality contradicts the query's.
+        """Refuse references that cannot segment ``query``, before any model work.
 
-        A CT window applied to an MR reference (or the reverse) gives the model images that
-        share nothing with the query. Unknown modalities (``OT``, e.g. from NIfTI) pass.
+        ``InputError``: a reference's modality contradicts the query's (a CT window applied to
+        an MR reference gives the model images that share nothing with the query; unknown
+        modalities, ``OT`` e.g. from NIfTI, pass). ``GeometryError``: labels drawn on the query
+        that are not on its grid, or reference slices not parallel to the query's.
         """
         query_modality = query.modality.upper()
-        if query_modality in _UNKNOWN_MODALITIES:
-            return
         for reference in self.references:
+            if reference.from_query:
+                if not reference.labels.geometry.same_grid(query.geometry):
+                    raise GeometryError(
+                        f"{reference.name} is marked as drawn on the query but is not on the query's grid "
+                        f"({query.geometry.describe_difference(reference.labels.geometry)}); give labels drawn on this query"
+                    )
+                continue
             modality = reference.volume.modality.upper()
-            if modality not in _UNKNOWN_MODALITIES and modality != query_modality:
+            if query_modality not in _UNKNOWN_MODALITIES and modality not in _UNKNOWN_MODALITIES and modality != query_modality:
                 raise InputError(
                     f"{reference.name} is {modality} but the query is {query_modality}: "
                     "references must share the query's modality (one intensity preset maps both)"
                 )
+            in_plane_axes(reference.volume.geometry, query.geometry, name=reference.name)
+
+    def for_query(self, query: Volume) -> SupportSet:
+        """This support set with every reference on ``query``'s in-plane grid (``check_query`` first).
+
+        A reference whose slices differ from the query's in pixel spacing, matrix size or
+        in-plane orientation is resampled (see ``medseg.revsam2.inplane``); the provenance
+        records it. Slice indices are unchanged.
+        """
+        self.check_query(query)
+        references = [_on_query_grid(reference, query.geometry) for reference in self.references]
+        support = SupportSet(references, self.slices, self.label_names)
+        for s in support.slices:
+            if not support.mask(s).any():
+                raise GeometryError(
+                    f"{references[s.reference].name}: label {s.label} on support slice {s.z} lies outside the query's "
+                    f"field of view once resampled to the query's in-plane grid ({_describe_resampling(references[s.reference])}); "
+                    "pick slices where it lies nearer the centre, or a reference with a similar field of view"
+                )
+        return support
 
     def to_dict(self) -> dict:
-        """JSON-able description for provenance: references by name, slices, label names."""
+        """JSON-able description for provenance: references by name, slices, label names, grids."""
         return {
             "references": [reference.name for reference in self.references],
+            "drawn_on_query": [reference.name for reference in self.references if reference.from_query],
+            "resampled_in_plane": {r.name: r.resampled for r in self.references if r.resampled is not None},
             "label_names": {str(v): n for v, n in self.label_names.items()},
             "slices": [{"reference": self.references[s.reference].name, "z": s.z, "label": s.label} for s in self.slices],
         }
@@ -219,19 +257,70 @@ def sample_slices(mask: np.ndarray, *, k: int) -> list[int]:
     return sorted(chosen)
 
 
-def _checked_reference(volume: Volume, labels: LabelVolume, name: str) -> Reference:
-    if not isinstance(volume, Volume) or not isinstance(labels, LabelVolume):
+def _as_entry(entry: SupportEntry | tuple, name: str) -> SupportEntry:
+    if isinstance(entry, SupportEntry):
+        return entry
+    if not isinstance(entry, tuple) or len(entry) not in (2, 3):
+        raise InputError(f"{name}: expected a SupportEntry, (volume, labels) or (volume, labels, slices)")
+    return SupportEntry(entry[1], volume=entry[0], slices=entry[2] if len(entry) == 3 else None)
+
+
+def _checked_reference(entry: SupportEntry, name: str) -> Reference:
+    volume, labels = entry.volume, entry.labels
+    if not isinstance(labels, LabelVolume):
+        raise InputError(f"{name}: labels must be a LabelVolume, got {type(labels).__name__}")
+    if entry.from_query:
+        if volume is not None:
+            raise InputError(f"{name}: drawn on the query, so it takes the query's image; leave its volume out")
+    elif not isinstance(volume, Volume):
         raise InputError(f"{name}: expected a (Volume, LabelVolume) pair, got ({type(volume).__name__}, {type(labels).__name__})")
-    if labels.array.shape != volume.shape:
+    elif labels.array.shape != volume.shape:
         raise GeometryError(
             f"{name}: the label map has shape {labels.array.shape} (z, y, x) but its image has shape {volume.shape}; "
             "give the label file that was drawn on this image"
         )
-    if not volume.geometry.same_grid(labels.geometry):
-        logger.warning("%s: label map and image differ in geometry (%s); using voxel indices", name, volume.geometry.describe_difference(labels.geometry))
+    elif not volume.geometry.same_grid(labels.geometry):
+        raise GeometryError(
+            f"{name}: the label map is not on its image's grid ({volume.geometry.describe_difference(labels.geometry)}); "
+            "give the label file that was drawn on this image"
+        )
     if not labels.labels:
         raise InputError(f"{name}: the label map is empty (all background); a reference needs at least one labelled voxel")
-    return Reference(volume, labels, name)
+    return Reference(volume, labels, name, from_query=entry.from_query)
+
+
+def _on_query_grid(reference: Reference, query) -> Reference:
+    """``reference`` resampled onto the query's in-plane grid when its slices differ from the query's."""
+    if reference.from_query:
+        return reference
+    axes = in_plane_axes(reference.volume.geometry, query, name=reference.name)
+    if same_in_plane_grid(reference.volume.geometry, query, axes):
+        return reference
+    volume, labels, record = resample_in_plane(reference.volume, reference.labels, query, axes)
+    resampled = replace(reference, volume=volume, labels=labels, resampled=record)
+    log.info("%s: resampled onto the query's in-plane grid (%s)", reference.name, _describe_resampling(resampled))
+    return resampled
+
+
+def _describe_resampling(reference: Reference) -> str:
+    record = reference.resampled
+    if record is None:
+        return "not resampled"
+    (spacing_from, spacing_to), (shape_from, shape_to) = record["in_plane_spacing"], record["in_plane_shape"]
+    return f"pixel spacing {spacing_from} -> {spacing_to} mm, matrix {shape_from} -> {shape_to}, axes {record['in_plane_axes']}"
+
+
+def _supports_of(reference: Reference, index: int, zs: Sequence[int] | None, label_names: Mapping[int, str], *, k: int) -> list[SupportSlice]:
+    """The reference's supports: ``k`` sampled per wanted label, or every wanted label on the slices ``zs``."""
+    wanted = sorted(set(reference.labels.labels) & set(label_names))
+    if not wanted:
+        raise InputError(
+            f"{reference.name}: its labels {reference.labels.labels} are none of the labels to segment "
+            f"{_describe(label_names)}; give the label map that matches this reference or renumber its labels"
+        )
+    if zs is None:
+        return [SupportSlice(index, z, label) for label in wanted for z in sample_slices(reference.labels.array == label, k=k)]
+    return _explicit_slices(reference, index, [int(z) for z in zs], wanted)
 
 
 def _label_map(labels: Mapping[int, str] | Sequence[int] | None, references: list[Reference]) -> dict[int, str]:
@@ -263,7 +352,7 @@ def _check_names_agree(reference: Reference, label_names: Mapping[int, str]) -> 
 
 
 def _explicit_slices(reference: Reference, index: int, zs: list[int], wanted: list[int]) -> list[SupportSlice]:
-    depth = reference.volume.shape[0]
+    depth = reference.labels.array.shape[0]
     if not zs:
         raise InputError(f"{reference.name}: the list of support slices is empty; give slice indices or leave it out to sample")
     out = []

@@ -204,12 +204,19 @@ class Sam2Session:
         view.flags.writeable = False
         return view
 
-    def propagate(self, *, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> LabelVolume | None:
+    def propagate(
+        self,
+        *,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_slice: Callable[[int, np.ndarray], None] | None = None,
+    ) -> LabelVolume | None:
         """Propagate every object through the volume from all its prompted slices.
 
         ``progress(done, total)`` is called after each slice; ``should_stop()`` is asked
         before each slice and, when True, stops early: the session's labels are then left
-        as they were and None is returned.
+        as they were and None is returned. ``on_slice(z, labels)`` gets each slice as soon
+        as it is written (for live display; copy it, later passes may still change it).
         """
         if not self.prompts.objects:
             raise InputError("no prompts given: add at least one point, box or mask")
@@ -231,6 +238,8 @@ class Sam2Session:
                             log.info("propagation stopped after %d of %d slices; labels unchanged", done, total)
                             return None
                         self._write(labels, confidence, out)
+                        if on_slice is not None:
+                            on_slice(out.frame_idx, labels[out.frame_idx])
                         seen.add(out.frame_idx)
                         done += 1
                         if progress is not None:

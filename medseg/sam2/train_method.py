@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError
+from medseg.runtime import Progress, ShouldStop
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def check_trainable(method: str, cohort) -> None:
         raise ConfigError(f"method {method}: train: is given but {cohort.path} has no labelled case in its \"train\" split")
 
 
-def train_for_pipeline(options: Any, cohort, results_dir: Path, *, progress_bar: bool = False) -> dict[str, Any]:
+def train_for_pipeline(options: Any, cohort, results_dir: Path, *, progress: Progress | None = None,
+                       should_stop: ShouldStop | None = None) -> dict[str, Any]:
     """Train (or reuse) the model of ``options.train`` on ``cohort``; the method's state."""
     from medseg.sam2.train import train_sam2
     from medseg.sam2.train_config import Sam2TrainConfig
@@ -45,7 +47,7 @@ def train_for_pipeline(options: Any, cohort, results_dir: Path, *, progress_bar:
     key = hashlib.sha256(json.dumps([cohort.name, ids, model_config], sort_keys=True).encode()).hexdigest()[:12]
     directory = results_dir / MODELS_DIR / key
     log.info("SAM2 model for %s: %s (training it unless it is there)", cohort.name, directory)
-    return trained_state(train_sam2(cohort, directory, config=config))
+    return trained_state(train_sam2(cohort, directory, config=config, progress=progress, should_stop=should_stop))
 
 
 def trained_state(directory: Path) -> dict[str, Any]:

@@ -1,0 +1,94 @@
+"""Refresh the README's napari pictures: docs/napari.png and the click -> propagate -> correct sequence.
+
+Run under a 1600 x 1000 display (``make napari-screenshots``, or
+``xvfb-run -a -s "-screen 0 1600x1000x24" python docs/napari_screenshots.py``). The model is
+the untrained SAM2.1 Hiera-T (no download): the prompted slices are exact (painted mask
+prompts) and everything propagated from them is meaningless, which the panel says in red.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import napari_plugin  # noqa: F401  (triton beside Mesa, before torch)
+
+DOCS = Path(__file__).resolve().parent
+WIDTH = 1400  # pictures are scaled to this width (small files, readable text)
+
+
+def _spin(until) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    while not until():
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def _shot(viewer, name: str) -> None:
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()
+    array = viewer.screenshot(canvas_only=False, flash=False)
+    picture = Image.fromarray(array[..., :3])
+    picture = picture.resize((WIDTH, round(picture.height * WIDTH / picture.width)), Image.LANCZOS)
+    picture.save(DOCS / name, optimize=True)
+    print(f"wrote {DOCS / name} ({(DOCS / name).stat().st_size // 1024} KiB)")
+
+
+def main() -> None:
+    import napari
+
+    viewer = napari.Viewer()
+    viewer.window.set_geometry(0, 0, 1600, 1000)
+    image, truth = viewer.open_sample("medseg", "phantom")
+    _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    panel = widget.sam2
+    panel.model.set_choice("untrained", image_size=256)
+    ws = panel.workspace
+    z = int((truth.data == 1).sum(axis=(1, 2)).argmax())
+    viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
+    truth.visible = False
+
+    # 1. click: one painted slice per organ as mask prompts, a point on the liver
+    names = truth.metadata["medseg_labels"].label_names
+    panel.mask_prompt.click()  # opens the labels layer for painting
+    for value, name in names.items():
+        if value > 1:
+            panel.add_object.click()
+        panel.objects.item(value - 1, 1).setText(name)
+        ws.labels.data[z][truth.data[z] == value] = value  # what the labels brush does
+        ws.labels.refresh()
+        panel.mask_prompt.click()
+    panel.select_object(1)
+    panel.place_points()
+    y, x = np.argwhere(truth.data[z] == 1).mean(axis=0)
+    ws.prompts.points.add([z, y, x])
+    _shot(viewer, "napari_1_click.png")
+
+    # 2. propagate
+    panel.propagate.click()
+    _spin(lambda: panel.task.finished)
+    _shot(viewer, "napari_2_propagate.png")
+    _shot(viewer, "napari.png")
+
+    # 3. correct: a background click on another slice, propagate again
+    z2 = min(z + 6, image.data.shape[0] - 1)
+    viewer.dims.set_point(0, image.data_to_world((z2, 0, 0))[0])
+    ws.prompts.set_negative(True)
+    ys, xs = np.nonzero(ws.labels.data[z2] == 1)
+    if len(ys):
+        ws.prompts.points.add([z2, ys.mean(), xs.mean()])
+    panel.propagate.click()
+    _spin(lambda: panel.task.finished)
+    _shot(viewer, "napari_3_correct.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

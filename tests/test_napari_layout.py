@@ -1,0 +1,97 @@
+"""The dock widget at napari's default size on a 1600 x 1000 screen: nothing clipped, nothing
+pushed out of view, the labels drawn where their voxels are (a screenshot, under Xvfb)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import napari_plugin  # noqa: F401  (loads triton beside Mesa before any torch import)
+from napari_plugin._metrics_panel import as_label_map, compute_scores
+
+pytestmark = pytest.mark.napari
+
+
+@pytest.fixture
+def docked(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    viewer.window.set_geometry(0, 0, 1600, 1000)
+    image, truth = viewer.open_sample("medseg", "phantom")
+    _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    return viewer, widget, image, truth
+
+
+def _bottom_in_viewport(widget, scroll_area) -> int:
+    """Where ``widget``'s bottom edge sits in the visible part of its scroll area (pixels from the top)."""
+    return widget.mapTo(scroll_area.viewport(), widget.rect().bottomLeft()).y()
+
+
+def test_long_status_is_scrollable_and_never_pushes_save_away(docked):
+    _, widget, *_ = docked
+    panel = widget.sam2
+    scroll = widget.tabs.widget(0)
+    before = _bottom_in_viewport(panel.save_row.save, scroll)
+    panel.controls.show_status("\n".join(f"object {i}: 12 slices, 3.2 ml" for i in range(40)))
+    panel.adjustSize()
+    assert _bottom_in_viewport(panel.save_row.save, scroll) == before
+    assert panel.controls.status_area.height() <= panel.controls.status_area.maximumHeight() < 200
+
+
+def test_metrics_columns_and_reference_cells_fit_the_default_dock(docked, qtbot):
+    viewer, widget, *_ = docked
+    metrics = widget.metrics
+    widget.tabs.setCurrentIndex(3)
+    truth = as_label_map(viewer.layers["phantom ground truth"])
+    predicted = replace(truth, array=np.where(truth.array == 3, 0, truth.array))
+    metrics._show(compute_scores(predicted, truth, tolerance_mm=2.0, instances="components",
+                                 progress=lambda *_: None, should_stop=lambda: False))
+    qtbot.wait(50)
+    header, table = metrics.table.horizontalHeader(), metrics.table
+    last = table.columnCount() - 1
+    assert header.sectionViewportPosition(last) + header.sectionSize(last) <= table.viewport().width()
+    for column in range(table.columnCount()):  # every header text is shown whole
+        text = table.horizontalHeaderItem(column).text()
+        assert header.sectionSize(column) >= header.fontMetrics().horizontalAdvance(text)
+
+    widget.tabs.setCurrentIndex(1)
+    reference = widget.reference
+    qtbot.wait(50)
+    picker = reference.references.cellWidget(0, 0)
+    assert picker.width() >= picker.fontMetrics().horizontalAdvance("phantom") * 1.5
+    scroll = widget.tabs.widget(1)
+    assert _bottom_in_viewport(reference.plot, scroll) <= scroll.viewport().height()  # the plot above the fold
+
+
+def test_metrics_defaults_never_pick_one_layer_twice(docked):
+    viewer, widget, image, truth = docked
+    metrics = widget.metrics
+    prediction = viewer.add_labels(np.zeros(truth.data.shape, np.int32), name="prediction")
+    assert metrics.truth.layer().name == truth.name
+    assert metrics.prediction.layer().name == prediction.name
+
+
+def test_screenshot_shows_labels_on_their_voxels(docked, tmp_path):
+    viewer, widget, image, truth = docked
+    z = int((truth.data == 1).sum(axis=(1, 2)).argmax())
+    viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
+    truth.opacity = 1.0
+    shot = viewer.screenshot(path=str(tmp_path / "napari.png"), canvas_only=True, flash=False)
+    truth.visible = False
+    plain = viewer.screenshot(canvas_only=True, flash=False)
+    assert (tmp_path / "napari.png").is_file()
+
+    canvas = viewer.window._qt_viewer.canvas
+    ratio = shot.shape[1] / canvas.native.width()
+    inside, outside = [], []
+    for value, pixels in ((1, inside), (0, outside)):
+        for y, x in np.argwhere(truth.data[z] == value)[::97][:20]:
+            world = image.data_to_world((z, y, x))
+            cx, cy = canvas.view.scene.transform.map([world[2], world[1]])[:2]
+            row, col = int(cy * ratio), int(cx * ratio)
+            if 0 <= row < shot.shape[0] and 0 <= col < shot.shape[1]:
+                pixels.append(np.abs(shot[row, col, :3].astype(int) - plain[row, col, :3]).sum())
+    assert inside and outside
+    assert np.median(inside) > 60  # the liver's label colour is drawn over the liver...
+    assert np.median(outside) == 0  # ...and nothing where the truth is background
