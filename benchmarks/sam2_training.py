@@ -167,7 +167,7 @@ def _references(model, loaded, reference, labels, mode: str) -> dict:
     from medseg.revsam2 import SupportSet, segment_with_references
 
     support = SupportSet.from_volumes([reference.load()], k=3, labels=labels, names=[reference.id])
-    scores = [dice_per_label(segment_with_references(volume, support, mode=mode, model=model, progress=False), truth, labels=labels)
+    scores = [dice_per_label(segment_with_references(volume, support, mode=mode, model=model), truth, labels=labels)
               for volume, truth in loaded.values()]
     return _mean(scores)
 

@@ -99,7 +99,7 @@ def test_overfit_box_prompt_segments_the_training_phantom(predictor, phantom):
         z = middle_slice(mask)
         (y0, x0), (y1, x1) = np.argwhere(mask[z]).min(axis=0), np.argwhere(mask[z]).max(axis=0)
         prompts.add_box(label, z, y0, x0, y1, x1)
-    result = predictor.segment(volume, prompts, progress=False)
+    result = predictor.segment(volume, prompts)
     dice = dice_per_label(result, truth, labels=truth.labels)
     assert np.mean(list(dice.values())) > 0.7, dice
     assert not result.untrained
@@ -149,7 +149,7 @@ def test_reference_prompting_selects_slices_inside_the_object(overfit, phantom):
 
     volume, truth = phantom
     support = SupportSet.from_volumes([phantom], k=2, labels={1: "liver"}, names=["p0"])
-    result = segment_with_references(volume, support, mode="revsam2", model=load_model(overfit, device="cpu"), progress=False)
+    result = segment_with_references(volume, support, mode="revsam2", model=load_model(overfit, device="cpu"))
     selected = result.provenance["labels"]["1"]["selected_slices"]
     liver_slices = set(np.flatnonzero((truth.array == 1).reshape(SHAPE[0], -1).any(axis=1)).tolist())
     assert selected and set(selected) <= liver_slices, (selected, liver_slices)
@@ -217,7 +217,7 @@ def test_trained_model_directory_through_cli_and_pipeline(trained, tmp_path):
           s: {{type: sam2, model: {trained}}}
         """))
     results = tmp_path / "results"
-    run_pipeline(load_pipeline(pipeline), results, progress_bar=False)
+    run_pipeline(load_pipeline(pipeline), results)
     method = json.loads((results / "s" / "method.json").read_text())
     assert "trained on tiny-phantoms (3 steps)" in json.dumps(method)
     assert "(untrained)" not in (results / "report.md").read_text()
@@ -236,7 +236,7 @@ def test_pipeline_train_block_trains_once_and_shares_the_model(tmp_path):
           r: {{type: revsam2, train: {train}}}
         """))
     results = tmp_path / "results"
-    run_pipeline(load_pipeline(pipeline), results, progress_bar=False)
+    run_pipeline(load_pipeline(pipeline), results)
     models = list((results / "sam2-model").iterdir())
     assert len(models) == 1  # one model for both methods
     for name in ("s", "r"):
