@@ -95,7 +95,7 @@ def test_demo_data_command_writes_both_cohorts(tmp_path, capsys):
     assert len(load_manifest(tmp_path / "demo.json").cases) == 3
     assert json.loads((tmp_path / "mni152.json").read_text(encoding="utf-8")) == json.loads((REPO / "data_manifests" / "mni152.json").read_text(encoding="utf-8"))
     assert main(["demo-data", str(tmp_path), "--cases", "1"]) == 2
-    assert "--cases must be at least 3" in capsys.readouterr().err
+    assert "--cases must be at least 2" in capsys.readouterr().err
 
 
 def test_info_command_prints_geometry_and_checks_labels(phantom_case, capsys, tmp_path):
