@@ -30,7 +30,7 @@ from medseg.io.nifti import write_nifti_if_changed
 from medseg.manifest import write_manifest
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney"}
 DEFAULT_SHAPE = (32, 128, 128)
@@ -83,17 +83,21 @@ def make_phantom(
 def write_demo_cohort(
     directory: str | os.PathLike,
     *,
-    n_cases: int = 6,
-    n_test: int = 2,
+    n_cases: int = 8,
+    n_test: int | None = None,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
 ) -> Path:
     """Write ``n_cases`` phantoms to ``directory/demo/`` and their manifest ``directory/demo.json``.
 
     Idempotent: a NIfTI file that already holds the right voxels and affine is left alone,
-    so a second run writes nothing. The last ``n_test`` cases are the ``test`` split.
-    Returns the manifest path.
+    so a second run writes nothing. The last ``n_test`` cases (default: half, rounded down,
+    so the default 8 give 4 train and 4 test cases) are the ``test`` split. Returns the
+    manifest path.
     """
+    n_test = n_cases // 2 if n_test is None else n_test
+    if not 1 <= n_test < n_cases:
+        raise ValueError(f"n_test must leave at least one train and one test case, got {n_test} of {n_cases}")
     directory = Path(directory)
     cases, written = [], 0
     for seed in range(n_cases):
@@ -114,7 +118,7 @@ def write_demo_cohort(
         "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}},
         "cases": cases,
     }
-    logger.info("demo cohort in %s: %d of %d files written, the rest were up to date", directory / "demo", written, 2 * n_cases)
+    log.info("demo cohort in %s: %d of %d files written, the rest were up to date", directory / "demo", written, 2 * n_cases)
     return write_manifest(directory / "demo.json", manifest)
 
 

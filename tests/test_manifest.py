@@ -182,7 +182,7 @@ def test_committed_demo_manifest_is_what_the_generator_writes(tmp_path):
     written = write_demo_cohort(tmp_path, shape=(6, 24, 24))
     assert written.read_text(encoding="utf-8") == (REPO / "data_manifests" / "demo.json").read_text(encoding="utf-8")
     cohort = load_manifest(written)
-    assert [c.split for c in cohort.cases] == ["train"] * 4 + ["test"] * 2
+    assert [c.split for c in cohort.cases] == ["train"] * 4 + ["test"] * 4
     cohort.validate_data()
 
 

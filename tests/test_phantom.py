@@ -68,7 +68,9 @@ def test_phantom_kidneys_are_two_components_of_one_label():
 def test_demo_cohort_is_idempotent(tmp_path):
     manifest = write_demo_cohort(tmp_path, shape=(6, 24, 24))
     files = sorted((tmp_path / "demo").iterdir())
-    assert len(files) == 12
+    assert len(files) == 16  # 8 cases, image + labels
+    splits = [c.split for c in load_manifest(manifest).cases]
+    assert splits == ["train"] * 4 + ["test"] * 4
     stamps = {f: f.stat().st_mtime_ns for f in [*files, manifest]}
     write_demo_cohort(tmp_path, shape=(6, 24, 24))
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # nothing rewritten
@@ -93,7 +95,7 @@ def test_demo_data_command_writes_both_cohorts(tmp_path, capsys):
     assert len(load_manifest(tmp_path / "demo.json").cases) == 3
     assert json.loads((tmp_path / "mni152.json").read_text(encoding="utf-8")) == json.loads((REPO / "data_manifests" / "mni152.json").read_text(encoding="utf-8"))
     assert main(["demo-data", str(tmp_path), "--cases", "1"]) == 2
-    assert "--cases must be at least 3" in capsys.readouterr().err
+    assert "--cases must be at least 2" in capsys.readouterr().err
 
 
 def test_info_command_prints_geometry_and_checks_labels(phantom_case, capsys, tmp_path):

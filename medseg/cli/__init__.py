@@ -20,11 +20,11 @@ import sys
 import traceback
 
 from medseg.errors import MedsegError, user_message
-from medseg.cli import baseline, cache, demo, fewshot, info, pipeline, segment
+from medseg.cli import baseline, cache, demo, fewshot, info, pipeline, sam2_train, segment
 
 # --- subcommands are registered here, in the order `medseg --help` lists them --------------
 _SUBCOMMANDS = [info.add_info, demo.add_demo_data, segment.add_segment, fewshot.add_fewshot, baseline.add_baseline,
-                pipeline.add_run, pipeline.add_replay, cache.add_precompute, cache.add_cache]
+                sam2_train.add_sam2, pipeline.add_run, pipeline.add_replay, cache.add_precompute, cache.add_cache]
 
 
 class _Parser(argparse.ArgumentParser):

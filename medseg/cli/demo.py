@@ -11,7 +11,7 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
         help="write the synthetic demo cohort and the real MNI152 cohort (from nilearn) with their manifests",
     )
     p.add_argument("directory", nargs="?", default="data_manifests", help="where the manifests go (default: data_manifests)")
-    p.add_argument("--cases", type=int, default=6, help="number of phantom cases (default 6; the last 2 are the test split)")
+    p.add_argument("--cases", type=int, default=8, help="number of phantom cases (default 8; the last half are the test split)")
     p.set_defaults(run=_run_demo_data)
 
 
@@ -20,8 +20,8 @@ def _run_demo_data(args: argparse.Namespace) -> None:
     from medseg.errors import ConfigError, InputError
     from medseg.phantom import write_demo_cohort
 
-    if args.cases < 3:
-        raise ConfigError(f"--cases must be at least 3 (2 of them are the test split), got {args.cases}")
+    if args.cases < 2:
+        raise ConfigError(f"--cases must be at least 2 (one train, one test case), got {args.cases}")
     print(f"demo cohort: {write_demo_cohort(args.directory, n_cases=args.cases)}")
     try:
         print(f"real cohort: {write_real_cohort(args.directory)}")

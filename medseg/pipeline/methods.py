@@ -163,15 +163,24 @@ class Oracle(ReferenceMethod):
 # --- SAM2 and reference prompting: shared model resolution -----------------------------------
 @dataclass(frozen=True)
 class Sam2Options:
-    """``model``: registry name or checkpoint path. ``fallback``: ``untrained`` runs the
-    random-weight model (flagged everywhere) when the checkpoint cannot be had, ``error``
-    stops. ``image_size``/``preset``/``device``: None = the model's/modality's default."""
+    """``model``: registry name, checkpoint path or trained model directory. ``fallback``:
+    ``untrained`` runs the random-weight model (flagged everywhere) when the checkpoint cannot
+    be had, ``error`` stops. ``image_size``/``preset``/``device``: None = the model's/modality's
+    default. ``train``: ``Sam2TrainConfig`` settings: train SAM2 on the cohort's train split
+    first (``medseg.sam2.train_method``; ``model`` then names the start weights)."""
 
     model: str = "sam2.1-tiny"
     fallback: Literal["error", "untrained"] = "error"
     image_size: int | None = None
     preset: str | None = None
     device: str | None = None
+    train: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.train is not None:
+            from medseg.sam2.train_method import check_train_options
+
+            check_train_options(self)
 
 
 class _Sam2Family(Method):
@@ -191,7 +200,11 @@ class _Sam2Family(Method):
         from medseg.weights import REGISTRY
 
         model = setup.options.model
-        if model not in REGISTRY and not Path(model).is_file():
+        if setup.options.train is not None:
+            from medseg.sam2.train_method import check_trainable
+
+            check_trainable(setup.name, cohort)
+        elif model not in REGISTRY and not Path(model).is_file() and not Path(model).is_dir():
             raise WeightsError(f"method {setup.name}: model {model!r} is neither a registry name {sorted(REGISTRY)} nor a checkpoint file")
         if setup.options.preset is not None:
             get_preset(setup.options.preset)
@@ -201,6 +214,14 @@ class _Sam2Family(Method):
         from medseg.weights import REGISTRY, fetch_checkpoint
 
         model = self.options.model
+        if self.options.train is not None:
+            from medseg.sam2.train_method import train_for_pipeline
+
+            return train_for_pipeline(self.options, cohort, self.setup.method_dir.parent, progress=progress, should_stop=should_stop)
+        if Path(model).is_dir():
+            from medseg.sam2.train_method import trained_state
+
+            return trained_state(Path(model))
         if model not in REGISTRY:
             path = Path(model)
             return {"model": str(path), "checkpoint_sha256": sha256_file(path), "untrained": False}
@@ -219,7 +240,8 @@ class _Sam2Family(Method):
         return {"model": model, "checkpoint_sha256": sha256_file(path), "untrained": False}
 
     def describe(self) -> dict[str, Any]:
-        return {**self.setup.state, "image_size": self.options.image_size, "preset": self.options.preset}
+        shown = {"model": self.setup.state["trained"]} if "trained" in self.setup.state else {}
+        return {**self.setup.state, "image_size": self.options.image_size, "preset": self.options.preset, **shown}
 
     def load(self) -> Any:
         """The SAM2 predictor of the prepared checkpoint."""
@@ -261,6 +283,7 @@ class RevSam2Options(Sam2Options):
     min_spacing: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.references < 1:
             raise ConfigError(f"references must be at least 1, got {self.references}")
 

@@ -109,6 +109,10 @@ def load_model(
     progress, should_stop
         Byte progress and cancellation of a checkpoint download (``medseg.runtime``).
     """
+    if Path(model).is_dir():  # a model directory written by medseg.sam2.train
+        from medseg.sam2.model_dir import load_model_dir
+
+        return load_model_dir(model, image_size=image_size, device=device)
     device = resolve_device(device)
     path = Path(model) if not isinstance(model, str) or model not in REGISTRY else None
     if path is not None:
@@ -140,9 +144,12 @@ def load_model(
                      spec.licence, seed if untrained else None, spec.config)
 
 
-def _build(config: str, image_size: int) -> torch.nn.Module:
-    """Instantiate the config's architecture with Meta's video-inference settings."""
-    overrides = [
+def _build(config: str, image_size: int, architecture: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Instantiate the config's architecture with Meta's video-inference settings.
+
+    ``architecture``: Hydra overrides of the config (a smaller Hiera, see ``medseg.sam2.model_dir``).
+    """
+    overrides = [*architecture,
         f"++model._target_={_PREDICTOR_CLASS}",
         f"++model.image_size={image_size}",
         # the post-processing build_sam2_video_predictor applies

@@ -1,0 +1,67 @@
+"""``medseg sam2 train``: train or fine-tune SAM2 on a cohort (``medseg.sam2.train``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_sam2(sub: argparse._SubParsersAction) -> None:
+    # Defaults live in medseg.sam2.train_config.Sam2TrainConfig; options left out are not passed.
+    p = sub.add_parser("sam2", help="SAM2 models: train or fine-tune on a cohort")
+    actions = p.add_subparsers(dest="sam2_command", required=True)
+    t = actions.add_parser(
+        "train",
+        help="train SAM2 on the cohort's train split (validating on its val split); the model directory "
+        "works wherever a model is asked for (--model DIR, pipeline `model: DIR`)",
+        description="Options left out take the defaults of medseg.sam2.train_config.Sam2TrainConfig "
+        "(from random initialisation, architecture hiera-micro, image size 128, 600 steps of one 4-slice clip).",
+    )
+    t.add_argument("--manifest", required=True, help="cohort manifest (medseg JSON or a Decathlon dataset.json)")
+    t.add_argument("--out", required=True, help="model directory to write (an interrupted run there resumes)")
+    t.add_argument("--from", dest="start", metavar="MODEL",
+                   help="start weights: untrained (default), sam2.1-tiny, medsam2 or a checkpoint path (fine-tuning)")
+    t.add_argument("--architecture", help="hiera-micro (small, CPU-trainable) or sam2.1-tiny (what registry checkpoints fit)")
+    t.add_argument("--image-size", type=int, help="model input size, a multiple of 32")
+    t.add_argument("--steps", type=int, help="optimiser steps")
+    t.add_argument("--batch-size", type=int, help="clips per step")
+    t.add_argument("--clip-length", type=int, help="consecutive slices per clip")
+    t.add_argument("--train", nargs="+", choices=["image_encoder", "memory", "decoder"],
+                   help="parts that learn (default all; leave out image_encoder to fine-tune cheaply)")
+    t.add_argument("--lr", type=float, help="peak learning rate of the memory and decoder")
+    t.add_argument("--lr-image-encoder", type=float, help="peak learning rate of the image encoder (default --lr)")
+    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
+    t.add_argument("--val-every", type=int, help="validate on the val split every N steps (0: never)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch CPU threads while training (1 is fastest on a busy CPU)")
+    t.add_argument("--device", help="auto, cpu (default), cuda, cuda:1, mps")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(run=_run_train)
+
+
+_OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_length", "train", "lr", "lr_image_encoder",
+            "warmup_steps", "preset", "val_every", "seed", "threads", "device")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from medseg.cli.progress import tqdm_progress
+    from medseg.manifest import load_manifest
+    from medseg.sam2.model_dir import read_model_json
+    from medseg.sam2.train import train_sam2
+    from medseg.sam2.train_config import Sam2TrainConfig
+
+    options = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
+    if "train" in options:
+        options["train"] = tuple(options["train"])
+    config = Sam2TrainConfig(**options)
+    with tqdm_progress("SAM2 training", "step", disable=args.no_progress) as progress:
+        directory = train_sam2(load_manifest(args.manifest), args.out, config=config, progress=progress)
+    info = read_model_json(directory)
+    print(f"model: {directory} — {info['statement']}")
+    if info["validation"]:
+        last = info["validation"][-1]
+        print(f"validation at step {last['step']}: mean Dice from a box {last['box']['mean_dice']}, "
+              f"from a click {last['point']['mean_dice']}")
+    if info["undertrained"]:
+        print(f"note: trained for only {info['steps']} steps: an undertrained model", file=sys.stderr)

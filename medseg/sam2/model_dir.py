@@ -1,0 +1,176 @@
+"""Trained SAM2 model directories: what ``medseg.sam2.train`` writes and ``load_model(DIR)`` reads.
+
+A model directory is self-describing, so a model found on disk months later says what it is::
+
+    model.json   architecture (SAM2 config + Hydra overrides + image size), start weights and
+                 their SHA-256, training settings, steps, loss curve, validation history,
+                 cohort name and case ids, weights SHA-256, library versions, and the plain
+                 statement "trained on cohort X only"
+    weights.pt   the network's state dict (``torch.save``; read with ``weights_only=True``)
+
+Architectures are named (``ARCHITECTURES``): ``sam2.1-tiny`` is Meta's Hiera-T config, the
+one registry checkpoints (SAM 2.1 tiny, MedSAM2) fit; ``hiera-micro`` is the same model code
+with a much smaller image encoder and a 2-layer memory attention, which trains from random
+initialisation on 2 CPU cores in minutes. The overrides are stored in ``model.json`` itself,
+so a directory rebuilds even if the names here change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.errors import WeightsError
+from medseg.runtime import read_checkpoint, resolve_device, sha256_file
+
+log = logging.getLogger(__name__)
+
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.pt"
+FORMAT = "medseg-sam2-model"
+TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A SAM2 network shape: Meta's config plus Hydra overrides, and the input size."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...]
+    image_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "config": self.config, "overrides": list(self.overrides), "image_size": self.image_size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        return cls(str(data["name"]), str(data["config"]), tuple(data["overrides"]), int(data["image_size"]))
+
+
+ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "sam2.1-tiny": (),
+    # Hiera with 48 channels and 5 blocks (Hiera-T: 96 and 12), memory attention with 2
+    # layers of feed-forward width 512 (4 of 2048): the same modules, about 1/4 of the parameters and far less compute.
+    "hiera-micro": (
+        "++model.image_encoder.trunk.embed_dim=48",
+        "++model.image_encoder.trunk.stages=[1,1,2,1]",
+        "++model.image_encoder.trunk.global_att_blocks=[3]",
+        "++model.image_encoder.neck.backbone_channel_list=[384,192,96,48]",
+        "++model.memory_attention.num_layers=2",
+        "++model.memory_attention.layer.dim_feedforward=512",
+    ),
+}
+
+
+def architecture(name: str, image_size: int) -> Architecture:
+    """The named architecture at ``image_size`` (``WeightsError`` naming the known ones otherwise)."""
+    if name not in ARCHITECTURES:
+        raise WeightsError(f"unknown SAM2 architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    return Architecture(name, TINY_CONFIG, ARCHITECTURES[name], image_size)
+
+
+def build_network(arch: Architecture) -> torch.nn.Module:
+    """A randomly initialised network of ``arch`` (the inference class; ``.train()`` to train it)."""
+    from medseg.sam2.model import _build
+
+    return _build(arch.config, arch.image_size, arch.overrides)
+
+
+def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, arch: Architecture) -> None:
+    """Load ``state`` into ``net``, or say plainly that it belongs to another architecture."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched:
+        first = (mismatched or missing or unexpected)[0]
+        raise WeightsError(
+            f"{source} does not fit the SAM2 architecture {arch.name!r}: {len(missing)} weights missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} of another shape (first: {first}). "
+            f"It is another model or another SAM2 size: choose the architecture it was trained with"
+        )
+    net.load_state_dict(state)
+
+
+def write_model_dir(directory: Path, net: torch.nn.Module, description: dict[str, Any]) -> Path:
+    """Write ``weights.pt`` then ``model.json`` (the description plus the weights' SHA-256).
+
+    ``model.json`` is written last and atomically: a directory that has one is complete.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS
+    tmp = weights.with_suffix(".tmp")
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+    tmp.replace(weights)
+    info = {"format": FORMAT, **description, "weights": WEIGHTS, "weights_sha256": sha256_file(weights), "versions": versions()}
+    tmp = directory / (MODEL_JSON + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1, allow_nan=False))
+    tmp.replace(directory / MODEL_JSON)
+    return directory
+
+
+def read_model_json(directory: str | Path) -> dict[str, Any] | None:
+    """The description of a finished model directory, or None when it has none yet."""
+    path = Path(directory) / MODEL_JSON
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise WeightsError(f"cannot read {path} ({error}); the model directory is damaged: train it again") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a medseg SAM2 model description (format {FORMAT!r})")
+    return info
+
+
+def load_model_dir(directory: str | Path, *, image_size: int | None = None, device: str | torch.device | None = None):
+    """A ``Sam2Model`` from a trained model directory (``medseg.sam2.load_model(DIR)`` lands here).
+
+    ``image_size`` other than the trained one is refused: the model has only seen that size.
+    """
+    from medseg.sam2.model import Sam2Model
+
+    directory = Path(directory)
+    info = read_model_json(directory)
+    if info is None:
+        raise WeightsError(f"{directory} is a directory without {MODEL_JSON}: not a trained SAM2 model "
+                           f"(or its training has not finished; run `medseg sam2 train` again to resume it)")
+    arch = Architecture.from_dict(info["architecture"])
+    if image_size is not None and int(image_size) != arch.image_size:
+        raise WeightsError(f"model {directory} was trained at image size {arch.image_size}, not {image_size}; "
+                           f"leave the image size unset")
+    device = resolve_device(device)
+    with torch.random.fork_rng(devices=[]):
+        net = build_network(arch)
+    weights = directory / info["weights"]
+    load_weights(net, read_checkpoint(weights, sha256=info["weights_sha256"], what="trained SAM2 weights"),
+                 source=str(weights), arch=arch)
+    net = net.to(device).eval()
+    log.info("SAM2 model %s: %s", directory, info["statement"])
+    return Sam2Model(net, describe(directory, info), arch.image_size, device, False, weights, info["weights_sha256"],
+                     info["statement"], None)
+
+
+def describe(directory: str | Path, info: dict[str, Any]) -> str:
+    """``"<dir> (trained on <cohort> (N steps))"``: the name reports and provenance show."""
+    return f"{directory} (trained on {info['cohort']['name']} ({info['steps']} steps))"
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the weights."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("medseg", "sam2", "torch"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "unknown"
+    return found

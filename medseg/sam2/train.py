@@ -1,0 +1,274 @@
+"""Train or fine-tune SAM2 on a cohort's ``train`` split (``train_sam2``).
+
+Read ``train_sam2`` top to bottom: check the cohort and the settings, reuse a finished model
+directory (or refuse one trained otherwise), build the network and load the start weights
+(a checkpoint of another architecture fails here, before any data is read), prepare the
+training volumes, resume from the last checkpoint when there is one, then run the step loop
+(``_train_step``) with periodic checkpoints and validation, and write the model directory
+(``medseg.sam2.model_dir``).
+
+Stability: AdamW, a linear warm-up then a cosine decay, gradient-norm clipping, and a check
+before every update: a non-finite loss or gradient stops training with advice, leaving the
+last good checkpoint to resume from.
+
+Resuming is bit-for-bit: the clips of step ``k`` come from a generator seeded with
+``(seed, k)`` and torch's generator (dropout) is re-seeded with ``(seed, k)`` at every step,
+so the checkpoint (network, optimiser, schedule, step, curves) is the whole state. Ctrl-C or
+``should_stop`` saves it at the last completed step, then ``Cancelled`` /
+``KeyboardInterrupt`` propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.errors import ConfigError, MedsegError, WeightsError
+from medseg.manifest import Case, Cohort
+from medseg.preprocess import default_preset
+from medseg.runtime import Progress, ShouldStop, check_stop, read_checkpoint, report, resolve_device
+from medseg.sam2.model_dir import (
+    Architecture,
+    architecture,
+    build_network,
+    describe,
+    load_weights,
+    read_model_json,
+    write_model_dir,
+)
+from medseg.sam2.train_config import Sam2TrainConfig
+from medseg.sam2.train_data import PreparedCase, prepare_case, sample_clip
+from medseg.sam2.train_step import clip_loss
+from medseg.sam2.train_validate import validate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "training/checkpoint.pt"
+UNDERTRAINED_STEPS = 300
+"""Below this many steps a model is flagged undertrained (a smoke-test model)."""
+
+_ENCODER_PREFIX = "image_encoder."
+_DECODER_PREFIXES = ("sam_prompt_encoder.", "sam_mask_decoder.")
+
+
+class TrainingDiverged(MedsegError):
+    """The loss or a gradient became non-finite; the last good checkpoint is kept."""
+
+
+def train_sam2(
+    cohort: Cohort,
+    out_dir: str | Path,
+    *,
+    config: Sam2TrainConfig = Sam2TrainConfig(),
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> Path:
+    """Train SAM2 on ``cohort``'s train split (validating on ``val``); return the model directory.
+
+    A directory holding a model finished with the same settings on the same cases is returned
+    as it is; one trained otherwise is refused (choose another directory). An interrupted run
+    in ``out_dir`` resumes from its checkpoint. ``progress(step, steps)`` after every step;
+    ``should_stop`` is asked between steps.
+    """
+    out_dir = Path(out_dir)
+    train_cases, val_cases = _labelled(cohort, "train"), _labelled(cohort, "val")
+    if not train_cases:
+        raise ConfigError(f"{cohort.path}: no labelled case in the \"train\" split; SAM2 training needs some")
+    cohort.validate_data()
+    finished = _finished(out_dir, cohort, config, train_cases)
+    if finished is not None:
+        return finished
+    arch = architecture(config.architecture, config.image_size)
+    device = resolve_device(config.device)
+    with _threads(config.threads):
+        net, start = _network(arch, config)
+        net = net.to(device)
+        preset = config.preset or default_preset(train_cases[0].load()[0]).name
+        prepared = [_prepare(case, arch, preset) for case in train_cases]
+        optimizer, scheduler = _optimizer(net, config)
+        state = {"step": 0, "loss_curve": [], "validation": [], "seconds": 0.0}
+        checkpoint = out_dir / CHECKPOINT
+        if checkpoint.is_file():
+            state = _resume(checkpoint, net, optimizer, scheduler, config)
+            log.info("resuming SAM2 training in %s at step %d of %d", out_dir, state["step"], config.steps)
+        _loop(net, optimizer, scheduler, prepared, val_cases, cohort, config, preset, state, checkpoint, progress, should_stop)
+        description = {
+            "architecture": arch.to_dict(), "start": start, "training": config.to_dict(), "preset": preset,
+            "steps": state["step"], "training_seconds": round(state["seconds"], 1), "loss_curve": state["loss_curve"],
+            "validation": state["validation"], "undertrained": state["step"] < UNDERTRAINED_STEPS,
+            "cohort": {"name": cohort.name, "manifest": str(cohort.path), "labels": {str(k): v for k, v in cohort.labels.items()},
+                       "train_cases": [c.id for c in train_cases], "val_cases": [c.id for c in val_cases]},
+            "statement": f"trained on cohort {cohort.name} only ({len(train_cases)} train cases, {state['step']} steps, "
+                         f"starting from {start['model']}); it knows nothing else",
+        }
+        write_model_dir(out_dir, net, description)
+    log.info("SAM2 model written to %s", describe(out_dir, description))
+    return out_dir
+
+
+def _loop(net, optimizer, scheduler, prepared, val_cases, cohort, config, preset, state, checkpoint, progress, should_stop) -> None:
+    """Steps from ``state["step"]`` to ``config.steps``; checkpoints, validation, interruption."""
+    net.train()
+    try:
+        while state["step"] < config.steps:
+            check_stop(should_stop, "SAM2 training")
+            started = time.perf_counter()
+            loss = _train_step(net, optimizer, prepared, config, state["step"])
+            scheduler.step()
+            state["step"] += 1
+            state["seconds"] += time.perf_counter() - started
+            state["loss_curve"].append(round(loss, 5))
+            step = state["step"]
+            if config.val_every and val_cases and (step % config.val_every == 0 or step == config.steps):
+                state["validation"].append({"step": step, **validate(net, config, preset, val_cases, cohort.labels)})
+                net.train()
+            if step % config.checkpoint_every == 0:
+                _save(checkpoint, net, optimizer, scheduler, config, state)
+            report(progress, step, config.steps)
+    except BaseException:  # Ctrl-C, should_stop, a diverged step: keep what was done
+        if state["step"] > 0:
+            _save(checkpoint, net, optimizer, scheduler, config, state)
+        raise
+    _save(checkpoint, net, optimizer, scheduler, config, state)
+
+
+def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase], config: Sam2TrainConfig, step: int) -> float:
+    """One optimiser step on ``batch_size`` clips; the clips depend only on ``(seed, step)``."""
+    rng = np.random.default_rng([config.seed, step])
+    torch.manual_seed(config.seed * 1_000_003 + step)
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    device = next(net.parameters()).device
+    for _ in range(config.batch_size):
+        clip = sample_clip(prepared[int(rng.integers(len(prepared)))], config.clip_length, rng,
+                           p_point=config.p_point, p_box=config.p_box).to(device)
+        loss, _ = clip_loss(net, clip, rng, correction_clicks=config.correction_clicks, image_prompts=config.image_prompts,
+                            encoder_grad="image_encoder" in config.train)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"step {step + 1}: the loss is {float(loss)}; lower lr (now {config.lr}) or raise "
+                                   f"warmup_steps, then run again: training resumes from the last checkpoint")
+        (loss / config.batch_size).backward()
+        total += float(loss.detach()) / config.batch_size
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    if not torch.isfinite(norm):
+        raise TrainingDiverged(f"step {step + 1}: a gradient is not finite; lower lr (now {config.lr}) or grad_clip, "
+                               f"then run again: training resumes from the last checkpoint")
+    optimizer.step()
+    return total
+
+
+def _labelled(cohort: Cohort, split: str) -> list[Case]:
+    return [c for c in cohort.split(split) if c.label is not None]
+
+
+def _finished(out_dir: Path, cohort: Cohort, config: Sam2TrainConfig, train_cases: list[Case]) -> Path | None:
+    """``out_dir`` when it holds a model trained with ``config`` on these cases; an error when another."""
+    info = read_model_json(out_dir)
+    if info is None:
+        return None
+    saved = Sam2TrainConfig.from_dict(info["training"])
+    same_cases = info["cohort"]["train_cases"] == [c.id for c in train_cases] and info["cohort"]["name"] == cohort.name
+    if not (saved.same_model(config) and same_cases):
+        differ = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
+        raise ConfigError(f"{out_dir} already holds a SAM2 model trained with other settings or cases "
+                          f"(differs in: {differ or ['cohort/cases']}); choose another output directory or delete it")
+    log.info("reusing the finished SAM2 model in %s", out_dir)
+    return out_dir
+
+
+def _network(arch: Architecture, config: Sam2TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network with its start weights, and a record of where they came from."""
+    torch.manual_seed(config.seed)
+    net = build_network(arch)
+    if config.start == "untrained":
+        return net, {"model": "untrained", "checkpoint": None, "sha256": None, "seed": config.seed}
+    from medseg.weights import REGISTRY, fetch_checkpoint, get_spec
+
+    if config.start in REGISTRY:
+        spec = get_spec(config.start)
+        if spec.config != arch.config or arch.overrides:
+            raise WeightsError(f"start checkpoint {config.start!r} is a {spec.config} model; train it with "
+                               f"architecture 'sam2.1-tiny' (or start from 'untrained')")
+        path = fetch_checkpoint(spec)
+    else:
+        path = Path(config.start)
+    from medseg.runtime import sha256_file
+
+    sha = sha256_file(path) if path.is_file() else None
+    load_weights(net, read_checkpoint(path, what="start checkpoint"), source=f"start checkpoint {path}", arch=arch)
+    return net, {"model": config.start, "checkpoint": str(path), "sha256": sha}
+
+
+def _prepare(case: Case, arch: Architecture, preset: str) -> PreparedCase:
+    volume, labels = case.load()
+    return prepare_case(case.id, volume, labels, arch.image_size, preset)
+
+
+def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
+    """AdamW over the trained parts (the others frozen), warm-up then cosine schedule."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"image_encoder": [], "decoder": [], "memory": []}
+    for name, param in net.named_parameters():
+        part = ("image_encoder" if name.startswith(_ENCODER_PREFIX)
+                else "decoder" if name.startswith(_DECODER_PREFIXES) else "memory")
+        param.requires_grad_(part in config.train)
+        if part in config.train:
+            groups[part].append(param)
+    lr_encoder = config.lr if config.lr_image_encoder is None else config.lr_image_encoder
+    param_groups = [{"params": p, "lr": lr_encoder if part == "image_encoder" else config.lr, "name": part}
+                    for part, p in groups.items() if p]
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
+    warmup = min(config.warmup_steps, config.steps // 4)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _save(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig, state: dict) -> None:
+    """Write the resumable state atomically (a half-written checkpoint never replaces a good one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "config": config.to_dict(), "state": state}, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig) -> dict:
+    """Load an interrupted run's state; refuse one started with other model settings."""
+    # The training state mixes tensors with the optimiser's bookkeeping, so it is not a
+    # plain state dict for runtime.read_checkpoint; weights_only=True keeps it code-free.
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several error types for damaged files
+        raise WeightsError(f"cannot read the training checkpoint {path} ({type(error).__name__}); delete it to start over") from None
+    if not Sam2TrainConfig.from_dict(saved["config"]).same_model(config):
+        raise ConfigError(f"{path} belongs to a run with other settings; use the same settings to resume, "
+                          f"or delete {path.parent} to start over")
+    net.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return saved["state"]
+
+
+@contextmanager
+def _threads(threads: int | None):
+    """Run with ``threads`` torch CPU threads, restoring the previous number afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,98 @@
+"""Settings of SAM2 training (``Sam2TrainConfig``), validated before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from medseg.errors import ConfigError
+
+PARTS = ("image_encoder", "memory", "decoder")
+"""What can be trained: the Hiera image encoder, the memory attention + memory encoder (+
+object-pointer projections), the prompt encoder + mask decoder."""
+
+
+@dataclass(frozen=True)
+class Sam2TrainConfig:
+    """How to train SAM2 on a cohort's ``train`` split.
+
+    ``start``: ``untrained`` (random initialisation), a registry name (``sam2.1-tiny``,
+    ``medsam2``: fine-tuning) or a checkpoint path. ``architecture``: ``hiera-micro`` (small,
+    trains on a CPU) or ``sam2.1-tiny`` (what registry checkpoints fit). ``train``: the parts
+    that learn (``PARTS``); freeze the image encoder to fine-tune a real checkpoint cheaply.
+    ``lr``: learning rate of every trained part except the image encoder, which uses
+    ``lr_image_encoder`` (``lr`` when None). A step is ``batch_size`` clips of
+    ``clip_length`` consecutive slices, in either direction. Prompts on a clip's first frame:
+    a point with probability ``p_point``, a box with ``p_box``, otherwise the mask;
+    ``correction_clicks`` extra clicks are drawn from the error region after a point prompt
+    (positive on a miss, negative on a false positive), as SAM2 trains interactive correction.
+    ``image_prompts``: also prompt every object on every frame alone, without memory (SAM2's
+    joint image training; it teaches the decoder to follow prompts far sooner).
+    ``threads``: CPU threads torch uses while training (restored afterwards); on a CPU shared
+    with other work 1 is often several times faster than more, which spin-wait.
+    """
+
+    start: str = "untrained"
+    architecture: str = "hiera-micro"
+    image_size: int = 128
+    steps: int = 600
+    batch_size: int = 1
+    clip_length: int = 4
+    train: tuple[str, ...] = PARTS
+    lr: float = 1e-3
+    lr_image_encoder: float | None = None
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    p_point: float = 0.5
+    p_box: float = 0.35
+    correction_clicks: int = 1
+    image_prompts: bool = True
+    preset: str | None = None
+    seed: int = 0
+    val_every: int = 0
+    checkpoint_every: int = 50
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size % 32 or self.image_size < 64:
+            raise ConfigError(f"image_size must be a multiple of 32 and at least 64, got {self.image_size}")
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.clip_length < 2:
+            raise ConfigError(f"clip_length must be at least 2 (a prompted frame and one to track), got {self.clip_length}")
+        if not self.train or set(self.train) - set(PARTS):
+            raise ConfigError(f"train must name some of {list(PARTS)}, got {list(self.train)}")
+        if not (0 <= self.p_point and 0 <= self.p_box and self.p_point + self.p_box <= 1):
+            raise ConfigError(f"p_point and p_box must be probabilities summing to at most 1, got {self.p_point}, {self.p_box}")
+        if self.lr <= 0 or (self.lr_image_encoder is not None and self.lr_image_encoder < 0):
+            raise ConfigError("learning rates must be positive")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1 or unset, got {self.threads}")
+        if self.warmup_steps < 0 or self.val_every < 0 or self.correction_clicks < 0 or self.grad_clip <= 0:
+            raise ConfigError("warmup_steps, val_every and correction_clicks must be >= 0 and grad_clip > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["train"] = list(self.train)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sam2TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown SAM2 training settings {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        if "train" in data:
+            data["train"] = tuple([data["train"]] if isinstance(data["train"], str) else data["train"])
+        return cls(**data)
+
+    def same_model(self, other: Sam2TrainConfig) -> bool:
+        """Whether ``other`` trains the same model (only bookkeeping settings may differ)."""
+        bookkeeping = {"val_every", "checkpoint_every", "device", "threads"}
+        mine, theirs = self.to_dict(), other.to_dict()
+        return all(mine[k] == theirs[k] for k in mine if k not in bookkeeping)
