@@ -357,7 +357,8 @@ def test_cli_segment_writes_labels_on_the_input_grid(tmp_path, volume):
 def test_cli_segment_rejects_bad_prompt_text(tmp_path, volume, capsys):
     image = tmp_path / "image.nii.gz"
     nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), volume.affine), image)
-    assert main(["segment", str(image), "--point", "5,20", "--out", str(tmp_path / "x.nii.gz")]) == 2
-    assert "--point '5,20'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # malformed text: argparse's one-line error
+        main(["segment", str(image), "--point", "5,20", "--out", str(tmp_path / "x.nii.gz")])
+    assert exit.value.code == 2 and "argument --point: '5,20'" in capsys.readouterr().err
     assert main(["segment", str(image), "--point", "5,20,300", "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "outside the volume" in capsys.readouterr().err
