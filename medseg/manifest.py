@@ -24,6 +24,13 @@ A manifest is a JSON file in one of two forms.
 * ``split``: ``train``, ``val`` or ``test``.
 * ``labels``: label value (a string holding an integer) -> name; ``0`` is background and is
   not listed in ``Cohort.labels``.
+* ``label`` may also be a DICOM SEG or RT Structure Set (RTSTRUCT) drawn on the image. Its
+  segments / ROIs become label values by name: the optional top-level ``roi_names`` maps
+  each label value to ROI names or patterns (``{"1": ["Liver", "re:liver_\\d+"], "3":
+  ["glob:*kidney*"]}``; forms in ``medseg.roi_names``); without it, each label's name
+  and its AAPM TG-263 standard name are matched case-insensitively. ``validate_data``
+  reports, per case and before any compute, ROIs matched by no label (left out) and labels
+  with no ROI, and refuses ROIs matched by several labels.
 * Optional per case: ``series_uid`` (which series of a DICOM folder) and ``spacing``
   ``[z, y, x]`` in mm, which replaces the spacing in the file headers (for files known to
   carry a wrong spacing); origin and direction are kept.
@@ -54,9 +61,11 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError, MedsegError
+from medseg.geometry import Geometry
+from medseg.roi_names import RoiMapping
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 PACKAGE_SCHEME = "package://"
@@ -76,6 +85,21 @@ class Case:
     series_uid: str | None = None
     modality: str = "OT"
     label_names: dict[int, str] = field(default_factory=dict)
+    roi_names: RoiMapping | None = None  # for SEG / RTSTRUCT labels; None: the label names (TG-263)
+
+    @property
+    def roi_mapping(self) -> RoiMapping:
+        """How ROI / segment names of a SEG or RTSTRUCT label file become this cohort's label values."""
+        return self.roi_names or RoiMapping.from_label_names(self.label_names)
+
+    def load_labels(self, like: Volume | Geometry) -> LabelVolume:
+        """The case's label map on ``like`` (``medseg.io.load_labels``, ROI names mapped), named as in the manifest."""
+        from medseg.io import label_file_kind, load_labels
+
+        if self.label is None:
+            raise ConfigError(f"case {self.id!r} has no label file")
+        mapping = self.roi_mapping if label_file_kind(self.label) else None
+        return replace(load_labels(self.label, like, roi_names=mapping), label_names=dict(self.label_names))
 
     def load(self) -> tuple[Volume, LabelVolume | None]:
         """The image (modality from the file when it says, else from the manifest) and labels.
@@ -83,21 +107,19 @@ class Case:
         The label map must lie on the image's grid (``GeometryError`` otherwise); a spacing
         override applies to both after that check.
         """
-        from medseg.io import load_labels, load_volume  # imported late: io pulls in MONAI and torch
+        from medseg.io import load_volume  # imported late: io pulls in MONAI and torch
 
         volume = load_volume(self.image, self.series_uid)
         if volume.modality == "OT":
             volume = replace(volume, modality=self.modality)
         elif volume.modality != self.modality:
-            logger.warning("case %s: file says modality %s, manifest says %s; using the file's", self.id, volume.modality, self.modality)
-        labels = load_labels(self.label, volume) if self.label is not None else None
+            log.warning("case %s: file says modality %s, manifest says %s; using the file's", self.id, volume.modality, self.modality)
+        labels = self.load_labels(volume) if self.label is not None else None
         if self.spacing is not None:
             geometry = replace(volume.geometry, spacing=self.spacing)
             volume = replace(volume, geometry=geometry)
             if labels is not None:
                 labels = replace(labels, geometry=geometry)
-        if labels is not None:
-            labels = replace(labels, label_names=dict(self.label_names))
         return volume, labels
 
 
@@ -129,9 +151,10 @@ class Cohort:
 
         All cases are checked; the error raised lists every failing case with its file, and
         has the type of the first problem found (``GeometryError``, ``ConfigError`` or
-        ``InputError``).
+        ``InputError``). ROIs of SEG / RTSTRUCT labels that no label takes, and labels that
+        no ROI gives, are logged as warnings per case (see ``roi_report``).
         """
-        from medseg.io import load_labels, read_geometry
+        from medseg.io import read_geometry
 
         problems: list[MedsegError] = []
         for case in self.cases:
@@ -139,7 +162,9 @@ class Cohort:
                 geometry = read_geometry(case.image, case.series_uid)
                 if case.label is None:
                     continue
-                labels = load_labels(case.label, geometry)
+                for line in self.roi_report(case):
+                    log.warning("%s", line)
+                labels = case.load_labels(geometry)
                 undeclared = sorted(set(labels.labels) - set(self.labels))
                 if undeclared:
                     raise ConfigError(
@@ -151,6 +176,25 @@ class Cohort:
         if problems:
             listing = "\n".join(f"  - {p}" for p in problems)
             raise type(problems[0])(f"{self.path}: {len(problems)} of {len(self.cases)} cases failed validation:\n{listing}")
+
+
+    def roi_report(self, case: Case) -> list[str]:
+        """What the ROI mapping leaves out for a case with a SEG / RTSTRUCT label (empty otherwise).
+
+        Raises ``ConfigError`` for an ROI that the mapping gives several label values.
+        """
+        from medseg.io import label_file_names
+
+        if case.label is None or not (names := label_file_names(case.label)):
+            return []
+        match = case.roi_mapping.match(names, source=case.label)
+        lines = []
+        if match.unmatched:
+            lines.append(f"case {case.id!r}: ROI(s) {match.unmatched} of {case.label.name} match no label and are left out")
+        if match.missing:
+            missing = [f"{v} ({self.labels.get(v, '?')})" for v in match.missing]
+            lines.append(f"case {case.id!r}: no ROI of {case.label.name} matches label(s) {', '.join(missing)}")
+        return lines
 
 
 def load_manifest(path: str | os.PathLike) -> Cohort:
@@ -189,7 +233,7 @@ def write_manifest(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-    logger.info("wrote %s", path)
+    log.info("wrote %s", path)
     return path
 
 
@@ -223,8 +267,22 @@ class _Parser:
         if not isinstance(raw_cases, list) or not raw_cases:
             self.problems.append("\"cases\" must be a non-empty list of {\"id\", \"image\", \"label\", \"split\"} objects")
             raw_cases = []
+        roi_names = self.roi_names(data.get("roi_names"), labels)
         cases = [self.case(i, raw, modality, labels) for i, raw in enumerate(raw_cases)]
-        return self.cohort(data, modality, labels, cases)
+        return self.cohort(data, modality, labels, [replace(c, roi_names=roi_names) if c else None for c in cases])
+
+    def roi_names(self, raw: Any, labels: dict[int, str]) -> RoiMapping | None:
+        if raw is None:
+            return None
+        try:
+            mapping = RoiMapping.from_config(raw, "roi_names")
+        except ConfigError as error:
+            self.problems.append(str(error))
+            return None
+        undeclared = sorted(set(mapping.rules) - set(labels))
+        if undeclared:
+            self.problems.append(f"roi_names: label value(s) {undeclared} are not declared in \"labels\"")
+        return mapping
 
     def msd(self, data: dict[str, Any]) -> Cohort:
         labels = self.labels(data.get("labels"))

@@ -48,3 +48,11 @@ def check_writable(path: PathLike, *, what: str = "output") -> Path:
     if parent is not None and not os.access(parent, os.W_OK):
         raise OutputError(f"{what} {path}: no permission to write in {parent}")
     return target
+
+
+def check_outputs(outputs: dict[str, PathLike | None], *, inputs: Iterable[PathLike | None]) -> None:
+    """``check_output`` and ``check_writable`` for each named output (``{"--out": path, "--qc": None}``)."""
+    inputs = list(inputs)
+    for what, path in outputs.items():
+        if path is not None:
+            check_writable(check_output(path, inputs=inputs, what=what), what=what)

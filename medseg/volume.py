@@ -31,8 +31,9 @@ class Volume:
     ``metadata`` never holds patient-identifying DICOM fields: the readers only copy an
     allow-list of acquisition fields into it.
 
-    ``source_files`` are the DICOM files the voxels came from, in slice order (one file for
-    a multi-frame image), kept so that a DICOM SEG can reference them. They are not
+    ``source_files`` are the files the voxels came from: the DICOM files in slice order (one
+    file for a multi-frame image), kept so that a DICOM SEG or RTSTRUCT can reference them,
+    or the one NIfTI/NRRD/MetaImage file; writers refuse to replace them. They are not
     metadata: nothing writes them to reports (file names can hold patient names).
     """
 
@@ -111,6 +112,7 @@ class LabelVolume:
       predicted (per-slice confidence for 2D AP and QC curves).
     * ``untrained``: True when any model that produced it had random weights.
     * ``provenance``: method, model, checksum, prompts... whatever reproduces it.
+    * ``source_files``: the file it was loaded from, if any (writers refuse to replace it).
     """
 
     array: np.ndarray
@@ -120,6 +122,7 @@ class LabelVolume:
     slice_scores: dict[int, np.ndarray] = field(default_factory=dict)
     untrained: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
+    source_files: tuple[Path, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         array = np.asarray(self.array)

@@ -24,6 +24,11 @@ CORPUS = [
     ("output is input", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --qc {img} --model untrained", "is the input"),
     ("output is input", "segment {img} --point 4,16,16 --out {tmp}/link.nii.gz --model untrained", "is the input"),
     ("output is input", "run {pipe} --out {pipe}", "is the input"),
+    ("output is input", "fewshot --support {img} {lab} --query {img} --out {lab} --model untrained", "is the input"),
+    ("output is input", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --qc {img} --model untrained", "is the input"),
+    ("output is input", "baseline predict {img} --model {tmp}/cohort --out {img}", "is the input"),
+    ("output is input", "baseline predict {img} --model {tmp}/cohort --out {tmp}/o.nii.gz --instances {img}", "is the input"),
+    ("output is input", "baseline train --manifest {cohort} --out {cohort}", "is the input"),
     ("output is input", "run {pipe} --out {cohort}", "is the input"),
     ("output is input", "segment {dicom} --point 4,16,16 --out {dicom}/o.nii.gz --model untrained", "inside the input folder"),
     ("prompt value", "segment {img} --point 4,16,16,5 --out {tmp}/o.nii.gz", "LABEL must be 1"),
@@ -46,6 +51,11 @@ CORPUS = [
     ("size or number", "segment {img} --point 4,16,16 --image-size 32 --out {tmp}/o.nii.gz", "at least 64"),
     ("size or number", "segment {img} --point 4,16,16 --image-size big --out {tmp}/o.nii.gz", "--image-size"),
     ("size or number", "run {pipe} --out {tmp}/r --workers 0", "--workers"),
+    ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --threshold 1.5", "[0, 1]"),
+    ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --k 0", "--k"),
+    ("size or number", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --score-threshold -0.1", "[0, 1]"),
+    ("size or number", "baseline train --manifest {cohort} --out {tmp}/m --input-size 100", "multiple of 32"),
+    ("device", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --device gpu9", "gpu9"),
     ("size or number", "run {pipe} --out {tmp}/r --workers two", "--workers"),
     ("size or number", "run {pipe} --out {tmp}/r --case-timeout -1", "--case-timeout"),
     ("size or number", "run {pipe} --out {tmp}/r --retries -2", "--retries"),
@@ -159,3 +169,20 @@ def test_run_exit_code_says_whether_every_case_succeeded(files, tmp_path, capsys
     code, err = invoke(["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "r"), "--no-progress"], capsys)
     assert code in (2, 3)  # the broken file is caught before compute (2) or as a failed case (3)
     assert "Traceback" not in err and "broken" in err
+
+
+def test_check_output_refuses_inputs_links_and_input_folders(tmp_path):
+    from medseg.errors import OutputError
+    from medseg.outputs import check_output, check_writable
+
+    image, series = tmp_path / "ct.nii.gz", tmp_path / "series"
+    image.write_bytes(b"x")
+    series.mkdir()
+    (tmp_path / "link.nii.gz").symlink_to(image)
+    for output, message in [(image, "is the input"), (tmp_path / "link.nii.gz", "is the input"),
+                            (tmp_path / "sub" / ".." / "ct.nii.gz", "is the input"), (series / "labels.nii.gz", "inside the input folder")]:
+        with pytest.raises(OutputError, match=message):
+            check_output(output, inputs=[image, None, series])
+    assert check_output(tmp_path / "labels.nii.gz", inputs=[image, series]) == (tmp_path / "labels.nii.gz").resolve()
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_writable(image / "labels.nii.gz")

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from medseg.errors import GeometryError, InputError
+from medseg.errors import GeometryError, InputError, OutputError
 from medseg.geometry import Geometry
 from medseg.io import load_labels, load_volume, read_geometry, save_labels
 from medseg.volume import LabelVolume
@@ -235,3 +235,51 @@ def test_save_labels_picks_the_smallest_integer_type(tmp_path, phantom_case):
     out = save_labels(LabelVolume.like(phantom_case.volume, big), phantom_case.volume, tmp_path / "big.nii.gz")
     assert nib.load(out).get_data_dtype() == np.uint16
     np.testing.assert_array_equal(load_labels(out, phantom_case.volume).array, big)
+
+
+def test_nifti_with_a_zero_size_dimension_names_the_file(tmp_path):
+    path = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((5, 0, 7), np.float32), np.eye(4)), path)
+    for read in (load_volume, read_geometry):
+        with pytest.raises(InputError, match=r"empty\.nii\.gz: a NIfTI with a zero-size dimension \(shape \(5, 0, 7\)\)"):
+            read(path)
+
+
+def test_save_labels_takes_a_plain_integer_array(phantom_case, tmp_path):
+    out = save_labels(phantom_case.labels.array, phantom_case.volume, tmp_path / "labels.nii.gz")
+    np.testing.assert_array_equal(load_labels(out, phantom_case.volume).array, phantom_case.labels.array)
+    with pytest.raises(GeometryError, match=r"label array shape \(2, 3, 4\) does not match its volume's shape"):
+        save_labels(np.zeros((2, 3, 4), np.int32), phantom_case.volume, tmp_path / "bad.nii.gz")
+    with pytest.raises(InputError, match=r"format='rtstruct' applies to \.dcm outputs only"):
+        save_labels(phantom_case.labels, phantom_case.volume, tmp_path / "x.nii.gz", format="rtstruct")
+
+
+def test_save_labels_never_replaces_an_input(phantom_case, dicom_phantom, tmp_path, unmodified):
+    volume = load_volume(phantom_case.image)
+    labels = load_labels(phantom_case.label, volume)
+    (tmp_path / "link.nii.gz").symlink_to(phantom_case.image)
+    (tmp_path / "dir_link").symlink_to(phantom_case.image.parent)
+    with unmodified(phantom_case.image, phantom_case.label, dicom_phantom.image):
+        for target in (phantom_case.image, tmp_path / "link.nii.gz", tmp_path / "dir_link" / phantom_case.image.name):
+            with pytest.raises(OutputError, match=r"is the input .*phantom\.nii\.gz: writing it would destroy the input"):
+                save_labels(labels, volume, target)
+        with pytest.raises(OutputError, match=r"is the input .*phantom_labels\.nii\.gz"):
+            save_labels(labels, volume, phantom_case.label)  # the label map that was read
+        series = load_volume(dicom_phantom.image)
+        inside = dicom_phantom.image / "labels.dcm"
+        with pytest.raises(OutputError, match=rf"labels\.dcm lies inside the input folder {dicom_phantom.image}"):
+            save_labels(dicom_phantom.labels.array, series, inside, format="rtstruct")
+        with pytest.raises(OutputError, match=r"writing it would destroy the input"):
+            save_labels(dicom_phantom.labels.array, series, series.source_files[3])
+    assert not inside.exists()
+
+
+def test_label_file_kind_tells_label_objects_from_images(dicom_phantom, tmp_path):
+    from medseg.io import label_file_kind
+
+    series = load_volume(dicom_phantom.image)
+    rt = save_labels(dicom_phantom.labels.array, series, tmp_path / "rt.dcm", format="rtstruct")
+    seg = save_labels(dicom_phantom.labels.array, series, tmp_path / "seg.dcm")
+    assert [label_file_kind(p) for p in (rt, seg, series.source_files[0], dicom_phantom.label, dicom_phantom.image)] == [
+        "rtstruct", "seg", None, None, None
+    ]

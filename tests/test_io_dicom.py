@@ -303,3 +303,28 @@ def test_real_truncated_file_is_refused(unmodified):
 def test_real_non_image_dicom_is_refused():
     with pytest.raises(InputError, match=r"liver_1frame\.dcm: a DICOM SEG without an image to load"):
         load_volume(pydicom_test_file("liver_1frame.dcm"))
+
+
+def _tilt(files, degrees: float) -> None:
+    """Shift each slice along the row direction in proportion to its distance along the normal."""
+    for path in files:
+        ds = pydicom.dcmread(path)
+        position = np.array(ds.ImagePositionPatient, float)
+        along = np.dot(position, np.cross(*np.reshape(np.array(ds.ImageOrientationPatient, float), (2, 3))))
+        shift = np.tan(np.radians(degrees)) * along * np.array(ds.ImageOrientationPatient[:3], float)
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position + shift]
+        ds.save_as(path)
+
+
+def test_small_gantry_tilt_is_refused_not_dropped(dicom_phantom, tmp_path):
+    # 0.5 degrees passed before (the shear was silently dropped): the last slice would sit 0.2 mm off.
+    files = _copy_series(dicom_phantom.image, tmp_path / "series")
+    _tilt(files, 0.5)
+    with pytest.raises(GeometryError, match=r"gantry tilt of about 0\.50 degrees, the last slice 0\.20 mm off\); the grid is sheared and medseg will not drop"):
+        load_volume(tmp_path / "series")
+
+
+def test_position_rounding_is_not_tilt(dicom_phantom, tmp_path):
+    files = _copy_series(dicom_phantom.image, tmp_path / "series")
+    _tilt(files, 0.05)  # a drift of 0.02 mm over the stack: what 2-decimal positions produce
+    assert load_volume(tmp_path / "series").geometry.same_grid(dicom_phantom.volume.geometry, atol=0.05)

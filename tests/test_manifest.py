@@ -184,3 +184,78 @@ def test_committed_demo_manifest_is_what_the_generator_writes(tmp_path):
     cohort = load_manifest(written)
     assert [c.split for c in cohort.cases] == ["train"] * 4 + ["test"] * 2
     cohort.validate_data()
+
+
+# --- SEG and RTSTRUCT labels: ROI names -> label values ------------------------------------
+@pytest.fixture(scope="module")
+def clinical_rtstruct(tmp_path_factory, dicom_phantom):
+    """An RTSTRUCT with clinical-style ROI names ("LIVER", "spleen", "Lt Kidney", "Couch") on the DICOM phantom."""
+    import pydicom
+
+    from medseg.io import load_volume, save_labels
+    from medseg.volume import LabelVolume
+
+    folder = tmp_path_factory.mktemp("clinical")
+    volume = load_volume(dicom_phantom.image)
+    array = dicom_phantom.labels.array.copy()
+    array[0, :3, :3] = 4  # a fourth structure, the couch
+    out = save_labels(LabelVolume.like(volume, array), volume, folder / "rt.dcm", format="rtstruct")
+    ds = pydicom.dcmread(out)
+    for roi, name in zip(ds.StructureSetROISequence, ("LIVER", "spleen", "Lt Kidney", "Couch")):
+        roi.ROIName = name
+    ds.save_as(out)
+    return out
+
+
+def _rt_manifest(tmp_path, dicom_phantom, rtstruct, **extra) -> Path:
+    labels = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney_left"}
+    case = {"id": "rt_case", "image": str(dicom_phantom.image), "label": str(rtstruct), "split": "test"}
+    return _write(tmp_path / "m.json", {"name": "rt", "modality": "CT", "labels": labels, "cases": [case], **extra})
+
+
+def test_rtstruct_label_roi_names_by_rules(tmp_path, dicom_phantom, clinical_rtstruct, caplog):
+    path = _rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct,
+                        roi_names={"1": ["liver"], "2": ["exact:spleen"], "3": ["glob:l* kidney", "re:kidney_l(eft)?"]})
+    cohort = load_manifest(path)
+    with caplog.at_level("WARNING"):
+        cohort.validate_data()
+    assert "case 'rt_case': ROI(s) ['Couch'] of rt.dcm match no label and are left out" in caplog.text
+    volume, labels = cohort.case("rt_case").load()
+    np.testing.assert_array_equal(labels.array, dicom_phantom.labels.array)  # the couch is left out, the rest lands exactly
+    assert labels.label_names == {1: "liver", 2: "spleen", 3: "kidney_left"}
+
+
+def test_rtstruct_label_default_mapping_uses_names_and_tg263(tmp_path, dicom_phantom, clinical_rtstruct):
+    # No "roi_names": "LIVER" matches label "liver" (case-insensitive); "kidney_left" is TG-263 "Kidney_L", not "Lt Kidney".
+    cohort = load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct))
+    assert cohort.roi_report(cohort.cases[0]) == [
+        "case 'rt_case': ROI(s) ['Lt Kidney', 'Couch'] of rt.dcm match no label and are left out",
+        "case 'rt_case': no ROI of rt.dcm matches label(s) 3 (kidney_left)",
+    ]
+    _, labels = cohort.cases[0].load()
+    assert labels.labels == [1, 2]
+
+
+def test_rtstruct_roi_matched_twice_is_refused_before_compute(tmp_path, dicom_phantom, clinical_rtstruct):
+    cohort = load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct, roi_names={"1": ["glob:*"], "2": ["spleen"]}))
+    with pytest.raises(ConfigError, match=r"case 'rt_case': .*rt\.dcm: ROI\(s\) matched by several labels: 'spleen' -> labels \[1, 2\]"):
+        cohort.validate_data()
+
+
+def test_bad_roi_names_are_manifest_problems(tmp_path, dicom_phantom, clinical_rtstruct):
+    with pytest.raises(ConfigError) as error:
+        load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct, roi_names={"1": ["re:(unclosed"], "7": ["x"]}))
+    assert "roi_names['1']: bad regular expression '(unclosed'" in str(error.value)
+
+
+def test_seg_label_segments_mapped_by_name(tmp_path, dicom_phantom):
+    from medseg.io import load_volume, save_labels
+    from medseg.volume import LabelVolume
+
+    volume = load_volume(dicom_phantom.image)
+    names = {1: "Kidney_L", 2: "Liver", 3: "Spleen"}  # another order than the manifest's values
+    relabel = np.array([0, 2, 3, 1])
+    seg = save_labels(LabelVolume.like(volume, relabel[dicom_phantom.labels.array], label_names=names), volume, tmp_path / "s" / "seg.dcm")
+    cohort = load_manifest(_rt_manifest(tmp_path, dicom_phantom, seg))
+    _, labels = cohort.cases[0].load()
+    np.testing.assert_array_equal(labels.array, dicom_phantom.labels.array)

@@ -159,16 +159,17 @@ def test_track_object_predicts_every_query_slice_once(model, placement):
     frames, ref_frames = VolumeFrames(query), VolumeFrames(ref)
     external = [(ref_frames[z], ref_labels.array[z] == 1) for z in (3, 5)]
     calls = []
-    track = track_object(model, cache, frames, 1, external=external, placement=placement, progress=lambda: calls.append(1))
-    assert len(calls) == 7 and np.isfinite(track.scores).all()
+    track = track_object(model, cache, frames, 1, external=external, placement=placement,
+                         progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 7) for i in range(1, 8)] and np.isfinite(track.scores).all()
     assert track.logits.shape == (7, 32, 32) and track.mask(0).shape == (40, 36)
     # with conditioning slices on the query: those come back exactly, the rest is predicted once each
     drawn = np.zeros((40, 36), bool)
     drawn[10:20, 5:15] = True
     calls.clear()
     track = track_object(model, cache, frames, 1, in_query={4: drawn}, external=external, placement=placement,
-                         progress=lambda: calls.append(1))
-    assert len(calls) == 7 and np.isfinite(track.scores).all()
+                         progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 7) for i in range(1, 8)] and np.isfinite(track.scores).all()
     assert np.array_equal(track.mask(4), drawn)
     assert cache.encoder_calls == 7 + 2
 

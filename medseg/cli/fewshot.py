@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli.outputs import add_dicom_format
+from medseg.cli import values
 from medseg.cli.segment import add_sam2_runtime_options
 
 
@@ -24,15 +26,16 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
                    help="LABELS [Z1,Z2,...]: a label map drawn on the query itself (on its grid); those slices come back "
                    "exactly as drawn; repeatable")
     p.add_argument("--query", required=True, help="volume to segment: DICOM folder or file, NIfTI, NRRD or MHA")
-    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
+    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    add_dicom_format(p)
     p.add_argument("--mode", choices=["revsam2", "baseline", "baseline-middle"], default="revsam2",
                    help="revsam2: forward, reverse scoring, re-prompt (default); baseline: supports before the query; "
                    "baseline-middle: supports in the query's middle, propagation both ways")
     p.add_argument("--model", default="sam2.1-tiny", help="registry name (sam2.1-tiny|small|base-plus|large, medsam2, untrained) or a checkpoint path (default sam2.1-tiny)")
     p.add_argument("--label", action="append", default=[], metavar="ID=NAME", help="segment this label (value=name); repeatable (default: every label of the references)")
-    p.add_argument("--k", type=int, default=3, help="support slices sampled per label and reference (default 3)")
+    p.add_argument("--k", type=values.positive_int, default=3, help="support slices sampled per label and reference (default 3)")
     p.add_argument("--top-k", type=_none_or(int), default=3, metavar="N|none", help="revsam2: re-prompt with at most N query slices (default 3)")
-    p.add_argument("--threshold", type=_none_or(float), default=0.5, metavar="DICE|none", help="revsam2: minimum reverse score of a selected slice (default 0.5)")
+    p.add_argument("--threshold", type=_none_or(values.fraction), default=0.5, metavar="DICE|none", help="revsam2: minimum reverse score of a selected slice (default 0.5)")
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")
@@ -68,11 +71,13 @@ def _parse_support_option(option: str, items: list[str], paths: tuple[str, ...])
 
 
 def _run_fewshot(args: argparse.Namespace) -> None:
-    import json
+    from pathlib import Path
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
     from medseg.cli.progress import tqdm_progress
+    from medseg.outputs import check_outputs
+    from medseg.pipeline.results import write_json
     from medseg.revsam2 import SupportEntry, SupportSet, segment_with_references
     from medseg.sam2 import load_model
     from medseg.volume import UNTRAINED_BANNER
@@ -81,6 +86,8 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     drawn = [_parse_support_option("--support-from-query", items, ("LABELS",)) for items in args.support_from_query]
     if not others and not drawn:
         raise ConfigError("no reference: give --support IMAGE LABELS and/or --support-from-query LABELS")
+    check_outputs({"--out": args.out, "--qc": args.qc},
+                  inputs=[args.query, args.model, *(p for paths, _ in others + drawn for p in paths)])
     label_map = {}
     for text in args.label:
         value, _, name = text.partition("=")
@@ -106,7 +113,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
             min_spacing=args.min_spacing, include_supports=args.include_supports,
             offload_state_to_cpu=args.offload_state_to_cpu, progress=progress,
         )
-    print(f"wrote {save_labels(labels, query, args.out)}")
+    print(f"wrote {save_labels(labels, query, args.out, format=args.dicom_format)}")
     for value, name in labels.label_names.items():
         detail = labels.provenance["labels"].get(str(value), {})
         selected = f", re-prompted from slices {detail['selected_slices']}" if detail.get("selected_slices") else ""
@@ -114,8 +121,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
         voxels = int((labels.array == value).sum())
         print(f"  {value} {name}: {voxels} voxels, score {labels.scores[value]:.3f}{selected}{fallback}")
     if args.qc:
-        with open(args.qc, "w", encoding="utf-8") as f:
-            json.dump({"scores": labels.scores, "provenance": labels.provenance}, f, indent=1)
+        write_json(Path(args.qc), {"scores": labels.scores, "provenance": labels.provenance})
         print(f"wrote {args.qc}")
     if labels.untrained:
         print(UNTRAINED_BANNER, file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from medseg.cli import values
+from medseg.cli.outputs import add_dicom_format
 
 
 def add_segment(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,8 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
     p.add_argument("--prompts", type=values.json_file, metavar="FILE.json", help="prompts as written in a result's provenance (Prompts.to_dict)")
     p.add_argument("--name", action="append", default=[], metavar="ID=NAME", help="name of an object (label value); repeatable")
-    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha)")
+    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    add_dicom_format(p)
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, per-slice QC and provenance as JSON")
     p.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
@@ -46,7 +48,7 @@ def _run_segment(args: argparse.Namespace) -> None:
 
     from medseg.errors import ConfigError
     from medseg.io import load_labels, load_volume, save_labels
-    from medseg.outputs import check_output, check_writable
+    from medseg.outputs import check_outputs
     from medseg.pipeline.results import write_json
     from medseg.prompts import Prompts
     from medseg.sam2 import Sam2VolumePredictor
@@ -54,10 +56,7 @@ def _run_segment(args: argparse.Namespace) -> None:
     from medseg.volume import UNTRAINED_BANNER
 
     volume = load_volume(args.volume, series_uid=args.series_uid)
-    inputs = [args.volume, args.mask, args.model]
-    for path, what in ((args.out, "--out"), (args.qc, "--qc")):
-        if path is not None:
-            check_writable(check_output(path, inputs=inputs, what=what), what=what)
+    check_outputs({"--out": args.out, "--qc": args.qc}, inputs=[args.volume, args.mask, args.model])
     prompts = Prompts.from_dict(args.prompts) if args.prompts else Prompts()
     for obj_id, v in args.point:
         prompts.add_point(obj_id, int(v[0]), v[1], v[2], positive=bool(v[3]) if len(v) == 4 else True)
@@ -80,7 +79,7 @@ def _run_segment(args: argparse.Namespace) -> None:
         offload_state_to_cpu=args.offload_state_to_cpu,
     )
     labels = predictor.segment(volume, prompts, progress=not args.no_progress)
-    print(f"wrote {save_labels(labels, volume, args.out)}")
+    print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     qc = qc_summary(labels)
     print(qc.to_text())
     if args.qc:  # valid JSON (NaN -> null), written atomically

@@ -52,46 +52,32 @@ def box(text: str) -> tuple[int, list[float]]:
     return obj_id, v
 
 
+def _number(text: str, kind: type, noun: str, ok: Callable[[float], bool], rule: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise _fail(f"{text!r} is not {noun}") from None
+    if not ok(value):
+        raise _fail(f"{text!r}: {rule}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1 (ids, counts, steps)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise _fail(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise _fail(f"{text!r}: must be at least 1")
-    return value
+    return _number(text, int, "an integer", lambda v: v >= 1, "must be at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise _fail(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise _fail(f"{text!r}: must be 0 or more")
-    return value
+    return _number(text, int, "an integer", lambda v: v >= 0, "must be 0 or more")
 
 
 def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise _fail(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise _fail(f"{text!r}: must be more than 0 seconds")
-    return value
+    return _number(text, float, "a number of seconds", lambda v: v > 0, "must be more than 0 seconds")
 
 
 def fraction(text: str) -> float:
     """A threshold in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise _fail(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise _fail(f"{text!r}: must lie in [0, 1]")
-    return value
+    return _number(text, float, "a number", lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]")
 
 
 def image_size(text: str) -> int:

@@ -2,8 +2,9 @@
 
 Inputs: a DICOM series folder (one or several series), a single DICOM file (multi-frame or
 one slice), NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage
-(``.mha``, ``.mhd``). Outputs (``save_labels``): NIfTI, NRRD, MetaImage, and DICOM SEG when
-the image came from DICOM.
+(``.mha``, ``.mhd``); label maps also as DICOM SEG or RT Structure Set (RTSTRUCT). Outputs
+(``save_labels``): NIfTI, NRRD, MetaImage, and DICOM SEG or RTSTRUCT when the image came
+from DICOM.
 
 Every reader returns voxels as ``(z, y, x)`` with a ``Geometry`` in the LPS convention of
 SimpleITK (see ``medseg.geometry``); CT is in HU. Input files are only ever opened for
@@ -16,19 +17,26 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
-from medseg.io import dicom, itk, nifti, seg
+from medseg.outputs import check_output
+from medseg.io import dicom, itk, nifti, rtstruct, seg
 from medseg.io.dicom import DicomSeries, list_dicom_series
-from medseg.io.files import format_of, output_suffix
+from medseg.io.files import format_of, label_file_kind, label_file_names, output_suffix
+from medseg.roi_names import RoiMapping
+from medseg.io.rtstruct_write import write_rtstruct
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-__all__ = ["DicomSeries", "list_dicom_series", "load_labels", "load_volume", "read_geometry", "save_labels"]
+__all__ = [
+    "DicomSeries", "RoiMapping", "label_file_kind", "label_file_names", "list_dicom_series", "load_labels", "load_volume", "read_geometry",
+    "save_labels",
+]
 
 _LABEL_WRITERS = {
     ".nii": partial(nifti.write_nifti, labels=True),
@@ -65,15 +73,15 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, *, pick_
         raise InputError(f"{path}: series_uid applies to DICOM input only; this is a {kind} file")
     if kind == "nifti":
         array, geometry = nifti.read_nifti(path)
-        volume = Volume(array, geometry, "OT", {"format": "nifti"})
+        volume = Volume(array, geometry, "OT", {"format": "nifti"}, source_files=(path,))
     elif kind == "itk":
         array, geometry = itk.read_itk(path)
-        volume = Volume(array, geometry, "OT", {"format": path.suffix.lower().lstrip(".")})
+        volume = Volume(array, geometry, "OT", {"format": path.suffix.lower().lstrip(".")}, source_files=(path,))
     else:
         array, geometry, metadata, files = dicom.read_dicom(path, series_uid, pick_largest=pick_largest)
         volume = Volume(array, geometry, str(metadata.get("Modality", "OT")), metadata, source_files=files)
     _check_finite(volume.array, path)
-    logger.debug("loaded %s: %s volume, shape %s, spacing %s", path, volume.modality, volume.shape, volume.spacing)
+    log.debug("loaded %s: %s volume, shape %s, spacing %s", path, volume.modality, volume.shape, volume.spacing)
     return volume
 
 
@@ -88,17 +96,24 @@ def read_geometry(path: str | os.PathLike, series_uid: str | None = None, *, pic
     return dicom.read_dicom_geometry(path, series_uid, pick_largest=pick_largest)
 
 
-def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume:
+def load_labels(path: str | os.PathLike, like: Volume | Geometry, *, roi_names: RoiMapping | None = None) -> LabelVolume:
     """Load a label map that must lie on the voxel grid of ``like`` (a Volume or its Geometry).
 
-    NIfTI, NRRD and MetaImage files must have ``like``'s shape and affine; a DICOM SEG's frames
-    must fall on ``like``'s voxels (its segment numbers become the label values).
+    NIfTI, NRRD and MetaImage files must have ``like``'s shape and affine. A DICOM SEG's
+    frames must fall on ``like``'s voxels (segment numbers become label values). An RT
+    Structure Set's contours are filled on ``like``'s grid (``medseg.io.rtstruct``); with a
+    ``Volume`` read from DICOM it must reference that series (frame of reference and SOP
+    instances), with a bare ``Geometry`` only the placement is checked. Its ROIs become
+    labels 1, 2, ... in file order (ROIs without area, such as points, are left out).
+
+    ``roi_names`` (SEG and RTSTRUCT only) maps segment / ROI names to label values; names it
+    does not match are left out, and a name matching several values is a ``ConfigError``.
 
     Raises
     ------
     GeometryError
-        The file's shape, spacing, origin or direction differ from ``like``'s (the message names
-        the file and each difference).
+        The file's shape, spacing, origin or direction differ from ``like``'s, or a SEG /
+        RTSTRUCT was made on another image (the message names the file and each difference).
     InputError
         Unreadable file, or voxel values that are not non-negative integers.
     """
@@ -110,43 +125,99 @@ def load_labels(path: str | os.PathLike, like: Volume | Geometry) -> LabelVolume
         array, geometry = nifti.read_nifti(path)
     elif kind == "itk":
         array, geometry = itk.read_itk(path)
+    elif kind == "dicom" and label_file_kind(path) == "rtstruct":
+        sources = like.source_files if isinstance(like, Volume) and _from_dicom(like) else ()
+        (array, names), geometry = _rtstruct_labels(path, grid, sources, roi_names), grid
     elif kind == "dicom":
         (array, names), geometry = seg.read_seg(path, grid), grid
+        if roi_names is not None:
+            array, names = _relabel(array, names, roi_names, path)
     else:
-        raise InputError(f"{path}: a folder; give the label file (NIfTI, NRRD, MetaImage or DICOM SEG)")
+        raise InputError(f"{path}: a folder; give the label file (NIfTI, NRRD, MetaImage, DICOM SEG or RTSTRUCT)")
     if not grid.same_grid(geometry):
         raise GeometryError(
             f"{path}: label map does not lie on its image's voxel grid: {grid.describe_difference(geometry)} "
             "(label vs image); give the label file that was drawn on this image, or resample it onto the image first"
         )
-    return LabelVolume(_integer_labels(array, path), grid, label_names=names)
+    return LabelVolume(_integer_labels(array, path), grid, label_names=names, source_files=(path,))
 
 
-def save_labels(labels: LabelVolume, like: Volume, path: str | os.PathLike) -> Path:
+def save_labels(
+    labels: LabelVolume | np.ndarray,
+    like: Volume,
+    path: str | os.PathLike,
+    *,
+    format: Literal["seg", "rtstruct"] | None = None,
+) -> Path:
     """Write ``labels`` on ``like``'s geometry; the format follows the suffix of ``path``.
 
+    ``labels`` is a ``LabelVolume`` or a plain integer array of ``like``'s shape.
     ``.nii`` / ``.nii.gz`` (sform = qform = ``like.affine``), ``.nrrd`` or ``.mha``: voxels in the
-    smallest integer type that holds them. ``.dcm``: a DICOM SEG referencing the DICOM files
-    ``like`` was read from (label value = segment number, names from ``labels.label_names``).
-    The file appears complete or not at all (written beside the target, then renamed).
+    smallest integer type that holds them. ``.dcm``: a DICOM object referencing the DICOM files
+    ``like`` was read from, a SEG (``format="seg"``, the default: label value = segment number)
+    or an RT Structure Set (``format="rtstruct"``: one ROI of contours per label value); names
+    come from ``labels.label_names``. The file appears complete or not at all (written beside
+    the target, then renamed).
 
-    Returns the path written.
+    Raises ``OutputError`` when ``path`` resolves (symlinks included) to a file the labels or
+    the image were read from, or lies in the folder of a DICOM series read: an output never
+    replaces an input (``medseg.outputs.check_output``). Returns the path written.
     """
     path = Path(path)
+    if not isinstance(labels, LabelVolume):
+        labels = LabelVolume(np.asarray(labels), like.geometry)
     if not labels.geometry.same_grid(like.geometry):
         raise GeometryError(
             f"cannot save labels to {path}: they are not on the image's grid ({like.geometry.describe_difference(labels.geometry)})"
         )
     suffix = output_suffix(path)
+    if format not in (None, "seg", "rtstruct") or (format is not None and suffix != ".dcm"):
+        raise InputError(f"{path}: format={format!r} applies to .dcm outputs only, as \"seg\" or \"rtstruct\"")
+    series = like.metadata.get("format") == "dicom-series" and len(like.source_files) > 1  # read from a folder
+    folders = {f.parent for f in like.source_files} if series else set()
+    check_output(path, inputs=[*like.source_files, *labels.source_files, *folders], what="label file")
     if suffix == ".dcm":
-        seg.write_seg(labels, like, path)
+        if not _from_dicom(like):
+            raise InputError(
+                f"cannot write {path} as DICOM {format or 'SEG'}: the image was not read from DICOM "
+                f"({like.metadata.get('format', 'unknown format')}); save the labels as .nii.gz instead"
+            )
+        (write_rtstruct if format == "rtstruct" else seg.write_seg)(labels, like, path)
         return path
     writer = _LABEL_WRITERS.get(suffix)
     if writer is None:
         raise InputError(f"{path}: cannot write labels as {suffix or 'a file without suffix'}; use one of {sorted([*_LABEL_WRITERS, '.dcm'])}")
     writer(_smallest_label_dtype(labels.array, path), like.geometry, path)
-    logger.info("wrote labels %s to %s", labels.labels, path)
+    log.info("wrote labels %s to %s", labels.labels, path)
     return path
+
+
+def _from_dicom(volume: Volume) -> bool:
+    return bool(volume.source_files) and str(volume.metadata.get("format", "")).startswith("dicom")
+
+
+def _rtstruct_labels(path: Path, grid: Geometry, sources: tuple[Path, ...], roi_names: RoiMapping | None) -> tuple[np.ndarray, dict[int, str]]:
+    """The label map and names of an RTSTRUCT: by ``roi_names``, else ROIs with area numbered in order."""
+    rois = rtstruct.read_rois(path, grid, sources)
+    if roi_names is None:
+        with_area = [roi for roi in rois if roi.contours]
+        values = {roi.number: value for value, roi in enumerate(with_area, start=1)}
+        names = {value: roi.name for value, roi in enumerate(with_area, start=1)}
+    else:
+        match = roi_names.match([roi.name for roi in rois], source=path)
+        values = {roi.number: match.values[roi.name] for roi in rois if roi.name in match.values}
+        names = {}
+    return rtstruct.label_map(rois, grid.shape, values), names
+
+
+def _relabel(array: np.ndarray, names: dict[int, str], roi_names: RoiMapping, path: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """A SEG's label map with its segments renumbered by their names."""
+    match = roi_names.match(list(names.values()), source=path)
+    lookup = np.zeros(int(array.max(initial=0)) + 1, dtype=np.int32)
+    for number, name in names.items():
+        if number < len(lookup):
+            lookup[number] = match.values.get(name, 0)
+    return lookup[array], {}
 
 
 def _check_finite(array: np.ndarray, path: Path) -> None:

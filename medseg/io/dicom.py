@@ -4,7 +4,10 @@ Geometry is computed here from the headers (ImagePositionPatient, ImageOrientati
 PixelSpacing), never from file names or InstanceNumber: slices are sorted by their position
 along the slice normal, and a stack that is not one regular grid (missing slice, uneven
 spacing, mixed orientations, repeated positions, gantry tilt) is refused with a message
-that says which. Voxels of single-frame series are decoded by SimpleITK/GDCM, which handles
+that says which. Gantry tilt is refused rather than dropped: ``Geometry`` has no shear, and
+placing a tilted stack on an orthogonal grid moves its far slices by the accumulated drift
+(a 1 degree tilt over 300 mm is 5 mm, silently, in every output written on that grid). Only
+a drift of at most ``SHEAR_TOLERANCE`` of a pixel, which rounded positions produce, passes. Voxels of single-frame series are decoded by SimpleITK/GDCM, which handles
 the compressed transfer syntaxes and applies RescaleSlope/Intercept per file (CT in HU).
 Multi-frame images (enhanced CT/MR) are read with pydicom, with positions, orientation and
 rescale taken from the per-frame and shared functional groups.
@@ -36,7 +39,7 @@ from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.io.files import has_dicom_preamble
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Acquisition fields that identify no one; everything else in the header stays out. Free-text
 # fields that PS3.15 (de-identification) asks to remove or replace, such as ProtocolName and
@@ -68,6 +71,7 @@ _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR"
 _ORIENTATION_TOL = 1e-4
 _SPACING_REL_TOL = 0.02  # slice gaps may differ by 2 % (rounded positions) before a stack is irregular
 _SPACING_ABS_TOL = 0.01  # mm
+SHEAR_TOLERANCE = 0.1  # largest in-plane drift of a slice off the slice normal, in pixels (rounding, not tilt)
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,20 @@ def multiframe_order(dataset: pydicom.Dataset) -> np.ndarray:
     return _multiframe_geometry(dataset)[0]
 
 
+def require_attributes(header: pydicom.Dataset, file: Path, output: Path, what: str) -> None:
+    """Refuse to write a derived object (SEG, RTSTRUCT) whose source lacks what it must reference.
+
+    The frame of reference cannot be invented: a new UID would claim a coordinate system the
+    source does not share, and a planning system would then place the object on nothing.
+    """
+    for attribute in ("FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(header.get(attribute, "") or ""):
+            raise InputError(
+                f"cannot write {output} as {what}: the source image {file} lacks {attribute}, which a {what} must "
+                "reference; save the labels as .nii.gz instead (or repair the source's header)"
+            )
+
+
 def stack_geometry(slices: list[_Slice], source: str, *, single_slice_spacing: float = 1.0) -> tuple[np.ndarray, Geometry]:
     """Sort 2D frames into one regular 3D grid: the order (indices into ``slices``) and its geometry.
 
@@ -152,7 +170,7 @@ def stack_geometry(slices: list[_Slice], source: str, *, single_slice_spacing: f
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     along = along[order]
-    spacing_z = _slice_spacing(along, positions[order], normal, source) if len(slices) > 1 else single_slice_spacing
+    spacing_z = _slice_spacing(along, positions[order], normal, source, min(first.pixel_spacing)) if len(slices) > 1 else single_slice_spacing
     geometry = Geometry(
         shape=(len(slices), *first.size),
         spacing=(spacing_z, *first.pixel_spacing),
@@ -199,7 +217,7 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
             "or the path of a NIfTI/NRRD/MHA file"
         )
     if not_dicom:
-        logger.info("%s: skipped %d file(s) that are not DICOM", folder, len(not_dicom))
+        log.info("%s: skipped %d file(s) that are not DICOM", folder, len(not_dicom))
     return groups
 
 
@@ -229,7 +247,7 @@ def _select(path: Path, series_uid: str | None, *, pick_largest: bool) -> tuple[
     elif len(found) == 1 or pick_largest:
         chosen = found[0]
         if len(found) > 1:
-            logger.info("%s: %d series found, loading the largest: %s", path, len(found), chosen)
+            log.info("%s: %d series found, loading the largest: %s", path, len(found), chosen)
     else:
         raise InputError(
             f"{path}: holds {len(found)} image series; choose one with series_uid=... (CLI: --series-uid) "
@@ -307,7 +325,7 @@ def _frames(dataset: pydicom.Dataset) -> list[_Slice]:
             f"{_name(dataset)}: a multi-frame image without per-frame functional groups ({n_frames} frames); "
             "medseg cannot place its frames in space. Convert it to an enhanced or single-frame series"
         )
-    size = (int(dataset.Rows), int(dataset.Columns))
+    size = (dataset.get("Rows"), dataset.get("Columns"))
     frames = []
     for index, groups in enumerate(per_frame):
         position = _functional(dataset, groups, "PlanePositionSequence", "ImagePositionPatient")
@@ -315,7 +333,7 @@ def _frames(dataset: pydicom.Dataset) -> list[_Slice]:
         spacing = _functional(dataset, groups, "PixelMeasuresSequence", "PixelSpacing")
         if position is None or orientation is None or spacing is None:
             raise InputError(f"{_name(dataset)}: frame {index + 1} lacks its position, orientation or pixel spacing")
-        frames.append(_Slice(np.array(position, float), np.array(orientation, float), tuple(float(v) for v in spacing), size))
+        frames.append(_make_slice(position, orientation, spacing, size, f"{_name(dataset)} frame {index + 1}"))
     return frames
 
 
@@ -339,7 +357,7 @@ def _functional(dataset: pydicom.Dataset, per_frame: pydicom.Dataset, sequence: 
     return dataset.get(keyword)
 
 
-def _slice_spacing(along: np.ndarray, positions: np.ndarray, normal: np.ndarray, source: str) -> float:
+def _slice_spacing(along: np.ndarray, positions: np.ndarray, normal: np.ndarray, source: str, pixel: float) -> float:
     """The spacing between sorted slices, after checking the stack is regular and unsheared."""
     gaps = np.diff(along)
     if np.any(gaps < _SPACING_ABS_TOL):
@@ -367,11 +385,13 @@ def _slice_spacing(along: np.ndarray, positions: np.ndarray, normal: np.ndarray,
         )
     offsets = positions - positions[0]
     in_plane = offsets - np.outer(offsets @ normal, normal)
-    if np.max(np.linalg.norm(in_plane, axis=1)) > max(_SPACING_REL_TOL * spacing, _SPACING_ABS_TOL) * (len(along) - 1):
+    drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
+    if drift > SHEAR_TOLERANCE * pixel:
         tilt = np.degrees(np.arctan2(np.linalg.norm(in_plane[-1]), along[-1] - along[0]))
         raise GeometryError(
-            f"{source}: slice positions do not follow the slice normal (gantry tilt of about {tilt:.1f} degrees); "
-            "the grid is sheared: resample the series to an orthogonal grid first"
+            f"{source}: slice positions do not follow the slice normal (gantry tilt of about {tilt:.2f} degrees, the "
+            f"last slice {drift:.2f} mm off); the grid is sheared and medseg will not drop the shear: resample the "
+            "series to an orthogonal grid first (e.g. dcm2niix, or SimpleITK's Resample)"
         )
     return float(spacing)
 
@@ -385,15 +405,31 @@ def _direction(orientation: np.ndarray) -> np.ndarray:
 
 
 def _slice_of(header: pydicom.Dataset, path: Path) -> _Slice:
-    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in header]
+    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in header]
     if missing:
         raise InputError(f"{path}: lacks {', '.join(missing)}; medseg cannot place this image in space")
-    return _Slice(
-        np.array(header.ImagePositionPatient, float),
-        np.array(header.ImageOrientationPatient, float),
-        tuple(float(v) for v in header.PixelSpacing),
-        (int(header.Rows), int(header.Columns)),
-    )
+    return _make_slice(header.ImagePositionPatient, header.ImageOrientationPatient, header.PixelSpacing,
+                       (header.Rows, header.Columns), str(path))
+
+
+def _make_slice(position: Any, orientation: Any, spacing: Any, size: Any, where: str) -> _Slice:
+    """A ``_Slice`` from header values, refusing values no image can have (a damaged header)."""
+    try:
+        made = _Slice(np.array(position, float), np.array(orientation, float), tuple(float(v) for v in spacing),
+                      (int(size[0]), int(size[1])))
+    except (TypeError, ValueError, IndexError) as error:
+        raise InputError(f"{where}: unreadable position, orientation, pixel spacing or size ({error}); the header is damaged") from error
+    if (
+        made.position.shape != (3,) or made.orientation.shape != (6,) or len(made.pixel_spacing) != 2
+        or not np.all(np.isfinite(np.r_[made.position, made.orientation, made.pixel_spacing]))
+        or min(made.pixel_spacing) <= 0 or min(made.size) < 1
+        or min(np.linalg.norm(made.orientation[:3]), np.linalg.norm(made.orientation[3:])) < 0.5
+    ):
+        raise InputError(
+            f"{where}: impossible geometry in the header (position {made.position.tolist()}, orientation "
+            f"{made.orientation.tolist()}, pixel spacing {list(made.pixel_spacing)}, size {made.size}); the header is damaged"
+        )
+    return made
 
 
 def _describe(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> DicomSeries:
@@ -416,7 +452,7 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     that cannot be parsed is corrupt, and says so.
     """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return _decoded(pydicom.dcmread(path, stop_before_pixels=True))
     except InvalidDicomError:
         pass
     except Exception as error:
@@ -426,15 +462,23 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     try:
         with warnings.catch_warnings():  # parsing random bytes warns about every "element"
             warnings.simplefilter("ignore")
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            header = _decoded(pydicom.dcmread(path, stop_before_pixels=True, force=True))
             return header if "SOPClassUID" in header or "SeriesInstanceUID" in header else None
     except Exception:  # random bytes parsed as DICOM fail in many ways: not DICOM
         return None
 
 
+def _decoded(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """``dataset`` with every element decoded now: pydicom decodes values on first access, so a
+    damaged value would otherwise fail wherever it is first used, with an error naming no file."""
+    for _ in dataset.iterall():
+        pass
+    return dataset
+
+
 def _read_dataset(path: Path) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, force=True)
+        return _decoded(pydicom.dcmread(path, force=True))
     except Exception as error:
         raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or replace it") from error
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
+
+import pydicom
 
 from medseg.errors import InputError
 
@@ -42,6 +46,49 @@ def has_dicom_preamble(path: Path) -> bool:
     with open(path, "rb") as f:
         f.seek(128)
         return f.read(4) == b"DICM"
+
+
+def label_file_kind(path: str | os.PathLike) -> Literal["rtstruct", "seg"] | None:
+    """``"rtstruct"`` or ``"seg"`` for a DICOM RT Structure Set or Segmentation file, else None.
+
+    For faces that must decide how to open a dropped file (napari): a label file needs the
+    image it was drawn on (``load_labels(path, like=volume)``), not ``load_volume``. Reads
+    the header only; a folder, a non-DICOM or an unreadable file gives None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID", "Modality"])
+    except Exception:  # not DICOM, or too damaged to say
+        return None
+    return dicom_label_kind(header)
+
+
+def label_file_names(path: str | os.PathLike) -> list[str]:
+    """The ROI names of an RTSTRUCT or the segment labels of a SEG, from the header ([] otherwise)."""
+    kind = label_file_kind(path)
+    if kind is None:
+        return []
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if kind == "rtstruct":
+            return [str(item.get("ROIName", "")) for item in header.get("StructureSetROISequence", [])]
+        return [str(item.get("SegmentLabel", "")) for item in header.get("SegmentSequence", [])]
+    except Exception as error:  # a header that parsed for its class but not further: corrupt
+        raise InputError(f"{path}: a corrupt DICOM {kind} header ({type(error).__name__}: {error}); re-export it") from error
+
+
+def dicom_label_kind(header: pydicom.Dataset) -> Literal["rtstruct", "seg"] | None:
+    """``label_file_kind`` of a header already read (by SOP class; by modality when the class is absent)."""
+    sop_class, modality = str(header.get("SOPClassUID", "")), str(header.get("Modality", ""))
+    if sop_class == pydicom.uid.RTStructureSetStorage or (not sop_class and modality == "RTSTRUCT"):
+        return "rtstruct"
+    if sop_class == pydicom.uid.SegmentationStorage or (not sop_class and modality == "SEG"):
+        return "seg"
+    return None
 
 
 def output_suffix(path: Path) -> str:

@@ -15,11 +15,11 @@ import nibabel as nib
 import numpy as np
 from monai.data import NibabelReader
 
-from medseg.errors import InputError
+from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.io.files import atomic_output
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _XFORM_SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: what ITK and dcm2niix write
 
@@ -35,13 +35,13 @@ def read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         raise InputError(f"{path}: cannot read the voxel data ({error}); the file looks truncated or corrupt") from error
     array = np.asarray(array).reshape(shape[:3])
     zyx = np.ascontiguousarray(array.transpose(2, 1, 0))
-    return zyx, Geometry.from_affine(np.asarray(meta["affine"]), zyx.shape)
+    return zyx, _geometry(path, np.asarray(meta["affine"]), zyx.shape)
 
 
 def read_nifti_geometry(path: Path) -> Geometry:
     """The geometry of a 3D NIfTI from its header alone (no voxels are read)."""
     image = _open(NibabelReader(), path)
-    return Geometry.from_affine(image.affine, image.shape[:3][::-1])
+    return _geometry(path, image.affine, image.shape[:3][::-1])
 
 
 def write_nifti(array_zyx: np.ndarray, geometry: Geometry, path: Path, *, labels: bool = False) -> None:
@@ -78,7 +78,7 @@ def write_nifti_if_changed(array_zyx: np.ndarray, geometry: Geometry, path: Path
             ):
                 return False
         except Exception:  # an unreadable earlier file (interrupted write, disk full) is rewritten
-            logger.info("%s is unreadable; rewriting it", path)
+            log.info("%s is unreadable; rewriting it", path)
     write_nifti(array_zyx, geometry, path, labels=labels)
     return True
 
@@ -94,7 +94,16 @@ def _open(reader: NibabelReader, path: Path) -> nib.Nifti1Image:
     return image
 
 
+def _geometry(path: Path, affine: np.ndarray, shape_zyx: tuple[int, ...]) -> Geometry:
+    try:
+        return Geometry.from_affine(affine, shape_zyx)
+    except GeometryError as error:  # a zero, sheared or non-finite affine in the header
+        raise GeometryError(f"{path}: {error}; the file's header is damaged or was written by a faulty converter") from error
+
+
 def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
+    if 0 in shape[:3]:
+        raise InputError(f"{path}: a NIfTI with a zero-size dimension (shape {shape}): it holds no voxels; re-export the image")
     if len(shape) == 3 or (len(shape) > 3 and all(s == 1 for s in shape[3:])):
         return
     if len(shape) < 3:
@@ -109,7 +118,7 @@ def _warn_on_xform_mismatch(path: Path, header: nib.Nifti1Header) -> None:
     sform, sform_code = header.get_sform(coded=True)
     qform, qform_code = header.get_qform(coded=True)
     if sform_code and qform_code and not np.allclose(sform, qform, atol=1e-3):
-        logger.warning(
+        log.warning(
             "%s: sform and qform disagree; using the sform as nibabel does (SimpleITK may use the qform "
             "and place the voxels elsewhere). Check the file's orientation in a viewer.",
             path,

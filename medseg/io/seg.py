@@ -22,21 +22,20 @@ from pydicom.sr.codedict import codes
 import medseg
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
-from medseg.io.dicom import multiframe_order
+from medseg.io.dicom import multiframe_order, require_attributes
 from medseg.io.files import atomic_output
 from medseg.volume import LabelVolume, Volume
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
     """Write ``labels`` as a DICOM SEG referencing ``like``'s source DICOM files."""
-    if not like.source_files:
-        raise InputError(
-            f"cannot write {path} as DICOM SEG: the image was not read from DICOM "
-            f"({like.metadata.get('format', 'unknown format')}); save the labels as .nii.gz instead"
-        )
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in like.source_files]  # highdicom needs headers only
+    require_attributes(sources[0], like.source_files[0], path, "DICOM SEG")
+    for source in sources:  # Type 2 (may be absent) in images, needed by the SEG's pixel measures: the grid's spacing
+        if not source.get("SliceThickness"):
+            source.SliceThickness = like.spacing[0]
     array = labels.array
     if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1)) > 1:
         # A multi-frame source: SEG frames follow the source's frame order, not medseg's z order.
@@ -70,7 +69,7 @@ def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
     seg.SeriesDescription = f"medseg {method}{untrained}"[:64]
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
-    logger.info("wrote DICOM SEG %s with %d segment(s)", path, n_segments)
+    log.info("wrote DICOM SEG %s with %d segment(s)", path, n_segments)
 
 
 def read_seg(path: Path, grid: Geometry) -> tuple[np.ndarray, dict[int, str]]:

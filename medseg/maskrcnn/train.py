@@ -38,7 +38,7 @@ from medseg.maskrcnn.dataset import CaseLike, SliceDataset, StepBatchSampler, pr
 from medseg.maskrcnn.model import build_model, load_pretrained
 from medseg.maskrcnn.predict import predict_instances
 from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
-from medseg.metrics import dice_per_label, mask_ap, mean_dice
+from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
 from medseg.runtime import Progress, ShouldStop, check_stop, report, resolve_device
 
@@ -333,32 +333,39 @@ def _json_number(value: float) -> float | None:
 
 
 def _validate(model: MaskRCNNModel, val_cases: Sequence[CaseLike], device: torch.device) -> None:
-    """Dice per label (mean over cases) and 3D mask AP on the validation cases, appended to ``model.validation``."""
+    """Dice and surface Dice per label (means over cases) and 3D mask AP on the validation
+    cases (``medseg.metrics.evaluate``), appended to ``model.validation``."""
     if not val_cases:
         log.info("no validation cases: skipping validation at step %d", model.steps)
         return
     model.network.eval()
-    dice: dict[int, list[float]] = {v: [] for v in model.label_values}
-    pairs = []
+    cases = []
     for case in val_cases:
         volume, truth = case.load()
         if truth is None:
             raise ConfigError(f"validation case {case.id!r} has no label map; give it a \"label\" or move it to the test split")
         prediction = predict_instances(model, volume, device=device)
-        for value, score in dice_per_label(prediction.labels, truth, labels=model.label_values).items():
-            if not np.isnan(score):  # NaN: the label is in neither map
-                dice[value].append(score)
-        pairs.append((prediction.instances, truth))
-    ap = mask_ap(pairs, labels=model.label_values, mode="3d", instances=model.config.instances)
-    per_label = {v: float(np.mean(s)) if s else float("nan") for v, s in dice.items()}
+        cases.append(evaluate(prediction.labels, truth, labels=model.label_values, instances=prediction.instances, hausdorff=False))
+    ap = mask_ap([c.ap_pair for c in cases], labels=model.label_values, mode="3d", instances=model.config.instances)
+    dice = _mean_over_cases([c.dice for c in cases], model.label_values)
     record: dict[str, Any] = {
         "step": model.steps,
         "cases": len(val_cases),
-        "dice": {str(v): _json_number(d) for v, d in per_label.items()},
-        "mean_dice": _json_number(mean_dice(per_label)),
+        "dice": {str(v): _json_number(d) for v, d in dice.items()},
+        "mean_dice": _json_number(mean_dice(dice)),
+        "surface_dice": {str(v): _json_number(d) for v, d in _mean_over_cases([c.surface_dice for c in cases], model.label_values).items()},
         "mask_ap_3d": _json_number(ap.ap),
         "mask_ap50_3d": _json_number(ap.ap50),
         "mask_ap75_3d": _json_number(ap.ap75),
     }
     model.validation.append(record)
     log.info("validation at step %d: mean Dice %s, 3D mask AP %s", model.steps, record["mean_dice"], record["mask_ap_3d"])
+
+
+def _mean_over_cases(per_case: Sequence[dict[int, float]], label_values: Sequence[int]) -> dict[int, float]:
+    """Per label, the mean over the cases where it is defined (NaN: the label is in neither map)."""
+    means = {}
+    for value in label_values:
+        scores = [case[value] for case in per_case if not np.isnan(case[value])]
+        means[value] = float(np.mean(scores)) if scores else float("nan")
+    return means

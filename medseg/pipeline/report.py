@@ -14,7 +14,6 @@ again on a finished or partial folder).
 from __future__ import annotations
 
 import csv
-import html
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from medseg.io.files import atomic_output
 from medseg.manifest import load_manifest
 from medseg.metrics import mask_ap
 from medseg.pipeline import plots
+from medseg.pipeline.document import Document
 from medseg.pipeline import results as rs
 from medseg.pipeline.stats import mean_ci, paired_comparison
 from medseg.runtime import Progress, ShouldStop, check_stop
@@ -66,74 +66,6 @@ class _Method:
 
     def display(self) -> str:
         return f"{self.name} (untrained)" if self.untrained else self.name
-
-
-class _Document:
-    """Blocks rendered to Markdown and to HTML from one description."""
-
-    def __init__(self) -> None:
-        self.blocks: list[tuple] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("h", level, text))
-
-    def paragraph(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def banner(self, text: str) -> None:
-        self.blocks.append(("banner", text))
-
-    def table(self, header: list[str], rows: list[list[Any]]) -> None:
-        self.blocks.append(("table", header, [[str(c) for c in row] for row in rows]))
-
-    def image(self, path: str, alt: str) -> None:
-        self.blocks.append(("img", path, alt))
-
-    def markdown(self) -> str:
-        out = []
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "h":
-                out.append(f"{'#' * block[1]} {block[2]}")
-            elif kind == "p":
-                out.append(block[1])
-            elif kind == "banner":
-                out.append(f"> **{block[1]}**")
-            elif kind == "table":
-                header, rows = block[1], block[2]
-                out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                     + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]))
-            elif kind == "img":
-                out.append(f"![{block[2]}]({block[1]})")
-        return "\n\n".join(out) + "\n"
-
-    def html(self, title: str) -> str:
-        out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-               "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-               "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-               ".banner{background:#fdd;border:2px solid #c00;padding:1em;font-weight:bold}img{max-width:100%}"
-               "code{background:#eee}</style></head><body>"]
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "h":
-                out.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
-            elif kind == "p":
-                out.append(f"<p>{_inline_code(html.escape(block[1]))}</p>")
-            elif kind == "banner":
-                out.append(f"<div class='banner'>{_inline_code(html.escape(block[1]))}</div>")
-            elif kind == "table":
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
-                out.append(f"<table><tr>{head}</tr>{body}</table>")
-            elif kind == "img":
-                out.append(f"<p><img src='{html.escape(block[1])}' alt='{html.escape(block[2])}'></p>")
-        out.append("</body></html>")
-        return "\n".join(out)
-
-
-def _inline_code(text: str) -> str:
-    parts = text.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def _median_finite(values: list[float]) -> float:
@@ -281,7 +213,7 @@ def _prediction(case_dir: Path, result: dict[str, Any], use_instances: bool) -> 
 
 def _truth(case) -> LabelVolume:
     """The case's label map on its image's own geometry (a prediction on another grid is a GeometryError)."""
-    return load_labels(case.label, read_geometry(case.image, case.series_uid))
+    return case.load_labels(read_geometry(case.image, case.series_uid))
 
 
 def _average_precision(run: _Run, method: _Method) -> dict[str, dict]:
@@ -330,9 +262,9 @@ def _overlays(run: _Run, plot_dir: Path) -> list[Path]:
     return paths
 
 
-def _document(run: _Run, summary: dict[str, Any], paired: list[dict], figures: list[Path]) -> _Document:
+def _document(run: _Run, summary: dict[str, Any], paired: list[dict], figures: list[Path]) -> Document:
     """The report, section after section."""
-    doc = _Document()
+    doc = Document()
     for section in (_intro, _methods_section, _dice_section, _surface_section, _ap_section):
         section(doc, run, summary)
     _paired_section(doc, run, paired)
@@ -345,7 +277,7 @@ def _document(run: _Run, summary: dict[str, Any], paired: list[dict], figures: l
     return doc
 
 
-def _intro(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
+def _intro(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     pipeline, code, methods = run.pipeline, run.code, run.methods
     doc.heading(f"medseg evaluation: {pipeline['name']}", 1)
     untrained = [m.name for m in methods if m.untrained]
@@ -367,7 +299,7 @@ def _intro(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
     )
 
 
-def _methods_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
+def _methods_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Methods")
     doc.table(["method", "type", "model", "checksum", "preset", "cases ok", "failed"], [
         [m.display() + (" (baseline)" if m.info.get("baseline") else ""), m.info.get("type", ""),
@@ -377,7 +309,7 @@ def _methods_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None
         for m in run.methods])
 
 
-def _dice_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
+def _dice_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Dice per label (mean [95% bootstrap CI over cases])")
     doc.table(["method", *run.label_names.values(), "mean of labels"], [
         [m.display(), *(_estimate(summary[m.name]["per_label"][str(l)]["dice"]) for l in run.labels), _estimate(summary[m.name]["mean_dice"])]
@@ -386,7 +318,7 @@ def _dice_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
                   "a missed or invented object scores 0.")
 
 
-def _surface_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
+def _surface_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     names = run.label_names.values()
     doc.heading("Surface metrics")
     doc.table(["method", *(f"{n}: HD95 median (mm)" for n in names), *(f"{n}: surface Dice" for n in names)], [
@@ -394,7 +326,7 @@ def _surface_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None
          *(_estimate(summary[m.name]["per_label"][str(l)]["nsd"]) for l in run.labels)] for m in run.methods])
 
 
-def _ap_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
+def _ap_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Mask AP (COCO, pycocotools)")
     rows = [[m.display(), mode.upper(), _fmt(ap["ap"]), _fmt(ap["ap50"]), _fmt(ap["ap75"]),
              *(_fmt(ap["per_label"].get(str(l))) for l in run.labels), "constant (method gives none)" if ap["constant_score"] else "method"]
@@ -405,7 +337,7 @@ def _ap_section(doc: _Document, run: _Run, summary: dict[str, Any]) -> None:
                   f"`{run.pipeline['metrics']['ap_instances']}` (a method's own 3D instances where it has them).")
 
 
-def _paired_section(doc: _Document, run: _Run, paired: list[dict]) -> None:
+def _paired_section(doc: Document, run: _Run, paired: list[dict]) -> None:
     if run.baseline is None or not paired:
         return
     doc.heading(f"Paired comparison with the baseline ({run.baseline.name})")
@@ -414,7 +346,7 @@ def _paired_section(doc: _Document, run: _Run, paired: list[dict]) -> None:
          _fmt(p["p_value"]), f"{p['wins']} / {p['ties']} / {p['losses']}"] for p in paired])
 
 
-def _failures_section(doc: _Document, run: _Run) -> None:
+def _failures_section(doc: Document, run: _Run) -> None:
     failures = [(m.name, c, r["error"]) for m in run.methods for c, r in sorted(m.results.items()) if r["status"] == "failed"]
     failures += [(m.name, "(all)", m.info["error"]) for m in run.methods if m.info.get("status") == "failed"]
     if failures:
@@ -422,7 +354,7 @@ def _failures_section(doc: _Document, run: _Run) -> None:
         doc.table(["method", "case", "error"], [[n, c, f"{e['type']}: {e['message']}"] for n, c, e in failures])
 
 
-def _per_case_section(doc: _Document, run: _Run) -> None:
+def _per_case_section(doc: Document, run: _Run) -> None:
     doc.heading("Dice per case")
     cases = sorted({c for m in run.methods for c in m.results})
     doc.table(["case", *(m.display() for m in run.methods)], [
