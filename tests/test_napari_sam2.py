@@ -123,7 +123,8 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     _key(qtbot, viewer, Qt.Key.Key_U)
     _key(qtbot, viewer, Qt.Key.Key_U)  # back to before the first segmentation: the point placed, no labels
     assert not ws.labels.data.any() and len(ws.prompts.points.data) == 1
-    _key(qtbot, viewer, Qt.Key.Key_U)  # the point goes too
+    ws.prompts.points.selected_data = {0}
+    ws.prompts.points.remove_selected()  # the user deletes the point by hand
     assert len(ws.prompts.points.data) == 0
     plan = ws.plan(ws.session_key)
     assert (plan.rebuild, plan.markers, plan.undo) == (False, [], 1)  # SAM2 takes its prompt back next call
