@@ -29,8 +29,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
+    from medseg.cli.progress import tqdm_progress
     from medseg.pipeline import LocalExecutor, RayExecutor, load_pipeline, run_pipeline
     from medseg.volume import UNTRAINED_BANNER
 
@@ -41,8 +40,8 @@ def _run_run(args: argparse.Namespace) -> int:
                                workers=args.workers, **faults)
     else:
         executor = LocalExecutor(workers=args.workers or 1, **faults)
-    with tqdm(desc=config.name, unit="case", disable=args.no_progress) as bar:
-        summary = run_pipeline(config, args.out, executor=executor, progress=_bar_progress(bar))
+    with tqdm_progress(config.name, "case", disable=args.no_progress) as progress:
+        summary = run_pipeline(config, args.out, executor=executor, progress=progress)
     for method, counts in summary.counts.items():
         print(f"{method}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
     print(f"report: {summary.report}")
@@ -54,17 +53,6 @@ def _run_run(args: argparse.Namespace) -> int:
             print(f"  {method} / {case}: {message}", file=sys.stderr)
         return EXIT_CASES_FAILED
     return 0
-
-
-def _bar_progress(bar):
-    """``progress(done, total)`` drawn on a tqdm bar."""
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return progress
 
 
 def add_replay(sub: argparse._SubParsersAction) -> None:
