@@ -60,9 +60,11 @@ def read_volume(path: str | list[str]) -> LayerData:
     A folder holding several DICOM series (a whole study) gives one layer per image series
     that reads, largest first, each named after its series description.
     """
-    from medseg.io import list_dicom_series, load_volume
+    from medseg.io import label_file_kind, list_dicom_series, load_volume
 
     path = Path(path)
+    if label_file_kind(path) is not None:
+        return _read_label_file(path)
     if not path.is_dir():
         return [_layer_data(load_volume(path), _layer_name(path), str(path))]
     series = list_dicom_series(path)
@@ -85,6 +87,40 @@ def read_volume(path: str | list[str]) -> LayerData:
 
         show_warning(message)
     return layers
+
+
+def _read_label_file(path: Path) -> LayerData:
+    """An RTSTRUCT or DICOM SEG: the image series beside it that it references, and its labels on it.
+
+    Such a file holds contours or segments in patient coordinates, not a voxel grid: it is
+    drawn on the series it references (``medseg.io.load_labels`` checks the frame of
+    reference and the SOP instances), which planning systems export into the same folder.
+    """
+    from medseg.io import label_file_kind, list_dicom_series, load_labels, load_volume
+
+    from napari_plugin._layers import SOURCE_KEY, labels_layer_data
+
+    folder = path.parent
+    try:
+        series = list_dicom_series(folder)
+    except MedsegError:
+        series = []
+    for s in series:
+        volume = load_volume(folder, series_uid=s.uid)
+        try:
+            labels = load_labels(path, volume)
+        except MedsegError as error:
+            log.info("%s does not lie on series %s: %s", path.name, s.uid, error)
+            continue
+        data, kwargs, kind = labels_layer_data(labels, volume, _layer_name(path))
+        kwargs["metadata"][SOURCE_KEY] = str(path)
+        kwargs["opacity"] = 0.5
+        image = _layer_data(volume, f"{folder.name}: {s.description or s.uid} ({s.modality})", str(folder))
+        return [image, (data, kwargs, kind)]
+    raise MedsegError(
+        f"{path} is a DICOM {label_file_kind(path).upper()}: it is drawn on the image series it references, and "
+        f"none of the {len(series)} image series in {folder} is that one; put it in the folder of its image series"
+    )
 
 
 def is_label_map(array: np.ndarray, *, stored_as_integers: bool = True) -> bool:

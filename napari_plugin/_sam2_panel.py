@@ -602,7 +602,7 @@ class Sam2Panel(QWidget):
                 self.controls.show_status("Not saved: the file exists and you chose not to replace it.")
                 return
             meta = {"name": ws.labels.name, "metadata": ws.labels.metadata}
-            written = write_labels(str(path), ws.labels.data, meta)
+            written = write_labels(str(path), ws.labels.data, meta, dicom_format=self.save_row.dicom_format)
         except MedsegError as error:
             show_error(str(error))
             self.controls.show_status(str(error), warn=True)

@@ -13,14 +13,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QMessageBox, QPushButton, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QMessageBox, QPushButton, QWidget
 
 from medseg.errors import InputError
 from medseg.outputs import check_output
 
 from napari_plugin._layers import SOURCE_KEY, VOLUME_KEY
 
-_FILTERS = "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha);;DICOM SEG (*.dcm)"
+_SEG_FILTER, _RTSTRUCT_FILTER = "DICOM SEG (*.dcm)", "DICOM RTSTRUCT (*.dcm)"
+_FILTERS = ";;".join(["NIfTI (*.nii.gz *.nii)", "NRRD (*.nrrd)", "MetaImage (*.mha)", _SEG_FILTER, _RTSTRUCT_FILTER])
 
 
 def input_paths(layers: Iterable[Any]) -> set[Path]:
@@ -44,12 +45,19 @@ def ask_overwrite_dialog(parent: QWidget, path: Path) -> bool:
 
 
 class SaveRow(QWidget):
-    """Path, browse and Save; ``target(inputs)`` says where a save may go (or raises)."""
+    """Path, browse and Save; ``target(inputs)`` says where a save may go (or raises).
+
+    A ``.dcm`` path is written as DICOM SEG or RTSTRUCT as ``dicom_format`` says (the combo box
+    beside the path, also set by the file dialog's filter).
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.path = QLineEdit()
-        self.path.setPlaceholderText("labels.nii.gz, .nrrd, .mha or .dcm (DICOM SEG)")
+        self.path.setPlaceholderText("labels.nii.gz, .nrrd, .mha or .dcm")
+        self.dicom = QComboBox()
+        self.dicom.addItems(["SEG", "RTSTRUCT"])
+        self.dicom.setToolTip("how a .dcm file is written: DICOM SEG (label maps) or RTSTRUCT (contours, for planning systems)")
         self.browse = QPushButton("…")
         self.browse.setMaximumWidth(30)
         self.save = QPushButton("Save")
@@ -57,16 +65,25 @@ class SaveRow(QWidget):
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.path)
+        row.addWidget(self.dicom)
         row.addWidget(self.browse)
         row.addWidget(self.save)
 
     def choose(self) -> bool:
         """The file dialog (it asks about overwriting itself); True when a path was chosen."""
-        path, _ = QFileDialog.getSaveFileName(self, "Save labels", self.path.text(), _FILTERS,
-                                              options=QFileDialog.Option.DontConfirmOverwrite)
+        selected = _RTSTRUCT_FILTER if self.dicom_format == "rtstruct" else _SEG_FILTER
+        path, chosen = QFileDialog.getSaveFileName(self, "Save labels", self.path.text(), _FILTERS, selected,
+                                                   options=QFileDialog.Option.DontConfirmOverwrite)
         if path:
             self.path.setText(path)
+            if chosen in (_SEG_FILTER, _RTSTRUCT_FILTER):
+                self.dicom.setCurrentText("RTSTRUCT" if chosen == _RTSTRUCT_FILTER else "SEG")
         return bool(path)
+
+    @property
+    def dicom_format(self) -> str:
+        """``"seg"`` or ``"rtstruct"``: how a ``.dcm`` path is written."""
+        return self.dicom.currentText().lower()
 
     def target(self, inputs: set[Path]) -> Path | None:
         """Where to write: the checked path, or None when the user declined to overwrite.

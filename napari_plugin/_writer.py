@@ -1,4 +1,4 @@
-"""napari writer: a Labels layer to NIfTI, NRRD, MetaImage or DICOM SEG, on its source's grid.
+"""napari writer: a Labels layer to NIfTI, NRRD, MetaImage, DICOM SEG or RTSTRUCT, on its source's grid.
 
 The geometry comes from the ``Volume`` the layer was drawn on (layer metadata), never from
 the layer transform, so the file lines up with the source in any viewer.
@@ -11,12 +11,16 @@ from typing import Any
 
 from medseg.errors import InputError
 from medseg.io import save_labels
+from medseg.io.files import output_suffix
 
 from napari_plugin._layers import LABELS_KEY, VOLUME_KEY, label_volume
 
 
-def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+def write_labels(path: str, data: Any, meta: dict[str, Any], *, dicom_format: str | None = None) -> list[str]:
     """Write one Labels layer; the format follows the suffix of ``path``.
+
+    ``dicom_format``: ``"seg"`` (default) or ``"rtstruct"`` for a ``.dcm`` path (napari's own
+    Save menu cannot ask, so it writes SEG; the medseg panel's Save row offers both).
 
     Raises
     ------
@@ -35,4 +39,5 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             "or save this layer with napari's own writers"
         )
     labels = label_volume(data, volume, result=metadata.get(LABELS_KEY), name=name)
-    return [str(save_labels(labels, volume, Path(path)))]
+    dicom = dicom_format if output_suffix(Path(path)) == ".dcm" else None
+    return [str(save_labels(labels, volume, Path(path), format=dicom))]

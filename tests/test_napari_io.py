@@ -291,3 +291,43 @@ def test_a_layer_from_another_reader_keeps_its_whole_transform(make_napari_viewe
     sheared = viewer.add_image(np.zeros((5, 6, 7), np.float32), shear=(0.3, 0, 0))
     with pytest.raises(GeometryError, match="shearing transform"):
         volume_of_image(sheared)
+
+
+@pytest.mark.parametrize("dicom_format", ["rtstruct", "seg"])
+def test_a_dropped_structure_set_opens_as_labels_on_its_series(make_napari_viewer, tmp_path, dicom_phantom, dicom_format):
+    import shutil
+
+    from medseg.errors import MedsegError
+    from medseg.io import load_volume, save_labels
+    from medseg.volume import LabelVolume
+
+    from napari_plugin._reader import read_volume
+    from napari_plugin._writer import write_labels
+
+    folder = tmp_path / "study"
+    shutil.copytree(dicom_phantom.image, folder)
+    volume = load_volume(folder)
+    truth = LabelVolume.like(volume, dicom_phantom.labels.array, label_names=dicom_phantom.labels.label_names)
+    written = save_labels(truth, volume, tmp_path / "structures.dcm", format=dicom_format)
+    dropped = folder / "structures.dcm"  # planning systems export it beside the series
+    shutil.move(written, dropped)
+
+    viewer = make_napari_viewer()
+    image, labels = viewer.open(str(dropped), plugin="medseg")
+    assert image._type_string == "image" and labels._type_string == "labels"
+    np.testing.assert_array_equal(np.asarray(labels.data), truth.array)  # exact for these phantoms (test_rtstruct)
+    np.testing.assert_allclose(labels.scale, image.scale)
+
+    # Saved back through the panel's writer, in the format the user picked, it reads the same.
+    out = tmp_path / "again.dcm"
+    write_labels(str(out), labels.data, {"name": labels.name, "metadata": labels.metadata}, dicom_format=dicom_format)
+    from medseg.io import label_file_kind, load_labels
+
+    assert label_file_kind(out) == dicom_format
+    np.testing.assert_array_equal(load_labels(out, volume).array, truth.array)
+
+    alone = tmp_path / "alone" / "structures.dcm"  # no image series beside it: a clear refusal
+    alone.parent.mkdir()
+    shutil.copy(dropped, alone)
+    with pytest.raises(MedsegError, match="none of the 0 image series"):
+        read_volume(str(alone))
