@@ -169,7 +169,7 @@ def _build(config: str, image_size: int, architecture: tuple[str, ...] = ()) -> 
 
 
 def _load_weights(net: torch.nn.Module, checkpoint: Path, spec: ModelSpec) -> None:
-    state = read_checkpoint(checkpoint, what=f"{spec.name} checkpoint")
+    state = read_checkpoint(checkpoint)
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
