@@ -14,8 +14,8 @@ The engine contract (``shared/design/STYLE.md``):
 
 Devices and checkpoints are resolved and read here, once, for every engine:
 ``resolve_device`` (``None``/``"auto"`` = CUDA, then Apple MPS, then CPU), ``read_checkpoint``
-(``torch.load(weights_only=True)``, an optional SHA-256 check, clear errors) and
-``sha256_file``.
+(``torch.load(weights_only=True)``, an optional SHA-256 check, clear errors),
+``read_training_state`` (an interrupted run's state, same loading rules) and ``sha256_file``.
 
 Logging: every module uses ``log = logging.getLogger(__name__)``.
 """
@@ -142,3 +142,23 @@ def read_checkpoint(path: str | Path, *, sha256: str | None = None, what: str = 
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise WeightsError(f"{what} {path} does not hold a state dict of tensors (bare or under 'model' / 'state_dict')")
     return data
+
+
+def read_training_state(path: str | Path) -> dict:
+    """An interrupted training run's saved state (weights, optimiser, schedule, step, RNG).
+
+    Not a model checkpoint (it mixes several state dicts with numbers and lists), but loaded
+    the same way: ``weights_only=True``, so the file cannot run code. A damaged file is a
+    ``WeightsError`` that says how to start over.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several unrelated types for damaged files
+        raise WeightsError(f"cannot read the training checkpoint {path} ({type(error).__name__}): it is damaged; "
+                           f"delete it to start the training over") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} is not a medseg training checkpoint; delete it to start the training over")
+    return state

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medseg.errors import Cancelled, ConfigError, WeightsError
+from medseg.errors import Cancelled, ConfigError
 from medseg.io.files import atomic_output
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.dataset import CaseLike, SliceDataset, StepBatchSampler, prepare_cases
@@ -40,7 +40,7 @@ from medseg.maskrcnn.predict import predict_instances
 from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
 from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
-from medseg.runtime import Progress, ShouldStop, check_stop, report, resolve_device
+from medseg.runtime import Progress, ShouldStop, check_stop, read_training_state, report, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +240,9 @@ class _Run:
             torch.save(state, tmp)
 
     def resume(self) -> torch.Tensor:
-        """Load the checkpoint into the model, optimiser and schedule; return its torch random state.
-
-        Not ``medseg.runtime.read_checkpoint``: this is a training state (numbers, lists and
-        several state dicts), not a model's weights; it is still loaded with ``weights_only``.
-        """
+        """Load the checkpoint into the model, optimiser and schedule; return its torch random state."""
         path, model = self.checkpoint, self.model
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a truncated or foreign file
-            raise WeightsError(f"cannot read the training checkpoint {path} ({error}); delete it to start over") from error
+        state = read_training_state(path)
         changed = TrainConfig.from_dict(state["config"]).differences(model.config, ignore=_RESUMABLE_CHANGES)
         classes = {int(k): v for k, v in state["classes"].items()}
         if changed or classes != model.classes:

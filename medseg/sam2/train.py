@@ -34,7 +34,7 @@ import torch
 from medseg.errors import ConfigError, MedsegError, WeightsError
 from medseg.manifest import Case, Cohort
 from medseg.preprocess import default_preset
-from medseg.runtime import Progress, ShouldStop, check_stop, read_checkpoint, report, resolve_device
+from medseg.runtime import Progress, ShouldStop, check_stop, read_checkpoint, read_training_state, report, resolve_device
 from medseg.sam2.model_dir import (
     Architecture,
     architecture,
@@ -247,12 +247,7 @@ def _save(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig, state:
 
 def _resume(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig) -> dict:
     """Load an interrupted run's state; refuse one started with other model settings."""
-    # The training state mixes tensors with the optimiser's bookkeeping, so it is not a
-    # plain state dict for runtime.read_checkpoint; weights_only=True keeps it code-free.
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several error types for damaged files
-        raise WeightsError(f"cannot read the training checkpoint {path} ({type(error).__name__}); delete it to start over") from None
+    saved = read_training_state(path)
     if not Sam2TrainConfig.from_dict(saved["config"]).same_model(config):
         raise ConfigError(f"{path} belongs to a run with other settings; use the same settings to resume, "
                           f"or delete {path.parent} to start over")
