@@ -124,7 +124,10 @@ def test_a_killed_or_hung_worker_is_replaced_and_the_run_goes_on(tmp_path, fragi
 def test_a_killed_or_hung_ray_worker_is_replaced_and_the_run_goes_on(tmp_path, fragile):
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    # The fragile plug-in lives in this test module: Ray's workers must be able to import it.
+    tests = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests}})
     try:
         executor = RayExecutor(num_cpus=1, case_timeout=10, retries=1)
         summary = run_pipeline(fragile, tmp_path / "out", executor=executor, report=False)

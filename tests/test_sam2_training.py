@@ -205,7 +205,7 @@ def test_trained_model_directory_through_cli_and_pipeline(trained, tmp_path):
     out = tmp_path / "seg.nii.gz"
     assert main(["segment", str(image), "--model", str(trained), "--box", "1:5,10,10,40,60", "--out", str(out),
                  "--qc", str(tmp_path / "qc.json"), "--no-progress"]) == 0
-    qc = json.loads((tmp_path / "qc.json").read_text())
+    qc = json.loads((tmp_path / "qc.json").read_text(encoding="utf-8"))
     assert "trained on tiny-phantoms" in json.dumps(qc)
 
     pipeline = tmp_path / "pipeline.yaml"
@@ -218,9 +218,9 @@ def test_trained_model_directory_through_cli_and_pipeline(trained, tmp_path):
         """))
     results = tmp_path / "results"
     run_pipeline(load_pipeline(pipeline), results)
-    method = json.loads((results / "s" / "method.json").read_text())
+    method = json.loads((results / "s" / "method.json").read_text(encoding="utf-8"))
     assert "trained on tiny-phantoms (3 steps)" in json.dumps(method)
-    assert "(untrained)" not in (results / "report.md").read_text()
+    assert "(untrained)" not in (results / "report.md").read_text(encoding="utf-8")
 
 
 def test_pipeline_train_block_trains_once_and_shares_the_model(tmp_path):
@@ -240,10 +240,10 @@ def test_pipeline_train_block_trains_once_and_shares_the_model(tmp_path):
     models = list((results / "sam2-model").iterdir())
     assert len(models) == 1  # one model for both methods
     for name in ("s", "r"):
-        method = json.loads((results / name / "method.json").read_text())
+        method = json.loads((results / name / "method.json").read_text(encoding="utf-8"))
         assert "trained on tiny-phantoms (2 steps)" in json.dumps(method)
         assert str(models[0]) in json.dumps(method)
-    report = (results / "report.md").read_text()
+    report = (results / "report.md").read_text(encoding="utf-8")
     assert "(untrained)" not in report and "trained for 2 steps only" in report
 
 
