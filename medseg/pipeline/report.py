@@ -288,7 +288,7 @@ def _intro(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
         state = m.info.get("state", {})
         if state.get("undertrained") and not state.get("untrained"):
             doc.paragraph(f"Note: {m.name} was trained for {state.get('training_steps')} steps only; "
-                          "read its rows as a smoke test of the baseline, not as its performance.")
+                          "read its rows as a smoke test of the method, not as its performance.")
     n_cases = len({c for m in methods for c in m.results})
     doc.paragraph(
         f"Cohort `{run.cohort.name}` ({run.cohort.path.name}), split `{pipeline['split']}`, {n_cases} cases; labels "
