@@ -58,6 +58,8 @@ class Geometry:
     def from_affine(cls, affine: np.ndarray, shape_zyx: tuple[int, int, int]) -> "Geometry":
         """Geometry of a ``(z, y, x)`` array whose ``(x, y, z)`` transpose has this RAS affine."""
         affine = np.asarray(affine, dtype=np.float64)
+        if not np.all(np.isfinite(affine)):
+            raise GeometryError(f"affine has non-finite values: {affine.tolist()}")
         linear_lps = _LPS_TO_RAS @ affine[:3, :3]
         spacing_xyz = np.linalg.norm(linear_lps, axis=0)
         if np.any(spacing_xyz <= 0):

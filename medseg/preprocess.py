@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from monai.transforms import ScaleIntensityRange
 
 from medseg.errors import ConfigError
 from medseg.volume import Volume
@@ -132,6 +131,8 @@ class SliceFrames:
 
     def __init__(self, volume: Volume, preset: str | IntensityPreset | None = None) -> None:
         self.volume = volume
+        from monai.transforms import ScaleIntensityRange  # imports torch: only once frames are made
+
         self.preset = default_preset(volume) if preset is None else get_preset(preset)
         self._channel_transforms = [
             ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)

@@ -9,8 +9,16 @@ engines without that hook, the next ``progress`` call raises ``TaskCancelled``.
 
 The progress text names the phase (engines announce a new phase by growing ``total``;
 a panel may name its phases) and an ETA from the rate so far. Progress signals arrive once
-per slice, but the bars are repainted at most every ``_REPAINT_S`` (a busy bar or a repaint
-per slice costs the engine CPU time on a shared machine).
+per slice, but the bars are repainted at most every ``_REPAINT_S``.
+
+Repaints are what slows a task down inside napari. napari's main window handles its events in
+Python (``_QtMainWindow.event``), and every repaint of any widget in the window runs inside
+that handler with the GIL held, so the worker thread waits for it; with a canvas in the
+window, each repaint composes the whole window in OpenGL, which takes tens of milliseconds
+with software rendering (Mesa llvmpipe: remote desktops, VMs, Xvfb). napari's animated
+"in progress" spinner repaints ~25 times a second; measured on a 12-slice propagation it made
+the call 2-6x slower than the library call. A task therefore starts its worker first, then
+shows its activity bar with the spinner paused (``_pause_activity_spinner``).
 
 Errors end up as viewer notifications and, in full, in the panel's status (a toast is cut
 short): a ``MedsegError`` (missing checkpoint, bad prompt...) is caught in the worker and
@@ -41,7 +49,7 @@ from medseg.runtime import Progress, ShouldStop
 log = logging.getLogger(__name__)
 
 StopFlag = ShouldStop
-_REPAINT_S = 0.2
+_REPAINT_S = 0.5
 _STATUS_MAX_HEIGHT = 110
 
 
@@ -128,7 +136,7 @@ class Task:
         self._bar = bar
         self._relay = _ProgressRelay()
         self._relay.advanced.connect(self._show_progress)
-        self._pbar = cancelable_progress(total=0, desc=label, cancel_callback=self.cancel)
+        self._pbar = None  # napari's activity bar, made once the worker runs
         if bar is not None:
             bar.setRange(0, 1)  # not a busy bar: its animation repaints all the time
             bar.setValue(0)
@@ -153,6 +161,8 @@ class Task:
 
     def start(self) -> "Task":
         self.worker.start()
+        self._pbar = cancelable_progress(total=0, desc=self.label, cancel_callback=self.cancel)
+        _pause_activity_spinner()
         return self
 
     def cancel(self) -> None:
@@ -180,10 +190,11 @@ class Task:
     def _paint(self) -> None:
         done, total = self._latest
         text = progress_text(self.label, done, total, phase=self.phase, elapsed_s=time.perf_counter() - self._started)
-        if self._pbar.total != total:
-            self._pbar.total = total
-        self._pbar.set_description(text)
-        self._pbar.update(done - self._pbar.n)
+        if self._pbar is not None:  # None while start() makes it (napari may process events then)
+            if self._pbar.total != total:
+                self._pbar.total = total
+            self._pbar.set_description(text)
+            self._pbar.update(done - self._pbar.n)
         if self._bar is not None:
             self._bar.setRange(0, max(total, 1))
             self._bar.setValue(done)
@@ -218,10 +229,30 @@ class Task:
             self._on_error(message)
 
     def _finished(self) -> None:
-        self._pbar.close()
+        if self._pbar is not None:
+            self._pbar.close()
         self.finished = True
         if self._on_finish is not None:
             self._on_finish()
+
+
+def _pause_activity_spinner() -> None:
+    """Show napari's "in progress" spinner as a still frame (see the module docstring).
+
+    napari has no public switch for it: this reaches into its activity dialog and does
+    nothing when a napari version lays it out differently (``tests/test_napari_tasks.py``
+    checks that the spinner is found and still).
+    """
+    try:
+        from napari._qt.qt_main_window import _QtMainWindow
+
+        window = _QtMainWindow.current()
+        movie = window._activity_dialog._toggleButton._inProgressIndicator.movie()
+    except AttributeError:
+        log.debug("napari's activity spinner not found; left animated")
+        return
+    if movie is not None:
+        movie.setPaused(True)
 
 
 class TaskControls(QWidget):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -88,6 +91,23 @@ def test_reader_declines_what_it_cannot_read(tmp_path):
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path / "empty")) is None
     assert get_reader([str(tmp_path / "a.nii"), str(tmp_path / "b.nii")]) is None
+
+
+def test_opening_a_file_imports_neither_torch_nor_monai(tmp_path):
+    """File > Open must not wait for torch (5-10 s): only SAM2, Mask R-CNN and metrics need it."""
+    nifti, dicom = tmp_path / "scan.nii.gz", tmp_path / "series"
+    from medseg.phantom import make_phantom, write_dicom_series
+
+    _write_nifti(nifti, (1, 1, 1))
+    write_dicom_series(make_phantom(0, shape=(4, 16, 16))[0], dicom)
+    code = (
+        "import sys, napari_plugin._reader as r\n"
+        f"for path in ({str(nifti)!r}, {str(dicom)!r}):\n"
+        "    assert r.get_reader(path)(path)\n"
+        "print(sorted(m for m in ('torch', 'monai', 'highdicom') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_writer_saves_labels_on_the_source_affine(make_napari_viewer, tmp_path):

@@ -13,8 +13,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from qtpy.QtCore import QPoint, Qt
+from napari.utils import cancelable_progress
+from qtpy.QtGui import QMovie
 
 import napari_plugin  # noqa: F401  (loads triton beside Mesa before any torch import)
+from napari_plugin import _tasks
 from medseg.phantom import make_phantom
 from medseg.sam2 import Sam2Session
 
@@ -76,7 +79,8 @@ def _liver_centre(truth):
     return z, int(y), int(x)
 
 
-def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qtbot, phantom_file):
+def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qtbot, phantom_file, monkeypatch):
+    monkeypatch.setattr(_tasks, "_REPAINT_S", 0.0)  # every slice repainted: "live" cannot depend on the machine's speed
     path, truth = phantom_file
     viewer = make_napari_viewer(show=True)
     image, _, panel = _open_panel(viewer, path)
@@ -102,6 +106,8 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     ws.paint_slices = lambda slices, result=None: (painted.append((panel.task.finished, set(slices))), paint(slices, result))
     _key(qtbot, viewer, Qt.Key.Key_G, SHIFT)  # propagate
     assert not panel.task.finished and not panel.propagate.isEnabled()  # the call returned at once: the UI is free
+    spinner = viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator
+    assert spinner.movie().state() != QMovie.MovieState.Running  # see test_activity_spinner_is_still
     _wait(qtbot, panel)
 
     live = set().union(*(s for done, s in painted if not done))
@@ -133,6 +139,18 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     viewer.layers.selection.active = image
     viewer.window._qt_viewer.layerButtons.newLabelsButton.click()
     assert viewer.layers[-1].data.shape == image.data.shape
+
+
+def test_activity_spinner_is_still(make_napari_viewer):
+    """napari animates its "in progress" spinner while a progress bar exists; each frame
+    repaints the window holding the GIL (see ``_tasks``), so medseg's tasks still it."""
+    viewer = make_napari_viewer(show=True)
+    spinner = viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator
+    bar = cancelable_progress(total=3, desc="test")
+    assert spinner.movie().state() == QMovie.MovieState.Running  # napari's behaviour: if this changes, revisit _tasks
+    _tasks._pause_activity_spinner()
+    assert spinner.movie().state() == QMovie.MovieState.Paused
+    bar.close()
 
 
 def test_shift_click_and_t_place_negative_points(make_napari_viewer, qtbot, phantom_file):

@@ -1,9 +1,14 @@
-"""NIfTI (.nii, .nii.gz): read with MONAI's ``NibabelReader``, write labels with nibabel.
+"""NIfTI (.nii, .nii.gz): read and write with nibabel.
 
-MONAI's reader passes the geometry tests (RAS, LAS, oblique): it hands back nibabel's
-best affine (sform when its code is set, else qform) and the scaled voxel values. The
-one thing it does not check is a file whose sform and qform disagree, where nibabel and
-SimpleITK can place the same voxels differently; that case is logged here.
+The image's affine is nibabel's best affine (sform when its code is set, else qform) and the
+voxels are the scaled values (``scl_slope``/``scl_inter`` applied), which is what the geometry
+tests check (RAS, LAS, oblique, against SimpleITK). A file whose sform and qform disagree,
+where nibabel and SimpleITK can place the same voxels differently, is logged.
+
+MONAI's ``NibabelReader`` is the same nibabel calls plus a header "correction" when pixdim
+and the affine disagree (which would move such a file away from where nibabel and ITK put
+it), and using it means ``import monai``, which loads all of MONAI and torch: 5-10 s on the
+first File > Open in napari. So medseg reads NIfTI with nibabel itself.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from monai.data import NibabelReader
 
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
@@ -26,21 +30,20 @@ _XFORM_SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: what ITK and dcm2niix write
 
 def read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     """The ``(z, y, x)`` voxels (dtype as stored, after scl_slope) and geometry of a 3D NIfTI."""
-    reader = NibabelReader()
-    image = _open(reader, path)
+    image = _open(path)
     shape = image.shape
     try:
-        array, meta = reader.get_data(image)
+        array = np.asanyarray(image.dataobj)
     except Exception as error:  # truncated data: EOFError, zlib.error, ValueError
         raise InputError(f"{path}: cannot read the voxel data ({error}); the file looks truncated or corrupt") from error
     array = np.asarray(array).reshape(shape[:3])
     zyx = np.ascontiguousarray(array.transpose(2, 1, 0))
-    return zyx, _geometry(path, np.asarray(meta["affine"]), zyx.shape)
+    return zyx, _geometry(path, np.array(image.affine), zyx.shape)
 
 
 def read_nifti_geometry(path: Path) -> Geometry:
     """The geometry of a 3D NIfTI from its header alone (no voxels are read)."""
-    image = _open(NibabelReader(), path)
+    image = _open(path)
     return _geometry(path, image.affine, image.shape[:3][::-1])
 
 
@@ -83,10 +86,10 @@ def write_nifti_if_changed(array_zyx: np.ndarray, geometry: Geometry, path: Path
     return True
 
 
-def _open(reader: NibabelReader, path: Path) -> nib.Nifti1Image:
+def _open(path: Path) -> nib.Nifti1Image:
     """The lazily loaded image, checked to be 3D (or 3D with trailing singleton dimensions)."""
     try:
-        image = reader.read(path)
+        image = nib.load(path)
     except Exception as error:  # nibabel raises several types for corrupt headers
         raise InputError(f"{path}: cannot read as NIfTI ({error}); is the file complete?") from error
     _check_3d(path, image.shape)

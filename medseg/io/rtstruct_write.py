@@ -34,9 +34,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.sr.codedict import codes
 from pydicom.uid import ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, RTStructureSetStorage, generate_uid
-from skimage.measure import approximate_polygon, find_contours
 
 import medseg
 from medseg.errors import InputError
@@ -79,6 +77,8 @@ def write_rtstruct(labels: LabelVolume, like: Volume, path: Path) -> None:
 
 def contour_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """Closed polygons ``(n, 2)`` of ``(row, column)`` indices around a 2D mask's regions and holes."""
+    from skimage.measure import approximate_polygon, find_contours  # ~1.5 s to import (scipy.signal): only when writing
+
     padded = np.pad(mask.astype(np.float32), 1)
     polygons = []
     for contour in find_contours(padded, 0.5):
@@ -164,6 +164,8 @@ def _roi(labels: LabelVolume, value: int, source: pydicom.Dataset) -> Dataset:
     if method:
         algorithm = Dataset()
         family = Dataset()
+        from pydicom.sr.codedict import codes  # ~0.5 s to import: only when writing
+
         code = codes.cid7162.ArtificialIntelligence
         family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning = code.value, code.scheme_designator, code.meaning
         algorithm.AlgorithmFamilyCodeSequence = Sequence([family])

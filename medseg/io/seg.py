@@ -7,17 +7,20 @@ segment number ``v`` (a BINARY segmentation with one segment per label value fro
 largest), so reading the SEG back gives the same label values. Segment names come from
 ``LabelVolume.label_names``; a name that matches a SNOMED CT concept known to pydicom
 (``liver``, ``white_matter``, ...) is coded as that concept.
+
+highdicom and pydicom's code dictionary are imported when a SEG is read or written, not with
+``medseg.io``: they take about a second to import, and napari opens every file through
+``medseg.io``.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.sr.codedict import codes
 
 import medseg
 from medseg.errors import GeometryError, InputError
@@ -26,11 +29,15 @@ from medseg.io.dicom import multiframe_order, require_attributes
 from medseg.io.files import atomic_output
 from medseg.volume import LabelVolume, Volume
 
+if TYPE_CHECKING:
+    import highdicom as hd
+
 log = logging.getLogger(__name__)
 
 
 def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
     """Write ``labels`` as a DICOM SEG referencing ``like``'s source DICOM files."""
+    import highdicom as hd
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in like.source_files]  # highdicom needs headers only
     require_attributes(sources[0], like.source_files[0], path, "DICOM SEG")
     for source in sources:  # Type 2 (may be absent) in images, needed by the SEG's pixel measures: the grid's spacing
@@ -79,6 +86,7 @@ def read_seg(path: Path, grid: Geometry) -> tuple[np.ndarray, dict[int, str]]:
     The SEG's frames may cover only part of the grid (empty frames are often omitted); they
     must fall on its voxels exactly, else ``GeometryError``.
     """
+    import highdicom as hd
     try:
         seg = hd.seg.segread(path)
         volume = seg.get_volume(combine_segments=True, relabel=False)
@@ -107,6 +115,9 @@ def _zyx_affine(grid: Geometry) -> np.ndarray:
 
 
 def _segment(value: int, name: str, method: str) -> hd.seg.SegmentDescription:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     concept = getattr(codes.SCT, "".join(part.capitalize() for part in name.replace("grey", "gray").split("_")), None)
     return hd.seg.SegmentDescription(
         segment_number=value,
