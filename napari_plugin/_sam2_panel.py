@@ -8,7 +8,7 @@ correct it (propagate again); Undo/Redo (U / Shift-U) restore the whole previous
 "Accept" (Shift-C) keeps an object as it is and moves on to the next organ; "Save" writes
 the labels on the image's geometry, to a path of this image's own.
 
-All model work runs through the panel's ``TaskControls`` (a napari thread worker): the viewer
+All model work (``_sam2_runs``) runs through the panel's ``TaskControls`` (a napari thread worker): the viewer
 stays live, progress with phase and ETA shows in the panel and in napari's activity dock,
 Cancel (Escape) stops between slices and leaves the labels as they were. One predictor per
 model choice is kept (``LoadedModels``), so a model loads once per napari session; the
@@ -17,12 +17,9 @@ session keeps the image features of every prompted slice, so more clicks there a
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import napari
-import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -39,19 +36,17 @@ from qtpy.QtWidgets import (
 
 from medseg.errors import MedsegError
 from medseg.preprocess import PRESETS
-from medseg.sam2.qc import qc_summary
 
 from napari_plugin._keys import bind_shortcuts, help_text
 from napari_plugin._layer_picker import LayerPicker, same_layer
 from napari_plugin._layers import volume_of_image
 from napari_plugin._model_picker import LoadedModels, ModelPicker
 from napari_plugin._object_table import ObjectTable
-from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_markers
+from napari_plugin._sam2_runs import Sam2Runs
+from napari_plugin._sam2_workspace import Workspace
 from napari_plugin._save_row import SaveRow, input_paths
-from napari_plugin._tasks import Progress, StopFlag, Task, TaskControls
+from napari_plugin._tasks import Task, TaskControls
 from napari_plugin._writer import write_labels
-
-_UNTRAINED = " UNTRAINED MODEL: the masks are meaningless."
 
 
 class Sam2Panel(QWidget):
@@ -60,7 +55,6 @@ class Sam2Panel(QWidget):
     def __init__(self, viewer: napari.Viewer, models: LoadedModels, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self._models = models
         self._workspaces: dict[str, Workspace] = {}  # by image layer unique_id
         self._shown_image: Any | None = None
 
@@ -105,6 +99,7 @@ class Sam2Panel(QWidget):
             self.segment, self.undo, self.redo, self.save_row.save, self.add_object, self.remove_object,
             self.mask_prompt, self.accept, self.clear, self.model, self.image, self.preset, self.precompute,
         ]
+        self.runs = Sam2Runs(self, models)
         self._layout()
         self._connect()
         bind_shortcuts(viewer, self)
@@ -182,11 +177,11 @@ class Sam2Panel(QWidget):
         self.negative.toggled.connect(self._on_negative)
         self.box.clicked.connect(self.draw_box)
         self.mask_prompt.clicked.connect(self._on_mask_prompt)
-        self.segment.clicked.connect(self._on_segment)
-        self.controls.run.clicked.connect(self._on_propagate)
+        self.segment.clicked.connect(self.runs.segment)
+        self.controls.run.clicked.connect(self.runs.propagate)
         self.undo.clicked.connect(self.undo_step)
         self.redo.clicked.connect(self.redo_step)
-        self.precompute.clicked.connect(self._on_precompute)
+        self.precompute.clicked.connect(self.runs.precompute)
         self.correct_next.clicked.connect(self._on_correct_next)
         self.save_row.browse.clicked.connect(lambda: self.save_row.choose() and self._on_save())
         self.save_row.save.clicked.connect(self._on_save)
@@ -406,152 +401,6 @@ class Sam2Panel(QWidget):
             return
         self.controls.show_status(f"Mask prompt of object {obj_id} on slice {z} ({voxels} voxels); "
                                   "press Segment object or Propagate.")
-
-    # --- engine calls -----------------------------------------------------------------------
-    def _prepare(self) -> tuple[Workspace, SessionKey, Plan] | None:
-        """The workspace, session key and plan for the next call; a message instead when unusable."""
-        ws = self.workspace
-        if ws is None:
-            show_error("Pick a 3D image layer first (File ▸ Open a DICOM folder or NIfTI file).")
-            return None
-        ws.restore_layers()
-        try:
-            key = (self.model.choice(), ws.preset)
-            plan = ws.plan(key)
-            check_markers(plan.markers, ws.volume.shape)
-        except MedsegError as error:
-            show_error(str(error))
-            self.controls.show_status(str(error), warn=True)
-            return None
-        return ws, key, plan
-
-    def _syncer(self, ws: Workspace, key: SessionKey, plan: Plan):
-        """A worker-side function bringing the (new) session in step with the markers."""
-        session = None if plan.rebuild else ws.session
-        names = dict(ws.objects)
-        volume, models = ws.volume, self._models
-
-        def sync():
-            nonlocal session
-            if session is None:
-                session = models.get(key[0]).session(volume, preset=key[1])
-            return session, plan.apply(session, names)
-
-        return sync
-
-    def _start(self, run, label: str, on_done, ws: Workspace, key: SessionKey, *, on_error=None,
-               on_progress=None) -> None:
-        loading = key[0] not in self._models
-        status = f"{label}: loading {key[0].model} (once per napari session)…" if loading else None
-
-        def failed(message: str) -> None:
-            ws.forget_session()
-            if on_error is not None:
-                on_error(message)
-
-        self.correct_next.setVisible(False)
-        self.controls.start(run, label=label, on_done=on_done, on_error=failed, on_progress=on_progress, status=status)
-
-    def _on_segment(self) -> None:
-        prepared = self._prepare()
-        if prepared is None:
-            return
-        ws, key, plan = prepared
-        if not plan.markers and not plan.undo:
-            show_info("No new points or boxes: click on the object first (shift-click for background).")
-            return
-        sync, before = self._syncer(ws, key, plan), ws.snapshot()
-
-        def run(progress: Progress, should_stop: StopFlag):
-            session, slices = sync()
-            return session, slices, session.result()
-
-        def done(outcome) -> None:
-            session, slices, result = outcome
-            ws.commit(key, session, plan)
-            ws.paint_slices(slices, result)
-            ws.history.push(before)
-            shown = ", ".join(str(z) for z in sorted(slices)) or "none"
-            note = _UNTRAINED if result.untrained else ""
-            self.controls.show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}",
-                                      warn=result.untrained)
-
-        self._start(run, "Segment object", done, ws, key)
-
-    def _on_propagate(self) -> None:
-        prepared = self._prepare()
-        if prepared is None:
-            return
-        ws, key, plan = prepared
-        if not plan.markers and not ws.sent:
-            show_info("Nothing to propagate: place points or a box on the object first.")
-            return
-        sync, before = self._syncer(ws, key, plan), ws.snapshot()
-        finished: dict[int, np.ndarray] = {}  # slices done and not shown yet (worker -> UI thread)
-        lock = threading.Lock()
-
-        def keep(z: int, label_slice: np.ndarray) -> None:
-            with lock:
-                finished[z] = label_slice.copy()
-
-        def show_finished(*_: int) -> None:
-            with lock:
-                slices = dict(finished)
-                finished.clear()
-            if slices:
-                ws.paint_slices(slices)
-
-        def run(progress: Progress, should_stop: StopFlag):
-            started = time.perf_counter()
-            session, _ = sync()
-            result = session.propagate(progress=progress, should_stop=should_stop, on_slice=keep)
-            return session, result, time.perf_counter() - started
-
-        def done(outcome) -> None:
-            session, result, seconds = outcome
-            ws.commit(key, session, plan)
-            ws.show_result(result)
-            ws.history.push(before)
-            summary = qc_summary(ws.result())
-            ws.correct_next = summary.correct_next()
-            note = _UNTRAINED if result.untrained else ""
-            self.controls.show_status(
-                f"Propagated {len(result.label_names)} object(s) through {ws.volume.shape[0]} slices in "
-                f"{seconds:.1f} s with {result.provenance['model']}.{note}\n{summary.to_text()}",
-                warn=result.untrained,
-            )
-            self.correct_next.setVisible(ws.correct_next is not None)
-
-        def failed(_: str) -> None:
-            with lock:
-                finished.clear()
-            if ws.labels is not None:
-                ws.labels.data[...] = before.labels_array()  # the slices shown so far go
-                ws.labels.refresh()
-
-        self._start(run, "Propagate", done, ws, key, on_error=failed, on_progress=show_finished)
-
-    def _on_precompute(self) -> None:
-        """Encode every slice ahead of the clicks (``Sam2Session.precompute``), cancellable."""
-        prepared = self._prepare()
-        if prepared is None:
-            return
-        ws, key, plan = prepared
-        sync = self._syncer(ws, key, plan)
-
-        def run(progress: Progress, should_stop: StopFlag):
-            session, slices = sync()
-            session.precompute(progress=progress, should_stop=should_stop)
-            return session, slices
-
-        def done(outcome) -> None:
-            session, slices = outcome
-            ws.commit(key, session, plan)
-            if slices:
-                ws.paint_slices(slices, session.result())
-            self.controls.show_status(f"Embeddings of {ws.volume.shape[0]} slices ready: clicks are fast now.")
-
-        self._start(run, "Precompute embeddings", done, ws, key)
 
     def undo_step(self) -> None:
         """Take back the last point not sent yet, else the last result (prompts and labels)."""

@@ -1,0 +1,183 @@
+"""The SAM2 panel's model calls: Segment object, Propagate and Precompute embeddings.
+
+Each call is prepared on the UI thread (the workspace's plan: which markers SAM2 has not seen,
+whether its session must be rebuilt for another model or preset), runs in the panel's
+``TaskControls`` worker (the session is brought in step with the markers there, then the
+model runs), and is committed on the UI thread when it returns: the workspace takes the new
+session, the labels layer shows the result, the history keeps what was there before. A
+failed or cancelled call leaves the labels as they were and forgets the session.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+
+from medseg.errors import MedsegError
+from medseg.sam2.qc import qc_summary
+
+from napari_plugin._model_picker import LoadedModels
+from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_markers
+from napari_plugin._tasks import Progress, StopFlag
+
+if TYPE_CHECKING:
+    from napari_plugin._sam2_panel import Sam2Panel
+
+UNTRAINED_NOTE = " UNTRAINED MODEL: the masks are meaningless."
+
+
+class Sam2Runs:
+    """The model calls of ``panel`` (its buttons and keys call ``segment``, ``propagate``, ``precompute``)."""
+
+    def __init__(self, panel: Sam2Panel, models: LoadedModels) -> None:
+        self.panel = panel
+        self.models = models  # one predictor per model choice, shared by the panels
+
+    def _prepare(self) -> tuple[Workspace, SessionKey, Plan] | None:
+        """The workspace, session key and plan for the next call; a message instead when unusable."""
+        ws = self.panel.workspace
+        if ws is None:
+            show_error("Pick a 3D image layer first (File ▸ Open a DICOM folder or NIfTI file).")
+            return None
+        ws.restore_layers()
+        try:
+            key = (self.panel.model.choice(), ws.preset)
+            plan = ws.plan(key)
+            check_markers(plan.markers, ws.volume.shape)
+        except MedsegError as error:
+            show_error(str(error))
+            self.panel.controls.show_status(str(error), warn=True)
+            return None
+        return ws, key, plan
+
+    def _syncer(self, ws: Workspace, key: SessionKey, plan: Plan):
+        """A worker-side function bringing the (new) session in step with the markers."""
+        session = None if plan.rebuild else ws.session
+        names = dict(ws.objects)
+        volume, models = ws.volume, self.models
+
+        def sync():
+            nonlocal session
+            if session is None:
+                session = models.get(key[0]).session(volume, preset=key[1])
+            return session, plan.apply(session, names)
+
+        return sync
+
+    def _start(self, run, label: str, on_done, ws: Workspace, key: SessionKey, *, on_error=None,
+               on_progress=None) -> None:
+        loading = key[0] not in self.models
+        status = f"{label}: loading {key[0].model} (once per napari session)…" if loading else None
+
+        def failed(message: str) -> None:
+            ws.forget_session()
+            if on_error is not None:
+                on_error(message)
+
+        self.panel.correct_next.setVisible(False)
+        self.panel.controls.start(run, label=label, on_done=on_done, on_error=failed, on_progress=on_progress, status=status)
+
+    def segment(self) -> None:
+        prepared = self._prepare()
+        if prepared is None:
+            return
+        ws, key, plan = prepared
+        if not plan.markers and not plan.undo:
+            show_info("No new points or boxes: click on the object first (shift-click for background).")
+            return
+        sync, before = self._syncer(ws, key, plan), ws.snapshot()
+
+        def run(progress: Progress, should_stop: StopFlag):
+            session, slices = sync()
+            return session, slices, session.result()
+
+        def done(outcome) -> None:
+            session, slices, result = outcome
+            ws.commit(key, session, plan)
+            ws.paint_slices(slices, result)
+            ws.history.push(before)
+            shown = ", ".join(str(z) for z in sorted(slices)) or "none"
+            note = UNTRAINED_NOTE if result.untrained else ""
+            self.panel.controls.show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}",
+                                      warn=result.untrained)
+
+        self._start(run, "Segment object", done, ws, key)
+
+    def propagate(self) -> None:
+        prepared = self._prepare()
+        if prepared is None:
+            return
+        ws, key, plan = prepared
+        if not plan.markers and not ws.sent:
+            show_info("Nothing to propagate: place points or a box on the object first.")
+            return
+        sync, before = self._syncer(ws, key, plan), ws.snapshot()
+        finished: dict[int, np.ndarray] = {}  # slices done and not shown yet (worker -> UI thread)
+        lock = threading.Lock()
+
+        def keep(z: int, label_slice: np.ndarray) -> None:
+            with lock:
+                finished[z] = label_slice.copy()
+
+        def show_finished(*_: int) -> None:
+            with lock:
+                slices = dict(finished)
+                finished.clear()
+            if slices:
+                ws.paint_slices(slices)
+
+        def run(progress: Progress, should_stop: StopFlag):
+            started = time.perf_counter()
+            session, _ = sync()
+            result = session.propagate(progress=progress, should_stop=should_stop, on_slice=keep)
+            return session, result, time.perf_counter() - started
+
+        def done(outcome) -> None:
+            session, result, seconds = outcome
+            ws.commit(key, session, plan)
+            ws.show_result(result)
+            ws.history.push(before)
+            summary = qc_summary(ws.result())
+            ws.correct_next = summary.correct_next()
+            note = UNTRAINED_NOTE if result.untrained else ""
+            self.panel.controls.show_status(
+                f"Propagated {len(result.label_names)} object(s) through {ws.volume.shape[0]} slices in "
+                f"{seconds:.1f} s with {result.provenance['model']}.{note}\n{summary.to_text()}",
+                warn=result.untrained,
+            )
+            self.panel.correct_next.setVisible(ws.correct_next is not None)
+
+        def failed(_: str) -> None:
+            with lock:
+                finished.clear()
+            if ws.labels is not None:
+                ws.labels.data[...] = before.labels_array()  # the slices shown so far go
+                ws.labels.refresh()
+
+        self._start(run, "Propagate", done, ws, key, on_error=failed, on_progress=show_finished)
+
+    def precompute(self) -> None:
+        """Encode every slice ahead of the clicks (``Sam2Session.precompute``), cancellable."""
+        prepared = self._prepare()
+        if prepared is None:
+            return
+        ws, key, plan = prepared
+        sync = self._syncer(ws, key, plan)
+
+        def run(progress: Progress, should_stop: StopFlag):
+            session, slices = sync()
+            session.precompute(progress=progress, should_stop=should_stop)
+            return session, slices
+
+        def done(outcome) -> None:
+            session, slices = outcome
+            ws.commit(key, session, plan)
+            if slices:
+                ws.paint_slices(slices, session.result())
+            self.panel.controls.show_status(f"Embeddings of {ws.volume.shape[0]} slices ready: clicks are fast now.")
+
+        self._start(run, "Precompute embeddings", done, ws, key)
