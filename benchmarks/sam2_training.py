@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--milestones", default="50,100,150,200", help="steps at which to evaluate")
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=Sam2TrainConfig.lr)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="evaluate on 2 test cases only")
     parser.add_argument("--maskrcnn", help="trained Mask R-CNN model directory for (f)")
@@ -62,8 +63,7 @@ def main() -> None:
     out = Path(args.out)
     manifest = Path(args.manifest) if args.manifest else write_demo_cohort(out / "cohort")
     cohort = load_manifest(manifest)
-    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, clip_length=4, lr=1e-3, warmup_steps=20,
-                             threads=args.threads)
+    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, lr=args.lr, threads=args.threads)
     torch.set_num_threads(args.threads)
     tests = [c for c in cohort.split("test") if c.label is not None][: 2 if args.quick else None]
     loaded = {c.id: c.load() for c in tests}

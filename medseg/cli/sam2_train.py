@@ -15,7 +15,7 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
         help="train SAM2 on the cohort's train split (validating on its val split); the model directory "
         "works wherever a model is asked for (--model DIR, pipeline `model: DIR`)",
         description="Options left out take the defaults of medseg.sam2.train_config.Sam2TrainConfig "
-        "(from random initialisation, architecture hiera-micro, image size 128, 600 steps of one 4-slice clip).",
+        "(from random initialisation, architecture hiera-micro, image size 128, 800 steps of one 4-slice clip, lr 1e-4).",
     )
     t.add_argument("--manifest", required=True, help="cohort manifest (medseg JSON or a Decathlon dataset.json)")
     t.add_argument("--out", required=True, help="model directory to write (an interrupted run there resumes)")

@@ -1,0 +1,71 @@
+"""Labels from a float16 embedding store vs a float32 one, with a trained model on a cohort.
+
+For every labelled case of the split, each store is filled (``Sam2Session.precompute``) and a
+second session reads every slice's features back from that store (no encoder run), then
+propagates the pipeline's prompts (one box on each object's middle slice). The two label maps
+are compared: voxels that differ and Dice per label between them. The float32 store gives the
+encoder's own numbers back, so this is what storing features in float16 changes.
+
+Usage::
+
+    python benchmarks/store_dtype.py --model results/demo/sam2-model/<digest> --manifest data_manifests/demo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.manifest import load_manifest
+from medseg.metrics import dice_per_label
+from medseg.pipeline.config import PromptSettings
+from medseg.pipeline.prompt_policy import PromptPolicy
+from medseg.sam2 import load_model
+from medseg.sam2.embeddings import EmbeddingStore
+from medseg.sam2.session import Sam2Session
+
+
+def labels_through_store(model, volume, prompts, store: EmbeddingStore) -> np.ndarray:
+    Sam2Session(model, volume, store=store).precompute()
+    session = Sam2Session(model, volume, store=store)  # a new in-memory cache: features come from disk
+    session.set_prompts(prompts)
+    labels = session.propagate().array
+    assert session.cache.encoder_calls == 0, "the second session should read every slice from the store"
+    return labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a trained model directory (or registry name)")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cohort = load_manifest(args.manifest)
+    model = load_model(args.model, device="cpu")
+    policy = PromptPolicy(PromptSettings(point="none", box="middle"), seed=0)
+    rows, differ, total = [], 0, 0
+    with tempfile.TemporaryDirectory() as folder:
+        for case in [c for c in cohort.split(args.split) if c.label is not None]:
+            volume, truth = case.load()
+            prompts = policy.prompts(truth, labels=cohort.labels, case_id=case.id)
+            half, full = (labels_through_store(model, volume, prompts, EmbeddingStore(Path(folder) / dtype, dtype=dtype))
+                          for dtype in ("float16", "float32"))
+            agreement = dice_per_label(half, full, labels=cohort.labels)
+            differ, total = differ + int((half != full).sum()), total + half.size
+            rows.append({"case": case.id, "voxels_differ": int((half != full).sum()),
+                         "dice_float16_vs_float32": {cohort.labels[k]: round(float(v), 6) for k, v in agreement.items()}})
+            print(json.dumps(rows[-1]), flush=True)
+    dices = [v for row in rows for v in row["dice_float16_vs_float32"].values() if not np.isnan(v)]
+    print(json.dumps({"model": args.model, "cases": len(rows), "voxels_differ": differ, "voxels": total,
+                      "min_dice": round(min(dices), 6), "mean_dice": round(float(np.mean(dices)), 6)}))
+
+
+if __name__ == "__main__":
+    main()
