@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -70,6 +71,18 @@ def test_key_hits_on_the_same_inputs_and_misses_on_voxel_preset_size_or_checkpoi
     assert volume_key(volume, mri) == volume_key(make_volume(), mri) != volume_key(make_volume(seed=1), mri)
     assert model_key("untrained:0:cfg", 128, torch.device("cpu")) != model_key("untrained:1:cfg", 128, torch.device("cpu"))
     assert model_key("sha", 128, torch.device("cpu")) != model_key("sha", 128, torch.device("cuda"))
+
+
+def test_weights_only_in_memory_never_use_the_store(model, tmp_path):
+    """A model being trained has no name for its weights: two states of it must not share features."""
+    store = EmbeddingStore(tmp_path / "store")
+    in_training = dataclasses.replace(model, name="in training", checkpoint=None, checkpoint_sha256=None, seed=None)
+    assert in_training.weights_id is None
+    cache = FeatureCache(in_training, store=store)
+    assert cache.store is None
+    assert cache.precompute(VolumeFrames(make_volume())) == SHAPE[0]
+    assert store.entries() == []
+    assert _precompute(in_training, make_volume(), store) == SHAPE[0]  # encoded again: nothing was kept
 
 
 def test_stored_features_are_the_encoders_at_float32_and_close_at_float16(model, tmp_path):

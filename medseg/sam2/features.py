@@ -79,7 +79,8 @@ class FeatureCache:
         Where features are kept; the model's device by default (``"cpu"`` to offload).
     store
         The on-disk store: True for ``EmbeddingStore.default()`` (the user's, unless
-        ``MEDSEG_EMBEDDINGS=off``), False for none, or a store.
+        ``MEDSEG_EMBEDDINGS=off``), False for none, or a store. Never used for a model whose
+        weights have no identity (``Sam2Model.weights_id`` None: a model in training).
     """
 
     def __init__(
@@ -96,7 +97,9 @@ class FeatureCache:
         self.max_bytes = default_memory_budget() if max_bytes is None else max_bytes
         self.device = torch.device(device) if device is not None else model.device
         self.store = EmbeddingStore.default() if store is True else store or None
-        self._model_key = model_key(model.weights_id, model.image_size, model.device)
+        if model.weights_id is None:  # in-memory weights (training): another state would read them back
+            self.store = None
+        self._model_key = None if self.store is None else model_key(model.weights_id, model.image_size, model.device)
         self.encoder_calls = 0
         self.hits = 0
         self.disk_hits = 0

@@ -61,9 +61,15 @@ class Sam2Model:
         return stack
 
     @property
-    def weights_id(self) -> str:
-        """What identifies the weights: the checkpoint's SHA-256, or ``untrained:<seed>:<config>``."""
-        return self.checkpoint_sha256 or f"untrained:{self.seed}:{self.config}"
+    def weights_id(self) -> str | None:
+        """What identifies the weights: the checkpoint's SHA-256, or ``untrained:<seed>:<config>``.
+
+        None for weights that exist only in memory (a model being trained or validated):
+        nothing names them, so no embedding store may hold their features.
+        """
+        if self.checkpoint_sha256:
+            return self.checkpoint_sha256
+        return f"untrained:{self.seed}:{self.config}" if self.seed is not None else None
 
     def provenance(self) -> dict:
         return {
