@@ -2,11 +2,11 @@
 
 One small model is trained once per session (``trained``): a ``hiera-micro`` SAM2 at image
 size 64 on one non-square, anisotropic phantom, for a few steps; the API, CLI and pipeline
-tests load it. The behavioural tests (``QUALITY``: Dice > 0.7 from a box after overfitting,
-a click picks the organ under it, a negative click removes, reference prompting picks slices
-inside the object) need a model that follows prompts; on the shared 2-core machine a model
-trained for 80-100 steps did not yet (it segmented one organ whatever the prompt), so they are
-marked xfail and not run until the overfit budget is found (``OVERFIT``).
+tests load it. A second one (``overfit``: 300 steps at 128 px, lr 1e-4, about 3 minutes) learns
+that phantom well enough that a click on each organ gives that organ, which checks the whole
+coordinate path (anisotropic voxels, non-square slices, resize to the model frame and back).
+The other behavioural checks (``not_learned_in_budget``) need the ~800 steps of the demo (about
+10 minutes: too long for the suite); ``benchmarks/sam2_training.py`` measures them instead.
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ from medseg.sam2.train_config import Sam2TrainConfig
 SHAPE = (10, 48, 72)  # non-square slices
 SPACING = (3.0, 0.9, 0.6)  # anisotropic
 TRAINED = Sam2TrainConfig(image_size=64, steps=3, clip_length=2, warmup_steps=1, threads=1)
-OVERFIT = Sam2TrainConfig(image_size=64, steps=120, clip_length=3, lr=1e-3, warmup_steps=10, checkpoint_every=40, threads=1)
-QUALITY = pytest.mark.xfail(run=False, reason="the overfit model does not follow prompts yet within a test budget (issue 11, open)")
+OVERFIT = Sam2TrainConfig(image_size=128, steps=300, clip_length=3, lr=1e-4, warmup_steps=10, checkpoint_every=100, threads=1)
+
+
+def not_learned_in_budget(why: str):
+    return pytest.mark.xfail(run=False, reason=f"not learned in the suite's training budget (300 steps): {why}")
 
 
 def write_cohort(directory: Path, splits: dict[int, str], *, shape=SHAPE, extra_label: bool = False, unlabelled: bool = False) -> Path:
@@ -89,7 +92,7 @@ def predictor(overfit) -> Sam2VolumePredictor:
 
 
 # --- learning ---------------------------------------------------------------------------------
-@QUALITY
+@not_learned_in_budget("box Dice 0.95 / 0.29 / 0.52 after 300 steps; 0.96 mean after 800 in the benchmark")
 @pytest.mark.slow
 def test_overfit_box_prompt_segments_the_training_phantom(predictor, phantom):
     volume, truth = phantom
@@ -105,7 +108,6 @@ def test_overfit_box_prompt_segments_the_training_phantom(predictor, phantom):
     assert not result.untrained
 
 
-@QUALITY
 @pytest.mark.slow
 def test_click_on_an_organ_gives_that_organ_not_its_neighbour(predictor, phantom):
     """On a non-square, anisotropic volume: a wrong x/y or resize mapping picks another organ."""
@@ -122,7 +124,7 @@ def test_click_on_an_organ_gives_that_organ_not_its_neighbour(predictor, phantom
         assert overlap[label] > 0.5 * inside.sum()
 
 
-@QUALITY
+@not_learned_in_budget("two positive clicks on liver and spleen still give the liver only")
 @pytest.mark.slow
 def test_negative_click_removes_a_region(predictor, phantom):
     """Clicks on the liver and on the spleen give one object covering both; a negative click on
@@ -141,7 +143,7 @@ def test_negative_click_removes_a_region(predictor, phantom):
     assert (after & liver[z]).sum() > 0.5 * liver[z].sum()  # the liver stays
 
 
-@QUALITY
+@not_learned_in_budget("every reverse score stays near 0: memory from other slices' masks is not learned")
 @pytest.mark.slow
 def test_reference_prompting_selects_slices_inside_the_object(overfit, phantom):
     from medseg.revsam2 import SupportSet, segment_with_references
