@@ -377,16 +377,11 @@ class Sam2Panel(QWidget):
         if self.workspace is not None:
             self.workspace.prompts.set_negative(negative)
 
-    def current_slice(self, ws: Workspace) -> int:
-        """The slice index of ``ws``'s image that the viewer shows."""
-        z = ws.image.world_to_data(self.viewer.dims.point)[0]
-        return int(min(max(round(z), 0), ws.volume.shape[0] - 1))
-
     def _on_mask_prompt(self) -> None:
         ws, obj_id = self.workspace, self.current_object()
         if ws is None or obj_id is None:
             return
-        z = self.current_slice(ws)
+        z = ws.current_slice()
         marker = ws.add_mask_from_labels(obj_id, z)
         voxels = int(marker.mask_array(ws.volume.shape[1:]).sum())
         if voxels == 0:

@@ -262,14 +262,25 @@ class Workspace:
             self.labels = self.new_labels_layer()
         return self.labels
 
+    def current_slice(self) -> int:
+        """The slice index of the image that the viewer shows (in 2D)."""
+        z = self.image.world_to_data(self.viewer.dims.point)[0]
+        return int(min(max(round(z), 0), self.volume.shape[0] - 1))
+
     def paint_slices(self, slices: dict[int, np.ndarray], result: LabelVolume | None = None) -> None:
-        """Write label slices into the output layer (accepted objects stay on top)."""
+        """Write label slices into the output layer (accepted objects stay on top).
+
+        In 2D the layer is redrawn only when the slice on screen is among them: napari reads
+        the others from the array when the user scrolls there, and every redraw costs the
+        running engine the GIL (see ``_tasks``).
+        """
         data = self.ensure_labels().data
         for z, label_slice in slices.items():
             data[z] = label_slice if self.committed is None else np.where(self.committed[z] > 0, self.committed[z], label_slice)
         if result is not None:
             self._set_result(result)
-        self.labels.refresh()
+        if self.viewer.dims.ndisplay == 3 or self.current_slice() in slices:
+            self.labels.refresh()
 
     def show_result(self, result: LabelVolume) -> None:
         """Replace the output layer's voxels by a propagation result (accepted objects stay on top)."""
