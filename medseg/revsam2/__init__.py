@@ -44,8 +44,10 @@ What medseg designs (our choices, not the paper's)
   selection settings re-runs only the re-prompt pass.
 * Defaults ``top_k=3``, ``threshold=0.5``, automatic ``min_spacing`` are PROVISIONAL: they
   were set by reasoning. The ablation that should fix them (``benchmarks/revsam2.py
-  --ablation`` on the demo cohort) only means something with real weights, which were not
-  reachable where this was written; with the untrained model it measures nothing.
+  --ablation`` on the demo cohort) needs a model that carries memory from another volume's
+  annotated slices: the SAM2 trained on the demo cohort (README, "Training SAM2 on a cohort")
+  follows clicks and boxes but not references (selection 0.58 vs baseline 0.63 Dice in one run,
+  0.33 vs 0.26 in another), so tuning to it would fit its failures.
 """
 
 from medseg.revsam2.baseline import ObjectTrack, track_object
