@@ -103,7 +103,7 @@ class Sam2Runs:
             shown = ", ".join(str(z) for z in sorted(slices)) or "none"
             note = UNTRAINED_NOTE if result.untrained else ""
             self.panel.controls.show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}",
-                                      warn=result.untrained)
+                                            warn=result.untrained)
 
         self._start(run, "Segment object", done, ws, key)
 
