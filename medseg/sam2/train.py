@@ -52,8 +52,9 @@ from medseg.sam2.train_validate import validate
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "training/checkpoint.pt"
-UNDERTRAINED_STEPS = 300
-"""Below this many steps a model is flagged undertrained (a smoke-test model)."""
+UNDERTRAINED_STEPS = 600
+"""Below this many steps a model is flagged undertrained (a smoke-test model). From scratch on the
+demo cohort, a box propagated to Dice 0.43 after 400 steps and 0.94 after 600 (README)."""
 
 _ENCODER_PREFIX = "image_encoder."
 _DECODER_PREFIXES = ("sam_prompt_encoder.", "sam_mask_decoder.")
