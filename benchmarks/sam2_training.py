@@ -13,7 +13,8 @@ that point are evaluated on the demo cohort's test split, every label, with:
 (f) ``maskrcnn``    the Mask R-CNN baseline of the demo (``--maskrcnn DIR``: a trained model
                     directory, e.g. ``results/demo/maskrcnn/model``), evaluated once
 
-(c)-(f) run at the last milestone only (``--all-modes-every`` to change). Speed: steps per
+(c)-(f) run at the last milestone only. ``--p-reference`` trains with reference clips (another
+case's annotated slices condition a clip of the query: ``Sam2TrainConfig.p_reference``). Speed: steps per
 second and seconds per clip frame, from the run's own clock (``training_seconds``). The CPU
 of the machine this ran on may be shared: the numbers say what was measured, not more.
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--milestones", default="50,100,150,200", help="steps at which to evaluate")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=Sam2TrainConfig.lr)
+    parser.add_argument("--p-reference", type=float, default=Sam2TrainConfig.p_reference)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="evaluate on 2 test cases only")
     parser.add_argument("--maskrcnn", help="trained Mask R-CNN model directory for (f)")
@@ -63,7 +65,8 @@ def main() -> None:
     out = Path(args.out)
     manifest = Path(args.manifest) if args.manifest else write_demo_cohort(out / "cohort")
     cohort = load_manifest(manifest)
-    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, lr=args.lr, threads=args.threads)
+    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, lr=args.lr, threads=args.threads,
+                             p_reference=args.p_reference)
     torch.set_num_threads(args.threads)
     tests = [c for c in cohort.split("test") if c.label is not None][: 2 if args.quick else None]
     loaded = {c.id: c.load() for c in tests}

@@ -31,8 +31,12 @@ from medseg.prompts import Prompts
 from medseg.runtime import sha256_file
 from medseg.sam2 import Sam2VolumePredictor, load_model
 from medseg.sam2.model_dir import read_model_json
+from medseg.revsam2.support import sample_slices
+from medseg.sam2.model_dir import architecture, build_network
 from medseg.sam2.train import train_sam2
 from medseg.sam2.train_config import Sam2TrainConfig
+from medseg.sam2.train_data import prepare_case, sample_reference_clip
+from medseg.sam2.train_step import clip_loss
 
 SHAPE = (10, 48, 72)  # non-square slices
 SPACING = (3.0, 0.9, 0.6)  # anisotropic
@@ -156,10 +160,51 @@ def test_reference_prompting_selects_slices_inside_the_object(overfit, phantom):
     assert selected and set(selected) <= liver_slices, (selected, liver_slices)
 
 
+# --- reference clips (cross-volume memory) ------------------------------------------------------
+def test_reference_clip_conditions_the_query_on_another_case():
+    reference, query = (prepare_case(f"p{seed}", *make_phantom(seed, shape=SHAPE, spacing=SPACING), 64, "ct-soft-tissue")
+                        for seed in (0, 1))
+    rng = np.random.default_rng(3)
+    clip = sample_reference_clip(reference, query, 3, 2, rng)
+    [label] = clip.obj_ids
+    refs = sample_slices(reference.labels == label, k=2)  # chosen as a SupportSet chooses supports
+    assert clip.cond_frames == len(refs) == 2 and clip.points is None
+    torch.testing.assert_close(clip.masks[0], (reference.targets[refs] == label).float())
+    torch.testing.assert_close(clip.images[:2], reference.images[refs].float())
+    torch.testing.assert_close(clip.images[2:], query.images[list(clip.slices)].float())
+    torch.testing.assert_close(clip.targets[0, 2:], (query.targets[list(clip.slices)] == label).float())
+    assert np.all(np.abs(np.diff(clip.slices)) == 1) and (query.labels[clip.slices[0]] == label).any()
+
+    torch.manual_seed(0)
+    net = build_network(architecture("hiera-micro", 64)).train()
+    loss, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, image_prompts=False)
+    loss.backward()
+    memory = [p.grad for n, p in net.named_parameters() if n.startswith("memory_attention.")]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in memory)
+    # the tracked frames read the references: other reference masks, another loss (eval: no dropout)
+    flipped = type(clip)(clip.case_id, clip.slices, clip.obj_ids, clip.images, clip.targets, None, None, 1 - clip.masks,
+                         cond_frames=2)
+    net.eval()
+    with torch.no_grad():
+        same, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, image_prompts=False)
+        again, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, image_prompts=False)
+        other, _ = clip_loss(net, flipped, np.random.default_rng(0), correction_clicks=1, image_prompts=False)
+    assert float(same) == float(again) and abs(float(other) - float(same)) > 1e-4
+
+
+def test_reference_clips_need_two_train_cases(tmp_path):
+    cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train", 1: "test"}, shape=(6, 32, 48)))
+    with pytest.raises(ConfigError, match="p_reference 0.3 needs two train cases sharing a label"):
+        train_sam2(cohort, tmp_path / "m", config=Sam2TrainConfig(image_size=64, steps=2, p_reference=0.3))
+    assert not (tmp_path / "m").exists()
+
+
 # --- resumption and reuse ---------------------------------------------------------------------
 def test_resume_after_interruption_gives_bit_identical_weights(tmp_path):
     cohort = load_manifest(write_cohort(tmp_path / "cohort", {0: "train", 1: "train"}, shape=(6, 32, 48)))
-    config = Sam2TrainConfig(image_size=64, steps=4, clip_length=2, checkpoint_every=3, warmup_steps=1, threads=1)
+    # p_reference 0.5: step 3 is a reference clip (p0's slices condition p1 or the other way round)
+    config = Sam2TrainConfig(image_size=64, steps=4, clip_length=2, checkpoint_every=3, warmup_steps=1, threads=1,
+                             p_reference=0.5, references=2)
     whole = train_sam2(cohort, tmp_path / "whole", config=config)
     asked = []
 

@@ -45,7 +45,7 @@ from medseg.sam2.model_dir import (
     write_model_dir,
 )
 from medseg.sam2.train_config import Sam2TrainConfig
-from medseg.sam2.train_data import PreparedCase, prepare_case, sample_clip
+from medseg.sam2.train_data import Clip, PreparedCase, prepare_case, sample_clip, sample_reference_clip
 from medseg.sam2.train_step import clip_loss
 from medseg.sam2.train_validate import validate
 
@@ -94,6 +94,9 @@ def train_sam2(
         net = net.to(device)
         preset = config.preset or default_preset(train_cases[0].load()[0]).name
         prepared = [_prepare(case, arch, preset) for case in train_cases]
+        if config.p_reference and not _reference_pairs(prepared):
+            raise ConfigError(f"{cohort.path}: p_reference {config.p_reference} needs two train cases sharing a label; "
+                              f"the train split has {len(prepared)} case(s) and none share one (set p_reference: 0)")
         optimizer, scheduler = _optimizer(net, config)
         state = {"step": 0, "loss_curve": [], "validation": [], "seconds": 0.0}
         checkpoint = out_dir / CHECKPOINT
@@ -149,8 +152,7 @@ def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase
     total = 0.0
     device = next(net.parameters()).device
     for _ in range(config.batch_size):
-        clip = sample_clip(prepared[int(rng.integers(len(prepared)))], config.clip_length, rng,
-                           p_point=config.p_point, p_box=config.p_box).to(device)
+        clip = _sample(prepared, config, rng).to(device)
         loss, _ = clip_loss(net, clip, rng, correction_clicks=config.correction_clicks, image_prompts=config.image_prompts,
                             encoder_grad="image_encoder" in config.train)
         if not torch.isfinite(loss):
@@ -165,6 +167,23 @@ def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase
                                f"then run again: training resumes from the last checkpoint")
     optimizer.step()
     return total
+
+
+def _sample(prepared: Sequence[PreparedCase], config: Sam2TrainConfig, rng: np.random.Generator) -> Clip:
+    """A within-volume clip, or with probability ``p_reference`` a reference clip of two cases."""
+    if config.p_reference and rng.random() < config.p_reference:
+        pairs = _reference_pairs(prepared)
+        reference, query = pairs[int(rng.integers(len(pairs)))]
+        n_references = int(rng.integers(1, config.references + 1))
+        return sample_reference_clip(prepared[reference], prepared[query], config.clip_length, n_references, rng)
+    return sample_clip(prepared[int(rng.integers(len(prepared)))], config.clip_length, rng,
+                       p_point=config.p_point, p_box=config.p_box)
+
+
+def _reference_pairs(prepared: Sequence[PreparedCase]) -> list[tuple[int, int]]:
+    """``(reference, query)`` index pairs of distinct cases that share a label."""
+    return [(r, q) for r, ref in enumerate(prepared) for q, query in enumerate(prepared)
+            if r != q and ref.label_ids & query.label_ids]
 
 
 def _labelled(cohort: Cohort, split: str) -> list[Case]:

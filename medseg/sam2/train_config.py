@@ -28,6 +28,10 @@ class Sam2TrainConfig:
     a point with probability ``p_point``, a box with ``p_box``, otherwise the mask;
     ``correction_clicks`` extra clicks are drawn from the error region after a point prompt
     (positive on a miss, negative on a false positive), as SAM2 trains interactive correction.
+    ``p_reference``: the probability that a clip is a *reference clip* (another train case's
+    annotated slices of one object, 1 to ``references`` of them, condition a clip of the query
+    with no prompt on it: how reference prompting uses SAM2); 0 trains within-volume tracking
+    only and needs no second case.
     ``image_prompts``: also prompt every object on every frame alone, without memory (SAM2's
     joint image training; it teaches the decoder to follow prompts far sooner).
     ``threads``: CPU threads torch uses while training (restored afterwards); on a CPU shared
@@ -49,6 +53,8 @@ class Sam2TrainConfig:
     p_point: float = 0.5
     p_box: float = 0.35
     correction_clicks: int = 1
+    p_reference: float = 0.0
+    references: int = 3
     image_prompts: bool = True
     preset: str | None = None
     seed: int = 0
@@ -70,6 +76,9 @@ class Sam2TrainConfig:
             raise ConfigError(f"train must name some of {list(PARTS)}, got {list(self.train)}")
         if not (0 <= self.p_point and 0 <= self.p_box and self.p_point + self.p_box <= 1):
             raise ConfigError(f"p_point and p_box must be probabilities summing to at most 1, got {self.p_point}, {self.p_box}")
+        if not 0 <= self.p_reference <= 1 or self.references < 1:
+            raise ConfigError(f"p_reference must be a probability and references at least 1, got {self.p_reference}, "
+                              f"{self.references}")
         if self.lr <= 0 or (self.lr_image_encoder is not None and self.lr_image_encoder < 0):
             raise ConfigError("learning rates must be positive")
         if self.threads is not None and self.threads < 1:

@@ -13,6 +13,12 @@ box is the inclusive bounding box of the cross-section (with a little jitter, as
 and a mask prompt is the cross-section itself. Pixel prompts go through ``to_model_xy``, the
 same mapping the inference engine uses.
 
+A *reference clip* is RevSAM2's use of SAM2 turned into training data: a few annotated slices
+of one object in another case (chosen as ``SupportSet`` chooses supports: chunk centres of its
+z-extent) are mask-conditioning frames, followed by consecutive slices of the query case with no
+prompt at all. The tracker must find the object from another patient's memory alone, which
+within-volume clips never ask of it.
+
 Everything random is drawn from a ``numpy.random.Generator`` the caller seeds per step, so
 the clips of step ``k`` do not depend on what ran before (resuming reproduces them).
 """
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 
 from medseg.pipeline.prompt_policy import centroid_voxel
 from medseg.preprocess import IntensityPreset, SliceFrames
+from medseg.revsam2.support import sample_slices
 from medseg.sam2.frames import model_input, to_model_xy
 from medseg.volume import LabelVolume, Volume
 
@@ -39,20 +46,26 @@ class PreparedCase:
 
     ``images``: ``(Z, 3, S, S)`` float16 network inputs; ``targets``: ``(Z, S, S)`` uint8
     labels resized (nearest) to the model frame, what the losses compare with; ``labels``:
-    the ``(Z, H, W)`` labels at the frame's own size, where prompts are drawn.
+    the ``(Z, H, W)`` labels at the frame's own size, where prompts are drawn; ``label_ids``:
+    the labels drawn anywhere in it.
     """
 
     id: str
     images: torch.Tensor
     targets: torch.Tensor
     labels: np.ndarray
+    label_ids: frozenset[int]
 
 
 @dataclass(frozen=True, eq=False)
 class Clip:
-    """``images`` ``(T, 3, S, S)``; ``targets`` ``(B, T, S, S)`` float 0/1, one row per object;
-    first-frame prompts: ``points`` ``(B, N, 2)`` model ``(x, y)`` with ``point_labels`` ``(B, N)``
-    (a box is two points labelled 2 and 3), or ``masks`` ``(B, 1, S, S)``."""
+    """``images`` ``(T, 3, S, S)``; ``targets`` ``(B, T, S, S)`` float 0/1, one row per object.
+
+    The first ``cond_frames`` frames are conditioning frames: with ``points`` ``(B, N, 2)``
+    model ``(x, y)`` and ``point_labels`` ``(B, N)`` on frame 0 (a box is two points labelled 2
+    and 3), or with ``masks`` ``(B, cond_frames, S, S)``. ``case_id`` names the case of the
+    tracked frames (for a reference clip, ``"reference->query"``).
+    """
 
     case_id: str
     slices: tuple[int, ...]
@@ -62,13 +75,14 @@ class Clip:
     points: torch.Tensor | None
     point_labels: torch.Tensor | None
     masks: torch.Tensor | None
+    cond_frames: int = 1
 
     def to(self, device: torch.device) -> Clip:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
         return Clip(self.case_id, self.slices, self.obj_ids, move(self.images), move(self.targets), move(self.points),
-                    move(self.point_labels), move(self.masks))
+                    move(self.point_labels), move(self.masks), self.cond_frames)
 
 
 def prepare_case(case_id: str, volume: Volume, labels: LabelVolume, image_size: int, preset: str | IntensityPreset | None) -> PreparedCase:
@@ -77,20 +91,14 @@ def prepare_case(case_id: str, volume: Volume, labels: LabelVolume, image_size: 
     images = torch.cat([model_input(frames[z], image_size) for z in range(len(frames))]).to(torch.float16)
     array = np.asarray(labels.array)
     targets = F.interpolate(torch.from_numpy(array.astype(np.float32))[:, None], size=(image_size, image_size), mode="nearest")
-    return PreparedCase(case_id, images, targets[:, 0].to(torch.uint8), array.astype(np.int64))
+    label_ids = frozenset(int(v) for v in np.unique(array) if v > 0)
+    return PreparedCase(case_id, images, targets[:, 0].to(torch.uint8), array.astype(np.int64), label_ids)
 
 
 def sample_clip(case: PreparedCase, length: int, rng: np.random.Generator, *, p_point: float, p_box: float) -> Clip:
     """A clip of ``length`` slices of ``case`` with first-frame prompts for every object on it."""
-    n = len(case.labels)
-    length = min(length, n)
-    step = int(rng.choice([-1, 1]))
-    drawn = np.flatnonzero(case.labels.reshape(n, -1).max(axis=1) > 0)
-    starts = drawn[(drawn <= n - length) if step > 0 else (drawn >= length - 1)]
-    if len(starts) == 0:  # the objects sit at the wrong end for this direction
-        step, starts = -step, drawn[(drawn >= length - 1) if step > 0 else (drawn <= n - length)]
-    z0 = int(rng.choice(starts))
-    slices = tuple(range(z0, z0 + step * length, step))
+    slices = _consecutive_slices(case.labels.reshape(len(case.labels), -1).max(axis=1) > 0, length, rng)
+    z0 = slices[0]
     first = case.labels[z0]
     obj_ids = tuple(int(v) for v in np.unique(first) if v > 0)
     targets = torch.stack([(case.targets[list(slices)] == v) for v in obj_ids]).float()
@@ -111,6 +119,23 @@ def sample_clip(case: PreparedCase, length: int, rng: np.random.Generator, *, p_
     return Clip(case.id, slices, obj_ids, images, targets, points, point_labels, masks)
 
 
+def sample_reference_clip(reference: PreparedCase, query: PreparedCase, length: int, n_references: int,
+                          rng: np.random.Generator) -> Clip:
+    """One object's ``n_references`` annotated slices of ``reference`` (mask prompts), then
+    ``length`` consecutive slices of ``query`` that must be segmented from that memory alone."""
+    shared = sorted(reference.label_ids & query.label_ids)
+    if not shared:
+        raise ValueError(f"cases {reference.id} and {query.id} share no label")
+    label = int(rng.choice(shared))
+    refs = sample_slices(reference.labels == label, k=n_references)
+    drawn = (query.labels == label).reshape(len(query.labels), -1).any(axis=1)
+    slices = _consecutive_slices(drawn, length, rng)
+    targets = torch.cat([reference.targets[refs], query.targets[list(slices)]])[None].eq(label).float()
+    images = torch.cat([reference.images[refs], query.images[list(slices)]]).float()
+    return Clip(f"{reference.id}->{query.id}", slices, (label,), images, targets, None, None,
+                targets[:, :len(refs)], cond_frames=len(refs))
+
+
 def correction_click(pred: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One click per object from its error region, as SAM2's training samples corrections.
 
@@ -128,6 +153,19 @@ def correction_click(pred: torch.Tensor, target: torch.Tensor, rng: np.random.Ge
         points.append((x, y))
         labels.append(int(t[y, x]))
     return torch.tensor(points, dtype=torch.float32)[:, None], torch.tensor(labels, dtype=torch.int32)[:, None]
+
+
+def _consecutive_slices(drawn: np.ndarray, length: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """``length`` consecutive slice indices, upwards or downwards, starting on a ``drawn`` slice."""
+    n = len(drawn)
+    length = min(length, n)
+    step = int(rng.choice([-1, 1]))
+    drawn = np.flatnonzero(drawn)
+    starts = drawn[(drawn <= n - length) if step > 0 else (drawn >= length - 1)]
+    if len(starts) == 0:  # the objects sit at the wrong end for this direction
+        step, starts = -step, drawn[(drawn >= length - 1) if step > 0 else (drawn <= n - length)]
+    z0 = int(rng.choice(starts))
+    return tuple(range(z0, z0 + step * length, step))
 
 
 def _click(plane: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:

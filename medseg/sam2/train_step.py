@@ -5,7 +5,9 @@ encoder runs on every frame of the clip; frame 0 is the conditioning frame (its 
 through ``_track_step``, and after a point prompt ``correction_clicks`` more clicks are sampled
 from the error region and fed with the previous logits, as SAM2 trains interactive
 correction); every later frame is tracked with the memory attention reading the memory
-encoder's output of the frames before it. Gradients flow through all of it, memory included.
+encoder's output of the frames before it. A reference clip has several conditioning frames
+(another case's mask prompts) and no prompt on the frames it supervises. Gradients flow through
+all of it, memory included.
 
 Losses (SAM2's ``MultiStepMultiMasksAndIous``, re-derived, weights 20 : 1 : 1 : 1): sigmoid
 focal loss and dice loss on the high-resolution masks (with several candidate masks only the
@@ -46,21 +48,23 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
         frame_feats = [x[:, t:t + 1].expand(-1, n_obj, -1) for x in feats]
         frame_pos = [x[:, t:t + 1].expand(-1, n_obj, -1) for x in pos]
         target = clip.targets[:, t]
+        conditioning = t < clip.cond_frames
         points = None
         if t == 0 and clip.points is not None:
             points = {"point_coords": clip.points, "point_labels": clip.point_labels}
-        masks = clip.masks if t == 0 else None
-        out, sam = _track(net, t, frame_feats, frame_pos, sizes, points, masks, memory, n_frames, None)
+        masks = clip.masks[:, t:t + 1] if conditioning and clip.masks is not None else None
+        out, sam = _track(net, t, conditioning, frame_feats, frame_pos, sizes, points, masks, memory, n_frames, None)
         if masks is None:
             terms.append(_frame_terms(sam, target))
         for _ in range(correction_clicks if points is not None else 0):
             xy, labels = correction_click(sam[4][:, 0], target, rng)
             points = {"point_coords": torch.cat([points["point_coords"], xy], 1),
                       "point_labels": torch.cat([points["point_labels"], labels], 1)}
-            out, sam = _track(net, t, frame_feats, frame_pos, sizes, points, None, memory, n_frames, out["pred_masks"])
+            out, sam = _track(net, t, conditioning, frame_feats, frame_pos, sizes, points, None, memory, n_frames,
+                              out["pred_masks"])
             terms.append(_frame_terms(sam, target))
         net._encode_memory_in_output(frame_feats, sizes, points, True, sam[4], sam[6], out)
-        memory["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
+        memory["cond_frame_outputs" if conditioning else "non_cond_frame_outputs"][t] = out
     if image_prompts:
         terms.append(_image_terms(net, feats, sizes, clip.targets, rng))
     parts = {k: torch.stack([term[k] for term in terms]).mean() for k in terms[0]}
@@ -69,13 +73,16 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def _track(net, t, feats, pos, sizes, points, masks, memory, n_frames, previous_logits):
+def _track(net, t, conditioning, feats, pos, sizes, points, masks, memory, n_frames, previous_logits):
     """``SAM2Base._track_step`` on frame ``t``; returns its output dict and SAM outputs.
+
+    A conditioning frame reads no memory (SAM2's "initial conditioning frame"): each reference
+    mask of a reference clip is encoded on its own, as inference adds them.
 
     ``track_step`` (the public one) hides the object score in training mode and always runs
     the memory encoder; here the memory is encoded once per frame, after its last correction.
     """
-    out, sam, _, _ = net._track_step(t, t == 0, feats, pos, sizes, points, masks, memory, n_frames, False, previous_logits)
+    out, sam, _, _ = net._track_step(t, conditioning, feats, pos, sizes, points, masks, memory, n_frames, False, previous_logits)
     out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"], out["object_score_logits"] = sam[3], sam[4], sam[5], sam[6]
     return out, sam
 
