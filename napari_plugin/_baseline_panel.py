@@ -10,7 +10,7 @@ ranks the objects by the model's confidence.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
@@ -30,13 +30,15 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import MedsegError, WeightsError
-from medseg.maskrcnn import MaskRCNNModel, load_model, predict_instances
-from medseg.maskrcnn.predict import Prediction
 from medseg.volume import Volume
 
 from napari_plugin._layer_picker import LayerPicker, fit_columns
 from napari_plugin._layers import labels_layer_data, put_labels, volume_of_image
 from napari_plugin._tasks import Progress, StopFlag, TaskControls
+
+if TYPE_CHECKING:
+    from medseg.maskrcnn import MaskRCNNModel
+    from medseg.maskrcnn.predict import Prediction
 
 
 class BaselinePanel(QWidget):
@@ -101,6 +103,8 @@ class BaselinePanel(QWidget):
         threshold, device = self.threshold.value() or None, self.device.currentText()
 
         def run(progress: Progress, should_stop: StopFlag) -> tuple[MaskRCNNModel, Prediction]:
+            from medseg.maskrcnn import load_model, predict_instances  # torchvision: seconds, so in the worker
+
             model = models.get(path) or load_model(path)
             return model, predict_instances(model, volume, score_threshold=threshold, device=device, progress=progress,
                                             should_stop=should_stop)

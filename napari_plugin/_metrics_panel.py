@@ -9,7 +9,7 @@ made outside medseg are plain arrays: distances then count voxels, and the table
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
@@ -28,13 +28,15 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import InputError
-from medseg.metrics import MaskAP, evaluate, mask_ap, mean_dice
 from medseg.runtime import check_stop
 from medseg.volume import LabelVolume
 
 from napari_plugin._layer_picker import LayerPicker, fit_columns, same_layer
 from napari_plugin._layers import LABELS_KEY, label_volume, layer_volume
 from napari_plugin._tasks import Progress, StopFlag, TaskControls
+
+if TYPE_CHECKING:
+    from medseg.metrics import MaskAP
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ def compute_scores(
     should_stop: StopFlag,
 ) -> Scores:
     """Every metric of the panel: ``medseg.metrics.evaluate`` (the pipeline's), then mask AP in 3D and 2D."""
+    from medseg.metrics import evaluate, mask_ap  # MONAI and torch: seconds, so not when the panel opens
+
     truth_array = truth.array if isinstance(truth, LabelVolume) else truth
     labels = [int(v) for v in np.unique(truth_array) if v != 0]
     if not labels:
@@ -164,6 +168,8 @@ class MetricsPanel(QWidget):
         self.controls.start(run, label="Metrics", on_done=self._show)
 
     def _show(self, scores: Scores) -> None:
+        from medseg.metrics import mean_dice
+
         unit = "mm" if scores.millimetres else "voxels"
         self.table.setHorizontalHeaderLabels(["label", "name", "Dice", f"HD95 ({unit})", "surf. Dice"])
         self.table.setRowCount(0)

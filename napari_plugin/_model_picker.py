@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
@@ -24,8 +25,10 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import WeightsError
-from medseg.sam2 import Sam2VolumePredictor
 from medseg.weights import REGISTRY
+
+if TYPE_CHECKING:
+    from medseg.sam2 import Sam2VolumePredictor
 
 _CHECKPOINT = "checkpoint file…"
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -51,6 +54,10 @@ class LoadedModels:
         return choice in self._predictors
 
     def get(self, choice: ModelChoice) -> Sam2VolumePredictor:
+        """The predictor of ``choice``; the first call imports torch and sam2 (seconds), so the
+        panels open without waiting for them."""
+        from medseg.sam2 import Sam2VolumePredictor
+
         with self._lock:
             if choice not in self._predictors:
                 self._predictors[choice] = Sam2VolumePredictor(

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 
 from medseg.errors import InputError, MedsegError
 from medseg.preprocess import PRESETS
-from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, ReferenceSession, SupportEntry, SupportSet
+from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, SupportEntry, SupportSet
 from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._layer_picker import LayerPicker
@@ -267,6 +267,8 @@ class ReferencePanel(QWidget):
         }
 
         def run(progress: Progress, should_stop: StopFlag) -> LabelVolume:
+            from medseg.revsam2 import ReferenceSession  # torch and sam2: seconds, so in the worker
+
             support = SupportSet.from_volumes(entries, k=k, labels=labels, names=names)
             session = ReferenceSession(query, support, model=models.get(choice), preset=preset)
             return session.segment(mode=mode, progress=progress, should_stop=should_stop, **settings)

@@ -18,7 +18,6 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 
 from medseg.errors import MedsegError
-from medseg.sam2.qc import qc_summary
 
 from napari_plugin._model_picker import LoadedModels
 from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_markers
@@ -137,6 +136,8 @@ class Sam2Runs:
             return session, result, time.perf_counter() - started
 
         def done(outcome) -> None:
+            from medseg.sam2.qc import qc_summary  # torch is loaded by now
+
             session, result, seconds = outcome
             ws.commit(key, session, plan)
             ws.show_result(result)

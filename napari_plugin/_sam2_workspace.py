@@ -17,20 +17,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
 
 from medseg.errors import GeometryError
 from medseg.prompts import Prompts
-from medseg.sam2 import Sam2Session
 from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._history import History, Snapshot
 from napari_plugin._layers import LABELS_KEY, SOURCE_KEY, VOLUME_KEY, label_features, labels_layer_data, suggest_preset
 from napari_plugin._model_picker import ModelChoice
 from napari_plugin._prompt_layers import Marker, PromptLayers
+
+if TYPE_CHECKING:
+    from medseg.sam2 import Sam2Session
 
 SessionKey = tuple[ModelChoice, str]
 """What a session was built with: the model and the intensity preset's name."""

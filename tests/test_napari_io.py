@@ -110,6 +110,21 @@ def test_opening_a_file_imports_neither_torch_nor_monai(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_opening_the_medseg_panel_imports_no_model_library():
+    """The dock widget opens without torch, sam2, torchvision or MONAI (they took 8 s when it
+    did): they load in the worker of the first task that needs them."""
+    code = (
+        "import sys, napari\n"
+        "from napari_plugin._widget import MedsegWidget\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "widget = MedsegWidget(viewer)\n"
+        "print(sorted(m for m in ('torch', 'sam2', 'torchvision', 'monai', 'highdicom') if m in sys.modules))\n"
+        "viewer.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_writer_saves_labels_on_the_source_affine(make_napari_viewer, tmp_path):
     source = tmp_path / "scan.nii.gz"
     affine = _write_nifti(source, (-1, 1, 1))

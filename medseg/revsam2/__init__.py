@@ -50,25 +50,31 @@ What medseg designs (our choices, not the paper's)
   0.33 vs 0.26 in another), so tuning to it would fit its failures.
 """
 
-from medseg.revsam2.baseline import ObjectTrack, track_object
-from medseg.revsam2.engine import MODES, ReferenceSession, segment_with_references
-from medseg.revsam2.reverse import DEFAULT_THRESHOLD, DEFAULT_TOP_K, reverse_score, reverse_scores, select_slices
-from medseg.revsam2.support import Reference, SupportEntry, SupportSet, SupportSlice, sample_slices
+import importlib
 
-__all__ = [
-    "DEFAULT_THRESHOLD",
-    "DEFAULT_TOP_K",
-    "MODES",
-    "ObjectTrack",
-    "Reference",
-    "ReferenceSession",
-    "SupportEntry",
-    "SupportSet",
-    "SupportSlice",
-    "reverse_score",
-    "reverse_scores",
-    "sample_slices",
-    "segment_with_references",
-    "select_slices",
-    "track_object",
-]
+#: Where each public name lives. Submodules load on first use (PEP 562), so ``SupportSet`` and
+#: the defaults come without torch and sam2 (the napari panel opens seconds sooner).
+_PUBLIC = {
+    "DEFAULT_THRESHOLD": "defaults",
+    "DEFAULT_TOP_K": "defaults",
+    "MODES": "defaults",
+    "ObjectTrack": "baseline",
+    "Reference": "support",
+    "ReferenceSession": "engine",
+    "SupportEntry": "support",
+    "SupportSet": "support",
+    "SupportSlice": "support",
+    "reverse_score": "reverse",
+    "reverse_scores": "reverse",
+    "sample_slices": "support",
+    "segment_with_references": "engine",
+    "select_slices": "reverse",
+    "track_object": "baseline",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'medseg.revsam2' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"medseg.revsam2.{_PUBLIC[name]}"), name)

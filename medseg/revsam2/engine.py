@@ -25,9 +25,8 @@ import numpy as np
 from medseg.errors import ConfigError
 from medseg.preprocess import IntensityPreset, default_preset, get_preset
 from medseg.revsam2.baseline import ObjectTrack, Placement, track_object
+from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES
 from medseg.revsam2.reverse import (
-    DEFAULT_THRESHOLD,
-    DEFAULT_TOP_K,
     auto_min_spacing,
     check_selection,
     reverse_scores,
@@ -42,8 +41,6 @@ from medseg.sam2.predictor import Sam2VolumePredictor
 from medseg.volume import LabelVolume, Volume
 
 log = logging.getLogger(__name__)
-
-MODES = ("revsam2", "baseline", "baseline-middle")
 
 ModelLike = Sam2Model | Sam2VolumePredictor | str | Path
 

@@ -28,16 +28,11 @@ import numpy as np
 from medseg.errors import ConfigError, InputError
 from medseg.metrics.overlap import dice_per_label
 from medseg.revsam2.baseline import ObjectTrack
+from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from medseg.runtime import Progress, ShouldStop, check_stop, report
 from medseg.sam2.engine import FeatureCache, Tracker
 from medseg.sam2.frames import Frame
 from medseg.sam2.model import Sam2Model
-
-#: Provisional defaults, chosen by reasoning, not yet by the ablation on real weights
-#: (``benchmarks/revsam2.py --ablation``); see the package docstring.
-DEFAULT_TOP_K = 3
-DEFAULT_THRESHOLD = 0.5
-
 
 def reverse_score(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> float:
     """Mean Dice of ``predicted`` support masks against the supports' ``truth`` masks.
