@@ -3,6 +3,8 @@
 * nilearn: the MNI ICBM152 2009a symmetric T1 template (197 x 233 x 189, 1 mm, an average of
   real MRI scans) with its grey- and white-matter probability maps. Thresholded, the maps
   give a two-class label map (1 grey matter, 2 white matter) on the T1's grid.
+* The same template cut into a train/test cohort (``write_mni152_hemisphere_cohort``): axial
+  slabs of the left hemisphere to train on, other slabs of the right hemisphere to test on.
 * pydicom: its test files, among them ``CT_small.dcm`` (one 128 x 128 CT slice), ``MR_small.dcm``,
   small MR localizer series under ``dicomdirtests/`` and deliberately broken files
   (``MR_truncated.dcm``, ...).
@@ -94,3 +96,56 @@ def write_real_cohort(directory: str | os.PathLike) -> Path:
         "cases": [{"id": "mni152_t1", "image": MNI152_T1, "label": label_file, "split": "test"}],
     }
     return write_manifest(directory / "mni152.json", manifest)
+
+
+HEMISPHERE_SLAB = 16  # slices (mm) per case of the hemisphere cohort
+_CROP_MARGIN = 4  # voxels around the brain
+
+
+def write_mni152_hemisphere_cohort(directory: str | os.PathLike, *, slab: int = HEMISPHERE_SLAB) -> Path:
+    """Write the MNI152 hemisphere cohort: ``directory/real/hemispheres/*.nii.gz`` and ``directory/mni152-hemispheres.json``.
+
+    The brain's axial extent is cut into slabs of ``slab`` slices. Even slabs of the *left*
+    hemisphere are the train split, odd slabs of the *right* hemisphere the test split. The
+    template is exactly left-right symmetric (2009a *sym*: the mirror of one hemisphere is the
+    other, voxel for voxel), so testing on the right hemisphere of the training slabs would
+    test on mirror images of the training data; alternating slabs keeps every test slice, and
+    its mirror, out of training. Each case is cropped to the brain (its own exact geometry)
+    and is non-square (about 188 x 75 voxels). Idempotent; ``InputError`` without nilearn.
+    """
+    directory = Path(directory)
+    labels, geometry = mni152_tissue_labels()
+    t1 = np.asarray(nib.load(package_file(MNI152_T1)).dataobj).transpose(2, 1, 0)
+    brain = labels > 0
+    (z0, z1), (y0, y1), (x0, x1) = ((int(a.min()), int(a.max()) + 1) for a in
+                                    (np.flatnonzero(brain.any(axis=(1, 2))), np.flatnonzero(brain.any(axis=(0, 2))),
+                                     np.flatnonzero(brain.any(axis=(0, 1)))))
+    y0, y1 = max(y0 - _CROP_MARGIN, 0), min(y1 + _CROP_MARGIN, labels.shape[1])
+    midline = int(round(float(np.linalg.inv(geometry.affine)[0, 3])))  # voxel x of world x = 0
+    lower, upper = (max(x0 - _CROP_MARGIN, 0), midline), (midline + 1, min(x1 + _CROP_MARGIN, labels.shape[2]))
+    # LPS: +x is the patient's left, so with voxel x running towards -x the lower half is the left one
+    halves = {"left": lower, "right": upper} if geometry.direction[0, 0] < 0 else {"left": upper, "right": lower}
+    cases = []
+    for index, start in enumerate(range(z0, z1 - slab + 1, slab)):
+        side, split = ("left", "train") if index % 2 == 0 else ("right", "test")
+        xa, xb = halves[side]
+        crop = (slice(start, start + slab), slice(y0, y1), slice(xa, xb))
+        origin = geometry.index_to_world(np.array([[start, y0, xa]], dtype=float))[0]
+        part = Geometry((slab, y1 - y0, xb - xa), geometry.spacing, tuple(float(v) for v in origin), geometry.direction)
+        case_id = f"{side}_z{start:03d}"
+        image, label = f"real/hemispheres/{case_id}.nii.gz", f"real/hemispheres/{case_id}_labels.nii.gz"
+        write_nifti_if_changed(np.ascontiguousarray(t1[crop]), part, directory / image)
+        write_nifti_if_changed(np.ascontiguousarray(labels[crop]), part, directory / label, labels=True)
+        cases.append({"id": case_id, "image": image, "label": label, "split": split})
+    manifest = {
+        "name": "mni152-hemispheres",
+        "description": (
+            f"MNI ICBM152 2009a symmetric T1 template (nilearn) cut into {slab}-slice axial slabs: even slabs of the left "
+            "hemisphere to train, odd slabs of the right hemisphere to test (the template is left-right symmetric, so no "
+            "test slice or its mirror is in training); labels: grey/white-matter maps thresholded at 0.5 (`medseg demo-data`)."
+        ),
+        "modality": "MR",
+        "labels": {"0": "background", **{str(k): v for k, v in MNI152_LABELS.items()}},
+        "cases": cases,
+    }
+    return write_manifest(directory / "mni152-hemispheres.json", manifest)

@@ -11,7 +11,14 @@ import pytest
 from scipy import ndimage
 
 from medseg.cli import main
-from medseg.datasets import MNI152_GM, MNI152_T1, mni152_tissue_labels, package_file, write_real_cohort
+from medseg.datasets import (
+    MNI152_GM,
+    MNI152_T1,
+    mni152_tissue_labels,
+    package_file,
+    write_mni152_hemisphere_cohort,
+    write_real_cohort,
+)
 from medseg.io import load_labels, load_volume
 from medseg.manifest import load_manifest
 from medseg.phantom import LABELS, make_phantom, write_demo_cohort
@@ -93,7 +100,8 @@ def test_demo_data_command_writes_both_cohorts(tmp_path, capsys):
     assert f"demo cohort: {tmp_path / 'demo.json'}" in out
     assert f"real cohort: {tmp_path / 'mni152.json'}" in out
     assert len(load_manifest(tmp_path / "demo.json").cases) == 3
-    assert json.loads((tmp_path / "mni152.json").read_text(encoding="utf-8")) == json.loads((REPO / "data_manifests" / "mni152.json").read_text(encoding="utf-8"))
+    for name in ("mni152.json", "mni152-hemispheres.json"):
+        assert json.loads((tmp_path / name).read_text(encoding="utf-8")) == json.loads((REPO / "data_manifests" / name).read_text(encoding="utf-8"))
     assert main(["demo-data", str(tmp_path), "--cases", "1"]) == 2
     assert "--cases must be at least 2" in capsys.readouterr().err
 
@@ -144,3 +152,25 @@ def test_real_mni152_tissue_labels(tmp_path):
     assert volume.modality == "MR" and loaded.label_names == {1: "grey_matter", 2: "white_matter"}
     np.testing.assert_array_equal(load_labels(case.label, volume).array, labels)
     assert geometry.same_grid(volume.geometry, atol=1e-6)
+
+
+def test_mni152_hemisphere_cohort_keeps_test_slices_and_their_mirrors_out_of_training(tmp_path):
+    cohort = load_manifest(write_mni152_hemisphere_cohort(tmp_path))
+    cohort.validate_data()
+    labels, geometry = mni152_tissue_labels()
+    t1 = np.asarray(nib.load(package_file(MNI152_T1)).dataobj).transpose(2, 1, 0)
+    seen: dict[str, set[float]] = {"train": set(), "test": set()}
+    for case in cohort.cases:
+        volume, truth = case.load()
+        assert volume.shape[0] == 16 and volume.shape[1] != volume.shape[2] and truth.labels == [1, 2]
+        corners = volume.geometry.index_to_world(np.array([[0, 0, 0], [15, 0, volume.shape[2] - 1]]))
+        # LPS: +x is the patient's left; train cases lie left of the midline, test cases right of it
+        assert np.all(corners[:, 0] > 0) if case.split == "train" else np.all(corners[:, 0] < 0)
+        seen[case.split].update(np.round(volume.geometry.index_to_world(np.array([[z, 0, 0] for z in range(16)]))[:, 2], 3))
+        # exact voxels of the template at the case's own world position
+        start = np.round(np.linalg.inv(geometry.affine) @ np.r_[volume.affine[:3, 3], 1]).astype(int)[:3][::-1]
+        window = tuple(slice(s, s + n) for s, n in zip(start, volume.shape))
+        np.testing.assert_array_equal(volume.array, t1[window])
+        np.testing.assert_array_equal(truth.array, labels[window])
+    assert len([c for c in cohort.cases if c.split == "train"]) == 5 and len(cohort.split("test")) == 4
+    assert not seen["train"] & seen["test"]  # no axial level (so no mirror image) in both splits

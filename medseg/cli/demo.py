@@ -1,4 +1,4 @@
-"""``medseg demo-data``: write the demo cohort (phantoms) and the real MNI152 cohort."""
+"""``medseg demo-data``: write the demo cohort (phantoms) and the real MNI152 cohorts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 def add_demo_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo-data",
-        help="write the synthetic demo cohort and the real MNI152 cohort (from nilearn) with their manifests",
+        help="write the synthetic demo cohort and the real MNI152 cohorts (from nilearn) with their manifests",
     )
     p.add_argument("directory", nargs="?", default="data_manifests", help="where the manifests go (default: data_manifests)")
     p.add_argument("--cases", type=int, default=8, help="number of phantom cases (default 8; the last half are the test split)")
@@ -16,7 +16,7 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo_data(args: argparse.Namespace) -> None:
-    from medseg.datasets import write_real_cohort
+    from medseg.datasets import write_mni152_hemisphere_cohort, write_real_cohort
     from medseg.errors import ConfigError, InputError
     from medseg.phantom import write_demo_cohort
 
@@ -25,5 +25,6 @@ def _run_demo_data(args: argparse.Namespace) -> None:
     print(f"demo cohort: {write_demo_cohort(args.directory, n_cases=args.cases)}")
     try:
         print(f"real cohort: {write_real_cohort(args.directory)}")
+        print(f"real cohort, hemispheres (train left, test right): {write_mni152_hemisphere_cohort(args.directory)}")
     except InputError as error:
         print(f"real cohort skipped: {error} (install nilearn, e.g. pip install 'medseg[data]', to get it)")
