@@ -31,6 +31,10 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate of the memory and decoder")
     t.add_argument("--lr-image-encoder", type=float, help="peak learning rate of the image encoder (default --lr)")
     t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--p-reference", type=float,
+                   help="share of reference clips: another train case's annotated slices condition an unprompted clip "
+                        "(teaches what reference prompting needs; default 0)")
+    t.add_argument("--references", type=int, help="at most this many annotated slices per reference clip (default 3)")
     t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
     t.add_argument("--val-every", type=int, help="validate on the val split every N steps (0: never)")
     t.add_argument("--seed", type=int)
@@ -41,7 +45,7 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
 
 
 _OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_length", "train", "lr", "lr_image_encoder",
-            "warmup_steps", "preset", "val_every", "seed", "threads", "device")
+            "warmup_steps", "p_reference", "references", "preset", "val_every", "seed", "threads", "device")
 
 
 def _run_train(args: argparse.Namespace) -> None:
