@@ -319,6 +319,17 @@ def test_start_checkpoint_of_another_architecture_is_refused(tmp_path, overfit_f
     assert not (tmp_path / "m").exists()
 
 
+def test_fine_tuning_from_a_checkpoint_records_it_and_is_not_flagged_undertrained(tmp_path, overfit_free_micro_weights):
+    cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train"}, shape=(6, 32, 48)))
+    config = Sam2TrainConfig(start=str(overfit_free_micro_weights), image_size=64, steps=2, clip_length=2, warmup_steps=1,
+                             train=("memory", "decoder"), threads=1)
+    info = read_model_json(train_sam2(cohort, tmp_path / "m", config=config))
+    assert info["start"] == {"model": str(overfit_free_micro_weights), "checkpoint": str(overfit_free_micro_weights),
+                             "sha256": sha256_file(overfit_free_micro_weights)}
+    assert not info["undertrained"]  # a fine-tune: the flag is for models trained from scratch
+    assert "starting from " + str(overfit_free_micro_weights) in info["statement"]
+
+
 @pytest.fixture
 def overfit_free_micro_weights(tmp_path) -> Path:
     """A hiera-micro state dict (random weights) saved as a checkpoint file."""
