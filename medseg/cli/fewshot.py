@@ -8,6 +8,7 @@ import sys
 from medseg.cli.outputs import add_dicom_format
 from medseg.cli import values
 from medseg.cli.segment import add_sam2_runtime_options
+from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 
 
 def add_fewshot(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +35,10 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="sam2.1-tiny", help="registry name (sam2.1-tiny|small|base-plus|large, medsam2, untrained) or a checkpoint path (default sam2.1-tiny)")
     p.add_argument("--label", action="append", default=[], metavar="ID=NAME", help="segment this label (value=name); repeatable (default: every label of the references)")
     p.add_argument("--k", type=values.positive_int, default=3, help="support slices sampled per label and reference (default 3)")
-    p.add_argument("--top-k", type=_none_or(int), default=3, metavar="N|none", help="revsam2: re-prompt with at most N query slices (default 3)")
-    p.add_argument("--threshold", type=_none_or(values.fraction), default=0.5, metavar="DICE|none", help="revsam2: minimum reverse score of a selected slice (default 0.5)")
+    p.add_argument("--top-k", type=_none_or(int), default=DEFAULT_TOP_K, metavar="N|none",
+                   help=f"revsam2: re-prompt with at most N query slices (default {DEFAULT_TOP_K})")
+    p.add_argument("--threshold", type=_none_or(values.fraction), default=DEFAULT_THRESHOLD, metavar="DICE|none",
+                   help=f"revsam2: minimum reverse score of a selected slice (default {DEFAULT_THRESHOLD})")
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")

@@ -31,6 +31,7 @@ import numpy as np
 
 from medseg.errors import ConfigError, InputError, WeightsError
 from medseg.prompts import Prompts
+from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from medseg.runtime import Progress, ShouldStop
 from medseg.volume import UNTRAINED_BANNER, InstanceMap, LabelVolume, Volume
 
@@ -278,8 +279,8 @@ class RevSam2Options(Sam2Options):
     mode: Literal["revsam2", "baseline", "baseline-middle"] = "revsam2"
     references: int = 1
     reference_split: Literal["train", "val"] = "train"
-    top_k: int | None = 3
-    threshold: float | None = 0.5
+    top_k: int | None = DEFAULT_TOP_K
+    threshold: float | None = DEFAULT_THRESHOLD
     min_spacing: int | None = None
 
     def __post_init__(self) -> None:

@@ -42,12 +42,12 @@ What medseg designs (our choices, not the paper's)
   trackers of a session); the reverse pass adds candidates x supports decoder steps. A
   ``ReferenceSession`` keeps forward predictions and reverse scores, so trying other
   selection settings re-runs only the re-prompt pass.
-* Defaults ``top_k=3``, ``threshold=0.5``, automatic ``min_spacing`` are PROVISIONAL: they
-  were set by reasoning. The ablation that should fix them (``benchmarks/revsam2.py
-  --ablation`` on the demo cohort) needs a model that carries memory from another volume's
-  annotated slices: the SAM2 trained on the demo cohort (README, "Training SAM2 on a cohort")
-  follows clicks and boxes but not references (selection 0.58 vs baseline 0.63 Dice in one run,
-  0.33 vs 0.26 in another), so tuning to it would fit its failures.
+* Defaults ``top_k=1``, ``threshold=0.5``, automatic ``min_spacing`` come from the ablation
+  (``benchmarks/revsam2.py --ablation``) with a SAM2 trained on the demo cohort, 1 reference
+  case, 4 queries x 3 labels: the best-scoring slice plus the supports 0.766 mean Dice, three
+  slices 0.676, all candidates 0.527, the support-then-propagate baseline 0.691 (README,
+  "Reference prompting"). One small cohort of phantoms: another model or cohort may want
+  other values, and the ablation is there to find them.
 """
 
 import importlib
