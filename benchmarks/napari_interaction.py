@@ -17,7 +17,9 @@ Measured:
 * ``3D``: switching to 3D and one camera move, plain napari (the image alone) vs the same
   image with the medseg panel open after a propagation.
 * ``first click``: in a fresh process, from ``viewer.open(file)`` (File ▸ Open) until the
-  panel is ready for the first click (imports included), and the import share of it.
+  panel is ready for the first click (imports included), and whether torch was imported by
+  then; ``first result``: until the first Segment object (a click, then the button) has shown
+  its mask: torch, sam2 and the model load in that task's worker.
 
 Usage::
 
@@ -216,19 +218,30 @@ _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
 QApplication.processEvents()
 assert widget.sam2.workspace is not None
 ready = time.perf_counter()
-print(json.dumps({"open_s": opened - started, "first_click_s": ready - started,
-                  "modules_imported": len(set(sys.modules) - modules), "torch_imported": "torch" in sys.modules}))
+torch_imported = "torch" in sys.modules
+panel = widget.sam2
+panel.model.set_choice("untrained", image_size=int(sys.argv[3]))
+panel.workspace.prompts.points.add(json.loads(sys.argv[2]))
+panel.segment.click()
+while not panel.task.finished:
+    QApplication.processEvents()
+    time.sleep(0.005)
+segmented = time.perf_counter()
+print(json.dumps({"open_s": opened - started, "first_click_s": ready - started, "first_result_s": segmented - started,
+                  "modules_imported": len(set(sys.modules) - modules), "torch_imported": torch_imported}))
 """
 
 
-def measure_first_click(path: Path, repeats: int) -> dict:
+def measure_first_click(path: Path, point: tuple[int, int, int], image_size: int, repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
-        done = subprocess.run([sys.executable, "-c", _FIRST_CLICK, str(path)], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", _FIRST_CLICK, str(path), json.dumps(list(point)), str(image_size)],
+                              capture_output=True, text=True, check=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {
         "first_open_s": statistics.median(r["open_s"] for r in runs),
         "time_to_first_click_s": statistics.median(r["first_click_s"] for r in runs),
+        "time_to_first_result_s": statistics.median(r["first_result_s"] for r in runs),
         "torch_imported_before_first_click": runs[-1]["torch_imported"],
     }
 
@@ -244,7 +257,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path, point = _write_case(Path(folder), shape)
         results = {"shape": shape, "image_size": image_size, "repeats": repeats}
-        results.update(measure_first_click(path, repeats))
+        results.update(measure_first_click(path, point, image_size, repeats))
         results.update(measure_plain_napari(path, repeats))
         results.update(measure_propagation(path, point, image_size, repeats))
     for prefix in ("panel_open", "with_result"):

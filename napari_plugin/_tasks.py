@@ -9,7 +9,8 @@ engines without that hook, the next ``progress`` call raises ``TaskCancelled``.
 
 The progress text names the phase (engines announce a new phase by growing ``total``;
 a panel may name its phases) and an ETA from the rate so far. Progress signals arrive once
-per slice, but the bars are repainted at most every ``_REPAINT_S``.
+per slice, but the bars are repainted at most every ``_REPAINT_S``, and a repaint of the panel's
+bar is only scheduled, never done on the spot (see ``Task._paint``).
 
 Repaints are what slows a task down inside napari. napari's main window handles its events in
 Python (``_QtMainWindow.event``), and every repaint of any widget in the window runs inside
@@ -196,9 +197,13 @@ class Task:
             self._pbar.set_description(text)
             self._pbar.update(done - self._pbar.n)
         if self._bar is not None:
+            # QProgressBar.setValue repaints at once (a whole window composition with software GL);
+            # with updates off it only schedules one, which Qt merges with the others of this tick.
+            self._bar.setUpdatesEnabled(False)
             self._bar.setRange(0, max(total, 1))
             self._bar.setValue(done)
             self._bar.setFormat(text.replace("%", "%%"))
+            self._bar.setUpdatesEnabled(True)
         if self._on_progress is not None:
             self._on_progress(done, total)
 
