@@ -98,7 +98,7 @@ def train_sam2(
         prepared = [_prepare(case, arch, preset) for case in train_cases]
         if config.p_reference and not _reference_pairs(prepared):
             raise ConfigError(f"{cohort.path}: p_reference {config.p_reference} needs two train cases sharing a label; "
-                              f"the train split has {len(prepared)} case(s) and none share one (set p_reference: 0)")
+                              f"the train split has {len(prepared)} case(s) and none share one (set p_reference, --p-reference, to 0)")
         optimizer, scheduler = _optimizer(net, config)
         state = {"step": 0, "loss_curve": [], "validation": [], "seconds": 0.0}
         checkpoint = out_dir / CHECKPOINT
