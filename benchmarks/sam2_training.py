@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=Sam2TrainConfig.lr)
     parser.add_argument("--p-reference", type=float, default=Sam2TrainConfig.p_reference)
+    parser.add_argument("--seed", type=int, default=Sam2TrainConfig.seed, help="seeds initialisation, clips and prompts")
     parser.add_argument("--from", dest="start", default=Sam2TrainConfig.start,
                         help="start weights (fine-tune), e.g. a trained model directory's weights.pt")
     parser.add_argument("--train", nargs="+", default=list(Sam2TrainConfig.train), help="parts that learn")
@@ -69,7 +70,8 @@ def main() -> None:
     manifest = Path(args.manifest) if args.manifest else write_demo_cohort(out / "cohort")
     cohort = load_manifest(manifest)
     config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, lr=args.lr, threads=args.threads,
-                             p_reference=args.p_reference, start=args.start, train=tuple(args.train))
+                             p_reference=args.p_reference, start=args.start, train=tuple(args.train),
+                             seed=args.seed)
     torch.set_num_threads(args.threads)
     tests = [c for c in cohort.split("test") if c.label is not None][: 2 if args.quick else None]
     loaded = {c.id: c.load() for c in tests}
