@@ -2,9 +2,9 @@
 
 The loop is SAM2's own video training, written against ``SAM2Base`` (sam2 1.1.0): the image
 encoder runs on every frame of the clip; frame 0 is the conditioning frame (its prompt goes
-through ``_track_step``, and after a point prompt ``correction_clicks`` more clicks are sampled
-from the error region and fed with the previous logits, as SAM2 trains interactive
-correction); every later frame is tracked with the memory attention reading the memory
+through ``_track_step``, and after a point prompt 0 to ``correction_clicks`` more clicks, drawn
+uniformly, are sampled from the error region and fed with the previous logits, as SAM2 trains
+interactive correction); every later frame is tracked with the memory attention reading the memory
 encoder's output of the frames before it. A reference clip has several conditioning frames
 (another case's mask prompts) and no prompt on the frames it supervises. Gradients flow through
 all of it, memory included.
@@ -42,6 +42,10 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
         backbone = net.forward_image(clip.images)
     _, feats, pos, sizes = net._prepare_backbone_features(backbone)
     n_obj, n_frames = clip.targets.shape[:2]
+    # Some clips keep the first click alone: its multimask output is what a single click gives
+    # at inference, and the memory must learn to track from it too (encoding memory only after a
+    # correction, the tracker never saw it and one-click propagation failed on some seeds).
+    corrections = int(rng.integers(correction_clicks + 1)) if clip.points is not None else 0
     memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     terms: list[dict[str, torch.Tensor]] = []
     for t in range(n_frames):
@@ -56,7 +60,7 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
         out, sam = _track(net, t, conditioning, frame_feats, frame_pos, sizes, points, masks, memory, n_frames, None)
         if masks is None:
             terms.append(_frame_terms(sam, target))
-        for _ in range(correction_clicks if points is not None else 0):
+        for _ in range(corrections if points is not None else 0):
             xy, labels = correction_click(sam[4][:, 0], target, rng)
             points = {"point_coords": torch.cat([points["point_coords"], xy], 1),
                       "point_labels": torch.cat([points["point_labels"], labels], 1)}
