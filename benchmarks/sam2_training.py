@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--milestones", default="50,100,150,200", help="steps at which to evaluate")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=Sam2TrainConfig.lr)
+    parser.add_argument("--lr-memory", type=float, default=Sam2TrainConfig.lr_memory)
     parser.add_argument("--p-reference", type=float, default=Sam2TrainConfig.p_reference)
+    parser.add_argument("--p-point", type=float, default=Sam2TrainConfig.p_point, help="first-frame click share")
+    parser.add_argument("--p-box", type=float, default=Sam2TrainConfig.p_box, help="first-frame box share (the rest: masks)")
     parser.add_argument("--seed", type=int, default=Sam2TrainConfig.seed, help="seeds initialisation, clips and prompts")
     parser.add_argument("--from", dest="start", default=Sam2TrainConfig.start,
                         help="start weights (fine-tune), e.g. a trained model directory's weights.pt")
@@ -69,9 +72,9 @@ def main() -> None:
     out = Path(args.out)
     manifest = Path(args.manifest) if args.manifest else write_demo_cohort(out / "cohort")
     cohort = load_manifest(manifest)
-    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, lr=args.lr, threads=args.threads,
+    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, lr=args.lr, lr_memory=args.lr_memory, threads=args.threads,
                              p_reference=args.p_reference, start=args.start, train=tuple(args.train),
-                             seed=args.seed)
+                             seed=args.seed, p_point=args.p_point, p_box=args.p_box)
     torch.set_num_threads(args.threads)
     tests = [c for c in cohort.split("test") if c.label is not None][: 2 if args.quick else None]
     loaded = {c.id: c.load() for c in tests}

@@ -30,6 +30,7 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
                    help="parts that learn (default all; leave out image_encoder to fine-tune cheaply)")
     t.add_argument("--lr", type=float, help="peak learning rate of the memory and decoder")
     t.add_argument("--lr-image-encoder", type=float, help="peak learning rate of the image encoder (default --lr)")
+    t.add_argument("--lr-memory", type=float, help="peak learning rate of the memory attention and encoder (default --lr)")
     t.add_argument("--warmup-steps", type=int)
     t.add_argument("--p-reference", type=float,
                    help="share of reference clips: another train case's annotated slices condition an unprompted clip "
@@ -44,7 +45,7 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(run=_run_train)
 
 
-_OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_length", "train", "lr", "lr_image_encoder",
+_OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_length", "train", "lr", "lr_image_encoder", "lr_memory",
             "warmup_steps", "p_reference", "references", "preset", "val_every", "seed", "threads", "device")
 
 

@@ -244,9 +244,8 @@ def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
         param.requires_grad_(part in config.train)
         if part in config.train:
             groups[part].append(param)
-    lr_encoder = config.lr if config.lr_image_encoder is None else config.lr_image_encoder
-    param_groups = [{"params": p, "lr": lr_encoder if part == "image_encoder" else config.lr, "name": part}
-                    for part, p in groups.items() if p]
+    lrs = {"image_encoder": config.lr_image_encoder, "memory": config.lr_memory}
+    param_groups = [{"params": p, "lr": lrs.get(part) or config.lr, "name": part} for part, p in groups.items() if p]
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
     warmup = min(config.warmup_steps, config.steps // 4)
 

@@ -20,14 +20,15 @@ class Sam2TrainConfig:
     ``medsam2``: fine-tuning) or a checkpoint path. ``architecture``: ``hiera-micro`` (small,
     trains on a CPU) or ``sam2.1-tiny`` (what registry checkpoints fit). ``train``: the parts
     that learn (``PARTS``); freeze the image encoder to fine-tune a real checkpoint cheaply.
-    ``lr``: learning rate of every trained part except the image encoder, which uses
-    ``lr_image_encoder`` (``lr`` when None). From scratch on the demo phantoms (batch 1),
+    ``lr``: learning rate of the trained parts; the image encoder uses ``lr_image_encoder`` and
+    the memory (attention, encoder, object pointers) ``lr_memory`` instead when they are set. From scratch on the demo phantoms (batch 1),
     1e-3 collapsed into one mask whatever the prompt, 2e-4 lost the spleen from a click, and
     1e-4 learned to follow clicks and boxes (``benchmarks/sam2_training.py``, README). A step is ``batch_size`` clips of
     ``clip_length`` consecutive slices, in either direction. Prompts on a clip's first frame:
     a point with probability ``p_point``, a box with ``p_box``, otherwise the mask;
-    ``correction_clicks`` extra clicks are drawn from the error region after a point prompt
-    (positive on a miss, negative on a false positive), as SAM2 trains interactive correction.
+    0 to ``correction_clicks`` extra clicks (uniformly) are drawn from the error region after a
+    point prompt (positive on a miss, negative on a false positive), as SAM2 trains interactive
+    correction; the clips left with one click teach the tracker to follow a single click.
     ``p_reference``: the probability that a clip is a *reference clip* (another train case's
     annotated slices of one object, 1 to ``references`` of them, condition a clip of the query
     with no prompt on it: how reference prompting uses SAM2); 0 trains within-volume tracking
@@ -47,6 +48,7 @@ class Sam2TrainConfig:
     train: tuple[str, ...] = PARTS
     lr: float = 1e-4
     lr_image_encoder: float | None = None
+    lr_memory: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int = 30
     grad_clip: float = 1.0
@@ -79,7 +81,7 @@ class Sam2TrainConfig:
         if not 0 <= self.p_reference <= 1 or self.references < 1:
             raise ConfigError(f"p_reference must be a probability and references at least 1, got {self.p_reference}, "
                               f"{self.references}")
-        if self.lr <= 0 or (self.lr_image_encoder is not None and self.lr_image_encoder < 0):
+        if self.lr <= 0 or any(lr is not None and lr <= 0 for lr in (self.lr_image_encoder, self.lr_memory)):
             raise ConfigError("learning rates must be positive")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 or unset, got {self.threads}")
