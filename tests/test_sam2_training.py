@@ -4,9 +4,10 @@ One small model is trained once per session (``trained``): a ``hiera-micro`` SAM
 size 64 on one non-square, anisotropic phantom, for a few steps; the API, CLI and pipeline
 tests load it. A second one (``overfit``: 300 steps at 128 px, lr 1e-4, about 3 minutes) learns
 that phantom well enough that a click on each organ gives that organ, which checks the whole
-coordinate path (anisotropic voxels, non-square slices, resize to the model frame and back).
-The other behavioural checks (``not_learned_in_budget``) need the ~800 steps of the demo (about
-10 minutes: too long for the suite); ``benchmarks/sam2_training.py`` measures them instead.
+coordinate path (anisotropic voxels, non-square slices, resize to the model frame and back),
+that a negative click takes a region out, and that reference prompting picks slices inside the
+object. Propagating the small organs from one box (``not_learned_in_budget``) is not learned in
+that budget; ``benchmarks/sam2_training.py`` measures it on the demo cohort instead.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def predictor(overfit) -> Sam2VolumePredictor:
 
 
 # --- learning ---------------------------------------------------------------------------------
-@not_learned_in_budget("box Dice (liver / spleen / kidneys) 0.95 / 0.29 / 0.52 after 300 steps, 0.96 / 0.19 / 0.60 "
-                       "after 800 steps at 64 px (8 min); the demo cohort's benchmark reaches 0.95 mean")
+@not_learned_in_budget("box Dice (liver / spleen / kidneys) 0.95 / 0.23 / 0.49 after 300 steps, 0.96 / 0.19 / 0.60 "
+                       "after 800 steps at 64 px (8 min): the tracked slices of the small organs collapse onto "
+                       "the liver, the failure the demo cohort's benchmark shows on some seeds")
 @pytest.mark.slow
 def test_overfit_box_prompt_segments_the_training_phantom(predictor, phantom):
     volume, truth = phantom
@@ -129,28 +131,25 @@ def test_click_on_an_organ_gives_that_organ_not_its_neighbour(predictor, phantom
         assert overlap[label] > 0.5 * inside.sum()
 
 
-@not_learned_in_budget("two positive clicks on liver and spleen still give the liver only (13 spleen pixels "
-                       "after 800 steps at 64 px)")
 @pytest.mark.slow
 def test_negative_click_removes_a_region(predictor, phantom):
-    """Clicks on the liver and on the spleen give one object covering both; a negative click on
-    the spleen then takes the spleen out of it (SAM2's correction click, as trained)."""
+    """A mask drawn over the liver and the spleen, then a click on the liver and a negative click
+    on the spleen: the points refine the slice's mask (SAM2's correction clicks, fed with the
+    previous logits, as trained), so the spleen leaves and the liver stays."""
     volume, truth = phantom
     liver, spleen = truth.array == 1, truth.array == 2
     z = largest_slice(liver & spleen.any(axis=(1, 2))[:, None, None])
     session = predictor.session(volume)
+    before = session.add_mask(1, z, liver[z] | spleen[z]) == 1
+    assert (before & spleen[z]).sum() == spleen[z].sum()
     session.add_point(1, z, *centroid_voxel(liver[z]))
-    before = session.add_point(1, z, *centroid_voxel(spleen[z])) == 1
-    assert (before & spleen[z]).sum() > 20, "two positive clicks should reach the spleen"
     y, x = centroid_voxel(spleen[z])
     after = session.add_point(1, z, y, x, positive=False) == 1
-    assert (after & spleen[z]).sum() < 0.5 * (before & spleen[z]).sum()
     assert not after[y, x]
-    assert (after & liver[z]).sum() > 0.5 * liver[z].sum()  # the liver stays
+    assert (after & spleen[z]).sum() < 0.2 * spleen[z].sum()
+    assert (after & liver[z]).sum() > 0.8 * liver[z].sum()  # the liver stays
 
 
-@not_learned_in_budget("every reverse score stays near 0, also after 800 steps at 64 px: memory from "
-                       "other slices' masks is not learned")
 @pytest.mark.slow
 def test_reference_prompting_selects_slices_inside_the_object(overfit, phantom):
     from medseg.revsam2 import SupportSet, segment_with_references
@@ -328,6 +327,17 @@ def test_fine_tuning_from_a_checkpoint_records_it_and_is_not_flagged_undertraine
                              "sha256": sha256_file(overfit_free_micro_weights)}
     assert not info["undertrained"]  # a fine-tune: the flag is for models trained from scratch
     assert "starting from " + str(overfit_free_micro_weights) in info["statement"]
+
+
+def test_each_part_learns_at_its_own_rate(tmp_path):
+    cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train"}, shape=(6, 32, 48)))
+    config = Sam2TrainConfig(image_size=64, steps=1, clip_length=2, warmup_steps=0, lr=1e-4, lr_image_encoder=1e-5,
+                             lr_memory=3e-4, threads=1)
+    train_sam2(cohort, tmp_path / "m", config=config)
+    groups = torch.load(tmp_path / "m" / "training" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert {g["name"]: g["initial_lr"] for g in groups} == {"image_encoder": 1e-5, "decoder": 1e-4, "memory": 3e-4}
+    with pytest.raises(ConfigError, match="learning rates must be positive"):
+        Sam2TrainConfig(lr_memory=0.0)
 
 
 @pytest.fixture
