@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--milestones", default="50,100,150,200", help="steps at which to evaluate")
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--clip-length", type=int, default=Sam2TrainConfig.clip_length, help="slices per training clip")
     parser.add_argument("--lr", type=float, default=Sam2TrainConfig.lr)
     parser.add_argument("--lr-memory", type=float, default=Sam2TrainConfig.lr_memory)
     parser.add_argument("--p-reference", type=float, default=Sam2TrainConfig.p_reference)
@@ -72,7 +73,8 @@ def main() -> None:
     out = Path(args.out)
     manifest = Path(args.manifest) if args.manifest else write_demo_cohort(out / "cohort")
     cohort = load_manifest(manifest)
-    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, lr=args.lr, lr_memory=args.lr_memory, threads=args.threads,
+    config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, clip_length=args.clip_length, lr=args.lr,
+                             lr_memory=args.lr_memory, threads=args.threads,
                              p_reference=args.p_reference, start=args.start, train=tuple(args.train),
                              seed=args.seed, p_point=args.p_point, p_box=args.p_box)
     torch.set_num_threads(args.threads)
