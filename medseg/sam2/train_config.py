@@ -82,7 +82,8 @@ class Sam2TrainConfig:
             raise ConfigError(f"p_reference must be a probability and references at least 1, got {self.p_reference}, "
                               f"{self.references}")
         if self.lr <= 0 or any(lr is not None and lr <= 0 for lr in (self.lr_image_encoder, self.lr_memory)):
-            raise ConfigError("learning rates must be positive")
+            raise ConfigError(f"learning rates must be positive, got lr {self.lr}, lr_image_encoder {self.lr_image_encoder}, "
+                              f"lr_memory {self.lr_memory}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 or unset, got {self.threads}")
         if self.warmup_steps < 0 or self.val_every < 0 or self.correction_clicks < 0 or self.grad_clip <= 0:
