@@ -45,8 +45,8 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(run=_run_train)
 
 
-_OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_length", "train", "lr", "lr_image_encoder", "lr_memory",
-            "warmup_steps", "p_reference", "references", "preset", "val_every", "seed", "threads", "device")
+_OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_length", "train", "lr", "lr_image_encoder",
+            "lr_memory", "warmup_steps", "p_reference", "references", "preset", "val_every", "seed", "threads", "device")
 
 
 def _run_train(args: argparse.Namespace) -> None:

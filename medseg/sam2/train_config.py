@@ -21,9 +21,10 @@ class Sam2TrainConfig:
     trains on a CPU) or ``sam2.1-tiny`` (what registry checkpoints fit). ``train``: the parts
     that learn (``PARTS``); freeze the image encoder to fine-tune a real checkpoint cheaply.
     ``lr``: learning rate of the trained parts; the image encoder uses ``lr_image_encoder`` and
-    the memory (attention, encoder, object pointers) ``lr_memory`` instead when they are set. From scratch on the demo phantoms (batch 1),
-    1e-3 collapsed into one mask whatever the prompt, 2e-4 lost the spleen from a click, and
-    1e-4 learned to follow clicks and boxes (``benchmarks/sam2_training.py``, README). A step is ``batch_size`` clips of
+    the memory (attention, encoder, object pointers) ``lr_memory`` instead when they are set.
+    From scratch on the demo phantoms (batch 1), 1e-3 collapsed into one mask whatever the
+    prompt, 2e-4 lost the spleen from a click, and 1e-4 learned to follow clicks and boxes
+    (``benchmarks/sam2_training.py``, README). A step is ``batch_size`` clips of
     ``clip_length`` consecutive slices, in either direction. Prompts on a clip's first frame:
     a point with probability ``p_point``, a box with ``p_box``, otherwise the mask;
     0 to ``correction_clicks`` extra clicks (uniformly) are drawn from the error region after a
