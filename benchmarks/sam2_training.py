@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--lr-memory", type=float, default=Sam2TrainConfig.lr_memory)
     parser.add_argument("--p-reference", type=float, default=Sam2TrainConfig.p_reference)
     parser.add_argument("--p-point", type=float, default=Sam2TrainConfig.p_point, help="first-frame click share")
+    parser.add_argument("--dice-weight", type=float, default=Sam2TrainConfig.dice_weight,
+                        help="dice loss weight (focal: 20)")
     parser.add_argument("--p-box", type=float, default=Sam2TrainConfig.p_box, help="first-frame box share (the rest: masks)")
     parser.add_argument("--seed", type=int, default=Sam2TrainConfig.seed, help="seeds initialisation, clips and prompts")
     parser.add_argument("--from", dest="start", default=Sam2TrainConfig.start,
@@ -76,7 +78,7 @@ def main() -> None:
     config = Sam2TrainConfig(steps=args.steps, image_size=args.image_size, clip_length=args.clip_length, lr=args.lr,
                              lr_memory=args.lr_memory, threads=args.threads,
                              p_reference=args.p_reference, start=args.start, train=tuple(args.train),
-                             seed=args.seed, p_point=args.p_point, p_box=args.p_box)
+                             seed=args.seed, p_point=args.p_point, p_box=args.p_box, dice_weight=args.dice_weight)
     torch.set_num_threads(args.threads)
     tests = [c for c in cohort.split("test") if c.label is not None][: 2 if args.quick else None]
     loaded = {c.id: c.load() for c in tests}

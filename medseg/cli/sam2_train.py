@@ -32,6 +32,7 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr-image-encoder", type=float, help="peak learning rate of the image encoder (default --lr)")
     t.add_argument("--lr-memory", type=float, help="peak learning rate of the memory attention and encoder (default --lr)")
     t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--dice-weight", type=float, help="dice loss weight next to the focal loss's 20 (default 5; SAM2 uses 1)")
     t.add_argument("--p-reference", type=float,
                    help="share of reference clips: another train case's annotated slices condition an unprompted clip "
                         "(teaches what reference prompting needs; default 0)")
@@ -46,7 +47,8 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
 
 
 _OPTIONS = ("start", "architecture", "image_size", "steps", "batch_size", "clip_length", "train", "lr", "lr_image_encoder",
-            "lr_memory", "warmup_steps", "p_reference", "references", "preset", "val_every", "seed", "threads", "device")
+            "lr_memory", "warmup_steps", "dice_weight", "p_reference", "references", "preset", "val_every", "seed", "threads",
+            "device")
 
 
 def _run_train(args: argparse.Namespace) -> None:

@@ -155,8 +155,8 @@ def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase
     device = next(net.parameters()).device
     for _ in range(config.batch_size):
         clip = _sample(prepared, config, rng).to(device)
-        loss, _ = clip_loss(net, clip, rng, correction_clicks=config.correction_clicks, image_prompts=config.image_prompts,
-                            encoder_grad="image_encoder" in config.train)
+        loss, _ = clip_loss(net, clip, rng, correction_clicks=config.correction_clicks, dice_weight=config.dice_weight,
+                            image_prompts=config.image_prompts, encoder_grad="image_encoder" in config.train)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"step {step + 1}: the loss is {float(loss)}; lower lr (now {config.lr}) or raise "
                                    f"warmup_steps, then run again: training resumes from the last checkpoint")

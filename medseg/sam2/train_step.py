@@ -9,12 +9,17 @@ encoder's output of the frames before it. A reference clip has several condition
 (another case's mask prompts) and no prompt on the frames it supervises. Gradients flow through
 all of it, memory included.
 
-Losses (SAM2's ``MultiStepMultiMasksAndIous``, re-derived, weights 20 : 1 : 1 : 1): sigmoid
-focal loss and dice loss on the high-resolution masks (with several candidate masks only the
-best one is trained, so the candidates can specialise), an L1 loss between the predicted and
-the actual IoU of every candidate, and a binary cross-entropy on the object score ("is the
-object on this frame"). Mask and IoU losses count only on frames where the object is drawn.
-Every prediction of a frame (before and after each correction click) is supervised.
+Losses (SAM2's ``MultiStepMultiMasksAndIous``, re-derived): sigmoid focal loss (weight 20) and
+dice loss (weight ``dice_weight``) on the high-resolution masks (with several candidate masks
+only the best one is trained, so the candidates can specialise), an L1 loss between the
+predicted and the actual IoU of every candidate (1), and a binary cross-entropy on the object
+score ("is the object on this frame", 1). SAM2 weighs dice 1. The focal loss is a mean over the
+frame's pixels, so an organ's errors count in proportion to its area and the liver outweighs the
+spleen and kidneys several times; from random initialisation the tracker then learned the liver
+and lost the small organs on some seeds. Dice counts every object alike whatever its size, hence
+a larger weight (``Sam2TrainConfig.dice_weight``, README). Mask
+and IoU losses count only on frames where the object is drawn. Every prediction of a frame
+(before and after each correction click) is supervised.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ import torch.nn.functional as F
 from medseg.pipeline.prompt_policy import centroid_voxel
 from medseg.sam2.train_data import Clip, correction_click
 
-WEIGHT_FOCAL, WEIGHT_DICE, WEIGHT_IOU, WEIGHT_OBJECT = 20.0, 1.0, 1.0, 1.0
+WEIGHT_FOCAL, WEIGHT_IOU, WEIGHT_OBJECT = 20.0, 1.0, 1.0
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 
 
-def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, correction_clicks: int,
+def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, correction_clicks: int, dice_weight: float,
               image_prompts: bool = True, encoder_grad: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """The summed SAM2 loss of ``clip`` (averaged over supervised predictions) and its parts.
 
@@ -59,20 +64,21 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
         masks = clip.masks[:, t:t + 1] if conditioning and clip.masks is not None else None
         out, sam = _track(net, t, conditioning, frame_feats, frame_pos, sizes, points, masks, memory, n_frames, None)
         if masks is None:
-            terms.append(_frame_terms(sam, target))
+            terms.append(_frame_terms(sam, target, dice_weight))
         for _ in range(corrections if points is not None else 0):
             xy, labels = correction_click(sam[4][:, 0], target, rng)
             points = {"point_coords": torch.cat([points["point_coords"], xy], 1),
                       "point_labels": torch.cat([points["point_labels"], labels], 1)}
             out, sam = _track(net, t, conditioning, frame_feats, frame_pos, sizes, points, None, memory, n_frames,
                               out["pred_masks"])
-            terms.append(_frame_terms(sam, target))
-        net._encode_memory_in_output(frame_feats, sizes, points, True, sam[4], sam[6], out)
-        memory["cond_frame_outputs" if conditioning else "non_cond_frame_outputs"][t] = out
+            terms.append(_frame_terms(sam, target, dice_weight))
+        if t < n_frames - 1:  # the last frame's memory would never be read
+            net._encode_memory_in_output(frame_feats, sizes, points, True, sam[4], sam[6], out)
+            memory["cond_frame_outputs" if conditioning else "non_cond_frame_outputs"][t] = out
     if image_prompts:
-        terms.append(_image_terms(net, feats, sizes, clip.targets, rng))
+        terms.append(_image_terms(net, feats, sizes, clip.targets, rng, dice_weight))
     parts = {k: torch.stack([term[k] for term in terms]).mean() for k in terms[0]}
-    loss = (WEIGHT_FOCAL * parts["focal"] + WEIGHT_DICE * parts["dice"] + WEIGHT_IOU * parts["iou"]
+    loss = (WEIGHT_FOCAL * parts["focal"] + dice_weight * parts["dice"] + WEIGHT_IOU * parts["iou"]
             + WEIGHT_OBJECT * parts["object"])
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -91,7 +97,8 @@ def _track(net, t, conditioning, feats, pos, sizes, points, masks, memory, n_fra
     return out, sam
 
 
-def _image_terms(net, feats, sizes, targets: torch.Tensor, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def _image_terms(net, feats, sizes, targets: torch.Tensor, rng: np.random.Generator,
+                 dice_weight: float) -> dict[str, torch.Tensor]:
     """Every drawn (object, frame) of the clip prompted alone, with no memory, in one batch.
 
     The prompt kind (one click: the object's centroid voxel or a random object voxel; or the
@@ -111,7 +118,7 @@ def _image_terms(net, feats, sizes, targets: torch.Tensor, rng: np.random.Genera
     high_res = [x[:, frames].permute(1, 2, 0).reshape(len(drawn), x.shape[-1], *size) for x, size in zip(feats[:-1], sizes[:-1])]
     sam = net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=None, high_res_features=high_res,
                                  multimask_output=net._use_multimask(True, prompts))
-    return _frame_terms(sam, masks)
+    return _frame_terms(sam, masks, dice_weight)
 
 
 def _image_prompt(mask: np.ndarray, box: bool, rng: np.random.Generator) -> np.ndarray:
@@ -123,14 +130,14 @@ def _image_prompt(mask: np.ndarray, box: bool, rng: np.random.Generator) -> np.n
     return np.asarray(click, dtype=np.float32)[None, ::-1]
 
 
-def _frame_terms(sam: tuple, target: torch.Tensor) -> dict[str, torch.Tensor]:
+def _frame_terms(sam: tuple, target: torch.Tensor, dice_weight: float) -> dict[str, torch.Tensor]:
     """Loss terms of one prediction, averaged over objects. ``target``: ``(B, S, S)`` 0/1."""
     multimasks, ious, object_logits = sam[1], sam[2], sam[6]
     present = target.flatten(1).amax(dim=1)
     target = target[:, None].expand_as(multimasks)
     focal = _focal(multimasks, target)
     dice = _dice(multimasks, target)
-    best = (WEIGHT_FOCAL * focal + WEIGHT_DICE * dice).argmin(dim=1, keepdim=True)
+    best = (WEIGHT_FOCAL * focal + dice_weight * dice).argmin(dim=1, keepdim=True)
     with torch.no_grad():
         binary = multimasks > 0
         intersection = (binary & (target > 0.5)).flatten(2).sum(-1).float()
