@@ -258,3 +258,45 @@ def position_encodings(net: VolumeVideoPredictor, fpn: Sequence[torch.Tensor]) -
     """
     encode = net.image_encoder.neck.position_encoding
     return [encode(level[:1]).to(level.dtype) for level in fpn]
+
+
+# --- training: SAM2Base's per-frame forward, as SAM2's own training (sam2/modeling/sam2_base.py) -----------
+def flatten_backbone(net: VolumeVideoPredictor, backbone: dict) -> tuple[list, list, list]:
+    """``(features, position encodings, sizes)`` of ``forward_image``'s output, flattened to ``(HW, B, C)``.
+
+    SAM2: ``_prepare_backbone_features`` (the first of its returns, the dict, is dropped).
+    """
+    _, feats, pos, sizes = net._prepare_backbone_features(backbone)
+    return feats, pos, sizes
+
+
+def track_frame(net: VolumeVideoPredictor, t: int, conditioning: bool, feats, pos, sizes, points: dict | None,
+                masks: torch.Tensor | None, memory: dict, n_frames: int, previous_logits: torch.Tensor | None):
+    """One frame of a training clip: ``(output dict, SAM outputs)``, memory not yet encoded.
+
+    SAM2: ``_track_step`` (the public ``track_step`` hides the object score in training mode and
+    always runs the memory encoder; training encodes the memory once per frame, after its last
+    correction, with ``encode_frame_memory``). A conditioning frame reads no memory.
+    """
+    out, sam, _, _ = net._track_step(t, conditioning, feats, pos, sizes, points, masks, memory, n_frames, False,
+                                     previous_logits)
+    out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"], out["object_score_logits"] = sam[3], sam[4], sam[5], sam[6]
+    return out, sam
+
+
+def encode_frame_memory(net: VolumeVideoPredictor, feats, sizes, points: dict | None, sam: tuple, out: dict) -> None:
+    """Add the frame's memory features to ``out`` (SAM2: ``_encode_memory_in_output``, run in training mode)."""
+    net._encode_memory_in_output(feats, sizes, points, True, sam[4], sam[6], out)
+
+
+def decode_without_memory(net: VolumeVideoPredictor, feats, sizes, frames: list[int], prompts: dict) -> tuple:
+    """SAM outputs of ``frames`` prompted alone with ``prompts``, without memory, in one batch.
+
+    SAM2: what ``_prepare_memory_conditioned_features`` does for a first prompted frame (adds the
+    "no memory" embedding), then ``_forward_sam_heads`` with ``_use_multimask``'s choice.
+    """
+    n, hidden = len(frames), net.hidden_dim
+    pix = (feats[-1][:, frames] + net.no_mem_embed).permute(1, 2, 0).reshape(n, hidden, *sizes[-1])
+    high_res = [x[:, frames].permute(1, 2, 0).reshape(n, x.shape[-1], *size) for x, size in zip(feats[:-1], sizes[:-1])]
+    return net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=None, high_res_features=high_res,
+                                  multimask_output=net._use_multimask(True, prompts))
