@@ -1,21 +1,23 @@
-"""Train or fine-tune SAM2 on a cohort's ``train`` split (``train_sam2``).
+"""Train or fine-tune SAM2 on a cohort's ``train`` split and on synthetic scenes (``train_sam2``).
 
 Read ``train_sam2`` top to bottom: check the cohort and the settings, reuse a finished model
 directory (or refuse one trained otherwise), build the network and load the start weights
 (a checkpoint of another architecture fails here, before any data is read), prepare the
 training volumes, resume from the last checkpoint when there is one, then run the step loop
-(``_train_step``) with periodic checkpoints and validation, and write the model directory
-(``medseg.sam2.model_dir``).
+(``_train_step``) with periodic checkpoints, snapshots and validation, and write the model
+directory (``medseg.sam2.model_dir``). Without a cohort every clip is a synthetic scene: that is
+how the shipped base model is pretrained (``medseg.training.sam2.pretrain``).
 
 Stability: AdamW, a linear warm-up then a cosine decay, gradient-norm clipping, and a check
 before every update: a non-finite loss or gradient stops training with advice, leaving the
 last good checkpoint to resume from.
 
-Resuming is bit-for-bit: the clips of step ``k`` come from a generator seeded with
-``(seed, k)`` and torch's generator (dropout) is re-seeded with ``(seed, k)`` at every step,
-so the checkpoint (network, optimiser, schedule, step, curves) is the whole state. Ctrl-C or
-``should_stop`` saves it at the last completed step, then ``Cancelled`` /
-``KeyboardInterrupt`` propagates.
+Resuming is bit-for-bit: the clips of step ``k`` (scenes, augmentation, prompts) come from a
+generator seeded with ``(seed, k)`` and torch's generator (dropout) is re-seeded with
+``(seed, k)`` at every step, so the checkpoint (network, optimiser, schedule, step, curves) is the
+whole state. Torch's global random state is restored when training returns. Ctrl-C or
+``should_stop`` saves it at the last completed step, then ``Cancelled`` / ``KeyboardInterrupt``
+propagates.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,31 +33,28 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError, MedsegError, WeightsError
+from medseg.io.files import atomic_output
 from medseg.manifest import Case, Cohort
 from medseg.preprocess import default_preset
-from medseg.runtime import Progress, ShouldStop, check_stop, read_checkpoint, read_training_state, report, resolve_device
-from medseg.sam2.model_dir import (
-    Architecture,
-    architecture,
-    build_network,
-    describe,
-    load_weights,
-    read_model_json,
-    write_model_dir,
-)
-from medseg.sam2.train_config import Sam2TrainConfig
-from medseg.sam2.train_data import Clip, PreparedCase, prepare_case, sample_clip, sample_reference_clip
-from medseg.sam2.train_step import clip_loss
-from medseg.sam2.train_validate import validate
+from medseg.runtime import (Progress, ShouldStop, check_stop, read_checkpoint, read_training_state, report, resolve_device,
+                            sha256_file)
+from medseg.sam2.model_dir import (MODEL_JSON, Architecture, architecture, build_network, describe, is_model_dir_weights,
+                                  load_weights, read_model_json, write_model_dir)
+from medseg.synthetic import check_config
+from medseg.training.sam2.clips import ClipSampler, ClipSettings, PreparedCase, prepare_case
+from medseg.training.sam2.config import Sam2TrainConfig
+from medseg.training.sam2.loss import clip_loss
+from medseg.training.sam2.validate import validate, validation_cases
+from medseg.weights import REGISTRY, fetch_checkpoint, get_spec
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "training/checkpoint.pt"
+SNAPSHOTS = "training/snapshots"
 UNDERTRAINED_STEPS = 600
 """Below this many steps a model trained *from random initialisation* is flagged undertrained (a
 smoke-test model). From scratch on the demo cohort, a box propagated to Dice 0.43 after 400 steps
-and 0.94 after 600 (README). Fine-tuning from trained weights is not flagged whatever its steps:
-300 steps from the demo's model kept box Dice at 0.94."""
+and 0.94 after 600 (README). Fine-tuning from trained weights is not flagged whatever its steps."""
 
 _ENCODER_PREFIX = "image_encoder."
 _DECODER_PREFIXES = ("sam_prompt_encoder.", "sam_mask_decoder.")
@@ -67,7 +65,7 @@ class TrainingDiverged(MedsegError):
 
 
 def train_sam2(
-    cohort: Cohort,
+    cohort: Cohort | None,
     out_dir: str | Path,
     *,
     config: Sam2TrainConfig = Sam2TrainConfig(),
@@ -76,27 +74,33 @@ def train_sam2(
 ) -> Path:
     """Train SAM2 on ``cohort``'s train split (validating on ``val``); return the model directory.
 
-    A directory holding a model finished with the same settings on the same cases is returned
-    as it is; one trained otherwise is refused (choose another directory). An interrupted run
-    in ``out_dir`` resumes from its checkpoint. ``progress(step, steps)`` after every step;
+    ``cohort`` None trains on synthetic scenes only (``config.synthetic``; validation on held-out
+    scenes). A directory holding a model finished with the same settings on the same cases is
+    returned as it is; one trained otherwise is refused (choose another directory). An interrupted
+    run in ``out_dir`` resumes from its checkpoint. ``progress(step, steps)`` after every step;
     ``should_stop`` is asked between steps.
     """
     out_dir = Path(out_dir)
-    train_cases, val_cases = _labelled(cohort, "train"), _labelled(cohort, "val")
-    if not train_cases:
-        raise ConfigError(f"{cohort.path}: no labelled case in the \"train\" split; SAM2 training needs some")
-    cohort.validate_data()
+    train_cases = _labelled(cohort, "train") if cohort is not None else []
+    if cohort is not None:
+        if not train_cases:
+            raise ConfigError(f"{cohort.path}: no labelled case in the \"train\" split; SAM2 training needs some")
+        cohort.validate_data()
+    elif config.p_reference:
+        raise ConfigError("p_reference needs a cohort (reference clips pair two of its cases); set it to 0 to pretrain")
+    check_config(config.synthetic, size=config.image_size)
     finished = _finished(out_dir, cohort, config, train_cases)
     if finished is not None:
         return finished
     arch = architecture(config.architecture, config.image_size)
     device = resolve_device(config.device)
-    with _threads(config.threads):
+    with _threads(config.threads), torch.random.fork_rng(devices=[]):
         net, start = _network(arch, config)
         net = net.to(device)
-        preset = config.preset or default_preset(train_cases[0].load()[0]).name
-        prepared = [_prepare(case, arch, preset) for case in train_cases]
-        if config.p_reference and not _reference_pairs(prepared):
+        preset = (config.preset or default_preset(train_cases[0].load()[0]).name) if train_cases else None
+        prepared = [_prepare(case, arch, preset, config) for case in train_cases]
+        sampler = ClipSampler(prepared, _clip_settings(config, prepared), image_size=config.image_size)
+        if config.p_reference and not sampler.reference_pairs:
             raise ConfigError(f"{cohort.path}: p_reference {config.p_reference} needs two train cases sharing a label; "
                               f"the train split has {len(prepared)} case(s) and none share one (set p_reference, --p-reference, to 0)")
         optimizer, scheduler = _optimizer(net, config)
@@ -105,37 +109,34 @@ def train_sam2(
         if checkpoint.is_file():
             state = _resume(checkpoint, net, optimizer, scheduler, config)
             log.info("resuming SAM2 training in %s at step %d of %d", out_dir, state["step"], config.steps)
-        _loop(net, optimizer, scheduler, prepared, val_cases, cohort, config, preset, state, checkpoint, progress, should_stop)
-        description = {
-            "architecture": arch.to_dict(), "start": start, "training": config.to_dict(), "preset": preset,
-            "steps": state["step"], "training_seconds": round(state["seconds"], 1), "loss_curve": state["loss_curve"],
-            "validation": state["validation"], "undertrained": config.start == "untrained" and state["step"] < UNDERTRAINED_STEPS,
-            "cohort": {"name": cohort.name, "manifest": str(cohort.path), "labels": {str(k): v for k, v in cohort.labels.items()},
-                       "train_cases": [c.id for c in train_cases], "val_cases": [c.id for c in val_cases]},
-            "statement": f"trained on cohort {cohort.name} only ({len(train_cases)} train cases, {state['step']} steps, "
-                         f"starting from {start['model']}); it knows nothing else",
-        }
+        val = validation_cases(cohort, config)
+        _loop(net, optimizer, scheduler, sampler, val, config, preset, state, out_dir, progress, should_stop)
+        description = _description(arch, start, config, preset, state, cohort, train_cases)
         write_model_dir(out_dir, net, description)
     log.info("SAM2 model written to %s", describe(out_dir, description))
     return out_dir
 
 
-def _loop(net, optimizer, scheduler, prepared, val_cases, cohort, config, preset, state, checkpoint, progress, should_stop) -> None:
-    """Steps from ``state["step"]`` to ``config.steps``; checkpoints, validation, interruption."""
+def _loop(net, optimizer, scheduler, sampler: ClipSampler, val, config: Sam2TrainConfig, preset: str | None, state: dict,
+          out_dir: Path, progress: Progress | None, should_stop: ShouldStop | None) -> None:
+    """Steps from ``state["step"]`` to ``config.steps``; checkpoints, snapshots, validation, interruption."""
+    checkpoint = out_dir / CHECKPOINT
     net.train()
     try:
         while state["step"] < config.steps:
             check_stop(should_stop, "SAM2 training")
             started = time.perf_counter()
-            loss = _train_step(net, optimizer, prepared, config, state["step"])
+            loss = _train_step(net, optimizer, sampler, config, state["step"])
             scheduler.step()
             state["step"] += 1
             state["seconds"] += time.perf_counter() - started
             state["loss_curve"].append(round(loss, 5))
             step = state["step"]
-            if config.val_every and val_cases and (step % config.val_every == 0 or step == config.steps):
-                state["validation"].append({"step": step, **validate(net, config, preset, val_cases, cohort.labels)})
+            if config.val_every and val and (step % config.val_every == 0 or step == config.steps):
+                state["validation"].append({"step": step, **validate(net, config, preset, val)})
                 net.train()
+            if config.snapshot_every and step % config.snapshot_every == 0:
+                _snapshot(out_dir / SNAPSHOTS / f"step-{step:06d}.pt", net)
             if step % config.checkpoint_every == 0:
                 _save(checkpoint, net, optimizer, scheduler, config, state)
             report(progress, step, config.steps)
@@ -146,7 +147,7 @@ def _loop(net, optimizer, scheduler, prepared, val_cases, cohort, config, preset
     _save(checkpoint, net, optimizer, scheduler, config, state)
 
 
-def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase], config: Sam2TrainConfig, step: int) -> float:
+def _train_step(net: torch.nn.Module, optimizer, sampler: ClipSampler, config: Sam2TrainConfig, step: int) -> float:
     """One optimiser step on ``batch_size`` clips; the clips depend only on ``(seed, step)``."""
     rng = np.random.default_rng([config.seed, step])
     torch.manual_seed(config.seed * 1_000_003 + step)
@@ -154,7 +155,7 @@ def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase
     total = 0.0
     device = next(net.parameters()).device
     for _ in range(config.batch_size):
-        clip = _sample(prepared, config, rng).to(device)
+        clip = sampler.clip(rng).to(device)
         loss, _ = clip_loss(net, clip, rng, correction_clicks=config.correction_clicks, dice_weight=config.dice_weight,
                             image_prompts=config.image_prompts, encoder_grad="image_encoder" in config.train)
         if not torch.isfinite(loss):
@@ -171,34 +172,45 @@ def _train_step(net: torch.nn.Module, optimizer, prepared: Sequence[PreparedCase
     return total
 
 
-def _sample(prepared: Sequence[PreparedCase], config: Sam2TrainConfig, rng: np.random.Generator) -> Clip:
-    """A within-volume clip, or with probability ``p_reference`` a reference clip of two cases."""
-    if config.p_reference and rng.random() < config.p_reference:
-        pairs = _reference_pairs(prepared)
-        reference, query = pairs[int(rng.integers(len(pairs)))]
-        n_references = int(rng.integers(1, config.references + 1))
-        return sample_reference_clip(prepared[reference], prepared[query], config.clip_length, n_references, rng)
-    return sample_clip(prepared[int(rng.integers(len(prepared)))], config.clip_length, rng,
-                       p_point=config.p_point, p_box=config.p_box)
+def _clip_settings(config: Sam2TrainConfig, prepared: list[PreparedCase]) -> ClipSettings:
+    return ClipSettings(length=config.clip_length, p_point=config.p_point, p_box=config.p_box,
+                        p_synthetic=config.p_synthetic if prepared else 1.0, p_reference=config.p_reference,
+                        references=config.references, p_parts=config.p_parts, max_objects=config.max_objects,
+                        synthetic=config.synthetic, augment=config.augment)
 
 
-def _reference_pairs(prepared: Sequence[PreparedCase]) -> list[tuple[int, int]]:
-    """``(reference, query)`` index pairs of distinct cases that share a label."""
-    return [(r, q) for r, ref in enumerate(prepared) for q, query in enumerate(prepared)
-            if r != q and ref.label_ids & query.label_ids]
+def _description(arch: Architecture, start: dict, config: Sam2TrainConfig, preset: str | None, state: dict,
+                 cohort: Cohort | None, train_cases: list[Case]) -> dict[str, Any]:
+    """What ``model.json`` says about the model: how it was made and on what."""
+    if cohort is None:
+        data = {"name": "synthetic", "manifest": None, "labels": {}, "train_cases": [], "val_cases": []}
+        statement = (f"trained on synthetic scenes only (medseg.synthetic, kinds {list(config.synthetic.kinds)}; no patient "
+                     f"data; {state['step']} steps, starting from {start['model']})")
+    else:
+        data = {"name": cohort.name, "manifest": str(cohort.path), "labels": {str(k): v for k, v in cohort.labels.items()},
+                "train_cases": [c.id for c in train_cases], "val_cases": [c.id for c in _labelled(cohort, "val")]}
+        statement = (f"trained on cohort {cohort.name} ({len(train_cases)} train cases) and synthetic scenes "
+                     f"({config.p_synthetic:.0%} of the clips), {state['step']} steps, starting from {start['model']}")
+    return {
+        "architecture": arch.to_dict(), "start": start, "training": config.to_dict(), "preset": preset,
+        "steps": state["step"], "training_seconds": round(state["seconds"], 1), "loss_curve": state["loss_curve"],
+        "validation": state["validation"], "undertrained": config.start == "untrained" and state["step"] < UNDERTRAINED_STEPS,
+        "cohort": data, "statement": statement,
+    }
 
 
 def _labelled(cohort: Cohort, split: str) -> list[Case]:
     return [c for c in cohort.split(split) if c.label is not None]
 
 
-def _finished(out_dir: Path, cohort: Cohort, config: Sam2TrainConfig, train_cases: list[Case]) -> Path | None:
+def _finished(out_dir: Path, cohort: Cohort | None, config: Sam2TrainConfig, train_cases: list[Case]) -> Path | None:
     """``out_dir`` when it holds a model trained with ``config`` on these cases; an error when another."""
     info = read_model_json(out_dir)
     if info is None:
         return None
     saved = Sam2TrainConfig.from_dict(info["training"])
-    same_cases = info["cohort"]["train_cases"] == [c.id for c in train_cases] and info["cohort"]["name"] == cohort.name
+    name = cohort.name if cohort is not None else "synthetic"
+    same_cases = info["cohort"]["train_cases"] == [c.id for c in train_cases] and info["cohort"]["name"] == name
     if not (saved.same_model(config) and same_cases):
         differ = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
         raise ConfigError(f"{out_dir} already holds a SAM2 model trained with other settings or cases "
@@ -213,26 +225,41 @@ def _network(arch: Architecture, config: Sam2TrainConfig) -> tuple[torch.nn.Modu
     net = build_network(arch)
     if config.start == "untrained":
         return net, {"model": "untrained", "checkpoint": None, "sha256": None, "seed": config.seed}
-    from medseg.weights import REGISTRY, fetch_checkpoint, get_spec
-
-    if config.start in REGISTRY:
-        spec = get_spec(config.start)
-        if spec.config != arch.config or arch.overrides:
-            raise WeightsError(f"start checkpoint {config.start!r} is a {spec.config} model; train it with "
-                               f"architecture 'sam2.1-tiny' (or start from 'untrained')")
-        path = fetch_checkpoint(spec)
-    else:
-        path = Path(config.start)
-    from medseg.runtime import sha256_file
-
-    sha = sha256_file(path) if path.is_file() else None
-    load_weights(net, read_checkpoint(path, what="start checkpoint"), source=f"start checkpoint {path}", arch=arch)
-    return net, {"model": config.start, "checkpoint": str(path), "sha256": sha}
+    path, sha = _start_weights(config.start, arch)
+    load_weights(net, read_checkpoint(path, sha256=sha, what="start weights"), source=f"start weights {path}", arch=arch)
+    return net, {"model": config.start, "checkpoint": str(path), "sha256": sha or sha256_file(path)}
 
 
-def _prepare(case: Case, arch: Architecture, preset: str) -> PreparedCase:
+def _start_weights(start: str, arch: Architecture) -> tuple[Path, str | None]:
+    """The weights file ``start`` names (a registry name, a model directory or its weights, a checkpoint
+    file) and its expected SHA-256 where one is known; refuses weights of another architecture."""
+    directory = None
+    if start in REGISTRY:
+        spec = get_spec(start)
+        if spec.model_dir is None:
+            if spec.config != arch.config or arch.overrides:
+                raise WeightsError(f"start checkpoint {start!r} is a {spec.config} model; train it with "
+                                   f"architecture 'sam2.1-tiny' (or start from 'untrained')")
+            return fetch_checkpoint(spec), None
+        fetch_checkpoint(spec)  # verifies the shipped weights against the registry
+        directory = spec.model_dir
+    elif Path(start).is_dir() or is_model_dir_weights(start):
+        directory = Path(start) if Path(start).is_dir() else Path(start).parent
+    if directory is None:
+        return Path(start), None
+    info = read_model_json(directory)
+    if info is None:
+        raise WeightsError(f"start model {directory} has no {MODEL_JSON}: not a trained SAM2 model directory")
+    trained = Architecture.from_dict(info["architecture"])
+    if (trained.name, trained.image_size) != (arch.name, arch.image_size):
+        raise WeightsError(f"start model {start!r} is a {trained.name!r} network at image size {trained.image_size}; "
+                           f"train with --architecture {trained.name} --image-size {trained.image_size}")
+    return directory / info["weights"], info["weights_sha256"]
+
+
+def _prepare(case: Case, arch: Architecture, preset: str, config: Sam2TrainConfig) -> PreparedCase:
     volume, labels = case.load()
-    return prepare_case(case.id, volume, labels, arch.image_size, preset)
+    return prepare_case(case.id, volume, labels, arch.image_size, preset, structures=config.structures)
 
 
 def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
@@ -259,11 +286,15 @@ def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
 
 def _save(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig, state: dict) -> None:
     """Write the resumable state atomically (a half-written checkpoint never replaces a good one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "config": config.to_dict(), "state": state}, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "config": config.to_dict(), "state": state}, tmp)
+
+
+def _snapshot(path: Path, net: torch.nn.Module) -> None:
+    """The weights as they are now, float16 (as the shipped base model), for evaluation along a long run."""
+    with atomic_output(path) as tmp:
+        torch.save({k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}, tmp)
 
 
 def _resume(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig) -> dict:
