@@ -31,7 +31,7 @@ rendering slices ``[3, 4, 5]`` gives exactly those slices of the full render.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -287,8 +287,9 @@ def check_config(config: SyntheticConfig, *, size: int, tries: int = 8) -> None:
     Rendered before training starts, so a configuration that can only make empty objects (a
     radius below a pixel, say) fails with its reason instead of training on nothing.
     """
+    without_body = replace(config, p_body=0.0)  # the body is always visible: the kinds asked for must be too
     for seed in range(tries):
-        scene = make_scene(np.random.default_rng([seed, 11]), (8, size, size), config)
+        scene = make_scene(np.random.default_rng([seed, 11]), (8, size, size), without_body)
         _, labels = scene.render([4])
         if drop_small_objects(labels, config.min_pixels).any():
             return

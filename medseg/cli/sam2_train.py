@@ -95,8 +95,9 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     from medseg.training.sam2.pretrain import PRETRAIN, export_base, pretrain_base
 
     options = {name: getattr(args, name) for name in ("steps", "seed", "threads", "device") if getattr(args, name) is not None}
+    config = replace(PRETRAIN, **options)  # checked before the progress bar shows
     with tqdm_progress("SAM2 pretraining", "step", disable=args.no_progress) as progress:
-        directory = pretrain_base(args.out, config=replace(PRETRAIN, **options), progress=progress)
+        directory = pretrain_base(args.out, config=config, progress=progress)
     _print_model(directory)
     if args.export:
         print(f"float16 model directory to ship: {export_base(directory, args.export)}")
