@@ -57,7 +57,9 @@ class SyntheticConfig:
     ``contrast``: (min, max) grey-value difference between an object and what surrounds it.
     ``noise``: (min, max) Gaussian noise sigma; ``texture``: (min, max) amplitude of an object's
     smooth texture; ``shared_grey``: probability that all objects of a scene take their grey values
-    from two shared ones (look-alike objects); ``p_body``: probability of a body region. ``min_pixels``: an object smaller than this on every
+    from two shared ones (look-alike objects), which differ as any object from its surroundings
+    (``palette="independent"``) or only by ``close_grey`` (``"close"``: organs of nearly one grey that
+    touch, as liver and spleen do on CT); ``p_body``: probability of a body region. ``min_pixels``: an object smaller than this on every
     slice is dropped (a scene never hands out an object nobody could see).
     """
 
@@ -69,11 +71,13 @@ class SyntheticConfig:
     noise: tuple[float, float] = (0.0, 0.05)
     texture: tuple[float, float] = (0.0, 0.08)
     shared_grey: float = 0.4
+    palette: str = "independent"
+    close_grey: tuple[float, float] = (0.0, 0.08)
     p_body: float = 0.5
     min_pixels: int = 12
 
     def __post_init__(self) -> None:
-        for name in ("objects", "radius", "depth", "contrast", "noise", "texture"):
+        for name in ("objects", "radius", "depth", "contrast", "noise", "texture", "close_grey"):
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(value))
             low, high = getattr(self, name)
@@ -91,6 +95,8 @@ class SyntheticConfig:
             raise ConfigError(f"synthetic depth must be at least 0.5 slices, got {list(self.depth)}")
         if self.contrast[1] > 1 or self.contrast[0] <= 0:
             raise ConfigError(f"synthetic contrast must lie in (0, 1], got {list(self.contrast)}")
+        if self.palette not in ("independent", "close"):
+            raise ConfigError(f"synthetic palette must be 'independent' or 'close', got {self.palette!r}")
         if not 0 <= self.shared_grey <= 1 or not 0 <= self.p_body <= 1 or self.min_pixels < 1:
             raise ConfigError(f"synthetic shared_grey and p_body are probabilities and min_pixels >= 1, got "
                               f"{self.shared_grey}, {self.p_body}, {self.min_pixels}")
@@ -305,7 +311,11 @@ def _grey(rng: np.random.Generator, around: float, config: SyntheticConfig) -> f
 
 
 def _palette(rng: np.random.Generator, background: float, config: SyntheticConfig) -> tuple[float, float]:
-    return _grey(rng, background, config), _grey(rng, background, config)
+    first = _grey(rng, background, config)
+    if config.palette == "independent":
+        return first, _grey(rng, background, config)
+    second = first + float(rng.choice([-1, 1]) * rng.uniform(*config.close_grey))
+    return first, float(np.clip(second, 0.0, 1.0))
 
 
 def _shape(rng: np.random.Generator, shape: tuple[int, int, int], half: float, config: SyntheticConfig, *,

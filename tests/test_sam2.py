@@ -361,3 +361,22 @@ def test_cli_segment_rejects_bad_prompt_text(tmp_path, volume, capsys):
     assert "argument --point: '5,20'" in capsys.readouterr().err
     assert main(["segment", str(image), "--point", "5,20,300", "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "outside the volume" in capsys.readouterr().err
+
+
+def test_a_pixel_goes_to_the_surest_object_whichever_run_wrote_first():
+    """Objects prompted on different slices propagate in separate runs; the later run takes a pixel only
+    where its logit beats the one the pixel's label won with (an inner lesion is not kept out by its organ)."""
+    from medseg.sam2.session import paint
+
+    labels = np.zeros((2, 4), np.int32)
+    best = np.full((2, 4), -np.inf, np.float16)
+    organ = np.array([[[3.0, 3.0, 3.0, -2.0], [1.0, 1.0, -1.0, -1.0]]])
+    paint(labels, best, organ, (1,))  # the organ's run comes first
+    lesion = np.array([[[5.0, 2.0, -1.0, 4.0], [2.0, 0.5, -3.0, -1.0]]])
+    paint(labels, best, lesion, (2,))
+    np.testing.assert_array_equal(labels, [[2, 1, 1, 2], [2, 1, 0, 0]])
+    np.testing.assert_array_equal(best, np.array([[5, 3, 3, 4], [2, 1, -np.inf, -np.inf]], np.float16))
+    both = np.stack([organ[0], lesion[0]])  # one run, both objects: the same answer
+    labels2, best2 = np.zeros((2, 4), np.int32), np.full((2, 4), -np.inf, np.float16)
+    paint(labels2, best2, both, (1, 2))
+    np.testing.assert_array_equal(labels2, labels)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from medseg.io.files import atomic_output
 from medseg.manifest import Case, Cohort
 from medseg.preprocess import default_preset
 from medseg.runtime import (Progress, ShouldStop, check_stop, read_checkpoint, read_training_state, report, resolve_device,
-                            sha256_file)
+                            sha256_file, torch_threads)
 from medseg.sam2.model_dir import (MODEL_JSON, Architecture, architecture, build_network, describe, is_model_dir_weights,
                                   load_weights, read_model_json, write_model_dir)
 from medseg.synthetic import check_config
@@ -94,7 +93,7 @@ def train_sam2(
         return finished
     arch = architecture(config.architecture, config.image_size)
     device = resolve_device(config.device)
-    with _threads(config.threads), torch.random.fork_rng(devices=[]):
+    with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
         net, start = _network(arch, config)
         net = net.to(device)
         preset = (config.preset or default_preset(train_cases[0].load()[0]).name) if train_cases else None
@@ -307,15 +306,3 @@ def _resume(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig) -> d
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return saved["state"]
-
-
-@contextmanager
-def _threads(threads: int | None):
-    """Run with ``threads`` torch CPU threads, restoring the previous number afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -3,7 +3,8 @@
 The network is evaluated the way it will be used: wrapped as a ``Sam2Model`` and run through
 ``Sam2Session`` (prompt, propagate through the whole volume with memory), with the prompts the
 pipeline's ``PromptPolicy`` draws: one box on each object's middle slice, and one click at the
-centroid of its largest slice. The volumes are the cohort's ``val`` split, or, when training on
+centroid of its largest slice. Each object is prompted alone (its own session), so what is measured
+is how well the model follows that one prompt, not how objects share out voxels. The volumes are the cohort's ``val`` split, or, when training on
 synthetic scenes only, ``VALIDATION_SCENES`` held-out scenes on a non-square, anisotropic grid,
 half of them made of the kinds training never draws (``cuboid``, ``rim``), so a pretraining run
 shows how prompt-following carries to unseen objects as it goes. Dice is averaged per structure
@@ -21,6 +22,7 @@ from medseg.manifest import Cohort
 from medseg.metrics import dice_per_label
 from medseg.preprocess import IntensityPreset, get_preset
 from medseg.prompt_simulation import PromptPolicy, PromptSettings
+from medseg.prompts import Prompts
 from medseg.sam2.network import Sam2Model
 from medseg.sam2.session import Sam2Session
 from medseg.synthetic import KINDS, TRAINING_KINDS, synthetic_volume
@@ -66,12 +68,14 @@ def validate(net: torch.nn.Module, config, preset: str | None, cases: list[Valid
             policy = PromptPolicy(settings, seed=config.seed)
             scores: dict[str, list[float]] = {}
             for case in cases:
-                session = Sam2Session(model, case.volume, preset=case.preset or preset, store=False)
-                session.set_prompts(policy.prompts(case.truth, labels=case.names, case_id=case.id))
-                predicted = session.propagate()
-                for label, dice in dice_per_label(predicted, case.truth, labels=case.names).items():
-                    if not np.isnan(dice):
-                        scores.setdefault(case.names[label], []).append(dice)
+                prompts = policy.prompts(case.truth, labels=case.names, case_id=case.id)
+                for label, name in case.names.items():
+                    if label not in prompts.objects:
+                        continue  # not drawn in this case
+                    session = Sam2Session(model, case.volume, preset=case.preset or preset, store=False)
+                    session.set_prompts(Prompts({label: prompts.objects[label]}))
+                    dice = dice_per_label(session.propagate(), case.truth, labels={label: name})[label]
+                    scores.setdefault(name, []).append(dice)
             per_name = {name: round(float(np.mean(v)), 4) for name, v in sorted(scores.items())}
             result[mode] = {"dice": per_name, "mean_dice": round(float(np.mean(list(per_name.values()))), 4) if per_name else None}
     return result
