@@ -292,15 +292,17 @@ def overfit(tmp_path_factory):
 def test_overfit_drives_the_loss_down_and_segments_a_training_case(overfit):
     model, cases, _ = overfit
     assert model.steps == 80 and len(model.losses) == 80 and all(np.isfinite(model.losses))
+    # Measured over 10 runs here (threads 1 and 2, seeds 0-4): the last 5 losses are 0.13-0.23 of the first 5;
+    # Dice liver 0.93-0.97, spleen 0.92-0.96, kidney 0.78-0.87, mean 0.888-0.919; 3D AP50 0.945-1.0.
     assert np.mean(model.losses[-5:]) < 0.5 * np.mean(model.losses[:5])
     volume, truth = cases[0].load()
     prediction = predict_instances(model, volume)
     dice = dice_per_label(prediction.labels, truth, labels=LABELS)
-    assert mean_dice(dice) > 0.7, dice
+    assert mean_dice(dice) > 0.75 and min(dice.values()) > 0.6, dice
     # The scored 3D instances feed 3D mask AP directly.
     ap = mask_ap([(prediction.instances, truth)], labels=LABELS, mode="3d")
     assert ap.n_predicted == len(prediction.instances.labels) and not ap.constant_score
-    assert ap.ap50 > 0.5, ap
+    assert ap.ap50 > 0.7, ap
 
 
 @pytest.mark.slow
