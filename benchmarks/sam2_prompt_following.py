@@ -165,8 +165,11 @@ def _prompts(truth: np.ndarray, label: int, kind: str, name: str) -> Prompts:
 
 
 def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool) -> dict:
-    """Mean Dice per structure name over the cases, and the mean over structures."""
+    """Mean Dice per structure name over the cases, the mean over structures, and ``leak``: the share of
+    an object's predicted voxels that lie in *another* labelled structure (what a neighbour prompted in
+    the same session would have taken back)."""
     scores: dict[str, list[float]] = {}
+    leaks: dict[str, list[float]] = {}
     for case_id, volume, truth, names, preset in cases:
         present = {v: n for v, n in names.items() if (truth.array == v).any()}
         groups = [list(present)] if together else [[v] for v in present]
@@ -180,8 +183,12 @@ def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool) -> dict:
             predicted = session.propagate()
             for label, dice in dice_per_label(predicted, truth, labels={v: present[v] for v in group}).items():
                 scores.setdefault(present[label], []).append(float(dice))
+                mine = predicted.array == label
+                others = (truth.array > 0) & (truth.array != label)
+                leaks.setdefault(present[label], []).append(float((mine & others).sum() / max(mine.sum(), 1)))
     per_name = {name: round(float(np.mean(v)), 4) for name, v in sorted(scores.items())}
-    return {"mean_dice": round(float(np.mean(list(per_name.values()))), 4), "dice": per_name}
+    leak = {name: round(float(np.mean(v)), 4) for name, v in sorted(leaks.items())}
+    return {"mean_dice": round(float(np.mean(list(per_name.values()))), 4), "dice": per_name, "leak": leak}
 
 
 def _summary(results: dict) -> None:

@@ -309,6 +309,23 @@ def test_pretraining_twice_gives_identical_weights_and_exports_float16(tmp_path)
     assert read_model_json(shipped)["weights_sha256"] == sha256_file(shipped / "weights.pt")
 
 
+def test_fine_tuning_follows_the_start_models_prompt_prior(tmp_path):
+    base = pretrain_base(tmp_path / "base", config=dataclasses.replace(PRETRAIN, image_size=64, steps=2, warmup_steps=1,
+                                                                       val_every=0, snapshot_every=0))
+    assert read_model_json(base)["architecture"]["prompt_prior"] is True
+    cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train"}, shape=(6, 32, 48)))
+    tuned = train_sam2(cohort, tmp_path / "tuned", config=Sam2TrainConfig(start=str(base), image_size=64, steps=1,
+                                                                           clip_length=2, warmup_steps=0, threads=1))
+    info = read_model_json(tuned)
+    assert info["architecture"]["prompt_prior"] is True and info["start"]["sha256"] == read_model_json(base)["weights_sha256"]
+    assert load_model(tuned, device="cpu").net.prompt_prior
+    with pytest.raises(WeightsError, match="with prompt priors; train with .* and prompt_prior true"):
+        train_sam2(cohort, tmp_path / "x", config=Sam2TrainConfig(start=str(base), image_size=64, prompt_prior=False))
+    with pytest.raises(WeightsError, match="at image size 64 with prompt priors; train with --architecture hiera-micro --image-size 64$"):
+        train_sam2(cohort, tmp_path / "y", config=Sam2TrainConfig(start=str(base / "weights.pt"), image_size=128))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 # --- the model directory, through every face ----------------------------------------------------
 @pytest.mark.slow
 def test_trained_model_directory_describes_itself_and_loads_through_the_api(trained):

@@ -54,6 +54,8 @@ check_sam2_version()
 import torch  # noqa: E402  (after the version check: the imports below are what it protects)
 from sam2.sam2_video_predictor import SAM2VideoPredictor  # noqa: E402
 
+from medseg.sam2.prompt_prior import prompt_prior  # noqa: E402
+
 _IOU_KEY = "pred_iou"  # medseg's key in SAM2's per-frame output dicts
 _LAST_IOU = "medseg_last_pred_iou"  # side channel in the inference state, set by the hook below
 
@@ -62,8 +64,11 @@ class VolumeVideoPredictor(SAM2VideoPredictor):
     """``SAM2VideoPredictor`` reading frame features from the state's ``FeatureCache``.
 
     Built by ``medseg.sam2.model.load_model`` (as the Hydra ``_target_``); states come from
-    ``Sam2State``.
+    ``Sam2State``. ``prompt_prior``: give a frame's first point/box prompt also as a dense mask
+    (``medseg.sam2.prompt_prior``); set for networks trained that way, never for Meta's.
     """
+
+    prompt_prior = False
 
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         # SAM2: runs the image encoder on the preloaded frame tensor and keeps the last frame's
@@ -80,11 +85,18 @@ class VolumeVideoPredictor(SAM2VideoPredictor):
         # SAM2 returns the input image first; no caller uses it, so it is not kept.
         return (None, *self._prepare_backbone_features(backbone_out))
 
-    def _track_step(self, *args, **kwargs):
+    def _track_step(self, frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
+                    point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse=False, prev_sam_mask_logits=None):
         # SAM2: returns (current_out, sam_outputs, ...) and drops the decoder's predicted IoU
         # (sam_outputs[2]). medseg reports it as a per-slice confidence: keep the IoU of the
         # mask SAM2 picked (the highest) in the frame's output dict.
-        current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)
+        # SAM2 feeds prev_sam_mask_logits (an earlier mask on this frame) with the points; a network
+        # trained with prompt priors gets the prior there when there is no earlier mask.
+        if self.prompt_prior and point_inputs is not None and mask_inputs is None and prev_sam_mask_logits is None:
+            prev_sam_mask_logits = prompt_prior(point_inputs["point_coords"], point_inputs["point_labels"], self.image_size)
+        current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(
+            frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes, point_inputs,
+            mask_inputs, output_dict, num_frames, track_in_reverse, prev_sam_mask_logits)
         current_out[_IOU_KEY] = sam_outputs[2].float().max(dim=-1).values
         return current_out, sam_outputs, high_res_features, pix_feat
 
@@ -298,5 +310,6 @@ def decode_without_memory(net: VolumeVideoPredictor, feats, sizes, frames: list[
     n, hidden = len(frames), net.hidden_dim
     pix = (feats[-1][:, frames] + net.no_mem_embed).permute(1, 2, 0).reshape(n, hidden, *sizes[-1])
     high_res = [x[:, frames].permute(1, 2, 0).reshape(n, x.shape[-1], *size) for x, size in zip(feats[:-1], sizes[:-1])]
-    return net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=None, high_res_features=high_res,
+    prior = prompt_prior(prompts["point_coords"], prompts["point_labels"], net.image_size) if net.prompt_prior else None
+    return net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=prior, high_res_features=high_res,
                                   multimask_output=net._use_multimask(True, prompts))

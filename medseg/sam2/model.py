@@ -72,7 +72,7 @@ def load_model(
         spec = get_spec(str(model))
         if spec.model_dir is not None:  # shipped with medseg: a model directory, its weights pinned in the registry
             fetch_checkpoint(spec)
-            return load_model_dir(spec.model_dir, image_size=image_size, device=device, name=spec.name)
+            return load_model_dir(spec.model_dir, image_size=image_size, device=device, name=spec.name, licence=spec.licence)
         checkpoint = None if spec.untrained else fetch_checkpoint(spec, progress=progress, should_stop=should_stop)
         sha = None if checkpoint is None else verify_checkpoint(checkpoint, spec)
     size = int(image_size or spec.image_size)

@@ -40,19 +40,23 @@ TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 @dataclass(frozen=True)
 class Architecture:
-    """A SAM2 network shape: Meta's config plus Hydra overrides, and the input size."""
+    """A SAM2 network shape: Meta's config plus Hydra overrides, and the input size; ``prompt_prior``:
+    whether the network takes clicks and boxes also as dense masks (``medseg.sam2.prompt_prior``)."""
 
     name: str
     config: str
     overrides: tuple[str, ...]
     image_size: int
+    prompt_prior: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config, "overrides": list(self.overrides), "image_size": self.image_size}
+        return {"name": self.name, "config": self.config, "overrides": list(self.overrides), "image_size": self.image_size,
+                "prompt_prior": self.prompt_prior}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Architecture:
-        return cls(str(data["name"]), str(data["config"]), tuple(data["overrides"]), int(data["image_size"]))
+        return cls(str(data["name"]), str(data["config"]), tuple(data["overrides"]), int(data["image_size"]),
+                   bool(data.get("prompt_prior", False)))
 
 
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
@@ -70,16 +74,18 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
 }
 
 
-def architecture(name: str, image_size: int) -> Architecture:
+def architecture(name: str, image_size: int, *, prompt_prior: bool = False) -> Architecture:
     """The named architecture at ``image_size`` (``WeightsError`` naming the known ones otherwise)."""
     if name not in ARCHITECTURES:
         raise WeightsError(f"unknown SAM2 architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    return Architecture(name, TINY_CONFIG, ARCHITECTURES[name], image_size)
+    return Architecture(name, TINY_CONFIG, ARCHITECTURES[name], image_size, prompt_prior)
 
 
 def build_network(arch: Architecture) -> torch.nn.Module:
     """A randomly initialised network of ``arch`` (the inference class; ``.train()`` to train it)."""
-    return build(arch.config, arch.image_size, arch.overrides)
+    net = build(arch.config, arch.image_size, arch.overrides)
+    net.prompt_prior = arch.prompt_prior
+    return net
 
 
 def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, arch: Architecture) -> None:
@@ -120,12 +126,13 @@ def read_model_json(directory: str | Path) -> dict[str, Any] | None:
 
 
 def load_model_dir(directory: str | Path, *, image_size: int | None = None, device: str | torch.device | None = None,
-                   name: str | None = None) -> Sam2Model:
+                   name: str | None = None, licence: str | None = None) -> Sam2Model:
     """A ``Sam2Model`` from a trained model directory (``medseg.sam2.load_model(DIR)`` lands here).
 
     ``image_size`` other than the trained one is refused: the model has only seen that size.
     ``name``: what reports call the model (a registry name for a shipped one; by default the
-    directory and what it was trained on).
+    directory and what it was trained on); ``licence``: the weights' licence where one is known
+    (a shipped model's), else the directory's statement of what it was trained on.
     """
     directory = Path(directory)
     info = read_model_json(directory)
@@ -145,7 +152,7 @@ def load_model_dir(directory: str | Path, *, image_size: int | None = None, devi
     net = net.to(device).eval()
     log.info("SAM2 model %s: %s", directory, info["statement"])
     return Sam2Model(net, name or describe(directory, info), arch.image_size, device, False, weights, info["weights_sha256"],
-                     info["statement"], None)
+                     licence or info["statement"], None)
 
 
 def is_model_dir_weights(path: str | Path) -> bool:

@@ -53,6 +53,9 @@ class Sam2TrainConfig:
     with other work 1 is often several times faster than more, which spin-wait.
     ``snapshot_every``: keep the weights every that many steps in ``training/snapshots/`` (0: none),
     to evaluate a long run along the way.
+    ``prompt_prior``: the network also takes each click and box as a dense mask
+    (``medseg.sam2.prompt_prior``; a small network trained from scratch learns prompts far sooner).
+    None follows the start weights: on for medseg's base model, off for Meta's and for ``untrained``.
     """
 
     start: str = "untrained"
@@ -81,6 +84,7 @@ class Sam2TrainConfig:
     structures: bool = True
     max_objects: int = 6
     augment: AugmentConfig = AugmentConfig()
+    prompt_prior: bool | None = None
     preset: str | None = None
     seed: int = 0
     val_every: int = 0

@@ -91,7 +91,7 @@ def train_sam2(
     finished = _finished(out_dir, cohort, config, train_cases)
     if finished is not None:
         return finished
-    arch = architecture(config.architecture, config.image_size)
+    arch = _architecture(config)
     device = resolve_device(config.device)
     with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
         net, start = _network(arch, config)
@@ -218,6 +218,21 @@ def _finished(out_dir: Path, cohort: Cohort | None, config: Sam2TrainConfig, tra
     return out_dir
 
 
+def _architecture(config: Sam2TrainConfig) -> Architecture:
+    """The network to train: ``config``'s, with the prompt prior the start weights were trained with
+    unless the settings say otherwise (``WeightsError`` when they contradict the start weights)."""
+    start = _start_model_dir(config.start)
+    trained = Architecture.from_dict(read_model_json(start)["architecture"]) if start is not None else None
+    prior = config.prompt_prior if config.prompt_prior is not None else bool(trained and trained.prompt_prior)
+    arch = architecture(config.architecture, config.image_size, prompt_prior=prior)
+    if trained is not None and (trained.name, trained.image_size, trained.prompt_prior) != (arch.name, arch.image_size, prior):
+        raise WeightsError(f"start model {config.start!r} is a {trained.name!r} network at image size {trained.image_size}"
+                           f"{' with prompt priors' if trained.prompt_prior else ''}; train with --architecture "
+                           f"{trained.name} --image-size {trained.image_size}" + ("" if trained.prompt_prior == prior else
+                           f" and prompt_prior {str(trained.prompt_prior).lower()}"))
+    return arch
+
+
 def _network(arch: Architecture, config: Sam2TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network with its start weights, and a record of where they came from."""
     torch.manual_seed(config.seed)
@@ -231,29 +246,35 @@ def _network(arch: Architecture, config: Sam2TrainConfig) -> tuple[torch.nn.Modu
 
 def _start_weights(start: str, arch: Architecture) -> tuple[Path, str | None]:
     """The weights file ``start`` names (a registry name, a model directory or its weights, a checkpoint
-    file) and its expected SHA-256 where one is known; refuses weights of another architecture."""
-    directory = None
+    file) and its expected SHA-256 where one is known; refuses a Meta checkpoint for another architecture
+    (a model directory's architecture was checked by ``_architecture``)."""
+    directory = _start_model_dir(start)
+    if directory is not None:
+        info = read_model_json(directory)
+        return directory / info["weights"], info["weights_sha256"]
+    if start in REGISTRY:
+        spec = get_spec(start)
+        if spec.config != arch.config or arch.overrides:
+            raise WeightsError(f"start checkpoint {start!r} is a {spec.config} model; train it with "
+                               f"architecture 'sam2.1-tiny' (or start from 'untrained')")
+        return fetch_checkpoint(spec), None
+    return Path(start), None
+
+
+def _start_model_dir(start: str) -> Path | None:
+    """The model directory ``start`` names: a shipped registry model's, a directory, or the one a weights
+    file lies in; None for ``untrained``, Meta's checkpoints and plain checkpoint files."""
     if start in REGISTRY:
         spec = get_spec(start)
         if spec.model_dir is None:
-            if spec.config != arch.config or arch.overrides:
-                raise WeightsError(f"start checkpoint {start!r} is a {spec.config} model; train it with "
-                                   f"architecture 'sam2.1-tiny' (or start from 'untrained')")
-            return fetch_checkpoint(spec), None
+            return None
         fetch_checkpoint(spec)  # verifies the shipped weights against the registry
-        directory = spec.model_dir
-    elif Path(start).is_dir() or is_model_dir_weights(start):
-        directory = Path(start) if Path(start).is_dir() else Path(start).parent
-    if directory is None:
-        return Path(start), None
-    info = read_model_json(directory)
-    if info is None:
+        return spec.model_dir
+    path = Path(start)
+    directory = path if path.is_dir() else path.parent if is_model_dir_weights(path) else None
+    if directory is not None and read_model_json(directory) is None:
         raise WeightsError(f"start model {directory} has no {MODEL_JSON}: not a trained SAM2 model directory")
-    trained = Architecture.from_dict(info["architecture"])
-    if (trained.name, trained.image_size) != (arch.name, arch.image_size):
-        raise WeightsError(f"start model {start!r} is a {trained.name!r} network at image size {trained.image_size}; "
-                           f"train with --architecture {trained.name} --image-size {trained.image_size}")
-    return directory / info["weights"], info["weights_sha256"]
+    return directory
 
 
 def _prepare(case: Case, arch: Architecture, preset: str, config: Sam2TrainConfig) -> PreparedCase:
