@@ -40,7 +40,7 @@ from medseg.maskrcnn.predict import predict_instances
 from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
 from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
-from medseg.runtime import Progress, ShouldStop, check_stop, read_training_state, report, resolve_device
+from medseg.runtime import Progress, ShouldStop, check_stop, read_training_state, report, resolve_device, seeded
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +105,18 @@ def train(
     finished = _finished_model(out_dir, config, labels)
     if finished is not None:
         return finished
-    run, loader = _Run.start(train_cases, val_cases, out_dir, labels, config)
-    with run.checkpoint_on_stop():
-        for images, targets in run.batches(loader):
-            check_stop(should_stop, "Mask R-CNN training")
-            train_one_step(run, images, targets)
-            if config.val_every and run.model.steps % config.val_every == 0 and run.model.steps < config.steps:
-                _validate(run.model, val_cases, run.device)
-            if run.model.steps % config.checkpoint_every == 0:
-                run.save_checkpoint(torch.get_rng_state())
-            report(progress, run.model.steps, config.steps)
-        _validate(run.model, val_cases, run.device)
+    with seeded(config.seed):  # the run's own random state; the caller's comes back afterwards
+        run, loader = _Run.start(train_cases, val_cases, out_dir, labels, config)
+        with run.checkpoint_on_stop():
+            for images, targets in run.batches(loader):
+                check_stop(should_stop, "Mask R-CNN training")
+                train_one_step(run, images, targets)
+                if config.val_every and run.model.steps % config.val_every == 0 and run.model.steps < config.steps:
+                    _validate(run.model, val_cases, run.device)
+                if run.model.steps % config.checkpoint_every == 0:
+                    run.save_checkpoint(torch.get_rng_state())
+                report(progress, run.model.steps, config.steps)
+            _validate(run.model, val_cases, run.device)
     run.model.network.eval()
     save_model(run.model, out_dir)
     shutil.rmtree(out_dir / TRAINING_DIR)  # the checkpoint and slice cache served their purpose
@@ -170,8 +171,8 @@ class _Run:
     @classmethod
     def start(cls, train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig) -> tuple[_Run, DataLoader]:
         """Build the network (a bad checkpoint fails in a second), then the data (a bad case
-        fails while the slices are prepared); resume from the checkpoint if there is one."""
-        torch.manual_seed(config.seed)
+        fails while the slices are prepared); resume from the checkpoint if there is one. Runs inside
+        ``seeded(config.seed)``."""
         device = resolve_device(config.device)
         network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
         if config.pretrained is not None:
