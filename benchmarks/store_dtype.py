@@ -1,8 +1,9 @@
 """The embedding store's dtype: what float16 instead of float32 changes in labels, disk and time.
 
 ``--io``: disk bytes, write time and read time (memory-mapped load plus the float32 tensor a
-session uses) per slice for each dtype at image sizes 512 and 1024, median of ``--repeats``, with
-features of the encoder's shapes (no model needed; reads come from the page cache).
+session uses) per slice for each dtype at image sizes 512 and 1024, wall and CPU (process) time,
+median of ``--repeats``, with features of the encoder's shapes (no model needed; reads come from
+the page cache). On a shared machine the CPU times are the ones to compare.
 
 Otherwise, labels with a trained model on a cohort:
 
@@ -54,22 +55,24 @@ def store_io(repeats: int, slices: int = 16) -> None:
         levels = [rng.normal(0, 1, shape).astype(np.float32)
                   for shape in ((32, size // 4, size // 4), (64, size // 8, size // 8), (256, size // 16, size // 16))]
         for dtype in ("float32", "float16"):
-            writes, reads = [], []
+            times: dict[str, list[float]] = {"write": [], "write_cpu": [], "read": [], "read_cpu": []}
             with tempfile.TemporaryDirectory() as folder:
                 volume = EmbeddingStore(folder, dtype=dtype).open("volume", "model", {})
                 for _ in range(repeats):
-                    start = time.perf_counter()
+                    wall, cpu = time.perf_counter(), time.process_time()
                     for z in range(slices):
                         volume.put(z, levels)
-                    writes.append((time.perf_counter() - start) / slices)
-                    start = time.perf_counter()
+                    times["write"].append((time.perf_counter() - wall) / slices)
+                    times["write_cpu"].append((time.process_time() - cpu) / slices)
+                    wall, cpu = time.perf_counter(), time.process_time()
                     for z in range(slices):  # what FeatureCache does with a stored slice
                         [torch.from_numpy(level.astype(np.float32))[None] for level in volume.get(z)]
-                    reads.append((time.perf_counter() - start) / slices)
+                    times["read"].append((time.perf_counter() - wall) / slices)
+                    times["read_cpu"].append((time.process_time() - cpu) / slices)
                 nbytes = volume.path(0).stat().st_size
             print(json.dumps({"image_size": size, "dtype": dtype, "mb_per_slice": round(nbytes / 2**20, 3),
-                              "write_ms_per_slice": round(1000 * statistics.median(writes), 2),
-                              "read_ms_per_slice": round(1000 * statistics.median(reads), 2)}), flush=True)
+                              **{f"{k}_ms_per_slice": round(1000 * statistics.median(v), 2) for k, v in times.items()}}),
+                  flush=True)
 
 
 def main() -> None:

@@ -199,7 +199,8 @@ def test_a_process_killed_mid_precompute_leaves_a_usable_store(model, tmp_path, 
     volume = make_volume(shape=(16, 40, 48))
     np.save(tmp_path / "volume.npy", volume.array)
     child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_CHILD), str(tmp_path / "volume.npy"), str(tmp_path / "store"), str(test_seed)],
+        [sys.executable, "-c", textwrap.dedent(_CHILD), str(tmp_path / "volume.npy"), str(tmp_path / "store"),
+         str(test_seed)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
         timeout=1800,  # only against a hang: it takes seconds
     )

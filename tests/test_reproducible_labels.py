@@ -75,12 +75,15 @@ def _stored_slices(home: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "dtype"), [("untrained", "float32"), ("untrained", "float16"), ("trained", "float16")])
-def test_labels_do_not_depend_on_what_is_cached(tmp_path, cohort, request, monkeypatch, model, dtype):
+@pytest.mark.parametrize(("model", "dtype"),
+                         [("untrained", "float32"), ("untrained", "float16"), ("trained", "float16")])
+def test_labels_do_not_depend_on_what_is_cached(tmp_path, cohort, request, monkeypatch, test_seed, model, dtype):
     name = "untrained" if model == "untrained" else str(request.getfixturevalue("trained"))
     pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(f"name: cached\ncohort: {cohort}\nseed: 3\nprompts: {{point: centroid, box: middle}}\n"
-                        f"methods:\n  sam2: {{type: sam2, model: {name}, image_size: 64, device: cpu}}\n", encoding="utf-8")
+    pipeline.write_text(f"name: cached\ncohort: {cohort}\nseed: {test_seed}\n"
+                        "prompts: {point: centroid, box: middle}\n"
+                        f"methods:\n  sam2: {{type: sam2, model: {name}, image_size: 64, device: cpu}}\n",
+                        encoding="utf-8")
     config = load_pipeline(pipeline)
     monkeypatch.setenv("MEDSEG_EMBEDDINGS_DTYPE", dtype)
     monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))

@@ -13,8 +13,9 @@ keyed by exactly that:
 A changed voxel, preset, model or size is another key, so a stale entry can never be hit.
 
 ``EmbeddingStore`` keeps features on disk under ``$MEDSEG_HOME/embeddings/``: one folder per
-(volume, model, stored dtype) key, one ``.npy`` file per slice, written to a temporary name and renamed into place (``os.replace`` is atomic, so a
-killed process leaves whole slices or none; stray temporaries are removed on the next open),
+(volume, model, stored dtype) key, one ``.npy`` file per slice, written to a temporary name and
+renamed into place (``os.replace`` is atomic, so a killed process leaves whole slices or none;
+stray temporaries are removed on the next open),
 read lazily with ``np.load(mmap_mode="r")``. The store has a size cap: opening a folder marks
 it used, and when a folder is opened or a precompute ends, the least recently used folders are
 removed until the rest fits (folders in use are kept). ``medseg cache info`` / ``medseg cache clear`` show and empty it.
@@ -133,7 +134,7 @@ class EmbeddingStore:
         return cls(max_bytes=max_bytes, dtype=dtype)
 
     def open(self, volume: str, model: str, description: dict) -> VolumeEmbeddings:
-        """The folder for one (volume key, model key) at this store's dtype, created if new, marked used, cap enforced."""
+        """The folder of (volume key, model key) at this store's dtype: created if new, marked used, cap enforced."""
         folder = self.root / f"{volume}-{model}-{self.dtype.name}"
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder / _META

@@ -205,7 +205,8 @@ class FeatureCache:
             if volume is None:
                 per_frame.append([level[i:i + 1].float().to(self.device) for level in fpn])
             else:  # used as stored, so that a later read of the store gives the same numbers
-                per_frame.append(self._tensors(volume.put(frame.source[1], [level[i].float().cpu().numpy() for level in fpn])))
+                stored = volume.put(frame.source[1], [level[i].float().cpu().numpy() for level in fpn])
+                per_frame.append(self._tensors(stored))
         return per_frame
 
     def _volume(self, frame: Frame) -> VolumeEmbeddings | None:
