@@ -10,7 +10,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11
 	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 	libxcb-xfixes0 libxcb-shape0 libdbus-1-3 libfontconfig1 dicom3tools
 
-.PHONY: demo test install system-deps clean-demo napari-screenshots
+.PHONY: demo test flake-hunt install system-deps clean-demo napari-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ system-deps:
 	fi
 
 test: install system-deps
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
+
+# the slow tests (or ARGS) N times in fresh processes, torch threads 1 and 2 in turn, another seed each run
+N    ?= 10
+ARGS ?= -m slow
+flake-hunt: install system-deps
+	$(BIN)/python benchmarks/flake_hunt.py --runs $(N) -- $(ARGS)
 
 demo: install
 	$(BIN)/medseg demo-data data_manifests

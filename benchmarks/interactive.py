@@ -13,7 +13,7 @@ process finding a warm disk store, and peak RSS is the scenario's own.
   in a fresh session. Target <= 1.3x (the encoder runs once per slice for all objects).
 * ``batch``: encoder seconds per slice with batches of 1, 2 and 4 slices.
 * ``budget``: propagation with the in-memory budget set to 64 MB; peak RSS vs the model's.
-* ``bytes``: disk bytes per slice (float16) at image size 512 and 1024.
+* ``bytes``: disk bytes per slice (the default float32 store) at image size 512 and 1024.
 * ``float16``: labels from a float16 store vs a float32 store (voxels that differ, Dice).
 
 Usage::
@@ -154,7 +154,7 @@ def main() -> None:
     print(f"  three objects on three slices vs one: {objects['objects_3_s'] / objects['objects_1_s']:.2f}x (target <= 1.3)")
     print("  encoder s/slice by batch: " + ", ".join(f"{k} {batch[f'batch_{k}_s_per_slice']:.3f}" for k in (1, 2, 4)))
     print(f"  peak RSS with a 64 MB feature budget: {budget['peak_rss_mb']:.0f} MB (model loaded: {budget['base_rss_mb']:.0f} MB)")
-    print(f"  disk per slice (float16): {sizes['bytes_512'] / 2**20:.2f} MB at 512, {sizes['bytes_1024'] / 2**20:.2f} MB at 1024")
+    print(f"  disk per slice (float32): {sizes['bytes_512'] / 2**20:.2f} MB at 512, {sizes['bytes_1024'] / 2**20:.2f} MB at 1024")
     print(f"  float16 vs float32 store (untrained): {differ} voxels differ, Dice {dice:.5f}")
 
 

@@ -1,4 +1,11 @@
-"""Labels from a float16 embedding store vs a float32 one, with a trained model on a cohort.
+"""The embedding store's dtype: what float16 instead of float32 changes in labels, disk and time.
+
+``--io``: disk bytes, write time and read time (memory-mapped load plus the float32 tensor a
+session uses) per slice for each dtype at image sizes 512 and 1024, wall and CPU (process) time,
+median of ``--repeats``, with features of the encoder's shapes (no model needed; reads come from
+the page cache). On a shared machine the CPU times are the ones to compare.
+
+Otherwise, labels with a trained model on a cohort:
 
 For every labelled case of the split, each store is filled (``Sam2Session.precompute``) and a
 second session reads every slice's features back from that store (no encoder run), then
@@ -8,6 +15,7 @@ encoder's own numbers back, so this is what storing features in float16 changes.
 
 Usage::
 
+    python benchmarks/store_dtype.py --io
     python benchmarks/store_dtype.py --model results/demo/sam2-model/<digest> --manifest data_manifests/demo.json
 """
 
@@ -15,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +48,48 @@ def labels_through_store(model, volume, prompts, store: EmbeddingStore) -> np.nd
     return labels
 
 
+def store_io(repeats: int, slices: int = 16) -> None:
+    """Per-slice disk bytes, write and read seconds of each store dtype (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    for size in (512, 1024):
+        levels = [rng.normal(0, 1, shape).astype(np.float32)
+                  for shape in ((32, size // 4, size // 4), (64, size // 8, size // 8), (256, size // 16, size // 16))]
+        for dtype in ("float32", "float16"):
+            times: dict[str, list[float]] = {"write": [], "write_cpu": [], "read": [], "read_cpu": []}
+            with tempfile.TemporaryDirectory() as folder:
+                volume = EmbeddingStore(folder, dtype=dtype).open("volume", "model", {})
+                for _ in range(repeats):
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for z in range(slices):
+                        volume.put(z, levels)
+                    times["write"].append((time.perf_counter() - wall) / slices)
+                    times["write_cpu"].append((time.process_time() - cpu) / slices)
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for z in range(slices):  # what FeatureCache does with a stored slice
+                        [torch.from_numpy(level.astype(np.float32))[None] for level in volume.get(z)]
+                    times["read"].append((time.perf_counter() - wall) / slices)
+                    times["read_cpu"].append((time.process_time() - cpu) / slices)
+                nbytes = volume.path(0).stat().st_size
+            print(json.dumps({"image_size": size, "dtype": dtype, "mb_per_slice": round(nbytes / 2**20, 3),
+                              **{f"{k}_ms_per_slice": round(1000 * statistics.median(v), 2) for k, v in times.items()}}),
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a trained model directory (or registry name)")
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--io", action="store_true", help="disk and time per slice of each dtype (no model)")
+    parser.add_argument("--repeats", type=int, default=5, help="--io: repeats (the median is printed)")
+    parser.add_argument("--model", help="a trained model directory (or registry name)")
+    parser.add_argument("--manifest")
     parser.add_argument("--split", default="test")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.io:
+        store_io(args.repeats)
+        return
+    if not (args.model and args.manifest):
+        parser.error("--model and --manifest are needed (or --io)")
     cohort = load_manifest(args.manifest)
     model = load_model(args.model, device="cpu")
     policy = PromptPolicy(PromptSettings(point="none", box="middle"), seed=0)

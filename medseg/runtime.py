@@ -17,14 +17,17 @@ Devices and checkpoints are resolved and read here, once, for every engine:
 (``torch.load(weights_only=True)``, an optional SHA-256 check, clear errors),
 ``read_training_state`` (an interrupted run's state, same loading rules) and ``sha256_file``.
 
+Global torch state is borrowed, never taken: ``torch_threads`` and ``seeded`` set the thread
+count and the random state for a block and restore them after it.
+
 Logging: every module uses ``log = logging.getLogger(__name__)``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +58,34 @@ def report(progress: Progress | None, done: int, total: int) -> None:
     """Call ``progress(done, total)`` when there is a callback."""
     if progress is not None:
         progress(done, total)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: as they are), then restore the number.
+
+    Float sums, and so masks near the threshold, depend on the thread count.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's random state seeded by ``seed`` (CPU and every CUDA GPU), then restore it."""
+    import torch
+
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.manual_seed(seed)
+        yield
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -163,21 +194,3 @@ def read_training_state(path: str | Path) -> dict:
     if not isinstance(state, dict):
         raise WeightsError(f"{path} is not a medseg training checkpoint; delete it to start the training over")
     return state
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch CPU threads (None: leave them), restoring the previous number afterwards.
-
-    Training results depend on the thread count (float sums are split differently), so training
-    pins it where a setting asks for reproducibility.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

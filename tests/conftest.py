@@ -2,6 +2,10 @@
 
 Session-scoped and read-only by convention: a test that needs to modify a file copies it
 to its own ``tmp_path`` first.
+
+Two environment variables vary a run (``benchmarks/flake_hunt.py`` sets them): ``MEDSEG_TEST_THREADS``
+(torch CPU threads for the whole session) and ``MEDSEG_TEST_SEED`` (the ``test_seed`` fixture, 0 by
+default: tests whose assertions must hold for any random data draw it from this seed).
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ SMALL_SHAPE = (12, 48, 48)
 
 # the on-disk SAM2 embedding store is on by default for users; tests ask for it explicitly
 os.environ["MEDSEG_EMBEDDINGS"] = "off"
+# font sizes in points become the same pixels on every machine (test_napari_layout pins the font file)
+os.environ["QT_FONT_DPI"] = "96"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    threads = os.environ.get("MEDSEG_TEST_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+@pytest.fixture(scope="session")
+def test_seed() -> int:
+    """The seed for random test data: ``MEDSEG_TEST_SEED``, 0 by default."""
+    return int(os.environ.get("MEDSEG_TEST_SEED", "0"))
 
 
 @dataclass(frozen=True)

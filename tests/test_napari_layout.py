@@ -1,5 +1,9 @@
 """The dock widget at napari's default size on a 1600 x 1000 screen: nothing clipped, nothing
-pushed out of view, the labels drawn where their voxels are (a screenshot, under Xvfb)."""
+pushed out of view, the labels drawn where their voxels are (a screenshot, under Xvfb).
+
+Pixel widths depend on the font, so these tests pin it: DejaVu Sans from the font file matplotlib
+ships (the same glyphs on every machine, whatever fonts are installed) at 96 dpi (``QT_FONT_DPI``,
+set in conftest before Qt starts)."""
 
 from __future__ import annotations
 
@@ -15,11 +19,29 @@ pytestmark = pytest.mark.napari
 
 
 @pytest.fixture
-def docked(make_napari_viewer):
+def pinned_font(qapp):
+    """The application font: DejaVu Sans from matplotlib's font file (restored afterwards)."""
+    from pathlib import Path
+
+    import matplotlib
+    from qtpy.QtGui import QFont, QFontDatabase
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    families = QFontDatabase.applicationFontFamilies(QFontDatabase.addApplicationFont(str(path)))
+    assert families, f"Qt could not load {path}"
+    before = qapp.font()
+    qapp.setFont(QFont(families[0], before.pointSize()))
+    yield families[0]
+    qapp.setFont(before)
+
+
+@pytest.fixture
+def docked(make_napari_viewer, pinned_font):
     viewer = make_napari_viewer(show=True)
     viewer.window.set_geometry(0, 0, 1600, 1000)
     image, truth = viewer.open_sample("medseg", "phantom")
     _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    assert widget.font().family() == pinned_font
     return viewer, widget, image, truth
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medseg.cli import main
-from medseg.errors import Cancelled, ConfigError
+from medseg.errors import Cancelled, ConfigError, WeightsError
 from medseg.geometry import Geometry
 from medseg.manifest import load_manifest
 from medseg.phantom import write_demo_cohort
@@ -79,7 +79,7 @@ def test_bad_cohort_selection_fails_before_any_output(tmp_path, cohort, methods,
 def test_unknown_model_and_missing_weights_fail_before_compute(tmp_path, cohort, monkeypatch):
     monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))  # an empty cache, and no internet here
     config = load_pipeline(pipeline_file(tmp_path, cohort, "s: {type: sam2, model: sam9-huge}\n"))
-    with pytest.raises(Exception, match="sam9-huge"):
+    with pytest.raises(WeightsError, match=r"method s: model 'sam9-huge' is neither a registry name .* nor a checkpoint"):
         run_pipeline(config, tmp_path / "out")
     assert not (tmp_path / "out" / "s").exists()
 
@@ -140,7 +140,9 @@ def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
 
     config = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n"))
     out = tmp_path / "out"
+    rng = torch.get_rng_state()
     summary = run_pipeline(config, out)
+    assert torch.equal(torch.get_rng_state(), rng)  # each case is seeded inside, the caller's random state stays
     assert summary.counts == {"truth": {"ok": 2, "failed": 1, "skipped": 0}}
     failed = json.loads((out / "truth" / "broken" / "result.json").read_text(encoding="utf-8"))
     assert failed["status"] == "failed" and failed["error"]["type"] and "Traceback" in failed["error"]["traceback"]
@@ -282,7 +284,9 @@ def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, c
     train = "{backbone: resnet18, input_size: 64, steps: 1, batch_size: 1, val_every: 0, warmup_steps: 0, device: cpu}"
     path = pipeline_file(tmp_path, cohort, f"mrcnn: {{type: maskrcnn, baseline: true, train: {train}}}\n", "cases: [phantom_002]\n")
     out = tmp_path / "out"
+    rng = torch.get_rng_state()
     summary = run_pipeline(load_pipeline(path), out)
+    assert torch.equal(torch.get_rng_state(), rng)  # training seeds torch inside and restores it
     assert summary.counts == {"mrcnn": {"ok": 1, "failed": 0, "skipped": 0}}
     method = json.loads((out / "mrcnn" / "method.json").read_text(encoding="utf-8"))
     assert method["state"]["model_dir"] == str(out / "mrcnn" / "model") and method["state"]["training_steps"] == 1

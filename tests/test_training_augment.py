@@ -51,7 +51,8 @@ def test_the_seed_decides_and_nothing_else():
     images, masks = _clip()
     augment = ClipAugmentation(AugmentConfig(), size=SIZE)
     a, b = augment(images, masks, 11), augment(images, masks, 11)
-    torch.testing.assert_close(a[0], b[0]) and torch.testing.assert_close(a[1], b[1])
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
     others = [augment(images, masks, s)[0] for s in range(12, 18)]
     assert any(not torch.equal(a[0], o) for o in others)
 

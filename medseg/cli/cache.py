@@ -65,4 +65,4 @@ def _run_cache(args: argparse.Namespace) -> None:
     for e in entries:
         d = e.description
         print(f"  {e.path.name[:16]}…  {e.slices} slices  {e.bytes / 2**20:.1f} MB  model {d.get('model')} "
-              f"size {d.get('image_size')} on {d.get('device')}")
+              f"size {d.get('image_size')} on {d.get('device')}, {d.get('dtype', 'float16')}")

@@ -40,7 +40,8 @@ from medseg.maskrcnn.predict import predict_instances
 from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
 from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
-from medseg.runtime import Progress, ShouldStop, check_stop, read_training_state, report, resolve_device, torch_threads
+from medseg.runtime import (Progress, ShouldStop, check_stop, read_training_state, report, resolve_device, seeded,
+                            torch_threads)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def train(
     finished = _finished_model(out_dir, config, labels)
     if finished is not None:
         return finished
-    with torch_threads(config.threads):
+    with torch_threads(config.threads), seeded(config.seed):  # the caller's thread count and random state come back
         return _train(train_cases, val_cases, out_dir, labels, config, progress, should_stop)
 
 
@@ -176,8 +177,8 @@ class _Run:
     @classmethod
     def start(cls, train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig) -> tuple[_Run, DataLoader]:
         """Build the network (a bad checkpoint fails in a second), then the data (a bad case
-        fails while the slices are prepared); resume from the checkpoint if there is one."""
-        torch.manual_seed(config.seed)
+        fails while the slices are prepared); resume from the checkpoint if there is one. Runs inside
+        ``seeded(config.seed)``."""
         device = resolve_device(config.device)
         network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
         if config.pretrained is not None:

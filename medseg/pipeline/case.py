@@ -35,6 +35,7 @@ from medseg.pipeline.config import MetricSettings, fingerprint
 from medseg.pipeline.methods import Method, MethodSetup, ReferenceMethod, method_class
 from medseg.prompt_simulation import PromptPolicy, PromptSettings
 from medseg.prompts import Prompts
+from medseg.runtime import seeded
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,12 @@ def _segment_and_score(task: CaseTask, worker: Worker, building: Path) -> dict[s
     if truth is None:
         raise InputError(f"case {case.id} has no label map to score against")
     method, model = worker.method(task)
-    torch.manual_seed(setup.seed)
-    if isinstance(method, ReferenceMethod):
-        prompts, seg = None, method.from_truth(volume, truth, case_id=case.id)
-    else:
-        prompts = _prompts(task, method, truth)
-        seg = method.segment(model, volume, prompts=prompts, case_id=case.id)
+    with seeded(setup.seed):
+        if isinstance(method, ReferenceMethod):
+            prompts, seg = None, method.from_truth(volume, truth, case_id=case.id)
+        else:
+            prompts = _prompts(task, method, truth)
+            seg = method.segment(model, volume, prompts=prompts, case_id=case.id)
     rs.write_json(building / rs.PROMPTS, {"prompts": (prompts or Prompts()).to_dict(), **seg.prompt_log})
     save_labels(seg.labels, volume, building / rs.LABELS)
     out: dict[str, Any] = {"torch_threads": torch.get_num_threads()}  # float sums, hence masks, depend on it

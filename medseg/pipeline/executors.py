@@ -10,7 +10,8 @@ cases finish, so a cohort moves from a laptop to a cluster with no code change.
   the cohort's files must be on a file system every node sees at the same path.
 
 Fault tolerance, the same on both: a worker process that dies (killed by the OOM killer, a
-segfault in a native library) or runs one case longer than ``case_timeout`` seconds is
+segfault in a native library) or runs one case longer than ``case_timeout`` seconds (counted
+from when a started worker gets the case, so a worker's start-up never counts) is
 replaced; its case is tried again up to ``retries`` times (as are failures that are not the
 input's fault, such as a device error), then recorded as failed with the cause ("worker
 died: signal 9 (SIGKILL) — out of memory?"). The run goes on.
@@ -217,8 +218,15 @@ class _RaySlot:
     """A Ray actor holding one ``Worker``, and the task it is running."""
 
     def __init__(self, actor_class, make_worker: Callable[[], Any]) -> None:
+        import ray
+
         self.actor = actor_class.remote(make_worker)
         self.ref = None
+        try:  # started before its first case, so that the case timeout counts the case's work, not imports
+            ray.get(self.actor.ready.remote(), timeout=600)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+            self.stop()
+            raise RuntimeError(f"a Ray pipeline worker could not start ({type(error).__name__})") from None
 
     def submit(self, task: Any) -> None:
         self.ref = self.actor.run.remote(task)
@@ -248,6 +256,9 @@ class _RayWorker:
 
     def __init__(self, make_worker: Callable[[], Any]) -> None:
         self.worker = make_worker()
+
+    def ready(self) -> bool:
+        return True
 
     def run(self, task: Any) -> dict:
         return self.worker.run(task)

@@ -25,6 +25,7 @@ from medseg.pipeline.config import MetricSettings
 from medseg.pipeline.case import CaseTask, Worker, setup_from_dict
 from medseg.pipeline.methods import method_class
 from medseg.prompt_simulation import PromptSettings
+from medseg.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,8 @@ def replay_case(case_dir: str | Path, *, out: str | Path | None = None) -> Repla
         fingerprint=result["fingerprint"], code=current,
         replay_prompts=rs.read_json(case_dir / rs.PROMPTS)["prompts"],
     )
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(result.get("torch_threads", threads))  # the same float summation order as the run
-    try:
+    with torch_threads(result.get("torch_threads")):  # the same float summation order as the run
         replayed = Worker().run(task)
-    finally:
-        torch.set_num_threads(threads)
     if replayed["status"] != "ok":
         error = replayed["error"]
         raise InputError(f"replay of {case_dir} failed: {error['type']}: {error['message']}")

@@ -13,16 +13,23 @@ keyed by exactly that:
 A changed voxel, preset, model or size is another key, so a stale entry can never be hit.
 
 ``EmbeddingStore`` keeps features on disk under ``$MEDSEG_HOME/embeddings/``: one folder per
-(volume, model) key, one ``.npy`` file per slice (float16 by default; computation stays
-float32), written to a temporary name and renamed into place (``os.replace`` is atomic, so a
-killed process leaves whole slices or none; stray temporaries are removed on the next open),
+(volume, model, stored dtype) key, one ``.npy`` file per slice, written to a temporary name and
+renamed into place (``os.replace`` is atomic, so a killed process leaves whole slices or none;
+stray temporaries are removed on the next open),
 read lazily with ``np.load(mmap_mode="r")``. The store has a size cap: opening a folder marks
 it used, and when a folder is opened or a precompute ends, the least recently used folders are
 removed until the rest fits (folders in use are kept). ``medseg cache info`` / ``medseg cache clear`` show and empty it.
 
+The stored dtype is float32 by default: labels are then the same voxel for voxel with the store
+on, off, cold or warm. float16 halves the disk (``benchmarks/store_dtype.py`` measures both); a
+session uses a slice's features as the store holds them from its first encoding on
+(``medseg.sam2.features``), so a float16 store too gives the same labels cold, warm, after a
+kill and resume and on replay, only not the same as without a store (a few voxels at mask edges).
+
 On by default (the CLI, napari, the pipeline: ``EmbeddingStore.default()``); the environment
-variable ``MEDSEG_EMBEDDINGS=off`` turns it off (the test suite does), and
-``MEDSEG_EMBEDDINGS_MAX_GB`` sets the cap (default 20).
+variable ``MEDSEG_EMBEDDINGS=off`` turns it off (the test suite does),
+``MEDSEG_EMBEDDINGS_MAX_GB`` sets the cap (default 20) and ``MEDSEG_EMBEDDINGS_DTYPE`` the
+stored dtype (``float32`` or ``float16``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,11 +103,12 @@ class EmbeddingStore:
     max_bytes
         Size cap; least recently used folders are removed beyond it.
     dtype
-        ``"float16"`` (half the disk; features within 0.2% of the float32 ones) or
-        ``"float32"`` (results identical to running without the store).
+        ``"float32"`` (labels identical to running without the store) or ``"float16"`` (half
+        the disk; features within 0.2% of the float32 ones). Either way a session uses what the
+        store holds, so cached and fresh runs agree.
     """
 
-    def __init__(self, root: str | Path | None = None, *, max_bytes: int | None = None, dtype: str = "float16") -> None:
+    def __init__(self, root: str | Path | None = None, *, max_bytes: int | None = None, dtype: str = "float32") -> None:
         from medseg.weights import medseg_home
 
         if dtype not in ("float16", "float32"):
@@ -111,7 +119,8 @@ class EmbeddingStore:
 
     @classmethod
     def default(cls) -> EmbeddingStore | None:
-        """The user's store, or None when ``MEDSEG_EMBEDDINGS`` is ``off``/``0``/``false``."""
+        """The user's store, or None when ``MEDSEG_EMBEDDINGS`` is ``off``/``0``/``false``; cap and dtype from
+        ``MEDSEG_EMBEDDINGS_MAX_GB`` and ``MEDSEG_EMBEDDINGS_DTYPE``."""
         if os.environ.get("MEDSEG_EMBEDDINGS", "on").strip().lower() in ("off", "0", "false", "no"):
             return None
         cap = os.environ.get("MEDSEG_EMBEDDINGS_MAX_GB")
@@ -119,15 +128,19 @@ class EmbeddingStore:
             max_bytes = int(float(cap) * 2**30) if cap else None
         except ValueError:
             raise ConfigError(f"MEDSEG_EMBEDDINGS_MAX_GB={cap!r} is not a number of gigabytes") from None
-        return cls(max_bytes=max_bytes)
+        dtype = os.environ.get("MEDSEG_EMBEDDINGS_DTYPE", "float32").strip().lower()
+        if dtype not in ("float16", "float32"):
+            raise ConfigError(f"MEDSEG_EMBEDDINGS_DTYPE={dtype!r}: use 'float32' (the default) or 'float16'")
+        return cls(max_bytes=max_bytes, dtype=dtype)
 
     def open(self, volume: str, model: str, description: dict) -> VolumeEmbeddings:
-        """The folder for one (volume key, model key), created if new, marked used, cap enforced."""
-        folder = self.root / f"{volume}-{model}"
+        """The folder of (volume key, model key) at this store's dtype: created if new, marked used, cap enforced."""
+        folder = self.root / f"{volume}-{model}-{self.dtype.name}"
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder / _META
         if not meta.exists():
-            _atomic_write(meta, json.dumps({**description, "volume_key": volume, "model_key": model}, indent=1).encode())
+            record = {**description, "volume_key": volume, "model_key": model, "dtype": self.dtype.name}
+            _atomic_write(meta, json.dumps(record, indent=1).encode())
         for stray in folder.glob(f"*{_TMP}*"):  # a killed writer's leftovers; never a slice file
             stray.unlink(missing_ok=True)
         os.utime(meta)
@@ -210,14 +223,12 @@ class VolumeEmbeddings:
         except ValueError:  # not a whole .npy file: cannot come from put; recompute it
             log.warning("embedding store: unreadable %s, recomputing it", self.path(z))
             return None
-        sizes = [int(np.prod(s)) for s in shapes]
-        if flat.shape != (sum(sizes),):
+        if flat.shape != (sum(int(np.prod(s)) for s in shapes),) or flat.dtype != self.dtype:
             return None
-        bounds = np.cumsum([0, *sizes])
-        return [flat[a:b].reshape(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)]
+        return self._split(flat, shapes)
 
-    def put(self, z: int, levels: list[np.ndarray]) -> None:
-        """Store slice ``z`` atomically (a temporary file renamed into place)."""
+    def put(self, z: int, levels: list[np.ndarray]) -> list[np.ndarray]:
+        """Store slice ``z`` atomically (a temporary file renamed into place); returns the levels as stored."""
         meta = self.folder / _META
         if self.shapes is None or not meta.exists():  # first slice, or the folder was evicted meanwhile
             self._meta["levels"] = [list(level.shape) for level in levels]
@@ -225,6 +236,12 @@ class VolumeEmbeddings:
             _atomic_write(meta, json.dumps(self._meta, indent=1).encode())
         flat = np.concatenate([np.asarray(level, dtype=self.dtype).reshape(-1) for level in levels])
         _atomic_write(self.path(z), _npy_bytes(flat))
+        return self._split(flat, [level.shape for level in levels])
+
+    @staticmethod
+    def _split(flat: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+        bounds = np.cumsum([0, *(int(np.prod(s)) for s in shapes)])
+        return [flat[a:b].reshape(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)]
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

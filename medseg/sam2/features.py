@@ -9,8 +9,13 @@ every tracker, object and re-propagation sharing it reuses them:
   stay), in float32 on the cache's device;
 * on disk through ``medseg.sam2.embeddings.EmbeddingStore`` for frames that carry a content
   ``source`` (every ``VolumeFrames`` slice): a reopened volume, another method on the same case
-  or another process finds them there, read lazily. Disk entries are float16 unless the store
-  says float32.
+  or another process finds them there, read lazily.
+
+A frame's features are the same numbers whatever is cached: a freshly encoded frame that goes
+into the store is used as the store holds it (rounded to the store's dtype, float32 by default,
+then float32 again), never as the encoder gave it. So a cold run, a warm-store run, a run
+resumed after a kill and a replay give the same labels, and with the default float32 store the
+same labels as no store at all (CUDA's bfloat16 features are widened to float32 in every case).
 
 ``precompute(frames)`` encodes every missing frame in batches (the batch size is chosen per
 device, see ``encode_batch_size``), preparing the next batch's inputs in a thread while the
@@ -29,6 +34,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from medseg.errors import InputError
@@ -193,11 +199,14 @@ class FeatureCache:
         with self.model.inference():
             fpn = self.model.net.forward_image(torch.cat(inputs))["backbone_fpn"]
         self.encoder_calls += len(frames)
-        per_frame = [[level[i:i + 1].to(self.device) for level in fpn] for i in range(len(frames))]
-        for frame, levels in zip(frames, per_frame):
+        per_frame = []
+        for i, frame in enumerate(frames):
             volume = self._volume(frame)
-            if volume is not None:
-                volume.put(frame.source[1], [level[0].float().cpu().numpy() for level in levels])
+            if volume is None:
+                per_frame.append([level[i:i + 1].float().to(self.device) for level in fpn])
+            else:  # used as stored, so that a later read of the store gives the same numbers
+                stored = volume.put(frame.source[1], [level[i].float().cpu().numpy() for level in fpn])
+                per_frame.append(self._tensors(stored))
         return per_frame
 
     def _volume(self, frame: Frame) -> VolumeEmbeddings | None:
@@ -219,7 +228,11 @@ class FeatureCache:
         if levels is None:
             return None
         self.disk_hits += 1
-        return [torch.from_numpy(level.astype("float32"))[None].to(self.device) for level in levels]
+        return self._tensors(levels)
+
+    def _tensors(self, levels: list[np.ndarray]) -> list[torch.Tensor]:
+        """Stored levels (the store's dtype) as float32 tensors with a batch axis, on the cache's device."""
+        return [torch.from_numpy(level.astype(np.float32))[None].to(self.device) for level in levels]
 
     def _keep(self, key: Hashable, fpn: list[torch.Tensor]) -> None:
         self._entries[key] = fpn
