@@ -8,11 +8,18 @@ and ``medseg replay`` can feed them again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from medseg.errors import InputError
+
+PROMPTS_FORM = (
+    'prompts as {"1": {"points": [[z, y, x, 1]], "boxes": [[z, y0, x0, y1, x1]]}} (object id -> points, boxes, '
+    'masks; Prompts.to_dict), or a file holding them: a pipeline case\'s prompts.json or result.json, a '
+    "medseg segment --qc file"
+)
 
 
 @dataclass(frozen=True)
@@ -133,17 +140,59 @@ class Prompts:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Prompts":
+    def from_dict(cls, data: Any, *, source: str = "prompts") -> "Prompts":
+        """The inverse of ``to_dict``; an ``InputError`` naming ``source``, the object and the form otherwise."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: is a JSON {type(data).__name__}; expected {PROMPTS_FORM}")
         prompts = cls()
         for key, spec in data.items():
-            obj = prompts.object(int(key), spec.get("name", ""))
-            for z, y, x, positive in spec.get("points", []):
-                prompts.add_point(obj.obj_id, z, y, x, positive=bool(positive))
-            for z, y0, x0, y1, x1 in spec.get("boxes", []):
-                prompts.add_box(obj.obj_id, z, y0, x0, y1, x1)
-            for m in spec.get("masks", []):
-                prompts.add_mask(obj.obj_id, m["z"], _decode_mask(m["rle"], m["shape"]))
+            if not str(key).isdigit():
+                raise InputError(f"{source}: key {key!r} is not an object id (a label value); expected {PROMPTS_FORM}")
+            try:
+                prompts._add_object(int(key), spec)
+            except InputError as error:
+                raise InputError(f"{source}: object {key}: {error}") from None
+            except (TypeError, ValueError, KeyError, AttributeError) as error:
+                raise InputError(f"{source}: object {key} does not read as prompts ({type(error).__name__}: {error}); "
+                                 f"expected {PROMPTS_FORM}") from None
         return prompts
+
+    @classmethod
+    def from_record(cls, data: Any, *, source: str) -> "Prompts":
+        """The prompts of any JSON medseg writes with prompts in it.
+
+        ``to_dict``'s form itself; a pipeline case's ``prompts.json`` (``{"prompts": ...}``); a
+        case's ``result.json`` or the ``--qc`` file of ``medseg segment`` (``{"provenance":
+        {"prompts": ...}}``). A record without prompts (reference prompting logs support slices,
+        Mask R-CNN logs none) is an ``InputError`` saying so.
+        """
+        inner = data
+        if isinstance(data, dict) and isinstance(data.get("provenance"), dict) and "prompts" in data["provenance"]:
+            inner = data["provenance"]["prompts"]
+        elif isinstance(data, dict) and "prompts" in data:
+            inner = data["prompts"]
+        elif isinstance(data, dict) and data and not any(str(key).isdigit() for key in data):
+            inner = {}  # a medseg record of another kind (a failed case, a Mask R-CNN or fewshot result)
+        prompts = cls.from_dict(inner, source=source)
+        if not prompts.objects:
+            support = isinstance(data, dict) and "support" in data
+            kind = " (it logs reference slices, which are not prompts)" if support else ""
+            raise InputError(f"{source}: holds no prompts{kind}; expected {PROMPTS_FORM}")
+        return prompts
+
+    def _add_object(self, obj_id: int, spec: Any) -> None:
+        if not isinstance(spec, dict):
+            raise InputError(f"is a JSON {type(spec).__name__}, not an object with name, points, boxes, masks")
+        unknown = sorted(set(spec) - {"name", "points", "boxes", "masks"})
+        if unknown:
+            raise InputError(f"unknown key(s) {unknown}; an object has name, points, boxes, masks")
+        obj = self.object(obj_id, spec.get("name", ""))
+        for z, y, x, positive in spec.get("points", []):
+            self.add_point(obj.obj_id, z, y, x, positive=bool(positive))
+        for z, y0, x0, y1, x1 in spec.get("boxes", []):
+            self.add_box(obj.obj_id, z, y0, x0, y1, x1)
+        for m in spec.get("masks", []):
+            self.add_mask(obj.obj_id, m["z"], _decode_mask(m["rle"], m["shape"]))
 
 
 def _encode_mask(mask: np.ndarray) -> str:

@@ -23,6 +23,8 @@ CORPUS = [
     ("output is input", "segment {img} --mask {lab} --out {lab} --model untrained", "is the input"),
     ("output is input", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --qc {img} --model untrained", "is the input"),
     ("output is input", "segment {img} --point 4,16,16 --out {tmp}/link.nii.gz --model untrained", "is the input"),
+    ("output is input", "segment {img} --prompts {prompts} --out {tmp}/o.nii.gz --qc {prompts} --model untrained",
+     "is the input"),
     ("output is input", "run {pipe} --out {pipe}", "is the input"),
     ("output is input", "fewshot --support {img} {lab} --query {img} --out {lab} --model untrained", "is the input"),
     ("output is input", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --qc {img} --model untrained", "is the input"),
@@ -42,6 +44,9 @@ CORPUS = [
     ("prompt value", "segment {img} --point 4,16,99 --out {tmp}/o.nii.gz --model untrained", "outside"),
     ("prompt value", "segment {img} --name foo --point 4,16,16 --out {tmp}/o.nii.gz --model untrained", "--name"),
     ("syntax", "segment {img} --prompts {bad_json} --out {tmp}/o.nii.gz", "bad.json:1:"),
+    ("syntax", "segment {img} --prompts {case}/prompts.json --out {tmp}/o.nii.gz",
+     "prompts.json: holds no prompts; expected"),
+    ("syntax", "segment {img} --prompts {pipe_json} --out {tmp}/o.nii.gz", "pipeline.json: holds no prompts; expected"),
     ("syntax", "run {bad_yaml} --out {tmp}/r", "bad.yaml:4:1: YAML syntax error"),
     ("syntax", "replay {case}", "result.json:4:2: damaged JSON"),
     ("device", "segment {img} --point 4,16,16 --device nonsense --out {tmp}/o.nii.gz", "nonsense"),
@@ -53,6 +58,10 @@ CORPUS = [
     ("size or number", "run {pipe} --out {tmp}/r --workers 0", "--workers"),
     ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --threshold 1.5", "[0, 1]"),
     ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --k 0", "--k"),
+    ("size or number", "fewshot --support {img} {lab} [2,99] --query {img} --out {tmp}/o.nii.gz --model untrained",
+     "support slice 99 is outside the volume"),  # the brackets of the synopsis are accepted
+    ("size or number", "fewshot --support {img} {lab} [2,x] --query {img} --out {tmp}/o.nii.gz",
+     "'[2,x]' is not a list of slice indices; expected --support IMAGE LABELS [Z1,Z2,...]"),
     ("size or number", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --score-threshold -0.1", "[0, 1]"),
     ("size or number", "baseline train --manifest {cohort} --out {tmp}/m --input-size 100", "multiple of 32"),
     ("device", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --device gpu9", "gpu9"),
@@ -99,6 +108,7 @@ def files(tmp_path_factory, phantom_case, dicom_phantom) -> dict[str, str]:
     (root / "afile").write_text("a plain file\n", encoding="utf-8")
     (root / "notes.txt").write_text("not an image\n", encoding="utf-8")
     (root / "bad.json").write_text('{"objects": [1, 2,]}', encoding="utf-8")
+    (root / "prompts.json").write_text('{"1": {"points": [[4, 16, 16, 1]]}}', encoding="utf-8")
     cohort = write_demo_cohort(root / "cohort", n_cases=3, n_test=1, shape=(6, 32, 32))
     pipe = root / "pipe.yaml"
     pipe.write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle}}\n", encoding="utf-8")
@@ -111,7 +121,8 @@ def files(tmp_path_factory, phantom_case, dicom_phantom) -> dict[str, str]:
     return {"dicom": str(dicom_phantom.image), "img": str(img), "lab": str(lab), "tmp": str(root), "file": str(root / "afile"), "pipe": str(pipe),
             "cohort": str(cohort), "bad_json": str(root / "bad.json"), "bad_yaml": str(root / "bad.yaml"),
             "text": str(root / "notes.txt"), "case": str(case), "unknown_key": str(root / "unknown.yaml"),
-            "no_methods": str(root / "nomethods.yaml")}
+            "no_methods": str(root / "nomethods.yaml"), "pipe_json": str(root / "done" / "pipeline.json"),
+            "prompts": str(root / "prompts.json")}
 
 
 def invoke(argv: list[str], capsys) -> tuple[int, str]:

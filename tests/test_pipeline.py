@@ -271,6 +271,16 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     finally:
         torch.set_num_threads(threads)
 
+    # every prompts-bearing file medseg writes replays through `medseg segment --prompts`
+    image, case = str(load_manifest(cohort).case("phantom_002").image), out / "sam2" / "phantom_002"
+    files = ((case / "prompts.json", "a.json"), (case / "result.json", "b.json"), (tmp_path / "b.json", "c.json"))
+    for source, qc in files:  # the last one is the --qc file written by the one before
+        assert main(["segment", image, "--model", "untrained", "--prompts", str(source), "--qc", str(tmp_path / qc),
+                     "--out", str(tmp_path / f"{qc}.nii.gz"), "--no-progress"]) == 0
+        assert json.loads((tmp_path / qc).read_text(encoding="utf-8"))["provenance"]["prompts"] == logged
+    reference_case = out / "rev" / "phantom_002" / "prompts.json"  # support slices, no prompts: one line, exit 2
+    assert main(["segment", image, "--prompts", str(reference_case), "--out", str(tmp_path / "x.nii.gz")]) == 2
+
 
 def test_cli_reports_bad_yaml_as_one_line(tmp_path, cohort, capsys):
     path = pipeline_file(tmp_path, cohort, "o: {type: oracle, colour: red}\n")

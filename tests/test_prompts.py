@@ -59,3 +59,33 @@ def test_bad_ids_and_swapped_box_corners():
         Prompts().add_point(0, 0, 0, 0)
     with pytest.raises(InputError, match="box on slice 2 has its corners swapped"):
         Prompts().add_box(1, 2, 5, 5, 1, 9)
+
+
+def test_prompts_are_found_in_every_record_medseg_writes_with_them():
+    prompts = Prompts().add_point(1, 4, 2.5, 7.0).add_box(2, 6, 1, 2, 8, 9).add_mask(2, 0, _mask())
+    logged = json.loads(json.dumps(prompts.to_dict()))
+    records = {
+        "Prompts.to_dict": logged,
+        "a pipeline case's prompts.json": {"prompts": logged},
+        "a pipeline case's result.json": {"status": "ok", "provenance": {"model": "m", "prompts": logged}},
+        "medseg segment --qc": {"scores": {"1": 0.5}, "qc": {}, "provenance": {"prompts": logged}},
+    }
+    for kind, record in records.items():
+        assert Prompts.from_record(record, source=kind).to_dict() == prompts.to_dict(), kind
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ([1, 2], r"f\.json: is a JSON list; expected prompts as \{\"1\""),
+    ({"prompts": {}, "support": {"slices": []}}, r"f\.json: holds no prompts \(it logs reference slices"),
+    ({"status": "failed", "error": {"type": "WeightsError"}}, r"f\.json: holds no prompts; expected prompts as"),
+    ({"1": {"points": [[1, 2]]}}, r"f\.json: object 1 does not read as prompts \(ValueError: .*\); expected"),
+    ({"1": {"point": [[1, 2, 3]]}}, r"f\.json: object 1: unknown key\(s\) \['point'\]"),
+    ({"1": "liver"}, r"f\.json: object 1: is a JSON str"),
+    ({"0": {"points": [[1, 2, 3, 1]]}}, r"f\.json: object 0: object ids are label values and start at 1"),
+    ({"1": {"points": [[1, 2, 3, 1]]}, "liver": {}}, r"f\.json: key 'liver' is not an object id"),
+    ({"1": {"boxes": [[1, 9, 9, 2, 2]]}}, r"f\.json: object 1: box on slice 1 has its corners swapped"),
+])
+def test_a_record_that_is_not_prompts_is_refused_naming_the_form(record, message):
+    with pytest.raises(InputError, match=message) as info:
+        Prompts.from_record(record, source="--prompts f.json")
+    assert "\n" not in str(info.value)

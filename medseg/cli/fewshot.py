@@ -67,8 +67,8 @@ def _parse_support_option(option: str, items: list[str], paths: tuple[str, ...])
         raise ConfigError(f"{option} {' '.join(items)}: expected {form}")
     if len(items) == len(paths):
         return items, None
-    try:
-        return items[: len(paths)], [int(z) for z in items[-1].split(",")]
+    try:  # [12,20,28] as well as 12,20,28: the brackets of a list, or of the synopsis, are allowed
+        return items[: len(paths)], [int(z) for z in items[-1].removeprefix("[").removesuffix("]").split(",")]
     except ValueError:
         raise ConfigError(f"{option} {' '.join(items)}: {items[-1]!r} is not a list of slice indices; expected {form}") from None
 

@@ -21,7 +21,10 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
     p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
     p.add_argument("--mask", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
-    p.add_argument("--prompts", type=values.json_file, metavar="FILE.json", help="prompts as written in a result's provenance (Prompts.to_dict)")
+    p.add_argument("--prompts", type=values.json_file, metavar="FILE.json",
+                   help="prompts to replay: a pipeline case's prompts.json or result.json, a --qc file of this "
+                   "command, or the prompts alone "
+                   "({\"1\": {\"points\": [[z, y, x, 1]], \"boxes\": [[z, y0, x0, y1, x1]]}})")
     p.add_argument("--name", action="append", default=[], metavar="ID=NAME", help="name of an object (label value); repeatable")
     p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
     add_dicom_format(p)
@@ -66,8 +69,11 @@ def _run_segment(args: argparse.Namespace) -> None:
     from medseg.volume import UNTRAINED_BANNER
 
     volume = load_volume(args.volume, series_uid=args.series_uid)
-    check_outputs({"--out": args.out, "--qc": args.qc}, inputs=[args.volume, args.mask, args.model])
-    prompts = Prompts.from_dict(args.prompts) if args.prompts else Prompts()
+    check_outputs({"--out": args.out, "--qc": args.qc},
+                  inputs=[args.volume, args.mask, args.model, args.prompts.path if args.prompts else None])
+    prompts = Prompts()
+    if args.prompts:
+        prompts = Prompts.from_record(args.prompts.data, source=f"--prompts {args.prompts.path}")
     for obj_id, v in args.point:
         prompts.add_point(obj_id, int(v[0]), v[1], v[2], positive=bool(v[3]) if len(v) == 4 else True)
     for obj_id, v in args.box:

@@ -11,7 +11,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from medseg.errors import MedsegError, syntax_error
 
@@ -106,11 +106,18 @@ def existing_path(text: str) -> str:
     return text
 
 
-def json_file(text: str) -> Any:
+class JsonFile(NamedTuple):
+    """A JSON file read at parse time: its path as given (for messages) and its content."""
+
+    path: str
+    data: Any
+
+
+def json_file(text: str) -> JsonFile:
     """The content of a JSON file; a syntax error as ``file:line:column: reason``."""
     existing_path(text)
     try:
-        return json.loads(Path(text).expanduser().read_text(encoding="utf-8"))
+        return JsonFile(text, json.loads(Path(text).expanduser().read_text(encoding="utf-8")))
     except json.JSONDecodeError as error:
         raise _fail(str(syntax_error(text, error))) from None
     except (OSError, UnicodeDecodeError) as error:

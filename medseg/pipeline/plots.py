@@ -26,7 +26,11 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def dice_boxplot(dice: dict[str, dict[int, list[float]]], label_names: dict[int, str], path: Path) -> Path:
-    """One panel per label: a box of per-case Dice per method, with the cases as dots."""
+    """One panel per label: a box of per-case Dice per method, with the cases as dots.
+
+    A method with no finite Dice for a label (every case failed, or the label is in no case)
+    gets no box and the words "no case" in its place, not an empty box that reads as a result.
+    """
     methods = list(dice)
     labels = list(label_names)
     fig = _figure(max(4, 1.2 * len(methods)) * len(labels), 4)
@@ -36,6 +40,9 @@ def dice_boxplot(dice: dict[str, dict[int, list[float]]], label_names: dict[int,
         ax.boxplot([d if d else [np.nan] for d in data], showfliers=False)
         ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right")
         for i, values in enumerate(data, start=1):
+            if not values:
+                ax.text(i, 0.5, "no case", ha="center", va="center", rotation=90, fontsize=8, color="grey")
+                continue
             jitter = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else [0.0]
             ax.scatter(i + np.asarray(jitter), values, s=14, color=_COLOURS(i - 1), zorder=3)
         ax.set_title(label_names[label])
@@ -57,6 +64,9 @@ def ap_bars(ap: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
         for k, (key, name) in enumerate({"ap": "AP@[.5:.95]", "ap50": "AP50", "ap75": "AP75"}.items()):
             values = [ap[m].get(mode, {}).get(key) for m in methods]
             ax.bar(x + (k - 1) * width, [0.0 if v is None or np.isnan(v) else v for v in values], width, label=name)
+        for i, m in enumerate(methods):
+            if not ap[m].get(mode):  # no successful case: no AP, which is not an AP of 0
+                ax.text(i, 0.5, "no case", ha="center", va="center", rotation=90, fontsize=8, color="grey")
         ax.set_xticks(x, methods, rotation=30, ha="right")
         ax.set_title(f"mask AP, {mode.upper()}")
         ax.set_ylim(0, 1.02)

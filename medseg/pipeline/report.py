@@ -331,6 +331,8 @@ def _ap_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     rows = [[m.display(), mode.upper(), _fmt(ap["ap"]), _fmt(ap["ap50"]), _fmt(ap["ap75"]),
              *(_fmt(ap["per_label"].get(str(l))) for l in run.labels), "constant (method gives none)" if ap["constant_score"] else "method"]
             for m in run.methods for mode, ap in summary[m.name]["ap"].items() if ap]
+    rows += [[m.display(), "–", *["–"] * (3 + len(run.labels)), "no successful case"]
+             for m in run.methods if not any(summary[m.name]["ap"].values())]
     doc.table(["method", "mode", "AP@[.5:.95]", "AP50", "AP75", *(f"AP {n}" for n in run.label_names.values()), "scores"], rows)
     doc.paragraph("2D: each slice an image, areas in mm²; 3D: each volume an image, exact voxel IoU, areas in mm³ "
                   "(small < 1 mL, medium 1–100 mL, large > 100 mL). Instances: "
