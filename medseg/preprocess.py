@@ -186,7 +186,8 @@ def choose_preset(
     if modality in MODALITY_PRESETS:
         return PresetChoice(PRESETS[MODALITY_PRESETS[modality]], f"default for {volume.modality}")
     if looks_like_hu(volume):
-        return PresetChoice(PRESETS["ct-soft-tissue"], "modality unknown: the intensities are HU-like (air and soft tissue), so CT")
+        return PresetChoice(PRESETS["ct-soft-tissue"],
+                            "modality unknown: the intensities are HU-like (air and soft tissue), so CT")
     return PresetChoice(PRESETS["mri"], "modality unknown: the intensities are not HU-like, so MRI percentiles")
 
 

@@ -50,6 +50,8 @@ CORPUS = [
     ("size or number", "segment {img} --point 4,16,16 --image-size 100 --out {tmp}/o.nii.gz", "multiple of 32"),
     ("size or number", "segment {img} --point 4,16,16 --image-size 32 --out {tmp}/o.nii.gz", "at least 64"),
     ("size or number", "segment {img} --point 4,16,16 --image-size big --out {tmp}/o.nii.gz", "--image-size"),
+    ("preset", "segment {img} --point 4,16,16 --preset ct-soft --out {tmp}/o.nii.gz", "unknown intensity preset 'ct-soft'"),
+    ("preset", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --preset ct:40", "'ct:40'"),
     ("size or number", "run {pipe} --out {tmp}/r --workers 0", "--workers"),
     ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --threshold 1.5", "[0, 1]"),
     ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --k 0", "--k"),

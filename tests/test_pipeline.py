@@ -259,7 +259,8 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     report = (out / "report.md").read_text(encoding="utf-8").splitlines()
     assert report[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev.**"
     methods = report[report.index("## Methods") + 1:]
-    rows = [line.split(" | ") for line in methods[:methods.index("## Dice per label (mean [95% bootstrap CI over cases])")]]
+    methods = methods[:methods.index("## Dice per label (mean [95% bootstrap CI over cases])")]
+    rows = [line.split(" | ") for line in methods]
     assert {row[0].strip("| "): row[4] for row in rows if row[0].startswith(("| sam2", "| rev"))} == {
         "sam2 (untrained)": "ct-soft-tissue", "rev (untrained)": "ct-soft-tissue"}  # the provenance's, not "default"
 
@@ -281,11 +282,12 @@ def test_report_preset_column_shows_the_presets_the_cases_used():
     def case(preset):
         return {"status": "ok", "provenance": {} if preset is None else {"preset": preset}}
 
-    mixed = _Method("s", {}, {"a": case({"name": "mri"}), "b": case({"name": "ct-soft-tissue"}), "c": case({"name": "mri"})})
+    mri, ct = case({"name": "mri"}), case({"name": "ct-soft-tissue"})
+    mixed = _Method("s", {}, {"a": mri, "b": ct, "c": mri})
     assert mixed.presets() == "mri (2 cases), ct-soft-tissue (1 case)"
     assert _Method("m", {}, {"a": case("ct-liver")}).presets() == "ct-liver"  # a name alone (older Mask R-CNN results)
     failed = {"a": {"status": "failed", "error": {}}}
-    assert _Method("o", {"model": {"preset": "ct-bone"}}, failed).presets() == "ct-bone"  # no case ran: the one asked for
+    assert _Method("o", {"model": {"preset": "ct-bone"}}, failed).presets() == "ct-bone"  # no case ran: the one given
     assert _Method("o", {}, {"a": case(None)}).presets() == "–"  # the oracle uses none
 
 

@@ -43,11 +43,13 @@ def model_dir(phantom_nifti, tmp_path_factory) -> Path:
     """A SAM2 model directory trained (``medseg sam2 train``) for 1 step from random weights with ``ct-liver``."""
     image, label = phantom_nifti
     manifest = write_manifest(image.parent / "cohort.json", {
-        "name": "one-phantom", "modality": "CT", "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}},
+        "name": "one-phantom", "modality": "CT",
+        "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}},
         "cases": [{"id": "p0", "image": image.name, "label": label.name, "split": "train"}]})
     out = tmp_path_factory.mktemp("model") / "sam2"
     assert main(["sam2", "train", "--manifest", str(manifest), "--out", str(out), "--image-size", "64", "--steps", "1",
-                 "--clip-length", "2", "--warmup-steps", "1", "--threads", "1", "--preset", "ct-liver", "--no-progress"]) == 0
+                 "--clip-length", "2", "--warmup-steps", "1", "--threads", "1", "--preset", "ct-liver",
+                 "--no-progress"]) == 0
     info = read_model_json(out)
     assert info["preset"] == "ct-liver" and info["undertrained"] is True
     return out
@@ -67,13 +69,14 @@ def test_a_trained_model_brings_its_preset_to_the_engines(model_dir, phantom_nif
     assert predictor.session(volume, preset="mri").frames.preset.name == "mri"  # what the user gives wins
     assert Sam2VolumePredictor(model, preset="ct-bone", store=False).session(volume).frames.preset.name == "ct-bone"
 
-    support = SupportSet.from_volumes([SupportEntry(load_labels(label, volume), volume=volume)], k=1, labels={1: "liver"})
+    entry = SupportEntry(load_labels(label, volume), volume=volume)
+    support = SupportSet.from_volumes([entry], k=1, labels={1: "liver"})
     assert ReferenceSession(volume, support, model=model).preset.name == "ct-liver"
     assert ReferenceSession(volume, support, model=predictor).preset.name == "ct-liver"
     assert ReferenceSession(volume, support, model=model, preset="mri").preset.name == "mri"
 
 
-def test_segment_and_fewshot_show_the_preset_and_flag_the_undertrained_model(model_dir, phantom_nifti, tmp_path, capsys):
+def test_segment_and_fewshot_show_the_preset_and_flag_undertrained_models(model_dir, phantom_nifti, tmp_path, capsys):
     image, label = phantom_nifti
     out = tmp_path / "seg.nii.gz"
     assert main(["segment", str(image), "--model", str(model_dir), "--point", "1:3,16,24", "--out", str(out),
@@ -84,9 +87,9 @@ def test_segment_and_fewshot_show_the_preset_and_flag_the_undertrained_model(mod
     assert "UNTRAINED MODEL" not in captured.err
 
     qc = tmp_path / "fewshot.json"
-    assert main(["fewshot", "--support", str(image), str(label), "--query", str(image), "--out", str(tmp_path / "f.nii.gz"),
-                 "--model", str(model_dir), "--label", "1=liver", "--k", "1", "--device", "cpu", "--qc", str(qc),
-                 "--no-progress"]) == 0
+    assert main(["fewshot", "--support", str(image), str(label), "--query", str(image),
+                 "--out", str(tmp_path / "f.nii.gz"), "--model", str(model_dir), "--label", "1=liver", "--k", "1",
+                 "--device", "cpu", "--qc", str(qc), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert f"intensity preset ct-liver: {TRAINED_REASON}" in captured.out and "is undertrained" in captured.err
     assert json.loads(qc.read_text(encoding="utf-8"))["provenance"]["preset"]["name"] == "ct-liver"

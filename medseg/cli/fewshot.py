@@ -40,7 +40,8 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")
-    p.add_argument("--preset", help=f"intensity preset of query and references, e.g. ct-soft-tissue, mri, ct:50,350 ({PRESET_DEFAULT})")
+    p.add_argument("--preset", type=values.preset,
+                   help=f"intensity preset of query and references, e.g. ct-soft-tissue, mri ({PRESET_DEFAULT})")
     p.add_argument("--series-uid", help="pick this series when the query's DICOM folder holds several")
     add_sam2_runtime_options(p)
     p.set_defaults(run=_run_fewshot)

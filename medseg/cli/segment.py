@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     from medseg.volume import LabelVolume
 
 #: What ``--preset`` defaults to (``medseg.preprocess.choose_preset``), for the help of every SAM2 command.
-PRESET_DEFAULT = ("default: the preset a trained model directory was trained with, else by modality (CT: ct-soft-tissue, "
-                  "MR: mri), else by the intensities (HU-like NIfTI: ct-soft-tissue, otherwise mri)")
+PRESET_DEFAULT = ("default: the preset a trained model directory was trained with, else by modality "
+                  "(CT: ct-soft-tissue, MR: mri), else by the intensities "
+                  "(HU-like NIfTI: ct-soft-tissue, otherwise mri)")
 
 
 def add_segment(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,8 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
     add_dicom_format(p)
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, per-slice QC and provenance as JSON")
-    p.add_argument("--preset", help=f"intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 ({PRESET_DEFAULT})")
+    p.add_argument("--preset", type=values.preset,
+                   help=f"intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 ({PRESET_DEFAULT})")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
     add_sam2_runtime_options(p)
     p.set_defaults(run=_run_segment)

@@ -99,6 +99,17 @@ def device(text: str) -> str:
     return text
 
 
+def preset(text: str) -> str:
+    """An intensity preset name or ``ct:LEVEL,WIDTH`` / ``mri:LOW,HIGH`` (``medseg.preprocess.get_preset``)."""
+    from medseg.preprocess import get_preset
+
+    try:
+        get_preset(text)
+    except MedsegError as error:
+        raise _fail(str(error)) from None
+    return text
+
+
 def existing_path(text: str) -> str:
     """A file or folder that exists."""
     if not Path(text).expanduser().exists():

@@ -170,7 +170,7 @@ def evaluate_pair(
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
 ) -> PairScores:
-    """Every metric of one prediction against one truth, over the truth's labels: ``evaluate``, then mask AP in 3D and 2D.
+    """Every metric of one prediction against one truth, over the truth's labels: ``evaluate``, then 3D and 2D mask AP.
 
     Parameters
     ----------
