@@ -205,7 +205,7 @@ def looks_like_hu(volume: Volume) -> bool:
     False
     """
     step = max(1, round((volume.array.size / _CHECKED_VOXELS) ** (1 / 3)))
-    sample = volume.array[::step, ::step, ::step]
+    sample = np.ascontiguousarray(volume.array[::step, ::step, ::step])  # one strided pass, then contiguous work
     finite = sample[np.isfinite(sample)]
     if not finite.size:
         return False
