@@ -7,6 +7,21 @@ crushes CT contrast.
 
 A preset is resolved against a volume (``resolve``) into one ``(low, high)`` range per output
 channel; MONAI's ``ScaleIntensityRange`` then maps each range to [0, 1] with clipping.
+
+Which preset a volume gets is decided here, once, for every face and engine (``choose_preset``):
+
+1. the preset the caller gives (``--preset``, a panel's preset box, a pipeline's ``preset:``);
+2. else the preset the model was trained with (a trained model directory's ``model.json``), so a
+   model sees the intensities it learned on;
+3. else the modality's: ``ct-soft-tissue`` for CT, ``mri`` (robust percentiles) for MR and PT;
+4. else (NIfTI, NRRD and MetaImage carry no modality: "OT") a content check, ``looks_like_hu``:
+   CT in Hounsfield units when at least 1% of the voxels lie at or below -500 HU (air, lung,
+   padding) *and* at least 5% lie in [-200, 300] HU (fat, water, soft tissue). Magnitude MRI,
+   PET and [0, 1]-scaled images have no values near -500, and a volume that is all air or all
+   padding has no tissue, so both take ``mri``. Checked on the bundled phantoms as NIfTI (about
+   43% air, 52% tissue), pydicom's ``CT_small.dcm`` (21% at or below -500, 71% tissue) and
+   ``MR_small.dcm``, and nilearn's MNI152 T1 (0 to 255: no voxel below 0). A CT cropped inside
+   the body without any air, or a CT rescaled away from HU, takes ``mri``: give the preset then.
 """
 
 from __future__ import annotations
@@ -117,9 +132,86 @@ def get_preset(spec: str | IntensityPreset) -> IntensityPreset:
     )
 
 
+#: The modalities whose preset is known without looking at the voxels (rule 3 of the module docstring).
+MODALITY_PRESETS: dict[str, str] = {"CT": "ct-soft-tissue", "MR": "mri", "MRI": "mri", "PT": "mri"}
+#: The content check (rule 4): air at or below ``HU_AIR``, soft tissue in ``HU_TISSUE``, and their least shares.
+HU_AIR = -500.0
+HU_TISSUE = (-200.0, 300.0)
+MIN_AIR_SHARE = 0.01
+MIN_TISSUE_SHARE = 0.05
+_CHECKED_VOXELS = 2**18  # the check looks at a regular sample of about this many voxels
+
+
+@dataclass(frozen=True)
+class PresetChoice:
+    """The preset a volume gets (``choose_preset``) and why, in words a panel or log can show."""
+
+    preset: IntensityPreset
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+
+def choose_preset(
+    volume: Volume,
+    *,
+    preset: str | IntensityPreset | None = None,
+    trained: str | IntensityPreset | None = None,
+) -> PresetChoice:
+    """The intensity preset for ``volume``: ``preset``, else ``trained``, else the modality's, else by content.
+
+    Parameters
+    ----------
+    volume
+        The image the preset is for (its modality and, when that says nothing, its voxels).
+    preset
+        What the user chose; wins over everything.
+    trained
+        The preset the model was trained with (``Sam2Model.preset``), when it was.
+
+    >>> from medseg.geometry import Geometry
+    >>> ct = np.full((1, 4, 5), -1000.0); ct[0, 1:3, 1:4] = 40.0  # air around soft tissue, no modality
+    >>> choose_preset(Volume(ct, Geometry(ct.shape, (1, 1, 1)))).name
+    'ct-soft-tissue'
+    >>> choose_preset(Volume(ct, Geometry(ct.shape, (1, 1, 1))), trained="ct-liver").reason
+    'the model was trained with it'
+    """
+    if preset is not None:
+        return PresetChoice(get_preset(preset), "chosen by you")
+    if trained is not None:
+        return PresetChoice(get_preset(trained), "the model was trained with it")
+    modality = volume.modality.upper()
+    if modality in MODALITY_PRESETS:
+        return PresetChoice(PRESETS[MODALITY_PRESETS[modality]], f"default for {volume.modality}")
+    if looks_like_hu(volume):
+        return PresetChoice(PRESETS["ct-soft-tissue"],
+                            "modality unknown: the intensities are HU-like (air and soft tissue), so CT")
+    return PresetChoice(PRESETS["mri"], "modality unknown: the intensities are not HU-like, so MRI percentiles")
+
+
 def default_preset(volume: Volume) -> IntensityPreset:
-    """Soft-tissue window for CT, robust percentiles for everything else."""
-    return PRESETS["ct-soft-tissue"] if volume.modality.upper() == "CT" else PRESETS["mri"]
+    """The preset of ``volume`` when neither the caller nor a model names one (``choose_preset``)."""
+    return choose_preset(volume).preset
+
+
+def looks_like_hu(volume: Volume) -> bool:
+    """Whether ``volume``'s intensities are CT Hounsfield units (rule 4 of the module docstring).
+
+    >>> from medseg.geometry import Geometry
+    >>> air_only = np.full((2, 4, 4), -1000.0)
+    >>> looks_like_hu(Volume(air_only, Geometry(air_only.shape, (1, 1, 1))))  # no tissue: not a CT to window
+    False
+    """
+    step = max(1, round((volume.array.size / _CHECKED_VOXELS) ** (1 / 3)))
+    sample = np.ascontiguousarray(volume.array[::step, ::step, ::step])  # one strided pass, then contiguous work
+    finite = sample[np.isfinite(sample)]
+    if not finite.size:
+        return False
+    air = np.count_nonzero(finite <= HU_AIR) / finite.size
+    tissue = np.count_nonzero((finite >= HU_TISSUE[0]) & (finite <= HU_TISSUE[1])) / finite.size
+    return bool(air >= MIN_AIR_SHARE and tissue >= MIN_TISSUE_SHARE)
 
 
 class SliceFrames:
@@ -130,6 +222,7 @@ class SliceFrames:
     """
 
     def __init__(self, volume: Volume, preset: str | IntensityPreset | None = None) -> None:
+        """``preset``: the one to use; None takes ``default_preset(volume)`` (modality, else content)."""
         self.volume = volume
         from monai.transforms import ScaleIntensityRange  # imports torch: only once frames are made
 

@@ -30,10 +30,10 @@ Writers and panels get exact geometry from there, never from the layer transform
 
 Intensity preset
 ----------------
-``suggest_preset`` picks the display window and SAM2's input mapping: the modality's default,
-and for a file that does not say (NIfTI, NRRD: modality "OT") the CT soft-tissue window when
-the intensities are HU-like (air near -1000), else the MRI percentiles. The panels show the
-choice in a preset box, never hide it.
+The display window and SAM2's input mapping are the library's decision
+(``medseg.preprocess.choose_preset``: the modality's default, and for a file that does not say
+(NIfTI, NRRD: modality "OT") a documented content check), so a click gives the same mask here
+and in ``medseg segment``. The panels show the choice in a preset box, never hide it.
 """
 
 from __future__ import annotations
@@ -44,38 +44,16 @@ import numpy as np
 
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
+from medseg.preprocess import choose_preset, get_preset
 from medseg.volume import LabelVolume, Volume
 
 VOLUME_KEY = "medseg_volume"
 LABELS_KEY = "medseg_labels"
 SOURCE_KEY = "medseg_source"
 
-#: Below this 1st-percentile intensity a volume without modality is taken for CT in HU (air).
-_HU_AIR = -500.0
-
-
-def suggest_preset(volume: Volume) -> str:
-    """The intensity preset's name for ``volume`` (see the module docstring).
-
-    >>> from medseg.geometry import Geometry
-    >>> ct = Volume(np.full((2, 4, 4), -1000.0), Geometry((2, 4, 4), (1, 1, 1)))  # modality "OT"
-    >>> suggest_preset(ct)
-    'ct-soft-tissue'
-    """
-    modality = volume.modality.upper()
-    if modality == "CT":
-        return "ct-soft-tissue"
-    if modality in ("MR", "MRI", "PT"):
-        return "mri"
-    sample = volume.array[::2, ::4, ::4]
-    finite = sample[np.isfinite(sample)]
-    return "ct-soft-tissue" if finite.size and np.percentile(finite, 1) <= _HU_AIR else "mri"
-
 
 def display_range(volume: Volume, preset: str) -> tuple[float, float]:
     """The contrast limits of ``preset`` (its first channel's window) on ``volume``."""
-    from medseg.preprocess import get_preset
-
     low, high = get_preset(preset).resolve(volume)[0]
     return float(low), float(high)
 
@@ -93,13 +71,13 @@ def display_transform(volume: Volume) -> dict[str, Any]:
 
 
 def image_layer_data(volume: Volume, name: str, *, source: str | None = None) -> tuple[np.ndarray, dict[str, Any], str]:
-    """A napari ``LayerDataTuple`` for an Image layer, with the suggested preset's contrast."""
+    """A napari ``LayerDataTuple`` for an Image layer, with the contrast of the library's preset for it."""
     metadata: dict[str, Any] = {VOLUME_KEY: volume}
     if source is not None:
         metadata[SOURCE_KEY] = source
     kwargs = {
         "name": name,
-        "contrast_limits": display_range(volume, suggest_preset(volume)),
+        "contrast_limits": display_range(volume, choose_preset(volume).name),
         "colormap": "gray",
         "metadata": metadata,
         **display_transform(volume),

@@ -1,5 +1,5 @@
 """The Metrics panel: Dice, 95% Hausdorff, surface Dice and COCO mask AP of a Labels layer
-against a ground-truth Labels layer, computed by ``medseg.metrics`` in a worker.
+against a ground-truth Labels layer, computed by ``medseg.metrics.evaluate_pair`` in a worker.
 
 Distances are in millimetres when either layer carries its medseg ``Volume`` (the spacing
 comes from there); two layers that both carry one must lie on the same voxel grid. Layers
@@ -8,7 +8,6 @@ made outside medseg are plain arrays: distances then count voxels, and the table
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import napari
@@ -27,8 +26,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medseg.errors import InputError
-from medseg.runtime import check_stop
 from medseg.volume import LabelVolume
 
 from napari_plugin._layer_picker import LayerPicker, fit_columns, same_layer
@@ -36,21 +33,7 @@ from napari_plugin._layers import LABELS_KEY, label_volume, layer_volume
 from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
 if TYPE_CHECKING:
-    from medseg.metrics import MaskAP
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Everything the panel shows for one prediction / ground-truth pair."""
-
-    names: dict[int, str]
-    dice: dict[int, float]
-    hd95: dict[int, float]
-    surface_dice: dict[int, float]
-    ap_3d: MaskAP
-    ap_2d: MaskAP
-    millimetres: bool
-    untrained: bool
+    from medseg.metrics import PairScores
 
 
 def as_label_map(layer: Any) -> LabelVolume | np.ndarray:
@@ -59,40 +42,6 @@ def as_label_map(layer: Any) -> LabelVolume | np.ndarray:
     if volume is None:
         return np.asarray(layer.data)
     return label_volume(layer.data, volume, result=layer.metadata.get(LABELS_KEY), name=layer.name)
-
-
-def compute_scores(
-    pred: LabelVolume | np.ndarray,
-    truth: LabelVolume | np.ndarray,
-    *,
-    tolerance_mm: float,
-    instances: str,
-    progress: Progress,
-    should_stop: StopFlag,
-) -> Scores:
-    """Every metric of the panel: ``medseg.metrics.evaluate`` (the pipeline's), then mask AP in 3D and 2D."""
-    from medseg.metrics import evaluate, mask_ap  # MONAI and torch: seconds, so not when the panel opens
-
-    truth_array = truth.array if isinstance(truth, LabelVolume) else truth
-    labels = [int(v) for v in np.unique(truth_array) if v != 0]
-    if not labels:
-        raise InputError("the ground-truth layer has no labels (all voxels are 0): pick the layer that holds the truth")
-    names = {}
-    for item in (pred, truth):  # the truth's names win
-        if isinstance(item, LabelVolume):
-            names.update(item.label_names)
-    case = evaluate(pred, truth, labels=labels, surface_tolerance_mm=tolerance_mm,
-                    progress=lambda done, _: progress(done, 5), should_stop=should_stop)
-    aps = []
-    for done, mode in enumerate(("3d", "2d"), start=4):
-        check_stop(should_stop, "mask AP")
-        aps.append(mask_ap([case.ap_pair], labels=labels, mode=mode, instances=instances))
-        progress(done, 5)
-    return Scores(
-        {v: names.get(v, f"label {v}") for v in labels}, case.dice, case.hd95_mm, case.surface_dice, *aps,
-        millimetres=case.millimetres,
-        untrained=isinstance(pred, LabelVolume) and pred.untrained,
-    )
 
 
 def _number(value: float) -> str:
@@ -161,26 +110,27 @@ class MetricsPanel(QWidget):
         pred, truth = as_label_map(pred_layer), as_label_map(truth_layer)
         tolerance, instances = self.tolerance.value(), self.instances.currentText()
 
-        def run(progress: Progress, should_stop: StopFlag) -> Scores:
-            return compute_scores(pred, truth, tolerance_mm=tolerance, instances=instances, progress=progress,
-                                  should_stop=should_stop)
+        def run(progress: Progress, should_stop: StopFlag) -> PairScores:
+            from medseg.metrics import evaluate_pair  # MONAI and torch: seconds, so not when the panel opens
+
+            return evaluate_pair(pred, truth, surface_tolerance_mm=tolerance, instances=instances, progress=progress,
+                                 should_stop=should_stop)
 
         self.controls.start(run, label="Metrics", on_done=self._show)
 
-    def _show(self, scores: Scores) -> None:
-        from medseg.metrics import mean_dice
-
-        unit = "mm" if scores.millimetres else "voxels"
+    def _show(self, scores: PairScores) -> None:
+        metrics = scores.metrics
+        unit = "mm" if metrics.millimetres else "voxels"
         self.table.setHorizontalHeaderLabels(["label", "name", "Dice", f"HD95 ({unit})", "surf. Dice"])
         self.table.setRowCount(0)
         for value, name in scores.names.items():
             row = self.table.rowCount()
             self.table.insertRow(row)
-            cells = [str(value), name, _number(scores.dice[value]), _number(scores.hd95[value]),
-                     _number(scores.surface_dice[value])]
+            cells = [str(value), name, _number(metrics.dice[value]), _number(metrics.hd95_mm[value]),
+                     _number(metrics.surface_dice[value])]
             for column, text in enumerate(cells):
                 self.table.setItem(row, column, QTableWidgetItem(text))
-        lines = [f"mean Dice {_number(mean_dice(scores.dice))}"]
+        lines = [f"mean Dice {_number(metrics.mean_dice)}"]
         for ap in (scores.ap_3d, scores.ap_2d):
             lines.append(
                 f"mask AP {ap.mode.upper()}: AP {_number(ap.ap)}, AP50 {_number(ap.ap50)}, AP75 {_number(ap.ap75)} "
@@ -188,7 +138,7 @@ class MetricsPanel(QWidget):
             )
         if scores.ap_3d.constant_score:
             lines.append("The prediction carries no confidence scores: AP ranks its instances arbitrarily.")
-        if not scores.millimetres:
+        if not metrics.millimetres:
             lines.append("Neither layer carries its volume's geometry: distances are in voxels.")
         if scores.untrained:
             lines.append("UNTRAINED MODEL: these numbers are meaningless.")

@@ -1,19 +1,19 @@
 """napari reader: DICOM folders and files, NIfTI, NRRD and MetaImage through ``medseg.io``.
 
-The Image layer keeps the voxels in physical units (CT in HU) with the suggested preset's
-window as contrast limits (``_layers.suggest_preset``), the layer transform of ``_layers``
+The Image layer keeps the voxels in physical units (CT in HU) with the library's preset's
+window as contrast limits (``medseg.preprocess.choose_preset``), the layer transform of ``_layers``
 (scale = spacing, LPS-flipped axes), the ``Volume`` and the source path in its metadata, so
 that segmenting and saving use its exact geometry.
 
-A label map (stored as integers, whole non-negative values, mostly background, a few
-distinct values: decided from the header and the voxels, not the file name) opens as a Labels layer on its own grid, so it overlays its
-image and every Labels picker offers it. A study folder opens every image series that reads;
+A label map (``medseg.io.files.is_label_map``: decided from the header and the voxels, not the
+file name) opens as a Labels layer on its own grid, so it overlays its image and every Labels
+picker offers it. A study folder opens every image series that reads;
 the ones that do not are listed (description, number of slices, reason) in a warning.
 
-napari's built-in reader also claims ``.dcm``, ``.nii.gz``, ``.nrrd`` and ``.mha``, which
-makes napari ask "Choose reader" on every open. ``claim_reader_patterns`` records medseg as
-the preferred reader for those patterns where the user has not chosen one (napari's
-Preferences ▸ Plugins shows and changes it).
+napari's built-in reader also claims ``.dcm``, ``.nii.gz``, ``.nrrd`` and ``.mha``, so napari
+asks "Choose reader" when such a file is opened without naming a plugin. The plugin does not
+write that choice into napari's saved settings itself: the user picks medseg once with napari's
+"Remember this choice" (Preferences ▸ Plugins shows and changes it).
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ LayerData = list[tuple[Any, dict[str, Any], str]]
 
 #: Files looked at to decide whether a folder holds DICOM (exports can hold thousands).
 _FOLDER_PROBE = 32
-#: A label map: at most this many distinct values, and at least this share of background.
-_MAX_LABELS = 255
-_MIN_BACKGROUND = 0.3
-#: Patterns napari's built-in reader also claims, for which medseg asks to be preferred.
-CLAIMED_PATTERNS = ("*.dcm", "*.dicom", "*.ima", "*.nii", "*.nii.gz", "*.nrrd", "*.nhdr", "*.mha", "*.mhd")
 # napari calls ``get_reader`` for every path it opens: it must not import ``medseg.io``, whose
 # package import loads pydicom, SimpleITK, highdicom and MONAI (torch). Hence these suffixes
 # and the DICOM preamble test are spelled here rather than taken from ``medseg.io.files``.
@@ -123,57 +118,8 @@ def _read_label_file(path: Path) -> LayerData:
     )
 
 
-def is_label_map(array: np.ndarray, *, stored_as_integers: bool = True) -> bool:
-    """True for integers on disk, whole non-negative values, few of them, mostly 0: a segmentation.
-
-    >>> is_label_map(np.array([[0, 0, 0, 1], [0, 0, 2, 2]], dtype=np.float32))
-    True
-    >>> is_label_map(np.array([[-1000, 40], [60, 300]], dtype=np.float32))
-    False
-    >>> is_label_map(np.array([[0, 0, 0, 1000]], dtype=np.float32), stored_as_integers=False)
-    False
-    """
-    if not stored_as_integers:  # label maps are written as integers; a float file is an image
-        return False
-    sample = array[::2, ::2, ::2] if array.ndim == 3 else array
-    if sample.size == 0 or sample.min() < 0 or not np.array_equal(sample, np.round(sample)):
-        return False
-    if np.count_nonzero(sample == 0) < _MIN_BACKGROUND * sample.size:
-        return False
-    values = np.unique(array)
-    return len(values) <= _MAX_LABELS + 1 and np.array_equal(array, np.round(array))
-
-
-def claim_reader_patterns() -> None:
-    """Prefer medseg for the medical formats napari's own reader also claims (see module docstring)."""
-    from napari.settings import get_settings
-
-    preferences = get_settings().plugins.extension2reader
-    missing = {pattern: "medseg" for pattern in CLAIMED_PATTERNS if pattern not in preferences}
-    if missing:
-        get_settings().plugins.extension2reader = {**preferences, **missing}
-
-
-def stored_as_integers(path: Path) -> bool:
-    """Whether a NIfTI / NRRD / MetaImage file stores integer voxels (its header, no voxels read)."""
-    name = path.name.lower()
-    if name.endswith(_NIFTI_SUFFIXES):
-        import nibabel as nib
-
-        header = nib.load(path).header
-        scaled = header.get_slope_inter()[0] not in (None, 1.0)
-        return np.issubdtype(header.get_data_dtype(), np.integer) and not scaled
-    if name.endswith(_ITK_SUFFIXES):
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        return "float" not in sitk.GetPixelIDValueAsString(reader.GetPixelID()) and reader.GetNumberOfComponents() == 1
-    return False  # DICOM image series: images (DICOM SEG / RTSTRUCT are not read here)
-
-
 def _layer_data(volume: Any, name: str, source: str) -> tuple[Any, dict[str, Any], str]:
+    from medseg.io.files import is_label_map, stored_as_integers
     from medseg.volume import LabelVolume
 
     from napari_plugin._layers import SOURCE_KEY, image_layer_data, labels_layer_data

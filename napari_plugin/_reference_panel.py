@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import InputError, MedsegError
-from medseg.preprocess import PRESETS
+from medseg.preprocess import PRESETS, choose_preset
 from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, SupportEntry, SupportSet
 from medseg.volume import LabelVolume, Volume
 
@@ -49,7 +49,6 @@ from napari_plugin._layers import (
     labels_layer_data,
     layer_volume,
     put_labels,
-    suggest_preset,
     volume_of_image,
 )
 from napari_plugin._model_picker import LoadedModels, ModelPicker
@@ -193,7 +192,7 @@ class ReferencePanel(QWidget):
         """The preset follows the query (its modality, else its intensities)."""
         layer = self.query.layer()
         if layer is not None and layer_volume(layer) is not None:
-            self.preset.setCurrentText(suggest_preset(layer_volume(layer)))
+            self.preset.setCurrentText(choose_preset(layer_volume(layer)).name)
 
     # --- references -------------------------------------------------------------------------
     def _on_add_reference(self) -> None:

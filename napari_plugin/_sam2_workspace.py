@@ -23,11 +23,12 @@ import napari
 import numpy as np
 
 from medseg.errors import GeometryError
+from medseg.preprocess import choose_preset
 from medseg.prompts import Prompts
 from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._history import History, Snapshot
-from napari_plugin._layers import LABELS_KEY, SOURCE_KEY, VOLUME_KEY, label_features, labels_layer_data, suggest_preset
+from napari_plugin._layers import LABELS_KEY, SOURCE_KEY, VOLUME_KEY, label_features, labels_layer_data
 from napari_plugin._model_picker import ModelChoice
 from napari_plugin._prompt_layers import Marker, PromptLayers
 
@@ -102,7 +103,7 @@ class Workspace:
         self.session_key: SessionKey | None = None
         self.sent: list[Marker] = []  # markers the session holds, in the order it got them
         self.mask_markers: list[Marker] = []
-        self.preset = suggest_preset(volume)  # a name of medseg.preprocess.PRESETS
+        self.preset = choose_preset(volume).name  # a name of medseg.preprocess.PRESETS
         self.history = History()
         self.save_path = suggested_save_path(image.metadata.get(SOURCE_KEY), image.name)
         self.correct_next: tuple[int, int] | None = None

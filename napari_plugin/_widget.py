@@ -9,7 +9,6 @@ from napari_plugin._baseline_panel import BaselinePanel
 from napari_plugin._metrics_panel import MetricsPanel
 from napari_plugin._model_picker import LoadedModels
 from napari_plugin._reference_panel import ReferencePanel
-from napari_plugin._reader import claim_reader_patterns
 from napari_plugin._sam2_panel import Sam2Panel
 
 
@@ -19,7 +18,6 @@ class MedsegWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        claim_reader_patterns()  # from now on File ▸ Open reads medical formats with medseg, without asking
         models = LoadedModels()  # shared: a model loads once, whichever panel asks first
         self.sam2 = Sam2Panel(napari_viewer, models)
         self.reference = ReferencePanel(napari_viewer, models)

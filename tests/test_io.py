@@ -283,3 +283,18 @@ def test_label_file_kind_tells_label_objects_from_images(dicom_phantom, tmp_path
     assert [label_file_kind(p) for p in (rt, seg, series.source_files[0], dicom_phantom.label, dicom_phantom.image)] == [
         "rtstruct", "seg", None, None, None
     ]
+
+
+def test_label_maps_are_told_from_images_by_header_and_voxels(tmp_path, phantom_case):
+    from medseg.io.files import is_label_map, stored_as_integers
+
+    image, label = phantom_case.image, phantom_case.label  # both integer NIfTI; the name plays no part
+    assert stored_as_integers(image) and stored_as_integers(label)
+    assert is_label_map(load_volume(label).array) and not is_label_map(load_volume(image).array)  # HU go below 0
+    floats = tmp_path / "labels_as_float.nii.gz"
+    nib.save(nib.Nifti1Image(phantom_case.labels.array.astype(np.float32), np.eye(4)), floats)
+    assert not stored_as_integers(floats)  # float voxels: an image, whatever their values
+    sitk.WriteImage(sitk.GetImageFromArray(phantom_case.labels.array.astype(np.uint8)), str(tmp_path / "l.nrrd"))
+    assert stored_as_integers(tmp_path / "l.nrrd") and not stored_as_integers(phantom_case.image.parent)
+    few_background = np.ones((4, 4, 4), np.int16)
+    assert not is_label_map(few_background)  # less than 30% zeros: not mostly background

@@ -295,17 +295,17 @@ def test_integer_label_file_opens_as_labels_on_its_image(make_napari_viewer, pha
     assert image._type_string == "image" and image.contrast_limits == [-160.0, 240.0]  # HU-like: CT window
 
 
-def test_a_plain_open_does_not_ask_which_reader(make_napari_viewer, phantom_case):
+def test_opening_the_widget_leaves_napari_settings_alone(make_napari_viewer, phantom_case):
+    from napari.settings import get_settings
+
     viewer = make_napari_viewer()
-    from napari.plugins.utils import get_preferred_reader
+    settings = get_settings()
+    before = settings.plugins.model_dump(mode="json")  # napari itself keeps window state in "application"
 
-    viewer.window.add_plugin_dock_widget("medseg", "medseg")  # the plugin claims its formats
-    assert get_preferred_reader(str(phantom_case.image)) == "medseg"
+    viewer.window.add_plugin_dock_widget("medseg", "medseg")
 
-    viewer.window._qt_viewer._qt_open([str(phantom_case.image)], stack=False)  # File ▸ Open: no plugin named
-
-    [layer] = viewer.layers  # opened, without the "Choose reader" dialog
-
+    assert settings.plugins.model_dump(mode="json") == before  # no reader preference recorded behind the user's back
+    [layer] = viewer.open(str(phantom_case.image), plugin="medseg")  # the user picks medseg (napari remembers if asked)
     assert "medseg_volume" in layer.metadata
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import napari_plugin  # noqa: F401  (loads triton beside Mesa before any torch import)
-from napari_plugin._metrics_panel import as_label_map, compute_scores
+from medseg.metrics import evaluate_pair
+from napari_plugin._metrics_panel import as_label_map
 
 pytestmark = pytest.mark.napari
 
@@ -67,8 +68,7 @@ def test_metrics_columns_and_reference_cells_fit_the_default_dock(docked, qtbot)
     widget.tabs.setCurrentIndex(3)
     truth = as_label_map(viewer.layers["phantom ground truth"])
     predicted = replace(truth, array=np.where(truth.array == 3, 0, truth.array))
-    metrics._show(compute_scores(predicted, truth, tolerance_mm=2.0, instances="components",
-                                 progress=lambda *_: None, should_stop=lambda: False))
+    metrics._show(evaluate_pair(predicted, truth))
     qtbot.wait(50)
     header, table = metrics.table.horizontalHeader(), metrics.table
     last = table.columnCount() - 1

@@ -258,7 +258,13 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     support = json.loads((out / "rev" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["support"]
     assert support["references"] == ["phantom_000"]  # the first labelled train case
     assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3]  # 2 reference slices per label
-    assert (out / "report.md").read_text(encoding="utf-8").splitlines()[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev.**"
+    report = (out / "report.md").read_text(encoding="utf-8").splitlines()
+    assert report[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev.**"
+    methods = report[report.index("## Methods") + 1:]
+    methods = methods[:methods.index("## Dice per label (mean [95% bootstrap CI over cases])")]
+    rows = [line.split(" | ") for line in methods]
+    assert {row[0].strip("| "): row[4] for row in rows if row[0].startswith(("| sam2", "| rev"))} == {
+        "sam2 (untrained)": "ct-soft-tissue", "rev (untrained)": "ct-soft-tissue"}  # the provenance's, not "default"
 
     torch.set_num_threads(2)  # the replay restores the run's thread count (1) for the same float sums
     try:
@@ -280,6 +286,21 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
         assert json.loads((tmp_path / qc).read_text(encoding="utf-8"))["provenance"]["prompts"] == logged
     reference_case = out / "rev" / "phantom_002" / "prompts.json"  # support slices, no prompts: one line, exit 2
     assert main(["segment", image, "--prompts", str(reference_case), "--out", str(tmp_path / "x.nii.gz")]) == 2
+
+
+def test_report_preset_column_shows_the_presets_the_cases_used():
+    from medseg.pipeline.report import _Method
+
+    def case(preset):
+        return {"status": "ok", "provenance": {} if preset is None else {"preset": preset}}
+
+    mri, ct = case({"name": "mri"}), case({"name": "ct-soft-tissue"})
+    mixed = _Method("s", {}, {"a": mri, "b": ct, "c": mri})
+    assert mixed.presets() == "mri (2 cases), ct-soft-tissue (1 case)"
+    assert _Method("m", {}, {"a": case("ct-liver")}).presets() == "ct-liver"  # a name alone (older Mask R-CNN results)
+    failed = {"a": {"status": "failed", "error": {}}}
+    assert _Method("o", {"model": {"preset": "ct-bone"}}, failed).presets() == "ct-bone"  # no case ran: the one given
+    assert _Method("o", {}, {"a": case(None)}).presets() == "–"  # the oracle uses none
 
 
 def test_cli_reports_bad_yaml_as_one_line(tmp_path, cohort, capsys):

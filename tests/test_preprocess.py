@@ -7,7 +7,16 @@ import pytest
 
 from medseg.errors import ConfigError
 from medseg.geometry import Geometry
-from medseg.preprocess import PRESETS, SliceFrames, Window, default_preset, display_volume, get_preset
+from medseg.preprocess import (
+    PRESETS,
+    SliceFrames,
+    Window,
+    choose_preset,
+    default_preset,
+    display_volume,
+    get_preset,
+    looks_like_hu,
+)
 from medseg.volume import Volume
 
 
@@ -85,3 +94,62 @@ def test_display_volume_and_default_presets():
     np.testing.assert_allclose(display_volume(volume), 1.0)
     assert default_preset(_volume(np.zeros((1, 1, 1)), "MR")).name == "mri"
     assert default_preset(_volume(np.zeros((1, 1, 1)), "CT")).name == "ct-soft-tissue"
+
+
+# --- which preset a volume gets (choose_preset) -------------------------------------------------
+def _without_modality(volume: Volume) -> Volume:
+    return Volume(volume.array, volume.geometry, "OT")
+
+
+def _nifti_phantom(tmp_path) -> Volume:
+    from medseg.io import load_volume
+    from medseg.io.nifti import write_nifti
+    from medseg.phantom import make_phantom
+
+    volume, _ = make_phantom(0, shape=(8, 48, 48))
+    write_nifti(volume.array.astype(np.int16), volume.geometry, tmp_path / "phantom.nii.gz")
+    return load_volume(tmp_path / "phantom.nii.gz")
+
+
+def _pydicom_file(name: str) -> Volume:
+    from medseg.datasets import pydicom_test_file
+    from medseg.io import load_volume
+
+    return load_volume(pydicom_test_file(name))
+
+
+def _mni152_t1() -> Volume:
+    from medseg.datasets import MNI152_T1, package_file
+    from medseg.io import load_volume
+
+    return load_volume(package_file(MNI152_T1))
+
+
+def test_preset_decision_order_given_then_trained_then_modality_then_content(tmp_path):
+    ct = _nifti_phantom(tmp_path)
+    assert ct.modality == "OT"  # NIfTI does not say
+    assert (choose_preset(ct).name, choose_preset(ct).reason) == (
+        "ct-soft-tissue", "modality unknown: the intensities are HU-like (air and soft tissue), so CT")
+    assert choose_preset(ct, trained="ct-liver").name == "ct-liver"
+    assert choose_preset(ct, preset="mri", trained="ct-liver").name == "mri"
+    assert choose_preset(ct, preset="ct:50,350").preset.windows == (Window(50.0, 350.0),)
+    mr_labelled = Volume(ct.array, ct.geometry, "MR")  # the modality wins over the content
+    assert (choose_preset(mr_labelled).name, choose_preset(mr_labelled).reason) == ("mri", "default for MR")
+    assert default_preset(ct).name == "ct-soft-tissue"
+    with pytest.raises(ConfigError, match="unknown intensity preset 'ct-nope'"):
+        choose_preset(ct, trained="ct-nope")
+
+
+@pytest.mark.parametrize(("load", "hu_like"), [
+    (_nifti_phantom, True),  # about 43% air, 52% fat and soft tissue
+    (lambda _: _without_modality(_pydicom_file("CT_small.dcm")), True),  # a real CT slice: 21% at or below -500 HU
+    (lambda _: _without_modality(_pydicom_file("MR_small.dcm")), False),  # real MRI, 127 to 2145
+    (lambda _: _mni152_t1(), False),  # nilearn's MNI152 T1, 0 to 255
+    (lambda _: _volume(np.full((4, 8, 8), -1000.0), "OT"), False),  # all air: no tissue to window
+    (lambda _: _volume(np.random.default_rng(0).uniform(0, 900, (4, 8, 8)), "OT"), False),  # positive, MRI-like
+], ids=["phantom-nifti", "pydicom-CT_small", "pydicom-MR_small", "mni152-t1", "air-only", "positive-uniform"])
+def test_content_check_tells_hu_from_other_intensities(tmp_path, load, hu_like):
+    volume = load(tmp_path)
+    assert volume.modality == "OT"
+    assert looks_like_hu(volume) is hu_like
+    assert choose_preset(volume).name == ("ct-soft-tissue" if hu_like else "mri")

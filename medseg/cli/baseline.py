@@ -30,7 +30,8 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--optimizer", choices=["adamw", "sgd"])
     t.add_argument("--warmup-steps", type=int, help="linear LR warm-up steps (at most a quarter of --steps)")
     t.add_argument("--input-size", type=values.image_size, help="longer slice side inside the network, a multiple of 32")
-    t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
+    t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 "
+                   "(default: by modality, else by the intensities: HU-like ct-soft-tissue, otherwise mri)")
     t.add_argument("--instances", choices=["components", "per_class"], help="instances per slice: connected components of each class (default), or one per class")
     t.add_argument("--empty-ratio", type=float, help="slices without objects per slice with one, each epoch")
     t.add_argument("--pretrained", metavar="CHECKPOINT", help="start from this state dict (a medseg/torchvision Mask R-CNN or an ImageNet backbone)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medseg.cli import values
+
 
 def add_precompute(sub: argparse._SubParsersAction) -> None:
     from medseg.cli.segment import add_sam2_runtime_options
@@ -16,7 +18,7 @@ def add_precompute(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
     p.add_argument("--model", default="sam2.1-tiny", help="registry name or checkpoint path (as for segment)")
-    p.add_argument("--preset", help="intensity preset, as for segment (default: by modality)")
+    p.add_argument("--preset", type=values.preset, help="intensity preset, as for segment (default: as for segment)")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
     add_sam2_runtime_options(p)
     p.set_defaults(run=_run_precompute)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from medseg.cli.outputs import add_dicom_format
 from medseg.cli import values
-from medseg.cli.segment import add_sam2_runtime_options
+from medseg.cli.segment import PRESET_DEFAULT, add_sam2_runtime_options, print_model_note
 from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 
 
@@ -18,8 +17,7 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
         description="Each --support is IMAGE LABELS [Z1,Z2,...]: another volume, its label map, and optionally the "
         "slices to use (default: --k slices per label spread over its extent); it is resampled onto the query's "
         "in-plane grid when its pixel spacing, matrix or orientation differ. Labels drawn on a few slices of the query "
-        "itself are given with --support-from-query LABELS [Z1,Z2,...]. NIfTI has no modality: give --preset "
-        "ct-soft-tissue (or another CT window) for CT, otherwise MRI percentiles are used.",
+        "itself are given with --support-from-query LABELS [Z1,Z2,...].",
     )
     p.add_argument("--support", action="append", default=[], nargs="+", metavar="ITEM",
                    help="IMAGE LABELS [Z1,Z2,...]: a labelled reference volume (paths may contain ':'); repeatable")
@@ -42,7 +40,8 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")
-    p.add_argument("--preset", help="intensity preset of query and references, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
+    p.add_argument("--preset", type=values.preset,
+                   help=f"intensity preset of query and references, e.g. ct-soft-tissue, mri ({PRESET_DEFAULT})")
     p.add_argument("--series-uid", help="pick this series when the query's DICOM folder holds several")
     add_sam2_runtime_options(p)
     p.set_defaults(run=_run_fewshot)
@@ -83,7 +82,6 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     from medseg.pipeline.results import write_json
     from medseg.revsam2 import SupportEntry, SupportSet, segment_with_references
     from medseg.sam2 import load_model
-    from medseg.volume import UNTRAINED_BANNER
 
     others = [_parse_support_option("--support", items, ("IMAGE", "LABELS")) for items in args.support]
     drawn = [_parse_support_option("--support-from-query", items, ("LABELS",)) for items in args.support_from_query]
@@ -126,5 +124,4 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     if args.qc:
         write_json(Path(args.qc), {"scores": labels.scores, "provenance": labels.provenance})
         print(f"wrote {args.qc}")
-    if labels.untrained:
-        print(UNTRAINED_BANNER, file=sys.stderr)
+    print_model_note(labels)

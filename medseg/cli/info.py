@@ -19,6 +19,7 @@ def _run_info(args: argparse.Namespace) -> None:
     import numpy as np
 
     from medseg.io import load_labels, load_volume
+    from medseg.preprocess import choose_preset
 
     volume = load_volume(args.path, series_uid=args.series_uid, pick_largest=args.pick_largest)
     extent = tuple(round(n * s, 1) for n, s in zip(volume.shape, volume.spacing))
@@ -29,6 +30,8 @@ def _run_info(args: argparse.Namespace) -> None:
     print(f"  direction (columns = x, y, z axes, LPS): {np.round(volume.direction, 4).tolist()}")
     print(f"  orientation (nibabel axis codes of i, j, k): {''.join(nib.aff2axcodes(volume.affine))}")
     print(f"  intensity min / median / max: {volume.array.min():.1f} / {np.median(volume.array):.1f} / {volume.array.max():.1f}")
+    preset = choose_preset(volume)
+    print(f"  intensity preset (unless given, or a trained model brings its own): {preset.name}: {preset.reason}")
     for key, value in sorted(volume.metadata.items()):
         if key != "format":
             print(f"  {key}: {value}")

@@ -45,7 +45,9 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--p-parts", type=float, help="chance that a label's connected parts are tracked alone (default 0.3)")
     t.add_argument("--no-structures", dest="structures", action="store_false", default=None,
                    help="do not track the unlabelled compartments found from the intensities")
-    t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
+    t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 "
+                   "(default: by modality, else by the intensities: HU-like ct-soft-tissue, otherwise mri); "
+                   "recorded in model.json and used wherever the model runs")
     t.add_argument("--val-every", type=int, help="validate on the val split every N steps (0: never)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch CPU threads while training (1 is fastest on a busy CPU)")

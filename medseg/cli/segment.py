@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from medseg.cli import values
 from medseg.cli.outputs import add_dicom_format
+
+if TYPE_CHECKING:
+    from medseg.volume import LabelVolume
+
+#: What ``--preset`` defaults to (``medseg.preprocess.choose_preset``), for the help of every SAM2 command.
+PRESET_DEFAULT = ("default: the preset a trained model directory was trained with, else by modality "
+                  "(CT: ct-soft-tissue, MR: mri), else by the intensities "
+                  "(HU-like NIfTI: ct-soft-tissue, otherwise mri)")
 
 
 def add_segment(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +38,8 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
     add_dicom_format(p)
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, per-slice QC and provenance as JSON")
-    p.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 (default: by modality)")
+    p.add_argument("--preset", type=values.preset,
+                   help=f"intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 ({PRESET_DEFAULT})")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
     add_sam2_runtime_options(p)
     p.set_defaults(run=_run_segment)
@@ -66,7 +76,6 @@ def _run_segment(args: argparse.Namespace) -> None:
     from medseg.prompts import Prompts
     from medseg.sam2 import Sam2VolumePredictor
     from medseg.sam2.qc import qc_summary
-    from medseg.volume import UNTRAINED_BANNER
 
     volume = load_volume(args.volume, series_uid=args.series_uid)
     check_outputs({"--out": args.out, "--qc": args.qc},
@@ -101,5 +110,16 @@ def _run_segment(args: argparse.Namespace) -> None:
     if args.qc:  # valid JSON (NaN -> null), written atomically
         write_json(Path(args.qc), {"scores": labels.scores, "qc": qc.to_dict(), "provenance": labels.provenance})
         print(f"wrote {args.qc}")
+    print_model_note(labels)
+
+
+def print_model_note(labels: LabelVolume) -> None:
+    """The intensity preset used and why; on stderr, the untrained banner or the undertrained note."""
+    from medseg.volume import UNTRAINED_BANNER
+
+    print(f"intensity preset {labels.provenance['preset']['name']}: {labels.provenance['preset_reason']}")
     if labels.untrained:
         print(UNTRAINED_BANNER, file=sys.stderr)
+    elif labels.provenance.get("undertrained"):
+        print(f"note: {labels.provenance['model']} is undertrained (trained from random weights for too few steps): "
+              "treat its masks as a smoke test, not as what SAM2 can do", file=sys.stderr)

@@ -88,15 +88,27 @@ def image_size(text: str) -> int:
     return value
 
 
+def _accepted(text: str, check: Callable[[str], object]) -> str:
+    """``text`` when the library's ``check`` takes it; its ``MedsegError`` as the option's error otherwise."""
+    try:
+        check(text)
+    except MedsegError as error:
+        raise _fail(str(error)) from None
+    return text
+
+
 def device(text: str) -> str:
     """``auto``, ``cpu``, ``cuda[:N]`` or ``mps``, checked against the devices this machine has."""
     from medseg.runtime import resolve_device
 
-    try:
-        resolve_device(text)
-    except MedsegError as error:
-        raise _fail(str(error)) from None
-    return text
+    return _accepted(text, resolve_device)
+
+
+def preset(text: str) -> str:
+    """An intensity preset name or ``ct:LEVEL,WIDTH`` / ``mri:LOW,HIGH`` (``medseg.preprocess.get_preset``)."""
+    from medseg.preprocess import get_preset
+
+    return _accepted(text, get_preset)
 
 
 def existing_path(text: str) -> str:

@@ -1,4 +1,4 @@
-"""What kind of file a path is, and writing output files atomically."""
+"""What kind of file a path is (image, DICOM label object, integer label map), and writing output files atomically."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pydicom
 
 from medseg.errors import InputError
@@ -17,6 +18,9 @@ from medseg.errors import InputError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: A label map: at most this many distinct values, and at least this share of background (0).
+MAX_LABELS = 255
+MIN_BACKGROUND = 0.3
 SUPPORTED = "a DICOM folder or file, NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd)"
 
 
@@ -89,6 +93,53 @@ def dicom_label_kind(header: pydicom.Dataset) -> Literal["rtstruct", "seg"] | No
     if sop_class == pydicom.uid.SegmentationStorage or (not sop_class and modality == "SEG"):
         return "seg"
     return None
+
+
+def is_label_map(array: np.ndarray, *, stored_as_integers: bool = True) -> bool:
+    """True for integers on disk, whole non-negative values, few of them, mostly 0: a segmentation.
+
+    Decided from the header and the voxels, never from the file name, for faces that open a
+    file as an image or as labels (napari). ``stored_as_integers``: ``stored_as_integers(path)``.
+
+    >>> is_label_map(np.array([[0, 0, 0, 1], [0, 0, 2, 2]], dtype=np.float32))
+    True
+    >>> is_label_map(np.array([[-1000, 40], [60, 300]], dtype=np.float32))
+    False
+    >>> is_label_map(np.array([[0, 0, 0, 1000]], dtype=np.float32), stored_as_integers=False)
+    False
+    """
+    if not stored_as_integers:  # label maps are written as integers; a float file is an image
+        return False
+    sample = array[::2, ::2, ::2] if array.ndim == 3 else array
+    if sample.size == 0 or sample.min() < 0 or not np.array_equal(sample, np.round(sample)):
+        return False
+    if np.count_nonzero(sample == 0) < MIN_BACKGROUND * sample.size:
+        return False
+    values = np.unique(array)
+    return len(values) <= MAX_LABELS + 1 and np.array_equal(array, np.round(array))
+
+
+def stored_as_integers(path: str | os.PathLike) -> bool:
+    """Whether a NIfTI / NRRD / MetaImage file stores integer voxels (its header, no voxels read).
+
+    False for anything else: a DICOM image series is an image (SEG and RTSTRUCT: ``label_file_kind``).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        header = nib.load(path).header
+        scaled = header.get_slope_inter()[0] not in (None, 1.0)
+        return np.issubdtype(header.get_data_dtype(), np.integer) and not scaled
+    if name.endswith(ITK_SUFFIXES):
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return "float" not in sitk.GetPixelIDValueAsString(reader.GetPixelID()) and reader.GetNumberOfComponents() == 1
+    return False
 
 
 def output_suffix(path: Path) -> str:

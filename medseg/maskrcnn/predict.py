@@ -29,7 +29,7 @@ from medseg.errors import ConfigError
 from medseg.geometry import Geometry
 from medseg.maskrcnn.dataset import frame_bytes, to_tensor
 from medseg.maskrcnn.store import MaskRCNNModel
-from medseg.preprocess import SliceFrames
+from medseg.preprocess import SliceFrames, choose_preset
 from medseg.runtime import Progress, ShouldStop, check_stop, report, resolve_device
 from medseg.volume import InstanceMap, LabelVolume, Volume
 
@@ -252,7 +252,8 @@ def predict_instances(
         raise ConfigError(f"score_threshold must be in [0, 1], got {threshold}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    frames = SliceFrames(volume, model.config.preset)
+    preset = choose_preset(volume, trained=model.config.preset)
+    frames = SliceFrames(volume, preset.preset)
     with _inference_network(model, resolve_device(device), threshold) as network:
         detections = _detect(network, frames, batch_size=batch_size, progress=progress, should_stop=should_stop)
         instances = stitch_detections(
@@ -266,7 +267,8 @@ def predict_instances(
         scores=scores,
         slice_scores=slice_scores,
         untrained=model.untrained,
-        provenance=model.provenance(score_threshold=threshold, link_overlap=link_overlap),
+        provenance=model.provenance(score_threshold=threshold, link_overlap=link_overlap,
+                                    preset=preset.preset.to_dict(), preset_reason=preset.reason),
     )
     log.debug("Mask R-CNN: %d 3D instances on %d slices", len(instances.labels), volume.shape[0])
     return Prediction(labels, instances)

@@ -1,10 +1,12 @@
 """One case scored once: every per-label metric medseg reports, and what mask AP needs.
 
 ``evaluate`` is the one place the metric bundle is assembled; the pipeline runner, Mask
-R-CNN validation and the napari Metrics panel all call it, so a case scores the same
-wherever it is scored. Mask AP is pooled over cases by COCO, so a case cannot carry its
-own AP: ``CaseMetrics.ap_pair`` is the ``(prediction, truth)`` pair to hand to ``mask_ap``
-(the method's own scored instances where it has them, else its label map).
+R-CNN validation and ``evaluate_pair`` all call it, so a case scores the same wherever it is
+scored. Mask AP is pooled over cases by COCO, so a case cannot carry its own AP:
+``CaseMetrics.ap_pair`` is the ``(prediction, truth)`` pair to hand to ``mask_ap`` (the
+method's own scored instances where it has them, else its label map). ``evaluate_pair`` scores
+one prediction against one truth with everything at once, AP of that pair included: what a
+viewer shows for two label maps (the napari Metrics panel).
 
 >>> truth = np.zeros((1, 4, 4), int); truth[0, :2] = 1
 >>> pred = np.zeros((1, 4, 4), int); pred[0, :1] = 1
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.errors import InputError
 from medseg.metrics.coco import InstancePolicy, MaskAP, Mode, mask_ap
 from medseg.metrics.overlap import (
     LabelMap,
@@ -33,7 +36,7 @@ from medseg.metrics.overlap import (
     surface_dice_per_label,
 )
 from medseg.runtime import Progress, ShouldStop, check_stop, report
-from medseg.volume import InstanceMap
+from medseg.volume import InstanceMap, LabelVolume
 
 
 @dataclass(frozen=True)
@@ -145,3 +148,60 @@ def evaluate(
     }
     gridded = not (isinstance(prediction, np.ndarray) and isinstance(truth, np.ndarray))
     return CaseMetrics(per_label, float(surface_tolerance_mm), gridded, (instances if instances is not None else prediction, truth))
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """What ``evaluate_pair`` returns: the per-label metrics, both mask APs, names and the untrained flag."""
+
+    names: dict[int, str]  # every label of the truth; names from the label maps (the truth's win), else "label N"
+    metrics: CaseMetrics
+    ap_3d: MaskAP
+    ap_2d: MaskAP
+    untrained: bool  # the prediction came from a random-weight model: its numbers mean nothing
+
+
+def evaluate_pair(
+    prediction: LabelMap,
+    truth: LabelMap,
+    *,
+    surface_tolerance_mm: float = 2.0,
+    instances: InstancePolicy = "components",
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> PairScores:
+    """Every metric of one prediction against one truth, over the truth's labels: ``evaluate``, then 3D and 2D mask AP.
+
+    Parameters
+    ----------
+    prediction, truth
+        Label maps on the same grid (``LabelVolume`` or integer arrays; see ``evaluate``).
+    surface_tolerance_mm
+        Tolerance of surface Dice.
+    instances
+        Mask AP instances: ``"components"`` (connected components of each label) or ``"per_class"``.
+    progress, should_stop
+        The engine contract (``medseg.runtime``): five units (three metrics, two APs).
+
+    Raises
+    ------
+    InputError
+        The truth has no label (all voxels 0).
+    """
+    truth_array = truth.array if isinstance(truth, LabelVolume) else np.asarray(truth)
+    labels = [int(v) for v in np.unique(truth_array) if v != 0]
+    if not labels:
+        raise InputError("the ground truth has no labels (all voxels are 0): pick the label map that holds the truth")
+    names: dict[int, str] = {}
+    for item in (prediction, truth):  # the truth's names win
+        if isinstance(item, LabelVolume):
+            names.update(item.label_names)
+    metrics = evaluate(prediction, truth, labels=labels, surface_tolerance_mm=surface_tolerance_mm,
+                       progress=lambda done, _: report(progress, done, 5), should_stop=should_stop)
+    aps = []
+    for done, mode in enumerate(("3d", "2d"), start=4):
+        check_stop(should_stop, "mask AP")
+        aps.append(metrics.mask_ap(mode=mode, instances=instances))
+        report(progress, done, 5)
+    return PairScores({v: names.get(v, f"label {v}") for v in labels}, metrics, *aps,
+                      untrained=isinstance(prediction, LabelVolume) and prediction.untrained)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +67,19 @@ class _Method:
 
     def display(self) -> str:
         return f"{self.name} (untrained)" if self.untrained else self.name
+
+    def presets(self) -> str:
+        """The presets its cases were segmented with (their provenance; a count each when several)."""
+        used = Counter(_preset_name(r.get("provenance", {}).get("preset")) for r in self.ok.values())
+        used.pop(None, None)
+        if len(used) > 1:
+            return ", ".join(f"{name} ({n} case{'s' if n > 1 else ''})" for name, n in used.most_common())
+        return next(iter(used), None) or self.info.get("model", {}).get("preset") or "–"
+
+
+def _preset_name(preset: Any) -> str | None:
+    """A provenance's preset: a dict with its name (SAM2, reference prompting, Mask R-CNN) or a name."""
+    return preset.get("name") if isinstance(preset, dict) else preset
 
 
 def _median_finite(values: list[float]) -> float:
@@ -305,7 +319,7 @@ def _methods_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
         [m.display() + (" (baseline)" if m.info.get("baseline") else ""), m.info.get("type", ""),
          m.info.get("model", {}).get("model", m.info.get("error", {}).get("message", "")),
          str(m.info.get("model", {}).get("checkpoint_sha256") or m.info.get("model", {}).get("weights_sha256") or "–")[:12],
-         m.info.get("model", {}).get("preset") or "default", len(m.ok), len(m.results) - len(m.ok) if m.info.get("status") == "ok" else "all"]
+         m.presets(), len(m.ok), len(m.results) - len(m.ok) if m.info.get("status") == "ok" else "all"]
         for m in run.methods])
 
 

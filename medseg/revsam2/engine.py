@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import ConfigError
-from medseg.preprocess import IntensityPreset, default_preset, get_preset
+from medseg.preprocess import IntensityPreset, choose_preset
 from medseg.revsam2.baseline import ObjectTrack, Placement, track_object
 from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES
 from medseg.revsam2.reverse import (
@@ -100,8 +100,8 @@ class ReferenceSession:
         A loaded ``Sam2Model``, a ``Sam2VolumePredictor`` (its model and preset), a registry
         name or a checkpoint path (loaded at its default image size on the best device).
     preset
-        Intensity preset of query *and* references (default: the predictor's, else by the
-        query's modality).
+        Intensity preset of query *and* references (default: the predictor's, else the one the
+        model was trained with, else by the query's modality or content: ``choose_preset``).
     offload_state_to_cpu
         Keep encoder features in CPU memory (long volumes on small GPUs).
 
@@ -125,7 +125,9 @@ class ReferenceSession:
     ) -> None:
         self.query, self.support = query, support.for_query(query)
         self.model, predictor_preset = _resolve_model(model)
-        self.preset = get_preset(preset) if preset is not None else predictor_preset or default_preset(query)
+        self.preset_choice = choose_preset(query, preset=preset if preset is not None else predictor_preset,
+                                           trained=self.model.preset)
+        self.preset = self.preset_choice.preset
         self.query_frames = VolumeFrames(query, self.preset)
         # a reference drawn on the query shares its frames, so its slices are the query's
         self.reference_frames = [
@@ -294,6 +296,7 @@ class ReferenceSession:
             "method": f"reference-prompting-{mode}",
             **self.model.provenance(),
             "preset": self.preset.to_dict(),
+            "preset_reason": self.preset_choice.reason,
             "support": self.support.to_dict(),
             **settings,
             "labels": details,
@@ -328,9 +331,10 @@ class _Work:
         return progress
 
 
-def _resolve_model(model: ModelLike) -> tuple[Sam2Model, IntensityPreset | None]:
+def _resolve_model(model: ModelLike) -> tuple[Sam2Model, str | IntensityPreset | None]:
+    """The loaded model, and the preset a predictor was given (None: none given)."""
     if isinstance(model, Sam2Model):
         return model, None
     if isinstance(model, Sam2VolumePredictor):
-        return model.model, None if model.preset is None else get_preset(model.preset)
+        return model.model, model.preset
     return load_model(model), None

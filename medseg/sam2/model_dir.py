@@ -152,7 +152,8 @@ def load_model_dir(directory: str | Path, *, image_size: int | None = None, devi
     net = net.to(device).eval()
     log.info("SAM2 model %s: %s", directory, info["statement"])
     return Sam2Model(net, name or describe(directory, info), arch.image_size, device, False, weights, info["weights_sha256"],
-                     licence or info["statement"], None)
+                     licence or info["statement"], None, preset=info.get("preset"),
+                     undertrained=bool(info.get("undertrained")))
 
 
 def is_model_dir_weights(path: str | Path) -> bool:

@@ -33,7 +33,10 @@ class Sam2Model:
     """A loaded SAM2 video model and what is needed to reproduce it.
 
     ``net`` is a ``VolumeVideoPredictor`` (a ``SAM2VideoPredictor``); engine code calls it
-    inside ``inference()``.
+    inside ``inference()``. ``preset``: the intensity preset a trained model directory was
+    trained with (``medseg.preprocess.choose_preset`` uses it unless the caller gives one); None
+    for registry and checkpoint weights. ``undertrained``: trained from random weights for too
+    few steps (``model.json``), so its masks are a smoke test.
     """
 
     net: torch.nn.Module
@@ -46,6 +49,8 @@ class Sam2Model:
     licence: str
     seed: int | None
     config: str = ""
+    preset: str | None = None
+    undertrained: bool = False
 
     def inference(self) -> contextlib.AbstractContextManager:
         """``torch.inference_mode`` plus bfloat16 autocast on CUDA."""
@@ -74,6 +79,7 @@ class Sam2Model:
             "image_size": self.image_size,
             "licence": self.licence,
             "untrained": self.untrained,
+            "undertrained": self.undertrained,
             "seed": self.seed,
             "device": str(self.device),
         }

@@ -38,7 +38,8 @@ class Sam2VolumePredictor:
     device
         ``cuda`` (bfloat16 autocast), ``mps`` or ``cpu``; the best available by default.
     preset
-        Intensity preset for the frames (``medseg.preprocess``); modality default if None.
+        Intensity preset for the frames (``medseg.preprocess``); None: the one the model was
+        trained with, else by the volume's modality or content (``choose_preset``).
     seed
         Seed of the random weights of ``untrained``.
     offload_state_to_cpu

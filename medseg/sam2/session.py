@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.preprocess import IntensityPreset
+from medseg.preprocess import IntensityPreset, choose_preset
 from medseg.runtime import Progress, ShouldStop, check_stop, report
 from medseg.prompts import BoxPrompt, MaskPrompt, ObjectPrompts, PointPrompt, Prompts
 from medseg.sam2.embeddings import EmbeddingStore
@@ -78,7 +78,8 @@ class Sam2Session:
     volume
         The image to segment.
     preset
-        Intensity preset for the model's input frames (modality default if None).
+        Intensity preset for the model's input frames; None: the one the model was trained with,
+        else by modality or content (``medseg.preprocess.choose_preset``).
     offload_state_to_cpu
         Keep SAM2's memory in CPU memory (GPU memory stays flat on long stacks).
     cache_bytes
@@ -101,7 +102,8 @@ class Sam2Session:
     ) -> None:
         self.model = model
         self.volume = volume
-        self.frames = VolumeFrames(volume, preset)
+        self.preset_choice = choose_preset(volume, preset=preset, trained=model.preset)
+        self.frames = VolumeFrames(volume, self.preset_choice.preset)
         self.cache = FeatureCache(model, max_bytes=cache_bytes, device="cpu" if offload_state_to_cpu else None, store=store)
         self.tracker = Tracker(model, self.frames, self.cache, offload_state_to_cpu=offload_state_to_cpu)
         self.prompts = Prompts()
@@ -288,6 +290,7 @@ class Sam2Session:
                 "method": "sam2-propagation",
                 **self.model.provenance(),
                 "preset": self.frames.preset.to_dict(),
+                "preset_reason": self.preset_choice.reason,
                 "prompts": self.prompts.to_dict(),
             },
         )
