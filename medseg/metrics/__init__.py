@@ -8,7 +8,7 @@ for how label maps become COCO images, instances, scores and area ranges.
 ``CaseMetrics``); use it rather than assembling the bundle by hand.
 """
 
-from medseg.metrics.coco import AREA_RANGES_2D_MM2, AREA_RANGES_3D_MM3, MaskAP, mask_ap
+from medseg.metrics.coco import AREA_RANGES_2D_MM2, AREA_RANGES_3D_MM3, MaskAP, instance_counts, mask_ap
 from medseg.metrics.evaluate import CaseMetrics, LabelScores, evaluate
 from medseg.metrics.overlap import dice_per_label, hausdorff95_per_label, mean_dice, surface_dice_per_label
 
@@ -21,6 +21,7 @@ __all__ = [
     "dice_per_label",
     "evaluate",
     "hausdorff95_per_label",
+    "instance_counts",
     "mask_ap",
     "mean_dice",
     "surface_dice_per_label",
