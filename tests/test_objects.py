@@ -188,6 +188,8 @@ def test_reference_prompting_anchors_are_its_selected_and_query_drawn_slices():
     array[2:9, 4:10, 4:10] = 1
     array[0, 0, 0] = 1
     array[4:7, 20:24, 20:24] = 2
+    array[6, 28, 0] = 1  # a stray pixel on a selected slice: SAM2's, not what the selection chose
+    array[5, 0, 31] = 2  # drawn on the query: the user's
     provenance = {
         "support": {"drawn_on_query": ["mine.nii.gz (on the query)"],
                     "slices": [{"reference": "ref.nii.gz", "z": 3, "label": 1}, {"reference": "ref.nii.gz", "z": 5, "label": 2},
@@ -196,7 +198,8 @@ def test_reference_prompting_anchors_are_its_selected_and_query_drawn_slices():
     }
     anchors = anchor_prompts(LabelVolume(array, GEOMETRY, provenance=provenance))
     assert {o: [m.z for m in obj.masks] for o, obj in anchors.objects.items()} == {1: [0, 6], 2: [5]}
-    assert np.array_equal(anchors.objects[1].masks[1].mask, array[6] == 1)
+    assert np.array_equal(anchors.objects[1].masks[1].mask, (array[6] == 1) & (np.arange(32) < 20)[:, None])
+    assert np.array_equal(anchors.objects[2].masks[0].mask, array[5] == 2)
 
 
 # --- the pipeline option and its report ---------------------------------------------------------
