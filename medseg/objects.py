@@ -12,26 +12,27 @@ The rule (per label value, i.e. per prompted object)
    ``components``), or a method's own instances when it has them (Mask R-CNN's stitched
    detections).
 2. *Anchors* are the units that touch the object's prompts: a positive click's voxel, a box,
-   a painted mask (for reference prompting: the query slices it re-prompted from). Without
+   a painted mask (for reference prompting, ``medseg.revsam2.anchor_prompts``: the supports drawn
+   on the query and the largest region of each slice it re-prompted from). Without
    prompts, or when no unit touches them, the largest unit is the anchor. Anchors are always
    kept: cleaning removes specks, never the object itself (whether the object is right is for
    the score ranking and the metrics to say).
 3. Any other unit is kept when it is at least ``min_fraction`` of the largest anchor's voxels
    *and* its score is at least ``min_score``. The size test is relative because the prompted
    component tells the scale of the object: a second kidney under the same label is about as
-   large as the first and stays; a speck of 1-70 voxels beside a 2,000-10,000-voxel spleen goes.
+   large as the first and stays; a speck of a few dozen voxels beside an organ of thousands goes.
    The score test drops what the method itself scores as absent.
 4. Each kept unit is one instance. Its score is the method's own per-slice confidence (for
    SAM2: P(object present) x predicted IoU) averaged over the instance's voxels, i.e. weighted
    by its area on each slice; a method's own instance score (Mask R-CNN) is kept as it is.
 
-Why these defaults (``MIN_FRACTION`` 0.1, ``MIN_SCORE`` 0.0): on the demo cohort's test split
-with a SAM2 trained on its train split (``benchmarks/objects.py``), the specks are 1-70 voxels
-against anchors of 1,000-15,000, and no extra component a reference or prompt produced on
-purpose (the second kidney) is below half of its anchor; any fraction from 0.02 to 0.5 gives
-the same objects there. SAM2 already blanks a slice whose presence score is below 0.5, so the
-specks it paints carry a confident slice score and a score floor removes nothing the size test
-keeps; the option is there for methods and models where it does.
+Why these defaults (``MIN_FRACTION`` 0.1, ``MIN_SCORE`` 0.0), measured by ``benchmarks/objects.py``
+on the demo cohort's test split with a SAM2 trained on its train split: any fraction from 0.05 to
+0.2 gives the same objects for SAM2, reference prompting and Mask R-CNN (the specks dropped are
+1-98 voxels, and nothing a prompt marked is lost); 0.02 keeps a few specks, 0.5 loses a true
+kidney. A score floor of 0.5 or 0.7 drops nothing more: a slice score belongs to the object's whole
+mask on that slice, and SAM2 already blanks a slice whose presence score is below 0.5, so specks
+carry confident scores. The option stays for methods and models where it matters.
 
 The raw output is not changed: ``clean_objects`` returns new arrays.
 

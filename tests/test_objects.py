@@ -159,6 +159,8 @@ def test_raw_output_is_left_bit_identical():
     assert np.array_equal(pred.array, before[0]) and pred.scores == before[2]
     assert all(np.array_equal(pred.slice_scores[k], v, equal_nan=True) for k, v in before[1].items())
     assert "postprocess" not in pred.provenance
+    empty = clean_objects(LabelVolume(np.zeros(SHAPE, np.int32), GEOMETRY))
+    assert empty.instances.labels == {} and empty.dropped == {} and not empty.labels.array.any()
 
 
 def test_maskrcnn_instances_go_through_the_same_rule_and_keep_their_scores():
