@@ -33,8 +33,7 @@ from scipy import ndimage
 from medseg.manifest import load_manifest
 from medseg.metrics import evaluate, instance_counts, mask_ap
 from medseg.objects import MIN_FRACTION, MIN_SCORE, clean_objects
-from medseg.pipeline.config import PromptSettings
-from medseg.pipeline.prompt_policy import PromptPolicy  # moves to the prompt-simulation layer with the lead's refactor
+from medseg.prompt_simulation import PromptPolicy, PromptSettings
 from medseg.prompts import Prompts
 from medseg.volume import InstanceMap, LabelVolume
 
