@@ -40,9 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Segmentation:
-    """What a method returns for one case: labels (with scores, provenance) and, when the
-    method has them, its own scored 3D instances (used for mask AP instead of components) and
-    the prompts that anchor its objects (``medseg.objects``: what the user marked as the object)."""
+    """What a method returns for one case: labels (with scores, provenance), its own scored 3D instances
+    when it has them (mask AP uses them) and the prompts marking its objects (``medseg.objects`` anchors)."""
 
     labels: LabelVolume
     instances: InstanceMap | None = None
