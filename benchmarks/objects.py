@@ -141,8 +141,8 @@ def main() -> None:
     predictions = predict(args, cohort, labels)
     names = " / ".join(labels.values())
     print(f"\nraw vs objects (min_fraction {MIN_FRACTION}, min_score {MIN_SCORE}); per label: {names}")
-    header = ["method", "output", "mean Dice", "Dice", "HD95 median mm", "surface Dice", "AP 2D", "AP 3D", "AP 3D per label",
-              "instances per case (pred; true)", "lost"]
+    header = ["method", "output", "mean Dice", "Dice", "HD95 median mm", "surface Dice", "AP 2D", "AP 3D",
+              "AP 3D per label", "instances per case (pred; true)", "lost"]
     print(" | ".join(header))
     for method, cases in predictions.items():
         for name, rule in (("raw", None), ("objects", {})):
@@ -150,13 +150,15 @@ def main() -> None:
             fmt = lambda d, digits=3: " / ".join(f"{d[v]:.{digits}f}" for v in values)
             counts = "; ".join(" ".join(str(p[v]) for v in values) for p, _ in s["counts"])
             truth = "; ".join(" ".join(str(t[v]) for v in values) for _, t in s["counts"])
-            print(f"{method} | {name} | {s['mean_dice']:.4f} | {fmt(s['dice'])} | {fmt(s['hd95'], 1)} | {fmt(s['nsd'])} | "
-                  f"{s['ap2d'].ap:.3f} | {s['ap3d'].ap:.3f} | {fmt(s['ap3d'].per_label)} | {counts} ({truth}) | {s['lost']}")
-    print("\nsweep (mean Dice, AP 3D, instances predicted in all, true components lost, dropped: count, largest voxels)")
+            print(f"{method} | {name} | {s['mean_dice']:.4f} | {fmt(s['dice'])} | {fmt(s['hd95'], 1)} | "
+                  f"{fmt(s['nsd'])} | {s['ap2d'].ap:.3f} | {s['ap3d'].ap:.3f} | {fmt(s['ap3d'].per_label)} | "
+                  f"{counts} ({truth}) | {s['lost']}")
+    print("\nsweep (mean Dice, AP 3D, instances predicted in all, true components lost, "
+          "dropped: count, largest voxels)")
     for method, cases in predictions.items():
-        anchors = [int(np.bincount(clean_objects(c.raw, instances=c.instances, prompts=c.anchors).instances.array.ravel())[1:].min())
-                   for c in cases]
-        print(f"{method}: smallest kept instance per case {anchors}")
+        kept = [clean_objects(c.raw, instances=c.instances, prompts=c.anchors).instances.array for c in cases]
+        smallest = [int(np.bincount(array.ravel())[1:].min()) for array in kept]
+        print(f"{method}: smallest kept instance per case {smallest}")
         for fraction in (0.0, 0.02, 0.05, 0.1, 0.2, 0.5):
             for min_score in (0.0, 0.5, 0.7):
                 s = score(cases, values, {"min_fraction": fraction, "min_score": min_score})

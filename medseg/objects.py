@@ -123,7 +123,8 @@ def clean_objects(
     if not 0 <= min_score <= 1:
         raise ConfigError(f"min_score must be in [0, 1], got {min_score}")
     if instances is not None and instances.array.shape != labels.array.shape:
-        raise ConfigError(f"instances of shape {instances.array.shape} do not belong to labels of shape {labels.array.shape}")
+        raise ConfigError(f"instances of shape {instances.array.shape} do not belong to labels of shape "
+                          f"{labels.array.shape}")
     kept: list[_Unit] = []
     dropped: dict[int, list[int]] = {}
     units = _instance_units(instances) if instances is not None else _component_units(labels)

@@ -36,5 +36,6 @@ def postprocess(args: argparse.Namespace, labels, *, anchors=None, instances=Non
 
     objects = clean_objects(labels, instances=instances, prompts=anchors)
     dropped = [size for sizes in objects.dropped.values() for size in sizes]
-    print(f"objects: {len(objects.instances.labels)} instance(s) kept; {len(dropped)} component(s) of {sum(dropped)} voxels dropped")
+    print(f"objects: {len(objects.instances.labels)} instance(s) kept; "
+          f"{len(dropped)} component(s) of {sum(dropped)} voxels dropped")
     return objects.labels, objects.instances

@@ -215,7 +215,9 @@ def _objects(seg: Segmentation) -> tuple[Segmentation, str, dict[str, Any]]:
     from medseg.objects import clean_objects
 
     objects = clean_objects(seg.labels, instances=seg.instances, prompts=seg.anchors)
+    settings = objects.labels.provenance["postprocess"]
     units = "Mask R-CNN instances" if seg.instances is not None else "3D components"
-    definition = f"objects: {units} touching a prompt, or large enough (medseg.objects)"
+    definition = (f"objects: {units} touching a prompt, or at least {settings['min_fraction']:g} × "
+                  "the prompted one's voxels (medseg.objects)")
     return (dataclasses.replace(seg, labels=objects.labels, instances=objects.instances), definition,
-            {"rule": "objects", "raw_file": rs.RAW_LABELS, **objects.labels.provenance["postprocess"]})
+            {"raw_file": rs.RAW_LABELS, **settings})

@@ -299,16 +299,17 @@ def _surface_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
 
 def _ap_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Mask AP (COCO, pycocotools)")
+    scores = lambda ap: "constant (method gives none)" if ap["constant_score"] else "method"
     rows = [[m.display(), mode.upper(), _fmt(ap["ap"]), _fmt(ap["ap50"]), _fmt(ap["ap75"]),
-             *(_fmt(ap["per_label"].get(str(l))) for l in run.labels), "constant (method gives none)" if ap["constant_score"] else "method",
+             *(_fmt(ap["per_label"].get(str(l))) for l in run.labels), scores(ap),
              summary[m.name]["instances"]["prediction"]]
             for m in run.methods for mode, ap in summary[m.name]["ap"].items() if ap]
-    doc.table(["method", "mode", "AP@[.5:.95]", "AP50", "AP75", *(f"AP {n}" for n in run.label_names.values()), "scores",
-               "predicted instances"], rows)
+    doc.table(["method", "mode", "AP@[.5:.95]", "AP50", "AP75", *(f"AP {n}" for n in run.label_names.values()),
+               "scores", "predicted instances"], rows)
+    policy = run.pipeline["metrics"]["ap_instances"]
     doc.paragraph("2D: each slice an image, areas in mm²; 3D: each volume an image, exact voxel IoU, areas in mm³ "
-                  "(small < 1 mL, medium 1–100 mL, large > 100 mL). True instances: "
-                  f"{POLICY_TEXT[run.pipeline['metrics']['ap_instances']]} (`{run.pipeline['metrics']['ap_instances']}`); "
-                  "in 2D, each instance's cross-section on a slice.")
+                  f"(small < 1 mL, medium 1–100 mL, large > 100 mL). True instances: {POLICY_TEXT[policy]} "
+                  f"(`{policy}`); in 2D, each instance's cross-section on a slice.")
     _instances_section(doc, run, summary)
 
 
@@ -323,9 +324,9 @@ def _instances_section(doc: Document, run: _Run, summary: dict[str, Any]) -> Non
     cases = sorted({c for counts in per_case.values() for c in counts})
     cell = lambda counts: " / ".join(str(counts[l]) for l in run.labels)
     truth = lambda c: next(per_case[m.name][c]["truth"] for m in methods if c in per_case[m.name])
+    predicted = lambda m, c: cell(per_case[m.name][c]["predicted"]) if c in per_case[m.name] else "–"
     doc.table(["case", "true", *(m.display() for m in methods)],
-              [[c, cell(truth(c)), *(cell(per_case[m.name][c]["predicted"]) if c in per_case[m.name] else "–" for m in methods)]
-               for c in cases])
+              [[c, cell(truth(c)), *(predicted(m, c) for m in methods)] for c in cases])
 
 
 def _paired_section(doc: Document, run: _Run, paired: list[dict]) -> None:

@@ -30,7 +30,8 @@ def anchor_prompts(labels: LabelVolume) -> Prompts:
     for s in provenance["support"]["slices"]:
         if s["reference"] in drawn_on_query:
             drawn.setdefault(int(s["label"]), set()).add(int(s["z"]))
-    selected = {int(label): set(detail.get("selected_slices", [])) for label, detail in provenance.get("labels", {}).items()}
+    selected = {int(label): set(detail.get("selected_slices", []))
+                for label, detail in provenance.get("labels", {}).items()}
     prompts = Prompts()
     for label in sorted(set(drawn) | set(selected)):
         for z in sorted(drawn.get(label, set()) | selected.get(label, set())):
