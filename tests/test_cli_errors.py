@@ -98,6 +98,10 @@ CORPUS = [
     ("option", "run {pipe} --out {tmp}/r --executor slurm", "--executor"),
     ("option", "nonsense-command", "invalid choice"),
     ("option", "demo-data {tmp}/d --cases 1", "--cases"),
+    ("option", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --postprocess clean", "--postprocess"),
+    ("option", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --postprocess specks", "--postprocess"),
+    ("option", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --postprocess yes", "--postprocess"),
+    ("config field", "run {bad_postprocess} --out {tmp}/r", "methods.o.postprocess: is 'clean'; use one of"),
 ]
 
 
@@ -118,6 +122,8 @@ def files(tmp_path_factory, phantom_case, dicom_phantom) -> dict[str, str]:
     (root / "bad.yaml").write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle\n", encoding="utf-8")
     (root / "unknown.yaml").write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle, colour: red}}\n", encoding="utf-8")
     (root / "nomethods.yaml").write_text(f"cohort: {cohort}\n", encoding="utf-8")
+    (root / "postprocess.yaml").write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle, postprocess: clean}}\n",
+                                           encoding="utf-8")
     assert main(["run", str(pipe), "--out", str(root / "done"), "--no-progress"]) == 0
     case = root / "done" / "o" / "phantom_002"
     (case / "result.json").write_bytes((case / "result.json").read_bytes()[:50])
@@ -125,7 +131,7 @@ def files(tmp_path_factory, phantom_case, dicom_phantom) -> dict[str, str]:
             "cohort": str(cohort), "bad_json": str(root / "bad.json"), "bad_yaml": str(root / "bad.yaml"),
             "text": str(root / "notes.txt"), "case": str(case), "unknown_key": str(root / "unknown.yaml"),
             "no_methods": str(root / "nomethods.yaml"), "pipe_json": str(root / "done" / "pipeline.json"),
-            "prompts": str(root / "prompts.json")}
+            "prompts": str(root / "prompts.json"), "bad_postprocess": str(root / "postprocess.yaml")}
 
 
 def invoke(argv: list[str], capsys) -> tuple[int, str]:

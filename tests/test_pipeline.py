@@ -18,7 +18,9 @@ import torch
 from medseg.cli import main
 from medseg.errors import Cancelled, ConfigError, WeightsError
 from medseg.geometry import Geometry
+from medseg.io import load_labels, read_geometry
 from medseg.manifest import load_manifest
+from medseg.objects import clean_objects
 from medseg.phantom import write_demo_cohort
 from medseg.pipeline import load_pipeline, replay_case, run_pipeline
 from medseg.pipeline.methods import METHODS, MaskRCNN, Oracle, RevSam2, Sam2, Segmentation
@@ -51,6 +53,7 @@ def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -
         ("o: {type: oracle}\n", "promts: {point: centroid}\n", r"promts: unknown key; did you mean 'prompts'"),
         ("o: {type: oracle}\n", "prompts: {point: middle}\n", r"prompts\.point: is 'middle'"),
         ("a: {type: oracle, baseline: true}\nb: {type: oracle, baseline: true}\n", "", "at most one method can be the baseline"),
+        ("s: {type: sam2, postprocess: specks}\n", "", r"methods\.s\.postprocess: is 'specks'; use one of \['none', 'objects'\]"),
     ],
 )
 def test_bad_pipeline_yaml_names_file_and_field(tmp_path, cohort, methods, extra, message):
@@ -237,7 +240,8 @@ def test_a_damaged_result_is_run_again(tmp_path, cohort):
 def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_path, cohort):
     path = pipeline_file(
         tmp_path, cohort,
-        "sam2: {type: sam2, model: untrained, image_size: 128}\nrev: {type: revsam2, model: untrained, image_size: 128}\n",
+        "sam2: {type: sam2, model: untrained, image_size: 128}\nrev: {type: revsam2, model: untrained, image_size: 128}\n"
+        "obj: {type: sam2, model: untrained, image_size: 128, postprocess: objects}\n",
         "cases: [phantom_002]\nprompts: {point: centroid, box: middle, reference_slices: 2}\n",
     )
     out = tmp_path / "out"
@@ -259,16 +263,23 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     assert support["references"] == ["phantom_000"]  # the first labelled train case
     assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3]  # 2 reference slices per label
     report = (out / "report.md").read_text(encoding="utf-8").splitlines()
-    assert report[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev.**"
+    assert report[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev, obj.**"
     methods = report[report.index("## Methods") + 1:]
     methods = methods[:methods.index("## Dice per label (mean [95% bootstrap CI over cases])")]
     rows = [line.split(" | ") for line in methods]
     assert {row[0].strip("| "): row[4] for row in rows if row[0].startswith(("| sam2", "| rev"))} == {
         "sam2 (untrained)": "ct-soft-tissue", "rev (untrained)": "ct-soft-tissue"}  # the provenance's, not "default"
+    # postprocess: objects keeps SAM2's own output bit for bit beside the objects made from it
+    geometry = read_geometry(out / "sam2" / "phantom_002" / "labels.nii.gz")
+    raw = load_labels(out / "sam2" / "phantom_002" / "labels.nii.gz", geometry).array
+    assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "raw_labels.nii.gz", geometry).array, raw)
+    slice_scores = {int(k): np.array(v, dtype=float) for k, v in result["slice_scores"].items()}
+    objects = clean_objects(LabelVolume(raw, geometry, slice_scores=slice_scores), prompts=expected)
+    assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "labels.nii.gz", geometry).array, objects.labels.array)
 
     torch.set_num_threads(2)  # the replay restores the run's thread count (1) for the same float sums
     try:
-        for method in ("sam2", "rev"):
+        for method in ("sam2", "rev", "obj"):
             replay = replay_case(out / method / "phantom_002")
             assert replay.identical and replay.total_voxels == 8 * 48 * 48
             replayed = json.loads((replay.replay_dir / "result.json").read_text(encoding="utf-8"))

@@ -223,14 +223,16 @@ def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, cap
     code = main([
         "fewshot", "--support-from-query", str(phantom_case.label), "5,6", "--query", str(phantom_case.image),
         "--out", str(out), "--model", "untrained", "--image-size", "128", "--device", "cpu", "--label", "1=liver",
-        "--mode", "baseline", "--preset", "ct-soft-tissue", "--qc", str(qc), "--no-progress",
+        "--mode", "baseline", "--preset", "ct-soft-tissue", "--qc", str(qc), "--no-progress", "--postprocess", "objects",
     ])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "objects: " in captured.out and json.loads(qc.read_text(encoding="utf-8"))["provenance"]["postprocess"]
     support = json.loads(qc.read_text(encoding="utf-8"))["provenance"]["support"]
     assert support["drawn_on_query"] == [f"{phantom_case.label} (on the query)"]
     assert [s["z"] for s in support["slices"]] == [5, 6]
     written = load_labels(out, load_volume(phantom_case.image))
-    for z in (5, 6):  # drawn slices come back exactly
+    for z in (5, 6):  # drawn slices come back exactly (they anchor the objects)
         np.testing.assert_array_equal(written.array[z] == 1, phantom_case.labels.array[z] == 1)
 
 

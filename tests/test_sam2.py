@@ -342,6 +342,7 @@ def test_cli_segment_writes_labels_on_the_input_grid(tmp_path, volume):
         "segment", str(image), "--model", "untrained", "--image-size", "128", "--device", "cpu",
         "--point", "5,20,30", "--point", "2:3,30,45,1", "--box", "2:3,25,38,38,54", "--name", "2=lesion",
         "--mask", str(tmp_path / "painted.nii.gz"), "--out", str(out), "--qc", str(qc), "--no-progress",
+        "--postprocess", "objects",
     ])
     assert code == 0
     written = nib.load(out)
@@ -352,6 +353,7 @@ def test_cli_segment_writes_labels_on_the_input_grid(tmp_path, volume):
     assert report["provenance"]["untrained"] is True and report["provenance"]["model"] == "untrained"
     assert report["provenance"]["prompts"]["2"]["name"] == "lesion"
     assert report["provenance"]["prompts"]["2"]["boxes"] == [[3, 25.0, 38.0, 38.0, 54.0]]
+    assert report["provenance"]["postprocess"]["rule"] == "objects"  # the painted mask anchors object 4: kept exactly
 
 
 def test_cli_segment_rejects_bad_prompt_text(tmp_path, volume, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medseg.cli.outputs import add_dicom_format
+from medseg.cli.outputs import add_dicom_format, add_postprocess_option, postprocess
 from medseg.cli import values
 
 
@@ -52,6 +52,7 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--instances", metavar="FILE", help="also write the 3D instance map (instance ids) to this label file")
     q.add_argument("--qc", metavar="FILE.json", help="also write per-label and per-instance scores and provenance as JSON")
     q.add_argument("--score-threshold", type=values.fraction, help="drop detections below this score (default: the model's)")
+    add_postprocess_option(q)
     q.add_argument("--batch-size", type=values.positive_int, default=4, help="slices per forward pass (default 4)")
     q.add_argument("--device", type=values.device, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     q.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
@@ -104,7 +105,7 @@ def _run_baseline_predict(args: argparse.Namespace) -> None:
             model, volume, score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
             progress=progress,
         )
-    labels, instances = prediction.labels, prediction.instances
+    labels, instances = postprocess(args, prediction.labels, instances=prediction.instances)
     print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     for value in labels.labels:
         print(f"  {value} {labels.label_names.get(value, '')}: {int((labels.array == value).sum())} voxels, score {labels.scores[value]:.3f}")

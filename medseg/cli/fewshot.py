@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medseg.cli.outputs import add_dicom_format
+from medseg.cli.outputs import add_dicom_format, add_postprocess_option, postprocess
 from medseg.cli import values
 from medseg.cli.segment import PRESET_DEFAULT, add_sam2_runtime_options, print_model_note
 from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
@@ -40,6 +40,7 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")
+    add_postprocess_option(p)
     p.add_argument("--preset", type=values.preset,
                    help=f"intensity preset of query and references, e.g. ct-soft-tissue, mri ({PRESET_DEFAULT})")
     p.add_argument("--series-uid", help="pick this series when the query's DICOM folder holds several")
@@ -80,7 +81,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     from medseg.cli.progress import tqdm_progress
     from medseg.outputs import check_outputs
     from medseg.pipeline.results import write_json
-    from medseg.revsam2 import SupportEntry, SupportSet, segment_with_references
+    from medseg.revsam2 import SupportEntry, SupportSet, anchor_prompts, segment_with_references
     from medseg.sam2 import load_model
 
     others = [_parse_support_option("--support", items, ("IMAGE", "LABELS")) for items in args.support]
@@ -114,6 +115,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
             min_spacing=args.min_spacing, include_supports=args.include_supports,
             offload_state_to_cpu=args.offload_state_to_cpu, progress=progress,
         )
+    labels, _ = postprocess(args, labels, anchors=anchor_prompts(labels))
     print(f"wrote {save_labels(labels, query, args.out, format=args.dicom_format)}")
     for value, name in labels.label_names.items():
         detail = labels.provenance["labels"].get(str(value), {})

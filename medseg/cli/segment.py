@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from medseg.cli import values
-from medseg.cli.outputs import add_dicom_format
+from medseg.cli.outputs import add_dicom_format, add_postprocess_option, postprocess
 
 if TYPE_CHECKING:
     from medseg.volume import LabelVolume
@@ -38,6 +38,7 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
     add_dicom_format(p)
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, per-slice QC and provenance as JSON")
+    add_postprocess_option(p)
     p.add_argument("--preset", type=values.preset,
                    help=f"intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 ({PRESET_DEFAULT})")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
@@ -104,6 +105,7 @@ def _run_segment(args: argparse.Namespace) -> None:
     )
     with tqdm_progress("SAM2 propagation", "slice", disable=args.no_progress) as progress:
         labels = predictor.segment(volume, prompts, progress=progress)
+    labels, _ = postprocess(args, labels, anchors=prompts)
     print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     qc = qc_summary(labels)
     print(qc.to_text())

@@ -29,6 +29,7 @@ from medseg.errors import ConfigError
 from medseg.geometry import Geometry
 from medseg.maskrcnn.dataset import frame_bytes, to_tensor
 from medseg.maskrcnn.store import MaskRCNNModel
+from medseg.objects import semantic_labels
 from medseg.preprocess import SliceFrames, choose_preset
 from medseg.runtime import Progress, ShouldStop, check_stop, report, resolve_device
 from medseg.volume import InstanceMap, LabelVolume, Volume
@@ -200,22 +201,6 @@ def stitch_detections(
     )
 
 
-def _semantic(instances: InstanceMap) -> tuple[np.ndarray, dict[int, float], dict[int, np.ndarray]]:
-    """Label array, and per label value the voxel-weighted mean instance score and best score per slice."""
-    lookup = np.zeros(max(instances.labels, default=0) + 1, dtype=np.int32)
-    for k, value in instances.labels.items():
-        lookup[k] = value
-    voxels = np.bincount(instances.array.ravel(), minlength=len(lookup))
-    scores, slice_scores = {}, {}
-    for value in sorted(set(instances.labels.values())):
-        ids = [k for k, v in instances.labels.items() if v == value]
-        weights = np.array([voxels[k] for k in ids], dtype=float)
-        scores[value] = float(np.dot(weights, [instances.scores[k] for k in ids]) / weights.sum())
-        best = np.stack([np.nan_to_num(instances.slice_scores[k], nan=-1.0) for k in ids]).max(axis=0)
-        slice_scores[value] = np.where(best < 0, np.nan, best)  # scores are in [0, 1]; -1 marks "absent"
-    return lookup[instances.array], scores, slice_scores
-
-
 def predict_instances(
     model: MaskRCNNModel,
     volume: Volume,
@@ -259,17 +244,13 @@ def predict_instances(
         instances = stitch_detections(
             detections, geometry=volume.geometry, label_values=model.label_values, score_threshold=threshold, link_overlap=link_overlap
         )
-    array, scores, slice_scores = _semantic(instances)
-    labels = LabelVolume.like(
+    labels = semantic_labels(instances, LabelVolume.like(
         volume,
-        array,
         label_names={v: model.classes[v] for v in model.label_values},
-        scores=scores,
-        slice_scores=slice_scores,
         untrained=model.untrained,
         provenance=model.provenance(score_threshold=threshold, link_overlap=link_overlap,
                                     preset=preset.preset.to_dict(), preset_reason=preset.reason),
-    )
+    ))
     log.debug("Mask R-CNN: %d 3D instances on %d slices", len(instances.labels), volume.shape[0])
     return Prediction(labels, instances)
 

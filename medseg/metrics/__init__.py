@@ -9,7 +9,7 @@ for how label maps become COCO images, instances, scores and area ranges.
 pair's own mask AP, over the truth's labels (what a viewer shows for two label maps).
 """
 
-from medseg.metrics.coco import AREA_RANGES_2D_MM2, AREA_RANGES_3D_MM3, MaskAP, mask_ap
+from medseg.metrics.coco import AREA_RANGES_2D_MM2, AREA_RANGES_3D_MM3, MaskAP, instance_counts, mask_ap
 from medseg.metrics.evaluate import CaseMetrics, LabelScores, PairScores, evaluate, evaluate_pair
 from medseg.metrics.overlap import dice_per_label, hausdorff95_per_label, mean_dice, surface_dice_per_label
 
@@ -24,6 +24,7 @@ __all__ = [
     "evaluate",
     "evaluate_pair",
     "hausdorff95_per_label",
+    "instance_counts",
     "mask_ap",
     "mean_dice",
     "surface_dice_per_label",

@@ -273,6 +273,25 @@ def _add_case(ann: _Annotations, pred, truth, policy: InstancePolicy, case: int)
                 ann.add(target, image_id, inst.label, rle, float(mask_utils.area(rle)) * unit, inst.score)
 
 
+def instance_counts(
+    item: LabelVolume | InstanceMap | np.ndarray, *, labels: Iterable[int], instances: InstancePolicy = "components"
+) -> dict[int, int]:
+    """How many 3D instances ``mask_ap`` sees per label value in one label map (see "Instances" above).
+
+    >>> array = np.zeros((1, 3, 5), int); array[0, :, 0] = 3; array[0, :, 4] = 3
+    >>> instance_counts(array, labels=[1, 3]), instance_counts(array, labels=[3], instances="per_class")
+    ({1: 0, 3: 2}, {3: 1})
+    """
+    if instances not in ("components", "per_class"):
+        raise ConfigError(f"instances must be 'components' or 'per_class', got {instances!r}")
+    wanted = sorted(int(v) for v in labels)
+    counts = dict.fromkeys(wanted, 0)
+    array = item if isinstance(item, np.ndarray) else item.array
+    for inst in _instances(item, np.asarray(array), wanted, "3d", instances, scored=False).get(None, []):
+        counts[inst.label] += 1
+    return counts
+
+
 def mask_ap(
     pairs: Iterable[tuple[LabelVolume | InstanceMap | np.ndarray, LabelVolume | InstanceMap | np.ndarray]],
     *,

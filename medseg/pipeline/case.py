@@ -32,7 +32,7 @@ from medseg.manifest import Case
 from medseg.metrics import evaluate
 from medseg.pipeline import results as rs
 from medseg.pipeline.config import MetricSettings, fingerprint
-from medseg.pipeline.methods import Method, MethodSetup, ReferenceMethod, method_class
+from medseg.pipeline.methods import Method, MethodSetup, ReferenceMethod, Segmentation, method_class
 from medseg.prompt_simulation import PromptPolicy, PromptSettings
 from medseg.prompts import Prompts
 from medseg.runtime import seeded
@@ -71,7 +71,7 @@ def setup_from_dict(data: dict[str, Any]) -> MethodSetup:
     return MethodSetup(
         name=data["name"], kind=data["kind"], options=options, labels={int(k): v for k, v in data["labels"].items()},
         seed=int(data["seed"]), reference_slices=int(data["reference_slices"]), method_dir=Path(data["method_dir"]),
-        state=dict(data["state"]),
+        state=dict(data["state"]), postprocess=data.get("postprocess", "none"),
     )
 
 
@@ -188,11 +188,16 @@ def _segment_and_score(task: CaseTask, worker: Worker, building: Path) -> dict[s
             prompts = _prompts(task, method, truth)
             seg = method.segment(model, volume, prompts=prompts, case_id=case.id)
     rs.write_json(building / rs.PROMPTS, {"prompts": (prompts or Prompts()).to_dict(), **seg.prompt_log})
-    save_labels(seg.labels, volume, building / rs.LABELS)
     out: dict[str, Any] = {"torch_threads": torch.get_num_threads()}  # float sums, hence masks, depend on it
+    definition = "Mask R-CNN detections linked across slices" if seg.instances is not None else None
+    if setup.postprocess == "objects":
+        save_labels(seg.labels, volume, building / rs.RAW_LABELS)
+        seg, definition, out["postprocess"] = _objects(seg)
+    save_labels(seg.labels, volume, building / rs.LABELS)
     if seg.instances is not None:
         save_labels(LabelVolume.like(volume, seg.instances.array), volume, building / rs.INSTANCES)
-        out["instances"] = {"file": rs.INSTANCES, "labels": seg.instances.labels, "scores": seg.instances.scores,
+        out["instances"] = {"file": rs.INSTANCES, "definition": definition, "labels": seg.instances.labels,
+                            "scores": seg.instances.scores,
                             "slice_scores": {k: v.tolist() for k, v in seg.instances.slice_scores.items()}}
     metrics = evaluate(seg.labels, truth, labels=setup.labels, hausdorff=task.metrics.hausdorff,
                        surface_tolerance_mm=task.metrics.surface_tolerance_mm)
@@ -204,3 +209,16 @@ def _segment_and_score(task: CaseTask, worker: Worker, building: Path) -> dict[s
     )
     return out
 
+
+def _objects(seg: Segmentation) -> tuple[Segmentation, str, dict[str, Any]]:
+    """``postprocess: objects``: the method's objects cleaned (``medseg.objects``), how its instances are
+    defined, and what was dropped (the raw labels are saved beside them)."""
+    from medseg.objects import clean_objects
+
+    objects = clean_objects(seg.labels, instances=seg.instances, prompts=seg.anchors)
+    settings = objects.labels.provenance["postprocess"]
+    units = "Mask R-CNN instances" if seg.instances is not None else "3D components"
+    definition = (f"objects: {units} touching a prompt, or at least {settings['min_fraction']:g} × "
+                  "the prompted one's voxels (medseg.objects)")
+    return (dataclasses.replace(seg, labels=objects.labels, instances=objects.instances), definition,
+            {"raw_file": rs.RAW_LABELS, **settings})

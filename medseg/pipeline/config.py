@@ -15,7 +15,7 @@ Example::
     prompts: {point: centroid, box: middle, reference_slices: 3}
     methods:
       maskrcnn: {type: maskrcnn, train: {steps: 200}, baseline: true}
-      sam2: {type: sam2, model: sam2.1-tiny, image_size: 512}
+      sam2: {type: sam2, model: sam2.1-tiny, image_size: 512, postprocess: objects}
       revsam2: {type: revsam2, model: sam2.1-tiny, references: 1}
     metrics: {surface_tolerance_mm: 2.0, ap_instances: components}
     report: {overlays: 3, bootstrap: 2000}
@@ -60,17 +60,27 @@ class ReportSettings:
     bootstrap: int = 2000
 
 
+Postprocess = Literal["none", "objects"]
+
+
 @dataclass(frozen=True)
 class MethodConfig:
-    """One method of the pipeline: its name (results folder), plug-in ``type`` and options."""
+    """One method of the pipeline: its name (results folder), plug-in ``type`` and options.
+
+    ``postprocess``: ``none`` keeps the method's output as it is; ``objects`` turns it into
+    clean scored 3D objects (``medseg.objects.clean_objects``: specks dropped, one scored
+    instance per kept component), saves the raw labels beside them and scores the objects.
+    """
 
     name: str
     type: str
     options: Any
     baseline: bool = False
+    postprocess: Postprocess = "none"
 
     def to_dict(self) -> dict:
-        return {"type": self.type, "baseline": self.baseline, **dataclasses.asdict(self.options)}
+        return {"type": self.type, "baseline": self.baseline, "postprocess": self.postprocess,
+                **dataclasses.asdict(self.options)}
 
 
 @dataclass(frozen=True)
@@ -195,10 +205,11 @@ def _methods(where: _Where, methods_raw: Any) -> list[MethodConfig]:
         baseline = spec.get("baseline", False)
         if not isinstance(baseline, bool):
             raise where.error(f"{key}.baseline", "must be true or false")
-        options = {k: v for k, v in spec.items() if k not in ("type", "baseline")}
+        postprocess = where.coerce(Postprocess, spec.get("postprocess", "none"), f"{key}.postprocess")
+        options = {k: v for k, v in spec.items() if k not in ("type", "baseline", "postprocess")}
         plugin = METHODS[kind]
         methods.append(MethodConfig(method_name, kind, plugin.resolve_paths(where.build(plugin.Options, options, key), where.path.parent),
-                                    baseline))
+                                    baseline, postprocess))
     if sum(m.baseline for m in methods) > 1:
         raise where.error("methods", "at most one method can be the baseline (baseline: true)")
     return methods

@@ -40,12 +40,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Segmentation:
-    """What a method returns for one case: labels (with scores, provenance) and, when the
-    method has them, its own scored 3D instances (used for mask AP instead of components)."""
+    """What a method returns for one case: labels (with scores, provenance), its own scored 3D instances
+    when it has them (mask AP uses them) and the prompts marking its objects (``medseg.objects`` anchors)."""
 
     labels: LabelVolume
     instances: InstanceMap | None = None
     prompt_log: dict[str, Any] = field(default_factory=dict)
+    anchors: Prompts | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class MethodSetup:
     reference_slices: int
     method_dir: Path
     state: dict[str, Any] = field(default_factory=dict)
+    postprocess: str = "none"  # medseg.pipeline.config.Postprocess
 
 
 class Method:
@@ -265,7 +267,7 @@ class Sam2(_Sam2Family):
     def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
         if prompts is None or not prompts.objects:
             raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is nothing to prompt")
-        return Segmentation(model.segment(volume, prompts, progress=None))
+        return Segmentation(model.segment(volume, prompts, progress=None), anchors=prompts)
 
 
 @dataclass(frozen=True)
@@ -330,14 +332,14 @@ class RevSam2(_Sam2Family):
         return super().load(), support
 
     def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
-        from medseg.revsam2 import segment_with_references
+        from medseg.revsam2 import anchor_prompts, segment_with_references
 
         predictor, support = model
         labels = segment_with_references(
             volume, support, mode=self.options.mode, model=predictor, top_k=self.options.top_k,
             threshold=self.options.threshold, min_spacing=self.options.min_spacing,
         )
-        return Segmentation(labels, prompt_log={"support": support.to_dict()})
+        return Segmentation(labels, prompt_log={"support": support.to_dict()}, anchors=anchor_prompts(labels))
 
 
 # --- Mask R-CNN -------------------------------------------------------------------------------

@@ -24,17 +24,17 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io import load_labels, read_geometry
+from medseg.io import load_labels
 from medseg.io.files import atomic_output
 from medseg.manifest import load_manifest
-from medseg.metrics import mask_ap
 from medseg.pipeline import plots
 from medseg.pipeline.document import Document
+from medseg.pipeline.report_ap import POLICY_TEXT, average_precision
 from medseg.pipeline import results as rs
 from medseg.pipeline.stats import mean_ci, paired_comparison
 from medseg.runtime import Progress, ShouldStop, check_stop
 from medseg.runtime import report as report_progress
-from medseg.volume import UNTRAINED_BANNER, InstanceMap, LabelVolume
+from medseg.volume import UNTRAINED_BANNER
 
 log = logging.getLogger(__name__)
 
@@ -207,38 +207,9 @@ def _summarise(run: _Run, method: _Method) -> dict[str, Any]:
         "cases_ok": len(method.ok), "cases_failed": len(method.results) - len(method.ok),
         "model": method.info.get("model", {}), "per_label": per_label,
         "mean_dice": mean_ci(case_means, **run.bootstrap()).to_dict(),
-        "ap": _average_precision(run, method),
+        **average_precision(run.results_dir / method.name, method.ok, run.cohort, run.labels,
+                            run.pipeline["metrics"]["ap_instances"]),
     }
-
-
-def _prediction(case_dir: Path, result: dict[str, Any], use_instances: bool) -> LabelVolume | InstanceMap:
-    """A saved prediction with the scores its method gave (from result.json)."""
-    path = case_dir / rs.LABELS
-    geometry = read_geometry(path)
-    slices = lambda data: {int(k): np.array([rs.as_float(v) for v in s], dtype=float) for k, s in data.items()}
-    if use_instances and result.get("instances"):
-        inst = result["instances"]
-        array = load_labels(case_dir / rs.INSTANCES, geometry).array
-        return InstanceMap(array, geometry, labels={int(k): int(v) for k, v in inst["labels"].items()},
-                           scores={int(k): rs.as_float(v) for k, v in inst["scores"].items()}, slice_scores=slices(inst["slice_scores"]))
-    return LabelVolume(load_labels(path, geometry).array, geometry, scores={int(k): rs.as_float(v) for k, v in result["scores"].items()},
-                       slice_scores=slices(result["slice_scores"]))
-
-
-def _truth(case) -> LabelVolume:
-    """The case's label map on its image's own geometry (a prediction on another grid is a GeometryError)."""
-    return case.load_labels(read_geometry(case.image, case.series_uid))
-
-
-def _average_precision(run: _Run, method: _Method) -> dict[str, dict]:
-    out = {}
-    for mode in ("2d", "3d"):
-        def pairs():
-            for case_id, result in method.ok.items():
-                yield _prediction(run.results_dir / method.name / case_id, result, use_instances=True), _truth(run.cohort.case(case_id))
-
-        out[mode] = mask_ap(pairs(), labels=run.labels, mode=mode, instances=run.pipeline["metrics"]["ap_instances"]).to_dict() if method.ok else {}
-    return out
 
 
 def _paired(run: _Run) -> list[dict[str, Any]]:
@@ -342,15 +313,36 @@ def _surface_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
 
 def _ap_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Mask AP (COCO, pycocotools)")
+    scores = lambda ap: "constant (method gives none)" if ap["constant_score"] else "method"
     rows = [[m.display(), mode.upper(), _fmt(ap["ap"]), _fmt(ap["ap50"]), _fmt(ap["ap75"]),
-             *(_fmt(ap["per_label"].get(str(l))) for l in run.labels), "constant (method gives none)" if ap["constant_score"] else "method"]
+             *(_fmt(ap["per_label"].get(str(l))) for l in run.labels), scores(ap),
+             summary[m.name]["instances"]["prediction"]]
             for m in run.methods for mode, ap in summary[m.name]["ap"].items() if ap]
-    rows += [[m.display(), "–", *["–"] * (3 + len(run.labels)), "no successful case"]
+    rows += [[m.display(), "–", *["–"] * (3 + len(run.labels)), "no successful case", "–"]
              for m in run.methods if not any(summary[m.name]["ap"].values())]
-    doc.table(["method", "mode", "AP@[.5:.95]", "AP50", "AP75", *(f"AP {n}" for n in run.label_names.values()), "scores"], rows)
+    doc.table(["method", "mode", "AP@[.5:.95]", "AP50", "AP75", *(f"AP {n}" for n in run.label_names.values()),
+               "scores", "predicted instances"], rows)
+    policy = run.pipeline["metrics"]["ap_instances"]
     doc.paragraph("2D: each slice an image, areas in mm²; 3D: each volume an image, exact voxel IoU, areas in mm³ "
-                  "(small < 1 mL, medium 1–100 mL, large > 100 mL). Instances: "
-                  f"`{run.pipeline['metrics']['ap_instances']}` (a method's own 3D instances where it has them).")
+                  f"(small < 1 mL, medium 1–100 mL, large > 100 mL). True instances: {POLICY_TEXT[policy]} "
+                  f"(`{policy}`); in 2D, each instance's cross-section on a slice.")
+    _instances_section(doc, run, summary)
+
+
+def _instances_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
+    """Predicted against true 3D instances per case, as 3D AP counted them: specks show at a glance."""
+    methods = [m for m in run.methods if summary[m.name]["instances"]["per_case"]]
+    if not methods:
+        return
+    names = " / ".join(run.label_names.values())
+    doc.heading(f"3D instances per case (predicted vs true; {names})")
+    per_case = {m.name: summary[m.name]["instances"]["per_case"] for m in methods}
+    cases = sorted({c for counts in per_case.values() for c in counts})
+    cell = lambda counts: " / ".join(str(counts[l]) for l in run.labels)
+    truth = lambda c: next(per_case[m.name][c]["truth"] for m in methods if c in per_case[m.name])
+    predicted = lambda m, c: cell(per_case[m.name][c]["predicted"]) if c in per_case[m.name] else "–"
+    doc.table(["case", "true", *(m.display() for m in methods)],
+              [[c, cell(truth(c)), *(predicted(m, c) for m in methods)] for c in cases])
 
 
 def _paired_section(doc: Document, run: _Run, paired: list[dict]) -> None:

@@ -9,7 +9,10 @@ Layout::
         model/                 a model trained by the run (Mask R-CNN), resumable
         <case>/
           labels.nii.gz        the predicted label map, on the image's geometry
-          instances.nii.gz     the method's own 3D instances (when it has them, e.g. Mask R-CNN)
+          instances.nii.gz     the method's own 3D instances (when it has them, e.g. Mask R-CNN or
+                               ``postprocess: objects``)
+          raw_labels.nii.gz    the method's output before ``postprocess: objects`` (labels.nii.gz
+                               then holds the objects)
           prompts.json         the prompt log: the exact prompts / reference slices used
           result.json          written last: status, metrics, scores, provenance, error
       report.md  report.html  metrics.csv  metrics.json  plots/
@@ -36,6 +39,7 @@ METHOD = "method.json"
 PIPELINE = "pipeline.json"
 LABELS = "labels.nii.gz"
 INSTANCES = "instances.nii.gz"
+RAW_LABELS = "raw_labels.nii.gz"
 PROMPTS = "prompts.json"
 FORMAT = "medseg-result/1"
 

@@ -96,7 +96,8 @@ def _cases(config: PipelineConfig, cohort: Cohort) -> list[Case]:
 
 def _setup(config: PipelineConfig, method, labels: dict[int, str], out_dir: Path, cohort: Cohort) -> MethodSetup:
     setup = MethodSetup(method.name, method.type, method.options, labels, config.seed,
-                        config.prompts.reference_slices, Path(out_dir).resolve() / method.name)
+                        config.prompts.reference_slices, Path(out_dir).resolve() / method.name,
+                        postprocess=method.postprocess)
     cls = method_class(method.type)
     if cls.uses_prompts and config.prompts.point == "none" and config.prompts.box == "none":
         raise ConfigError(f"{config.path}: prompts: method {method.name!r} is interactive but the policy gives neither a point nor a box")

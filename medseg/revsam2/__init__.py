@@ -64,6 +64,7 @@ _PUBLIC = {
     "SupportEntry": "support",
     "SupportSet": "support",
     "SupportSlice": "support",
+    "anchor_prompts": "anchors",
     "reverse_score": "reverse",
     "reverse_scores": "reverse",
     "segment_with_references": "engine",
