@@ -36,7 +36,7 @@ from medseg.errors import ConfigError, WeightsError
 from medseg.io.files import atomic_output
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.model import build_model
-from medseg.runtime import read_checkpoint, sha256_file
+from medseg.runtime import read_checkpoint, seeded, sha256_file
 from medseg.volume import UNTRAINED_BANNER
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,9 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
         raise WeightsError(f"{weights_path} is missing; the model directory is incomplete (copy weights.pt with model.json)")
     sha256 = card["weights"]["sha256"]
     state = read_checkpoint(weights_path, sha256=sha256, what="Mask R-CNN weights")
-    network = build_model(num_classes=len(classes), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
+    with seeded(0):  # the random init is overwritten below; loading leaves the caller's random state alone
+        network = build_model(num_classes=len(classes), backbone=config.backbone, norm=config.norm,
+                              input_size=config.input_size)
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
