@@ -116,3 +116,13 @@ def json_file(text: str) -> Any:
     except (OSError, UnicodeDecodeError) as error:
         raise _fail(f"{text}: cannot read it as JSON text ({type(error).__name__})") from None
 
+
+
+def dicomweb_server(text: str) -> str:
+    """A DICOMweb server's address (``dicomweb://host:port/root``), without credentials."""
+    from medseg.io.dicomweb import parse_dicomweb_url
+
+    try:
+        return str(parse_dicomweb_url(text, level="server"))
+    except MedsegError as error:
+        raise _fail(str(error)) from None
