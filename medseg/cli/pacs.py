@@ -30,7 +30,8 @@ def add_pacs(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=_run_demo)
     serve = actions.add_parser("serve", help="run a local Orthanc with DICOMweb on 127.0.0.1 until Ctrl-C")
     serve.add_argument("--storage", required=True, help="where it keeps its database and files (kept after it stops)")
-    serve.add_argument("--port", type=values.positive_int, default=8042, help="its HTTP port (default 8042)")
+    serve.add_argument("--port", type=values.positive_int, default=8043,
+                       help="its HTTP port (default 8043; 8042 is taken where Debian's orthanc service runs)")
     serve.set_defaults(run=_run_serve)
 
 
