@@ -9,8 +9,8 @@ The object references the case's image series (same patient and study, as a PACS
 and goes to ``server``, or to the server the image came from; the results folder never holds
 it (it carries the patient module of its images).
 
-Once: the object's UIDs are derived from the method, the case, the result's fingerprint, the
-format and the label voxels (``medseg.io.dicomweb.store``), so the same result is always the
+Once: the object's UIDs are derived from the method's name, the case, the format, the image
+series and the label voxels (``medseg.io.dicomweb.store``), so the same result is always the
 same object and a changed result a new one. ``<case>/push.json`` records what was stored
 where; a case recorded with that address is not looked up again, and one the server already
 holds (a run stopped between storing and recording) is not sent again. A push that fails
@@ -102,7 +102,7 @@ def _push_case(settings: PushSettings, setup: MethodSetup, case: Case, case_dir:
                                  provenance={"method": setup.name})
     if not (settings.server or volume.metadata.get("dicomweb")):
         raise ConfigError(f"case {case.id!r}: its image is a file; give push.server (or --push-to)")
-    key = (setup.name, case.id, result.get("fingerprint"))
+    key = (setup.name, case.id)  # with the format, the image series and the voxels: the same result, the same object
     address = str(stored_address(labels, volume, format=settings.format, server=settings.server, key=key))
     if previous.get("status") == "stored" and previous.get("address") == address:
         return previous
