@@ -106,6 +106,18 @@ def existing_path(text: str) -> str:
     return text
 
 
+def volume_source(text: str) -> str:
+    """A file or folder that exists, or the DICOMweb address of a series (fetched when loaded)."""
+    from medseg.io.dicomweb import is_dicomweb_url, parse_dicomweb_url
+
+    if not is_dicomweb_url(text):
+        return existing_path(text)
+    try:
+        return str(parse_dicomweb_url(text, level="series"))
+    except MedsegError as error:
+        raise _fail(str(error)) from None
+
+
 def json_file(text: str) -> Any:
     """The content of a JSON file; a syntax error as ``file:line:column: reason``."""
     existing_path(text)
