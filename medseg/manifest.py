@@ -351,7 +351,8 @@ class _Parser:
         spacing = self.spacing(where, raw.get("spacing"))
         series_uid = raw.get("series_uid")
         if series_uid is not None and (not isinstance(series_uid, str) or not isinstance(image, Path)):
-            self.problems.append(f"{where}: \"series_uid\" must be a string, for a DICOM folder (an address names its series)")
+            self.problems.append(f"{where}: \"series_uid\" must be a string, for a DICOM folder (an address names "
+                                 "its series)")
         if image is None or not isinstance(case_id, str) or split not in SPLITS:
             return None
         return Case(case_id, image, label, split, spacing, series_uid, modality, dict(labels))

@@ -28,10 +28,8 @@ def msd_cases(data: dict[str, Any], problems: list[str]) -> tuple[str, list[dict
         test = []
     train_ids = [_case_id(t.get("image", "")) for t in training]
     val_ids = set(sorted(train_ids, key=_sha256)[: math.ceil(len(train_ids) * _VAL_FRACTION)])
-    cases = [
-        {"id": case_id, "image": t.get("image"), "label": t.get("label"), "split": "val" if case_id in val_ids else "train"}
-        for case_id, t in zip(train_ids, training)
-    ]
+    cases = [{"id": case_id, "image": t.get("image"), "label": t.get("label"),
+              "split": "val" if case_id in val_ids else "train"} for case_id, t in zip(train_ids, training)]
     return modality, cases + [{"id": _case_id(image), "image": image, "split": "test"} for image in test]
 
 
@@ -39,7 +37,8 @@ def _modality(raw: Any, problems: list[str]) -> str:
     if isinstance(raw, dict) and len(raw) == 1:
         return str(next(iter(raw.values())))
     if isinstance(raw, dict) and len(raw) > 1:
-        problems.append(f"modality: {len(raw)} channels {sorted(raw.values())}; multi-channel (4D) Decathlon tasks are not supported")
+        problems.append(f"modality: {len(raw)} channels {sorted(raw.values())}; multi-channel (4D) Decathlon tasks "
+                        "are not supported")
     else:
         problems.append(f"modality must be an object such as {{\"0\": \"CT\"}}, got {raw!r}")
     return "OT"

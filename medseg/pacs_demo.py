@@ -66,9 +66,11 @@ def _write_case(folder: Path, case_id: str, seed: int, shape: tuple[int, int, in
     """The case's series folder and SEG file, written afresh (UIDs from the case id)."""
     shutil.rmtree(folder, ignore_errors=True)
     volume, labels = make_phantom(seed, shape=shape, spacing=spacing)
-    write_dicom_series(volume, folder / "image", series_description=f"medseg demo {case_id}", uid_seed=f"medseg-demo/{case_id}")
+    write_dicom_series(volume, folder / "image", series_description=f"medseg demo {case_id}",
+                       uid_seed=f"medseg-demo/{case_id}")
     dicom = load_volume(folder / "image")
-    seg = LabelVolume(labels.array, dicom.geometry, label_names=dict(LABELS), provenance={"method": "phantom ground truth"})
+    seg = LabelVolume(labels.array, dicom.geometry, label_names=dict(LABELS),
+                      provenance={"method": "phantom ground truth"})
     uid = lambda what: pydicom.uid.generate_uid(entropy_srcs=[f"medseg-demo/{case_id}", what])
     path = save_labels(seg, dicom, folder / "labels" / "labels.dcm", format="seg", series_uid=uid("seg-series"),
                        instance_uid=uid("seg-instance"))

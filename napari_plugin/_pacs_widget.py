@@ -77,7 +77,8 @@ class PacsWidget(QWidget):
 
         item = self.found.currentItem()
         address = item.data(Qt.ItemDataRole.UserRole) if item is not None else self.address.text().strip()
-        self._start(lambda progress, should_stop: load_volume(address), "Open", lambda volume: self._show(volume, address))
+        self._start(lambda progress, should_stop: load_volume(address), "Open",
+                    lambda volume: self._show(volume, address))
 
     def store_labels(self) -> None:
         """Store the chosen Labels layer on the server as DICOM SEG or RTSTRUCT."""
@@ -86,18 +87,21 @@ class PacsWidget(QWidget):
         layer = self.labels.layer()
         volume = None if layer is None else layer.metadata.get(VOLUME_KEY)
         if volume is None or not volume.metadata.get("format", "").startswith("dicom"):
-            self._say("Store: choose a Labels layer drawn on an image opened from DICOM (Open above, or File ▸ Open)", warn=True)
+            self._say("Store: choose a Labels layer drawn on an image opened from DICOM (Open above, or File ▸ Open)",
+                      warn=True)
             return
         labels = label_volume(layer.data, volume, result=layer.metadata.get(LABELS_KEY), name=layer.name)
         server = None if volume.metadata.get("dicomweb") else self.address.text().strip() or None
         fmt = self.format.currentText().lower()
-        self._start(lambda progress, should_stop: store_labels(labels, volume, format=fmt, server=server), "Store", self._stored)
+        self._start(lambda progress, should_stop: store_labels(labels, volume, format=fmt, server=server), "Store",
+                    self._stored)
 
     def _list(self, series: list) -> None:
         self.found.clear()
         for info in series:
             count = "?" if info.n_instances is None else info.n_instances
-            item = QListWidgetItem(f"{info.modality or '?'}  {info.description or '(no description)'}  ({count} instances)")
+            text = f"{info.modality or '?'}  {info.description or '(no description)'}  ({count} instances)"
+            item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, str(info.ref))
             item.setToolTip(str(info.ref))
             self.found.addItem(item)
@@ -118,7 +122,8 @@ class PacsWidget(QWidget):
             self._say(f"{label}: wait until {self.task.label} has finished", warn=True)
             return
         self._say(f"{label}…")
-        self.task = Task(fn, label=label, on_done=on_done, on_error=lambda message: self._say(message, warn=True)).start()
+        self.task = Task(fn, label=label, on_done=on_done, on_error=lambda message: self._say(message, warn=True))
+        self.task.start()
 
     def _say(self, text: str, *, warn: bool = False) -> None:
         self.status.setText(text)

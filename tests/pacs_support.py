@@ -58,6 +58,7 @@ class Pacs:
         out = []
         for series_id in study["Series"]:
             series = self.rest("GET", f"/series/{series_id}")
-            out.append({"uid": series["MainDicomTags"]["SeriesInstanceUID"], "modality": series["MainDicomTags"].get("Modality"),
+            tags = series["MainDicomTags"]
+            out.append({"uid": tags["SeriesInstanceUID"], "modality": tags.get("Modality"),
                         "instances": len(series["Instances"])})
         return out

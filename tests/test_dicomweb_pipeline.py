@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from medseg.pipeline.methods import METHODS, Oracle
 from pacs_support import PASSWORD, USER, Pacs
 
 SHAPE = (6, 40, 40)
+REPO = Path(__file__).parents[1]
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def files_holding(root: Path, text: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed; make test installs it")
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy (Debian dicom3tools) is not installed; make test installs it")
 def test_a_run_from_the_server_equals_the_file_run_and_pushes_each_case_once(demo, pacs_env, tmp_path):
     from_files = run_pipeline(pipeline(tmp_path / "files.yaml", demo.files), tmp_path / "files")
     config = pipeline(tmp_path / "pacs.yaml", demo.pacs, push="push: {format: seg}\n")
@@ -93,10 +96,11 @@ def test_a_run_from_the_server_equals_the_file_run_and_pushes_each_case_once(dem
     report = (tmp_path / "pacs" / "report.md").read_text(encoding="utf-8")
     assert "## Stored on the PACS" in report and all(r["address"] in report for r in summary.pushed)
     # resumed: nothing computed, nothing stored; a fresh results folder finds its objects on the server
-    records = [(tmp_path / "pacs" / "truth" / c / "push.json").read_text(encoding="utf-8") for c in ("phantom_002", "phantom_003")]
+    push_files = [tmp_path / "pacs" / "truth" / c / "push.json" for c in ("phantom_002", "phantom_003")]
+    records = [path.read_bytes() for path in push_files]
     again = run_pipeline(config, tmp_path / "pacs")
-    assert again.counts["truth"]["skipped"] == 2 and [r["already"] for r in again.pushed] == [False, False]
-    assert records == [(tmp_path / "pacs" / "truth" / c / "push.json").read_text(encoding="utf-8") for c in ("phantom_002", "phantom_003")]
+    assert again.counts["truth"]["skipped"] == 2 and [r.get("unchanged") for r in again.pushed] == [True, True]
+    assert records == [path.read_bytes() for path in push_files]
     elsewhere = run_pipeline(config, tmp_path / "elsewhere", report=False)
     assert [r["already"] for r in elsewhere.pushed] == [True, True]
     assert [r["address"] for r in elsewhere.pushed] == [r["address"] for r in summary.pushed]
@@ -156,7 +160,8 @@ def test_the_server_stopped_mid_run_fails_those_cases_and_a_rerun_completes_them
         lost = json.loads((tmp_path / "out" / "m" / "phantom_005" / "result.json").read_text(encoding="utf-8"))
         assert lost["error"]["type"] == "ServerUnreachable" and lost["error"]["retryable"]
         assert "unreachable while listing the instances" in lost["error"]["message"]
-        assert [(r["case"], r["status"]) for r in first.pushed] == [("phantom_003", "failed"), ("phantom_004", "failed")]
+        assert [(r["case"], r["status"]) for r in first.pushed] == [("phantom_003", "failed"),
+                                                                    ("phantom_004", "failed")]
         assert {c for _, c, _ in first.failures} == {"phantom_005", "phantom_003", "phantom_004", "(all)"}
         server.stop()
         server = LocalOrthanc(tmp_path / "orthanc", port=server.port, users={USER: PASSWORD}).start()  # same studies
@@ -165,7 +170,7 @@ def test_the_server_stopped_mid_run_fails_those_cases_and_a_rerun_completes_them
         assert second.counts == {"m": {"ok": 1, "failed": 0, "skipped": 2}} and second.failures == []
         assert [(r["status"], r["already"]) for r in second.pushed] == [("stored", False)] * 3
         third = run_pipeline(config, tmp_path / "out", report=False)
-        assert [r["already"] for r in third.pushed] == [False] * 3  # the records of the second run, unchanged
+        assert [(r["already"], r.get("unchanged")) for r in third.pushed] == [(False, True)] * 3  # the second run's
         pacs = Pacs(server)
         for case in json.loads(demo.pacs.read_text(encoding="utf-8"))["cases"][3:]:
             assert sorted(s["modality"] for s in image_series(pacs, case["image"])) == ["CT", "RTSTRUCT", "SEG"]
@@ -219,11 +224,35 @@ def test_ray_runs_a_server_cohort_like_the_local_executor(demo, pacs_env, tmp_pa
 @pytest.mark.slow
 def test_the_command_line_logs_no_password_and_no_patient_field(demo, pacs_env, tmp_path):
     config = pipeline(tmp_path / "pacs.yaml", demo.pacs, methods="cli-truth: {type: oracle}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-m", "medseg.cli", "-v", "run", str(config.path), "--out", str(tmp_path / "out"),
-                          "--push", "seg", "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = ["-v", "run", str(config.path), "--out", str(tmp_path / "out"), "--push", "seg", "--no-progress"]
+    run = subprocess.run([sys.executable, "-m", "medseg.cli", *command], capture_output=True, text=True, env=env,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "pushed: 2 stored, 0 already there, 0 failed" in run.stdout
     for text in (run.stdout, run.stderr):
         assert PASSWORD not in text and "PHANTOM^DEMO" not in text
     assert files_holding(tmp_path / "out", "PHANTOM^DEMO") == [] and files_holding(tmp_path, PASSWORD) == []
+
+
+@pytest.mark.slow
+def test_the_readmes_pacs_commands_run_as_written(pacs_env, tmp_path):
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## PACS (DICOMweb)", 1)[1].split("\n## ", 1)[0]
+    serve, commands = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert "medseg pacs serve" in serve  # the fixture's Orthanc stands in for it, on a free port
+    address = "dicomweb://127.0.0.1:8043/dicom-web"
+    assert commands.startswith(f"PACS={address}\n")
+    shutil.copytree(REPO / "pipelines", tmp_path / "pipelines")
+    shell = "set -euo pipefail\nmedseg() { python -m medseg.cli \"$@\"; }\n"
+    script = shell + commands.replace(address, pacs_env.url, 1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    run = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines.count("check: 2 ok, 0 failed, 0 already done") == 1
+    assert lines.count("check: 0 ok, 0 failed, 2 already done") == 1
+    assert "pushed: 2 stored, 0 already there, 0 failed" in lines
+    assert "pushed: 0 stored, 2 already there, 0 failed" in lines
+    assert sum(line.startswith(f"{pacs_env.url}/studies/") and "CT/SEG" in line for line in lines) >= 4  # pacs ls
+    assert PASSWORD not in run.stdout + run.stderr

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit:  # argparse has printed its one-line error (exit 2) or the help (exit 0)
         return exit.code if isinstance(exit.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("dicomweb_client").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # a line per request
+    # dicomweb_client logs a line per request at INFO
+    logging.getLogger("dicomweb_client").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     debug = args.debug or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
     try:
         code = args.run(args)

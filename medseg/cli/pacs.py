@@ -23,10 +23,12 @@ def add_pacs(sub: argparse._SubParsersAction) -> None:
     ls = actions.add_parser("ls", help="the studies of a server, or the series of one study")
     ls.add_argument("url", help="dicomweb://host:port/dicom-web, or .../studies/<StudyInstanceUID>")
     ls.set_defaults(run=_run_ls)
-    demo = actions.add_parser("demo", help="store the demo phantoms (DICOM + SEG) on a server and write their manifests")
-    demo.add_argument("url", type=values.dicomweb_server, help="the server, e.g. dicomweb://127.0.0.1:8042/dicom-web")
-    demo.add_argument("directory", nargs="?", default="data_manifests", help="where files and manifests go (default: data_manifests)")
-    demo.add_argument("--cases", type=values.positive_int, default=8, help="number of phantom cases (default 8; the last half are test)")
+    demo = actions.add_parser("demo", help="store the demo phantoms (DICOM + SEG) on a server, write their manifests")
+    demo.add_argument("url", type=values.dicomweb_server, help="the server, e.g. dicomweb://127.0.0.1:8043/dicom-web")
+    demo.add_argument("directory", nargs="?", default="data_manifests",
+                      help="where files and manifests go (default: data_manifests)")
+    demo.add_argument("--cases", type=values.positive_int, default=8,
+                      help="number of phantom cases (default 8; the last half are test)")
     demo.set_defaults(run=_run_demo)
     serve = actions.add_parser("serve", help="run a local Orthanc with DICOMweb on 127.0.0.1 until Ctrl-C")
     serve.add_argument("--storage", required=True, help="where it keeps its database and files (kept after it stops)")
@@ -42,8 +44,8 @@ def _run_ls(args: argparse.Namespace) -> None:
     server = DicomwebServer(ref)
     if ref.study is None:
         for study in server.studies():
-            print(f"{study.ref}  {'/'.join(study.modalities) or '?'}  {study.n_series if study.n_series is not None else '?'} "
-                  f"series  {study.description!r}")
+            count = "?" if study.n_series is None else study.n_series
+            print(f"{study.ref}  {'/'.join(study.modalities) or '?'}  {count} series  {study.description!r}")
         return
     for series in server.series(ref.study):
         print(series)

@@ -25,7 +25,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-case", type=float, default=1, help="Ray CPUs requested per case (default 1)")
     p.add_argument("--gpus-per-case", type=float, default=0, help="Ray GPUs requested per case (default 0)")
     p.add_argument("--push", choices=["seg", "rtstruct"], default=None,
-                   help="store each finished case on the PACS its image came from, as DICOM SEG or RTSTRUCT (STOW-RS, once)")
+                   help="store each finished case on the PACS its image came from, as DICOM SEG or RTSTRUCT "
+                        "(STOW-RS, once)")
     p.add_argument("--push-to", type=values.dicomweb_server, default=None, metavar="URL",
                    help="the DICOMweb server to store results on (e.g. dicomweb://127.0.0.1:8042/dicom-web)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -50,8 +51,9 @@ def _run_run(args: argparse.Namespace) -> int:
         print(f"{method}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
     if summary.pushed:
         stored = [r for r in summary.pushed if r["status"] == "stored"]
-        print(f"pushed: {sum(not r['already'] for r in stored)} stored, {sum(r['already'] for r in stored)} already there, "
-              f"{len(summary.pushed) - len(stored)} failed")
+        earlier = sum(bool(r["already"] or r.get("unchanged")) for r in stored)
+        failed = len(summary.pushed) - len(stored)
+        print(f"pushed: {len(stored) - earlier} stored, {earlier} already there, {failed} failed")
     print(f"report: {summary.report or 'not written (see below)'}")
     if summary.untrained:
         print(f"{UNTRAINED_BANNER} Methods: {', '.join(summary.untrained)}.", file=sys.stderr)

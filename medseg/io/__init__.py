@@ -49,7 +49,8 @@ _LABEL_WRITERS = {
 }
 
 
-def load_volume(path: str | os.PathLike | DicomwebRef, series_uid: str | None = None, *, pick_largest: bool = False) -> Volume:
+def load_volume(path: str | os.PathLike | DicomwebRef, series_uid: str | None = None, *,
+                pick_largest: bool = False) -> Volume:
     """Load a 3D image as a ``Volume`` (float32, ``(z, y, x)``, CT in HU).
 
     Parameters
@@ -90,7 +91,8 @@ def load_volume(path: str | os.PathLike | DicomwebRef, series_uid: str | None = 
     return volume
 
 
-def read_geometry(path: str | os.PathLike | DicomwebRef, series_uid: str | None = None, *, pick_largest: bool = False) -> Geometry:
+def read_geometry(path: str | os.PathLike | DicomwebRef, series_uid: str | None = None, *,
+                  pick_largest: bool = False) -> Geometry:
     """The geometry ``load_volume`` would give, from the file headers alone (fast: no voxels)."""
     path = _local(path, "series")[1]
     kind = format_of(path)
@@ -101,7 +103,8 @@ def read_geometry(path: str | os.PathLike | DicomwebRef, series_uid: str | None 
     return dicom.read_dicom_geometry(path, series_uid, pick_largest=pick_largest)
 
 
-def load_labels(path: str | os.PathLike | DicomwebRef, like: Volume | Geometry, *, roi_names: RoiMapping | None = None) -> LabelVolume:
+def load_labels(path: str | os.PathLike | DicomwebRef, like: Volume | Geometry, *,
+                roi_names: RoiMapping | None = None) -> LabelVolume:
     """Load a label map that must lie on the voxel grid of ``like`` (a Volume or its Geometry).
 
     ``path``: a file, or the DICOMweb address of a SEG or RTSTRUCT (an instance, or a series

@@ -148,8 +148,8 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_TOP_KEYS = {"name", "description", "cohort", "split", "labels", "cases", "seed", "prompts", "methods", "metrics", "report",
-             "push"}
+_TOP_KEYS = {"name", "description", "cohort", "split", "labels", "cases", "seed", "prompts", "methods", "metrics",
+             "report", "push"}
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:

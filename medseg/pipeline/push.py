@@ -48,7 +48,7 @@ def check_push(settings: PushSettings, cases: list[Case]) -> None:
         if settings.server is None and not remote:
             problems.append(f"case {case.id!r}: its image {case.image} is a file; give push.server (or --push-to)")
         elif not remote and format_of(Path(case.image)) not in ("dicom", "dicom-dir"):
-            problems.append(f"case {case.id!r}: its image {case.image} is not DICOM, so a SEG / RTSTRUCT cannot reference it")
+            problems.append(f"case {case.id!r}: its image {case.image} is not DICOM (a SEG / RTSTRUCT needs DICOM)")
         if case.spacing is not None:
             problems.append(f"case {case.id!r}: a spacing override puts its labels off the server's image grid")
     if problems:
@@ -57,7 +57,8 @@ def check_push(settings: PushSettings, cases: list[Case]) -> None:
 
 
 def push_results(settings: PushSettings, setups: list[MethodSetup], cases: list[Case]) -> list[dict[str, Any]]:
-    """Push every ``ok`` case of every method; its ``push.json`` record (new, or the earlier one)."""
+    """Push every ``ok`` case of every method; its ``push.json`` record (new, or the earlier one
+    with ``"unchanged": True``). ``"already": True``: the server had the object before this push."""
     records = []
     for setup in setups:
         for case in cases:
@@ -70,8 +71,11 @@ def push_results(settings: PushSettings, setups: list[MethodSetup], cases: list[
             except MedsegError as error:  # recorded; the next run tries again
                 log.error("push of %s / %s failed: %s", setup.name, case.id, user_message(error))
                 record = {"status": "failed", "format": settings.format, "error": user_message(error)}
-            if record is not previous:
-                record.update(method=setup.name, case=case.id, time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            if record is previous:
+                record = {**previous, "unchanged": True}
+            else:
+                now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                record.update(method=setup.name, case=case.id, time=now)
                 rs.write_json(case_dir / PUSH, record)
             records.append(record)
     return records
@@ -79,7 +83,8 @@ def push_results(settings: PushSettings, setups: list[MethodSetup], cases: list[
 
 def push_records(results_dir: Path) -> list[dict[str, Any]]:
     """Every ``push.json`` of a results folder (for the report), by method and case."""
-    records = [_read(case_dir / PUSH) for method_dir in rs.method_dirs(results_dir) for case_dir in rs.case_dirs(method_dir)]
+    case_dirs = [case_dir for method_dir in rs.method_dirs(results_dir) for case_dir in rs.case_dirs(method_dir)]
+    records = [_read(case_dir / PUSH) for case_dir in case_dirs]
     return [record for record in records if record]
 
 

@@ -175,7 +175,8 @@ def run_pipeline(
         from medseg.pipeline.push import push_results
 
         summary.pushed = push_results(config.push, plan.setups, plan.cases)
-        summary.failures += [(r["method"], r["case"], f"push: {r['error']}") for r in summary.pushed if r["status"] == "failed"]
+        summary.failures += [(r["method"], r["case"], f"push: {r['error']}") for r in summary.pushed
+                             if r["status"] == "failed"]
     if report:
         from medseg.pipeline.report import write_report
 

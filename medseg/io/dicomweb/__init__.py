@@ -15,6 +15,6 @@ from medseg.io.dicomweb.client import DicomwebServer, SeriesInfo, StudyInfo, che
 from medseg.io.dicomweb.store import derived_uid, store_labels, stored_address
 from medseg.io.dicomweb.url import DicomwebRef, is_dicomweb_url, parse_dicomweb_url
 
-__all__ = ["Credentials", "check_servers", "DicomwebRef", "DicomwebServer", "SeriesInfo", "StudyInfo", "credentials_from_env",
-           "is_dicomweb_url", "local_copy", "local_object",
-           "parse_dicomweb_url", "derived_uid", "store_labels", "stored_address"]
+__all__ = ["Credentials", "DicomwebRef", "DicomwebServer", "SeriesInfo", "StudyInfo", "check_servers",
+           "credentials_from_env", "derived_uid", "is_dicomweb_url", "local_copy", "local_object", "parse_dicomweb_url",
+           "store_labels", "stored_address"]

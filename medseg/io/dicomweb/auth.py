@@ -32,6 +32,7 @@ ENV_USER = "MEDSEG_DICOMWEB_USER"
 ENV_PASSWORD = "MEDSEG_DICOMWEB_PASSWORD"
 ENV_FILE = "MEDSEG_DICOMWEB_CREDENTIALS"
 WHERE = f"{ENV_USER} and {ENV_PASSWORD}, {ENV_TOKEN}, or a JSON file named by {ENV_FILE}"
+_FORM = '{"user": ..., "password": ...} or {"token": ...}'
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def credentials_from_env(environ: Mapping[str, str] | None = None) -> Credential
     if user or password:
         if not (user and password):
             missing = ENV_PASSWORD if user else ENV_USER
-            raise ConfigError(f"{missing} is not set: HTTP basic authentication needs both {ENV_USER} and {ENV_PASSWORD}")
+            raise ConfigError(f"{missing} is not set: HTTP basic authentication needs both {ENV_USER} and "
+                              f"{ENV_PASSWORD}")
         return Credentials(user=user, password=password, source=f"{ENV_USER} / {ENV_PASSWORD}")
     if env.get(ENV_FILE):
         return _from_file(Path(env[ENV_FILE]).expanduser())
@@ -87,11 +89,11 @@ def _from_file(path: Path) -> Credentials:
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # the error text could quote the secret
-        raise ConfigError(f"{where}: not a readable JSON file; write {{\"user\": ..., \"password\": ...}} or {{\"token\": ...}}") from None
+        raise ConfigError(f"{where}: not a readable JSON file; write {_FORM}") from None
     if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         log.warning("%s can be read by other users; chmod 600 it", where)
     if isinstance(data, dict) and isinstance(data.get("token"), str) and data["token"]:
         return Credentials(token=data["token"], source=where)
     if isinstance(data, dict) and all(isinstance(data.get(k), str) and data[k] for k in ("user", "password")):
         return Credentials(user=data["user"], password=data["password"], source=where)
-    raise ConfigError(f"{where}: expected {{\"user\": ..., \"password\": ...}} or {{\"token\": ...}} (non-empty strings)")
+    raise ConfigError(f"{where}: expected {_FORM} (non-empty strings)")

@@ -82,7 +82,8 @@ def local_copy(ref: str | DicomwebRef, *, server: DicomwebServer | None = None, 
     key = hashlib.sha256(f"{ref.server}|{ref.study}|{ref.series}|{ref.instance or ''}".encode()).hexdigest()[:24]
     listed = server.instance_uids(ref)
     if not listed:
-        raise InputError(f"{ref}: the server lists no such {'instance' if ref.instance else 'series'} (deleted, or wrong UIDs?)")
+        what = "instance" if ref.instance else "series"
+        raise InputError(f"{ref}: the server lists no such {what} (deleted, or wrong UIDs?)")
     with FileLock(root / f".{key}.lock", timeout=_LOCK_WAIT_S):
         index = _valid_index(root, key, listed)
         if index is None:
@@ -139,7 +140,8 @@ def _download(server: DicomwebServer, ref: DicomwebRef, listed: list[str], root:
         os.replace(tmp, root / f"{key}.json")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    log.info("%s: %d instance(s), %.1f MB fetched in %.1f s", ref, len(files), index["bytes"] / 1e6, time.perf_counter() - started)
+    log.info("%s: %d instance(s), %.1f MB fetched in %.1f s", ref, len(files), index["bytes"] / 1e6,
+             time.perf_counter() - started)
     return index
 
 
@@ -178,5 +180,6 @@ def local_object(ref: str | DicomwebRef, *, server: DicomwebServer | None = None
         return path
     files = sorted(path.iterdir())
     if len(files) != 1:
-        raise InputError(f"{ref}: the series holds {len(files)} objects; name one: .../series/<uid>/instances/<SOPInstanceUID>")
+        raise InputError(f"{ref}: the series holds {len(files)} objects; name one: "
+                         ".../series/<uid>/instances/<SOPInstanceUID>")
     return files[0]

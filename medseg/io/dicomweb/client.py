@@ -63,7 +63,8 @@ class DicomwebServer:
     ``timeout``: seconds to wait for an answer (connecting: at most 10 s).
     """
 
-    def __init__(self, url: str | DicomwebRef, *, credentials: Credentials | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, url: str | DicomwebRef, *, credentials: Credentials | None = None,
+                 timeout: float = 60.0) -> None:
         import requests
         from dicomweb_client import DICOMwebClient
 
@@ -90,8 +91,9 @@ class DicomwebServer:
         for item in map(_dataset, found):
             modalities = item.get("ModalitiesInStudy") or ()
             modalities = (modalities,) if isinstance(modalities, str) else tuple(str(m) for m in modalities)
-            out.append(StudyInfo(DicomwebRef(self.url, str(item.StudyInstanceUID)), str(item.get("StudyDescription", "")),
-                                 modalities, _count(item.get("NumberOfStudyRelatedSeries"))))
+            ref = DicomwebRef(self.url, str(item.StudyInstanceUID))
+            out.append(StudyInfo(ref, str(item.get("StudyDescription", "")), modalities,
+                                 _count(item.get("NumberOfStudyRelatedSeries"))))
         return out
 
     def series(self, study: str | None = None) -> list[SeriesInfo]:
@@ -106,9 +108,9 @@ class DicomwebServer:
     def instance_uids(self, ref: DicomwebRef) -> list[str]:
         """The SOP Instance UIDs the server lists for a series (or the one instance ``ref`` names), sorted."""
         filters = {"SOPInstanceUID": ref.instance} if ref.instance else None
-        found = self._call(f"listing the instances of {ref}", self._client.search_for_instances, study_instance_uid=ref.study,
-                           series_instance_uid=ref.series, fields=["SOPInstanceUID"], search_filters=filters,
-                           get_remaining=True)
+        found = self._call(f"listing the instances of {ref}", self._client.search_for_instances,
+                           study_instance_uid=ref.study, series_instance_uid=ref.series, fields=["SOPInstanceUID"],
+                           search_filters=filters, get_remaining=True)
         return sorted({str(_dataset(item).SOPInstanceUID) for item in found})
 
     def retrieve(self, ref: DicomwebRef) -> Iterator[pydicom.Dataset]:
@@ -156,7 +158,8 @@ class DicomwebServer:
         status = getattr(response, "status_code", None)
         said = f"HTTP {status} {getattr(response, 'reason', '') or ''}".strip()
         if status == 401 and not self.credentials.given:
-            return ServerError(f"DICOMweb server {self.address} asks for credentials ({said}) while {what}; set {WHERE}")
+            return ServerError(f"DICOMweb server {self.address} asks for credentials ({said}) while {what}; "
+                               f"set {WHERE}")
         if status == 401:
             return ServerError(f"DICOMweb server {self.address} refused the credentials ({said}) while {what}: "
                                f"{self.credentials.describe()}; set the right ones in {WHERE}")

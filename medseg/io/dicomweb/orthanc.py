@@ -44,7 +44,8 @@ def free_port() -> int:
 
 
 class LocalOrthanc:
-    """``with LocalOrthanc(storage, users={"medseg": "..."}) as pacs: pacs.url`` -> ``dicomweb://127.0.0.1:<port>/dicom-web``.
+    """``with LocalOrthanc(storage, users={"medseg": "..."}) as pacs:``, then ``pacs.url`` is
+    ``dicomweb://127.0.0.1:<port>/dicom-web``.
 
     ``port``: None picks a free one. ``start`` waits until the server answers, at most
     ``timeout`` seconds from when it was called; ``stop`` ends it (the files stay, so a new

@@ -19,6 +19,7 @@ from medseg.errors import InputError
 _SCHEMES = {"dicomweb": "http", "dicomwebs": "https", "http": "http", "https": "https"}
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _LEVELS = ("studies", "series", "instances")
+_FORM = "dicomweb://host:port/dicom-web/studies/<uid>/series/<uid>"
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class DicomwebRef:
 
     def __str__(self) -> str:
         scheme, rest = self.server.split("://", 1)
-        path = "".join(f"/{level}/{uid}" for level, uid in zip(_LEVELS, (self.study, self.series, self.instance)) if uid)
+        uids = (self.study, self.series, self.instance)
+        path = "".join(f"/{level}/{uid}" for level, uid in zip(_LEVELS, uids) if uid)
         return f"{'dicomwebs' if scheme == 'https' else 'dicomweb'}://{rest}{path}"
 
 
@@ -60,7 +62,8 @@ def parse_dicomweb_url(text: str | DicomwebRef, *, level: str | None = None) -> 
     else:
         ref = _parse(str(text).strip())
     if level == "server" and ref.study is not None:
-        raise InputError(f"{ref}: give the server's address only (up to the DICOMweb root, e.g. dicomweb://host:8042/dicom-web)")
+        raise InputError(f"{ref}: give the server's address only (up to the DICOMweb root, e.g. "
+                         "dicomweb://host:8042/dicom-web)")
     if level in ("series", "instance") and ref.series is None:
         raise InputError(f"{ref}: name a series: .../studies/<StudyInstanceUID>/series/<SeriesInstanceUID>")
     if level == "instance" and ref.instance is None:
@@ -73,11 +76,12 @@ def _parse(text: str) -> DicomwebRef:
     shown = _without_credentials(text, parts)
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None or not parts.hostname:
-        raise InputError(f"{shown}: not a DICOMweb address; write dicomweb://host:port/dicom-web/studies/<uid>/series/<uid>")
+        raise InputError(f"{shown}: not a DICOMweb address; write {_FORM}")
     if parts.username or parts.password:
         raise InputError(
             f"{shown}: credentials do not go in the address (they would be written to logs and reports); set "
-            "MEDSEG_DICOMWEB_USER and MEDSEG_DICOMWEB_PASSWORD (or MEDSEG_DICOMWEB_TOKEN, or MEDSEG_DICOMWEB_CREDENTIALS)"
+            "MEDSEG_DICOMWEB_USER and MEDSEG_DICOMWEB_PASSWORD (or MEDSEG_DICOMWEB_TOKEN, or "
+            "MEDSEG_DICOMWEB_CREDENTIALS)"
         )
     if parts.query or parts.fragment:
         raise InputError(f"{shown}: a DICOMweb address has no '?' or '#' part")
@@ -88,7 +92,8 @@ def _parse(text: str) -> DicomwebRef:
     root, _, tail = parts.path.partition("/studies/")
     uids = [p for p in f"studies/{tail}".split("/") if p] if _ else []
     if len(uids) % 2 or uids[0::2] != list(_LEVELS[: len(uids) // 2]):
-        raise InputError(f"{shown}: expected .../studies/<uid>[/series/<uid>[/instances/<uid>]] after the DICOMweb root")
+        raise InputError(f"{shown}: expected .../studies/<uid>[/series/<uid>[/instances/<uid>]] after the "
+                         "DICOMweb root")
     values = uids[1::2]
     bad = [u for u in values if not _UID.match(u) or len(u) > 64]
     if bad:
