@@ -5,7 +5,11 @@ and the faults (wrong password, server down, a series deleted or cut short durin
 from __future__ import annotations
 
 import json
+import os
+import signal
 import stat
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -60,7 +64,7 @@ def test_addresses_name_a_series_and_never_hold_credentials():
     assert PASSWORD not in str(error.value) and "someone" not in str(error.value)
 
 
-def test_credentials_come_from_the_environment_or_a_file_and_never_show(tmp_path, caplog):
+def test_credentials_come_from_the_environment_or_a_file_and_never_show(tmp_path):
     assert credentials_from_env({}).given is False
     assert credentials_from_env({"MEDSEG_DICOMWEB_TOKEN": "tok", "MEDSEG_DICOMWEB_USER": "u"}).token == "tok"
     basic = credentials_from_env({"MEDSEG_DICOMWEB_USER": "u", "MEDSEG_DICOMWEB_PASSWORD": PASSWORD})
@@ -71,13 +75,14 @@ def test_credentials_come_from_the_environment_or_a_file_and_never_show(tmp_path
     file = tmp_path / "pacs.json"
     file.write_text(json.dumps({"user": "u", "password": PASSWORD}), encoding="utf-8")
     file.chmod(0o644)
-    from_file = credentials_from_env({"MEDSEG_DICOMWEB_CREDENTIALS": str(file)})
-    assert (from_file.user, from_file.password) == ("u", PASSWORD) and "can be read by other users" in caplog.text
+    with pytest.warns(UserWarning, match="can be read by other users; chmod 600 it"):
+        from_file = credentials_from_env({"MEDSEG_DICOMWEB_CREDENTIALS": str(file)})
+    assert (from_file.user, from_file.password) == ("u", PASSWORD)
     file.write_text('{"user": "u", "password": "' + PASSWORD, encoding="utf-8")  # cut short
     file.chmod(stat.S_IRUSR | stat.S_IWUSR)
     with pytest.raises(ConfigError, match="not a readable JSON file") as error:
         credentials_from_env({"MEDSEG_DICOMWEB_CREDENTIALS": str(file)})
-    assert PASSWORD not in str(error.value) + caplog.text
+    assert PASSWORD not in str(error.value)
 
 
 def test_upload_search_and_retrieve_give_exactly_the_files_geometry(series, dicom_phantom, tmp_path):
@@ -197,3 +202,30 @@ def test_seg_and_rtstruct_on_the_server_read_like_their_files(series, tmp_path):
         assert np.array_equal(load_labels(series_address, volume).array, labels.array)
     with pytest.raises(InputError, match="no such series|lists no such"):
         load_labels(DicomwebRef(ref.server, ref.study, UID), volume)
+
+
+def test_the_command_line_serves_lists_and_reads_a_server(pacs_env, series, tmp_path, capsys):
+    from medseg.cli import main
+
+    _, ref = series
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "medseg.cli", "pacs", "serve", "--storage", str(tmp_path / "o"),
+                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        line = serve.stdout.readline()  # printed once Orthanc answers
+        assert line == f"Orthanc serving dicomweb://127.0.0.1:{port}/dicom-web (user '{USER}'); Ctrl-C stops it\n"
+        DicomwebServer(f"dicomweb://127.0.0.1:{port}/dicom-web").check()  # the environment's user and password
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(60) == 130
+    with pytest.raises(ServerUnreachable):  # Ctrl-C stopped Orthanc too
+        DicomwebServer(f"dicomweb://127.0.0.1:{port}/dicom-web").check()
+    assert main(["pacs", "ls", f"{ref.server.replace('http://', 'dicomweb://')}/studies/{ref.study}"]) == 0
+    assert capsys.readouterr().out == f"{ref}  CT  8 instance(s)  'medseg phantom'\n"
+    assert main(["info", str(ref)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{ref}: CT volume (dicom-series)") and f"dicomweb: {ref}" in printed
+    assert main(["pacs", "ls", "dicomweb://user:secret@127.0.0.1/dicom-web"]) == 2
+    err = capsys.readouterr().err
+    assert "credentials do not go in the address" in err and "secret" not in err

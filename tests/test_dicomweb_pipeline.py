@@ -22,7 +22,7 @@ from medseg.io import load_labels, load_volume
 from medseg.io.dicomweb import local_object, parse_dicomweb_url
 from medseg.io.dicomweb.orthanc import LocalOrthanc
 from medseg.pacs_demo import write_pacs_demo
-from medseg.pipeline import RayExecutor, load_pipeline, run_pipeline
+from medseg.pipeline import LocalExecutor, RayExecutor, load_pipeline, run_pipeline
 from medseg.pipeline.methods import METHODS, Oracle
 from pacs_support import PASSWORD, USER, Pacs
 
@@ -79,6 +79,8 @@ def files_holding(root: Path, text: str) -> list[Path]:
 @pytest.mark.skipif(shutil.which("dciodvfy") is None,
                     reason="dciodvfy (Debian dicom3tools) is not installed; make test installs it")
 def test_a_run_from_the_server_equals_the_file_run_and_pushes_each_case_once(demo, pacs_env, tmp_path):
+    cohort = json.loads(demo.pacs.read_text(encoding="utf-8"))["cases"]
+    before = [len(image_series(pacs_env, case["image"])) for case in cohort[2:]]
     from_files = run_pipeline(pipeline(tmp_path / "files.yaml", demo.files), tmp_path / "files")
     config = pipeline(tmp_path / "pacs.yaml", demo.pacs, push="push: {format: seg}\n")
     summary = run_pipeline(config, tmp_path / "pacs")
@@ -86,9 +88,11 @@ def test_a_run_from_the_server_equals_the_file_run_and_pushes_each_case_once(dem
     assert numbers(tmp_path / "pacs") == numbers(tmp_path / "files")
     assert [(r["case"], r["status"], r["already"]) for r in summary.pushed] == [("phantom_002", "stored", False),
                                                                               ("phantom_003", "stored", False)]
-    cohort = json.loads(demo.pacs.read_text(encoding="utf-8"))["cases"]
-    for record, case in zip(summary.pushed, cohort[2:]):
-        assert sorted(s["modality"] for s in image_series(pacs_env, case["image"])) == ["CT", "SEG", "SEG"]
+    for record, case, count in zip(summary.pushed, cohort[2:], before):
+        series = {s["uid"]: s for s in image_series(pacs_env, case["image"])}
+        assert len(series) == count + 1  # the image, its SEG labels, and now the result
+        pushed_series = series[parse_dicomweb_url(record["address"]).series]
+        assert (pushed_series["modality"], pushed_series["instances"]) == ("SEG", 1)
         pushed = local_object(record["address"])
         assert dciodvfy_errors(pushed) == []
         predicted = load_labels(tmp_path / "pacs" / "truth" / case["id"] / "labels.nii.gz", load_volume(case["image"]))
@@ -104,8 +108,7 @@ def test_a_run_from_the_server_equals_the_file_run_and_pushes_each_case_once(dem
     elsewhere = run_pipeline(config, tmp_path / "elsewhere", report=False)
     assert [r["already"] for r in elsewhere.pushed] == [True, True]
     assert [r["address"] for r in elsewhere.pushed] == [r["address"] for r in summary.pushed]
-    for case in cohort[2:]:
-        assert len(image_series(pacs_env, case["image"])) == 3
+    assert [len(image_series(pacs_env, case["image"])) for case in cohort[2:]] == [count + 1 for count in before]
     # no patient field and no password in anything the runs wrote (the cache holds the PACS's objects as they are)
     for out in ("files", "pacs", "elsewhere"):
         assert files_holding(tmp_path / out, "PHANTOM^DEMO") == [] and files_holding(tmp_path / out, PASSWORD) == []
@@ -207,18 +210,21 @@ def test_a_series_deleted_after_validation_fails_its_case_cleanly(tmp_path, monk
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_runs_a_server_cohort_like_the_local_executor(demo, pacs_env, tmp_path):
+def test_a_process_pool_and_ray_run_a_server_cohort_like_files_in_process(demo, pacs_env, tmp_path):
     import ray
 
+    config = pipeline(tmp_path / "pacs.yaml", demo.pacs, push="push: {format: rtstruct}\n")
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
-        config = pipeline(tmp_path / "pacs.yaml", demo.pacs, push="push: {format: rtstruct}\n")
         summary = run_pipeline(config, tmp_path / "ray", executor=RayExecutor(num_cpus=1))
     finally:
         ray.shutdown()
+    pool = run_pipeline(config, tmp_path / "pool", executor=LocalExecutor(workers=2))
     local = run_pipeline(pipeline(tmp_path / "files.yaml", demo.files), tmp_path / "local")
-    assert summary.counts == local.counts and numbers(tmp_path / "ray") == numbers(tmp_path / "local")
-    assert [(r["format"], r["status"]) for r in summary.pushed] == [("rtstruct", "stored")] * 2
+    assert summary.counts == pool.counts == local.counts
+    assert numbers(tmp_path / "ray") == numbers(tmp_path / "pool") == numbers(tmp_path / "local")
+    assert [(r["format"], r["status"], r["already"]) for r in summary.pushed] == [("rtstruct", "stored", False)] * 2
+    assert [r["already"] for r in pool.pushed] == [True, True]  # the same results: found on the server
 
 
 @pytest.mark.slow

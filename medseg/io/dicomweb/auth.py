@@ -16,16 +16,14 @@ Workers on other machines (Ray) read the same variables on their own node.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 ENV_TOKEN = "MEDSEG_DICOMWEB_TOKEN"
 ENV_USER = "MEDSEG_DICOMWEB_USER"
@@ -90,8 +88,8 @@ def _from_file(path: Path) -> Credentials:
         raise ConfigError(f"{where}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # the error text could quote the secret
         raise ConfigError(f"{where}: not a readable JSON file; write {_FORM}") from None
-    if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("%s can be read by other users; chmod 600 it", where)
+    if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):  # a warning, so said once, not per request
+        warnings.warn(f"{where} can be read by other users; chmod 600 it", stacklevel=2)
     if isinstance(data, dict) and isinstance(data.get("token"), str) and data["token"]:
         return Credentials(token=data["token"], source=where)
     if isinstance(data, dict) and all(isinstance(data.get(k), str) and data[k] for k in ("user", "password")):

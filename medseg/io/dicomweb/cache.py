@@ -126,9 +126,11 @@ def _download(server: DicomwebServer, ref: DicomwebRef, listed: list[str], root:
             files[uid] = {"file": name, "size": (partial / name).stat().st_size}
         if sorted(files) != listed:
             missing, extra = sorted(set(listed) - set(files)), sorted(set(files) - set(listed))
+            hint = (" or the server cuts its search answers short (Orthanc: LimitFindInstances must be 0)"
+                    if extra and not missing else "")
             raise InputError(
                 f"{ref}: the server listed {len(listed)} instance(s) but sent {len(files)} ({len(missing)} missing, "
-                f"{len(extra)} not listed): the series changed during the download (deleted or still arriving?); "
+                f"{len(extra)} not listed): the series changed during the download (deleted or still arriving?){hint}; "
                 "nothing was cached, try again when it is complete"
             )
         index = {"address": str(ref), "instances": files, "bytes": sum(f["size"] for f in files.values())}

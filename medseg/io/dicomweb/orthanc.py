@@ -43,6 +43,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _end_with_parent() -> None:
+    """In the child, before Orthanc starts: on Linux, SIGTERM it when medseg ends, however it ends
+    (a killed test run must not leave a server behind); elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LocalOrthanc:
     """``with LocalOrthanc(storage, users={"medseg": "..."}) as pacs:``, then ``pacs.url`` is
     ``dicomweb://127.0.0.1:<port>/dicom-web``.
@@ -87,7 +98,8 @@ class LocalOrthanc:
             json.dump(config, f)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen([binary, str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_end_with_parent)
         while not self._answers():
             if self.process.poll() is not None or time.monotonic() - started > self.timeout:
                 self.stop()
