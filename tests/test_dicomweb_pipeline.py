@@ -262,3 +262,24 @@ def test_the_readmes_pacs_commands_run_as_written(pacs_env, tmp_path):
     assert "pushed: 0 stored, 2 already there, 0 failed" in lines
     assert sum(line.startswith(f"{pacs_env.url}/studies/") and "CT/SEG" in line for line in lines) >= 4  # pacs ls
     assert PASSWORD not in run.stdout + run.stderr
+
+
+def test_push_settings_are_checked_before_any_compute(tmp_path, capsys):
+    from medseg.cli import main
+    from medseg.errors import ConfigError
+    from medseg.phantom import write_demo_cohort
+
+    nifti = write_demo_cohort(tmp_path, n_cases=2, n_test=1, shape=SHAPE)
+    with pytest.raises(ConfigError, match=r"push\.format: is 'nifti'; use one of \['seg', 'rtstruct'\]"):
+        pipeline(tmp_path / "a.yaml", nifti, push="push: {format: nifti}\n")
+    with pytest.raises(ConfigError, match="push: server: .*credentials do not go in the address") as error:
+        pipeline(tmp_path / "b.yaml", nifti, push=f"push: {{server: 'dicomweb://u:{PASSWORD}@h/dicom-web'}}\n")
+    assert PASSWORD not in str(error.value)
+    with pytest.raises(ConfigError, match=r"phantom_001.*its image .*\.nii\.gz is a file; give push\.server"):
+        run_pipeline(pipeline(tmp_path / "c.yaml", nifti, push="push: {}\n"), tmp_path / "c")
+    config = pipeline(tmp_path / "d.yaml", nifti, push="push: {server: 'dicomweb://127.0.0.1:9/dicom-web'}\n")
+    with pytest.raises(ConfigError, match=r"is not DICOM \(a SEG / RTSTRUCT needs DICOM\)"):
+        run_pipeline(config, tmp_path / "d")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    assert main(["run", str(config.path), "--out", str(tmp_path / "e"), "--push-to", "ftp://h/x"]) == 2
+    assert "argument --push-to: ftp://h/x: not a DICOMweb address" in capsys.readouterr().err
