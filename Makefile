@@ -1,6 +1,7 @@
 # medseg: two commands for a new user on Debian/Ubuntu with Python >= 3.10.
 #   make demo   run the demo pipeline on the bundled demo cohort
-#   make test   run the test suite (installs Xvfb + Mesa for the napari tests when missing)
+#   make test   run the test suite (installs Xvfb + Mesa for the napari tests, dicom3tools and
+#               Orthanc with its DICOMweb plugin for the PACS tests, when missing)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medseg-installed
 APT_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
-	libxcb-xfixes0 libxcb-shape0 libdbus-1-3 libfontconfig1 dicom3tools
+	libxcb-xfixes0 libxcb-shape0 libdbus-1-3 libfontconfig1 dicom3tools orthanc orthanc-dicomweb
 
 .PHONY: demo test flake-hunt install system-deps clean-demo napari-screenshots
 
@@ -29,7 +30,7 @@ install: $(STAMP)
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing system packages for the tests (napari, dciodvfy): $$missing"; \
+		echo "installing system packages for the tests (napari, dciodvfy, Orthanc): $$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi

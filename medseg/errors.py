@@ -24,6 +24,17 @@ class WeightsError(MedsegError):
     """A model checkpoint is missing, fails verification or does not fit the architecture."""
 
 
+class ServerError(MedsegError):
+    """A server (a PACS over DICOMweb) refused a request: credentials, permissions, a bad answer.
+
+    Messages name the server's address and never the credentials.
+    """
+
+
+class ServerUnreachable(ServerError):
+    """A server did not answer (refused connection, timeout, 5xx): a later try may succeed."""
+
+
 class Cancelled(Exception):
     """A long call stopped because its ``should_stop()`` said so (see ``medseg.runtime``).
 

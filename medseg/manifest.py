@@ -20,7 +20,10 @@ A manifest is a JSON file in one of two forms.
 * ``image`` / ``label``: a path relative to the manifest's folder, an absolute path, or
   ``package://<distribution>/<path>`` for a file shipped inside an installed Python package
   (``package://nilearn/nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``).
-  ``label`` may be ``null`` or absent (a case to segment without ground truth).
+  ``label`` may be ``null`` or absent (a case to segment without ground truth). Either may
+  be a DICOMweb address on a PACS (``dicomweb://host:8042/dicom-web/studies/<uid>/series/<uid>``,
+  for a label a SEG / RTSTRUCT series of one object or ``.../instances/<uid>``; see
+  ``medseg.io.dicomweb``), read through a verified local cache.
 * ``split``: ``train``, ``val`` or ``test``.
 * ``labels``: label value (a string holding an integer) -> name; ``0`` is background and is
   not listed in ``Cohort.labels``.
@@ -50,7 +53,6 @@ exists) and reports every problem at once; ``Cohort.validate_data`` then opens t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -58,28 +60,32 @@ import os
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.geometry import Geometry
+from medseg.manifest_msd import msd_cases
 from medseg.roi_names import RoiMapping
 from medseg.volume import LabelVolume, Volume
+
+if TYPE_CHECKING:
+    from medseg.io.dicomweb import DicomwebRef
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 PACKAGE_SCHEME = "package://"
 _CASE_KEYS = {"id", "image", "label", "split", "spacing", "series_uid"}
-_MSD_VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
 class Case:
-    """One image (and maybe its label map) of a cohort; paths are resolved and exist."""
+    """One image (and maybe its label map) of a cohort; paths are resolved and exist (addresses: checked by
+    ``Cohort.validate_data``)."""
 
     id: str
-    image: Path
-    label: Path | None
+    image: Path | DicomwebRef
+    label: Path | DicomwebRef | None
     split: str
     spacing: tuple[float, float, float] | None = None
     series_uid: str | None = None
@@ -96,10 +102,17 @@ class Case:
         """The case's label map on ``like`` (``medseg.io.load_labels``, ROI names mapped), named as in the manifest."""
         from medseg.io import label_file_kind, load_labels
 
-        if self.label is None:
+        label = self.label_file()
+        if label is None:
             raise ConfigError(f"case {self.id!r} has no label file")
-        mapping = self.roi_mapping if label_file_kind(self.label) else None
-        return replace(load_labels(self.label, like, roi_names=mapping), label_names=dict(self.label_names))
+        mapping = self.roi_mapping if label_file_kind(label) else None
+        return replace(load_labels(label, like, roi_names=mapping), label_names=dict(self.label_names))
+
+    def label_file(self) -> Path | None:
+        """The label file: ``label`` itself, or the verified cached copy of the object its address names."""
+        from medseg.io.dicomweb import is_dicomweb_url, local_object
+
+        return local_object(self.label) if is_dicomweb_url(self.label) else self.label
 
     def load(self) -> tuple[Volume, LabelVolume | None]:
         """The image (modality from the file when it says, else from the manifest) and labels.
@@ -155,7 +168,9 @@ class Cohort:
         no ROI gives, are logged as warnings per case (see ``roi_report``).
         """
         from medseg.io import read_geometry
+        from medseg.io.dicomweb import check_servers
 
+        check_servers(ref for case in self.cases for ref in (case.image, case.label))  # a wrong password: one error
         problems: list[MedsegError] = []
         for case in self.cases:
             try:
@@ -185,15 +200,15 @@ class Cohort:
         """
         from medseg.io import label_file_names
 
-        if case.label is None or not (names := label_file_names(case.label)):
+        if case.label is None or not (names := label_file_names(label := case.label_file())):
             return []
         match = case.roi_mapping.match(names, source=case.label)
         lines = []
         if match.unmatched:
-            lines.append(f"case {case.id!r}: ROI(s) {match.unmatched} of {case.label.name} match no label and are left out")
+            lines.append(f"case {case.id!r}: ROI(s) {match.unmatched} of {label.name} match no label and are left out")
         if match.missing:
             missing = [f"{v} ({self.labels.get(v, '?')})" for v in match.missing]
-            lines.append(f"case {case.id!r}: no ROI of {case.label.name} matches label(s) {', '.join(missing)}")
+            lines.append(f"case {case.id!r}: no ROI of {label.name} matches label(s) {', '.join(missing)}")
         return lines
 
 
@@ -286,21 +301,7 @@ class _Parser:
 
     def msd(self, data: dict[str, Any]) -> Cohort:
         labels = self.labels(data.get("labels"))
-        modality = self.msd_modality(data.get("modality"))
-        training, test = data.get("training"), data.get("test", [])
-        if not isinstance(training, list) or not all(isinstance(t, dict) for t in training):
-            self.problems.append("\"training\" must be a list of {\"image\", \"label\"} objects")
-            training = []
-        if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
-            self.problems.append("\"test\" must be a list of image paths")
-            test = []
-        train_ids = [_msd_id(t.get("image", "")) for t in training]
-        val_ids = set(sorted(train_ids, key=_sha256)[: math.ceil(len(train_ids) * _MSD_VAL_FRACTION)])
-        raw_cases = [
-            {"id": case_id, "image": t.get("image"), "label": t.get("label"), "split": "val" if case_id in val_ids else "train"}
-            for case_id, t in zip(train_ids, training)
-        ]
-        raw_cases += [{"id": _msd_id(image), "image": image, "split": "test"} for image in test]
+        modality, raw_cases = msd_cases(data, self.problems)
         cases = [self.case(i, raw, modality, labels) for i, raw in enumerate(raw_cases)]
         return self.cohort(data, modality, labels, cases)
 
@@ -328,17 +329,6 @@ class _Parser:
                 labels[value] = name
         return labels
 
-    def msd_modality(self, raw: Any) -> str:
-        if isinstance(raw, dict) and len(raw) == 1:
-            return str(next(iter(raw.values())))
-        if isinstance(raw, dict) and len(raw) > 1:
-            self.problems.append(
-                f"modality: {len(raw)} channels {sorted(raw.values())}; multi-channel (4D) Decathlon tasks are not supported"
-            )
-        else:
-            self.problems.append(f"modality must be an object such as {{\"0\": \"CT\"}}, got {raw!r}")
-        return "OT"
-
     def case(self, index: int, raw: Any, modality: str, labels: dict[int, str]) -> Case | None:
         if not isinstance(raw, dict):
             self.problems.append(f"cases[{index}]: must be an object, got {type(raw).__name__}")
@@ -360,21 +350,26 @@ class _Parser:
         label = self.file(where, "label", raw.get("label"), required=False)
         spacing = self.spacing(where, raw.get("spacing"))
         series_uid = raw.get("series_uid")
-        if series_uid is not None and not isinstance(series_uid, str):
-            self.problems.append(f"{where}: \"series_uid\" must be a string")
+        if series_uid is not None and (not isinstance(series_uid, str) or not isinstance(image, Path)):
+            self.problems.append(f"{where}: \"series_uid\" must be a string, for a DICOM folder (an address names "
+                                 "its series)")
         if image is None or not isinstance(case_id, str) or split not in SPLITS:
             return None
         return Case(case_id, image, label, split, spacing, series_uid, modality, dict(labels))
 
-    def file(self, where: str, key: str, reference: Any, *, required: bool) -> Path | None:
+    def file(self, where: str, key: str, reference: Any, *, required: bool) -> Path | DicomwebRef | None:
         if reference is None and not required:
             return None
         if not isinstance(reference, str) or not reference:
             self.problems.append(f"{where}: \"{key}\" must be a path string")
             return None
         try:
+            if "://" in reference and not reference.startswith(PACKAGE_SCHEME):  # a DICOMweb address
+                from medseg.io.dicomweb import parse_dicomweb_url
+
+                return parse_dicomweb_url(reference, level="series")
             path = resolve_path(reference, self.path.parent)
-        except ConfigError as error:
+        except MedsegError as error:
             self.problems.append(f"{where}: \"{key}\": {error}")
             return None
         if not path.exists():
@@ -394,14 +389,3 @@ class _Parser:
         self.problems.append(f"{where}: \"spacing\" must be three positive numbers [z, y, x] in mm, got {raw!r}")
         return None
 
-
-def _msd_id(image: Any) -> str:
-    name = Path(str(image)).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -150,13 +150,15 @@ def write_dicom_series(
     *,
     series_description: str = "medseg phantom",
     series_uid: str | None = None,
+    uid_seed: str | None = None,
 ) -> list[Path]:
     """Write ``volume`` as a single-frame CT/MR DICOM series, one file per slice.
 
     Voxels are stored as unsigned 16-bit integers with a RescaleIntercept (and a slope when
     the range needs one), so readers must apply the rescale to get the volume's values back
     (exactly, for whole-HU volumes). File names are deliberately not in slice order (a reader
-    must sort by position). The patient module holds obviously synthetic values.
+    must sort by position). The patient module holds obviously synthetic values. With
+    ``uid_seed`` every UID derives from it (written again, the series is the same objects).
 
     A DICOM stack is right-handed (slice normal = row x column direction): a volume whose
     direction is left-handed reads back with its z axis reversed, the same voxels at the same
@@ -170,8 +172,11 @@ def write_dicom_series(
     intercept = float(np.floor(low))
     physical = np.round((volume.array - intercept) / slope) * slope + intercept
 
-    series_uid = series_uid or _new_uid()
-    study_uid, frame_uid = _new_uid(), _new_uid()
+    def new_uid(*parts: object) -> str:
+        return _new_uid(*((uid_seed, *parts) if uid_seed is not None else ()))
+
+    series_uid = series_uid or new_uid("series")
+    study_uid, frame_uid = new_uid("study"), new_uid("frame")
     direction = volume.direction
     orientation = "\\".join(f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1]))
     date, clock = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
@@ -213,7 +218,7 @@ def write_dicom_series(
             image.SetMetaData(tag, value)
         image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
         image.SetMetaData("0020|0013", str(z + 1))
-        image.SetMetaData("0008|0018", _new_uid())
+        image.SetMetaData("0008|0018", new_uid("instance", z))
         # Reverse-interleaved names: sorting files by name does not give slice order.
         path = folder / f"IM{(n_slices - 1 - z) * 7919 % 100003:06d}.dcm"
         writer.SetFileName(str(path))
@@ -308,7 +313,8 @@ def _add_lesion(image: np.ndarray, labels: np.ndarray, zyx_mm: list[np.ndarray],
     labels[core | rim] = 4
 
 
-def _new_uid() -> str:
+def _new_uid(*seed: object) -> str:
+    """A new UID, or with ``seed`` one derived from it (pydicom's ``generate_uid(entropy_srcs=...)``)."""
     from pydicom.uid import generate_uid
 
-    return generate_uid()
+    return generate_uid(entropy_srcs=[str(p) for p in seed] if seed else None)

@@ -23,9 +23,11 @@ import pytest
 import napari_plugin  # noqa: F401  (first: loads triton with its own LLVM before Mesa's, see its docstring)
 from medseg.geometry import Geometry
 from medseg.io import save_labels
+from medseg.io.dicomweb.orthanc import LocalOrthanc
 from medseg.io.nifti import write_nifti
 from medseg.phantom import make_phantom, write_dicom_series
 from medseg.volume import LabelVolume, Volume
+from pacs_support import PASSWORD, USER, Pacs
 
 SMALL_SHAPE = (12, 48, 48)
 
@@ -109,3 +111,19 @@ def unmodified():
         assert _digests(paths) == before, "an input file was modified, created or removed"
 
     return check
+
+
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    """A private Orthanc with DICOMweb on 127.0.0.1 (user ``pacs_support.USER``) for the session."""
+    with LocalOrthanc(tmp_path_factory.mktemp("orthanc"), users={USER: PASSWORD}) as server:
+        yield Pacs(server)
+
+
+@pytest.fixture
+def pacs_env(pacs: Pacs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pacs:
+    """``pacs`` with its credentials in the environment and a fresh medseg cache (``MEDSEG_HOME``)."""
+    monkeypatch.setenv("MEDSEG_DICOMWEB_USER", USER)
+    monkeypatch.setenv("MEDSEG_DICOMWEB_PASSWORD", PASSWORD)
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "medseg-home"))
+    return pacs

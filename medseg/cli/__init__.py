@@ -20,11 +20,12 @@ import sys
 import traceback
 
 from medseg.errors import MedsegError, user_message
-from medseg.cli import baseline, cache, demo, fewshot, info, pipeline, sam2_train, segment
+from medseg.cli import baseline, cache, demo, fewshot, info, pacs, pipeline, sam2_train, segment
 
 # --- subcommands are registered here, in the order `medseg --help` lists them --------------
 _SUBCOMMANDS = [info.add_info, demo.add_demo_data, segment.add_segment, fewshot.add_fewshot, baseline.add_baseline,
-                sam2_train.add_sam2, pipeline.add_run, pipeline.add_replay, cache.add_precompute, cache.add_cache]
+                sam2_train.add_sam2, pipeline.add_run, pipeline.add_replay, cache.add_precompute, cache.add_cache,
+                pacs.add_pacs]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit:  # argparse has printed its one-line error (exit 2) or the help (exit 0)
         return exit.code if isinstance(exit.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # dicomweb_client logs a line per request at INFO
+    logging.getLogger("dicomweb_client").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     debug = args.debug or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
     try:
         code = args.run(args)

@@ -24,6 +24,11 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://head:10001); default: start Ray locally")
     p.add_argument("--cpus-per-case", type=float, default=1, help="Ray CPUs requested per case (default 1)")
     p.add_argument("--gpus-per-case", type=float, default=0, help="Ray GPUs requested per case (default 0)")
+    p.add_argument("--push", choices=["seg", "rtstruct"], default=None,
+                   help="store each finished case on the PACS its image came from, as DICOM SEG or RTSTRUCT "
+                        "(STOW-RS, once)")
+    p.add_argument("--push-to", type=values.dicomweb_server, default=None, metavar="URL",
+                   help="the DICOMweb server to store results on (e.g. dicomweb://127.0.0.1:8042/dicom-web)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=_run_run)
 
@@ -33,7 +38,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from medseg.pipeline import LocalExecutor, RayExecutor, load_pipeline, run_pipeline
     from medseg.volume import UNTRAINED_BANNER
 
-    config = load_pipeline(args.pipeline)
+    config = _with_push(load_pipeline(args.pipeline), args.push, args.push_to)
     faults = {"case_timeout": args.case_timeout, "retries": args.retries}
     if args.executor == "ray":
         executor = RayExecutor(address=args.address, num_cpus=args.cpus_per_case, num_gpus=args.gpus_per_case,
@@ -44,15 +49,33 @@ def _run_run(args: argparse.Namespace) -> int:
         summary = run_pipeline(config, args.out, executor=executor, progress=progress)
     for method, counts in summary.counts.items():
         print(f"{method}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
-    print(f"report: {summary.report}")
+    if summary.pushed:
+        stored = [r for r in summary.pushed if r["status"] == "stored"]
+        earlier = sum(bool(r["already"] or r.get("unchanged")) for r in stored)
+        failed = len(summary.pushed) - len(stored)
+        print(f"pushed: {len(stored) - earlier} stored, {earlier} already there, {failed} failed")
+    print(f"report: {summary.report or 'not written (see below)'}")
     if summary.untrained:
         print(f"{UNTRAINED_BANNER} Methods: {', '.join(summary.untrained)}.", file=sys.stderr)
-    if summary.failed:
+    if summary.failures:
         print(f"{summary.failed} case run(s) failed (see the Failures section of the report):", file=sys.stderr)
         for method, case, message in summary.failures:
             print(f"  {method} / {case}: {message}", file=sys.stderr)
         return EXIT_CASES_FAILED
     return 0
+
+
+def _with_push(config, push: str | None, push_to: str | None):
+    """The pipeline with ``--push`` / ``--push-to`` over its ``push:`` settings."""
+    import dataclasses
+
+    from medseg.pipeline.config import PushSettings
+
+    if push is None and push_to is None:
+        return config
+    settings = config.push or PushSettings()
+    return dataclasses.replace(config, push=dataclasses.replace(settings, format=push or settings.format,
+                                                                server=push_to or settings.server))
 
 
 def add_replay(sub: argparse._SubParsersAction) -> None:

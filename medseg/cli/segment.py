@@ -25,7 +25,8 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
         description="Prompts are voxel indices (z, y, x) of VOLUME. Prefix a prompt with ID: to give it to "
         "object ID (label value; default 1), e.g. --point 2:14,80,97,0 is a negative click for object 2.",
     )
-    p.add_argument("volume", type=values.existing_path, help="DICOM folder or file, NIfTI, NRRD or MHA")
+    p.add_argument("volume", type=values.volume_source,
+                   help="DICOM folder or file, NIfTI, NRRD or MHA, or a series' DICOMweb address (dicomweb://...)")
     p.add_argument("--model", default="sam2.1-tiny", help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), untrained (random, tests only); or a checkpoint path (default sam2.1-tiny)")
     p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
     p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")

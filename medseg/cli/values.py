@@ -118,6 +118,18 @@ def existing_path(text: str) -> str:
     return text
 
 
+def volume_source(text: str) -> str:
+    """A file or folder that exists, or the DICOMweb address of a series (fetched when loaded)."""
+    from medseg.io.dicomweb import is_dicomweb_url, parse_dicomweb_url
+
+    if not is_dicomweb_url(text):
+        return existing_path(text)
+    try:
+        return str(parse_dicomweb_url(text, level="series"))
+    except MedsegError as error:
+        raise _fail(str(error)) from None
+
+
 class JsonFile(NamedTuple):
     """A JSON file read at parse time: its path as given (for messages) and its content."""
 
@@ -135,3 +147,13 @@ def json_file(text: str) -> JsonFile:
     except (OSError, UnicodeDecodeError) as error:
         raise _fail(f"{text}: cannot read it as JSON text ({type(error).__name__})") from None
 
+
+
+def dicomweb_server(text: str) -> str:
+    """A DICOMweb server's address (``dicomweb://host:port/root``), without credentials."""
+    from medseg.io.dicomweb import parse_dicomweb_url
+
+    try:
+        return str(parse_dicomweb_url(text, level="server"))
+    except MedsegError as error:
+        raise _fail(str(error)) from None

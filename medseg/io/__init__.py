@@ -1,7 +1,9 @@
 """Read volumes and label maps with exact geometry, and write label maps that line up.
 
 Inputs: a DICOM series folder (one or several series), a single DICOM file (multi-frame or
-one slice), NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage
+one slice), a series on a PACS by its DICOMweb address (``dicomweb://host:port/dicom-web/
+studies/<uid>/series/<uid>``: fetched into a verified local cache, then read as a folder,
+see ``medseg.io.dicomweb``), NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage
 (``.mha``, ``.mhd``); label maps also as DICOM SEG or RT Structure Set (RTSTRUCT). Outputs
 (``save_labels``): NIfTI, NRRD, MetaImage, and DICOM SEG or RTSTRUCT when the image came
 from DICOM.
@@ -26,6 +28,7 @@ from medseg.geometry import Geometry
 from medseg.outputs import check_output
 from medseg.io import dicom, itk, nifti, rtstruct, seg
 from medseg.io.dicom import DicomSeries, list_dicom_series
+from medseg.io.dicomweb.url import DicomwebRef, is_dicomweb_url, parse_dicomweb_url
 from medseg.io.files import format_of, label_file_kind, label_file_names, output_suffix
 from medseg.roi_names import RoiMapping
 from medseg.io.rtstruct_write import write_rtstruct
@@ -46,13 +49,15 @@ _LABEL_WRITERS = {
 }
 
 
-def load_volume(path: str | os.PathLike, series_uid: str | None = None, *, pick_largest: bool = False) -> Volume:
+def load_volume(path: str | os.PathLike | DicomwebRef, series_uid: str | None = None, *,
+                pick_largest: bool = False) -> Volume:
     """Load a 3D image as a ``Volume`` (float32, ``(z, y, x)``, CT in HU).
 
     Parameters
     ----------
     path
-        DICOM folder or file, NIfTI, NRRD or MetaImage.
+        DICOM folder or file, NIfTI, NRRD or MetaImage, or the DICOMweb address of a series
+        (its metadata then holds the address as ``"dicomweb"``, where results can go back).
     series_uid
         For a DICOM folder holding several series: the SeriesInstanceUID to load.
     pick_largest
@@ -67,7 +72,7 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, *, pick_
         A DICOM series whose slices do not form one regular grid (missing slice, mixed
         orientations, duplicate positions).
     """
-    path = Path(path)
+    address, path = _local(path, "series")
     kind = format_of(path)
     if series_uid is not None and kind not in ("dicom-dir", "dicom"):
         raise InputError(f"{path}: series_uid applies to DICOM input only; this is a {kind} file")
@@ -79,15 +84,17 @@ def load_volume(path: str | os.PathLike, series_uid: str | None = None, *, pick_
         volume = Volume(array, geometry, "OT", {"format": path.suffix.lower().lstrip(".")}, source_files=(path,))
     else:
         array, geometry, metadata, files = dicom.read_dicom(path, series_uid, pick_largest=pick_largest)
+        metadata = {**metadata, "dicomweb": address} if address else metadata
         volume = Volume(array, geometry, str(metadata.get("Modality", "OT")), metadata, source_files=files)
     _check_finite(volume.array, path)
     log.debug("loaded %s: %s volume, shape %s, spacing %s", path, volume.modality, volume.shape, volume.spacing)
     return volume
 
 
-def read_geometry(path: str | os.PathLike, series_uid: str | None = None, *, pick_largest: bool = False) -> Geometry:
+def read_geometry(path: str | os.PathLike | DicomwebRef, series_uid: str | None = None, *,
+                  pick_largest: bool = False) -> Geometry:
     """The geometry ``load_volume`` would give, from the file headers alone (fast: no voxels)."""
-    path = Path(path)
+    path = _local(path, "series")[1]
     kind = format_of(path)
     if kind == "nifti":
         return nifti.read_nifti_geometry(path)
@@ -96,8 +103,12 @@ def read_geometry(path: str | os.PathLike, series_uid: str | None = None, *, pic
     return dicom.read_dicom_geometry(path, series_uid, pick_largest=pick_largest)
 
 
-def load_labels(path: str | os.PathLike, like: Volume | Geometry, *, roi_names: RoiMapping | None = None) -> LabelVolume:
+def load_labels(path: str | os.PathLike | DicomwebRef, like: Volume | Geometry, *,
+                roi_names: RoiMapping | None = None) -> LabelVolume:
     """Load a label map that must lie on the voxel grid of ``like`` (a Volume or its Geometry).
+
+    ``path``: a file, or the DICOMweb address of a SEG or RTSTRUCT (an instance, or a series
+    holding one object).
 
     NIfTI, NRRD and MetaImage files must have ``like``'s shape and affine. A DICOM SEG's
     frames must fall on ``like``'s voxels (segment numbers become label values). An RT
@@ -117,7 +128,7 @@ def load_labels(path: str | os.PathLike, like: Volume | Geometry, *, roi_names: 
     InputError
         Unreadable file, or voxel values that are not non-negative integers.
     """
-    path = Path(path)
+    path = _local(path, "object")[1]
     kind = format_of(path)
     grid = like.geometry if isinstance(like, Volume) else like
     names: dict[int, str] = {}
@@ -148,6 +159,8 @@ def save_labels(
     path: str | os.PathLike,
     *,
     format: Literal["seg", "rtstruct"] | None = None,
+    series_uid: str | None = None,
+    instance_uid: str | None = None,
 ) -> Path:
     """Write ``labels`` on ``like``'s geometry; the format follows the suffix of ``path``.
 
@@ -156,8 +169,9 @@ def save_labels(
     smallest integer type that holds them. ``.dcm``: a DICOM object referencing the DICOM files
     ``like`` was read from, a SEG (``format="seg"``, the default: label value = segment number)
     or an RT Structure Set (``format="rtstruct"``: one ROI of contours per label value); names
-    come from ``labels.label_names``. The file appears complete or not at all (written beside
-    the target, then renamed).
+    come from ``labels.label_names``; ``series_uid`` and ``instance_uid`` replace its new random
+    UIDs (a result stored twice under the same UID is one object on a PACS). The file appears
+    complete or not at all (written beside the target, then renamed).
 
     Raises ``OutputError`` when ``path`` resolves (symlinks included) to a file the labels or
     the image were read from, or lies in the folder of a DICOM series read: an output never
@@ -173,6 +187,8 @@ def save_labels(
     suffix = output_suffix(path)
     if format not in (None, "seg", "rtstruct") or (format is not None and suffix != ".dcm"):
         raise InputError(f"{path}: format={format!r} applies to .dcm outputs only, as \"seg\" or \"rtstruct\"")
+    if (series_uid or instance_uid) and suffix != ".dcm":
+        raise InputError(f"{path}: series_uid and instance_uid apply to .dcm outputs only")
     series = like.metadata.get("format") == "dicom-series" and len(like.source_files) > 1  # read from a folder
     folders = {f.parent for f in like.source_files} if series else set()
     check_output(path, inputs=[*like.source_files, *labels.source_files, *folders], what="label file")
@@ -182,7 +198,8 @@ def save_labels(
                 f"cannot write {path} as DICOM {format or 'SEG'}: the image was not read from DICOM "
                 f"({like.metadata.get('format', 'unknown format')}); save the labels as .nii.gz instead"
             )
-        (write_rtstruct if format == "rtstruct" else seg.write_seg)(labels, like, path)
+        writer = write_rtstruct if format == "rtstruct" else seg.write_seg
+        writer(labels, like, path, series_uid=series_uid, instance_uid=instance_uid)
         return path
     writer = _LABEL_WRITERS.get(suffix)
     if writer is None:
@@ -190,6 +207,17 @@ def save_labels(
     writer(_smallest_label_dtype(labels.array, path), like.geometry, path)
     log.info("wrote labels %s to %s", labels.labels, path)
     return path
+
+
+def _local(path: str | os.PathLike | DicomwebRef, what: Literal["series", "object"]) -> tuple[str | None, Path]:
+    """The DICOMweb address (None for a path) and the local path to read: the path itself, or the
+    verified cached copy of the series or object the address names."""
+    if not is_dicomweb_url(path):
+        return None, Path(path)
+    from medseg.io.dicomweb.cache import local_copy, local_object
+
+    ref = parse_dicomweb_url(path, level="series")
+    return str(ref), local_copy(ref) if what == "series" else local_object(ref)
 
 
 def _from_dicom(volume: Volume) -> bool:

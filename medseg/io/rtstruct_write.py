@@ -52,8 +52,9 @@ _COLORS = ((220, 20, 60), (65, 105, 225), (50, 205, 50), (255, 165, 0), (148, 0,
            (255, 105, 180), (139, 69, 19), (154, 205, 50), (70, 130, 180), (255, 215, 0), (128, 128, 128))
 
 
-def write_rtstruct(labels: LabelVolume, like: Volume, path: Path) -> None:
-    """Write ``labels`` as an RTSTRUCT referencing ``like``'s source DICOM files."""
+def write_rtstruct(labels: LabelVolume, like: Volume, path: Path, *, series_uid: str | None = None,
+                   instance_uid: str | None = None) -> None:
+    """Write ``labels`` as an RTSTRUCT referencing ``like``'s source DICOM files (new UIDs unless given)."""
     if not like.source_files:
         raise InputError(
             f"cannot write {path} as RTSTRUCT: the image was not read from DICOM "
@@ -64,7 +65,7 @@ def write_rtstruct(labels: LabelVolume, like: Volume, path: Path) -> None:
     values = labels.labels
     if not values:
         raise InputError(f"cannot write {path} as RTSTRUCT: the label map is empty (a structure set needs at least one ROI)")
-    dataset = _header(labels, sources, path)
+    dataset = _header(labels, sources, series_uid or generate_uid(), instance_uid or generate_uid())
     images = _contour_images(sources)
     dataset.ReferencedFrameOfReferenceSequence = _referenced_frame(sources[0], images)
     dataset.StructureSetROISequence = Sequence([_roi(labels, v, sources[0]) for v in values])
@@ -88,13 +89,13 @@ def contour_polygons(mask: np.ndarray) -> list[np.ndarray]:
     return polygons
 
 
-def _header(labels: LabelVolume, sources: list[pydicom.Dataset], path: Path) -> Dataset:
+def _header(labels: LabelVolume, sources: list[pydicom.Dataset], series_uid: str, instance_uid: str) -> Dataset:
     source = sources[0]
     now = datetime.datetime.now()
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = instance_uid
     dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # 4-byte lengths: long contours exceed DS's 64 KiB in explicit VR
     dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     dataset.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 100")
@@ -105,7 +106,7 @@ def _header(labels: LabelVolume, sources: list[pydicom.Dataset], path: Path) -> 
         setattr(dataset, keyword, source.get(keyword, ""))
     dataset.ReferringPhysicianName = ""
     dataset.Modality = "RTSTRUCT"
-    dataset.SeriesInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = series_uid
     dataset.SeriesNumber = int(source.get("SeriesNumber", 0) or 0) + 2000
     dataset.OperatorsName = ""
     dataset.InstanceNumber = 1

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
-    """Write ``labels`` as a DICOM SEG referencing ``like``'s source DICOM files."""
+def write_seg(labels: LabelVolume, like: Volume, path: Path, *, series_uid: str | None = None,
+              instance_uid: str | None = None) -> None:
+    """Write ``labels`` as a DICOM SEG referencing ``like``'s source DICOM files (new UIDs unless given)."""
     import highdicom as hd
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in like.source_files]  # highdicom needs headers only
     require_attributes(sources[0], like.source_files[0], path, "DICOM SEG")
@@ -61,9 +62,9 @@ def write_seg(labels: LabelVolume, like: Volume, path: Path) -> None:
         pixel_array=array.astype(np.uint16 if n_segments > 255 else np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid or hd.UID(),
         series_number=int(sources[0].get("SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=instance_uid or hd.UID(),
         instance_number=1,
         manufacturer="medseg",
         manufacturer_model_name=method[:64],

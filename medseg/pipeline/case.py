@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import InputError, MedsegError, user_message
+from medseg.errors import InputError, MedsegError, ServerUnreachable, user_message
 from medseg.manifest import Case
 from medseg.metrics import evaluate
 from medseg.pipeline import results as rs
@@ -125,11 +125,12 @@ def run_case(task: CaseTask, worker: Worker) -> dict[str, Any]:
 def error_record(error: BaseException, *, retryable: bool | None = None) -> dict[str, Any]:
     """The ``error`` of a failed ``result.json``: the CLI's one-line message, and whether a retry could help.
 
-    A ``MedsegError`` is the input's fault (a retry gives the same); anything else (a crash, a
-    device error) may be transient.
+    A ``MedsegError`` is the input's fault (a retry gives the same), except a server that did not
+    answer (``ServerUnreachable``); anything else (a crash, a device error) may be transient.
     """
+    transient = not isinstance(error, MedsegError) or isinstance(error, ServerUnreachable)
     return {"type": type(error).__name__, "message": user_message(error), "traceback": traceback.format_exc(),
-            "retryable": not isinstance(error, MedsegError) if retryable is None else retryable}
+            "retryable": transient if retryable is None else retryable}
 
 
 def lost_result(task: CaseTask, cause: str, *, attempts: int) -> dict[str, Any]:

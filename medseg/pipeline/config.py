@@ -19,6 +19,7 @@ Example::
       revsam2: {type: revsam2, model: sam2.1-tiny, references: 1}
     metrics: {surface_tolerance_mm: 2.0, ap_instances: components}
     report: {overlays: 3, bootstrap: 2000}
+    push: {format: seg}                   # store each result on the PACS its image came from
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medseg.errors import ConfigError, syntax_error, user_message
+from medseg.errors import ConfigError, MedsegError, syntax_error, user_message
 from medseg.prompt_simulation import PromptSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -61,6 +62,25 @@ class ReportSettings:
 
 
 Postprocess = Literal["none", "objects"]
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """Results back to a PACS (``medseg.pipeline.push``): each finished case as a DICOM SEG or
+    RTSTRUCT (``format``), stored with STOW-RS on ``server`` (a DICOMweb address; default: the
+    server the case's image came from)."""
+
+    format: Literal["seg", "rtstruct"] = "seg"
+    server: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.server is not None:
+            from medseg.io.dicomweb import parse_dicomweb_url
+
+            try:
+                object.__setattr__(self, "server", str(parse_dicomweb_url(self.server, level="server")))
+            except MedsegError as error:
+                raise ConfigError(f"server: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,7 @@ class PipelineConfig:
     metrics: MetricSettings = field(default_factory=MetricSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     description: str = ""
+    push: PushSettings | None = None
 
     def to_dict(self) -> dict:
         """The resolved pipeline (defaults filled in, absolute cohort path), JSON-able."""
@@ -112,6 +133,7 @@ class PipelineConfig:
             "methods": {m.name: m.to_dict() for m in self.methods},
             "metrics": dataclasses.asdict(self.metrics),
             "report": dataclasses.asdict(self.report),
+            "push": dataclasses.asdict(self.push) if self.push else None,
         }
 
 
@@ -120,7 +142,8 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_TOP_KEYS = {"name", "description", "cohort", "split", "labels", "cases", "seed", "prompts", "methods", "metrics", "report"}
+_TOP_KEYS = {"name", "description", "cohort", "split", "labels", "cases", "seed", "prompts", "methods", "metrics",
+             "report", "push"}
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
@@ -146,6 +169,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         metrics=where.build(MetricSettings, raw.get("metrics", {}), "metrics"),
         report=where.build(ReportSettings, raw.get("report", {}), "report"),
         description=str(raw.get("description", "")),
+        push=where.build(PushSettings, raw["push"], "push") if raw.get("push") is not None else None,
     )
 
 

@@ -5,7 +5,8 @@ how to get real weights; the run (cohort, split, cases, labels, prompt policy, s
 version); the methods (model, checksum, preset, cases ok / failed); mean Dice per method and
 label with a 95% bootstrap interval over cases; surface metrics (95% Hausdorff, surface
 Dice); COCO mask AP in 2D and 3D; the paired comparison of each method with the supervised
-baseline; plots (Dice box plots, AP bars, overlays); failed cases; per-case Dice.
+baseline; plots (Dice box plots, AP bars, overlays); failed cases; what was stored on a PACS
+(``medseg.pipeline.push``); per-case Dice.
 
 It is rebuilt from the files alone (``medseg run`` calls it at the end; it can be called
 again on a finished or partial folder).
@@ -30,6 +31,7 @@ from medseg.manifest import load_manifest
 from medseg.pipeline import plots
 from medseg.pipeline.document import Document
 from medseg.pipeline.report_ap import POLICY_TEXT, average_precision
+from medseg.pipeline.push import push_records
 from medseg.pipeline import results as rs
 from medseg.pipeline.stats import mean_ci, paired_comparison
 from medseg.runtime import Progress, ShouldStop, check_stop
@@ -258,6 +260,7 @@ def _document(run: _Run, summary: dict[str, Any], paired: list[dict], figures: l
         for path in figures:
             doc.image(rs.relative(path, run.results_dir), path.stem.replace("_", " "))
     _failures_section(doc, run)
+    _push_section(doc, run)
     _per_case_section(doc, run)
     return doc
 
@@ -360,6 +363,15 @@ def _failures_section(doc: Document, run: _Run) -> None:
     if failures:
         doc.heading("Failures")
         doc.table(["method", "case", "error"], [[n, c, f"{e['type']}: {e['message']}"] for n, c, e in failures])
+
+
+def _push_section(doc: Document, run: _Run) -> None:
+    records = push_records(run.results_dir)
+    if records:
+        doc.heading("Stored on the PACS")
+        doc.table(["method", "case", "format", "status", "where (DICOMweb address of the object) or why not"], [
+            [r["method"], r["case"], r["format"].upper(), "already there" if r.get("already") else r["status"],
+             r.get("address") or r.get("error", "")] for r in records])
 
 
 def _per_case_section(doc: Document, run: _Run) -> None:

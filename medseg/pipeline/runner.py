@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import ConfigError, InputError, user_message
+from medseg.errors import ConfigError, InputError, ServerError, user_message
 from medseg.manifest import Case, Cohort, load_manifest
 from medseg.outputs import check_output
 from medseg.pipeline import results as rs
@@ -40,6 +40,7 @@ class RunSummary:
     untrained: list[str]
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (method, case or "(all)", message)
     report: Path | None = None
+    pushed: list[dict] = field(default_factory=list)  # the push.json records (see medseg.pipeline.push)
 
     @property
     def failed(self) -> int:
@@ -63,8 +64,13 @@ def validate(config: PipelineConfig, out_dir: Path) -> Plan:
     cohort = load_manifest(config.cohort)
     labels = _labels(config, cohort)
     cases = _cases(config, cohort)
-    check_output(out_dir, inputs=[config.path, cohort.path, *(p for c in cohort.cases for p in (c.image, c.label))],
+    check_output(out_dir, inputs=[config.path, cohort.path,
+                                  *(p for c in cohort.cases for p in (c.image, c.label) if isinstance(p, Path))],
                  what="results folder")
+    if config.push is not None:
+        from medseg.pipeline.push import check_push
+
+        check_push(config.push, cases)
     cohort.validate_data()
     setups = [_setup(config, method, labels, out_dir, cohort) for method in config.methods]
     return Plan(config, cohort, cases, labels, setups)
@@ -144,6 +150,7 @@ def run_pipeline(
     """Run ``config`` into ``out_dir`` (resumable) and write the report.
 
     ``executor``: a ``LocalExecutor`` (default: one worker, in this process) or ``RayExecutor``.
+    With ``config.push``, finished cases then go to the PACS (``medseg.pipeline.push``).
     ``progress(done, total)`` counts case runs; ``should_stop()`` is asked between cases
     (see ``medseg.runtime``): the cases in flight finish, then ``Cancelled`` is raised and a
     re-run resumes from there.
@@ -165,10 +172,20 @@ def run_pipeline(
         log.warning("%s Methods: %s.", UNTRAINED_BANNER, ", ".join(summary.untrained))
     log.info("%d case runs to do, %d already finished", len(tasks), sum(c["skipped"] for c in summary.counts.values()))
     _run_tasks(executor, tasks, summary, progress, should_stop)
+    if config.push is not None:
+        from medseg.pipeline.push import push_results
+
+        summary.pushed = push_results(config.push, plan.setups, plan.cases)
+        summary.failures += [(r["method"], r["case"], f"push: {r['error']}") for r in summary.pushed
+                             if r["status"] == "failed"]
     if report:
         from medseg.pipeline.report import write_report
 
-        summary.report = write_report(out_dir)
+        try:
+            summary.report = write_report(out_dir)
+        except ServerError as error:  # AP and overlays read the truth of cases kept on a PACS
+            log.error("the report was not written: %s; run again when the server answers", user_message(error))
+            summary.failures.append(("(report)", "(all)", user_message(error)))
     return summary
 
 
