@@ -57,16 +57,16 @@ def main() -> None:
 
     # 1. click: one painted slice per organ as mask prompts, a point on the liver
     names = truth.metadata["medseg_labels"].label_names
-    panel.mask_prompt.click()  # opens the labels layer for painting
+    panel.tools.mask_prompt.click()  # opens the labels layer for painting
     for value, name in names.items():
         if value > 1:
-            panel.add_object.click()
-        panel.objects.item(value - 1, 1).setText(name)
+            panel.objects.add.click()
+        panel.objects.table.item(value - 1, 1).setText(name)
         ws.labels.data[z][truth.data[z] == value] = value  # what the labels brush does
         ws.labels.refresh()
-        panel.mask_prompt.click()
+        panel.tools.mask_prompt.click()
     panel.select_object(1)
-    panel.place_points()
+    panel.tools.place_points()
     y, x = np.argwhere(truth.data[z] == 1).mean(axis=0)
     ws.prompts.points.add([z, y, x])
     _shot(viewer, "napari_1_click.png")

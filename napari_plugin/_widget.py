@@ -6,6 +6,7 @@ import napari
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from napari_plugin._baseline_panel import BaselinePanel
+from napari_plugin._keys import bind_shortcuts
 from napari_plugin._metrics_panel import MetricsPanel
 from napari_plugin._model_picker import LoadedModels
 from napari_plugin._reference_panel import ReferencePanel
@@ -36,3 +37,4 @@ class MedsegWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
+        bind_shortcuts(napari_viewer, self, self.sam2.actions)

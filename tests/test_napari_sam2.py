@@ -89,7 +89,7 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     assert viewer.layers.selection.active is image  # so napari's New Labels fits the image (see below)
 
     z, y, x = _liver_centre(truth)
-    _key(qtbot, viewer, Qt.Key.Key_A)  # place points
+    _key(qtbot, viewer, Qt.Key.Key_D, SHIFT)  # place points
     assert viewer.layers.selection.active.name == ws.prompts.points.name
     _canvas_click(qtbot, viewer, image, (z, y, x))
     np.testing.assert_allclose(ws.prompts.points.data, [(z, y, x)], atol=1.0)
@@ -153,19 +153,19 @@ def test_activity_spinner_is_still(make_napari_viewer):
     bar.close()
 
 
-def test_shift_click_and_t_place_negative_points(make_napari_viewer, qtbot, phantom_file):
+def test_shift_click_and_shift_t_place_negative_points(make_napari_viewer, qtbot, phantom_file):
     path, _ = phantom_file
     viewer = make_napari_viewer(show=True)
     image, _, panel = _open_panel(viewer, path)
     points = panel.workspace.prompts.points
-    _key(qtbot, viewer, Qt.Key.Key_A)
+    _key(qtbot, viewer, Qt.Key.Key_D, SHIFT)
 
     _canvas_click(qtbot, viewer, image, (4, 20, 30))
     _canvas_click(qtbot, viewer, image, (4, 40, 30), SHIFT)
-    _key(qtbot, viewer, Qt.Key.Key_T)  # negative points from now on
+    _key(qtbot, viewer, Qt.Key.Key_T, SHIFT)  # negative points from now on
     _canvas_click(qtbot, viewer, image, (4, 30, 10))
 
-    assert panel.negative.isChecked()
+    assert panel.tools.negative.isChecked()
     np.testing.assert_allclose(points.data, [(4, 20, 30), (4, 40, 30), (4, 30, 10)], atol=1.0)
     assert list(points.features["positive"]) == [True, False, False]
     assert [m.positive for m in panel.workspace.markers()] == [True, False, False]
@@ -180,11 +180,11 @@ def test_mask_prompt_accept_clear_and_cancel(make_napari_viewer, qtbot, phantom_
     liver = truth.array[z] == 1
     viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
 
-    _click(qtbot, panel.mask_prompt)  # nothing painted yet: the labels layer opens for painting
+    _click(qtbot, panel.tools.mask_prompt)  # nothing painted yet: the labels layer opens for painting
     assert ws.labels is not None and ws.labels.mode == "paint" and ws.mask_markers == []
     ws.labels.data[z][liver] = 1  # what the labels brush does
     ws.labels.refresh()
-    _click(qtbot, panel.mask_prompt)
+    _click(qtbot, panel.tools.mask_prompt)
     _click(qtbot, panel.segment)
     _wait(qtbot, panel)
     np.testing.assert_array_equal(ws.labels.data[z] == 1, liver)  # a mask prompt is kept exactly
@@ -192,7 +192,7 @@ def test_mask_prompt_accept_clear_and_cancel(make_napari_viewer, qtbot, phantom_
     _key(qtbot, viewer, Qt.Key.Key_C, SHIFT)  # accept object 1: SAM2 moves on to object 2
     assert ws.accepted == {1} and panel.current_object() == 2
     assert ws.session.prompts.objects == {} and ws.sent == []
-    assert panel.objects.item(0, 0).text() == "1 ✓"
+    assert panel.objects.table.item(0, 0).text() == "1 ✓"
 
     ws.prompts.points.add([z, 30, 30])  # object 2, overlapping the liver
     _click(qtbot, panel.propagate)
@@ -201,9 +201,9 @@ def test_mask_prompt_accept_clear_and_cancel(make_napari_viewer, qtbot, phantom_
     assert set(ws.session.prompts.objects) == {2}
 
     before = ws.labels.data.copy()
-    _key(qtbot, viewer, Qt.Key.Key_A)  # the prompts layer (a Labels layer keeps Escape for itself)
+    _key(qtbot, viewer, Qt.Key.Key_D, SHIFT)  # the prompts layer
     _click(qtbot, panel.propagate)
-    _key(qtbot, viewer, Qt.Key.Key_Escape)  # cancel: stops between slices
+    _key(qtbot, viewer, Qt.Key.Key_Escape, SHIFT)  # cancel: stops between slices
     _wait(qtbot, panel)
     np.testing.assert_array_equal(ws.labels.data, before)  # slices shown live are taken back too
     assert "cancelled" in panel.status.text()
@@ -221,29 +221,29 @@ def test_save_is_per_image_asks_before_overwriting_and_refuses_inputs(make_napar
     viewer = make_napari_viewer(show=True)
     image_a, _, panel = _open_panel(viewer, path_a)
     [image_b] = viewer.open(str(path_b), plugin="medseg")
-    panel.image.set_layer(image_a)
-    assert panel.save_row.path.text() == str(tmp_path / "a_labels.nii.gz")
-    _click(qtbot, panel.mask_prompt)  # makes the labels layer
+    panel.data.image.set_layer(image_a)
+    assert panel.save_row.path.text() == str(tmp_path / "a_medseg.nii.gz")
+    _click(qtbot, panel.tools.mask_prompt)  # makes the labels layer
     panel.workspace.labels.data[3, 10:20, 10:20] = 1
     _click(qtbot, panel.save_row.save)
-    saved_a = (tmp_path / "a_labels.nii.gz").read_bytes()
+    saved_a = (tmp_path / "a_medseg.nii.gz").read_bytes()
 
-    panel.image.set_layer(image_b)
-    assert panel.save_row.path.text() == str(tmp_path / "b_labels.nii.gz")
-    _click(qtbot, panel.mask_prompt)
+    panel.data.image.set_layer(image_b)
+    assert panel.save_row.path.text() == str(tmp_path / "b_medseg.nii.gz")
+    _click(qtbot, panel.tools.mask_prompt)
     panel.workspace.labels.data[3, 30:40, 30:40] = 2
     _click(qtbot, panel.save_row.save)
-    assert (tmp_path / "a_labels.nii.gz").read_bytes() == saved_a  # B never overwrote A
+    assert (tmp_path / "a_medseg.nii.gz").read_bytes() == saved_a  # B never overwrote A
 
     asked = []
     panel.save_row.ask_overwrite = lambda path: asked.append(path) or False
     panel.workspace.labels.data[3] = 0
     _click(qtbot, panel.save_row.save)
-    assert asked == [tmp_path / "b_labels.nii.gz"]
-    assert np.asarray(nib.load(tmp_path / "b_labels.nii.gz").dataobj).any()  # declined: unchanged
+    assert asked == [tmp_path / "b_medseg.nii.gz"]
+    assert np.asarray(nib.load(tmp_path / "b_medseg.nii.gz").dataobj).any()  # declined: unchanged
     panel.save_row.ask_overwrite = lambda path: True
     _click(qtbot, panel.save_row.save)
-    assert not np.asarray(nib.load(tmp_path / "b_labels.nii.gz").dataobj).any()
+    assert not np.asarray(nib.load(tmp_path / "b_medseg.nii.gz").dataobj).any()
 
     with unmodified(path_a):
         panel.save_row.path.setText(str(path_a))  # an input
@@ -264,10 +264,10 @@ def test_failed_model_load_says_why_in_full_and_resets(make_napari_viewer, qtbot
     assert any("'photo' has shape (32, 48)" in m and "3D" in m for m in messages)
 
     [image] = viewer.open(str(path), plugin="medseg")
-    panel.image.set_layer(image)
+    panel.data.image.set_layer(image)
     ws = panel.workspace
     other = viewer.add_labels(np.zeros((3, 4, 5), np.int32), name="other")
-    panel.output.set_layer(other)
+    panel.data.output.set_layer(other)
     assert any("labels layer 'other' has shape (3, 4, 5)" in m for m in messages)
 
     bad = tmp_path / "broken.pt"
@@ -288,19 +288,19 @@ def test_image_change_resets_stale_controls_and_picks_a_preset(make_napari_viewe
     viewer = make_napari_viewer()
     image, _, panel = _open_panel(viewer, path)
     assert image.metadata["medseg_volume"].modality == "OT"  # NIfTI does not say CT...
-    assert panel.preset.currentText() == "ct-soft-tissue"  # ...but its HU-like values do
+    assert panel.data.preset.currentText() == "ct-soft-tissue"  # ...but its HU-like values do
     np.testing.assert_allclose(image.contrast_limits, (-160, 240))
-    assert "HU-like" in panel.preset_note.text()
+    assert "HU-like" in panel.data.preset_note.text()
     panel.correct_next.setVisible(True)
     panel.progress.setRange(0, 12)
     panel.progress.setValue(12)
 
     mri = viewer.add_image(np.random.default_rng(0).uniform(0, 900, (6, 32, 32)).astype(np.float32), name="mri")
-    panel.image.set_layer(mri)
+    panel.data.image.set_layer(mri)
     assert panel.correct_next.isHidden() and panel.progress.value() == 0
-    assert panel.preset.currentText() == "mri"
-    panel.image.set_layer(image)
-    assert panel.preset.currentText() == "ct-soft-tissue"
+    assert panel.data.preset.currentText() == "mri"
+    panel.data.image.set_layer(image)
+    assert panel.data.preset.currentText() == "ct-soft-tissue"
 
 
 @pytest.mark.skipif(not hasattr(Sam2Session, "precompute"),
