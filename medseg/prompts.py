@@ -108,7 +108,8 @@ class ObjectPrompts:
 
     def put(self, items: tuple[Prompt, ...]) -> None:
         """Add ``items`` to their lists."""
-        lists = {PointPrompt: self.points, BoxPrompt: self.boxes, MaskPrompt: self.masks, ScribblePrompt: self.scribbles}
+        lists = {PointPrompt: self.points, BoxPrompt: self.boxes, MaskPrompt: self.masks,
+                 ScribblePrompt: self.scribbles}
         for item in items:
             lists[type(item)].append(item)
 
@@ -212,8 +213,8 @@ class Prompts:
                     {"z": m.z, "shape": list(m.mask.shape), "rle": _encode_mask(m.mask)} for m in obj.masks
                 ],
                 **({"scribbles": [
-                    {"z": sc.z, "shape": list(sc.mask.shape), "rle": _encode_mask(sc.mask), "positive": int(sc.positive)}
-                    for sc in obj.scribbles
+                    {"z": sc.z, "shape": list(sc.mask.shape), "rle": _encode_mask(sc.mask),
+                     "positive": int(sc.positive)} for sc in obj.scribbles
                 ]} if obj.scribbles else {}),
             }
             for obj_id, obj in sorted(self.objects.items())

@@ -44,6 +44,9 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("Shift-C", "accept_object", "accept the object (keep it; SAM2 moves on)"),
     Shortcut("Shift-X", "clear_object", "clear the object's prompts and mask"),
     Shortcut("Shift-Escape", "cancel_task", "cancel the running task"),
+    Shortcut("J", "next_case", "cohort: next case"),
+    Shortcut("K", "previous_case", "cohort: previous case"),
+    Shortcut("Shift-J", "accept_case", "cohort: accept the case, save it, go to the next"),
 )
 
 

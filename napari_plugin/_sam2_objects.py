@@ -21,6 +21,7 @@ class ObjectsBox(QGroupBox):
     """The objects of ``workspace()``; the selected one is what new prompts go to."""
 
     added = Signal()  # a new object was added (the panel makes clicks go to it)
+    accepted = Signal(int)  # an object was accepted (its label value)
 
     def __init__(self, workspace: Callable[[], Workspace | None], show_status: ShowStatus,
                  parent: QWidget | None = None) -> None:
@@ -94,6 +95,7 @@ class ObjectsBox(QGroupBox):
         ws.history.push(before)
         self.refresh(select=ws.add_object())
         self._show_status(f"Accepted object {obj_id} ({voxels} voxels): it stays as it is. Now prompt the next object.")
+        self.accepted.emit(obj_id)
 
     def clear_object(self) -> None:
         """Take away the current object's prompts and the mask SAM2 gave it."""

@@ -44,15 +44,14 @@ from napari_plugin._tasks import Task, TaskControls
 class Sam2Panel(QWidget):
     """Interactive SAM2 segmentation of the selected image; see the module docstring.
 
-    ``protected()`` gives the files Save must never suggest besides the viewer's inputs (the
-    label files of an open cohort manifest).
+    ``protected()`` gives the files Save must never suggest or write besides the viewer's
+    inputs (the Cohort tab sets it: the ground truth of an open cohort manifest).
     """
 
-    def __init__(self, viewer: napari.Viewer, models: LoadedModels, parent: QWidget | None = None, *,
-                 protected: Callable[[], Iterable[Path]] = tuple) -> None:
+    def __init__(self, viewer: napari.Viewer, models: LoadedModels, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self._protected = protected
+        self.protected: Callable[[], Iterable[Path]] = tuple
         self.controls = TaskControls("Propagate (Shift-G)")
         self.controls.run.setToolTip("Segment every object through the whole volume from all its prompted slices")
         self.controls.cancel.setText("Cancel (Shift-Esc)")
@@ -167,7 +166,7 @@ class Sam2Panel(QWidget):
 
     def suggested_save_path(self, ws: Workspace) -> Path:
         """Beside the image's source; never an existing file, an input or a protected file (``_save_row``)."""
-        avoid = input_paths(self.viewer.layers) | set(self._protected())
+        avoid = input_paths(self.viewer.layers) | set(self.protected())
         return suggest_save_path(ws.image.metadata.get(SOURCE_KEY), ws.image.name, avoid=avoid)
 
     def _on_restored(self) -> None:
@@ -197,7 +196,7 @@ class Sam2Panel(QWidget):
             show_error("Nothing to save: pick an image and segment it first.")
             return
         try:
-            written = self.save_row.write(ws.labels, input_paths(self.viewer.layers) | set(self._protected()))
+            written = self.save_row.write(ws.labels, input_paths(self.viewer.layers) | set(self.protected()))
         except MedsegError as error:
             show_error(str(error))
             self.controls.show_status(str(error), warn=True)

@@ -59,27 +59,23 @@ class PromptTools(QGroupBox):
 
     def place_points(self) -> None:
         """Make the prompts layer active in add mode: clicks on the image become points."""
-        ws = self._workspace()
-        if ws is not None:
-            ws.restore_layers()
-            self.viewer.layers.selection.active = ws.prompts.points
-            ws.prompts.points.mode = "add"
+        self._activate("points", "add")
 
     def draw_box(self) -> None:
         """Make the boxes layer active in rectangle mode: a drag on the image draws a box."""
-        ws = self._workspace()
-        if ws is not None:
-            ws.restore_layers()
-            self.viewer.layers.selection.active = ws.prompts.boxes
-            ws.prompts.boxes.mode = "add_rectangle"
+        self._activate("boxes", "add_rectangle")
 
     def draw_scribble(self) -> None:
         """Make the scribbles layer active with the brush: strokes on the image become scribbles."""
+        self._activate("scribbles", "paint")
+
+    def _activate(self, which: str, mode: str) -> None:
         ws = self._workspace()
         if ws is not None:
             ws.restore_layers()
-            self.viewer.layers.selection.active = ws.prompts.scribbles
-            ws.prompts.scribbles.mode = "paint"
+            layer = getattr(ws.prompts, which)  # made on first use
+            self.viewer.layers.selection.active = layer
+            layer.mode = mode
 
     def toggle_negative(self) -> None:
         self.negative.toggle()

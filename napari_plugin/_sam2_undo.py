@@ -60,4 +60,5 @@ class UndoRedo(QWidget):
             return
         ws.restore(snapshot)
         self._on_restored()
-        self._show_status(f"{verb}: labels and prompts are as they were (SAM2 follows on the next Segment or Propagate).")
+        self._show_status(f"{verb}: labels and prompts are as they were "
+                          "(SAM2 follows on the next Segment or Propagate).")

@@ -186,6 +186,22 @@ class Workspace:
         self.accepted.add(obj_id)
         return int(mask.sum())
 
+    def accepted_labels(self) -> LabelVolume:
+        """The accepted objects, named, on the image's grid: what a cohort annotation saves."""
+        array = np.zeros(self.volume.shape, np.int32) if self.committed is None else self.committed
+        return LabelVolume.like(self.volume, array, label_names={k: self.objects[k] for k in sorted(self.accepted)})
+
+    def load_accepted(self, labels: LabelVolume) -> None:
+        """Earlier work on this image (a saved label file): its objects, accepted, in the labels layer."""
+        array = np.asarray(labels.array, dtype=np.int32)
+        self.ensure_labels().data[...] = array
+        self.labels.refresh()
+        self.committed = array.copy()
+        self.objects = {v: labels.label_names.get(v, f"object {v}") for v in labels.labels}
+        self.accepted = set(self.objects)
+        self.add_object()
+        self._update_names()
+
     def _drop_prompts(self, obj_id: int) -> None:
         self.prompts.remove_object(obj_id)
         self.mask_markers = [m for m in self.mask_markers if m.obj_id != obj_id]

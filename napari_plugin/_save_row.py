@@ -20,12 +20,11 @@ from typing import Any
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QMessageBox, QPushButton, QWidget
 
 from medseg.errors import InputError
+from medseg.io.files import safe_file_name, volume_stem
 from medseg.outputs import check_output
 
 from napari_plugin._layers import SOURCE_KEY, VOLUME_KEY
 from napari_plugin._writer import write_labels
-
-_SOURCE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 _SEG_FILTER, _RTSTRUCT_FILTER = "DICOM SEG (*.dcm)", "DICOM RTSTRUCT (*.dcm)"
 _FILTERS = ";;".join(["NIfTI (*.nii.gz *.nii)", "NRRD (*.nrrd)", "MetaImage (*.mha)", _SEG_FILTER, _RTSTRUCT_FILTER])
@@ -50,25 +49,14 @@ def suggest_save_path(source: str | None, image_name: str, *, avoid: Iterable[Pa
     a DICOM series folder gets ``<folder>_medseg.nii.gz`` beside the folder; an image without a
     source file ``<layer name>_medseg.nii.gz`` in the working directory.
     """
-    if source:
-        folder, stem = Path(source).parent, Path(source).name
-        for suffix in _SOURCE_SUFFIXES:
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-    else:
-        folder, stem = Path.cwd(), image_name
+    folder, stem = (Path(source).parent, volume_stem(source)) if source else (Path.cwd(), image_name)
     avoided = {Path(p).expanduser().resolve() for p in avoid}
-    stem, n = _safe(stem), 1
+    stem, n = safe_file_name(stem, default="labels"), 1
     while True:
         path = folder / f"{stem}_medseg{'' if n == 1 else f'_{n}'}.nii.gz"
         if not path.exists() and path.resolve() not in avoided:
             return path
         n += 1
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "labels"
 
 
 def ask_overwrite_dialog(parent: QWidget, path: Path) -> bool:

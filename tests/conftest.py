@@ -89,3 +89,12 @@ def unmodified():
         assert _digests(paths) == before, "an input file was modified, created or removed"
 
     return check
+
+
+@pytest.fixture
+def phantom_file(tmp_path: Path):
+    """A (12, 64, 64) CT phantom NIfTI in this test's folder, and its truth ``LabelVolume``."""
+    from napari_helpers import write_phantom
+
+    path = tmp_path / "phantom.nii.gz"
+    return path, write_phantom(path)
