@@ -1,6 +1,6 @@
 """SAM2 training on the demo cohort: speed, and Dice on the test split versus training time.
 
-One training run (``medseg.sam2.train``, the demo's settings unless told otherwise) is paused
+One training run (``medseg.training.sam2.train``, the demo's settings unless told otherwise) is paused
 at each milestone step (``should_stop``; training resumes bit for bit) and the weights at
 that point are evaluated on the demo cohort's test split, every label, with:
 
@@ -38,13 +38,12 @@ from medseg.errors import Cancelled
 from medseg.manifest import load_manifest
 from medseg.metrics import dice_per_label
 from medseg.phantom import write_demo_cohort
-from medseg.pipeline.config import PromptSettings
-from medseg.pipeline.prompt_policy import PromptPolicy
+from medseg.prompt_simulation import PromptPolicy, PromptSettings
 from medseg.sam2.model import Sam2Model
 from medseg.sam2.model_dir import architecture, build_network, read_model_json
 from medseg.sam2.session import Sam2Session
-from medseg.sam2.train import CHECKPOINT, train_sam2
-from medseg.sam2.train_config import Sam2TrainConfig
+from medseg.training.sam2.train import CHECKPOINT, train_sam2
+from medseg.training.sam2.config import Sam2TrainConfig
 
 PROPAGATED = {"click": PromptSettings(point="centroid", box="none"), "box": PromptSettings(point="none", box="middle")}
 

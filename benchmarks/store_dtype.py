@@ -23,8 +23,7 @@ import torch
 
 from medseg.manifest import load_manifest
 from medseg.metrics import dice_per_label
-from medseg.pipeline.config import PromptSettings
-from medseg.pipeline.prompt_policy import PromptPolicy
+from medseg.prompt_simulation import PromptPolicy, PromptSettings
 from medseg.sam2 import load_model
 from medseg.sam2.embeddings import EmbeddingStore
 from medseg.sam2.session import Sam2Session

@@ -33,6 +33,10 @@ from medseg.volume import LabelVolume, Volume
 log = logging.getLogger(__name__)
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney"}
+EXTRA_LABELS = {4: "lesion", 5: "vertebra"}
+"""Labels a phantom carries only when asked (``lesion=True``, ``label_vertebra=True``): structures the
+demo cohort never labels, for testing models on what they were not trained to segment."""
+LAYOUTS = ("standard", "moved")
 DEFAULT_SHAPE = (32, 128, 128)
 DEFAULT_SPACING = (2.5, 0.8, 0.8)
 
@@ -53,11 +57,20 @@ def make_phantom(
     *,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    layout: str = "standard",
+    lesion: bool = False,
+    label_vertebra: bool = False,
 ) -> tuple[Volume, LabelVolume]:
     """A CT-like phantom and its labels (1 liver, 2 spleen, 3 kidneys), both on one geometry.
 
     Organ sizes scale with the field of view, so small shapes (for fast tests) still hold
-    every organ. The same ``seed`` always gives the same voxels.
+    every organ. The same ``seed`` always gives the same voxels (and the same organs whatever
+    the options below; the options add or move, they do not redraw).
+
+    ``layout="moved"`` rearranges the anatomy (the liver on the other side, the spleen in front,
+    the kidneys far out to the sides): a model that learned where organs usually are, instead of
+    following its prompt, fails on it. ``lesion`` adds a rim-enhancing lesion inside the liver
+    (label 4: a hypodense core with a bright rim), ``label_vertebra`` labels the vertebra (5).
 
     >>> volume, labels = make_phantom(1, shape=(12, 48, 48))
     >>> labels.labels
@@ -69,15 +82,24 @@ def make_phantom(
     half = np.array(shape) * np.array(spacing) / 2  # half extent (z, y, x) mm
     body = _inside(zyx_mm, (0.0, 0.0, 0.0), (half[0] * 4, half[1] * 0.78, half[2] * 0.92), rng, roughness=0.0)
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     image = np.where(body, _FAT_HU, _AIR_HU)
     labels = np.zeros(shape, dtype=np.uint8)
     for organ in _organs(rng, half):
+        if layout == "moved":
+            organ = _moved(organ, half)
         mask = _inside(zyx_mm, organ.centre, organ.radii, rng, roughness=0.15) & body & (labels == 0)
         image[mask] = organ.hu
-        labels[mask] = organ.label
-    image = gaussian_filter(image, sigma=(0.3, 0.8, 0.8)) + rng.normal(0.0, _NOISE_HU, shape)
+        labels[mask] = organ.label or (5 if label_vertebra else 0)
+    noise = rng.normal(0.0, _NOISE_HU, shape)
+    names = dict(LABELS) | ({5: EXTRA_LABELS[5]} if label_vertebra else {})
+    if lesion:
+        _add_lesion(image, labels, zyx_mm, np.random.default_rng([seed, 4]))
+        names[4] = EXTRA_LABELS[4]
+    image = gaussian_filter(image, sigma=(0.3, 0.8, 0.8)) + noise
     volume = Volume(np.round(image).astype(np.float32), geometry, "CT", {"format": "phantom", "seed": seed})
-    return volume, LabelVolume(labels, geometry, label_names=dict(LABELS))
+    return volume, LabelVolume(labels, geometry, label_names=names)
 
 
 def write_demo_cohort(
@@ -256,6 +278,34 @@ def _organs(rng: np.random.Generator, half: np.ndarray) -> list[_Organ]:
         _Organ(1, 60.0, (0.1 * half[0] + jitter(0.1 * half[0]), -0.15 * half[1] + jitter(0.05 * half[1]), -0.35 * half[2]), size((0.7, 0.42, 0.40))),
         _Organ(2, 45.0, (jitter(0.1 * half[0]), 0.0 + jitter(0.05 * half[1]), 0.50 * half[2]), size((0.45, 0.22, 0.16))),
     ]
+
+
+def _moved(organ: _Organ, half: np.ndarray) -> _Organ:
+    """The organ where a ``moved`` layout puts it: the liver on the other side, the spleen in front
+    beside it, the kidneys far out to the sides (the vertebra stays)."""
+    z, y, x = organ.centre
+    if organ.label == 1:
+        x = -x
+    elif organ.label == 2:
+        y, x = -0.40 * half[1], -0.30 * half[2]
+    elif organ.label == 3:
+        y, x = 0.38 * half[1], np.sign(x) * 0.62 * half[2]
+    return _Organ(organ.label, organ.hu, (z, y, x), organ.radii)
+
+
+def _add_lesion(image: np.ndarray, labels: np.ndarray, zyx_mm: list[np.ndarray], rng: np.random.Generator) -> None:
+    """A rim-enhancing lesion (label 4) in the liver: a 20 HU core inside a 120 HU rim."""
+    liver = np.argwhere(labels == 1)
+    if len(liver) == 0:
+        return
+    centre_index = liver[np.argmin(((liver - liver.mean(axis=0)) ** 2).sum(axis=1))]
+    centre = tuple(float(zyx_mm[a].ravel()[centre_index[a]]) for a in range(3))
+    extent = [float(np.ptp(zyx_mm[a].ravel()[liver[:, a]])) for a in range(3)]
+    radii = (max(extent[0] * 0.2, 3.0), extent[1] * 0.15, extent[2] * 0.15)
+    core = _inside(zyx_mm, centre, radii, rng, roughness=0.1) & (labels == 1)
+    rim = _inside(zyx_mm, centre, tuple(r * 1.3 for r in radii), rng, roughness=0.0) & (labels == 1) & ~core
+    image[rim], image[core] = 120.0, 20.0
+    labels[core | rim] = 4
 
 
 def _new_uid() -> str:

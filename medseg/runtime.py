@@ -22,8 +22,9 @@ Logging: every module uses ``log = logging.getLogger(__name__)``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,3 +163,21 @@ def read_training_state(path: str | Path) -> dict:
     if not isinstance(state, dict):
         raise WeightsError(f"{path} is not a medseg training checkpoint; delete it to start the training over")
     return state
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (None: leave them), restoring the previous number afterwards.
+
+    Training results depend on the thread count (float sums are split differently), so training
+    pins it where a setting asks for reproducibility.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -51,7 +51,9 @@ class ModelSpec:
     ``config`` is the SAM2 Hydra config shipped inside the ``sam2`` package and
     ``image_size`` the input size the weights were trained at. ``size_bytes`` and ``sha256``
     are ``None`` where no public source states them; ``url`` is ``None`` for the untrained
-    model, which has no weights to download.
+    model, which has no weights to download, and for a model shipped inside medseg, whose
+    model directory (``medseg.sam2.model_dir``) is ``packaged``: a path inside the ``medseg``
+    package, with its weights' SHA-256 pinned here.
     """
 
     name: str
@@ -64,10 +66,16 @@ class ModelSpec:
     approx_size_mb: int | None = None
     size_bytes: int | None = None
     sha256: str | None = None
+    packaged: str | None = None
 
     @property
     def untrained(self) -> bool:
-        return self.url is None
+        return self.url is None and self.packaged is None
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The shipped model directory of a ``packaged`` model (None for the others)."""
+        return Path(__file__).parent / self.packaged if self.packaged else None
 
 
 _SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
@@ -159,6 +167,13 @@ def fetch_checkpoint(
     spec = get_spec(spec) if isinstance(spec, str) else spec
     if spec.untrained:
         raise WeightsError(f"model {spec.name!r} has random weights and no checkpoint to fetch")
+    if spec.model_dir is not None:
+        shipped = spec.model_dir / spec.filename
+        if not shipped.is_file():
+            raise WeightsError(f"the weights of {spec.name!r} that ship with medseg are missing ({shipped}); "
+                               f"reinstall medseg")
+        verify_checkpoint(shipped, spec)
+        return shipped
     directory = Path(directory) if directory is not None else weights_dir()
     target = directory / spec.filename
     if target.exists():

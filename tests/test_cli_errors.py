@@ -62,6 +62,8 @@ CORPUS = [
     ("size or number", "run {pipe} --out {tmp}/r --executor ray --cpus-per-case -1", "num_cpus=-1"),
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --p-reference 1.5", "p_reference must be a probability"),
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --references 0", "references at least 1"),
+    ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --p-synthetic 2", "p_synthetic and p_parts must be"),
+    ("size or number", "sam2 pretrain --out {tmp}/m --steps 0", "steps must be at least 1"),
     ("missing path", "segment {tmp}/nothing.nii.gz --point 4,16,16 --out {tmp}/o.nii.gz", "nothing.nii.gz"),
     ("missing path", "segment {img} --mask {tmp}/nomask.nii.gz --out {tmp}/o.nii.gz", "nomask.nii.gz"),
     ("missing path", "segment {img} --prompts {tmp}/none.json --out {tmp}/o.nii.gz", "none.json"),

@@ -271,9 +271,11 @@ def test_stitching_nothing_above_threshold_gives_an_empty_map():
 
 # --- end to end ----------------------------------------------------------------------------
 SHAPE = (8, 128, 128)
+# 40 steps left the kidney unlearned on some machines (Dice 0.0 with 2 threads there; 0.51-0.79 here).
+# 80 steps, threads pinned: see the observed ranges beside the assertions below.
 OVERFIT = TrainConfig(
-    backbone="resnet18", input_size=128, steps=40, batch_size=2, lr=3e-4, warmup_steps=5,
-    val_every=20, checkpoint_every=20, seed=0, device="cpu",
+    backbone="resnet18", input_size=128, steps=80, batch_size=2, lr=3e-4, warmup_steps=5,
+    val_every=40, checkpoint_every=40, seed=0, device="cpu", threads=1,
 )
 
 
@@ -289,16 +291,18 @@ def overfit(tmp_path_factory):
 @pytest.mark.slow
 def test_overfit_drives_the_loss_down_and_segments_a_training_case(overfit):
     model, cases, _ = overfit
-    assert model.steps == 40 and len(model.losses) == 40 and all(np.isfinite(model.losses))
+    assert model.steps == 80 and len(model.losses) == 80 and all(np.isfinite(model.losses))
+    # Measured over 10 runs here (threads 1 and 2, seeds 0-4): the last 5 losses are 0.13-0.23 of the first 5;
+    # Dice liver 0.93-0.97, spleen 0.92-0.96, kidney 0.78-0.87, mean 0.888-0.919; 3D AP50 0.945-1.0.
     assert np.mean(model.losses[-5:]) < 0.5 * np.mean(model.losses[:5])
     volume, truth = cases[0].load()
     prediction = predict_instances(model, volume)
     dice = dice_per_label(prediction.labels, truth, labels=LABELS)
-    assert mean_dice(dice) > 0.7, dice
+    assert mean_dice(dice) > 0.75 and min(dice.values()) > 0.6, dice
     # The scored 3D instances feed 3D mask AP directly.
     ap = mask_ap([(prediction.instances, truth)], labels=LABELS, mode="3d")
     assert ap.n_predicted == len(prediction.instances.labels) and not ap.constant_score
-    assert ap.ap50 > 0.5, ap
+    assert ap.ap50 > 0.7, ap
 
 
 @pytest.mark.slow
@@ -309,9 +313,9 @@ def test_model_directory_describes_the_model_and_reloads_anywhere(overfit, tmp_p
     assert card["classes"] == {"1": "liver", "2": "spleen", "3": "kidney"}
     assert card["config"]["backbone"] == "resnet18" and card["config"]["input_size"] == 128
     assert card["config"]["preset"] == "ct-soft-tissue"  # resolved from the CT modality
-    assert card["steps"] == 40 and card["undertrained"] is True and card["untrained"] is False
+    assert card["steps"] == 80 and card["undertrained"] is True and card["untrained"] is False
     assert card["train_cases"] == ["phantom-0", "phantom-1"] and card["val_cases"] == ["phantom-2"]
-    assert [v["step"] for v in card["validation_history"]] == [20, 40]
+    assert [v["step"] for v in card["validation_history"]] == [40, 80]
     last = card["validation"]
     assert last["cases"] == 1 and set(last["dice"]) == {"1", "2", "3"}
     assert 0 <= last["mean_dice"] <= 1 and 0 <= last["mask_ap_3d"] <= 1
@@ -352,7 +356,7 @@ def test_prediction_lies_on_the_input_geometry_with_consistent_instances(overfit
     labels, instances = prediction.labels, prediction.instances
     assert labels.geometry is cropped.geometry and labels.array.shape == (6, 100, 120)
     assert labels.untrained is False and labels.provenance["undertrained"] is True
-    assert labels.provenance["training_steps"] == 40 and labels.label_names == LABELS
+    assert labels.provenance["training_steps"] == 80 and labels.label_names == LABELS
 
     # Semantic labels are the instances' classes, voxel for voxel.
     assert set(labels.labels) <= {1, 2, 3} and labels.labels
@@ -380,7 +384,7 @@ def test_a_finished_model_is_returned_as_is_and_other_settings_are_refused(overf
     model, cases, val = overfit
     weights = (model.directory / "weights.pt").stat().st_mtime_ns
     again = train(cases, model.directory, labels=LABELS, val_cases=val, config=OVERFIT)
-    assert again.steps == 40 and (model.directory / "weights.pt").stat().st_mtime_ns == weights
+    assert again.steps == 80 and (model.directory / "weights.pt").stat().st_mtime_ns == weights
     with pytest.raises(ConfigError, match=r"other settings \(lr: 0.0003 -> 0.001\)"):
         train(cases, model.directory, labels=LABELS, config=TrainConfig(**{**OVERFIT.to_dict(), "lr": 1e-3}))
 

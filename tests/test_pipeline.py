@@ -21,9 +21,8 @@ from medseg.geometry import Geometry
 from medseg.manifest import load_manifest
 from medseg.phantom import write_demo_cohort
 from medseg.pipeline import load_pipeline, replay_case, run_pipeline
-from medseg.pipeline.config import PromptSettings
 from medseg.pipeline.methods import METHODS, MaskRCNN, Oracle, RevSam2, Sam2, Segmentation
-from medseg.pipeline.prompt_policy import PromptPolicy, centroid_voxel
+from medseg.prompt_simulation import PromptPolicy, PromptSettings, centroid_voxel
 from medseg.pipeline.stats import mean_ci, paired_comparison
 from medseg.volume import UNTRAINED_BANNER, LabelVolume
 

@@ -7,7 +7,8 @@ import pytest
 
 from medseg import ConfigError, Geometry, GeometryError, InputError, LabelVolume, Volume
 from medseg.revsam2.reverse import auto_min_spacing, reverse_score, select_slices
-from medseg.revsam2.support import SupportEntry, SupportSet, sample_slices
+from medseg.prompt_simulation import sample_slices
+from medseg.revsam2.support import SupportEntry, SupportSet
 
 
 def _reference(depth: int = 20, *, modality: str = "CT", names: dict | None = None) -> tuple[Volume, LabelVolume]:

@@ -397,3 +397,61 @@ def test_cli_segment_takes_scribbles_drawn_in_any_view(tmp_path, volume):
     assert code == 0
     prompts = Prompts.from_dict(json.loads(qc.read_text(encoding="utf-8"))["provenance"]["prompts"])
     assert [(s.z, s.positive, int(s.mask.sum())) for s in prompts.objects[2].scribbles] == [(z, True, 18) for z in range(3, 7)]
+
+
+def test_a_pixel_goes_to_the_surest_object_whichever_run_wrote_first():
+    """Objects prompted on different slices propagate in separate runs; the later run takes a pixel only
+    where its logit beats the one the pixel's label won with (an inner lesion is not kept out by its organ)."""
+    from medseg.sam2.session import paint
+
+    labels = np.zeros((2, 4), np.int32)
+    best = np.full((2, 4), -np.inf, np.float16)
+    organ = np.array([[[3.0, 3.0, 3.0, -2.0], [1.0, 1.0, -1.0, -1.0]]])
+    paint(labels, best, organ, (1,))  # the organ's run comes first
+    lesion = np.array([[[5.0, 2.0, -1.0, 4.0], [2.0, 0.5, -3.0, -1.0]]])
+    paint(labels, best, lesion, (2,))
+    np.testing.assert_array_equal(labels, [[2, 1, 1, 2], [2, 1, 0, 0]])
+    np.testing.assert_array_equal(best, np.array([[5, 3, 3, 4], [2, 1, -np.inf, -np.inf]], np.float16))
+    both = np.stack([organ[0], lesion[0]])  # one run, both objects: the same answer
+    labels2, best2 = np.zeros((2, 4), np.int32), np.full((2, 4), -np.inf, np.float16)
+    paint(labels2, best2, both, (1, 2))
+    np.testing.assert_array_equal(labels2, labels)
+
+
+def test_prompt_prior_marks_boxes_and_clicks_and_reaches_only_networks_trained_with_it():
+    import torch
+
+    from medseg.sam2.model_dir import architecture, build_network
+    from medseg.sam2.network import Sam2Model
+    from medseg.sam2.prompt_prior import CLICK_RADIUS, PRIOR_LOGIT, prompt_prior
+    from medseg.sam2.session import Sam2Session
+
+    coords = torch.tensor([[[10.0, 20.0], [30.0, 40.0]], [[64.0, 64.0], [0.0, 0.0]]])
+    labels = torch.tensor([[2, 3], [1, -1]])
+    prior = prompt_prior(coords, labels, 128)[:, 0]
+    assert prior.shape == (2, 128, 128) and set(prior.unique().tolist()) == {-PRIOR_LOGIT, PRIOR_LOGIT}
+    box = prior[0] > 0
+    assert box[20:41, 10:31].all() and box.sum() == 21 * 21  # the inclusive box, nothing else
+    disc = prior[1] > 0
+    assert disc[64, 64] and disc.sum() == int((torch.arange(-3, 4) ** 2 + torch.arange(-3, 4)[:, None] ** 2 <= CLICK_RADIUS ** 2).sum())
+
+    volume = Volume(np.random.default_rng(0).normal(0, 100, (4, 40, 48)).astype(np.float32), Geometry((4, 40, 48), (2, 1, 1)), "CT")
+
+    def first_logits(prior_on: bool, add) -> np.ndarray:
+        torch.manual_seed(0)
+        net = build_network(architecture("hiera-micro", 64, prompt_prior=prior_on)).eval()
+        model = Sam2Model(net, "test", 64, torch.device("cpu"), True, None, None, "", 0)
+        session = Sam2Session(model, volume, store=False)
+        add(session)
+        return session._slice_outputs[(1, 2)].mask_logits()
+
+    def by_box(s):
+        s.add_box(1, 2, 5, 5, 20, 30)
+
+    def by_mask(s):
+        mask = np.zeros((40, 48), bool)
+        mask[5:20, 5:30] = True
+        s.add_mask(1, 2, mask)
+
+    assert not np.allclose(first_logits(True, by_box), first_logits(False, by_box))  # the prior changes the decoder input
+    np.testing.assert_array_equal(first_logits(True, by_mask), first_logits(False, by_mask))  # masks never get one

@@ -1,4 +1,4 @@
-"""medseg.sam2.train: SAM2 training resumes bit for bit, refuses bad input, and its model loads everywhere.
+"""medseg.training.sam2.train: SAM2 training resumes bit for bit, refuses bad input, and its model loads everywhere.
 
 One small model is trained once per session (``trained``): a ``hiera-micro`` SAM2 at image
 size 64 on one non-square, anisotropic phantom, for a few steps; the API, CLI and pipeline
@@ -11,6 +11,7 @@ prompting picks slices inside the object.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
@@ -26,17 +27,16 @@ from medseg.manifest import load_manifest, write_manifest
 from medseg.metrics import dice_per_label
 from medseg.phantom import LABELS, make_phantom
 from medseg.pipeline import load_pipeline, run_pipeline
-from medseg.pipeline.prompt_policy import centroid_voxel, largest_slice, middle_slice
+from medseg.prompt_simulation import centroid_voxel, largest_slice, middle_slice
 from medseg.prompts import Prompts
 from medseg.runtime import sha256_file
 from medseg.sam2 import Sam2VolumePredictor, load_model
-from medseg.sam2.model_dir import read_model_json
-from medseg.revsam2.support import sample_slices
-from medseg.sam2.model_dir import architecture, build_network
-from medseg.sam2.train import train_sam2
-from medseg.sam2.train_config import Sam2TrainConfig
-from medseg.sam2.train_data import prepare_case, sample_clip, sample_reference_clip
-from medseg.sam2.train_step import clip_loss
+from medseg.sam2.model_dir import architecture, build_network, read_model_json
+from medseg.training.sam2.clips import MIN_PIXELS, ClipSampler, prepare_case
+from medseg.training.sam2.config import Sam2TrainConfig
+from medseg.training.sam2.loss import clip_loss
+from medseg.training.sam2.pretrain import PRETRAIN, export_base, pretrain_base
+from medseg.training.sam2.train import _clip_settings, train_sam2
 
 SHAPE = (10, 48, 72)  # non-square slices
 SPACING = (3.0, 0.9, 0.6)  # anisotropic
@@ -157,20 +157,73 @@ def test_reference_prompting_selects_slices_inside_the_object(overfit, phantom):
     assert selected and set(selected) <= liver_slices, (selected, liver_slices)
 
 
-# --- reference clips (cross-volume memory) ------------------------------------------------------
-def test_reference_clip_conditions_the_query_on_another_case():
-    reference, query = (prepare_case(f"p{seed}", *make_phantom(seed, shape=SHAPE, spacing=SPACING), 64, "ct-soft-tissue")
-                        for seed in (0, 1))
-    rng = np.random.default_rng(3)
-    clip = sample_reference_clip(reference, query, 3, 2, rng)
-    [label] = clip.obj_ids
-    refs = sample_slices(reference.labels == label, k=2)  # chosen as a SupportSet chooses supports
-    assert clip.cond_frames == len(refs) == 2 and clip.points is None
-    torch.testing.assert_close(clip.masks[0], (reference.targets[refs] == label).float())
-    torch.testing.assert_close(clip.images[:2], reference.images[refs].float())
-    torch.testing.assert_close(clip.images[2:], query.images[list(clip.slices)].float())
-    torch.testing.assert_close(clip.targets[0, 2:], (query.targets[list(clip.slices)] == label).float())
-    assert np.all(np.abs(np.diff(clip.slices)) == 1) and (query.labels[clip.slices[0]] == label).any()
+# --- clips: class-agnostic objects, prompts on what is visible ----------------------------------
+def _sampler(cases, **settings) -> ClipSampler:
+    config = Sam2TrainConfig.from_dict({"image_size": 64, "clip_length": 3, **settings})
+    return ClipSampler(cases, _clip_settings(config, cases), image_size=64)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return [prepare_case(f"p{seed}", *make_phantom(seed, shape=SHAPE, spacing=SPACING), 64, "ct-soft-tissue", structures=True)
+            for seed in (0, 1)]
+
+
+def test_prompts_lie_on_the_objects_they_prompt(prepared):
+    """After augmentation, every click is on its object and every box holds it (frame 0, model frame)."""
+    sampler = _sampler(prepared, p_synthetic=0.5, p_point=0.5, p_box=0.5)
+    kinds = {"point": 0, "box": 0}
+    for step in range(12):
+        clip = sampler.clip(np.random.default_rng([7, step]))
+        first = clip.targets[:, 0] > 0.5
+        assert clip.images.shape[0] == 3 and first.flatten(1).sum(-1).min() >= MIN_PIXELS
+        if clip.point_labels[0, 0] == 1:
+            kinds["point"] += 1
+            for mask, (x, y) in zip(first, clip.points[:, 0]):
+                assert mask[int(y), int(x)]
+        else:
+            kinds["box"] += 1
+            for mask, corners in zip(first, clip.points):
+                ys, xs = np.nonzero(mask.numpy())
+                (x0, y0), (x1, y1) = corners.numpy()
+                side = max(np.ptp(ys), np.ptp(xs)) + 1  # jitter: each corner within 5 % of the side (and rounding)
+                assert abs(y0 - ys.min()) <= 0.05 * side + 1 and abs(x1 - xs.max()) <= 0.05 * side + 1
+    assert kinds["point"] and kinds["box"]
+
+
+def test_cohort_objects_are_class_agnostic(prepared):
+    """Labels, a label's parts alone (one kidney of the two) and unlabelled compartments (the vertebra,
+    never labelled) all become objects of training clips."""
+    case = prepared[0]
+    kidneys = sorted(set(np.unique(case.parts[case.labels == 3])) - {0})
+    assert len(kidneys) == 2  # label 3 is two organs
+    vertebra = make_phantom(0, shape=SHAPE, spacing=SPACING, label_vertebra=True)[1].array == 5
+    small = torch.nn.functional.interpolate(torch.from_numpy(vertebra.astype(np.float32))[:, None], size=(64, 64))[:, 0] > 0
+    [spine] = [v for v in np.unique(case.structures) if v and (case.structures == v)[small.numpy()].mean() > 0.5]
+
+    def is_one_of(mask: np.ndarray, volumes: list[np.ndarray]) -> bool:
+        return any(np.array_equal(mask, v[z]) for v in volumes for z in range(len(v)) if v[z].any())
+
+    one_kidney = [case.parts == k for k in kidneys]
+    sampler = _sampler([case], p_synthetic=0.0, p_parts=1.0, augment={"flip": 0, "affine": 0, "elastic": 0})
+    seen = {"one kidney": False, "vertebra": False}
+    for step in range(30):
+        clip = sampler.clip(np.random.default_rng([8, step]))
+        assert clip.source == "p0" and clip.targets.shape[0] <= Sam2TrainConfig().max_objects
+        for mask in clip.targets[:, 0].numpy() > 0.5:
+            both_kidneys_here = any(np.array_equal(mask, k[z]) and (case.labels[z] == 3).sum() > k[z].sum()
+                                    for k in one_kidney for z in range(len(k)))
+            seen["one kidney"] |= both_kidneys_here
+            seen["vertebra"] |= is_one_of(mask, [case.structures == spine])
+    assert all(seen.values()), seen
+
+
+def test_reference_clip_conditions_the_query_on_another_case(prepared):
+    sampler = _sampler(prepared, p_synthetic=0.0, p_reference=1.0, references=2)
+    clip = sampler.clip(np.random.default_rng(3))
+    assert clip.source in ("p0->p1", "p1->p0") and clip.points is None and clip.masks.shape[0] == 1
+    assert 1 <= clip.cond_frames <= 2 and clip.images.shape[0] == clip.cond_frames + 3
+    torch.testing.assert_close(clip.masks[0], clip.targets[0, :clip.cond_frames])
 
     torch.manual_seed(0)
     net = build_network(architecture("hiera-micro", 64)).train()
@@ -179,8 +232,7 @@ def test_reference_clip_conditions_the_query_on_another_case():
     memory = [p.grad for n, p in net.named_parameters() if n.startswith("memory_attention.")]
     assert any(g is not None and float(g.abs().sum()) > 0 for g in memory)
     # the tracked frames read the references: other reference masks, another loss (eval: no dropout)
-    flipped = type(clip)(clip.case_id, clip.slices, clip.obj_ids, clip.images, clip.targets, None, None, 1 - clip.masks,
-                         cond_frames=2)
+    flipped = dataclasses.replace(clip, masks=1 - clip.masks)
     net.eval()
     with torch.no_grad():
         same, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, dice_weight=5.0, image_prompts=False)
@@ -189,11 +241,10 @@ def test_reference_clip_conditions_the_query_on_another_case():
     assert float(same) == float(again) and abs(float(other) - float(same)) > 1e-4
 
 
-def test_dice_weight_scales_the_dice_loss():
-    case = prepare_case("p0", *make_phantom(0, shape=SHAPE, spacing=SPACING), 64, "ct-soft-tissue")
+def test_dice_weight_scales_the_dice_loss(prepared):
     torch.manual_seed(0)
     net = build_network(architecture("hiera-micro", 64)).eval()
-    clip = sample_clip(case, 3, np.random.default_rng(1), p_point=0.0, p_box=1.0)
+    clip = _sampler(prepared, p_synthetic=0.0, p_point=0.0, p_box=1.0).clip(np.random.default_rng(1))
     with torch.no_grad():
         losses = {w: clip_loss(net, clip, np.random.default_rng(0), correction_clicks=0, dice_weight=w) for w in (0.0, 5.0)}
     for weight, (loss, parts) in losses.items():
@@ -231,17 +282,55 @@ def test_resume_after_interruption_gives_bit_identical_weights(tmp_path):
     assert read_model_json(whole)["loss_curve"] == read_model_json(resumed)["loss_curve"]
 
     stamp = (whole / "weights.pt").stat().st_mtime_ns
-    assert train_sam2(cohort, whole, config=Sam2TrainConfig(**{**config.to_dict(), "train": tuple(config.train), "val_every": 2})) == whole
+    assert train_sam2(cohort, whole, config=dataclasses.replace(config, val_every=2)) == whole
     assert (whole / "weights.pt").stat().st_mtime_ns == stamp  # reused, not retrained
     with pytest.raises(ConfigError, match=r"other settings.*\['lr'\]"):
-        train_sam2(cohort, whole, config=Sam2TrainConfig(**{**config.to_dict(), "train": tuple(config.train), "lr": 5e-4}))
+        train_sam2(cohort, whole, config=dataclasses.replace(config, lr=5e-4))
+
+
+def test_pretraining_twice_gives_identical_weights_and_exports_float16(tmp_path):
+    """Synthetic scenes, augmentation, prompts: the same settings twice give the same weights, bit for
+    bit (threads pinned); the exported float16 directory loads anywhere a model is asked for."""
+    config = dataclasses.replace(PRETRAIN, image_size=64, steps=3, warmup_steps=1, val_every=0, snapshot_every=2)
+    first = pretrain_base(tmp_path / "a", config=config)
+    second = pretrain_base(tmp_path / "c", config=config)
+    assert sha256_file(first / "weights.pt") == sha256_file(second / "weights.pt")
+    info = read_model_json(first)
+    assert info["cohort"]["name"] == "synthetic" and info["preset"] is None
+    assert info["statement"].startswith("trained on synthetic scenes only")
+    assert sorted(p.name for p in (first / "training" / "snapshots").iterdir()) == ["step-000002.pt"]
+    shipped = export_base(first, tmp_path / "fp16")
+    state = torch.load(shipped / "weights.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    model = load_model(shipped, device="cpu")
+    reference = load_model(first, device="cpu")
+    key = "sam_mask_decoder.iou_token.weight"
+    torch.testing.assert_close(model.net.state_dict()[key], reference.net.state_dict()[key].half().float())
+    assert read_model_json(shipped)["weights_sha256"] == sha256_file(shipped / "weights.pt")
+
+
+def test_fine_tuning_follows_the_start_models_prompt_prior(tmp_path):
+    base = pretrain_base(tmp_path / "base", config=dataclasses.replace(PRETRAIN, image_size=64, steps=2, warmup_steps=1,
+                                                                       val_every=0, snapshot_every=0))
+    assert read_model_json(base)["architecture"]["prompt_prior"] is True
+    cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train"}, shape=(6, 32, 48)))
+    tuned = train_sam2(cohort, tmp_path / "tuned", config=Sam2TrainConfig(start=str(base), image_size=64, steps=1,
+                                                                           clip_length=2, warmup_steps=0, threads=1))
+    info = read_model_json(tuned)
+    assert info["architecture"]["prompt_prior"] is True and info["start"]["sha256"] == read_model_json(base)["weights_sha256"]
+    assert load_model(tuned, device="cpu").net.prompt_prior
+    with pytest.raises(WeightsError, match="with prompt priors; train with .* and prompt_prior true"):
+        train_sam2(cohort, tmp_path / "x", config=Sam2TrainConfig(start=str(base), image_size=64, prompt_prior=False))
+    with pytest.raises(WeightsError, match="at image size 64 with prompt priors; train with --architecture hiera-micro --image-size 64$"):
+        train_sam2(cohort, tmp_path / "y", config=Sam2TrainConfig(start=str(base / "weights.pt"), image_size=128))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 # --- the model directory, through every face ----------------------------------------------------
 @pytest.mark.slow
 def test_trained_model_directory_describes_itself_and_loads_through_the_api(trained):
     info = read_model_json(trained)
-    assert info["statement"].startswith("trained on cohort tiny-phantoms only")
+    assert info["statement"].startswith("trained on cohort tiny-phantoms (1 train cases) and synthetic scenes (50% of the clips)")
     assert info["cohort"]["train_cases"] == ["p0"] and info["steps"] == TRAINED.steps and info["undertrained"]
     assert info["weights_sha256"] == sha256_file(trained / "weights.pt")
     assert info["architecture"]["name"] == "hiera-micro" and info["start"]["model"] == "untrained"

@@ -31,7 +31,8 @@ class TrainConfig:
 
     Bookkeeping: ``val_every`` (steps; 0 = only at the end), ``checkpoint_every`` (steps),
     ``seed``, ``num_workers`` (data loader processes), ``device`` (``"auto"``, ``"cpu"``,
-    ``"cuda"``, ``"cuda:1"``...).
+    ``"cuda"``, ``"cuda:1"``...), ``threads`` (torch CPU threads while training, restored
+    afterwards; None leaves them: the weights a run makes depend on the count).
     """
 
     backbone: str = "resnet50"
@@ -55,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         choices = {"backbone": BACKBONES, "norm": NORMS, "instances": INSTANCE_MODES, "optimizer": OPTIMIZERS}
@@ -64,6 +66,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1 or unset, got {self.threads}")
         for name in ("warmup_steps", "val_every", "num_workers", "min_area", "empty_ratio", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

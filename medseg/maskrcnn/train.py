@@ -40,14 +40,14 @@ from medseg.maskrcnn.predict import predict_instances
 from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
 from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
-from medseg.runtime import Progress, ShouldStop, check_stop, read_training_state, report, resolve_device
+from medseg.runtime import Progress, ShouldStop, check_stop, read_training_state, report, resolve_device, torch_threads
 
 log = logging.getLogger(__name__)
 
 TRAINING_DIR = "training"
 CHECKPOINT = "checkpoint.pt"
 # Settings that may change between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = ("val_every", "checkpoint_every", "num_workers", "device")
+_RESUMABLE_CHANGES = ("val_every", "checkpoint_every", "num_workers", "device", "threads")
 
 
 def train_from_cohort(
@@ -105,6 +105,12 @@ def train(
     finished = _finished_model(out_dir, config, labels)
     if finished is not None:
         return finished
+    with torch_threads(config.threads):
+        return _train(train_cases, val_cases, out_dir, labels, config, progress, should_stop)
+
+
+def _train(train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig,
+           progress: Progress | None, should_stop: ShouldStop | None) -> MaskRCNNModel:
     run, loader = _Run.start(train_cases, val_cases, out_dir, labels, config)
     with run.checkpoint_on_stop():
         for images, targets in run.batches(loader):

@@ -31,9 +31,9 @@ from medseg.errors import InputError, MedsegError, user_message
 from medseg.manifest import Case
 from medseg.metrics import evaluate
 from medseg.pipeline import results as rs
-from medseg.pipeline.config import MetricSettings, PromptSettings, fingerprint
+from medseg.pipeline.config import MetricSettings, fingerprint
 from medseg.pipeline.methods import Method, MethodSetup, ReferenceMethod, method_class
-from medseg.pipeline.prompt_policy import PromptPolicy
+from medseg.prompt_simulation import PromptPolicy, PromptSettings
 from medseg.prompts import Prompts
 
 log = logging.getLogger(__name__)

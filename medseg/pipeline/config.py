@@ -37,25 +37,9 @@ from typing import Any, Literal
 import yaml
 
 from medseg.errors import ConfigError, syntax_error, user_message
+from medseg.prompt_simulation import PromptSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass(frozen=True)
-class PromptSettings:
-    """The prompt budget every interactive method gets, simulated from the ground truth.
-
-    ``point``: one positive point per object on the slice where it is largest, at its
-    centroid (``centroid``, moved to the nearest object voxel when the centroid falls
-    outside) or at a seeded random object voxel (``random``), or none. ``box``: the bounding
-    box of the object on the middle slice of its z-extent (``middle``), on its largest slice
-    (``largest``), or none. ``reference_slices``: k annotated slices per object for
-    reference prompting (RevSAM2).
-    """
-
-    point: Literal["centroid", "random", "none"] = "centroid"
-    box: Literal["middle", "largest", "none"] = "none"
-    reference_slices: int = 3
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,7 @@ class Sam2Options:
     ``untrained`` runs the random-weight model (flagged everywhere) when the checkpoint cannot
     be had, ``error`` stops. ``image_size``/``preset``/``device``: None = the model's/modality's
     default. ``train``: ``Sam2TrainConfig`` settings: train SAM2 on the cohort's train split
-    first (``medseg.sam2.train_method``; ``model`` then names the start weights)."""
+    first (``medseg.pipeline.sam2_training``; ``model`` then names the start weights)."""
 
     model: str = "sam2.1-tiny"
     fallback: Literal["error", "untrained"] = "error"
@@ -179,7 +179,7 @@ class Sam2Options:
 
     def __post_init__(self) -> None:
         if self.train is not None:
-            from medseg.sam2.train_method import check_train_options
+            from medseg.pipeline.sam2_training import check_train_options
 
             check_train_options(self)
 
@@ -202,7 +202,7 @@ class _Sam2Family(Method):
 
         model = setup.options.model
         if setup.options.train is not None:
-            from medseg.sam2.train_method import check_trainable
+            from medseg.pipeline.sam2_training import check_trainable
 
             check_trainable(setup.name, cohort)
         elif model not in REGISTRY and not Path(model).is_file() and not Path(model).is_dir():
@@ -216,11 +216,11 @@ class _Sam2Family(Method):
 
         model = self.options.model
         if self.options.train is not None:
-            from medseg.sam2.train_method import train_for_pipeline
+            from medseg.pipeline.sam2_training import train_for_pipeline
 
             return train_for_pipeline(self.options, cohort, self.setup.method_dir.parent, progress=progress, should_stop=should_stop)
         if Path(model).is_dir():
-            from medseg.sam2.train_method import trained_state
+            from medseg.pipeline.sam2_training import trained_state
 
             return trained_state(Path(model))
         if model not in REGISTRY:

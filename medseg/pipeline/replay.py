@@ -21,9 +21,10 @@ from medseg.errors import InputError, WeightsError
 from medseg.io import load_labels, read_geometry
 from medseg.manifest import load_manifest
 from medseg.pipeline import results as rs
-from medseg.pipeline.config import MetricSettings, PromptSettings
+from medseg.pipeline.config import MetricSettings
 from medseg.pipeline.case import CaseTask, Worker, setup_from_dict
 from medseg.pipeline.methods import method_class
+from medseg.prompt_simulation import PromptSettings
 
 log = logging.getLogger(__name__)
 

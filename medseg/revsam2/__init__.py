@@ -66,7 +66,6 @@ _PUBLIC = {
     "SupportSlice": "support",
     "reverse_score": "reverse",
     "reverse_scores": "reverse",
-    "sample_slices": "support",
     "segment_with_references": "engine",
     "select_slices": "reverse",
     "track_object": "baseline",

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.prompt_simulation import sample_slices
 from medseg.revsam2.inplane import in_plane_axes, resample_in_plane, same_in_plane_grid
 from medseg.volume import LabelVolume, Volume
 
@@ -227,34 +228,6 @@ class SupportSet:
 
     def __repr__(self) -> str:
         return f"SupportSet({len(self.slices)} slices, labels {self.label_names}, {len(self.references)} reference(s))"
-
-
-def sample_slices(mask: np.ndarray, *, k: int) -> list[int]:
-    """``k`` slice indices spread over the z-extent of a 3D boolean ``mask``, each drawn on.
-
-    The targets are the centres of ``k`` equal chunks of the extent; each moves to the nearest
-    slice where the mask is non-empty. When that leaves duplicates (gaps in the annotation),
-    the slices farthest from those already chosen fill up to ``k``. Fewer than ``k`` come back
-    only when fewer slices are drawn on.
-
-    >>> m = np.zeros((10, 2, 2), bool); m[2:8] = True
-    >>> sample_slices(m, k=3)
-    [2, 4, 6]
-    """
-    drawn = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-    if drawn.size <= k:
-        return drawn.tolist()
-    first, extent = int(drawn[0]), int(drawn[-1] - drawn[0] + 1)
-    targets = first + (np.arange(k) + 0.5) * extent / k - 0.5
-    chosen: list[int] = []
-    for target in targets:
-        z = int(drawn[np.argmin(np.abs(drawn - target))])
-        if z not in chosen:
-            chosen.append(z)
-    while len(chosen) < k:
-        distance = np.min(np.abs(drawn[:, None] - np.array(chosen)[None, :]), axis=1)
-        chosen.append(int(drawn[np.argmax(distance)]))
-    return sorted(chosen)
 
 
 def _as_entry(entry: SupportEntry | tuple, name: str) -> SupportEntry:

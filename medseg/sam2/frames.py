@@ -91,15 +91,21 @@ class VolumeFrames(Sequence[Frame]):
 
 
 def model_input(image: np.ndarray, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(1, 3, S, S)`` float32 network input from a ``(3, H, W)`` [0, 1] frame.
+    """``(1, 3, S, S)`` float32 network input from a ``(3, H, W)`` [0, 1] frame: ``resize_frame`` then ``normalise``."""
+    return normalise(resize_frame(image, image_size, device)[None])
 
-    Bilinear resize with antialiasing (as SAM2's image transforms), then ImageNet mean/std.
-    """
+
+def resize_frame(image: np.ndarray, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A ``(3, H, W)`` [0, 1] frame resized to ``(3, S, S)``: bilinear with antialiasing (as SAM2's image transforms)."""
     tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)[None]
-    tensor = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (tensor - mean) / std
+    return F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def normalise(frames: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std of ``(N, 3, S, S)`` [0, 1] frames."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 3, 1, 1)
+    return (frames - mean) / std
 
 
 def to_model_xy(yx: np.ndarray, shape: tuple[int, int], image_size: int) -> np.ndarray:

@@ -54,6 +54,8 @@ check_sam2_version()
 import torch  # noqa: E402  (after the version check: the imports below are what it protects)
 from sam2.sam2_video_predictor import SAM2VideoPredictor  # noqa: E402
 
+from medseg.sam2.prompt_prior import prompt_prior  # noqa: E402
+
 _IOU_KEY = "pred_iou"  # medseg's key in SAM2's per-frame output dicts
 _LAST_IOU = "medseg_last_pred_iou"  # side channel in the inference state, set by the hook below
 
@@ -62,8 +64,11 @@ class VolumeVideoPredictor(SAM2VideoPredictor):
     """``SAM2VideoPredictor`` reading frame features from the state's ``FeatureCache``.
 
     Built by ``medseg.sam2.model.load_model`` (as the Hydra ``_target_``); states come from
-    ``Sam2State``.
+    ``Sam2State``. ``prompt_prior``: give a frame's first point/box prompt also as a dense mask
+    (``medseg.sam2.prompt_prior``); set for networks trained that way, never for Meta's.
     """
+
+    prompt_prior = False
 
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         # SAM2: runs the image encoder on the preloaded frame tensor and keeps the last frame's
@@ -80,11 +85,18 @@ class VolumeVideoPredictor(SAM2VideoPredictor):
         # SAM2 returns the input image first; no caller uses it, so it is not kept.
         return (None, *self._prepare_backbone_features(backbone_out))
 
-    def _track_step(self, *args, **kwargs):
+    def _track_step(self, frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
+                    point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse=False, prev_sam_mask_logits=None):
         # SAM2: returns (current_out, sam_outputs, ...) and drops the decoder's predicted IoU
         # (sam_outputs[2]). medseg reports it as a per-slice confidence: keep the IoU of the
         # mask SAM2 picked (the highest) in the frame's output dict.
-        current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)
+        # SAM2 feeds prev_sam_mask_logits (an earlier mask on this frame) with the points; a network
+        # trained with prompt priors gets the prior there when there is no earlier mask.
+        if self.prompt_prior and point_inputs is not None and mask_inputs is None and prev_sam_mask_logits is None:
+            prev_sam_mask_logits = prompt_prior(point_inputs["point_coords"], point_inputs["point_labels"], self.image_size)
+        current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(
+            frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes, point_inputs,
+            mask_inputs, output_dict, num_frames, track_in_reverse, prev_sam_mask_logits)
         current_out[_IOU_KEY] = sam_outputs[2].float().max(dim=-1).values
         return current_out, sam_outputs, high_res_features, pix_feat
 
@@ -258,3 +270,46 @@ def position_encodings(net: VolumeVideoPredictor, fpn: Sequence[torch.Tensor]) -
     """
     encode = net.image_encoder.neck.position_encoding
     return [encode(level[:1]).to(level.dtype) for level in fpn]
+
+
+# --- training: SAM2Base's per-frame forward, as SAM2's own training (sam2/modeling/sam2_base.py) -----------
+def flatten_backbone(net: VolumeVideoPredictor, backbone: dict) -> tuple[list, list, list]:
+    """``(features, position encodings, sizes)`` of ``forward_image``'s output, flattened to ``(HW, B, C)``.
+
+    SAM2: ``_prepare_backbone_features`` (the first of its returns, the dict, is dropped).
+    """
+    _, feats, pos, sizes = net._prepare_backbone_features(backbone)
+    return feats, pos, sizes
+
+
+def track_frame(net: VolumeVideoPredictor, t: int, conditioning: bool, feats, pos, sizes, points: dict | None,
+                masks: torch.Tensor | None, memory: dict, n_frames: int, previous_logits: torch.Tensor | None):
+    """One frame of a training clip: ``(output dict, SAM outputs)``, memory not yet encoded.
+
+    SAM2: ``_track_step`` (the public ``track_step`` hides the object score in training mode and
+    always runs the memory encoder; training encodes the memory once per frame, after its last
+    correction, with ``encode_frame_memory``). A conditioning frame reads no memory.
+    """
+    out, sam, _, _ = net._track_step(t, conditioning, feats, pos, sizes, points, masks, memory, n_frames, False,
+                                     previous_logits)
+    out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"], out["object_score_logits"] = sam[3], sam[4], sam[5], sam[6]
+    return out, sam
+
+
+def encode_frame_memory(net: VolumeVideoPredictor, feats, sizes, points: dict | None, sam: tuple, out: dict) -> None:
+    """Add the frame's memory features to ``out`` (SAM2: ``_encode_memory_in_output``, run in training mode)."""
+    net._encode_memory_in_output(feats, sizes, points, True, sam[4], sam[6], out)
+
+
+def decode_without_memory(net: VolumeVideoPredictor, feats, sizes, frames: list[int], prompts: dict) -> tuple:
+    """SAM outputs of ``frames`` prompted alone with ``prompts``, without memory, in one batch.
+
+    SAM2: what ``_prepare_memory_conditioned_features`` does for a first prompted frame (adds the
+    "no memory" embedding), then ``_forward_sam_heads`` with ``_use_multimask``'s choice.
+    """
+    n, hidden = len(frames), net.hidden_dim
+    pix = (feats[-1][:, frames] + net.no_mem_embed).permute(1, 2, 0).reshape(n, hidden, *sizes[-1])
+    high_res = [x[:, frames].permute(1, 2, 0).reshape(n, x.shape[-1], *size) for x, size in zip(feats[:-1], sizes[:-1])]
+    prior = prompt_prior(prompts["point_coords"], prompts["point_labels"], net.image_size) if net.prompt_prior else None
+    return net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=prior, high_res_features=high_res,
+                                  multimask_output=net._use_multimask(True, prompts))

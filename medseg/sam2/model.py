@@ -11,77 +11,17 @@ float32. ``Sam2Model.inference()`` is the context every model call runs in.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra import compose
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-import sam2  # noqa: F401  (registers the package's Hydra config module)
 from medseg.errors import InputError, WeightsError
 from medseg.runtime import Progress, ShouldStop, read_checkpoint, resolve_device, sha256_file
-from medseg.sam2.meta_internals import VolumeVideoPredictor  # checks the sam2 version on import
+from medseg.sam2.model_dir import is_model_dir_weights, load_model_dir
+from medseg.sam2.network import Sam2Model, build, load_state
 from medseg.weights import REGISTRY, ModelSpec, fetch_checkpoint, get_spec, verify_checkpoint
 
 log = logging.getLogger(__name__)
-
-_PREDICTOR_CLASS = f"{VolumeVideoPredictor.__module__}.{VolumeVideoPredictor.__qualname__}"
-
-
-@dataclass(frozen=True, eq=False)
-class Sam2Model:
-    """A loaded SAM2 video model and what is needed to reproduce it.
-
-    ``net`` is a ``VolumeVideoPredictor`` (a ``SAM2VideoPredictor``); engine code calls it
-    inside ``inference()``.
-    """
-
-    net: torch.nn.Module
-    name: str
-    image_size: int
-    device: torch.device
-    untrained: bool
-    checkpoint: Path | None
-    checkpoint_sha256: str | None
-    licence: str
-    seed: int | None
-    config: str = ""
-
-    def inference(self) -> contextlib.AbstractContextManager:
-        """``torch.inference_mode`` plus bfloat16 autocast on CUDA."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        if self.device.type == "cuda":
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-        return stack
-
-    @property
-    def weights_id(self) -> str | None:
-        """What identifies the weights: the checkpoint's SHA-256, or ``untrained:<seed>:<config>``.
-
-        None for weights that exist only in memory (a model being trained or validated):
-        nothing names them, so no embedding store may hold their features.
-        """
-        if self.checkpoint_sha256:
-            return self.checkpoint_sha256
-        return f"untrained:{self.seed}:{self.config}" if self.seed is not None else None
-
-    def provenance(self) -> dict:
-        return {
-            "model": self.name,
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "image_size": self.image_size,
-            "licence": self.licence,
-            "untrained": self.untrained,
-            "seed": self.seed,
-            "device": str(self.device),
-        }
 
 
 def load_model(
@@ -115,10 +55,10 @@ def load_model(
     progress, should_stop
         Byte progress and cancellation of a checkpoint download (``medseg.runtime``).
     """
-    if Path(model).is_dir():  # a model directory written by medseg.sam2.train
-        from medseg.sam2.model_dir import load_model_dir
-
+    if Path(model).is_dir():  # a model directory written by medseg.training.sam2.train
         return load_model_dir(model, image_size=image_size, device=device)
+    if is_model_dir_weights(model):  # its weights file: the directory says what they are
+        return load_model_dir(Path(model).parent, image_size=image_size, device=device)
     device = resolve_device(device)
     path = Path(model) if not isinstance(model, str) or model not in REGISTRY else None
     if path is not None:
@@ -130,6 +70,9 @@ def load_model(
         checkpoint, sha = path, sha256_file(path)
     else:
         spec = get_spec(str(model))
+        if spec.model_dir is not None:  # shipped with medseg: a model directory, its weights pinned in the registry
+            fetch_checkpoint(spec)
+            return load_model_dir(spec.model_dir, image_size=image_size, device=device, name=spec.name, licence=spec.licence)
         checkpoint = None if spec.untrained else fetch_checkpoint(spec, progress=progress, should_stop=should_stop)
         sha = None if checkpoint is None else verify_checkpoint(checkpoint, spec)
     size = int(image_size or spec.image_size)
@@ -137,9 +80,11 @@ def load_model(
         raise InputError(f"image_size must be a multiple of 32 and at least 64, got {size}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _build(spec.config, size)
+        net = build(spec.config, size)
     if checkpoint is not None:
-        _load_weights(net, checkpoint, spec)
+        load_state(net, read_checkpoint(checkpoint), source=f"checkpoint {checkpoint}", network=f"{spec.config} architecture",
+                   remedy="it is another model or another SAM2 size: pick the matching model name or config "
+                          "(for a model trained by medseg, pass its directory)")
     net = net.to(device).eval()
     untrained = checkpoint is None
     if untrained:
@@ -148,46 +93,3 @@ def load_model(
         log.info("model %s (%s), image size %d on %s; licence: %s", spec.name, checkpoint, size, device, spec.licence)
     return Sam2Model(net, spec.name if path is None else str(path), size, device, untrained, checkpoint, sha,
                      spec.licence, seed if untrained else None, spec.config)
-
-
-def _build(config: str, image_size: int, architecture: tuple[str, ...] = ()) -> torch.nn.Module:
-    """Instantiate the config's architecture with Meta's video-inference settings.
-
-    ``architecture``: Hydra overrides of the config (a smaller Hiera, see ``medseg.sam2.model_dir``).
-    """
-    overrides = [*architecture,
-        f"++model._target_={_PREDICTOR_CLASS}",
-        f"++model.image_size={image_size}",
-        # the post-processing build_sam2_video_predictor applies
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-        "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-        "++model.binarize_mask_from_pts_for_mem_enc=true",
-        # hole filling needs sam2's optional CUDA extension; without it sam2 warns on every frame
-        f"++model.fill_hole_area={8 if importlib.util.find_spec('sam2._C') else 0}",
-    ]
-    try:
-        cfg = compose(config_name=config, overrides=overrides)
-    except Exception as error:  # Hydra raises its own MissingConfigException and friends
-        raise WeightsError(f"cannot read SAM2 config {config!r}: {error}") from error
-    OmegaConf.resolve(cfg)
-    return instantiate(cfg.model, _recursive_=True)
-
-
-def _load_weights(net: torch.nn.Module, checkpoint: Path, spec: ModelSpec) -> None:
-    state = read_checkpoint(checkpoint)
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or mismatched:
-        def head(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-
-        raise WeightsError(
-            f"checkpoint {checkpoint} does not fit the {spec.config} architecture of {spec.name!r}: "
-            f"{len(missing)} missing weights [{head(missing)}], {len(unexpected)} unexpected [{head(unexpected)}], "
-            f"{len(mismatched)} of another shape [{head(mismatched)}]. It is another model or another SAM2 size: "
-            f"pick the matching model name or config"
-        )
-    net.load_state_dict(state)

@@ -1,4 +1,4 @@
-"""Trained SAM2 model directories: what ``medseg.sam2.train`` writes and ``load_model(DIR)`` reads.
+"""Trained SAM2 model directories: what ``medseg.training.sam2.train`` writes and ``load_model(DIR)`` reads.
 
 A model directory is self-describing, so a model found on disk months later says what it is::
 
@@ -28,6 +28,7 @@ import torch
 
 from medseg.errors import WeightsError
 from medseg.runtime import read_checkpoint, resolve_device, sha256_file
+from medseg.sam2.network import Sam2Model, build, load_state
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,23 @@ TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 @dataclass(frozen=True)
 class Architecture:
-    """A SAM2 network shape: Meta's config plus Hydra overrides, and the input size."""
+    """A SAM2 network shape: Meta's config plus Hydra overrides, and the input size; ``prompt_prior``:
+    whether the network takes clicks and boxes also as dense masks (``medseg.sam2.prompt_prior``)."""
 
     name: str
     config: str
     overrides: tuple[str, ...]
     image_size: int
+    prompt_prior: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config, "overrides": list(self.overrides), "image_size": self.image_size}
+        return {"name": self.name, "config": self.config, "overrides": list(self.overrides), "image_size": self.image_size,
+                "prompt_prior": self.prompt_prior}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Architecture:
-        return cls(str(data["name"]), str(data["config"]), tuple(data["overrides"]), int(data["image_size"]))
+        return cls(str(data["name"]), str(data["config"]), tuple(data["overrides"]), int(data["image_size"]),
+                   bool(data.get("prompt_prior", False)))
 
 
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
@@ -69,34 +74,24 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
 }
 
 
-def architecture(name: str, image_size: int) -> Architecture:
+def architecture(name: str, image_size: int, *, prompt_prior: bool = False) -> Architecture:
     """The named architecture at ``image_size`` (``WeightsError`` naming the known ones otherwise)."""
     if name not in ARCHITECTURES:
         raise WeightsError(f"unknown SAM2 architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    return Architecture(name, TINY_CONFIG, ARCHITECTURES[name], image_size)
+    return Architecture(name, TINY_CONFIG, ARCHITECTURES[name], image_size, prompt_prior)
 
 
 def build_network(arch: Architecture) -> torch.nn.Module:
     """A randomly initialised network of ``arch`` (the inference class; ``.train()`` to train it)."""
-    from medseg.sam2.model import _build
-
-    return _build(arch.config, arch.image_size, arch.overrides)
+    net = build(arch.config, arch.image_size, arch.overrides)
+    net.prompt_prior = arch.prompt_prior
+    return net
 
 
 def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, arch: Architecture) -> None:
     """Load ``state`` into ``net``, or say plainly that it belongs to another architecture."""
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or mismatched:
-        first = (mismatched or missing or unexpected)[0]
-        raise WeightsError(
-            f"{source} does not fit the SAM2 architecture {arch.name!r}: {len(missing)} weights missing, "
-            f"{len(unexpected)} unexpected, {len(mismatched)} of another shape (first: {first}). "
-            f"It is another model or another SAM2 size: choose the architecture it was trained with"
-        )
-    net.load_state_dict(state)
+    load_state(net, state, source=source, network=f"SAM2 architecture {arch.name!r}",
+               remedy="it is another model or another SAM2 size: choose the architecture it was trained with")
 
 
 def write_model_dir(directory: Path, net: torch.nn.Module, description: dict[str, Any]) -> Path:
@@ -130,13 +125,15 @@ def read_model_json(directory: str | Path) -> dict[str, Any] | None:
     return info
 
 
-def load_model_dir(directory: str | Path, *, image_size: int | None = None, device: str | torch.device | None = None):
+def load_model_dir(directory: str | Path, *, image_size: int | None = None, device: str | torch.device | None = None,
+                   name: str | None = None, licence: str | None = None) -> Sam2Model:
     """A ``Sam2Model`` from a trained model directory (``medseg.sam2.load_model(DIR)`` lands here).
 
     ``image_size`` other than the trained one is refused: the model has only seen that size.
+    ``name``: what reports call the model (a registry name for a shipped one; by default the
+    directory and what it was trained on); ``licence``: the weights' licence where one is known
+    (a shipped model's), else the directory's statement of what it was trained on.
     """
-    from medseg.sam2.model import Sam2Model
-
     directory = Path(directory)
     info = read_model_json(directory)
     if info is None:
@@ -154,8 +151,17 @@ def load_model_dir(directory: str | Path, *, image_size: int | None = None, devi
                  source=str(weights), arch=arch)
     net = net.to(device).eval()
     log.info("SAM2 model %s: %s", directory, info["statement"])
-    return Sam2Model(net, describe(directory, info), arch.image_size, device, False, weights, info["weights_sha256"],
-                     info["statement"], None)
+    return Sam2Model(net, name or describe(directory, info), arch.image_size, device, False, weights, info["weights_sha256"],
+                     licence or info["statement"], None)
+
+
+def is_model_dir_weights(path: str | Path) -> bool:
+    """Whether ``path`` is the weights file of a model directory (a ``model.json`` beside it names it)."""
+    path = Path(path)
+    if not path.is_file() or not (path.parent / MODEL_JSON).is_file():
+        return False
+    info = read_model_json(path.parent)
+    return info is not None and info.get("weights") == path.name
 
 
 def describe(directory: str | Path, info: dict[str, Any]) -> str:

@@ -232,6 +232,7 @@ class Sam2Session:
             groups.setdefault(tuple(obj.slices), []).append(obj.obj_id)
         total, done = nz * len(groups), 0
         labels = np.zeros_like(self._labels)
+        best = np.full(self.volume.shape, -np.inf, dtype=np.float16)  # the logit each voxel's label won with
         confidence = {o: self._empty_confidence() for o in self.prompts.objects}
         for slices, obj_ids in groups.items():
             seen: set[int] = set()
@@ -241,7 +242,7 @@ class Sam2Session:
                         if out.frame_idx in seen:
                             continue
                         check_stop(should_stop, f"SAM2 propagation (after {done} of {total} slices; labels unchanged)")
-                        self._write(labels, confidence, out)
+                        self._write(labels, best, confidence, out)
                         if on_slice is not None:
                             on_slice(out.frame_idx, labels[out.frame_idx])
                         seen.add(out.frame_idx)
@@ -346,25 +347,16 @@ class Sam2Session:
         if mask is not None and not (boxes or points):
             self._exact_masks[key] = mask
 
-    def _write(self, labels: np.ndarray, confidence: dict[int, np.ndarray], out: FrameOutput) -> None:
-        """Paint one frame's objects into ``labels``.
-
-        Within the frame the highest logit wins; pixels an earlier pass (objects prompted on
-        other slices, lower ids first) already took keep their object, except under a mask
-        prompt, which is always painted as given.
-        """
+    def _write(self, labels: np.ndarray, best: np.ndarray, confidence: dict[int, np.ndarray], out: FrameOutput) -> None:
+        """Paint one frame's objects into ``labels`` (see ``paint``); a mask prompt is painted as given."""
         z = out.frame_idx
         logits = out.mask_logits()
-        forced = np.zeros(logits.shape[1:], dtype=bool)
         for i, obj_id in enumerate(out.obj_ids):
             exact = self._exact_masks.get((obj_id, z))
             if exact is not None:
                 logits[i] = np.where(exact, np.float32(1e4), np.float32(-1e4))
-                forced |= exact
             confidence[obj_id][z] = out.scores[i]
-        winner = np.asarray(out.obj_ids)[logits.argmax(axis=0)]
-        painted = (logits.max(axis=0) > 0) & ((labels[z] == 0) | forced)
-        labels[z][painted] = winner[painted]
+        paint(labels[z], best[z], logits, out.obj_ids)
 
     def _editable_labels(self) -> np.ndarray:
         if self._labels_handed_out:
@@ -373,4 +365,25 @@ class Sam2Session:
 
     def _empty_confidence(self) -> np.ndarray:
         return np.full(self.volume.shape[0], np.nan, dtype=np.float32)
+
+
+def paint(labels: np.ndarray, best: np.ndarray, logits: np.ndarray, obj_ids: tuple[int, ...]) -> None:
+    """Paint ``obj_ids``' ``(n, H, W)`` logits into one label slice, in place.
+
+    A pixel goes to the object with the highest positive logit, whichever propagation run (objects
+    prompted on other slices run separately) wrote it first: ``best`` keeps the logit each pixel's
+    label won with. So a lesion prompted on another slice than the organ around it takes its pixels
+    from the organ where SAM2 is surer of the lesion, instead of the first run keeping them.
+
+    >>> labels, best = np.zeros((1, 3), np.int32), np.full((1, 3), -np.inf, np.float16)
+    >>> paint(labels, best, np.array([[[2.0, 2.0, -1.0]]]), (1,))
+    >>> paint(labels, best, np.array([[[1.0, 3.0, 1.0]]]), (2,))
+    >>> labels.tolist()
+    [[1, 2, 2]]
+    """
+    top = logits.max(axis=0)
+    winner = np.asarray(obj_ids)[logits.argmax(axis=0)]
+    painted = (top > 0) & (top > best)
+    labels[painted] = winner[painted]
+    best[painted] = top[painted]
 

@@ -28,11 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseg.pipeline.prompt_policy import centroid_voxel
-from medseg.sam2.train_data import Clip, correction_click
+from medseg.prompt_simulation import bounding_box, centroid_voxel, random_voxel
+from medseg.sam2.meta_internals import decode_without_memory, encode_frame_memory, flatten_backbone, track_frame
+from medseg.training.sam2.clips import Clip, correction_click
 
 WEIGHT_FOCAL, WEIGHT_IOU, WEIGHT_OBJECT = 20.0, 1.0, 1.0
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
+IMAGE_PROMPTS = 8
+"""At most this many (object, frame) pairs per clip are also prompted alone: the decoder's cost grows
+with them, and 8 is about the number of a 4-slice clip of 2 objects."""
 
 
 def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, correction_clicks: int, dice_weight: float,
@@ -45,7 +49,7 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
     """
     with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
         backbone = net.forward_image(clip.images)
-    _, feats, pos, sizes = net._prepare_backbone_features(backbone)
+    feats, pos, sizes = flatten_backbone(net, backbone)
     n_obj, n_frames = clip.targets.shape[:2]
     # Some clips keep the first click alone: its multimask output is what a single click gives
     # at inference, and the memory must learn to track from it too (encoding memory only after a
@@ -62,18 +66,18 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
         if t == 0 and clip.points is not None:
             points = {"point_coords": clip.points, "point_labels": clip.point_labels}
         masks = clip.masks[:, t:t + 1] if conditioning and clip.masks is not None else None
-        out, sam = _track(net, t, conditioning, frame_feats, frame_pos, sizes, points, masks, memory, n_frames, None)
+        out, sam = track_frame(net, t, conditioning, frame_feats, frame_pos, sizes, points, masks, memory, n_frames, None)
         if masks is None:
             terms.append(_frame_terms(sam, target, dice_weight))
         for _ in range(corrections if points is not None else 0):
             xy, labels = correction_click(sam[4][:, 0], target, rng)
             points = {"point_coords": torch.cat([points["point_coords"], xy], 1),
                       "point_labels": torch.cat([points["point_labels"], labels], 1)}
-            out, sam = _track(net, t, conditioning, frame_feats, frame_pos, sizes, points, None, memory, n_frames,
-                              out["pred_masks"])
+            out, sam = track_frame(net, t, conditioning, frame_feats, frame_pos, sizes, points, None, memory, n_frames,
+                                   out["pred_masks"])
             terms.append(_frame_terms(sam, target, dice_weight))
         if t < n_frames - 1:  # the last frame's memory would never be read
-            net._encode_memory_in_output(frame_feats, sizes, points, True, sam[4], sam[6], out)
+            encode_frame_memory(net, frame_feats, sizes, points, sam, out)
             memory["cond_frame_outputs" if conditioning else "non_cond_frame_outputs"][t] = out
     if image_prompts:
         terms.append(_image_terms(net, feats, sizes, clip.targets, rng, dice_weight))
@@ -83,51 +87,35 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def _track(net, t, conditioning, feats, pos, sizes, points, masks, memory, n_frames, previous_logits):
-    """``SAM2Base._track_step`` on frame ``t``; returns its output dict and SAM outputs.
-
-    A conditioning frame reads no memory (SAM2's "initial conditioning frame"): each reference
-    mask of a reference clip is encoded on its own, as inference adds them.
-
-    ``track_step`` (the public one) hides the object score in training mode and always runs
-    the memory encoder; here the memory is encoded once per frame, after its last correction.
-    """
-    out, sam, _, _ = net._track_step(t, conditioning, feats, pos, sizes, points, masks, memory, n_frames, False, previous_logits)
-    out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"], out["object_score_logits"] = sam[3], sam[4], sam[5], sam[6]
-    return out, sam
-
-
 def _image_terms(net, feats, sizes, targets: torch.Tensor, rng: np.random.Generator,
                  dice_weight: float) -> dict[str, torch.Tensor]:
-    """Every drawn (object, frame) of the clip prompted alone, with no memory, in one batch.
+    """The drawn (object, frame) pairs of the clip (at most ``IMAGE_PROMPTS``, drawn at random) prompted
+    alone, with no memory, in one batch.
 
     The prompt kind (one click: the object's centroid voxel or a random object voxel; or the
     object's box) is drawn once per clip, so the batch shares one prompt shape.
     """
     n_obj, n_frames = targets.shape[:2]
     drawn = [(b, t) for t in range(n_frames) for b in range(n_obj) if bool(targets[b, t].any())]
+    if len(drawn) > IMAGE_PROMPTS:
+        drawn = [drawn[i] for i in sorted(rng.choice(len(drawn), IMAGE_PROMPTS, replace=False))]
     frames = [t for _, t in drawn]
     masks = torch.stack([targets[b, t] for b, t in drawn])
     box = rng.random() < 0.5
     points = torch.tensor(np.array([_image_prompt(m.cpu().numpy() > 0.5, box, rng) for m in masks]), dtype=torch.float32,
                           device=masks.device)
     labels = torch.tensor([[2, 3] if box else [1]] * len(drawn), dtype=torch.int32, device=masks.device)
-    prompts = {"point_coords": points, "point_labels": labels}
-    # As _prepare_memory_conditioned_features does for a first prompted frame: no memory, the "no memory" embedding.
-    pix = (feats[-1][:, frames] + net.no_mem_embed).permute(1, 2, 0).reshape(len(drawn), net.hidden_dim, *sizes[-1])
-    high_res = [x[:, frames].permute(1, 2, 0).reshape(len(drawn), x.shape[-1], *size) for x, size in zip(feats[:-1], sizes[:-1])]
-    sam = net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=None, high_res_features=high_res,
-                                 multimask_output=net._use_multimask(True, prompts))
+    sam = decode_without_memory(net, feats, sizes, frames, {"point_coords": points, "point_labels": labels})
     return _frame_terms(sam, masks, dice_weight)
 
 
 def _image_prompt(mask: np.ndarray, box: bool, rng: np.random.Generator) -> np.ndarray:
     """Model ``(x, y)`` prompt points of a model-frame ``mask``: its box corners, or one click."""
-    yx = np.argwhere(mask)
     if box:
-        return np.stack([yx.min(axis=0), yx.max(axis=0)])[:, ::-1].astype(np.float32)
-    click = centroid_voxel(mask) if rng.random() < 0.5 else yx[rng.integers(len(yx))]
-    return np.asarray(click, dtype=np.float32)[None, ::-1]
+        y0, x0, y1, x1 = bounding_box(mask)
+        return np.array([[x0, y0], [x1, y1]], dtype=np.float32)
+    y, x = centroid_voxel(mask) if rng.random() < 0.5 else random_voxel(mask, rng)
+    return np.array([[x, y]], dtype=np.float32)
 
 
 def _frame_terms(sam: tuple, target: torch.Tensor, dice_weight: float) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ MODELS_DIR = "sam2-model"
 
 def check_train_options(options: Any) -> None:
     """Validate a method's ``train:`` block (unknown keys, bad values) when the YAML is read."""
-    from medseg.sam2.train_config import Sam2TrainConfig
+    from medseg.training.sam2.config import Sam2TrainConfig
 
     Sam2TrainConfig.from_dict(options.train)
 
@@ -38,12 +38,12 @@ def check_trainable(method: str, cohort) -> None:
 def train_for_pipeline(options: Any, cohort, results_dir: Path, *, progress: Progress | None = None,
                        should_stop: ShouldStop | None = None) -> dict[str, Any]:
     """Train (or reuse) the model of ``options.train`` on ``cohort``; the method's state."""
-    from medseg.sam2.train import train_sam2
-    from medseg.sam2.train_config import Sam2TrainConfig
+    from medseg.training.sam2.config import BOOKKEEPING, Sam2TrainConfig
+    from medseg.training.sam2.train import train_sam2
 
     config = Sam2TrainConfig.from_dict(options.train)
     ids = [c.id for c in cohort.split("train") if c.label is not None]
-    model_config = {k: v for k, v in config.to_dict().items() if k not in ("val_every", "checkpoint_every", "device", "threads")}
+    model_config = {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING}
     key = hashlib.sha256(json.dumps([cohort.name, ids, model_config], sort_keys=True).encode()).hexdigest()[:12]
     directory = results_dir / MODELS_DIR / key
     log.info("SAM2 model for %s: %s (training it unless it is there)", cohort.name, directory)

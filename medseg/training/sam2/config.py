@@ -6,7 +6,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from medseg.errors import ConfigError
+from medseg.synthetic import SyntheticConfig
+from medseg.training.augment import AugmentConfig
 
+BOOKKEEPING = ("val_every", "checkpoint_every", "device", "threads", "snapshot_every")
+"""Settings that do not change the model a training run makes (a run may resume with other values)."""
 PARTS = ("image_encoder", "memory", "decoder")
 """What can be trained: the Hiera image encoder, the memory attention + memory encoder (+
 object-pointer projections), the prompt encoder + mask decoder."""
@@ -14,7 +18,7 @@ object-pointer projections), the prompt encoder + mask decoder."""
 
 @dataclass(frozen=True)
 class Sam2TrainConfig:
-    """How to train SAM2 on a cohort's ``train`` split.
+    """How to train SAM2 on a cohort's ``train`` split and on synthetic scenes.
 
     ``start``: ``untrained`` (random initialisation), a registry name (``sam2.1-tiny``,
     ``medsam2``: fine-tuning) or a checkpoint path. ``architecture``: ``hiera-micro`` (small,
@@ -39,8 +43,19 @@ class Sam2TrainConfig:
     only and needs no second case.
     ``image_prompts``: also prompt every object on every frame alone, without memory (SAM2's
     joint image training; it teaches the decoder to follow prompts far sooner).
+    Objects (``medseg.training.sam2.clips``): ``p_synthetic`` of the clips come from synthetic
+    scenes of generic objects (``synthetic``: ``medseg.synthetic.SyntheticConfig`` fields; 1 when
+    there is no cohort: pretraining); the others from the cohort, class-agnostic: every label, a
+    label's connected parts alone with probability ``p_parts``, and with ``structures`` the
+    unlabelled compartments found from the intensities. At most ``max_objects`` per clip.
+    ``augment``: ``medseg.training.augment.AugmentConfig`` fields, one draw per clip.
     ``threads``: CPU threads torch uses while training (restored afterwards); on a CPU shared
     with other work 1 is often several times faster than more, which spin-wait.
+    ``snapshot_every``: keep the weights every that many steps in ``training/snapshots/`` (0: none),
+    to evaluate a long run along the way.
+    ``prompt_prior``: the network also takes each click and box as a dense mask
+    (``medseg.sam2.prompt_prior``; a small network trained from scratch learns prompts far sooner).
+    None follows the start weights: on for medseg's base model, off for Meta's and for ``untrained``.
     """
 
     start: str = "untrained"
@@ -63,12 +78,20 @@ class Sam2TrainConfig:
     p_reference: float = 0.0
     references: int = 3
     image_prompts: bool = True
+    p_synthetic: float = 0.5
+    synthetic: SyntheticConfig = SyntheticConfig()
+    p_parts: float = 0.3
+    structures: bool = True
+    max_objects: int = 6
+    augment: AugmentConfig = AugmentConfig()
+    prompt_prior: bool | None = None
     preset: str | None = None
     seed: int = 0
     val_every: int = 0
     checkpoint_every: int = 50
     device: str = "cpu"
     threads: int | None = None
+    snapshot_every: int = 0
 
     def __post_init__(self) -> None:
         if self.image_size % 32 or self.image_size < 64:
@@ -93,12 +116,20 @@ class Sam2TrainConfig:
                               f"lr_memory {self.lr_memory}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 or unset, got {self.threads}")
+        if not 0 <= self.p_synthetic <= 1 or not 0 <= self.p_parts <= 1 or self.max_objects < 1:
+            raise ConfigError(f"p_synthetic and p_parts must be probabilities and max_objects at least 1, got "
+                              f"{self.p_synthetic}, {self.p_parts}, {self.max_objects}")
+        if self.p_synthetic + self.p_reference > 1:
+            raise ConfigError(f"p_synthetic + p_reference must be at most 1, got {self.p_synthetic} + {self.p_reference}")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.warmup_steps < 0 or self.val_every < 0 or self.correction_clicks < 0 or self.grad_clip <= 0:
             raise ConfigError("warmup_steps, val_every and correction_clicks must be >= 0 and grad_clip > 0")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["train"] = list(self.train)
+        data["synthetic"], data["augment"] = self.synthetic.to_dict(), self.augment.to_dict()
         return data
 
     @classmethod
@@ -110,10 +141,13 @@ class Sam2TrainConfig:
         data = dict(data)
         if "train" in data:
             data["train"] = tuple([data["train"]] if isinstance(data["train"], str) else data["train"])
+        if isinstance(data.get("synthetic"), dict):
+            data["synthetic"] = SyntheticConfig.from_dict(data["synthetic"])
+        if isinstance(data.get("augment"), dict):
+            data["augment"] = AugmentConfig.from_dict(data["augment"])
         return cls(**data)
 
     def same_model(self, other: Sam2TrainConfig) -> bool:
         """Whether ``other`` trains the same model (only bookkeeping settings may differ)."""
-        bookkeeping = {"val_every", "checkpoint_every", "device", "threads"}
         mine, theirs = self.to_dict(), other.to_dict()
-        return all(mine[k] == theirs[k] for k in mine if k not in bookkeeping)
+        return all(mine[k] == theirs[k] for k in mine if k not in BOOKKEEPING)

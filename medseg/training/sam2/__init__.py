@@ -1,0 +1,1 @@
+"""SAM2 training: clips with simulated prompts, SAM2's losses, the step loop, validation."""
