@@ -169,3 +169,45 @@ def test_a_box_without_area_and_a_background_only_object_are_refused(make_napari
     key(qtbot, viewer, Qt.Key.Key_G, SHIFT)
     assert panel.task is None
     assert "object 1 has only background (negative) prompts" in panel.status.text()
+
+
+def test_a_stroke_and_a_click_in_a_coronal_view_prompt_the_acquired_slices(make_napari_viewer, qtbot, phantom_file):
+    path, truth = phantom_file
+    viewer = make_napari_viewer(show=True)
+    image, _, panel = open_panel(viewer, path)
+    ws = panel.workspace
+    z, y, x = liver_centre(truth)
+    viewer.dims.order = (1, 0, 2)  # napari's Transpose (Ctrl-T): rows are slices z, columns x, y is the slider
+
+    key(qtbot, viewer, Qt.Key.Key_S, SHIFT)  # scribble
+    scribbles = ws.prompts.scribbles
+    assert viewer.layers.selection.active.unique_id == scribbles.unique_id and scribbles.mode == "paint"
+    scribbles.brush_size = 1
+    canvas_drag(qtbot, viewer, image, (z - 2, y, x), (z + 2, y, x))  # a stroke across five acquired slices
+    key(qtbot, viewer, Qt.Key.Key_T, SHIFT)  # background from now on
+    canvas_drag(qtbot, viewer, image, (z, y, x + 12), (z + 1, y, x + 12))
+    key(qtbot, viewer, Qt.Key.Key_D, SHIFT)
+    canvas_click(qtbot, viewer, image, (z + 3, y, x))  # a background click on slice z + 3 (still negative)
+
+    strokes = [m for m in ws.markers() if m.voxels is not None]
+    assert [(m.positive, m.slices) for m in strokes] == [(True, list(range(z - 2, z + 3))), (False, [z, z + 1])]
+    assert {int(v) for m in strokes for v in m.voxel_array()[:, 1]} == {y}  # all on the coronal plane shown
+    assert set(np.unique(scribbles.data)) == {0, 1, 2}
+    [point] = [m for m in ws.markers() if m.point is not None]
+    assert (point.z, round(point.point[0]), point.positive) == (z + 3, y, False)
+
+    key(qtbot, viewer, Qt.Key.Key_G)
+    wait(qtbot, panel)
+    obj = ws.session.prompts.objects[1]
+    assert sorted((s.z, s.positive) for s in obj.scribbles) == sorted(
+        [(zz, True) for zz in range(z - 2, z + 3)] + [(z, False), (z + 1, False)])
+    assert [(p.z, p.positive) for p in obj.points] == [(z + 3, False)]
+    assert sorted(ws.result().provenance["prompts"]["1"]["scribbles"], key=lambda s: s["z"])[0]["z"] == z - 2
+
+    viewer.layers.selection.active = viewer.layers[scribbles.name]
+    scribbles.mode = "erase"
+    canvas_drag(qtbot, viewer, image, (z - 2, y, x), (z + 2, y, x))  # the first stroke, erased
+    assert [m.positive for m in ws.markers() if m.voxels is not None] == [False] and 1 not in scribbles.data
+    plan = ws.plan(ws.session_key)
+    assert (plan.kept, plan.undo) == (0, 5 + 2 + 1)  # every slice the strokes and the click gave SAM2 comes back
+    assert [m.uid for m in plan.markers] == [strokes[1].uid, point.uid]  # and what is left is sent again
