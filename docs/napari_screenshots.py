@@ -1,4 +1,4 @@
-"""Refresh the README's napari pictures: docs/napari.png and the click -> propagate -> correct sequence.
+"""Refresh the README's napari pictures: docs/napari.png, click -> propagate -> correct, a coronal scribble, the cohort.
 
 Run under a 1600 x 1000 display (``make napari-screenshots``, or
 ``xvfb-run -a -s "-screen 0 1600x1000x24" python docs/napari_screenshots.py``). The model is
@@ -9,6 +9,7 @@ prompts) and everything propagated from them is meaningless, which the panel say
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,16 +58,16 @@ def main() -> None:
 
     # 1. click: one painted slice per organ as mask prompts, a point on the liver
     names = truth.metadata["medseg_labels"].label_names
-    panel.mask_prompt.click()  # opens the labels layer for painting
+    panel.tools.mask_prompt.click()  # opens the labels layer for painting
     for value, name in names.items():
         if value > 1:
-            panel.add_object.click()
-        panel.objects.item(value - 1, 1).setText(name)
+            panel.objects.add.click()
+        panel.objects.table.item(value - 1, 1).setText(name)
         ws.labels.data[z][truth.data[z] == value] = value  # what the labels brush does
         ws.labels.refresh()
-        panel.mask_prompt.click()
+        panel.tools.mask_prompt.click()
     panel.select_object(1)
-    panel.place_points()
+    panel.tools.place_points()
     y, x = np.argwhere(truth.data[z] == 1).mean(axis=0)
     ws.prompts.points.add([z, y, x])
     _shot(viewer, "napari_1_click.png")
@@ -87,6 +88,35 @@ def main() -> None:
     panel.propagate.click()
     _spin(lambda: panel.task.finished)
     _shot(viewer, "napari_3_correct.png")
+
+    # 4. a scribble on the spleen drawn in a coronal view (Ctrl-T): a prompt on every slice it crosses
+    panel.select_object(2)
+    panel.tools.draw_scribble()
+    scribbles = ws.prompts.scribbles
+    spleen = np.argwhere(truth.data == 2)
+    y = int(np.median(spleen[:, 1]))
+    rows = spleen[spleen[:, 1] == y]
+    x = int(np.median(rows[:, 2]))
+    viewer.dims.order = (1, 0, 2)  # coronal: rows are slices z, columns x
+    viewer.dims.set_point(1, image.data_to_world((0, y, 0))[1])
+    with scribbles.block_history():  # one stroke, as a drag with the brush makes
+        for zz in range(rows[:, 0].min(), rows[:, 0].max() + 1):
+            scribbles.paint((zz, y, x), 1)
+    panel.propagate.click()
+    _spin(lambda: panel.task.finished)
+    _shot(viewer, "napari_4_coronal_scribble.png")
+    viewer.dims.order = (0, 1, 2)
+
+    # 5. the Cohort tab: the demo cohort case by case (needs its files: ``medseg demo-data data_manifests``)
+    manifest = Path(sys.argv[1]) if len(sys.argv) > 1 else DOCS.parent / "data_manifests" / "demo.json"
+    if (manifest.parent / "demo").is_dir():
+        widget.tabs.setCurrentIndex(1)
+        widget.cohort.source.setText(str(manifest))
+        widget.cohort.output.setText(str(Path(tempfile.mkdtemp()) / "annotations"))
+        widget.cohort.open_cohort()
+        _shot(viewer, "napari_5_cohort.png")
+    else:
+        print(f"no demo data beside {manifest}: napari_5_cohort.png not refreshed")
     viewer.close()
 
 

@@ -1,5 +1,12 @@
 """Prompts for interactive segmentation, always in voxel indices ``(z, y, x)`` of a Volume.
 
+Four kinds, per object and slice: points (positive or negative), boxes, masks (kept exactly)
+and scribbles: brush strokes, positive or negative, as the voxels they cover (nnInteractive's
+scribble prompt). A stroke drawn in any view (axial, coronal, sagittal, 3D) is a 3D voxel set;
+``Prompts.add_scribble_volume`` cuts it into one scribble per acquired slice it crosses, which
+is what a slice-by-slice engine can use. SAM2 takes a scribble as a few points spread along
+it (``ScribblePrompt.points``).
+
 Conversion to a model's frame size happens inside the engine, once. ``Prompts`` round-trips
 through JSON (``to_dict`` / ``from_dict``) so that a batch run can log the exact prompts used
 and ``medseg replay`` can feed them again.
@@ -17,7 +24,7 @@ from medseg.errors import InputError
 
 PROMPTS_FORM = (
     'prompts as {"1": {"points": [[z, y, x, 1]], "boxes": [[z, y0, x0, y1, x1]]}} (object id -> points, boxes, '
-    'masks; Prompts.to_dict), or a file holding them: a pipeline case\'s prompts.json or result.json, a '
+    'masks, scribbles; Prompts.to_dict), or a file holding them: a pipeline case\'s prompts.json or result.json, a '
     "medseg segment --qc file"
 )
 
@@ -47,6 +54,38 @@ class MaskPrompt:
     mask: np.ndarray  # (y, x) bool
 
 
+@dataclass(frozen=True, eq=False)
+class ScribblePrompt:
+    """The voxels ``(y, x)`` a brush stroke covers on slice ``z``; ``positive``: object or background."""
+
+    z: int
+    mask: np.ndarray  # (y, x) bool
+    positive: bool = True
+
+    def points(self, max_points: int = 6) -> list[tuple[int, int]]:
+        """At most ``max_points`` voxels ``(y, x)`` of the stroke, spread along it (farthest-point order).
+
+        The first is the stroke's voxel nearest its centroid; each next one is the voxel
+        farthest from those taken, so a long stroke gets points along its whole length.
+
+        >>> mask = np.zeros((3, 9), bool); mask[1, :] = True
+        >>> ScribblePrompt(0, mask).points(3)
+        [(1, 4), (1, 0), (1, 8)]
+        """
+        coords = np.argwhere(self.mask)
+        if len(coords) == 0:
+            return []
+        taken = [int(np.linalg.norm(coords - coords.mean(axis=0), axis=1).argmin())]
+        distance = np.linalg.norm(coords - coords[taken[0]], axis=1)
+        while len(taken) < min(max_points, len(coords)) and distance.max() > 0:
+            taken.append(int(distance.argmax()))
+            distance = np.minimum(distance, np.linalg.norm(coords - coords[taken[-1]], axis=1))
+        return [(int(coords[i][0]), int(coords[i][1])) for i in taken]
+
+
+Prompt = PointPrompt | BoxPrompt | MaskPrompt | ScribblePrompt
+
+
 @dataclass
 class ObjectPrompts:
     """Everything the user said about one object; ``obj_id`` is its label value (>= 1)."""
@@ -56,15 +95,35 @@ class ObjectPrompts:
     points: list[PointPrompt] = field(default_factory=list)
     boxes: list[BoxPrompt] = field(default_factory=list)
     masks: list[MaskPrompt] = field(default_factory=list)
+    scribbles: list[ScribblePrompt] = field(default_factory=list)
 
     @property
     def slices(self) -> list[int]:
         """The prompted slice indices, sorted."""
-        zs = {p.z for p in self.points} | {b.z for b in self.boxes} | {m.z for m in self.masks}
-        return sorted(zs)
+        return sorted({p.z for p in self.all()})
+
+    def all(self) -> list[Prompt]:
+        """Every prompt: masks, boxes, scribbles, then points."""
+        return [*self.masks, *self.boxes, *self.scribbles, *self.points]
+
+    def on_slice(self, z: int) -> list[Prompt]:
+        """The prompts on slice ``z``, in the order of ``all``."""
+        return [p for p in self.all() if p.z == z]
 
     def is_empty(self) -> bool:
-        return not (self.points or self.boxes or self.masks)
+        return not self.all()
+
+    def put(self, items: tuple[Prompt, ...]) -> None:
+        """Add ``items`` to their lists."""
+        lists = {PointPrompt: self.points, BoxPrompt: self.boxes, MaskPrompt: self.masks,
+                 ScribblePrompt: self.scribbles}
+        for item in items:
+            lists[type(item)].append(item)
+
+    def take(self, items: tuple[Prompt, ...]) -> None:
+        """Remove exactly these ``items`` (by identity)."""
+        for lst in (self.points, self.boxes, self.masks, self.scribbles):
+            lst[:] = [x for x in lst if not any(x is item for item in items)]
 
 
 @dataclass
@@ -95,6 +154,25 @@ class Prompts:
         self.object(obj_id).masks.append(MaskPrompt(int(z), np.asarray(mask, dtype=bool)))
         return self
 
+    def add_scribble(self, obj_id: int, z: int, mask: np.ndarray, *, positive: bool = True) -> "Prompts":
+        """A brush stroke on slice ``z``: the ``(y, x)`` voxels it covers."""
+        self.object(obj_id).scribbles.append(ScribblePrompt(int(z), np.asarray(mask, dtype=bool), bool(positive)))
+        return self
+
+    def add_scribble_volume(self, obj_id: int, mask: np.ndarray, *, positive: bool = True) -> "Prompts":
+        """A stroke drawn in any view, as a ``(z, y, x)`` voxel mask: one scribble per slice it crosses.
+
+        >>> stroke = np.zeros((4, 3, 3), bool); stroke[1:3, 1, 2] = True  # drawn on a sagittal plane
+        >>> [s.z for s in Prompts().add_scribble_volume(1, stroke).objects[1].scribbles]
+        [1, 2]
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim != 3:
+            raise InputError(f"a scribble volume is (z, y, x); got an array of shape {mask.shape}")
+        for z in np.flatnonzero(mask.any(axis=(1, 2))):
+            self.add_scribble(obj_id, int(z), mask[z], positive=positive)
+        return self
+
     @property
     def slices(self) -> list[int]:
         return sorted({z for obj in self.objects.values() for z in obj.slices})
@@ -103,7 +181,7 @@ class Prompts:
         """Raise ``InputError`` naming the object and prompt that does not fit the volume."""
         nz, ny, nx = shape_zyx
         if not self.objects or all(obj.is_empty() for obj in self.objects.values()):
-            raise InputError("no prompts given: add at least one point, box or mask")
+            raise InputError("no prompts given: add at least one point, box, mask or scribble")
         for obj in self.objects.values():
             for p in obj.points:
                 if not (0 <= p.z < nz and 0 <= p.y <= ny - 1 and 0 <= p.x <= nx - 1):
@@ -124,6 +202,12 @@ class Prompts:
                     )
                 if not m.mask.any():
                     raise InputError(f"object {obj.obj_id}: mask on slice {m.z} is empty")
+            for sc in obj.scribbles:
+                if not 0 <= sc.z < nz or sc.mask.shape != (ny, nx):
+                    raise InputError(f"object {obj.obj_id}: scribble on slice {sc.z} of shape {sc.mask.shape} does not "
+                                     f"fit the volume of shape {shape_zyx}")
+                if not sc.mask.any():
+                    raise InputError(f"object {obj.obj_id}: scribble on slice {sc.z} covers no voxel")
 
     def to_dict(self) -> dict:
         """JSON-able form; masks are stored as COCO run-length encodings (compact for big masks)."""
@@ -135,6 +219,10 @@ class Prompts:
                 "masks": [
                     {"z": m.z, "shape": list(m.mask.shape), "rle": _encode_mask(m.mask)} for m in obj.masks
                 ],
+                **({"scribbles": [
+                    {"z": sc.z, "shape": list(sc.mask.shape), "rle": _encode_mask(sc.mask),
+                     "positive": int(sc.positive)} for sc in obj.scribbles
+                ]} if obj.scribbles else {}),
             }
             for obj_id, obj in sorted(self.objects.items())
         }
@@ -182,10 +270,10 @@ class Prompts:
 
     def _add_object(self, obj_id: int, spec: Any) -> None:
         if not isinstance(spec, dict):
-            raise InputError(f"is a JSON {type(spec).__name__}, not an object with name, points, boxes, masks")
-        unknown = sorted(set(spec) - {"name", "points", "boxes", "masks"})
+            raise InputError(f"is a JSON {type(spec).__name__}, not an object with name, points, boxes, masks, scribbles")
+        unknown = sorted(set(spec) - {"name", "points", "boxes", "masks", "scribbles"})
         if unknown:
-            raise InputError(f"unknown key(s) {unknown}; an object has name, points, boxes, masks")
+            raise InputError(f"unknown key(s) {unknown}; an object has name, points, boxes, masks, scribbles")
         obj = self.object(obj_id, spec.get("name", ""))
         for z, y, x, positive in spec.get("points", []):
             self.add_point(obj.obj_id, z, y, x, positive=bool(positive))
@@ -193,6 +281,8 @@ class Prompts:
             self.add_box(obj.obj_id, z, y0, x0, y1, x1)
         for m in spec.get("masks", []):
             self.add_mask(obj.obj_id, m["z"], _decode_mask(m["rle"], m["shape"]))
+        for sc in spec.get("scribbles", []):
+            self.add_scribble(obj.obj_id, sc["z"], _decode_mask(sc["rle"], sc["shape"]), positive=bool(sc.get("positive", 1)))
 
 
 def _encode_mask(mask: np.ndarray) -> str:

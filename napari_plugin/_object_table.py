@@ -20,6 +20,9 @@ class ObjectTable(QTableWidget):
         self.setMinimumHeight(100)
         self.setMaximumHeight(130)
         self.setColumnWidth(0, 60)
+        # a name is edited on double-click or F2, never by typing: letters typed here are the panel's keys
+        triggers = QTableWidget.EditTrigger
+        self.setEditTriggers(triggers.DoubleClicked | triggers.EditKeyPressed)
 
     def show_objects(self, objects: dict[int, str], *, accepted: set[int], colour_of, select: int | None = None) -> None:
         """List ``objects`` (value -> name) and select ``select`` (else the first row)."""

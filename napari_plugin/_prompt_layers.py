@@ -1,14 +1,18 @@
-"""The Points and Shapes layers a user prompts SAM2 with, on one volume's voxel grid.
+"""The Points, Shapes and scribble Labels layers a user prompts SAM2 with, on one volume's grid.
 
-Both layers share the image's transform, and each is made on first use (an empty layer in
-the layer list only costs drawing time, most of all in 3D) (``_layers.display_transform``), so their data are
-voxel indices ``(z, y, x)`` of the ``Volume``, which is what ``medseg`` prompts are. Each
-marker carries features: ``uid`` (a number given in placing order, shared by both layers),
-``object`` (the label value it prompts) and, for points, ``positive``.
+The layers share the image's transform (``_layers.display_transform``), so their data are
+voxel indices ``(z, y, x)`` of the ``Volume``, which is what ``medseg`` prompts are, whatever
+view they were drawn in. Each is made on first use (an empty layer in the layer list only
+costs drawing time, most of all in 3D). Points and boxes carry features: ``uid`` (a number
+given in placing order, shared by all prompt layers), ``object`` (the label value it prompts)
+and, for points, ``positive``.
 
 Positive points are green, negative points red; a marker's outline has its object's label
 colour. Shift-click places a negative point (a positive one while the "negative" toggle is
-on).
+on). Scribbles are brush strokes in a Labels layer (1 = object, green; 2 = background, red),
+painted in any view (a coronal stroke crosses many acquired slices); each stroke becomes one
+marker of the selected object, holding the voxels it painted. Erasing takes voxels out of
+the strokes; Undo and Clear repaint the layer from the markers.
 """
 
 from __future__ import annotations
@@ -39,10 +43,32 @@ class Marker:
     positive: bool = True
     box: tuple[float, float, float, float] | None = None
     mask: bytes | None = None
+    voxels: bytes | None = None  # a scribble: its voxel indices, np.int32 (n, 3) rows (z, y, x)
 
     def mask_array(self, shape_yx: tuple[int, int]) -> np.ndarray:
         bits = np.unpackbits(np.frombuffer(self.mask, dtype=np.uint8), count=shape_yx[0] * shape_yx[1])
         return bits.reshape(shape_yx).astype(bool)
+
+    def voxel_array(self) -> np.ndarray:
+        return np.frombuffer(self.voxels, dtype=np.int32).reshape(-1, 3)
+
+    @property
+    def slices(self) -> list[int]:
+        """The acquired slices the marker prompts: one, or every slice a scribble crosses."""
+        return sorted({int(z) for z in self.voxel_array()[:, 0]}) if self.voxels is not None else [self.z]
+
+    def scribble_slices(self, shape_yx: tuple[int, int]) -> dict[int, np.ndarray]:
+        """A scribble's ``(y, x)`` masks by slice."""
+        masks: dict[int, np.ndarray] = {}
+        for z, y, x in self.voxel_array():
+            masks.setdefault(int(z), np.zeros(shape_yx, bool))[y, x] = True
+        return masks
+
+
+def scribble_marker(uid: int, obj_id: int, voxels: np.ndarray, *, positive: bool) -> Marker:
+    """A scribble marker from ``(n, 3)`` voxel indices (sorted, so equal strokes compare equal)."""
+    voxels = np.unique(np.asarray(voxels, dtype=np.int32).reshape(-1, 3), axis=0)
+    return Marker(uid, obj_id, int(voxels[0, 0]), positive=positive, voxels=voxels.tobytes())
 
 
 class PromptLayers:
@@ -57,8 +83,11 @@ class PromptLayers:
         self._next_uid = 0
         self._obj_id = 1
         self.negative = False
+        self._shape = volume.shape
         self._points: Any | None = None  # made on first use: an empty layer only costs (3D) drawing time
         self._boxes: Any | None = None
+        self._scribbles: Any | None = None
+        self._strokes: list[Marker] = []  # the scribble markers the scribbles layer shows
 
     @property
     def points(self) -> Any:
@@ -85,6 +114,22 @@ class PromptLayers:
             self._watch(self._boxes)
         return self._boxes
 
+    @property
+    def scribbles(self) -> Any:
+        """The Labels layer for scribbles (made on first use, painting the current sign)."""
+        if self._scribbles is None:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: _POSITIVE, 2: _NEGATIVE}
+            self._scribbles = self._viewer.add_labels(
+                np.zeros(self._shape, np.uint8), name=f"{self._name} scribbles", opacity=0.9,
+                colormap=DirectLabelColormap(color_dict=colours), **self._transform,
+            )
+            self._scribbles.brush_size = max(1, round(self._size / 3))
+            self._scribbles.events.paint.connect(self._on_paint)
+            self._update_defaults()
+        return self._scribbles
+
     def _watch(self, layer: Any) -> None:
         layer.events.data.connect(self._on_data)
         self._update_defaults()
@@ -92,7 +137,7 @@ class PromptLayers:
     @property
     def layers(self) -> tuple[Any, ...]:
         """The prompt layers made so far."""
-        return tuple(layer for layer in (self._points, self._boxes) if layer is not None)
+        return tuple(layer for layer in (self._points, self._boxes, self._scribbles) if layer is not None)
 
     def set_object(self, obj_id: int) -> None:
         """New markers prompt ``obj_id``."""
@@ -110,7 +155,7 @@ class PromptLayers:
             found += self._point_markers()
         if self._boxes is not None:
             found += self._box_markers()
-        return sorted(found, key=lambda m: m.uid)
+        return sorted(found + self._strokes, key=lambda m: m.uid)
 
     def _point_markers(self) -> list[Marker]:
         found = []
@@ -144,14 +189,26 @@ class PromptLayers:
         self._remove_where("object", obj_id)
 
     def set_markers(self, markers: list[Marker]) -> None:
-        """Replace every point and box by ``markers`` (mask markers are kept elsewhere): Undo/Redo."""
+        """Replace every point, box and scribble by ``markers`` (mask markers are kept elsewhere): Undo/Redo."""
         points = [m for m in markers if m.point is not None]
         boxes = [m for m in markers if m.box is not None]
         if points or self._points is not None:
             self._set_points(points)
         if boxes or self._boxes is not None:
             self._set_boxes(boxes)
+        self._set_strokes([m for m in markers if m.voxels is not None])
         self.recolour()
+
+    def _set_strokes(self, strokes: list[Marker]) -> None:
+        self._strokes = list(strokes)
+        if self._scribbles is None and not strokes:
+            return
+        data = np.zeros(self._shape, np.uint8)
+        for m in strokes:
+            z, y, x = m.voxel_array().T
+            data[z, y, x] = 1 if m.positive else 2
+        self.scribbles.data[...] = data
+        self.scribbles.refresh()
 
     def _set_points(self, points: list[Marker]) -> None:
         self.points.data = np.array([(m.z, *m.point) for m in points], dtype=float).reshape(-1, 3)
@@ -166,7 +223,12 @@ class PromptLayers:
         self.boxes.features = {"uid": [m.uid for m in boxes], "object": [m.obj_id for m in boxes]}
 
     def _remove_where(self, feature: str, value: int) -> None:
-        for layer in self.layers:
+        strokes = [m for m in self._strokes if (m.uid if feature == "uid" else m.obj_id) != value]
+        if len(strokes) != len(self._strokes):
+            self._set_strokes(strokes)
+        for layer in (self._points, self._boxes):
+            if layer is None:
+                continue
             rows = np.flatnonzero(np.asarray(layer.features[feature]) == value)
             if len(rows):
                 layer.selected_data = set(rows.tolist())
@@ -195,6 +257,31 @@ class PromptLayers:
             self._points.feature_defaults = {"uid": -1, "object": self._obj_id, "positive": not self.negative}
         if self._boxes is not None:
             self._boxes.feature_defaults = {"uid": -1, "object": self._obj_id}
+        if self._scribbles is not None:
+            self._scribbles.selected_label = 2 if self.negative else 1
+
+    def _on_paint(self, event: Any) -> None:
+        """A finished brush stroke (or erasure) in the scribbles layer: a new marker, or strokes trimmed."""
+        painted: dict[bool, list[np.ndarray]] = {True: [], False: []}
+        erased = []
+        for indices, _, value in event.value:
+            voxels = np.stack([np.asarray(i) for i in indices], axis=1)
+            (painted[int(value) != 2] if value else erased).append(voxels)
+        strokes = self._strokes
+        if erased:
+            gone = {tuple(v) for v in np.concatenate(erased)}
+            strokes = []
+            for m in self._strokes:
+                kept = [v for v in m.voxel_array() if tuple(v) not in gone]
+                if len(kept) == len(m.voxel_array()):
+                    strokes.append(m)
+                elif kept:
+                    strokes.append(scribble_marker(m.uid, m.obj_id, np.array(kept), positive=m.positive))
+        for positive, voxels in painted.items():
+            if voxels:
+                strokes = strokes + [scribble_marker(self.new_uid(), self._obj_id, np.concatenate(voxels),
+                                                     positive=positive)]
+        self._set_strokes(strokes)
 
     def _sign_from_shift(self, layer: Any, event: Any) -> None:
         if layer.mode == "add":

@@ -10,10 +10,14 @@ file name) opens as a Labels layer on its own grid, so it overlays its image and
 picker offers it. A study folder opens every image series that reads;
 the ones that do not are listed (description, number of slices, reason) in a warning.
 
-napari's built-in reader also claims ``.dcm``, ``.nii.gz``, ``.nrrd`` and ``.mha``, so napari
-asks "Choose reader" when such a file is opened without naming a plugin. The plugin does not
-write that choice into napari's saved settings itself: the user picks medseg once with napari's
-"Remember this choice" (Preferences ▸ Plugins shows and changes it).
+napari's built-in reader also claims ``.dcm``, ``.nii.gz``, ``.nrrd`` and ``.mha``, and every
+folder (any reader that accepts directories matches any folder), which makes napari ask
+"Choose reader" on every open, drag and drop included. ``claim_reader_patterns`` records medseg
+as the preferred reader for those file patterns and for folders (``*/``), where the user has
+not chosen one (napari's Preferences ▸ Plugins shows and changes it). It runs when the medseg
+widget opens and when medseg first reads a file; napari keeps the preference for later
+sessions. As medseg is then asked for every folder, a folder that holds no DICOM goes on to
+napari's own reader, as if medseg had not claimed it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ LayerData = list[tuple[Any, dict[str, Any], str]]
 
 #: Files looked at to decide whether a folder holds DICOM (exports can hold thousands).
 _FOLDER_PROBE = 32
+#: Patterns napari's built-in reader also claims, for which medseg asks to be preferred ("*/": every folder).
+CLAIMED_PATTERNS = ("*.dcm", "*.dicom", "*.ima", "*.nii", "*.nii.gz", "*.nrrd", "*.nhdr", "*.mha", "*.mhd", "*/")
 # napari calls ``get_reader`` for every path it opens: it must not import ``medseg.io``, whose
 # package import loads pydicom, SimpleITK, highdicom and MONAI (torch). Hence these suffixes
 # and the DICOM preamble test are spelled here rather than taken from ``medseg.io.files``.
@@ -42,11 +48,20 @@ _ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
-def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
-    """The reader for ``path`` when medseg can read it, else None (napari asks other plugins)."""
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], Any] | None:
+    """The reader for ``path`` when medseg can read it, else None (napari asks other plugins).
+
+    A folder without DICOM gets napari's own reader (see the module docstring).
+    """
     if isinstance(path, list):
         return None  # a stack of separate files is not one volume
-    return read_volume if _is_readable(Path(path)) else None
+    if _is_readable(Path(path)):
+        return read_volume
+    if Path(path).is_dir():
+        from napari_builtins.io import napari_get_reader
+
+        return napari_get_reader(path)
+    return None
 
 
 def read_volume(path: str | list[str]) -> LayerData:
@@ -57,6 +72,7 @@ def read_volume(path: str | list[str]) -> LayerData:
     """
     from medseg.io import label_file_kind, list_dicom_series, load_volume
 
+    claim_reader_patterns()
     path = Path(path)
     if label_file_kind(path) is not None:
         return _read_label_file(path)
@@ -90,6 +106,7 @@ def _read_label_file(path: Path) -> LayerData:
     Such a file holds contours or segments in patient coordinates, not a voxel grid: it is
     drawn on the series it references (``medseg.io.load_labels`` checks the frame of
     reference and the SOP instances), which planning systems export into the same folder.
+    When the viewer shows that series already, only the labels are added.
     """
     from medseg.io import label_file_kind, list_dicom_series, load_labels, load_volume
 
@@ -110,12 +127,36 @@ def _read_label_file(path: Path) -> LayerData:
         data, kwargs, kind = labels_layer_data(labels, volume, _layer_name(path))
         kwargs["metadata"][SOURCE_KEY] = str(path)
         kwargs["opacity"] = 0.5
+        if _shown_already(volume):
+            return [(data, kwargs, kind)]
         image = _layer_data(volume, f"{folder.name}: {s.description or s.uid} ({s.modality})", str(folder))
         return [image, (data, kwargs, kind)]
     raise MedsegError(
         f"{path} is a DICOM {label_file_kind(path).upper()}: it is drawn on the image series it references, and "
         f"none of the {len(series)} image series in {folder} is that one; put it in the folder of its image series"
     )
+
+
+def _shown_already(volume: Any) -> bool:
+    """Whether a layer of the current viewer was read from exactly ``volume``'s files."""
+    import napari
+
+    from napari_plugin._layers import VOLUME_KEY
+
+    viewer, files = napari.current_viewer(), set(volume.source_files)
+    return viewer is not None and bool(files) and any(
+        set(getattr(layer.metadata.get(VOLUME_KEY), "source_files", ())) == files for layer in viewer.layers
+    )
+
+
+def claim_reader_patterns() -> None:
+    """Prefer medseg for the medical formats napari's own reader also claims (see module docstring)."""
+    from napari.settings import get_settings
+
+    preferences = get_settings().plugins.extension2reader
+    missing = {pattern: "medseg" for pattern in CLAIMED_PATTERNS if pattern not in preferences}
+    if missing:
+        get_settings().plugins.extension2reader = {**preferences, **missing}
 
 
 def _layer_data(volume: Any, name: str, source: str) -> tuple[Any, dict[str, Any], str]:

@@ -6,50 +6,66 @@ whether its session must be rebuilt for another model or preset), runs in the pa
 model runs), and is committed on the UI thread when it returns: the workspace takes the new
 session, the labels layer shows the result, the history keeps what was there before. A
 failed or cancelled call leaves the labels as they were and forgets the session.
+
+``Sam2Runs`` knows the panel only through what it is given: the task controls, the current
+workspace and model choice, and ``on_changed`` (called when a call starts and when a result
+is in, e.g. to show "Go to the slice to correct next").
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 
 from medseg.errors import MedsegError
 
-from napari_plugin._model_picker import LoadedModels
-from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_markers
-from napari_plugin._tasks import Progress, StopFlag
-
-if TYPE_CHECKING:
-    from napari_plugin._sam2_panel import Sam2Panel
+from napari_plugin._model_picker import LoadedModels, ModelChoice
+from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_foreground, check_markers
+from napari_plugin._tasks import Progress, StopFlag, TaskControls
 
 UNTRAINED_NOTE = " UNTRAINED MODEL: the masks are meaningless."
 
 
 class Sam2Runs:
-    """The model calls of ``panel`` (its buttons and keys call ``segment``, ``propagate``, ``precompute``)."""
+    """Segment object, Propagate and Precompute (the panel's buttons and keys call them)."""
 
-    def __init__(self, panel: Sam2Panel, models: LoadedModels) -> None:
-        self.panel = panel
+    def __init__(self, controls: TaskControls, models: LoadedModels, *, workspace: Callable[[], Workspace | None],
+                 model: Callable[[], ModelChoice], on_changed: Callable[[], None]) -> None:
+        self.controls = controls
         self.models = models  # one predictor per model choice, shared by the panels
+        self._workspace = workspace
+        self._model = model
+        self._on_changed = on_changed
+
+    def _refuse(self, message: str) -> None:
+        show_error(message)
+        self.controls.show_status(message, warn=True)
 
     def _prepare(self) -> tuple[Workspace, SessionKey, Plan] | None:
         """The workspace, session key and plan for the next call; a message instead when unusable."""
-        ws = self.panel.workspace
+        ws = self._workspace()
         if ws is None:
             show_error("Pick a 3D image layer first (File ▸ Open a DICOM folder or NIfTI file).")
             return None
         ws.restore_layers()
+        flat = ws.drop_flat_boxes()
+        if flat:
+            where = ", ".join(f"object {m.obj_id} on slice {m.z}" for m in flat)
+            self._refuse(f"Removed {len(flat)} box(es) without area ({where}): a click without a drag, a box outside "
+                         "the image, or one drawn in a coronal or sagittal view. Drag a box on an axial slice, or use "
+                         "points or scribbles in other views; then press again.")
+            return None
         try:
-            key = (self.panel.model.choice(), ws.preset)
+            key = (self._model(), ws.preset)
             plan = ws.plan(key)
             check_markers(plan.markers, ws.volume.shape)
+            check_foreground(ws.markers(), ws.labels.data if ws.labels is not None else None)
         except MedsegError as error:
-            show_error(str(error))
-            self.panel.controls.show_status(str(error), warn=True)
+            self._refuse(str(error))
             return None
         return ws, key, plan
 
@@ -77,8 +93,9 @@ class Sam2Runs:
             if on_error is not None:
                 on_error(message)
 
-        self.panel.correct_next.setVisible(False)
-        self.panel.controls.start(run, label=label, on_done=on_done, on_error=failed, on_progress=on_progress, status=status)
+        ws.correct_next = None
+        self._on_changed()
+        self.controls.start(run, label=label, on_done=on_done, on_error=failed, on_progress=on_progress, status=status)
 
     def segment(self) -> None:
         prepared = self._prepare()
@@ -101,7 +118,7 @@ class Sam2Runs:
             ws.history.push(before)
             shown = ", ".join(str(z) for z in sorted(slices)) or "none"
             note = UNTRAINED_NOTE if result.untrained else ""
-            self.panel.controls.show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}",
+            self.controls.show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}",
                                             warn=result.untrained)
 
         self._start(run, "Segment object", done, ws, key)
@@ -145,12 +162,12 @@ class Sam2Runs:
             summary = qc_summary(ws.result())
             ws.correct_next = summary.correct_next()
             note = UNTRAINED_NOTE if result.untrained else ""
-            self.panel.controls.show_status(
+            self.controls.show_status(
                 f"Propagated {len(result.label_names)} object(s) through {ws.volume.shape[0]} slices in "
                 f"{seconds:.1f} s with {result.provenance['model']}.{note}\n{summary.to_text()}",
                 warn=result.untrained,
             )
-            self.panel.correct_next.setVisible(ws.correct_next is not None)
+            self._on_changed()
 
         def failed(_: str) -> None:
             with lock:
@@ -179,6 +196,6 @@ class Sam2Runs:
             ws.commit(key, session, plan)
             if slices:
                 ws.paint_slices(slices, session.result())
-            self.panel.controls.show_status(f"Embeddings of {ws.volume.shape[0]} slices ready: clicks are fast now.")
+            self.controls.show_status(f"Embeddings of {ws.volume.shape[0]} slices ready: clicks are fast now.")
 
         self._start(run, "Precompute embeddings", done, ws, key)

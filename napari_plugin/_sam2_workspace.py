@@ -16,13 +16,12 @@ full-size layer would only cost memory and 3D rendering time).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
 
-from medseg.errors import GeometryError
+from medseg.errors import GeometryError, InputError
 from medseg.preprocess import choose_preset
 from medseg.prompts import Prompts
 from medseg.volume import LabelVolume, Volume
@@ -41,12 +40,14 @@ SessionKey = tuple[ModelChoice, str]
 
 @dataclass(frozen=True)
 class Plan:
-    """What the next engine call does: all markers to a new session (``rebuild``), or take
-    back the session's last ``undo`` actions and send ``markers``."""
+    """What the next engine call does: all markers to a new session (``rebuild``), or keep the
+    first ``kept`` markers sent, take back the session's last ``undo`` actions (one per slice
+    of each marker dropped) and send ``markers``."""
 
     rebuild: bool
     markers: list[Marker]
     undo: int = 0
+    kept: int = 0
 
     def apply(self, session: Sam2Session, names: dict[int, str]) -> dict[int, np.ndarray]:
         """Bring ``session`` in step with the layers; returns the label slices that changed."""
@@ -56,7 +57,7 @@ class Plan:
             if z is not None:
                 slices[z] = session.labels[z].copy()
         for marker in self.markers:
-            slices[marker.z] = send(session, marker, names.get(marker.obj_id, ""))
+            slices.update(send(session, marker, names.get(marker.obj_id, "")))
         return slices
 
 
@@ -64,13 +65,30 @@ def check_markers(markers: list[Marker], shape: tuple[int, int, int]) -> None:
     """``InputError`` naming the first marker outside the volume, before any model work."""
     for marker in markers:
         probe = Prompts()
-        if marker.mask is not None:
-            probe.add_mask(marker.obj_id, marker.z, marker.mask_array(shape[1:]))
-        elif marker.box is not None:
-            probe.add_box(marker.obj_id, marker.z, *clip_box(marker.box, shape))
-        else:
-            probe.add_point(marker.obj_id, marker.z, *marker.point, positive=marker.positive)
+        for method, args, kwargs in prompt_calls(marker, shape):
+            getattr(probe, method)(*args, **kwargs)
         probe.validate(shape)
+
+
+def check_foreground(markers: list[Marker], labels: np.ndarray | None) -> None:
+    """``InputError`` for an object with only background prompts and no voxels yet: SAM2 has nothing to find."""
+    positive = {m.obj_id for m in markers if m.positive or m.box is not None or m.mask is not None}
+    for obj_id in sorted({m.obj_id for m in markers} - positive):
+        if labels is None or not (np.asarray(labels) == obj_id).any():
+            raise InputError(f"object {obj_id} has only background (negative) prompts: add a positive point, a box "
+                             "or a scribble on the object first")
+
+
+def is_flat_box(marker: Marker, shape: tuple[int, int, int]) -> bool:
+    """A box less than a voxel high or wide on its slice, once cut at the image edge: no prompt.
+
+    A click without a drag in rectangle mode makes one, and so does a box drawn in a coronal
+    or sagittal view (flat in the acquired plane) or one dragged wholly outside the image.
+    """
+    if marker.box is None:
+        return False
+    y0, x0, y1, x1 = clip_box(marker.box, shape)
+    return y1 - y0 < 1 or x1 - x0 < 1
 
 
 def clip_box(box: tuple[float, float, float, float], shape: tuple[int, int, int]) -> tuple[float, float, float, float]:
@@ -80,13 +98,25 @@ def clip_box(box: tuple[float, float, float, float], shape: tuple[int, int, int]
     return (min(max(y0, 0.0), ny), min(max(x0, 0.0), nx), min(max(y1, 0.0), ny), min(max(x1, 0.0), nx))
 
 
-def send(session: Sam2Session, marker: Marker, name: str) -> np.ndarray:
-    """Give one marker to the session; returns the label slice it changed."""
+def prompt_calls(marker: Marker, shape: tuple[int, int, int]) -> list[tuple[str, tuple, dict]]:
+    """The ``add_*`` calls ``(method, args, kwargs)`` that give ``marker`` to a ``Prompts`` or a ``Sam2Session``.
+
+    A scribble makes one call per acquired slice it crosses.
+    """
     if marker.mask is not None:
-        return session.add_mask(marker.obj_id, marker.z, marker.mask_array(session.volume.shape[1:]), name=name)
+        return [("add_mask", (marker.obj_id, marker.z, marker.mask_array(shape[1:])), {})]
     if marker.box is not None:
-        return session.add_box(marker.obj_id, marker.z, *clip_box(marker.box, session.volume.shape), name=name)
-    return session.add_point(marker.obj_id, marker.z, *marker.point, positive=marker.positive, name=name)
+        return [("add_box", (marker.obj_id, marker.z, *clip_box(marker.box, shape)), {})]
+    if marker.voxels is not None:
+        return [("add_scribble", (marker.obj_id, z, mask), {"positive": marker.positive})
+                for z, mask in marker.scribble_slices(shape[1:]).items()]
+    return [("add_point", (marker.obj_id, marker.z, *marker.point), {"positive": marker.positive})]
+
+
+def send(session: Sam2Session, marker: Marker, name: str) -> dict[int, np.ndarray]:
+    """Give one marker to the session; returns the label slices it changed."""
+    return {args[1]: getattr(session, method)(*args, **kwargs, name=name)
+            for method, args, kwargs in prompt_calls(marker, session.volume.shape)}
 
 
 class Workspace:
@@ -105,7 +135,7 @@ class Workspace:
         self.mask_markers: list[Marker] = []
         self.preset = choose_preset(volume).name  # a name of medseg.preprocess.PRESETS
         self.history = History()
-        self.save_path = suggested_save_path(image.metadata.get(SOURCE_KEY), image.name)
+        self.save_path: str | None = None  # the user's choice or the last save; None: the Save row suggests one
         self.correct_next: tuple[int, int] | None = None
         self.labels: Any | None = None
         self.prompts = PromptLayers(viewer, volume, name=image.name, colour_of=self.colour_of)
@@ -157,6 +187,22 @@ class Workspace:
         self.accepted.add(obj_id)
         return int(mask.sum())
 
+    def accepted_labels(self) -> LabelVolume:
+        """The accepted objects, named, on the image's grid: what a cohort annotation saves."""
+        array = np.zeros(self.volume.shape, np.int32) if self.committed is None else self.committed
+        return LabelVolume.like(self.volume, array, label_names={k: self.objects[k] for k in sorted(self.accepted)})
+
+    def load_accepted(self, labels: LabelVolume) -> None:
+        """Earlier work on this image (a saved label file): its objects, accepted, in the labels layer."""
+        array = np.asarray(labels.array, dtype=np.int32)
+        self.ensure_labels().data[...] = array
+        self.labels.refresh()
+        self.committed = array.copy()
+        self.objects = {v: labels.label_names.get(v, f"object {v}") for v in labels.labels}
+        self.accepted = set(self.objects)
+        self.add_object()
+        self._update_names()
+
     def _drop_prompts(self, obj_id: int) -> None:
         self.prompts.remove_object(obj_id)
         self.mask_markers = [m for m in self.mask_markers if m.obj_id != obj_id]
@@ -180,6 +226,13 @@ class Workspace:
         self.mask_markers.append(marker)
         return marker
 
+    def drop_flat_boxes(self) -> list[Marker]:
+        """Remove the boxes without area (``is_flat_box``) from the boxes layer; returns them."""
+        flat = [m for m in self.prompts.markers() if is_flat_box(m, self.volume.shape)]
+        for marker in flat:
+            self.prompts.remove(marker.uid)
+        return flat
+
     def remove_marker(self, uid: int) -> None:
         self.mask_markers = [m for m in self.mask_markers if m.uid != uid]
         self.prompts.remove(uid)
@@ -193,7 +246,8 @@ class Workspace:
         while kept < len(self.sent) and current.get(self.sent[kept].uid) == self.sent[kept]:
             kept += 1
         held = {m.uid for m in self.sent[:kept]}
-        return Plan(False, [m for m in current.values() if m.uid not in held], undo=len(self.sent) - kept)
+        undo = sum(len(m.slices) for m in self.sent[kept:])
+        return Plan(False, [m for m in current.values() if m.uid not in held], undo=undo, kept=kept)
 
     def pending(self) -> list[Marker]:
         sent = {m.uid for m in self.sent}
@@ -201,8 +255,7 @@ class Workspace:
 
     def commit(self, key: SessionKey, session: Sam2Session, plan: Plan) -> None:
         """Record that ``session`` now holds ``plan``'s markers."""
-        kept = self.sent[: len(self.sent) - plan.undo]
-        self.sent = plan.markers if plan.rebuild else kept + plan.markers
+        self.sent = plan.markers if plan.rebuild else self.sent[: plan.kept] + plan.markers
         self.session, self.session_key = session, key
 
     def forget_session(self) -> None:
@@ -319,23 +372,3 @@ class Workspace:
         self.prompts.recolour()
         return layer
 
-
-def suggested_save_path(source: str | None, image_name: str) -> str:
-    """Beside the image's source file, named after it: ``/data/ct.nii.gz`` -> ``/data/ct_labels.nii.gz``.
-
-    A DICOM series folder gets ``<folder>_labels.nii.gz`` beside the folder; an image without
-    a source file gets ``<layer name>_labels.nii.gz`` in the working directory.
-    """
-    if not source:
-        return str(Path.cwd() / f"{_safe(image_name)}_labels.nii.gz")
-    source = Path(source)
-    stem = source.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return str(source.parent / f"{_safe(stem)}_labels.nii.gz")
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "labels"

@@ -1,10 +1,14 @@
 """The Save row of the SAM2 panel: a path per image, never an input, overwrite only when asked.
 
-The path is the image's own (``Workspace.save_path``, suggested beside its source), so saving
-image B never writes over image A's labels. A path that is one of the viewer's inputs (a
-file or DICOM series a layer was read from) is refused before anything is written; an
-existing file is overwritten only after the user says yes (``ask_overwrite``, a QMessageBox
-question, replaceable so tests can answer it).
+The path is the image's own (``Workspace.save_path``; until the user picks one,
+``suggest_save_path`` proposes one beside its source), so saving image B never writes over
+image A's labels. The suggestion is never a file that exists, nor a file to avoid: any
+file a layer was read from (a ground truth opened for the Metrics tab among them) and the
+label files of an open cohort manifest. It ends in ``_medseg`` rather than ``_labels``,
+the usual name of ground-truth files (the demo cohort's included). A path that is one of
+the viewer's inputs is refused before anything is written; an existing file is overwritten
+only after the user says yes to a question naming it (``ask_overwrite``, a QMessageBox,
+replaceable so tests can answer it).
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Any
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QMessageBox, QPushButton, QWidget
 
 from medseg.errors import InputError
+from medseg.io.files import safe_file_name, volume_stem
 from medseg.outputs import check_output
 
 from napari_plugin._layers import SOURCE_KEY, VOLUME_KEY
+from napari_plugin._writer import write_labels
 
 _SEG_FILTER, _RTSTRUCT_FILTER = "DICOM SEG (*.dcm)", "DICOM RTSTRUCT (*.dcm)"
 _FILTERS = ";;".join(["NIfTI (*.nii.gz *.nii)", "NRRD (*.nrrd)", "MetaImage (*.mha)", _SEG_FILTER, _RTSTRUCT_FILTER])
@@ -34,6 +40,23 @@ def input_paths(layers: Iterable[Any]) -> set[Path]:
         volume = layer.metadata.get(VOLUME_KEY)
         found.update(Path(f).resolve() for f in getattr(volume, "source_files", ()))
     return found
+
+
+def suggest_save_path(source: str | None, image_name: str, *, avoid: Iterable[Path] = ()) -> Path:
+    """Where to offer to save an image's labels: beside its source, never an existing file or one of ``avoid``.
+
+    ``/data/ct.nii.gz`` -> ``/data/ct_medseg.nii.gz``, then ``ct_medseg_2.nii.gz``... when taken;
+    a DICOM series folder gets ``<folder>_medseg.nii.gz`` beside the folder; an image without a
+    source file ``<layer name>_medseg.nii.gz`` in the working directory.
+    """
+    folder, stem = (Path(source).parent, volume_stem(source)) if source else (Path.cwd(), image_name)
+    avoided = {Path(p).expanduser().resolve() for p in avoid}
+    stem, n = safe_file_name(stem, default="labels"), 1
+    while True:
+        path = folder / f"{stem}_medseg{'' if n == 1 else f'_{n}'}.nii.gz"
+        if not path.exists() and path.resolve() not in avoided:
+            return path
+        n += 1
 
 
 def ask_overwrite_dialog(parent: QWidget, path: Path) -> bool:
@@ -104,3 +127,11 @@ class SaveRow(QWidget):
         if path.exists() and not self.ask_overwrite(path):
             return None
         return path
+
+    def write(self, layer: Any, inputs: set[Path]) -> str | None:
+        """Write the Labels ``layer`` where ``target`` says; the file written, or None when declined."""
+        path = self.target(inputs)
+        if path is None:
+            return None
+        meta = {"name": layer.name, "metadata": layer.metadata}
+        return write_labels(str(path), layer.data, meta, dicom_format=self.dicom_format)[0]

@@ -8,7 +8,8 @@ and the panel's own bar. Cancel sets a flag that engines poll through ``should_s
 engines without that hook, the next ``progress`` call raises ``TaskCancelled``.
 
 The progress text names the phase (engines announce a new phase by growing ``total``;
-a panel may name its phases) and an ETA from the rate so far. Progress signals arrive once
+a panel may name its phases) and an ETA from the pace of the work itself (``Eta``): the time
+before a phase's first report (model loading, session setup) does not count. Progress signals arrive once
 per slice, but the bars are repainted at most every ``_REPAINT_S``, and a repaint of the panel's
 bar is only scheduled, never done on the spot (see ``Task._paint``).
 
@@ -19,7 +20,10 @@ window, each repaint composes the whole window in OpenGL, which takes tens of mi
 with software rendering (Mesa llvmpipe: remote desktops, VMs, Xvfb). napari's animated
 "in progress" spinner repaints ~25 times a second; measured on a 12-slice propagation it made
 the call 2-6x slower than the library call. A task therefore starts its worker first, then
-shows its activity bar with the spinner paused (``_pause_activity_spinner``).
+shows its activity bar with the spinner paused (``_pause_activity_spinner``), and only when
+the task is still running after ``_ACTIVITY_AFTER_MS``: making the bar takes ~0.15 s of the
+UI thread, the whole fixed cost of a short call (a click with a fast model); the panel's own
+bar shows progress from the start.
 
 Errors end up as viewer notifications and, in full, in the panel's status (a toast is cut
 short): a ``MedsegError`` (missing checkpoint, bad prompt...) is caught in the worker and
@@ -41,7 +45,7 @@ from typing import Any
 from napari.qt.threading import create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from medseg.errors import Cancelled, MedsegError
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 
 StopFlag = ShouldStop
 _REPAINT_S = 0.5
+_ACTIVITY_AFTER_MS = 1000
 _STATUS_MAX_HEIGHT = 110
 
 
@@ -58,17 +63,48 @@ class TaskCancelled(Cancelled):
     """Raised from ``progress`` when an engine without ``should_stop`` reports after Cancel."""
 
 
-def progress_text(label: str, done: int, total: int, *, phase: str, elapsed_s: float) -> str:
+def progress_text(label: str, done: int, total: int, *, phase: str, left_s: float | None) -> str:
     """``"Propagate (forward pass): 12 / 32, about 4 s left"``: what the bar shows.
 
-    >>> progress_text("Run", 5, 20, phase="pass 1", elapsed_s=10.0)
+    >>> progress_text("Run", 5, 20, phase="pass 1", left_s=30.2)
     'Run (pass 1): 5 / 20, about 30 s left'
     """
     text = f"{label} ({phase})" if phase else label
     text += f": {done} / {total}"
-    if 0 < done < total and elapsed_s > 0:
-        text += f", about {elapsed_s / done * (total - done):.0f} s left"
+    if left_s is not None and 0 < done < total:
+        text += f", about {left_s:.0f} s left"
     return text
+
+
+class Eta:
+    """Seconds left in a phase, from its pace since its first report.
+
+    The first report of a phase comes after whatever preceded the work (loading the model,
+    building the session, encoding the prompted slice); counting from there keeps that
+    one-off time out of the estimate, which otherwise starts far too high and then falls.
+
+    >>> eta = Eta()
+    >>> eta.update(1, 32, now=10.0) is None  # 10 s of loading before the first slice
+    True
+    >>> eta.update(3, 32, now=11.0), eta.update(5, 32, now=12.0)
+    (14.5, 13.5)
+    >>> eta.update(1, 64, now=13.0) is None  # a new phase (total grew) starts afresh
+    True
+    """
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._start: tuple[int, float] | None = None
+
+    def update(self, done: int, total: int, *, now: float) -> float | None:
+        """Report ``done`` of ``total`` at time ``now``; seconds left, or None until there is a pace."""
+        if total != self._total or self._start is None:
+            self._total, self._start = total, (done, now)
+            return None
+        done0, t0 = self._start
+        if done <= done0 or now <= t0:
+            return None
+        return (now - t0) / (done - done0) * (total - done)
 
 
 class _ProgressRelay(QObject):
@@ -132,7 +168,8 @@ class Task:
         self._total = 0
         self._latest = (0, 0)
         self._painted_at = 0.0
-        self._started = time.perf_counter()
+        self._eta = Eta()
+        self._left_s: float | None = None
         self._stop = threading.Event()
         self._bar = bar
         self._relay = _ProgressRelay()
@@ -162,9 +199,15 @@ class Task:
 
     def start(self) -> "Task":
         self.worker.start()
+        QTimer.singleShot(_ACTIVITY_AFTER_MS, self._show_activity)
+        return self
+
+    def _show_activity(self) -> None:
+        """napari's activity bar (with its Cancel), for a task still running (see the module docstring)."""
+        if self.finished:
+            return
         self._pbar = cancelable_progress(total=0, desc=self.label, cancel_callback=self.cancel)
         _pause_activity_spinner()
-        return self
 
     def cancel(self) -> None:
         """Ask the engine to stop at its next check (between slices)."""
@@ -183,6 +226,7 @@ class Task:
         self._total = total
         self._latest = (done, total)
         now = time.perf_counter()
+        self._left_s = self._eta.update(done, total, now=now)
         if done < total and now - self._painted_at < _REPAINT_S:
             return
         self._painted_at = now
@@ -190,7 +234,7 @@ class Task:
 
     def _paint(self) -> None:
         done, total = self._latest
-        text = progress_text(self.label, done, total, phase=self.phase, elapsed_s=time.perf_counter() - self._started)
+        text = progress_text(self.label, done, total, phase=self.phase, left_s=self._left_s)
         if self._pbar is not None:  # None while start() makes it (napari may process events then)
             if self._pbar.total != total:
                 self._pbar.total = total

@@ -127,3 +127,12 @@ def pacs_env(pacs: Pacs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pac
     monkeypatch.setenv("MEDSEG_DICOMWEB_PASSWORD", PASSWORD)
     monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "medseg-home"))
     return pacs
+
+
+@pytest.fixture
+def phantom_file(tmp_path: Path):
+    """A (12, 64, 64) CT phantom NIfTI in this test's folder, and its truth ``LabelVolume``."""
+    from napari_helpers import write_phantom
+
+    path = tmp_path / "phantom.nii.gz"
+    return path, write_phantom(path)

@@ -84,13 +84,16 @@ def test_nifti_shows_in_radiological_convention(make_napari_viewer, tmp_path, fl
 
 
 def test_reader_declines_what_it_cannot_read(tmp_path):
-    from napari_plugin._reader import get_reader
+    from napari_builtins.io import napari_get_reader
+
+    from napari_plugin._reader import get_reader, read_volume
 
     (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "empty").mkdir()
     assert get_reader(str(tmp_path / "notes.txt")) is None
-    assert get_reader(str(tmp_path / "empty")) is None
     assert get_reader([str(tmp_path / "a.nii"), str(tmp_path / "b.nii")]) is None
+    # medseg is the preferred reader of every folder (see _reader): one without DICOM goes on to napari's
+    assert get_reader(str(tmp_path / "empty")) is napari_get_reader(str(tmp_path / "empty")) is not read_volume
 
 
 def test_opening_a_file_imports_neither_torch_nor_monai(tmp_path):
@@ -295,17 +298,23 @@ def test_integer_label_file_opens_as_labels_on_its_image(make_napari_viewer, pha
     assert image._type_string == "image" and image.contrast_limits == [-160.0, 240.0]  # HU-like: CT window
 
 
-def test_opening_the_widget_leaves_napari_settings_alone(make_napari_viewer, phantom_case):
+def test_opening_the_widget_keeps_every_reader_choice_the_user_made(make_napari_viewer, phantom_case):
     from napari.settings import get_settings
+
+    from napari_plugin._reader import CLAIMED_PATTERNS
 
     viewer = make_napari_viewer()
     settings = get_settings()
-    before = settings.plugins.model_dump(mode="json")  # napari itself keeps window state in "application"
+    settings.plugins.extension2reader = {"*.nii.gz": "napari", "*.tif": "napari"}  # choices the user made
+    before = {k: v for k, v in settings.model_dump(mode="json").items() if k != "plugins"}
 
     viewer.window.add_plugin_dock_widget("medseg", "medseg")
 
-    assert settings.plugins.model_dump(mode="json") == before  # no reader preference recorded behind the user's back
-    [layer] = viewer.open(str(phantom_case.image), plugin="medseg")  # the user picks medseg (napari remembers if asked)
+    # medseg is preferred only where the user had not chosen (issue 27: folders open without a question)
+    assert settings.plugins.extension2reader == {"*.nii.gz": "napari", "*.tif": "napari",
+                                                 **{p: "medseg" for p in CLAIMED_PATTERNS if p != "*.nii.gz"}}
+    assert {k: v for k, v in settings.model_dump(mode="json").items() if k != "plugins"} == before
+    [layer] = viewer.open(str(phantom_case.image), plugin="medseg")
     assert "medseg_volume" in layer.metadata
 
 
@@ -366,3 +375,100 @@ def test_a_dropped_structure_set_opens_as_labels_on_its_series(make_napari_viewe
     shutil.copy(dropped, alone)
     with pytest.raises(MedsegError, match="none of the 0 image series"):
         read_volume(str(alone))
+
+
+def _no_dialog(qtbot):
+    """Fail on any modal dialog (napari's "Choose reader" among them), closing it so the test goes on."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QLabel
+
+    seen = []
+
+    def close_any():
+        dialog = QApplication.activeModalWidget()
+        if dialog is not None:
+            seen.append(" | ".join([dialog.windowTitle()] + [label.text() for label in dialog.findChildren(QLabel)]))
+            dialog.reject()
+
+    timer = QTimer()
+    timer.timeout.connect(close_any)
+    timer.start(50)
+    return seen, timer
+
+
+def _drop(qtbot, viewer, path):
+    """A file-manager drop of ``path`` on the viewer's canvas (napari's drag and drop), no key held."""
+    from qtpy.QtCore import QMimeData, QPointF, Qt, QUrl
+    from qtpy.QtGui import QDropEvent
+
+    # napari reads the keyboard state (Shift: open as a stack): release what an earlier test may have left
+    qtbot.keyRelease(viewer.window._qt_window, Qt.Key.Key_Shift)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                       Qt.KeyboardModifier.NoModifier)
+    viewer.window._qt_viewer.dropEvent(event)
+
+
+def test_dicom_folders_open_with_medseg_from_file_open_and_drag_and_drop_without_a_question(
+        make_napari_viewer, qtbot, tmp_path, dicom_phantom):
+    import shutil
+
+    from PIL import Image
+    from napari.utils.notifications import notification_manager
+
+    from medseg.phantom import make_phantom, write_dicom_series
+
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    good, _ = make_phantom(0, shape=(4, 16, 16))
+    bad, _ = make_phantom(1, shape=(7, 16, 16))
+    write_dicom_series(good, tmp_path / "study" / "a", series_description="good axial")
+    sorted(write_dicom_series(bad, tmp_path / "study" / "b", series_description="broken axial"))[3].unlink()
+    pictures = tmp_path / "pictures"  # not medical: napari's own reader still opens it
+    pictures.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 50 * i, np.uint8)).save(pictures / f"{i}.png")
+    shutil.copytree(dicom_phantom.image, tmp_path / "series")
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    seen, timer = _no_dialog(qtbot)
+
+    viewer.window._qt_viewer._qt_open([str(tmp_path / "series")], stack=False)  # File ▸ Open Folder
+    _drop(qtbot, viewer, tmp_path / "study")  # drag and drop of a study folder with a broken series
+    [picture_stack] = viewer.open(str(pictures))  # no plugin named, as users call it
+    timer.stop()
+
+    assert seen == []
+    series, study = viewer.layers[0], viewer.layers[1]
+    volume = series.metadata["medseg_volume"]
+    assert volume.modality == "CT" and volume.geometry.same_grid(dicom_phantom.volume.geometry)
+    np.testing.assert_allclose(series.scale, dicom_phantom.volume.spacing)
+    assert study.name == "study: good axial (CT)" and len(viewer.layers) == 3
+    [message] = [m for m in messages if "skipped 1 of 2 series" in m]
+    assert "'broken axial' (CT, 6 slices)" in message
+    assert "medseg_volume" not in picture_stack.metadata and picture_stack.data.shape == (2, 8, 8)
+
+
+def test_open_without_a_plugin_name_and_a_structure_set_beside_its_open_series(make_napari_viewer, tmp_path,
+                                                                              dicom_phantom, phantom_case):
+    import shutil
+
+    from medseg.io import load_volume, save_labels
+    from medseg.volume import LabelVolume
+
+    folder = tmp_path / "study"
+    shutil.copytree(dicom_phantom.image, folder)
+    volume = load_volume(folder)
+    truth = LabelVolume.like(volume, dicom_phantom.labels.array, label_names=dicom_phantom.labels.label_names)
+    shutil.move(save_labels(truth, volume, tmp_path / "structures.dcm", format="rtstruct"), folder / "structures.dcm")
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("medseg", "medseg")
+
+    [nifti] = viewer.open(str(phantom_case.image))
+    [series] = viewer.open(str(folder))
+    [structures] = viewer.open(str(folder / "structures.dcm"))  # the series is open: only the labels come
+
+    assert "medseg_volume" in nifti.metadata and "medseg_volume" in series.metadata
+    assert [layer._type_string for layer in viewer.layers] == ["image", "image", "labels"]
+    np.testing.assert_array_equal(np.asarray(structures.data), truth.array)

@@ -7,94 +7,36 @@ tests check mechanics and invariants (what is shown when, what is kept, what is 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
-from qtpy.QtCore import QPoint, Qt
 from napari.utils import cancelable_progress
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QMovie
 
 import napari_plugin  # noqa: F401  (loads triton beside Mesa before any torch import)
+from napari_helpers import SHIFT, canvas_click, click, key, liver_centre, open_panel, wait, write_phantom
 from napari_plugin import _tasks
-from medseg.phantom import make_phantom
 from medseg.sam2 import Sam2Session
 
 pytestmark = pytest.mark.napari
-
-WORKER_TIMEOUT_MS = 600_000  # the CI machine may be shared: generous, never a timing assertion
-NO_KEY = Qt.KeyboardModifier.NoModifier
-SHIFT = Qt.KeyboardModifier.ShiftModifier
-
-
-def _write_phantom(path: Path, seed: int = 0):
-    volume, truth = make_phantom(seed, shape=(12, 64, 64))
-    nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), volume.affine), path)
-    return truth
-
-
-@pytest.fixture
-def phantom_file(tmp_path):
-    path = tmp_path / "phantom.nii.gz"
-    return path, _write_phantom(path)
-
-
-def _open_panel(viewer, path):
-    [image] = viewer.open(str(path), plugin="medseg")
-    _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
-    panel = widget.sam2
-    panel.model.set_choice("untrained", image_size=128)
-    return image, widget, panel
-
-
-def _click(qtbot, button):
-    assert button.isEnabled(), f"{button.text()} is disabled"
-    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-
-
-def _wait(qtbot, panel):
-    assert panel.task is not None, "no task was started"
-    qtbot.waitUntil(lambda: panel.task.finished, timeout=WORKER_TIMEOUT_MS)
-
-
-def _key(qtbot, viewer, key, modifier=NO_KEY):
-    """A key press on the canvas, as napari receives it from the keyboard."""
-    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, key, modifier)
-
-
-def _canvas_click(qtbot, viewer, layer, zyx, modifier=NO_KEY):
-    """A left click on the canvas pixel that shows voxel ``zyx`` of ``layer`` (2D view)."""
-    world = layer.data_to_world(zyx)
-    viewer.dims.set_point(0, world[0])
-    canvas = viewer.window._qt_viewer.canvas
-    x, y = canvas.view.scene.transform.map([world[2], world[1]])[:2]
-    qtbot.mouseClick(canvas.native, Qt.MouseButton.LeftButton, modifier, QPoint(round(x), round(y)))
-
-
-def _liver_centre(truth):
-    liver = truth.array == 1
-    z = int(liver.sum(axis=(1, 2)).argmax())
-    y, x = np.argwhere(liver[z]).mean(axis=0).round()
-    return z, int(y), int(x)
-
 
 def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qtbot, phantom_file, monkeypatch):
     monkeypatch.setattr(_tasks, "_REPAINT_S", 0.0)  # every slice repainted: "live" cannot depend on the machine's speed
     path, truth = phantom_file
     viewer = make_napari_viewer(show=True)
-    image, _, panel = _open_panel(viewer, path)
+    image, _, panel = open_panel(viewer, path)
     ws = panel.workspace
     assert [layer._type_string for layer in viewer.layers] == ["image"]  # no empty helper layers
     assert viewer.layers.selection.active is image  # so napari's New Labels fits the image (see below)
 
-    z, y, x = _liver_centre(truth)
-    _key(qtbot, viewer, Qt.Key.Key_A)  # place points
+    z, y, x = liver_centre(truth)
+    key(qtbot, viewer, Qt.Key.Key_D, SHIFT)  # place points
     assert viewer.layers.selection.active.name == ws.prompts.points.name
-    _canvas_click(qtbot, viewer, image, (z, y, x))
+    _canvasclick(qtbot, viewer, image, (z, y, x))
     np.testing.assert_allclose(ws.prompts.points.data, [(z, y, x)], atol=1.0)
-    _key(qtbot, viewer, Qt.Key.Key_G)  # segment object
-    _wait(qtbot, panel)
+    key(qtbot, viewer, Qt.Key.Key_G)  # segment object
+    wait(qtbot, panel)
     result = ws.result()
     assert result.untrained and result.label_names == {1: "object 1"}
     assert [m.uid for m in ws.sent] == [0]
@@ -104,11 +46,11 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     painted = []  # (task finished?, slices) for every live repaint
     paint = ws.paint_slices
     ws.paint_slices = lambda slices, result=None: (painted.append((panel.task.finished, set(slices))), paint(slices, result))
-    _key(qtbot, viewer, Qt.Key.Key_G, SHIFT)  # propagate
+    key(qtbot, viewer, Qt.Key.Key_G, SHIFT)  # propagate
     assert not panel.task.finished and not panel.propagate.isEnabled()  # the call returned at once: the UI is free
     spinner = viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator
     assert spinner.movie().state() != QMovie.MovieState.Running  # see test_activity_spinner_is_still
-    _wait(qtbot, panel)
+    wait(qtbot, panel)
 
     live = set().union(*(s for done, s in painted if not done))
     assert len(live) >= image.data.shape[0] // 2, "slices are shown while propagation runs, not at its end"
@@ -121,13 +63,13 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     assert "UNTRAINED" in panel.status.text()
     propagated = ws.labels.data.copy()
 
-    _key(qtbot, viewer, Qt.Key.Key_U)  # undo: the whole earlier result, every slice
+    key(qtbot, viewer, Qt.Key.Key_U)  # undo: the whole earlier result, every slice
     np.testing.assert_array_equal(ws.labels.data, after_segment)
     assert len(ws.prompts.points.data) == 1
-    _key(qtbot, viewer, Qt.Key.Key_U, SHIFT)  # redo
+    key(qtbot, viewer, Qt.Key.Key_U, SHIFT)  # redo
     np.testing.assert_array_equal(ws.labels.data, propagated)
-    _key(qtbot, viewer, Qt.Key.Key_U)
-    _key(qtbot, viewer, Qt.Key.Key_U)  # back to before the first segmentation: the point placed, no labels
+    key(qtbot, viewer, Qt.Key.Key_U)
+    key(qtbot, viewer, Qt.Key.Key_U)  # back to before the first segmentation: the point placed, no labels
     assert not ws.labels.data.any() and len(ws.prompts.points.data) == 1
     ws.prompts.points.selected_data = {0}
     ws.prompts.points.remove_selected()  # the user deletes the point by hand
@@ -153,19 +95,19 @@ def test_activity_spinner_is_still(make_napari_viewer):
     bar.close()
 
 
-def test_shift_click_and_t_place_negative_points(make_napari_viewer, qtbot, phantom_file):
+def test_shift_click_and_shift_t_place_negative_points(make_napari_viewer, qtbot, phantom_file):
     path, _ = phantom_file
     viewer = make_napari_viewer(show=True)
-    image, _, panel = _open_panel(viewer, path)
+    image, _, panel = open_panel(viewer, path)
     points = panel.workspace.prompts.points
-    _key(qtbot, viewer, Qt.Key.Key_A)
+    key(qtbot, viewer, Qt.Key.Key_D, SHIFT)
 
-    _canvas_click(qtbot, viewer, image, (4, 20, 30))
-    _canvas_click(qtbot, viewer, image, (4, 40, 30), SHIFT)
-    _key(qtbot, viewer, Qt.Key.Key_T)  # negative points from now on
-    _canvas_click(qtbot, viewer, image, (4, 30, 10))
+    _canvasclick(qtbot, viewer, image, (4, 20, 30))
+    _canvasclick(qtbot, viewer, image, (4, 40, 30), SHIFT)
+    key(qtbot, viewer, Qt.Key.Key_T, SHIFT)  # negative points from now on
+    _canvasclick(qtbot, viewer, image, (4, 30, 10))
 
-    assert panel.negative.isChecked()
+    assert panel.tools.negative.isChecked()
     np.testing.assert_allclose(points.data, [(4, 20, 30), (4, 40, 30), (4, 30, 10)], atol=1.0)
     assert list(points.features["positive"]) == [True, False, False]
     assert [m.positive for m in panel.workspace.markers()] == [True, False, False]
@@ -174,80 +116,80 @@ def test_shift_click_and_t_place_negative_points(make_napari_viewer, qtbot, phan
 def test_mask_prompt_accept_clear_and_cancel(make_napari_viewer, qtbot, phantom_file):
     path, truth = phantom_file
     viewer = make_napari_viewer(show=True)
-    image, _, panel = _open_panel(viewer, path)
+    image, _, panel = open_panel(viewer, path)
     ws = panel.workspace
     z = 5
     liver = truth.array[z] == 1
     viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
 
-    _click(qtbot, panel.mask_prompt)  # nothing painted yet: the labels layer opens for painting
+    click(qtbot, panel.tools.mask_prompt)  # nothing painted yet: the labels layer opens for painting
     assert ws.labels is not None and ws.labels.mode == "paint" and ws.mask_markers == []
     ws.labels.data[z][liver] = 1  # what the labels brush does
     ws.labels.refresh()
-    _click(qtbot, panel.mask_prompt)
-    _click(qtbot, panel.segment)
-    _wait(qtbot, panel)
+    click(qtbot, panel.tools.mask_prompt)
+    click(qtbot, panel.segment)
+    wait(qtbot, panel)
     np.testing.assert_array_equal(ws.labels.data[z] == 1, liver)  # a mask prompt is kept exactly
 
-    _key(qtbot, viewer, Qt.Key.Key_C, SHIFT)  # accept object 1: SAM2 moves on to object 2
+    key(qtbot, viewer, Qt.Key.Key_C, SHIFT)  # accept object 1: SAM2 moves on to object 2
     assert ws.accepted == {1} and panel.current_object() == 2
     assert ws.session.prompts.objects == {} and ws.sent == []
-    assert panel.objects.item(0, 0).text() == "1 ✓"
+    assert panel.objects.table.item(0, 0).text() == "1 ✓"
 
     ws.prompts.points.add([z, 30, 30])  # object 2, overlapping the liver
-    _click(qtbot, panel.propagate)
-    _wait(qtbot, panel)
+    click(qtbot, panel.propagate)
+    wait(qtbot, panel)
     np.testing.assert_array_equal(ws.labels.data[ws.committed > 0], 1)  # accepted voxels stay
     assert set(ws.session.prompts.objects) == {2}
 
     before = ws.labels.data.copy()
-    _key(qtbot, viewer, Qt.Key.Key_A)  # the prompts layer (a Labels layer keeps Escape for itself)
-    _click(qtbot, panel.propagate)
-    _key(qtbot, viewer, Qt.Key.Key_Escape)  # cancel: stops between slices
-    _wait(qtbot, panel)
+    key(qtbot, viewer, Qt.Key.Key_D, SHIFT)  # the prompts layer
+    click(qtbot, panel.propagate)
+    key(qtbot, viewer, Qt.Key.Key_Escape, SHIFT)  # cancel: stops between slices
+    wait(qtbot, panel)
     np.testing.assert_array_equal(ws.labels.data, before)  # slices shown live are taken back too
     assert "cancelled" in panel.status.text()
 
-    _key(qtbot, viewer, Qt.Key.Key_X, SHIFT)  # clear object 2's prompts and mask
+    key(qtbot, viewer, Qt.Key.Key_X, SHIFT)  # clear object 2's prompts and mask
     assert not (ws.labels.data == 2).any() and len(ws.prompts.points.data) == 0
     np.testing.assert_array_equal(ws.labels.data[z] == 1, liver)
-    _key(qtbot, viewer, Qt.Key.Key_U)
+    key(qtbot, viewer, Qt.Key.Key_U)
     assert len(ws.prompts.points.data) == 1
 
 
 def test_save_is_per_image_asks_before_overwriting_and_refuses_inputs(make_napari_viewer, qtbot, tmp_path, unmodified):
     path_a, path_b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
-    _write_phantom(path_a, 0), _write_phantom(path_b, 1)
+    write_phantom(path_a, 0), write_phantom(path_b, 1)
     viewer = make_napari_viewer(show=True)
-    image_a, _, panel = _open_panel(viewer, path_a)
+    image_a, _, panel = open_panel(viewer, path_a)
     [image_b] = viewer.open(str(path_b), plugin="medseg")
-    panel.image.set_layer(image_a)
-    assert panel.save_row.path.text() == str(tmp_path / "a_labels.nii.gz")
-    _click(qtbot, panel.mask_prompt)  # makes the labels layer
+    panel.data.image.set_layer(image_a)
+    assert panel.save_row.path.text() == str(tmp_path / "a_medseg.nii.gz")
+    click(qtbot, panel.tools.mask_prompt)  # makes the labels layer
     panel.workspace.labels.data[3, 10:20, 10:20] = 1
-    _click(qtbot, panel.save_row.save)
-    saved_a = (tmp_path / "a_labels.nii.gz").read_bytes()
+    click(qtbot, panel.save_row.save)
+    saved_a = (tmp_path / "a_medseg.nii.gz").read_bytes()
 
-    panel.image.set_layer(image_b)
-    assert panel.save_row.path.text() == str(tmp_path / "b_labels.nii.gz")
-    _click(qtbot, panel.mask_prompt)
+    panel.data.image.set_layer(image_b)
+    assert panel.save_row.path.text() == str(tmp_path / "b_medseg.nii.gz")
+    click(qtbot, panel.tools.mask_prompt)
     panel.workspace.labels.data[3, 30:40, 30:40] = 2
-    _click(qtbot, panel.save_row.save)
-    assert (tmp_path / "a_labels.nii.gz").read_bytes() == saved_a  # B never overwrote A
+    click(qtbot, panel.save_row.save)
+    assert (tmp_path / "a_medseg.nii.gz").read_bytes() == saved_a  # B never overwrote A
 
     asked = []
     panel.save_row.ask_overwrite = lambda path: asked.append(path) or False
     panel.workspace.labels.data[3] = 0
-    _click(qtbot, panel.save_row.save)
-    assert asked == [tmp_path / "b_labels.nii.gz"]
-    assert np.asarray(nib.load(tmp_path / "b_labels.nii.gz").dataobj).any()  # declined: unchanged
+    click(qtbot, panel.save_row.save)
+    assert asked == [tmp_path / "b_medseg.nii.gz"]
+    assert np.asarray(nib.load(tmp_path / "b_medseg.nii.gz").dataobj).any()  # declined: unchanged
     panel.save_row.ask_overwrite = lambda path: True
-    _click(qtbot, panel.save_row.save)
-    assert not np.asarray(nib.load(tmp_path / "b_labels.nii.gz").dataobj).any()
+    click(qtbot, panel.save_row.save)
+    assert not np.asarray(nib.load(tmp_path / "b_medseg.nii.gz").dataobj).any()
 
     with unmodified(path_a):
         panel.save_row.path.setText(str(path_a))  # an input
-        _click(qtbot, panel.save_row.save)
+        click(qtbot, panel.save_row.save)
     assert f"is the input {path_a}" in panel.status.text()
 
 
@@ -264,19 +206,19 @@ def test_failed_model_load_says_why_in_full_and_resets(make_napari_viewer, qtbot
     assert any("'photo' has shape (32, 48)" in m and "3D" in m for m in messages)
 
     [image] = viewer.open(str(path), plugin="medseg")
-    panel.image.set_layer(image)
+    panel.data.image.set_layer(image)
     ws = panel.workspace
     other = viewer.add_labels(np.zeros((3, 4, 5), np.int32), name="other")
-    panel.output.set_layer(other)
+    panel.data.output.set_layer(other)
     assert any("labels layer 'other' has shape (3, 4, 5)" in m for m in messages)
 
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     panel.model.set_choice(str(bad))
     ws.prompts.points.add([4, 30, 30])
-    _click(qtbot, panel.segment)
+    click(qtbot, panel.segment)
     assert "loading" in panel.status.text()
-    _wait(qtbot, panel)
+    wait(qtbot, panel)
     status = panel.status.text()
     assert status.startswith("Segment object: cannot read") and str(bad) in status
     assert "once per napari session" not in status  # the "loading…" line is gone
@@ -286,21 +228,21 @@ def test_failed_model_load_says_why_in_full_and_resets(make_napari_viewer, qtbot
 def test_image_change_resets_stale_controls_and_picks_a_preset(make_napari_viewer, qtbot, phantom_file, tmp_path):
     path, _ = phantom_file
     viewer = make_napari_viewer()
-    image, _, panel = _open_panel(viewer, path)
+    image, _, panel = open_panel(viewer, path)
     assert image.metadata["medseg_volume"].modality == "OT"  # NIfTI does not say CT...
-    assert panel.preset.currentText() == "ct-soft-tissue"  # ...but its HU-like values do
+    assert panel.data.preset.currentText() == "ct-soft-tissue"  # ...but its HU-like values do
     np.testing.assert_allclose(image.contrast_limits, (-160, 240))
-    assert "HU-like" in panel.preset_note.text()
+    assert "HU-like" in panel.data.preset_note.text()
     panel.correct_next.setVisible(True)
     panel.progress.setRange(0, 12)
     panel.progress.setValue(12)
 
     mri = viewer.add_image(np.random.default_rng(0).uniform(0, 900, (6, 32, 32)).astype(np.float32), name="mri")
-    panel.image.set_layer(mri)
+    panel.data.image.set_layer(mri)
     assert panel.correct_next.isHidden() and panel.progress.value() == 0
-    assert panel.preset.currentText() == "mri"
-    panel.image.set_layer(image)
-    assert panel.preset.currentText() == "ct-soft-tissue"
+    assert panel.data.preset.currentText() == "mri"
+    panel.data.image.set_layer(image)
+    assert panel.data.preset.currentText() == "ct-soft-tissue"
 
 
 @pytest.mark.skipif(not hasattr(Sam2Session, "precompute"),
@@ -308,9 +250,20 @@ def test_image_change_resets_stale_controls_and_picks_a_preset(make_napari_viewe
 def test_precompute_embeddings_button(make_napari_viewer, qtbot, phantom_file):
     path, _ = phantom_file
     viewer = make_napari_viewer()
-    image, _, panel = _open_panel(viewer, path)
-    _click(qtbot, panel.precompute)
-    _wait(qtbot, panel)
+    image, _, panel = open_panel(viewer, path)
+    click(qtbot, panel.precompute)
+    wait(qtbot, panel)
     assert panel.progress.value() == panel.progress.maximum() > 0
     assert panel.workspace.session is not None
     assert "ready" in panel.status.text()
+
+
+def test_eta_counts_from_the_first_report_of_a_phase():
+    """Model loading before the first slice does not inflate the estimate; a steady pace gives a steady,
+    falling estimate; a new phase starts afresh."""
+    eta = _tasks.Eta()
+    assert eta.update(1, 32, now=20.0) is None  # 20 s of loading and setup before the first slice
+    left = [eta.update(done, 32, now=20.0 + 0.5 * (done - 1)) for done in range(2, 32)]
+    np.testing.assert_allclose(left, [0.5 * (32 - done) for done in range(2, 32)])
+    assert eta.update(33, 64, now=40.0) is None
+    assert _tasks.progress_text("Propagate", 12, 32, phase="", left_s=9.6) == "Propagate: 12 / 32, about 10 s left"

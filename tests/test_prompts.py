@@ -89,3 +89,33 @@ def test_a_record_that_is_not_prompts_is_refused_naming_the_form(record, message
     with pytest.raises(InputError, match=message) as info:
         Prompts.from_record(record, source="--prompts f.json")
     assert "\n" not in str(info.value)
+
+
+def test_scribbles_round_trip_and_a_stroke_in_any_view_is_cut_per_slice():
+    stroke = np.zeros((5, 20, 30), bool)
+    stroke[1:4, 7, 10:20] = True  # drawn on a coronal plane: crosses slices 1, 2 and 3
+    prompts = Prompts().add_scribble_volume(2, stroke).add_scribble(2, 0, _mask(), positive=False)
+    scribbles = prompts.objects[2].scribbles
+    assert [(s.z, s.positive, int(s.mask.sum())) for s in scribbles] == [(1, True, 10), (2, True, 10), (3, True, 10),
+                                                                        (0, False, int(_mask().sum()))]
+    assert prompts.slices == [0, 1, 2, 3]
+    prompts.validate((5, 20, 30))
+    back = Prompts.from_dict(json.loads(json.dumps(prompts.to_dict())))
+    assert [(s.z, s.positive) for s in back.objects[2].scribbles] == [(s.z, s.positive) for s in scribbles]
+    for a, b in zip(back.objects[2].scribbles, scribbles):
+        np.testing.assert_array_equal(a.mask, b.mask)
+    assert "scribbles" not in Prompts().add_point(1, 0, 1, 1).to_dict()["1"]  # older records are unchanged
+
+
+def test_scribble_points_spread_along_the_stroke_and_empty_strokes_are_refused():
+    from medseg.prompts import ScribblePrompt
+
+    mask = np.zeros((20, 30), bool)
+    mask[5, 2:28] = True  # a horizontal stroke, 26 voxels long
+    # nearest the centroid (x = 14.5; the first of a tie) first, then both ends, then the middle of the longest gap
+    assert ScribblePrompt(0, mask).points(4) == [(5, 14), (5, 27), (5, 2), (5, 8)]
+    assert len(ScribblePrompt(0, mask).points(100)) == 26  # never more points than voxels
+    with pytest.raises(InputError, match="object 1: scribble on slice 2 covers no voxel"):
+        Prompts().add_scribble(1, 2, np.zeros((20, 30), bool)).validate((5, 20, 30))
+    with pytest.raises(InputError, match=r"scribble on slice 7 of shape \(20, 30\) does not fit"):
+        Prompts().add_scribble(1, 7, mask).validate((5, 20, 30))

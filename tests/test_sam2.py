@@ -365,6 +365,42 @@ def test_cli_segment_rejects_bad_prompt_text(tmp_path, volume, capsys):
     assert "outside the volume" in capsys.readouterr().err
 
 
+def test_a_scribble_is_the_points_spread_along_it(predictor, volume):
+    """SAM2 gets a scribble as the points ``ScribblePrompt.points`` picks: the same result as those clicks."""
+    from medseg.prompts import ScribblePrompt
+
+    stroke = np.zeros(SHAPE[1:], bool)
+    stroke[16, 16:34] = True
+    stroke[12:20, 25] = True
+    scribbled = predictor.session(volume)
+    scribbled.add_scribble(1, 4, stroke)
+    scribbled.add_scribble(1, 4, block_mask(30, 34, 40, 50), positive=False)
+    clicked = predictor.session(volume)
+    for mask, positive in ((stroke, True), (block_mask(30, 34, 40, 50), False)):
+        for y, x in ScribblePrompt(4, mask).points():
+            clicked.add_point(1, 4, y, x, positive=positive)
+    np.testing.assert_array_equal(scribbled.labels, clicked.labels)
+    np.testing.assert_array_equal(scribbled.propagate().array, clicked.propagate().array)
+    assert [s.positive for s in scribbled.prompts.objects[1].scribbles] == [True, False]
+    assert scribbled.undo() == 4 and len(scribbled.prompts.objects[1].scribbles) == 1
+
+
+def test_cli_segment_takes_scribbles_drawn_in_any_view(tmp_path, volume):
+    image = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), volume.affine), image)
+    strokes = np.zeros(volume.shape, dtype=np.int16)
+    strokes[3:7, 18, 16:34] = 2  # a coronal stroke on object 2: slices 3 to 6
+    nib.save(nib.Nifti1Image(strokes.transpose(2, 1, 0), volume.affine), tmp_path / "strokes.nii.gz")
+    out, qc = tmp_path / "labels.nii.gz", tmp_path / "qc.json"
+    code = main([
+        "segment", str(image), "--model", "untrained", "--image-size", "128", "--device", "cpu",
+        "--scribbles", str(tmp_path / "strokes.nii.gz"), "--out", str(out), "--qc", str(qc), "--no-progress",
+    ])
+    assert code == 0
+    prompts = Prompts.from_dict(json.loads(qc.read_text(encoding="utf-8"))["provenance"]["prompts"])
+    assert [(s.z, s.positive, int(s.mask.sum())) for s in prompts.objects[2].scribbles] == [(z, True, 18) for z in range(3, 7)]
+
+
 def test_a_pixel_goes_to_the_surest_object_whichever_run_wrote_first():
     """Objects prompted on different slices propagate in separate runs; the later run takes a pixel only
     where its logit beats the one the pixel's label won with (an inner lesion is not kept out by its organ)."""

@@ -21,7 +21,7 @@ PRESET_DEFAULT = ("default: the preset a trained model directory was trained wit
 def add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
-        help="segment objects through a volume with SAM2 from point / box / mask prompts (voxel z,y,x)",
+        help="segment objects through a volume with SAM2 from point / box / mask / scribble prompts (voxel z,y,x)",
         description="Prompts are voxel indices (z, y, x) of VOLUME. Prefix a prompt with ID: to give it to "
         "object ID (label value; default 1), e.g. --point 2:14,80,97,0 is a negative click for object 2.",
     )
@@ -31,6 +31,8 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
     p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
     p.add_argument("--mask", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
+    p.add_argument("--scribbles", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k marks brush strokes on object k (drawn in any view; each slice they cross gets a scribble)")
+    p.add_argument("--negative-scribbles", type=values.existing_path, metavar="FILE", help="the same for background strokes: label k marks what is not object k")
     p.add_argument("--prompts", type=values.json_file, metavar="FILE.json",
                    help="prompts to replay: a pipeline case's prompts.json or result.json, a --qc file of this "
                    "command, or the prompts alone "
@@ -81,7 +83,8 @@ def _run_segment(args: argparse.Namespace) -> None:
 
     volume = load_volume(args.volume, series_uid=args.series_uid)
     check_outputs({"--out": args.out, "--qc": args.qc},
-                  inputs=[args.volume, args.mask, args.model, args.prompts.path if args.prompts else None])
+                  inputs=[args.volume, args.mask, args.scribbles, args.negative_scribbles, args.model,
+                          args.prompts.path if args.prompts else None])
     prompts = Prompts()
     if args.prompts:
         prompts = Prompts.from_record(args.prompts.data, source=f"--prompts {args.prompts.path}")
@@ -94,6 +97,11 @@ def _run_segment(args: argparse.Namespace) -> None:
         for obj_id in painted.labels:
             for z in np.flatnonzero((painted.array == obj_id).any(axis=(1, 2))):
                 prompts.add_mask(obj_id, int(z), painted.array[z] == obj_id)
+    for path, positive in ((args.scribbles, True), (args.negative_scribbles, False)):
+        if path:
+            strokes = load_labels(path, volume)
+            for obj_id in strokes.labels:
+                prompts.add_scribble_volume(obj_id, strokes.array == obj_id, positive=positive)
     for text in args.name:
         obj, _, name = text.partition("=")
         if not obj.isdigit() or not name:

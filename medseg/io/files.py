@@ -1,4 +1,5 @@
-"""What kind of file a path is (image, DICOM label object, integer label map), and writing output files atomically."""
+"""What kind of file a path is (image, DICOM label object, integer label map), what to name files made
+from it, and writing output files atomically."""
 
 from __future__ import annotations
 
@@ -146,6 +147,24 @@ def output_suffix(path: Path) -> str:
     """The format-deciding suffix of an output path (``.nii.gz`` counts as one)."""
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def volume_stem(path: str | os.PathLike) -> str:
+    """A volume file's or folder's name without its format suffix: ``ct.nii.gz`` -> ``ct``, ``series`` -> ``series``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", *NIFTI_SUFFIXES, *ITK_SUFFIXES, *DICOM_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def safe_file_name(name: str, *, default: str) -> str:
+    """``name`` with every character but letters, digits, ``-``, ``_`` and ``.`` made ``_`` (``default`` if empty).
+
+    >>> safe_file_name("CT 1/2: liver", default="case")
+    'CT_1_2__liver'
+    """
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or default
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.preprocess import IntensityPreset, choose_preset
 from medseg.runtime import Progress, ShouldStop, check_stop, report
-from medseg.prompts import BoxPrompt, MaskPrompt, ObjectPrompts, PointPrompt, Prompts
+from medseg.prompts import BoxPrompt, MaskPrompt, ObjectPrompts, PointPrompt, Prompt, Prompts, ScribblePrompt
 from medseg.sam2.embeddings import EmbeddingStore
 from medseg.sam2.engine import FeatureCache, FrameOutput, Tracker
 from medseg.sam2.frames import VolumeFrames
@@ -42,7 +42,7 @@ class _Action:
 
     obj_id: int
     z: int
-    added: tuple[PointPrompt | BoxPrompt | MaskPrompt, ...]
+    added: tuple[Prompt, ...]
     removed: tuple[BoxPrompt, ...] = ()
 
 
@@ -120,11 +120,14 @@ class Sam2Session:
         point = PointPrompt(int(z), float(y), float(x), bool(positive))
         self._check(lambda p: p.add_point(obj_id, z, y, x, positive=positive))
         obj = self.prompts.object(obj_id, name)
-        added: tuple = (point,)
-        propagated = self._labels[point.z] == obj_id
-        if point.z not in obj.slices and propagated.any():
-            added = (MaskPrompt(point.z, propagated), point)
-        return self._record(obj, point.z, added)
+        return self._record(obj, point.z, (*self._seed(obj, point.z), point))
+
+    def add_scribble(self, obj_id: int, z: int, mask: np.ndarray, *, positive: bool = True, name: str = "") -> np.ndarray:
+        """Add a brush stroke ``(y, x)`` (SAM2 gets points spread along it); refines like a click."""
+        self._check(lambda p: p.add_scribble(obj_id, z, mask, positive=positive))
+        obj = self.prompts.object(obj_id, name)
+        scribble = ScribblePrompt(int(z), np.asarray(mask, dtype=bool).copy(), bool(positive))
+        return self._record(obj, int(z), (*self._seed(obj, int(z)), scribble))
 
     def add_box(self, obj_id: int, z: int, y0: float, x0: float, y1: float, x1: float, *, name: str = "") -> np.ndarray:
         """Add a box (inclusive voxel corners); replaces an earlier box of the object on that slice."""
@@ -146,10 +149,7 @@ class Sam2Session:
         for obj in prompts.objects.values():
             record = self.prompts.object(obj.obj_id, obj.name)
             for z in obj.slices:
-                added = (
-                    [m for m in obj.masks if m.z == z] + [b for b in obj.boxes if b.z == z] + [p for p in obj.points if p.z == z]
-                )
-                self._record(record, z, tuple(added))
+                self._record(record, z, tuple(obj.on_slice(z)))
 
     def undo(self) -> int | None:
         """Take back the last ``add_*`` call; returns the slice it changed (None: nothing to undo)."""
@@ -157,8 +157,8 @@ class Sam2Session:
             return None
         action = self._actions.pop()
         obj = self.prompts.objects[action.obj_id]
-        _take(obj, action.added)
-        _put(obj, action.removed)
+        obj.take(action.added)
+        obj.put(action.removed)
         self._apply(obj, action.z)
         if obj.is_empty():
             del self.prompts.objects[action.obj_id]
@@ -302,14 +302,19 @@ class Sam2Session:
         add(probe)
         probe.validate(self.volume.shape)
 
+    def _seed(self, obj: ObjectPrompts, z: int) -> tuple[MaskPrompt, ...]:
+        """A correction on a slice the object was only propagated to starts from the propagated mask there."""
+        propagated = self._labels[z] == obj.obj_id
+        return (MaskPrompt(z, propagated),) if z not in obj.slices and propagated.any() else ()
+
     def _record(self, obj: ObjectPrompts, z: int, added: tuple, removed: tuple = ()) -> np.ndarray:
-        _take(obj, removed)
-        _put(obj, added)
+        obj.take(removed)
+        obj.put(added)
         try:
             self._apply(obj, z)
         except Exception:
-            _take(obj, added)
-            _put(obj, removed)
+            obj.take(added)
+            obj.put(removed)
             self._apply(obj, z)
             if obj.is_empty():
                 del self.prompts.objects[obj.obj_id]
@@ -322,7 +327,8 @@ class Sam2Session:
         key = (obj.obj_id, z)
         masks = [m.mask for m in obj.masks if m.z == z]
         boxes = [b for b in obj.boxes if b.z == z]
-        points = [p for p in obj.points if p.z == z]
+        points = [(p.y, p.x, int(p.positive)) for p in obj.points if p.z == z]
+        points += [(y, x, int(sc.positive)) for sc in obj.scribbles if sc.z == z for y, x in sc.points()]
         self._exact_masks.pop(key, None)
         if not (masks or boxes or points):
             self.tracker.clear_prompts(z, obj.obj_id)
@@ -337,8 +343,8 @@ class Sam2Session:
             z,
             obj.obj_id,
             mask=mask,
-            points_yx=[(p.y, p.x) for p in points] or None,
-            labels=[int(p.positive) for p in points] or None,
+            points_yx=[(y, x) for y, x, _ in points] or None,
+            labels=[positive for _, _, positive in points] or None,
             box_yxyx=(boxes[0].y0, boxes[0].x0, boxes[0].y1, boxes[0].x1) if boxes else None,
         )
         if mask is not None and not (boxes or points):
@@ -384,12 +390,3 @@ def paint(labels: np.ndarray, best: np.ndarray, logits: np.ndarray, obj_ids: tup
     labels[painted] = winner[painted]
     best[painted] = top[painted]
 
-
-def _put(obj: ObjectPrompts, items: tuple) -> None:
-    for item in items:
-        {PointPrompt: obj.points, BoxPrompt: obj.boxes, MaskPrompt: obj.masks}[type(item)].append(item)
-
-
-def _take(obj: ObjectPrompts, items: tuple) -> None:
-    for lst in (obj.points, obj.boxes, obj.masks):
-        lst[:] = [x for x in lst if not any(x is item for item in items)]
