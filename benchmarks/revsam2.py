@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from medseg.revsam2 import ReferenceSession, SupportSet
 from medseg.sam2 import load_model
 from medseg.volume import UNTRAINED_BANNER
 
+import revsam2_diagnose  # this folder is on sys.path
 from sam2_propagation import _warm_up_and_time_encoder  # the SAM2 benchmark's encoder timer (this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +124,32 @@ def ablation(args: argparse.Namespace, model) -> None:
         print(f"  {name:{width}s}  {np.nanmean(values):.4f}")
 
 
+def diagnose(args: argparse.Namespace, model) -> None:
+    cohort = load_manifest(args.manifest)
+    names = {int(v): n for v, n in cohort.labels.items()}
+    references = cohort.split("train")[: args.references]
+    support = SupportSet.from_volumes([case.load() for case in references], k=3, labels=names,
+                                      names=[case.id for case in references])
+    print(f"diagnosis on {cohort.name}: references {[c.id for c in references]}, model {model.name} at {model.image_size}")
+    diagnoses = {}
+    for case in cohort.split("test"):
+        query, truth = case.load()
+        session = ReferenceSession(query, support, model=model)
+        result, forward = session.segment(mode="revsam2"), session.segment(mode="baseline")
+        diagnoses[case.id] = [revsam2_diagnose.diagnose_label(session, result, forward, truth, label, names)
+                              for label in names]
+        for d in diagnoses[case.id]:
+            print(f"  {case.id} {d['label']:8s} forward {d['forward']['dice_3d']:.3f} ({d['forward']['candidates']} "
+                  f"candidates {d['forward']['objects']}), spearman {d['reverse']['spearman']}, selected "
+                  f"{d['selection']['selected']} true {d['selection']['selected_true_dice']} (best "
+                  f"{d['selection']['best_candidate']}), final {d['reprompt']['dice_3d']:.3f}")
+    settings = {"model": model.name, "manifest": str(args.manifest), "references": [c.id for c in references]}
+    summary = revsam2_diagnose.write(diagnoses, settings, Path(args.out))
+    print(json.dumps(summary, indent=1))
+    if model.untrained:
+        print(NO_DICE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes to check the benchmark runs")
@@ -130,13 +158,15 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--repeats", type=int, help="runs per mode (default 3; quick 2)")
     parser.add_argument("--ablation", action="store_true", help="selection settings on the demo cohort instead of timing")
+    parser.add_argument("--diagnose", action="store_true", help="per (query, label) and stage: JSON and figures in --out")
+    parser.add_argument("--out", default="results/revsam2-diagnosis", help="folder for --diagnose")
     parser.add_argument("--manifest", default=str(ROOT / "data_manifests" / "demo.json"), help="cohort for --ablation")
     parser.add_argument("--references", type=int, default=1, help="train cases used as references in --ablation")
     args = parser.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 3)
     image_size = args.image_size or (128 if args.quick else 256 if args.model == "untrained" else None)
     model = load_model(args.model, image_size=image_size, device=args.device)
-    ablation(args, model) if args.ablation else timing(args, model)
+    diagnose(args, model) if args.diagnose else ablation(args, model) if args.ablation else timing(args, model)
 
 
 if __name__ == "__main__":
