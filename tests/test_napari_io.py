@@ -305,17 +305,17 @@ def test_opening_the_widget_keeps_every_reader_choice_the_user_made(make_napari_
 
     viewer = make_napari_viewer()
     settings = get_settings()
+    previous = dict(settings.plugins.extension2reader)  # napari's settings outlive a test: put them back
     settings.plugins.extension2reader = {"*.nii.gz": "napari", "*.tif": "napari"}  # choices the user made
-    before = {k: v for k, v in settings.model_dump(mode="json").items() if k != "plugins"}
-
-    viewer.window.add_plugin_dock_widget("medseg", "medseg")
-
-    # medseg is preferred only where the user had not chosen (issue 27: folders open without a question)
-    assert settings.plugins.extension2reader == {"*.nii.gz": "napari", "*.tif": "napari",
-                                                 **{p: "medseg" for p in CLAIMED_PATTERNS if p != "*.nii.gz"}}
-    assert {k: v for k, v in settings.model_dump(mode="json").items() if k != "plugins"} == before
-    [layer] = viewer.open(str(phantom_case.image), plugin="medseg")
-    assert "medseg_volume" in layer.metadata
+    try:
+        viewer.window.add_plugin_dock_widget("medseg", "medseg")
+        # medseg is preferred only where the user had not chosen (issue 27: folders open without a question)
+        assert settings.plugins.extension2reader == {"*.nii.gz": "napari", "*.tif": "napari",
+                                                     **{p: "medseg" for p in CLAIMED_PATTERNS if p != "*.nii.gz"}}
+        [layer] = viewer.open(str(phantom_case.image), plugin="medseg")
+        assert "medseg_volume" in layer.metadata
+    finally:
+        settings.plugins.extension2reader = previous
 
 
 @pytest.mark.parametrize("scale", [(2.0, -0.8, 0.9), (2.0, 0.8, 0.9)], ids=["flipped", "plain"])
@@ -436,7 +436,7 @@ def test_dicom_folders_open_with_medseg_from_file_open_and_drag_and_drop_without
 
     viewer.window._qt_viewer._qt_open([str(tmp_path / "series")], stack=False)  # File ▸ Open Folder
     _drop(qtbot, viewer, tmp_path / "study")  # drag and drop of a study folder with a broken series
-    [picture_stack] = viewer.open(str(pictures))  # no plugin named, as users call it
+    [picture_stack] = viewer.open(str(pictures), plugin=None)  # the preferences decide, as in File ▸ Open
     timer.stop()
 
     assert seen == []
@@ -465,9 +465,10 @@ def test_open_without_a_plugin_name_and_a_structure_set_beside_its_open_series(m
     viewer = make_napari_viewer()
     viewer.window.add_plugin_dock_widget("medseg", "medseg")
 
-    [nifti] = viewer.open(str(phantom_case.image))
-    [series] = viewer.open(str(folder))
-    [structures] = viewer.open(str(folder / "structures.dcm"))  # the series is open: only the labels come
+    # plugin=None: the reader preferences decide (napari 0.9's viewer.open defaults to plugin="napari")
+    [nifti] = viewer.open(str(phantom_case.image), plugin=None)
+    [series] = viewer.open(str(folder), plugin=None)
+    [structures] = viewer.open(str(folder / "structures.dcm"), plugin=None)  # the series is open: only the labels
 
     assert "medseg_volume" in nifti.metadata and "medseg_volume" in series.metadata
     assert [layer._type_string for layer in viewer.layers] == ["image", "image", "labels"]

@@ -33,7 +33,7 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
     z, y, x = liver_centre(truth)
     key(qtbot, viewer, Qt.Key.Key_D, SHIFT)  # place points
     assert viewer.layers.selection.active.name == ws.prompts.points.name
-    _canvasclick(qtbot, viewer, image, (z, y, x))
+    canvas_click(qtbot, viewer, image, (z, y, x))
     np.testing.assert_allclose(ws.prompts.points.data, [(z, y, x)], atol=1.0)
     key(qtbot, viewer, Qt.Key.Key_G)  # segment object
     wait(qtbot, panel)
@@ -102,10 +102,10 @@ def test_shift_click_and_shift_t_place_negative_points(make_napari_viewer, qtbot
     points = panel.workspace.prompts.points
     key(qtbot, viewer, Qt.Key.Key_D, SHIFT)
 
-    _canvasclick(qtbot, viewer, image, (4, 20, 30))
-    _canvasclick(qtbot, viewer, image, (4, 40, 30), SHIFT)
+    canvas_click(qtbot, viewer, image, (4, 20, 30))
+    canvas_click(qtbot, viewer, image, (4, 40, 30), SHIFT)
     key(qtbot, viewer, Qt.Key.Key_T, SHIFT)  # negative points from now on
-    _canvasclick(qtbot, viewer, image, (4, 30, 10))
+    canvas_click(qtbot, viewer, image, (4, 30, 10))
 
     assert panel.tools.negative.isChecked()
     np.testing.assert_allclose(points.data, [(4, 20, 30), (4, 40, 30), (4, 30, 10)], atol=1.0)
