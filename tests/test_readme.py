@@ -173,7 +173,7 @@ def test_readme_block_runs_as_written(block, workdir):
         pytest.skip(reason)
     work, env = workdir
     command = ["bash", "-euo", "pipefail", "-c"] if block.language == "bash" else [sys.executable, "-c"]
-    done = subprocess.run([*command, block.runnable_code()], cwd=work, env=env, capture_output=True, text=True,
+    done = subprocess.run([*command, block.runnable_code()], cwd=work, env=env, capture_output=True, encoding="utf-8",
                           timeout=BLOCK_TIMEOUT_S)
     assert done.returncode == 0, (f"README.md:{block.line} ({block.section}) exited with {done.returncode}:\n"
                                   f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
