@@ -45,6 +45,7 @@ from medseg.metrics import dice_per_label
 from medseg.phantom import make_phantom
 from medseg.prompt_simulation import bounding_box, centroid_voxel, largest_slice, middle_slice
 from medseg.prompts import Prompts
+from medseg.runtime import read_training_state
 from medseg.sam2 import Sam2Session, load_model
 from medseg.sam2.model_dir import architecture, build_network
 from medseg.sam2.network import Sam2Model, load_state
@@ -89,7 +90,8 @@ def main() -> None:
 def _model(spec: str) -> Sam2Model:
     path = Path(spec)
     if path.suffix == ".pt" and path.parent.name == "snapshots":
-        net = build_network(architecture("hiera-micro", 128))
+        run = read_training_state(path.parents[1] / "checkpoint.pt")["config"]  # the run's settings
+        net = build_network(architecture("hiera-micro", 128, prompt_prior=bool(run.get("prompt_prior"))))
         load_state(net, torch.load(path, map_location="cpu", weights_only=True), source=str(path),
                    network="hiera-micro at 128", remedy="snapshots here are of hiera-micro at image size 128")
         return Sam2Model(net.eval(), f"snapshot {path}", 128, torch.device("cpu"), False, path, None, "", None)

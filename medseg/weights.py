@@ -38,6 +38,7 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 30
 
 SAM2_LICENCE = "Apache-2.0 (Meta, SAM 2.1 code and weights)"
+MEDSEG_LICENCE = "Apache-2.0 (medseg; trained on synthetic scenes only, no patient data)"
 MEDSAM2_LICENCE = (
     "CC-BY-SA-4.0 (bowang-lab MedSAM2 weights): attribution required; share derived weights "
     "under the same licence"
@@ -106,6 +107,13 @@ REGISTRY: dict[str, ModelSpec] = {
             "MedSAM2 (bowang-lab, 2025): SAM 2.1 Hiera-T fine-tuned on >455k 3D medical image-mask pairs", 160,
         ),
         ModelSpec(
+            "medseg-micro", "configs/sam2.1/sam2.1_hiera_t.yaml", 128, "weights.pt", None, MEDSEG_LICENCE,
+            "medseg's base SAM2 (hiera-micro, image size 128, float16), shipped with medseg: pretrained on synthetic "
+            "scenes of generic objects only (medseg.training.sam2.pretrain); fine-tune it on your cohort", 20,
+            size_bytes=20147524, sha256="6fc8b830804f16e45f655791b568b42abd4487306cf7a644c31b90bc5498c816",
+            packaged="models/medseg-micro",
+        ),
+        ModelSpec(
             "untrained", "configs/sam2.1/sam2.1_hiera_t.yaml", 128, None, None,
             "none: random weights", "SAM 2.1 Hiera-T architecture with seeded random weights; tests and smoke runs only",
         ),
@@ -121,6 +129,13 @@ def get_spec(name: str) -> ModelSpec:
         raise WeightsError(
             f"unknown model {name!r}: use one of {sorted(REGISTRY)} or the path of a checkpoint file"
         ) from None
+
+
+def default_model() -> str:
+    """The model a face offers first: Meta's SAM 2.1 Hiera-T when it was downloaded already, else
+    ``medseg-micro``, which ships with medseg (no download, works offline)."""
+    tiny = REGISTRY["sam2.1-tiny"]
+    return tiny.name if (weights_dir() / tiny.filename).is_file() else "medseg-micro"
 
 
 def medseg_home() -> Path:
@@ -284,6 +299,7 @@ def _offline_error(spec: ModelSpec, target: Path, error: Exception) -> WeightsEr
     return WeightsError(
         f"cannot download checkpoint {spec.filename} for model {spec.name!r} from {spec.url} ({error}). "
         f"Without internet access, download it elsewhere and copy it to {target} "
-        f"(set MEDSEG_HOME to change the cache location), or pass the file's path as the model. "
+        f"(set MEDSEG_HOME to change the cache location), or pass the file's path as the model, or use the model "
+        f"that ships with medseg: medseg-micro (trained on synthetic scenes; fine-tune it on your cohort). "
         f"Licence: {spec.licence}."
     )

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import WeightsError
-from medseg.weights import REGISTRY
+from medseg.weights import REGISTRY, default_model
 
 if TYPE_CHECKING:
     from medseg.sam2 import Sam2VolumePredictor
@@ -71,7 +71,7 @@ class ModelPicker(QWidget):
 
     changed = Signal()
 
-    def __init__(self, parent: QWidget | None = None, *, default: str = "sam2.1-tiny") -> None:
+    def __init__(self, parent: QWidget | None = None, *, default: str | None = None) -> None:
         super().__init__(parent)
         self.name = QComboBox()
         for name, spec in REGISTRY.items():
@@ -79,7 +79,7 @@ class ModelPicker(QWidget):
             tooltip = f"{spec.description}\nLicence: {spec.licence}"
             self.name.setItemData(self.name.count() - 1, tooltip, Qt.ItemDataRole.ToolTipRole)
         self.name.addItem(_CHECKPOINT)
-        self.name.setCurrentText(default)
+        self.name.setCurrentText(default or default_model())
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText("path of a SAM2 .pt checkpoint (Hiera-T config)")
         browse = QPushButton("…")
@@ -140,6 +140,9 @@ class ModelPicker(QWidget):
             text, colour = "Weights: your checkpoint; its licence is the one of its source.", ""
         elif spec.untrained:
             text, colour = "RANDOM WEIGHTS, for tests only: the masks are meaningless.", "#ff6060"
+        elif spec.packaged:
+            text, colour = (f"Ships with medseg ({spec.approx_size_mb} MB), trained on synthetic scenes only: "
+                            f"fine-tune it on your cohort (medseg sam2 train). Licence: {spec.licence}."), ""
         elif "CC-BY-SA" in spec.licence:
             text, colour = f"Weights licence: {spec.licence}.", "#ffb040"
         else:

@@ -184,3 +184,58 @@ def test_stopped_download_keeps_a_resumable_part_and_reports_bytes(server, tmp_p
     path = fetch_checkpoint(_spec(server.url), directory=tmp_path)
     assert server.requests == [None, f"bytes={512 * 1024}-"]
     assert path.read_bytes() == PAYLOAD
+
+
+# --- the base model that ships with medseg -------------------------------------------------------
+def test_the_shipped_base_model_loads_by_name_offline_with_its_checksum_and_says_what_it_learned_from(monkeypatch, tmp_path):
+    import json
+
+    from medseg.sam2 import load_model
+    from medseg.sam2.model_dir import read_model_json
+
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "empty-cache"))  # nothing downloaded, nothing needed
+    spec = get_spec("medseg-micro")
+    assert spec.url is None and not spec.untrained and spec.model_dir.is_dir()
+    assert spec.size_bytes <= 25 * 2**20 and (spec.model_dir / spec.filename).stat().st_size == spec.size_bytes
+    model = load_model("medseg-micro", device="cpu")
+    assert model.name == "medseg-micro" and not model.untrained and model.image_size == 128
+    assert model.checkpoint_sha256 == spec.sha256 and model.provenance()["licence"] == spec.licence
+    assert all(p.dtype == torch.float16 for p in read_checkpoint(spec.model_dir / spec.filename).values() if p.is_floating_point())
+    info = read_model_json(spec.model_dir)
+    assert info["weights_sha256"] == spec.sha256 and info["dtype"] == "float16"
+    assert info["statement"].startswith("trained on synthetic scenes only") and info["cohort"]["name"] == "synthetic"
+    assert info["architecture"]["name"] == "hiera-micro" and json.dumps(info["training"])  # the recipe, in full
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_shipped_weights_that_do_not_match_the_registry_are_refused(tmp_path):
+    import shutil
+
+    shipped = get_spec("medseg-micro")
+    copy = tmp_path / "medseg-micro"
+    shutil.copytree(shipped.model_dir, copy)
+    data = bytearray((copy / "weights.pt").read_bytes())
+    data[-64] ^= 0xFF
+    (copy / "weights.pt").write_bytes(bytes(data))
+    tampered = ModelSpec(**{**shipped.__dict__, "packaged": str(copy)})
+    with pytest.raises(WeightsError, match="has SHA-256 .* expected .* for medseg-micro"):
+        fetch_checkpoint(tampered)
+    (copy / "weights.pt").unlink()
+    with pytest.raises(WeightsError, match="ship with medseg are missing .* reinstall medseg"):
+        fetch_checkpoint(tampered)
+
+
+def test_faces_offer_the_shipped_model_until_metas_tiny_checkpoint_is_downloaded(monkeypatch, tmp_path, qtbot):
+    from medseg.weights import default_model, weights_dir
+    from napari_plugin._model_picker import ModelPicker
+
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path))
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    assert default_model() == picker.choice().model == "medseg-micro"
+    assert picker.licence.text().startswith("Ships with medseg (20 MB), trained on synthetic scenes only")
+    weights_dir().mkdir(parents=True)
+    (weights_dir() / get_spec("sam2.1-tiny").filename).write_bytes(b"downloaded earlier")
+    again = ModelPicker()
+    qtbot.addWidget(again)
+    assert default_model() == again.choice().model == "sam2.1-tiny"

@@ -16,13 +16,14 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
         help="train SAM2 on the cohort's train split (validating on its val split); the model directory "
         "works wherever a model is asked for (--model DIR, pipeline `model: DIR`)",
         description="Options left out take the defaults of medseg.training.sam2.config.Sam2TrainConfig "
-        "(from random initialisation, architecture hiera-micro, image size 128, 800 steps of one 4-slice clip, lr 1e-4, "
-        "half of the clips synthetic scenes).",
+        "(from medseg-micro, the base model that ships with medseg: architecture hiera-micro, image size 128, "
+        "800 steps of one 4-slice clip, lr 1e-4, half of the clips synthetic scenes).",
     )
     t.add_argument("--manifest", required=True, help="cohort manifest (medseg JSON or a Decathlon dataset.json)")
     t.add_argument("--out", required=True, help="model directory to write (an interrupted run there resumes)")
     t.add_argument("--from", dest="start", metavar="MODEL",
-                   help="start weights: untrained (default), sam2.1-tiny, medsam2 or a checkpoint path (fine-tuning)")
+                   help="start weights: medseg-micro (default; ships with medseg), untrained (random), sam2.1-tiny, medsam2, "
+                   "a model directory or a checkpoint path")
     t.add_argument("--architecture", help="hiera-micro (small, CPU-trainable) or sam2.1-tiny (what registry checkpoints fit)")
     t.add_argument("--image-size", type=int, help="model input size, a multiple of 32")
     t.add_argument("--steps", type=int, help="optimiser steps")

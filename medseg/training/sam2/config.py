@@ -20,8 +20,10 @@ object-pointer projections), the prompt encoder + mask decoder."""
 class Sam2TrainConfig:
     """How to train SAM2 on a cohort's ``train`` split and on synthetic scenes.
 
-    ``start``: ``untrained`` (random initialisation), a registry name (``sam2.1-tiny``,
-    ``medsam2``: fine-tuning) or a checkpoint path. ``architecture``: ``hiera-micro`` (small,
+    ``start``: ``medseg-micro`` (default: the base model that ships with medseg, pretrained on
+    synthetic scenes to follow prompts; ``medseg.training.sam2.pretrain``), ``untrained`` (random
+    initialisation), another registry name (``sam2.1-tiny``, ``medsam2``: fine-tuning) or a
+    checkpoint path or model directory. ``architecture``: ``hiera-micro`` (small,
     trains on a CPU) or ``sam2.1-tiny`` (what registry checkpoints fit). ``train``: the parts
     that learn (``PARTS``); freeze the image encoder to fine-tune a real checkpoint cheaply.
     ``lr``: learning rate of the trained parts; the image encoder uses ``lr_image_encoder`` and
@@ -58,7 +60,7 @@ class Sam2TrainConfig:
     None follows the start weights: on for medseg's base model, off for Meta's and for ``untrained``.
     """
 
-    start: str = "untrained"
+    start: str = "medseg-micro"
     architecture: str = "hiera-micro"
     image_size: int = 128
     steps: int = 800

@@ -25,7 +25,7 @@ from medseg.training.sam2.config import Sam2TrainConfig
 from medseg.training.sam2.train import train_sam2
 
 PRETRAIN = Sam2TrainConfig(
-    start="untrained", architecture="hiera-micro", image_size=128, steps=10_000, lr=3e-4, warmup_steps=300,
+    start="untrained", architecture="hiera-micro", image_size=128, steps=5_000, lr=3e-4, warmup_steps=300,
     clip_length=4, max_objects=4, p_synthetic=1.0, structures=False, prompt_prior=True, seed=0,
     val_every=2500, checkpoint_every=100, snapshot_every=1000, threads=1, device="cpu",
 )
