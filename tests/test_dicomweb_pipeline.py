@@ -232,7 +232,7 @@ def test_the_command_line_logs_no_password_and_no_patient_field(demo, pacs_env, 
     config = pipeline(tmp_path / "pacs.yaml", demo.pacs, methods="cli-truth: {type: oracle}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = ["-v", "run", str(config.path), "--out", str(tmp_path / "out"), "--push", "seg", "--no-progress"]
-    run = subprocess.run([sys.executable, "-m", "medseg.cli", *command], capture_output=True, text=True, env=env,
+    run = subprocess.run([sys.executable, "-m", "medseg.cli", *command], capture_output=True, encoding="utf-8", env=env,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "pushed: 2 stored, 0 already there, 0 failed" in run.stdout
@@ -243,6 +243,13 @@ def test_the_command_line_logs_no_password_and_no_patient_field(demo, pacs_env, 
 
 @pytest.mark.slow
 def test_the_readmes_pacs_commands_run_as_written(pacs_env, tmp_path):
+    """On a server of its own: the demo's phantoms get the same derived UIDs in every test that stores
+    them, so on the session's server another test's smaller phantoms would join these series."""
+    with LocalOrthanc(tmp_path / "orthanc", users={USER: PASSWORD}) as server:
+        _run_the_readmes_pacs_commands(Pacs(server), tmp_path)
+
+
+def _run_the_readmes_pacs_commands(pacs_env: Pacs, tmp_path: Path) -> None:
     section = (REPO / "README.md").read_text(encoding="utf-8").split("## PACS (DICOMweb)", 1)[1].split("\n## ", 1)[0]
     serve, commands = re.findall(r"```bash\n(.*?)```", section, re.S)
     assert "medseg pacs serve" in serve  # the fixture's Orthanc stands in for it, on a free port
@@ -253,7 +260,8 @@ def test_the_readmes_pacs_commands_run_as_written(pacs_env, tmp_path):
     script = shell + commands.replace(address, pacs_env.url, 1)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    run = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    run = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, encoding="utf-8",
+                         timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert lines.count("check: 2 ok, 0 failed, 0 already done") == 1
