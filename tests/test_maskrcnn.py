@@ -145,19 +145,28 @@ def test_training_cases_without_any_foreground_are_refused(tmp_path):
 def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError, match="backbone: 'resnet51' is not one of"):
         TrainConfig(backbone="resnet51")
-    with pytest.raises(ConfigError, match="input_size must be a multiple of 32"):
-        TrainConfig(input_size=100)
+    with pytest.raises(ConfigError, match="image_size must be a multiple of 32"):
+        TrainConfig(image_size=100)
     with pytest.raises(ConfigError, match="unknown intensity preset"):
         TrainConfig(preset="ct-lunge")
     with pytest.raises(ConfigError, match=r"unknown Mask R-CNN setting\(s\) \['stepz'\]"):
         TrainConfig.from_dict({"stepz": 3})
 
 
+def test_settings_keep_reading_their_old_names():
+    """Model directories and YAML written before the rename (input_size, clip_grad_norm) still load."""
+    config = TrainConfig.from_dict({"input_size": 64, "clip_grad_norm": 2.0, "steps": 3})
+    assert (config.image_size, config.grad_clip, config.steps) == (64, 2.0, 3)
+    assert TrainConfig.from_dict(config.to_dict()) == config and "input_size" not in config.to_dict()
+    with pytest.raises(ConfigError, match="'image_size' is given twice"):
+        TrainConfig.from_dict({"input_size": 64, "image_size": 64})
+
+
 # --- network and checkpoints -------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_large"])
 def test_networks_train_from_scratch_with_group_norm(backbone):
     torch.manual_seed(0)
-    model = build_model(num_classes=3, backbone=backbone, input_size=64)
+    model = build_model(num_classes=3, backbone=backbone, image_size=64)
     norms = {type(m).__name__ for m in model.modules() if type(m).__name__.endswith(("Norm", "Norm2d"))}
     assert norms == {"GroupNorm"}  # no (frozen) batch norm anywhere
     assert all(p.requires_grad for p in model.parameters())
@@ -169,11 +178,11 @@ def test_networks_train_from_scratch_with_group_norm(backbone):
 
 def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
     torch.manual_seed(0)
-    source = build_model(num_classes=2, backbone="resnet18", input_size=64)
+    source = build_model(num_classes=2, backbone="resnet18", image_size=64)
     torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "detector.pth")  # torchvision references layout
 
     # Same architecture, other class count: everything but the class-specific heads is copied.
-    target = build_model(num_classes=3, backbone="resnet18", input_size=64)
+    target = build_model(num_classes=3, backbone="resnet18", image_size=64)
     kept = load_pretrained(target, tmp_path / "detector.pth")
     assert kept and all(k.startswith(("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")) for k in kept)
     for name, tensor in source.state_dict().items():
@@ -187,11 +196,11 @@ def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
     assert torch.equal(target.backbone.body.layer4[1].conv2.weight, backbone.layer4[1].conv2.weight)
 
     with pytest.raises(WeightsError, match=r"detector.pth does not fit .*backbone.body.layer1.0.conv1.weight"):
-        load_pretrained(build_model(num_classes=3, backbone="resnet50", input_size=64), tmp_path / "detector.pth")
+        load_pretrained(build_model(num_classes=3, backbone="resnet50", image_size=64), tmp_path / "detector.pth")
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "resnet18-bn.pth")
     with pytest.raises(WeightsError, match=r"batch-norm statistics .* norm='frozen-bn'"):
         load_pretrained(target, tmp_path / "resnet18-bn.pth")
-    load_pretrained(build_model(num_classes=3, backbone="resnet18", norm="frozen-bn", input_size=64), tmp_path / "resnet18-bn.pth")
+    load_pretrained(build_model(num_classes=3, backbone="resnet18", norm="frozen-bn", image_size=64), tmp_path / "resnet18-bn.pth")
     (tmp_path / "notes.pth").write_text("not a checkpoint", encoding="utf-8")
     with pytest.raises(WeightsError, match="cannot read pretrained checkpoint .*notes.pth .*not a PyTorch checkpoint"):
         load_pretrained(target, tmp_path / "notes.pth")
@@ -201,8 +210,8 @@ def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
 
 def test_a_model_that_never_trained_says_so_in_its_directory_and_outputs(tmp_path, caplog):
     torch.manual_seed(0)
-    config = TrainConfig(backbone="resnet18", input_size=64, preset="ct-soft-tissue", device="cpu")
-    fresh = MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", input_size=64), config, dict(LABELS))
+    config = TrainConfig(backbone="resnet18", image_size=64, preset="ct-soft-tissue", device="cpu")
+    fresh = MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", image_size=64), config, dict(LABELS))
     save_model(fresh, tmp_path / "random")
     card = json.loads((tmp_path / "random" / "model.json").read_text(encoding="utf-8"))
     assert card["untrained"] is True and card["steps"] == 0 and card["validation"] is None
@@ -274,7 +283,7 @@ SHAPE = (8, 128, 128)
 # 40 steps left the kidney unlearned on some machines (Dice 0.0 with 2 threads there; 0.51-0.79 here).
 # 80 steps, threads pinned: see the observed ranges beside the assertions below.
 OVERFIT = TrainConfig(
-    backbone="resnet18", input_size=128, steps=80, batch_size=2, lr=3e-4, warmup_steps=5,
+    backbone="resnet18", image_size=128, steps=80, batch_size=2, lr=3e-4, warmup_steps=5,
     val_every=40, checkpoint_every=40, seed=0, device="cpu", threads=1,
 )
 
@@ -311,7 +320,7 @@ def test_model_directory_describes_the_model_and_reloads_anywhere(overfit, tmp_p
     card = json.loads((model.directory / "model.json").read_text(encoding="utf-8"))
     assert card["format"] == "medseg-maskrcnn/1"
     assert card["classes"] == {"1": "liver", "2": "spleen", "3": "kidney"}
-    assert card["config"]["backbone"] == "resnet18" and card["config"]["input_size"] == 128
+    assert card["config"]["backbone"] == "resnet18" and card["config"]["image_size"] == 128
     assert card["config"]["preset"] == "ct-soft-tissue"  # resolved from the CT modality
     assert card["steps"] == 80 and card["undertrained"] is True and card["untrained"] is False
     assert card["train_cases"] == ["phantom-0", "phantom-1"] and card["val_cases"] == ["phantom-2"]
@@ -392,7 +401,7 @@ def test_a_finished_model_is_returned_as_is_and_other_settings_are_refused(overf
 @pytest.mark.parametrize("stop", ["should_stop", "ctrl-c"])
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path, stop):
     cases = [PhantomCase(3, shape=(4, 64, 64))]
-    config = TrainConfig(backbone="resnet18", input_size=64, steps=6, batch_size=2, warmup_steps=2, val_every=0, checkpoint_every=100, device="cpu")
+    config = TrainConfig(backbone="resnet18", image_size=64, steps=6, batch_size=2, warmup_steps=2, val_every=0, checkpoint_every=100, device="cpu")
     straight = train(cases, tmp_path / "straight", labels=LABELS, config=config)
 
     steps_done = []
@@ -424,8 +433,8 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path, st
 
 def test_prediction_stops_between_batches_and_leaves_the_model_as_it_was():
     torch.manual_seed(0)
-    config = TrainConfig(backbone="resnet18", input_size=64, preset="ct-soft-tissue", score_threshold=0.3, device="cpu")
-    model = MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", input_size=64), config, dict(LABELS))
+    config = TrainConfig(backbone="resnet18", image_size=64, preset="ct-soft-tissue", score_threshold=0.3, device="cpu")
+    model = MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", image_size=64), config, dict(LABELS))
     network = model.network.train()
     network.roi_heads.score_thresh = 0.05
     volume, _ = make_phantom(0, shape=(5, 64, 64))
@@ -442,7 +451,7 @@ def test_prediction_stops_between_batches_and_leaves_the_model_as_it_was():
 
 def test_a_diverging_run_stops_with_advice_instead_of_training_on_nan(tmp_path):
     config = TrainConfig(
-        backbone="resnet18", input_size=64, steps=6, batch_size=1, optimizer="sgd", lr=1e9, warmup_steps=0, val_every=0, device="cpu"
+        backbone="resnet18", image_size=64, steps=6, batch_size=1, optimizer="sgd", lr=1e9, warmup_steps=0, val_every=0, device="cpu"
     )
     with pytest.raises(ConfigError, match=r"diverged at step [2-6]: losses .* Lower lr \(now 1000000000.0\)"):
         train([PhantomCase(3, shape=(4, 64, 64))], tmp_path / "model", labels=LABELS, config=config)

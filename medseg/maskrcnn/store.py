@@ -82,7 +82,7 @@ class MaskRCNNModel:
             "model_dir": str(self.directory) if self.directory else None,
             "weights_sha256": self.weights_sha256,
             "backbone": self.config.backbone,
-            "input_size": self.config.input_size,
+            "image_size": self.config.image_size,
             "preset": self.config.preset,
             "training_steps": self.steps,
             "undertrained": self.undertrained,
@@ -165,7 +165,7 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     state = read_checkpoint(weights_path, sha256=sha256, what="Mask R-CNN weights")
     with seeded(0):  # the random init is overwritten below; loading leaves the caller's random state alone
         network = build_model(num_classes=len(classes), backbone=config.backbone, norm=config.norm,
-                              input_size=config.input_size)
+                              image_size=config.image_size)
     try:
         network.load_state_dict(state)
     except RuntimeError as error:

@@ -144,7 +144,7 @@ def train_one_step(run: _Run, images: Sequence[torch.Tensor], targets: Sequence[
     loss = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    gradient_norm = torch.nn.utils.clip_grad_norm_(run.parameters, config.clip_grad_norm)
+    gradient_norm = torch.nn.utils.clip_grad_norm_(run.parameters, config.grad_clip)
     if not (torch.isfinite(loss) and torch.isfinite(gradient_norm)):
         _diverged(run.model.steps + 1, losses, gradient_norm, config)
     run.updating = True
@@ -180,7 +180,7 @@ class _Run:
         fails while the slices are prepared); resume from the checkpoint if there is one. Runs inside
         ``seeded(config.seed)``."""
         device = resolve_device(config.device)
-        network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
+        network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, image_size=config.image_size)
         if config.pretrained is not None:
             load_pretrained(network, config.pretrained)
         label_values = sorted(labels)
