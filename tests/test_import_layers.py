@@ -24,7 +24,7 @@ TOP_PACKAGES = ("medseg", "napari_plugin")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # small types and helpers every layer uses; import nothing of medseg above them
     ("core", ("medseg", "medseg.errors", "medseg.geometry", "medseg.volume", "medseg.prompts",
-              "medseg.runtime", "medseg.outputs", "medseg.roi_names")),
+              "medseg.runtime", "medseg.outputs", "medseg.roi_names", "medseg.settings")),
     # files, cohorts, weights, intensities, metrics and synthetic data: model-free
     ("data", ("medseg.io", "medseg.metrics", "medseg.preprocess", "medseg.manifest", "medseg.manifest_msd",
               "medseg.weights", "medseg.phantom", "medseg.synthetic", "medseg.datasets", "medseg.annotation",
