@@ -34,6 +34,7 @@ from medseg.maskrcnn.predict import stitch_detections
 from medseg.metrics import dice_per_label, mask_ap, mean_dice
 from medseg.phantom import make_phantom, write_demo_cohort
 from medseg.preprocess import get_preset
+from medseg.runtime import seeded
 from medseg.volume import LabelVolume, Volume
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney"}
@@ -220,7 +221,30 @@ def test_a_model_that_never_trained_says_so_in_its_directory_and_outputs(tmp_pat
     volume, _ = make_phantom(0, shape=(2, 64, 64))
     labels = predict_volume(model, volume)
     assert labels.untrained is True and labels.provenance["untrained"] is True
-    assert labels.provenance["weights_sha256"] == card["weights"]["sha256"]
+    assert labels.provenance["weights_sha256"] == card["weights_sha256"]
+
+
+def test_a_model_directory_of_the_first_format_still_loads(tmp_path):
+    """medseg-maskrcnn/1: weights under {"file", "sha256"}, settings input_size and clip_grad_norm."""
+    config = TrainConfig(backbone="resnet18", image_size=64, grad_clip=2.0, preset="ct-soft-tissue", device="cpu")
+    with seeded(0):
+        save_model(MaskRCNNModel(build_model(num_classes=3, backbone="resnet18", image_size=64), config, dict(LABELS)),
+                   tmp_path)
+    card = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
+    settings = {("input_size" if k == "image_size" else "clip_grad_norm" if k == "grad_clip" else k): v
+                for k, v in card.pop("config").items()}
+    old = {**card, "format": "medseg-maskrcnn/1", "config": settings,
+           "weights": {"file": card["weights"], "sha256": card.pop("weights_sha256")}}
+    (tmp_path / "model.json").write_text(json.dumps(old), encoding="utf-8")
+    model = load_model(tmp_path)
+    assert model.config == config and model.weights_sha256 == old["weights"]["sha256"]
+    old["weights"]["sha256"] = "0" * 64
+    (tmp_path / "model.json").write_text(json.dumps(old), encoding="utf-8")
+    with pytest.raises(WeightsError, match="weights.pt fails its checksum"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({**old, "format": "medseg-maskrcnn/9"}), encoding="utf-8")
+    with pytest.raises(WeightsError, match="not a Mask R-CNN model description .*'medseg-maskrcnn/9'"):
+        load_model(tmp_path)
 
 
 # --- 3D stitching -------------------------------------------------------------------------
@@ -318,7 +342,7 @@ def test_overfit_drives_the_loss_down_and_segments_a_training_case(overfit):
 def test_model_directory_describes_the_model_and_reloads_anywhere(overfit, tmp_path):
     model, cases, val = overfit
     card = json.loads((model.directory / "model.json").read_text(encoding="utf-8"))
-    assert card["format"] == "medseg-maskrcnn/1"
+    assert card["format"] == "medseg-maskrcnn/2"
     assert card["classes"] == {"1": "liver", "2": "spleen", "3": "kidney"}
     assert card["config"]["backbone"] == "resnet18" and card["config"]["image_size"] == 128
     assert card["config"]["preset"] == "ct-soft-tissue"  # resolved from the CT modality
@@ -341,7 +365,7 @@ def test_model_directory_describes_the_model_and_reloads_anywhere(overfit, tmp_p
     np.testing.assert_array_equal(first.labels.array, again.labels.array)
     np.testing.assert_array_equal(first.instances.array, again.instances.array)
     assert first.labels.scores == again.labels.scores and first.instances.scores == again.instances.scores
-    assert again.labels.provenance["weights_sha256"] == card["weights"]["sha256"]
+    assert again.labels.provenance["weights_sha256"] == card["weights_sha256"]
 
     weights = bytearray((moved / "weights.pt").read_bytes())
     weights[-100] ^= 0xFF

@@ -32,12 +32,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from medseg.errors import Cancelled, ConfigError
-from medseg.io.files import atomic_output
+from medseg.io.model_dir import MODEL_JSON, write_checkpoint
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.dataset import CaseLike, SliceDataset, StepBatchSampler, prepare_cases
 from medseg.maskrcnn.model import build_model, load_pretrained
 from medseg.maskrcnn.predict import predict_instances
-from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
+from medseg.maskrcnn.store import MaskRCNNModel, load_model, save_model
 from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
 from medseg.runtime import (Progress, ShouldStop, check_stop, read_training_state, report, resolve_device, seeded,
@@ -243,8 +243,7 @@ class _Run:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state,
         }
-        with atomic_output(self.checkpoint) as tmp:
-            torch.save(state, tmp)
+        write_checkpoint(self.checkpoint, state)
 
     def resume(self) -> torch.Tensor:
         """Load the checkpoint into the model, optimiser and schedule; return its torch random state."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError, MedsegError, WeightsError
-from medseg.io.files import atomic_output
+from medseg.io.model_dir import write_checkpoint
 from medseg.manifest import Case, Cohort
 from medseg.preprocess import default_preset
 from medseg.runtime import (Progress, ShouldStop, check_stop, read_checkpoint, read_training_state, report, resolve_device,
@@ -306,15 +306,13 @@ def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
 
 def _save(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig, state: dict) -> None:
     """Write the resumable state atomically (a half-written checkpoint never replaces a good one)."""
-    with atomic_output(path) as tmp:
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "config": config.to_dict(), "state": state}, tmp)
+    write_checkpoint(path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "config": config.to_dict(), "state": state})
 
 
 def _snapshot(path: Path, net: torch.nn.Module) -> None:
     """The weights as they are now, float16 (as the shipped base model), for evaluation along a long run."""
-    with atomic_output(path) as tmp:
-        torch.save({k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}, tmp)
+    write_checkpoint(path, {k: v.detach().to(torch.float16) for k, v in net.state_dict().items()})
 
 
 def _resume(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig) -> dict:
