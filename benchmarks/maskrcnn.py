@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from medseg.manifest import load_manifest
-from medseg.maskrcnn import TrainConfig, build_model, load_model, predict_instances, train_from_cohort
+from medseg.maskrcnn import TrainConfig, build_model, load_model, predict_instances
 from medseg.maskrcnn.dataset import frame_bytes, instance_targets, to_tensor
 from medseg.metrics import dice_per_label, mask_ap, mean_dice
 from medseg.phantom import LABELS, make_phantom, write_demo_cohort
 from medseg.preprocess import SliceFrames
+from medseg.training.maskrcnn import train_from_cohort
 
 
 def _slices(size: int, batch: int):

@@ -26,7 +26,6 @@ from medseg.maskrcnn import (
     predict_instances,
     predict_volume,
     save_model,
-    train,
 )
 from medseg.maskrcnn.dataset import SliceDataset, StepBatchSampler, instance_targets, prepare_cases
 from medseg.maskrcnn.model import group_norm
@@ -35,6 +34,7 @@ from medseg.metrics import dice_per_label, mask_ap, mean_dice
 from medseg.phantom import make_phantom, write_demo_cohort
 from medseg.preprocess import get_preset
 from medseg.runtime import seeded
+from medseg.training.maskrcnn import train
 from medseg.volume import LabelVolume, Volume
 
 LABELS = {1: "liver", 2: "spleen", 3: "kidney"}

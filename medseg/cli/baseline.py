@@ -70,8 +70,9 @@ _TRAIN_OPTIONS = (
 def _run_baseline_train(args: argparse.Namespace) -> None:
     from medseg.cli.progress import tqdm_progress
     from medseg.manifest import load_manifest
-    from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
+    from medseg.maskrcnn import TrainConfig, load_model
     from medseg.outputs import check_output
+    from medseg.training.maskrcnn import train_from_cohort
 
     check_output(args.out, inputs=[args.manifest], what="--out")
     config = TrainConfig(**{name: getattr(args, name) for name in _TRAIN_OPTIONS if getattr(args, name) is not None})

@@ -55,7 +55,8 @@ class MaskRCNN(Method):
             raise ConfigError(f"method {setup.name}: no model_dir given and the cohort has no labelled train cases to train on")
 
     def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
-        from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
+        from medseg.maskrcnn import TrainConfig, load_model
+        from medseg.training.maskrcnn import train_from_cohort
 
         if self.options.model_dir is not None:
             model_dir = Path(self.options.model_dir)

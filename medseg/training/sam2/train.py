@@ -23,7 +23,6 @@ propagates.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from medseg.training.sam2.clips import ClipSampler, ClipSettings, PreparedCase, 
 from medseg.training.sam2.config import Sam2TrainConfig
 from medseg.training.sam2.loss import clip_loss
 from medseg.training.sam2.validate import validate, validation_cases
+from medseg.training.schedule import warmup_cosine
 from medseg.weights import REGISTRY, fetch_checkpoint, get_spec
 
 log = logging.getLogger(__name__)
@@ -294,14 +294,7 @@ def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
     lrs = {"image_encoder": config.lr_image_encoder, "memory": config.lr_memory}
     param_groups = [{"params": p, "lr": lrs.get(part) or config.lr, "name": part} for part, p in groups.items() if p]
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
-    warmup = min(config.warmup_steps, config.steps // 4)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.01 + 0.99 * step / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, warmup_cosine(optimizer, warmup_steps=config.warmup_steps, steps=config.steps)
 
 
 def _save(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig, state: dict) -> None:

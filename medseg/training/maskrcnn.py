@@ -19,7 +19,6 @@ checkpoint at the last completed step first.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
 from medseg.runtime import (Progress, ShouldStop, check_stop, read_training_state, report, resolve_device, seeded,
                             torch_threads)
+from medseg.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class _Run:
             optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         else:
             optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+        scheduler = warmup_cosine(optimizer, warmup_steps=config.warmup_steps, steps=config.steps)
         model = MaskRCNNModel(network, config, dict(labels), train_cases=[c.id for c in train_cases], val_cases=[c.id for c in val_cases])
         run = cls(model, optimizer, scheduler, device, out_dir / TRAINING_DIR / CHECKPOINT)
         if run.checkpoint.is_file():
@@ -295,19 +295,6 @@ def _diverged(step: int, losses: dict[str, torch.Tensor], gradient_norm: torch.T
         f"were not updated with it. Lower lr (now {config.lr}) or lengthen warmup_steps (now {config.warmup_steps}); "
         "the last checkpoint, if any, is from before"
     )
-
-
-def _lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up from 1% to 100% of ``lr``, then cosine decay to 0 at ``steps``.
-
-    The warm-up lasts ``warmup_steps`` but at most a quarter of the run, so that a short run
-    still trains at its peak rate for a while.
-    """
-    warmup = min(config.warmup_steps, config.steps // 4)
-    if step < warmup:
-        return 0.01 + 0.99 * step / warmup
-    decay_steps = max(1, config.steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / decay_steps)))
 
 
 def _finished_model(out_dir: Path, config: TrainConfig, labels: dict[int, str]) -> MaskRCNNModel | None:
