@@ -116,3 +116,8 @@ def method_class(kind: str) -> type[Method]:
 
 def build_method(setup: MethodSetup) -> Method:
     return method_class(setup.kind)(setup)
+
+
+def absolute(path: str, base: Path) -> str:
+    """A path option of the YAML (relative to its folder ``base``, or with ``~``) made absolute."""
+    return str((base / Path(path).expanduser()).resolve())

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError
-from medseg.pipeline.methods.base import Method, MethodSetup, Segmentation, register
+from medseg.pipeline.methods.base import Method, MethodSetup, Segmentation, absolute, register
 from medseg.prompts import Prompts
 from medseg.runtime import Progress, ShouldStop
 from medseg.volume import Volume
@@ -42,9 +42,7 @@ class MaskRCNN(Method):
 
     @classmethod
     def resolve_paths(cls, options: Any, base: Path) -> Any:
-        if options.model_dir is None:
-            return options
-        return replace(options, model_dir=str((base / Path(options.model_dir).expanduser()).resolve()))
+        return options if options.model_dir is None else replace(options, model_dir=absolute(options.model_dir, base))
 
     @classmethod
     def check(cls, setup: MethodSetup, cohort) -> None:

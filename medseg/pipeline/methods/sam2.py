@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medseg.errors import InputError, WeightsError
-from medseg.pipeline.methods.base import Method, MethodSetup, Segmentation, register
+from medseg.pipeline.methods.base import Method, MethodSetup, Segmentation, absolute, register
 from medseg.prompts import Prompts
 from medseg.runtime import Progress, ShouldStop
 from medseg.volume import UNTRAINED_BANNER, Volume
@@ -47,7 +47,7 @@ class Sam2Family(Method):
 
         if options.model in REGISTRY:
             return options
-        return replace(options, model=str((base / Path(options.model).expanduser()).resolve()))
+        return replace(options, model=absolute(options.model, base))
 
     @classmethod
     def check(cls, setup: MethodSetup, cohort) -> None:
