@@ -187,7 +187,7 @@ def test_every_package_is_on_a_layer():
 
 
 def test_imports_point_down_without_cycles(real_edges):
-    assert len(real_edges) > 300  # measured 1094 edges: the walk sees the whole tree
+    assert len(real_edges) > 300  # measured 1094 to 1128 edges on this branch: the walk sees the whole tree
     assert contract_violations(real_edges) == []
 
 
