@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from medseg.manifest import load_manifest
-from medseg.maskrcnn import TrainConfig, build_model, load_model, predict_instances, train_from_cohort
+from medseg.maskrcnn import TrainConfig, build_model, load_model, predict_instances
 from medseg.maskrcnn.dataset import frame_bytes, instance_targets, to_tensor
 from medseg.metrics import dice_per_label, mask_ap, mean_dice
 from medseg.phantom import LABELS, make_phantom, write_demo_cohort
 from medseg.preprocess import SliceFrames
+from medseg.training.maskrcnn import train_from_cohort
 
 
 def _slices(size: int, batch: int):
@@ -57,7 +58,7 @@ def speed(backbones: list[str], *, size: int, batch: int, repeats: int) -> None:
     results = {}
     for name in backbones:
         torch.manual_seed(0)
-        model = build_model(num_classes=len(LABELS), backbone=name, input_size=size)
+        model = build_model(num_classes=len(LABELS), backbone=name, image_size=size)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def train_step():
@@ -89,7 +90,7 @@ def speed(backbones: list[str], *, size: int, batch: int, repeats: int) -> None:
 def quality(*, backbone: str, steps: int, batch: int, lr: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cohort = load_manifest(write_demo_cohort(tmp))
-        config = TrainConfig(backbone=backbone, input_size=128, steps=steps, batch_size=batch, lr=lr, val_every=0, device="cpu")
+        config = TrainConfig(backbone=backbone, image_size=128, steps=steps, batch_size=batch, lr=lr, val_every=0, device="cpu")
         start = time.perf_counter()
         model_dir = train_from_cohort(cohort, Path(tmp) / "model", config=config)
         trained = time.perf_counter() - start

@@ -31,14 +31,14 @@ rendering slices ``[3, 4, 5]`` gives exactly those slices of the full render.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from medseg.errors import ConfigError
 from medseg.geometry import Geometry
+from medseg.settings import Settings
 from medseg.volume import LabelVolume, Volume
 
 KINDS = ("blob", "tube", "shell", "lesion", "cuboid", "rim")
@@ -48,7 +48,7 @@ _FOLDS = 14  # harmonics of a folded (shell) core
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Settings):
     """What scenes are made of; checked when built.
 
     ``kinds``: object kinds to draw from (``KINDS``). ``objects``: (min, max) top-level objects per
@@ -62,6 +62,8 @@ class SyntheticConfig:
     touch, as liver and spleen do on CT); ``p_body``: probability of a body region. ``min_pixels``: an object smaller than this on every
     slice is dropped (a scene never hands out an object nobody could see).
     """
+
+    WHAT = "synthetic settings"
 
     kinds: tuple[str, ...] = TRAINING_KINDS
     objects: tuple[int, int] = (2, 6)
@@ -101,16 +103,6 @@ class SyntheticConfig:
             raise ConfigError(f"synthetic shared_grey and p_body are probabilities and min_pixels >= 1, got "
                               f"{self.shared_grey}, {self.p_body}, {self.min_pixels}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SyntheticConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown synthetic settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,8 @@ def test_baseline_panel_runs_a_model_directory(phantom_viewer, qtbot, tmp_path):
     from medseg.maskrcnn import MaskRCNNModel, TrainConfig, build_model, save_model
 
     viewer, widget, image, _, volume, _ = phantom_viewer
-    config = TrainConfig(backbone="resnet18", input_size=64, score_threshold=0.0)
-    network = build_model(num_classes=3, backbone="resnet18", input_size=64)
+    config = TrainConfig(backbone="resnet18", image_size=64, score_threshold=0.0)
+    network = build_model(num_classes=3, backbone="resnet18", image_size=64)
     save_model(MaskRCNNModel(network, config, {1: "liver", 2: "spleen", 3: "kidney"}), tmp_path / "model")
     panel = widget.baseline
     panel.image.set_layer(image)

@@ -335,7 +335,7 @@ def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, c
     model_card = json.loads((out / "mrcnn" / "model" / "model.json").read_text(encoding="utf-8"))
     assert model_card["train_cases"] == ["phantom_000", "phantom_001"]  # the train split only
     result = json.loads((out / "mrcnn" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
-    assert result["provenance"]["weights_sha256"] == method["state"]["weights_sha256"] == model_card["weights"]["sha256"]
+    assert result["provenance"]["weights_sha256"] == method["state"]["weights_sha256"] == model_card["weights_sha256"]
     assert "trained for 1 steps only" in (out / "report.md").read_text(encoding="utf-8")
     assert replay_case(out / "mrcnn" / "phantom_002").identical
     # the same YAML pointing at the trained model instead: no training, same weights

@@ -29,7 +29,8 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--optimizer", choices=["adamw", "sgd"])
     t.add_argument("--warmup-steps", type=int, help="linear LR warm-up steps (at most a quarter of --steps)")
-    t.add_argument("--input-size", type=values.image_size, help="longer slice side inside the network, a multiple of 32")
+    t.add_argument("--image-size", "--input-size", dest="image_size", type=values.image_size,
+                   help="longer slice side inside the network, a multiple of 32 (--input-size: its old name)")
     t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 "
                    "(default: by modality, else by the intensities: HU-like ct-soft-tissue, otherwise mri)")
     t.add_argument("--instances", choices=["components", "per_class"], help="instances per slice: connected components of each class (default), or one per class")
@@ -61,7 +62,7 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
 
 
 _TRAIN_OPTIONS = (
-    "backbone", "steps", "batch_size", "lr", "optimizer", "warmup_steps", "input_size", "preset", "instances",
+    "backbone", "steps", "batch_size", "lr", "optimizer", "warmup_steps", "image_size", "preset", "instances",
     "empty_ratio", "pretrained", "norm", "score_threshold", "val_every", "seed", "num_workers", "device",
 )
 
@@ -69,8 +70,9 @@ _TRAIN_OPTIONS = (
 def _run_baseline_train(args: argparse.Namespace) -> None:
     from medseg.cli.progress import tqdm_progress
     from medseg.manifest import load_manifest
-    from medseg.maskrcnn import TrainConfig, load_model, train_from_cohort
+    from medseg.maskrcnn import TrainConfig, load_model
     from medseg.outputs import check_output
+    from medseg.training.maskrcnn import train_from_cohort
 
     check_output(args.out, inputs=[args.manifest], what="--out")
     config = TrainConfig(**{name: getattr(args, name) for name in _TRAIN_OPTIONS if getattr(args, name) is not None})

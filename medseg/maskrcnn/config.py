@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from medseg.errors import ConfigError
 from medseg.maskrcnn.dataset import INSTANCE_MODES
 from medseg.maskrcnn.model import BACKBONES, NORMS
 from medseg.preprocess import get_preset
+from medseg.settings import Settings
 
 OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Model and training settings; stored in the model directory, so a model says how it was made.
 
     Model: ``backbone``, ``norm`` (``"group"`` to train from scratch, ``"frozen-bn"`` to
     fine-tune a torchvision checkpoint), ``pretrained`` (a checkpoint path or None),
-    ``input_size`` (longer side of a slice inside the network), ``preset`` (intensity preset
+    ``image_size`` (longer side of a slice inside the network), ``preset`` (intensity preset
     name or spec; None: soft-tissue CT window for CT, percentiles otherwise),
     ``score_threshold`` (default for prediction).
 
@@ -27,7 +28,7 @@ class TrainConfig:
 
     Optimisation: ``steps``, ``batch_size`` (slices), ``optimizer`` (``"adamw"`` or
     ``"sgd"`` with momentum 0.9), ``lr`` (peak), ``weight_decay``, ``warmup_steps`` (linear
-    warm-up from 1% of ``lr`` over at most a quarter of the steps, then cosine decay to 0), ``clip_grad_norm``.
+    warm-up from 1% of ``lr`` over at most a quarter of the steps, then cosine decay to 0), ``grad_clip`` (gradient-norm clipping).
 
     Bookkeeping: ``val_every`` (steps; 0 = only at the end), ``checkpoint_every`` (steps),
     ``seed``, ``num_workers`` (data loader processes), ``device`` (``"auto"``, ``"cpu"``,
@@ -35,10 +36,13 @@ class TrainConfig:
     afterwards; None leaves them: the weights a run makes depend on the count).
     """
 
+    WHAT = "Mask R-CNN setting(s)"
+    RENAMED = {"input_size": "image_size", "clip_grad_norm": "grad_clip"}  # the names SAM2 training uses
+
     backbone: str = "resnet50"
     norm: str = "group"
     pretrained: str | None = None
-    input_size: int = 256
+    image_size: int = 256
     preset: str | None = None
     score_threshold: float = 0.5
     instances: str = "components"
@@ -50,7 +54,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    clip_grad_norm: float = 5.0
+    grad_clip: float = 5.0
     val_every: int = 500
     checkpoint_every: int = 100
     seed: int = 0
@@ -71,30 +75,11 @@ class TrainConfig:
         for name in ("warmup_steps", "val_every", "num_workers", "min_area", "empty_ratio", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0 or not self.clip_grad_norm > 0:
-            raise ConfigError(f"lr and clip_grad_norm must be positive, got lr={self.lr}, clip_grad_norm={self.clip_grad_norm}")
+        if not self.lr > 0 or not self.grad_clip > 0:
+            raise ConfigError(f"lr and grad_clip must be positive, got lr={self.lr}, grad_clip={self.grad_clip}")
         if not 0 <= self.score_threshold <= 1:
             raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
-        if self.input_size < 32 or self.input_size % 32:
-            raise ConfigError(f"input_size must be a multiple of 32 and at least 32, got {self.input_size}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ConfigError(f"image_size must be a multiple of 32 and at least 32, got {self.image_size}")
         if self.preset is not None:
             get_preset(self.preset)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown Mask R-CNN setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def differences(self, other: "TrainConfig", *, ignore: tuple[str, ...] = ()) -> list[str]:
-        """``"name: mine -> other"`` for every field that differs (except ``ignore``)."""
-        return [
-            f"{f.name}: {getattr(self, f.name)!r} -> {getattr(other, f.name)!r}"
-            for f in fields(self)
-            if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
-        ]

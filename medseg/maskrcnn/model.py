@@ -52,7 +52,7 @@ def _norm_layer(norm: str):
     raise ConfigError(f"norm: unknown normalisation {norm!r}; use one of {list(NORMS)}")
 
 
-def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "group", input_size: int = 256) -> MaskRCNN:
+def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "group", image_size: int = 256) -> MaskRCNN:
     """A randomly initialised Mask R-CNN for ``num_classes`` foreground classes.
 
     Parameters
@@ -64,19 +64,19 @@ def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "gr
         and ``mobilenet_v3_large`` are lighter, for CPU.
     norm
         ``"group"`` (GroupNorm, for training from scratch) or ``"frozen-bn"``.
-    input_size
+    image_size
         Slices are resized (inside the network, aspect ratio kept) so that their longer
-        side is ``input_size`` pixels; masks come back at the slice's own size. Anchor sizes
-        scale with it: ``input_size / 16`` to ``input_size`` in five octaves.
+        side is ``image_size`` pixels; masks come back at the slice's own size. Anchor sizes
+        scale with it: ``image_size / 16`` to ``image_size`` in five octaves.
     """
     if backbone not in BACKBONES:
         raise ConfigError(f"backbone: unknown backbone {backbone!r}; use one of {list(BACKBONES)}")
     if num_classes < 1:
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
-    if input_size < 32 or input_size % 32:
-        raise ConfigError(f"input_size must be a multiple of 32 and at least 32, got {input_size}")
+    if image_size < 32 or image_size % 32:
+        raise ConfigError(f"image_size must be a multiple of 32 and at least 32, got {image_size}")
     norm_layer = _norm_layer(norm)
-    sizes = tuple(input_size / 16 * 2**i for i in range(5))
+    sizes = tuple(image_size / 16 * 2**i for i in range(5))
     ratios = (0.5, 1.0, 2.0)
     if backbone.startswith("resnet"):
         body = resnet_fpn_backbone(backbone_name=backbone, weights=None, norm_layer=norm_layer, trainable_layers=5)
@@ -92,8 +92,8 @@ def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "gr
     return MaskRCNN(
         body,
         num_classes=num_classes + 1,
-        min_size=input_size,
-        max_size=input_size,
+        min_size=image_size,
+        max_size=image_size,
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(feature_maps, output_size=7, sampling_ratio=2),
         mask_roi_pool=MultiScaleRoIAlign(feature_maps, output_size=14, sampling_ratio=2),

@@ -11,7 +11,9 @@ Layout::
       training/      while training runs: the resumable state (checkpoint.pt) and the
                      slice cache; removed when training finishes
 
-Both files are written atomically; ``weights.pt`` is checked against its SHA-256 on load.
+The layout every engine shares (``medseg.io.model_dir``): both files are written atomically;
+``weights.pt`` is checked against its SHA-256 on load. Directories of format ``medseg-maskrcnn/1``
+(the weights' name and SHA-256 nested under ``weights``) still load.
 A model trained for fewer than ``UNDERTRAINED_STEPS`` steps is marked ``undertrained``;
 one that never saw a training step or pretrained weights is ``untrained`` (its
 predictions carry ``LabelVolume.untrained``).
@@ -19,31 +21,27 @@ predictions carry ``LabelVolume.untrained``).
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-import torchvision
 from torchvision.models.detection import MaskRCNN
 
-from medseg.errors import ConfigError, WeightsError
-from medseg.io.files import atomic_output
+from medseg.errors import WeightsError
+from medseg.io import model_dir
+from medseg.io.model_dir import MODEL_JSON
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.model import build_model
-from medseg.runtime import read_checkpoint, seeded, sha256_file
+from medseg.runtime import seeded
 from medseg.volume import UNTRAINED_BANNER
 
 log = logging.getLogger(__name__)
 
-FORMAT = "medseg-maskrcnn/1"
-MODEL_JSON = "model.json"
-WEIGHTS = "weights.pt"
+FORMAT = "medseg-maskrcnn/2"
+FORMATS = (FORMAT, "medseg-maskrcnn/1")  # /1: the weights' name and SHA-256 under "weights"
+PACKAGES = ("medseg", "torch", "torchvision")  # whose versions model.json records
 UNDERTRAINED_STEPS = 1000
 
 
@@ -82,7 +80,7 @@ class MaskRCNNModel:
             "model_dir": str(self.directory) if self.directory else None,
             "weights_sha256": self.weights_sha256,
             "backbone": self.config.backbone,
-            "input_size": self.config.input_size,
+            "image_size": self.config.image_size,
             "preset": self.config.preset,
             "training_steps": self.steps,
             "undertrained": self.undertrained,
@@ -91,9 +89,8 @@ class MaskRCNNModel:
         }
 
     def card(self) -> dict[str, Any]:
-        """The content of ``model.json``."""
+        """What ``model.json`` says about the model (``medseg.io.model_dir`` adds the format, weights and versions)."""
         return {
-            "format": FORMAT,
             "method": "Mask R-CNN (torchvision, FPN)",
             "classes": {str(v): name for v, name in sorted(self.classes.items())},
             "steps": self.steps,
@@ -106,33 +103,15 @@ class MaskRCNNModel:
             "config": self.config.to_dict(),
             "train_cases": self.train_cases,
             "val_cases": self.val_cases,
-            "weights": {"file": WEIGHTS, "sha256": self.weights_sha256},
-            "versions": {
-                "medseg": _version("medseg"),
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "python": platform.python_version(),
-            },
             "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def save_model(model: MaskRCNNModel, directory: str | Path) -> Path:
     """Write ``weights.pt`` then ``model.json`` into ``directory`` (each atomically)."""
     directory = Path(directory)
-    with atomic_output(directory / WEIGHTS) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, tmp)
-        model.weights_sha256 = sha256_file(tmp)
-    model.directory = directory
-    with atomic_output(directory / MODEL_JSON) as tmp:
-        tmp.write_text(json.dumps(model.card(), indent=2) + "\n", encoding="utf-8")
+    info = model_dir.write_model_dir(directory, model.network.state_dict(), model.card(), format=FORMAT, packages=PACKAGES)
+    model.weights_sha256, model.directory = info["weights_sha256"], directory
     return directory
 
 
@@ -142,30 +121,22 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     Raises
     ------
     WeightsError
-        No model there, a weights file that fails its checksum or does not fit the network.
+        No model there, a damaged ``model.json``, a weights file that is missing, fails its
+        checksum or does not fit the network.
     ConfigError
-        A ``model.json`` with bad fields.
+        A ``model.json`` with bad settings.
     """
     directory = Path(directory)
-    card_path = directory / MODEL_JSON
-    if not card_path.is_file():
+    card = model_dir.read_model_json(directory, formats=FORMATS, what="Mask R-CNN")
+    if card is None:
         raise WeightsError(f"{directory} is not a Mask R-CNN model directory: {MODEL_JSON} is missing; train one with `medseg baseline train`")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{card_path}: not valid JSON ({error})") from error
-    if card.get("format") != FORMAT:
-        raise ConfigError(f"{card_path}: format {card.get('format')!r} is not {FORMAT!r}")
     config = TrainConfig.from_dict(card["config"])
     classes = {int(v): name for v, name in card["classes"].items()}
-    weights_path = directory / card["weights"]["file"]
-    if not weights_path.is_file():
-        raise WeightsError(f"{weights_path} is missing; the model directory is incomplete (copy weights.pt with model.json)")
-    sha256 = card["weights"]["sha256"]
-    state = read_checkpoint(weights_path, sha256=sha256, what="Mask R-CNN weights")
+    weights_path = directory / card["weights"]
+    state = model_dir.read_model_weights(directory, card, what="Mask R-CNN weights")
     with seeded(0):  # the random init is overwritten below; loading leaves the caller's random state alone
         network = build_model(num_classes=len(classes), backbone=config.backbone, norm=config.norm,
-                              input_size=config.input_size)
+                              image_size=config.image_size)
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
@@ -181,7 +152,7 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
         train_cases=list(card.get("train_cases", [])),
         val_cases=list(card.get("val_cases", [])),
         directory=directory,
-        weights_sha256=sha256,
+        weights_sha256=card["weights_sha256"],
     )
     if model.untrained:
         log.warning("%s (Mask R-CNN %s)", UNTRAINED_BANNER, directory)

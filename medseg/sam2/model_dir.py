@@ -1,6 +1,7 @@
 """Trained SAM2 model directories: what ``medseg.training.sam2.train`` writes and ``load_model(DIR)`` reads.
 
-A model directory is self-describing, so a model found on disk months later says what it is::
+A model directory is self-describing, so a model found on disk months later says what it is
+(the layout every engine shares: ``medseg.io.model_dir``)::
 
     model.json   architecture (SAM2 config + Hydra overrides + image size), start weights and
                  their SHA-256, training settings, steps, loss curve, validation history,
@@ -17,9 +18,7 @@ so a directory rebuilds even if the names here change.
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,15 @@ from typing import Any
 import torch
 
 from medseg.errors import WeightsError
-from medseg.runtime import read_checkpoint, resolve_device, sha256_file
+from medseg.io import model_dir
+from medseg.io.model_dir import MODEL_JSON
+from medseg.runtime import resolve_device
 from medseg.sam2.network import Sam2Model, build, load_state
 
 log = logging.getLogger(__name__)
 
-MODEL_JSON = "model.json"
-WEIGHTS = "weights.pt"
 FORMAT = "medseg-sam2-model"
+PACKAGES = ("medseg", "sam2", "torch")  # whose versions model.json records
 TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 
@@ -95,34 +95,15 @@ def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source
 
 
 def write_model_dir(directory: Path, net: torch.nn.Module, description: dict[str, Any]) -> Path:
-    """Write ``weights.pt`` then ``model.json`` (the description plus the weights' SHA-256).
-
-    ``model.json`` is written last and atomically: a directory that has one is complete.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS
-    tmp = weights.with_suffix(".tmp")
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    tmp.replace(weights)
-    info = {"format": FORMAT, **description, "weights": WEIGHTS, "weights_sha256": sha256_file(weights), "versions": versions()}
-    tmp = directory / (MODEL_JSON + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1, allow_nan=False))
-    tmp.replace(directory / MODEL_JSON)
+    """Write ``weights.pt`` then ``model.json`` (the description plus the weights' SHA-256), each atomically:
+    a directory that has a ``model.json`` is complete."""
+    model_dir.write_model_dir(directory, net.state_dict(), description, format=FORMAT, packages=PACKAGES)
     return directory
 
 
 def read_model_json(directory: str | Path) -> dict[str, Any] | None:
     """The description of a finished model directory, or None when it has none yet."""
-    path = Path(directory) / MODEL_JSON
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise WeightsError(f"cannot read {path} ({error}); the model directory is damaged: train it again") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a medseg SAM2 model description (format {FORMAT!r})")
-    return info
+    return model_dir.read_model_json(directory, formats=(FORMAT,), what="medseg SAM2")
 
 
 def load_model_dir(directory: str | Path, *, image_size: int | None = None, device: str | torch.device | None = None,
@@ -147,8 +128,7 @@ def load_model_dir(directory: str | Path, *, image_size: int | None = None, devi
     with torch.random.fork_rng(devices=[]):
         net = build_network(arch)
     weights = directory / info["weights"]
-    load_weights(net, read_checkpoint(weights, sha256=info["weights_sha256"], what="trained SAM2 weights"),
-                 source=str(weights), arch=arch)
+    load_weights(net, model_dir.read_model_weights(directory, info, what="trained SAM2 weights"), source=str(weights), arch=arch)
     net = net.to(device).eval()
     log.info("SAM2 model %s: %s", directory, info["statement"])
     return Sam2Model(net, name or describe(directory, info), arch.image_size, device, False, weights, info["weights_sha256"],
@@ -168,16 +148,3 @@ def is_model_dir_weights(path: str | Path) -> bool:
 def describe(directory: str | Path, info: dict[str, Any]) -> str:
     """``"<dir> (trained on <cohort> (N steps))"``: the name reports and provenance show."""
     return f"{directory} (trained on {info['cohort']['name']} ({info['steps']} steps))"
-
-
-def versions() -> dict[str, str]:
-    """Versions of what produced the weights."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in ("medseg", "sam2", "torch"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "unknown"
-    return found

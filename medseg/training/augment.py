@@ -14,16 +14,16 @@ and its augmentation depend only on the training step (resuming reproduces them)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from medseg.errors import ConfigError
+from medseg.settings import Settings
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Settings):
     """Probabilities and ranges of the augmentations; checked when built.
 
     ``flip``: probability of a flip, per in-plane axis. ``affine``: probability of the affine,
@@ -35,6 +35,8 @@ class AugmentConfig:
     ``gamma_range``; ``blur``: probability of a Gaussian blur of sigma up to ``blur_sigma`` pixels;
     ``noise``: probability of Gaussian noise of sigma up to ``noise_sigma``.
     """
+
+    WHAT = "augment settings"
 
     flip: float = 0.5
     affine: float = 0.8
@@ -67,17 +69,6 @@ class AugmentConfig:
         if not 0 < low <= high:
             raise ConfigError(f"augment.gamma_range must be (low, high) with 0 < low <= high, got {list(self.gamma_range)}")
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["gamma_range"] = list(self.gamma_range)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown augment settings {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**data)
 
 
 class ClipAugmentation:

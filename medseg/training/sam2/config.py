@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from medseg.errors import ConfigError
+from medseg.settings import Settings
 from medseg.synthetic import SyntheticConfig
 from medseg.training.augment import AugmentConfig
 
@@ -17,7 +17,7 @@ object-pointer projections), the prompt encoder + mask decoder."""
 
 
 @dataclass(frozen=True)
-class Sam2TrainConfig:
+class Sam2TrainConfig(Settings):
     """How to train SAM2 on a cohort's ``train`` split and on synthetic scenes.
 
     ``start``: ``medseg-micro`` (default: the base model that ships with medseg, pretrained on
@@ -59,6 +59,8 @@ class Sam2TrainConfig:
     (``medseg.sam2.prompt_prior``; a small network trained from scratch learns prompts far sooner).
     None follows the start weights: on for medseg's base model, off for Meta's and for ``untrained``.
     """
+
+    WHAT = "SAM2 training settings"
 
     start: str = "medseg-micro"
     architecture: str = "hiera-micro"
@@ -127,27 +129,6 @@ class Sam2TrainConfig:
             raise ConfigError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.warmup_steps < 0 or self.val_every < 0 or self.correction_clicks < 0 or self.grad_clip <= 0:
             raise ConfigError("warmup_steps, val_every and correction_clicks must be >= 0 and grad_clip > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["train"] = list(self.train)
-        data["synthetic"], data["augment"] = self.synthetic.to_dict(), self.augment.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Sam2TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown SAM2 training settings {unknown}; known: {sorted(known)}")
-        data = dict(data)
-        if "train" in data:
-            data["train"] = tuple([data["train"]] if isinstance(data["train"], str) else data["train"])
-        if isinstance(data.get("synthetic"), dict):
-            data["synthetic"] = SyntheticConfig.from_dict(data["synthetic"])
-        if isinstance(data.get("augment"), dict):
-            data["augment"] = AugmentConfig.from_dict(data["augment"])
-        return cls(**data)
 
     def same_model(self, other: Sam2TrainConfig) -> bool:
         """Whether ``other`` trains the same model (only bookkeeping settings may differ)."""

@@ -12,15 +12,14 @@ directory that is shipped (``medseg/models/medseg-micro``) and registered in ``m
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from medseg.io.files import atomic_output
-from medseg.runtime import Progress, ShouldStop, read_checkpoint, sha256_file
-from medseg.sam2.model_dir import MODEL_JSON, WEIGHTS, read_model_json
+from medseg.io.model_dir import MODEL_JSON, read_model_weights, write_model_dir
+from medseg.runtime import Progress, ShouldStop
+from medseg.sam2.model_dir import FORMAT, read_model_json
 from medseg.training.sam2.config import Sam2TrainConfig
 from medseg.training.sam2.train import train_sam2
 
@@ -45,11 +44,7 @@ def export_base(model_dir: str | Path, out_dir: str | Path) -> Path:
     info = read_model_json(model_dir)
     if info is None:
         raise FileNotFoundError(f"{model_dir} has no {MODEL_JSON}: finish the pretraining first")
-    state = read_checkpoint(model_dir / info["weights"], sha256=info["weights_sha256"], what="trained SAM2 weights")
-    with atomic_output(out_dir / WEIGHTS) as tmp:
-        torch.save({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}, tmp)
-    shipped = {**info, "weights": WEIGHTS, "weights_sha256": sha256_file(out_dir / WEIGHTS), "dtype": "float16",
-               "loss_curve": info["loss_curve"][::50]}
-    with atomic_output(out_dir / MODEL_JSON) as tmp:
-        tmp.write_text(json.dumps(shipped, indent=1, allow_nan=False))
+    state = read_model_weights(model_dir, info, what="trained SAM2 weights")
+    half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
+    write_model_dir(out_dir, half, {**info, "dtype": "float16", "loss_curve": info["loss_curve"][::50]}, format=FORMAT)
     return out_dir

@@ -23,8 +23,10 @@ propagates.
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,11 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError, MedsegError, WeightsError
-from medseg.io.files import atomic_output
+from medseg.io.model_dir import write_checkpoint
 from medseg.manifest import Case, Cohort
 from medseg.preprocess import default_preset
-from medseg.runtime import (Progress, ShouldStop, check_stop, read_checkpoint, read_training_state, report, resolve_device,
-                            sha256_file, torch_threads)
+from medseg.runtime import (Progress, ShouldStop, read_checkpoint, read_training_state, resolve_device, sha256_file,
+                            torch_threads)
 from medseg.sam2.model_dir import (MODEL_JSON, Architecture, architecture, build_network, describe, is_model_dir_weights,
                                   load_weights, read_model_json, write_model_dir)
 from medseg.synthetic import check_config
@@ -44,6 +46,8 @@ from medseg.training.sam2.clips import ClipSampler, ClipSettings, PreparedCase, 
 from medseg.training.sam2.config import Sam2TrainConfig
 from medseg.training.sam2.loss import clip_loss
 from medseg.training.sam2.validate import validate, validation_cases
+from medseg.training.loop import run_steps
+from medseg.training.schedule import warmup_cosine
 from medseg.weights import REGISTRY, fetch_checkpoint, get_spec
 
 log = logging.getLogger(__name__)
@@ -108,42 +112,66 @@ def train_sam2(
         if checkpoint.is_file():
             state = _resume(checkpoint, net, optimizer, scheduler, config)
             log.info("resuming SAM2 training in %s at step %d of %d", out_dir, state["step"], config.steps)
-        val = validation_cases(cohort, config)
-        _loop(net, optimizer, scheduler, sampler, val, config, preset, state, out_dir, progress, should_stop)
+        run = _Run(net, optimizer, scheduler, sampler, validation_cases(cohort, config), config, preset, state, out_dir)
+        net.train()
+        run_steps(run, steps=config.steps, what="SAM2 training", finish=run.save_checkpoint, progress=progress,
+                  should_stop=should_stop)
         description = _description(arch, start, config, preset, state, cohort, train_cases)
         write_model_dir(out_dir, net, description)
     log.info("SAM2 model written to %s", describe(out_dir, description))
     return out_dir
 
 
-def _loop(net, optimizer, scheduler, sampler: ClipSampler, val, config: Sam2TrainConfig, preset: str | None, state: dict,
-          out_dir: Path, progress: Progress | None, should_stop: ShouldStop | None) -> None:
-    """Steps from ``state["step"]`` to ``config.steps``; checkpoints, snapshots, validation, interruption."""
-    checkpoint = out_dir / CHECKPOINT
-    net.train()
-    try:
-        while state["step"] < config.steps:
-            check_stop(should_stop, "SAM2 training")
-            started = time.perf_counter()
-            loss = _train_step(net, optimizer, sampler, config, state["step"])
-            scheduler.step()
-            state["step"] += 1
-            state["seconds"] += time.perf_counter() - started
-            state["loss_curve"].append(round(loss, 5))
-            step = state["step"]
-            if config.val_every and val and (step % config.val_every == 0 or step == config.steps):
-                state["validation"].append({"step": step, **validate(net, config, preset, val)})
-                net.train()
-            if config.snapshot_every and step % config.snapshot_every == 0:
-                _snapshot(out_dir / SNAPSHOTS / f"step-{step:06d}.pt", net)
-            if step % config.checkpoint_every == 0:
-                _save(checkpoint, net, optimizer, scheduler, config, state)
-            report(progress, step, config.steps)
-    except BaseException:  # Ctrl-C, should_stop, a diverged step: keep what was done
-        if state["step"] > 0:
-            _save(checkpoint, net, optimizer, scheduler, config, state)
-        raise
-    _save(checkpoint, net, optimizer, scheduler, config, state)
+@dataclass(eq=False)
+class _Run:
+    """One SAM2 training run between steps (``medseg.training.loop``): the network, its optimiser and
+    schedule, where its clips come from, and its record (``state``: step, loss curve, validation, seconds)."""
+
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: ClipSampler
+    val: list
+    config: Sam2TrainConfig
+    preset: str | None
+    state: dict
+    out_dir: Path
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+    def train_step(self) -> None:
+        started = time.perf_counter()
+        loss = _train_step(self.net, self.optimizer, self.sampler, self.config, self.step)
+        self.scheduler.step()
+        self.state["step"] += 1
+        self.state["seconds"] += time.perf_counter() - started
+        self.state["loss_curve"].append(round(loss, 5))
+
+    def after_step(self) -> None:
+        step, config = self.step, self.config
+        if config.val_every and self.val and (step % config.val_every == 0 or step == config.steps):
+            self.state["validation"].append({"step": step, **validate(self.net, config, self.preset, self.val)})
+            self.net.train()
+        if config.snapshot_every and step % config.snapshot_every == 0:
+            _snapshot(self.out_dir / SNAPSHOTS / f"step-{step:06d}.pt", self.net)
+        if step % config.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    @contextmanager
+    def checkpoint_on_stop(self) -> Iterator[None]:
+        """Any interruption (Ctrl-C, ``should_stop``, a diverged step) keeps what was done: a step's
+        clips depend only on ``(seed, step)``, so the completed steps are all a resumption needs."""
+        try:
+            yield
+        except BaseException:
+            if self.step > 0:
+                self.save_checkpoint()
+            raise
+
+    def save_checkpoint(self) -> None:
+        _save(self.out_dir / CHECKPOINT, self.net, self.optimizer, self.scheduler, self.config, self.state)
 
 
 def _train_step(net: torch.nn.Module, optimizer, sampler: ClipSampler, config: Sam2TrainConfig, step: int) -> float:
@@ -294,27 +322,18 @@ def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
     lrs = {"image_encoder": config.lr_image_encoder, "memory": config.lr_memory}
     param_groups = [{"params": p, "lr": lrs.get(part) or config.lr, "name": part} for part, p in groups.items() if p]
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
-    warmup = min(config.warmup_steps, config.steps // 4)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.01 + 0.99 * step / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, warmup_cosine(optimizer, warmup_steps=config.warmup_steps, steps=config.steps)
 
 
 def _save(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig, state: dict) -> None:
     """Write the resumable state atomically (a half-written checkpoint never replaces a good one)."""
-    with atomic_output(path) as tmp:
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "config": config.to_dict(), "state": state}, tmp)
+    write_checkpoint(path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "config": config.to_dict(), "state": state})
 
 
 def _snapshot(path: Path, net: torch.nn.Module) -> None:
     """The weights as they are now, float16 (as the shipped base model), for evaluation along a long run."""
-    with atomic_output(path) as tmp:
-        torch.save({k: v.detach().to(torch.float16) for k, v in net.state_dict().items()}, tmp)
+    write_checkpoint(path, {k: v.detach().to(torch.float16) for k, v in net.state_dict().items()})
 
 
 def _resume(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig) -> dict:

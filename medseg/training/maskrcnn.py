@@ -19,7 +19,6 @@ checkpoint at the last completed step first.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,16 +31,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from medseg.errors import Cancelled, ConfigError
-from medseg.io.files import atomic_output
+from medseg.io.model_dir import MODEL_JSON, write_checkpoint
 from medseg.maskrcnn.config import TrainConfig
 from medseg.maskrcnn.dataset import CaseLike, SliceDataset, StepBatchSampler, prepare_cases
 from medseg.maskrcnn.model import build_model, load_pretrained
 from medseg.maskrcnn.predict import predict_instances
-from medseg.maskrcnn.store import MODEL_JSON, MaskRCNNModel, load_model, save_model
+from medseg.maskrcnn.store import MaskRCNNModel, load_model, save_model
 from medseg.metrics import evaluate, mask_ap, mean_dice
 from medseg.preprocess import default_preset, get_preset
-from medseg.runtime import (Progress, ShouldStop, check_stop, read_training_state, report, resolve_device, seeded,
-                            torch_threads)
+from medseg.runtime import Progress, ShouldStop, read_training_state, resolve_device, seeded, torch_threads
+from medseg.training.loop import run_steps
+from medseg.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +112,9 @@ def train(
 
 def _train(train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig,
            progress: Progress | None, should_stop: ShouldStop | None) -> MaskRCNNModel:
-    run, loader = _Run.start(train_cases, val_cases, out_dir, labels, config)
-    with run.checkpoint_on_stop():
-        for images, targets in run.batches(loader):
-            check_stop(should_stop, "Mask R-CNN training")
-            train_one_step(run, images, targets)
-            if config.val_every and run.model.steps % config.val_every == 0 and run.model.steps < config.steps:
-                _validate(run.model, val_cases, run.device)
-            if run.model.steps % config.checkpoint_every == 0:
-                run.save_checkpoint(torch.get_rng_state())
-            report(progress, run.model.steps, config.steps)
-        _validate(run.model, val_cases, run.device)
+    run = _Run.start(train_cases, val_cases, out_dir, labels, config)
+    run_steps(run, steps=config.steps, what="Mask R-CNN training", finish=lambda: _validate(run.model, val_cases, run.device),
+              progress=progress, should_stop=should_stop)
     run.model.network.eval()
     save_model(run.model, out_dir)
     shutil.rmtree(out_dir / TRAINING_DIR)  # the checkpoint and slice cache served their purpose
@@ -144,7 +136,7 @@ def train_one_step(run: _Run, images: Sequence[torch.Tensor], targets: Sequence[
     loss = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    gradient_norm = torch.nn.utils.clip_grad_norm_(run.parameters, config.clip_grad_norm)
+    gradient_norm = torch.nn.utils.clip_grad_norm_(run.parameters, config.grad_clip)
     if not (torch.isfinite(loss) and torch.isfinite(gradient_norm)):
         _diverged(run.model.steps + 1, losses, gradient_norm, config)
     run.updating = True
@@ -159,13 +151,16 @@ def train_one_step(run: _Run, images: Sequence[torch.Tensor], targets: Sequence[
 
 @dataclass(eq=False)
 class _Run:
-    """One training run between steps: model, optimiser, schedule, and where it checkpoints."""
+    """One training run between steps (``medseg.training.loop``): model, optimiser, schedule, its batches,
+    its validation cases, and where it checkpoints."""
 
     model: MaskRCNNModel
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     checkpoint: Path
+    val_cases: Sequence[CaseLike] = ()
+    batches: Iterator[tuple] | None = None
     resumed_rng: torch.Tensor | None = None
     rng_at_step_start: torch.Tensor | None = None  # set while a step runs
     updating: bool = False  # True only while the optimiser changes the weights
@@ -174,13 +169,27 @@ class _Run:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.network.parameters() if p.requires_grad]
 
+    @property
+    def step(self) -> int:
+        return self.model.steps
+
+    def train_step(self) -> None:
+        train_one_step(self, *next(self.batches))
+
+    def after_step(self) -> None:
+        config = self.model.config
+        if config.val_every and self.step % config.val_every == 0 and self.step < config.steps:
+            _validate(self.model, self.val_cases, self.device)
+        if self.step % config.checkpoint_every == 0:
+            self.save_checkpoint(torch.get_rng_state())
+
     @classmethod
-    def start(cls, train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig) -> tuple[_Run, DataLoader]:
+    def start(cls, train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig) -> _Run:
         """Build the network (a bad checkpoint fails in a second), then the data (a bad case
         fails while the slices are prepared); resume from the checkpoint if there is one. Runs inside
         ``seeded(config.seed)``."""
         device = resolve_device(config.device)
-        network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, input_size=config.input_size)
+        network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, image_size=config.image_size)
         if config.pretrained is not None:
             load_pretrained(network, config.pretrained)
         label_values = sorted(labels)
@@ -192,9 +201,9 @@ class _Run:
             optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         else:
             optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+        scheduler = warmup_cosine(optimizer, warmup_steps=config.warmup_steps, steps=config.steps)
         model = MaskRCNNModel(network, config, dict(labels), train_cases=[c.id for c in train_cases], val_cases=[c.id for c in val_cases])
-        run = cls(model, optimizer, scheduler, device, out_dir / TRAINING_DIR / CHECKPOINT)
+        run = cls(model, optimizer, scheduler, device, out_dir / TRAINING_DIR / CHECKPOINT, val_cases)
         if run.checkpoint.is_file():
             run.resumed_rng = run.resume()
             log.info("resuming %s at step %d of %d", out_dir, model.steps, config.steps)
@@ -205,14 +214,11 @@ class _Run:
             "training on %d cases: %d slices with objects, %d without (%d of them per epoch)",
             len(train_cases), len(dataset.positive), len(dataset.empty), sampler.n_empty,
         )
-        return run, DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.num_workers)
-
-    def batches(self, loader: DataLoader) -> Iterator[tuple]:
-        """The loader's batches from the run's step on, with the torch random state resumed."""
-        batches = iter(loader)  # this draws a seed from torch's random state: restore it after
-        if self.resumed_rng is not None:
-            torch.set_rng_state(self.resumed_rng)
-        return batches
+        # the loader's batches from the run's step on; iter() draws a seed from torch's random state: restore it after
+        run.batches = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.num_workers))
+        if run.resumed_rng is not None:
+            torch.set_rng_state(run.resumed_rng)
+        return run
 
     @contextmanager
     def checkpoint_on_stop(self) -> Iterator[None]:
@@ -243,8 +249,7 @@ class _Run:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state,
         }
-        with atomic_output(self.checkpoint) as tmp:
-            torch.save(state, tmp)
+        write_checkpoint(self.checkpoint, state)
 
     def resume(self) -> torch.Tensor:
         """Load the checkpoint into the model, optimiser and schedule; return its torch random state."""
@@ -296,19 +301,6 @@ def _diverged(step: int, losses: dict[str, torch.Tensor], gradient_norm: torch.T
         f"were not updated with it. Lower lr (now {config.lr}) or lengthen warmup_steps (now {config.warmup_steps}); "
         "the last checkpoint, if any, is from before"
     )
-
-
-def _lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up from 1% to 100% of ``lr``, then cosine decay to 0 at ``steps``.
-
-    The warm-up lasts ``warmup_steps`` but at most a quarter of the run, so that a short run
-    still trains at its peak rate for a while.
-    """
-    warmup = min(config.warmup_steps, config.steps // 4)
-    if step < warmup:
-        return 0.01 + 0.99 * step / warmup
-    decay_steps = max(1, config.steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / decay_steps)))
 
 
 def _finished_model(out_dir: Path, config: TrainConfig, labels: dict[int, str]) -> MaskRCNNModel | None:

@@ -1,0 +1,86 @@
+"""The ``revsam2`` method: reference prompting from annotated slices of reference cases (``medseg.revsam2``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from medseg.errors import ConfigError
+from medseg.pipeline.methods.base import MethodSetup, Segmentation, register
+from medseg.pipeline.methods.sam2 import Sam2Family, Sam2Options
+from medseg.prompts import Prompts
+from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+from medseg.runtime import Progress, ShouldStop
+from medseg.volume import Volume
+
+
+@dataclass(frozen=True)
+class RevSam2Options(Sam2Options):
+    """The SAM2 options, plus: ``mode`` (``revsam2``, ``baseline``, ``baseline-middle``; see
+    ``medseg.revsam2``), ``references`` (how many labelled cases of ``reference_split``, in
+    manifest order, give the support slices: ``prompts.reference_slices`` per label each) and
+    the re-prompt selection ``top_k`` / ``threshold`` / ``min_spacing`` (None = no limit / no
+    floor / automatic)."""
+
+    mode: Literal["revsam2", "baseline", "baseline-middle"] = "revsam2"
+    references: int = 1
+    reference_split: Literal["train", "val"] = "train"
+    top_k: int | None = DEFAULT_TOP_K
+    threshold: float | None = DEFAULT_THRESHOLD
+    min_spacing: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.references < 1:
+            raise ConfigError(f"references must be at least 1, got {self.references}")
+
+
+@register
+class RevSam2(Sam2Family):
+    """Reference prompting (``medseg.revsam2``): annotated slices of reference cases, frozen SAM2."""
+
+    kind = "revsam2"
+    Options = RevSam2Options
+
+    @classmethod
+    def _reference_cases(cls, setup: MethodSetup, cohort) -> list:
+        labelled = [c for c in cohort.split(setup.options.reference_split) if c.label is not None]
+        if len(labelled) < setup.options.references:
+            raise ConfigError(
+                f"method {setup.name}: references: {setup.options.references} reference case(s) wanted but the "
+                f"{setup.options.reference_split!r} split of {cohort.path} has {len(labelled)} labelled case(s)"
+            )
+        return labelled[: setup.options.references]
+
+    @classmethod
+    def check(cls, setup: MethodSetup, cohort) -> None:
+        super().check(setup, cohort)
+        cls._reference_cases(setup, cohort)
+
+    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+        """The checkpoint, and the reference cases (ids of the reference split, never the query's)."""
+        references = [c.id for c in self._reference_cases(self.setup, cohort)]
+        return {**super().prepare(cohort, progress=progress, should_stop=should_stop), "cohort": str(cohort.path),
+                "references": references}
+
+    def load(self) -> Any:
+        """The SAM2 predictor and the support set built from the reference cases chosen in ``prepare``."""
+        from medseg.manifest import load_manifest
+        from medseg.revsam2 import SupportSet
+
+        cohort = load_manifest(self.setup.state["cohort"])
+        ids = self.setup.state["references"]
+        support = SupportSet.from_volumes(
+            [cohort.case(i).load() for i in ids], k=self.setup.reference_slices, labels=self.setup.labels, names=ids
+        )
+        return super().load(), support
+
+    def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
+        from medseg.revsam2 import anchor_prompts, segment_with_references
+
+        predictor, support = model
+        labels = segment_with_references(
+            volume, support, mode=self.options.mode, model=predictor, top_k=self.options.top_k,
+            threshold=self.options.threshold, min_spacing=self.options.min_spacing,
+        )
+        return Segmentation(labels, prompt_log={"support": support.to_dict()}, anchors=anchor_prompts(labels))
