@@ -13,3 +13,8 @@ MODES = ("revsam2", "baseline", "baseline-middle")
 #: matter for one slice. A different model or cohort may want other values: run the ablation.
 DEFAULT_TOP_K = 1
 DEFAULT_THRESHOLD = 0.5
+
+#: Provisional until the ablation with medseg-micro sets them (see above).
+DEFAULT_PLACEMENT = "matched"
+DEFAULT_GATE_MARGIN: int | None = 2
+DEFAULT_REJECT_RIVALS = True
