@@ -54,7 +54,7 @@ def diagnose_label(session, result, truth, label: int, names: dict[int, str]) ->
     scores = detail["reverse_scores"]
     rejected = {int(z) for z in detail.get("rejected", {})}
     candidates = []
-    forward_masks = np.zeros(truth.shape, dtype=bool)
+    forward_masks = np.zeros(truth.array.shape, dtype=bool)
     for z in range(len(forward)):
         mask = forward.mask(z)
         if gate is not None and not gate[z]:
