@@ -9,11 +9,13 @@ truth is printed only with real weights: the untrained model's masks are meaning
 the untrained model no slice would pass the default threshold (its reverse scores are
 noise), so the threshold is switched off to time the full pipeline, re-prompt included.
 
-Ablation (``--ablation``): the demo cohort (``data_manifests/demo.json``): supports from the
-first train case(s), every test case as query, every label; mean Dice of both baselines and
-of RevSAM2 for a grid of ``top_k`` x ``threshold`` x ``min_spacing`` x ``include_supports``.
-One session per query, so forward and reverse passes run once and only the re-prompt
-repeats per setting. This is the run that should fix the defaults; it means something only
+Ablation (``--ablation``): the demo cohort (``data_manifests/demo.json``): supports (3 slices
+per label and reference) from ``--rotate`` sets of ``--references`` train cases each, every test
+case as query, every label; mean Dice of both baselines (as published: no z-gate; and the
+baseline with the z-gate) and of RevSAM2 for a grid of placement x z-gate margin x ``top_k``
+x ``threshold`` x rival rejection (``--quick``: a smaller grid). One session per (reference
+set, query), so forward and reverse passes run once per placement and gate, and only the
+re-prompt repeats per setting. This is the run that should fix the defaults; it means something only
 with real weights (the script says so when it has none).
 
 Usage::
@@ -22,6 +24,8 @@ Usage::
     python benchmarks/revsam2.py                                # 64 slices 128x128, untrained at 256
     python benchmarks/revsam2.py --model medsam2 --device cuda  # real weights: Dice as well
     python benchmarks/revsam2.py --ablation --model medsam2 --device cuda
+    python benchmarks/revsam2.py --ablation --quick --model medseg-micro --references 1 --rotate 3  # README table
+    python benchmarks/revsam2.py --ablation --quick --model medseg-micro --references 3
 """
 
 from __future__ import annotations
@@ -92,36 +96,52 @@ def timing(args: argparse.Namespace, model) -> None:
 
 def ablation(args: argparse.Namespace, model) -> None:
     cohort = load_manifest(args.manifest)
-    labels = dict(cohort.labels)
+    labels = {int(v): n for v, n in cohort.labels.items() if int(v)}
     train, test = cohort.split("train"), cohort.split("test")
-    references = [case.load() for case in train[: args.references]]
-    support = SupportSet.from_volumes([(v, lv) for v, lv in references], k=3, labels=labels,
-                                      names=[case.id for case in train[: args.references]])
-    if args.quick:
-        grid = list(itertools.product([1, 3], [None, 0.5], [None], [True]))
-        test = test[:1]
+    # one run per reference set: --rotate sets of --references consecutive train cases
+    sets = [train[i : i + args.references] for i in range(0, args.rotate * args.references, args.references)]
+    if len(sets[-1]) < args.references:
+        raise SystemExit(f"{len(train)} train cases cannot give {args.rotate} sets of {args.references} references")
+    runs = {"baseline": {"mode": "baseline", "gate_margin": None},
+            "baseline-middle": {"mode": "baseline-middle", "gate_margin": None},
+            "baseline gate=2": {"mode": "baseline", "gate_margin": 2}}
+    if args.quick:  # one forward and one reverse pass of revsam2 per session
+        grid = [("matched", 2, 1, 0.5, True), ("matched", 2, 3, 0.5, True), ("matched", 2, 1, 0.5, False),
+                ("matched", 2, 1, None, True)]
     else:
-        grid = list(itertools.product([1, 3, 5, None], [None, 0.5, 0.7], [None, 1], [True, False]))
-    print(f"ablation on {cohort.name}: {len(support)} support slices from {[c.id for c in train[: args.references]]}, "
-          f"queries {[c.id for c in test]}, labels {labels}, model {model.name} at {model.image_size}")
+        grid = list(itertools.product(["matched", "before"], [None, 1, 2, 3], [1, 3, None], [None, 0.5], [True, False]))
+    for placement, gate, top_k, threshold, reject in grid:
+        runs[f"revsam2 {placement} gate={gate} top_k={top_k} threshold={threshold} reject={reject}"] = {
+            "mode": "revsam2", "placement": placement, "gate_margin": gate, "top_k": top_k, "threshold": threshold,
+            "reject_rivals": reject}
+    print(f"ablation on {cohort.name}: reference sets {[[c.id for c in refs] for refs in sets]}, queries "
+          f"{[c.id for c in test]}, labels {labels}, model {model.name} at {model.image_size}")
     if model.untrained:
         print(f"{UNTRAINED_BANNER}\nThe numbers below only show that the ablation runs; they cannot choose defaults.")
-    scores: dict[str, list[float]] = {}
-    for case in test:
-        query, truth = case.load()
-        session = ReferenceSession(query, support, model=model)
-        runs = {"baseline": {"mode": "baseline"}, "baseline-middle": {"mode": "baseline-middle"}}
-        for top_k, threshold, spacing, include in grid:
-            name = f"revsam2 top_k={top_k} threshold={threshold} min_spacing={spacing or 'auto'} supports={include}"
-            runs[name] = {"top_k": top_k, "threshold": threshold, "min_spacing": spacing, "include_supports": include}
-        for name, options in runs.items():
-            result = session.segment(**options)
-            dice = dice_per_label(result, truth, labels=list(labels), empty=np.nan)
-            scores.setdefault(name, []).extend(dice.values())
+    scores: dict[str, dict[str, list[float]]] = {}
+    rejected = 0
+    for refs in sets:
+        support = SupportSet.from_volumes([c.load() for c in refs], k=3, labels=labels, names=[c.id for c in refs])
+        for case in test:
+            query, truth = case.load()
+            session = ReferenceSession(query, support, model=model)
+            for name, options in runs.items():
+                result = session.segment(**options)
+                dice = dice_per_label(result, truth, labels=list(labels), empty=np.nan)
+                for label, value in dice.items():
+                    scores.setdefault(name, {}).setdefault(labels[label], []).append(value)
+                if name == "revsam2 matched gate=2 top_k=1 threshold=0.5 reject=True":
+                    rejected += sum(len(d["rejected"]) for d in result.provenance["labels"].values())
+            print(f"  {[c.id for c in refs]} -> {case.id}: " + ", ".join(
+                f"{name} {np.nanmean([v[-1] for v in scores[name].values()]):.3f}" for name in runs), flush=True)
     width = max(map(len, scores))
-    print(f"  {'setting':{width}s}  mean Dice over {len(test)} queries x {len(labels)} labels")
-    for name, values in sorted(scores.items(), key=lambda item: -np.nanmean(item[1])):
-        print(f"  {name:{width}s}  {np.nanmean(values):.4f}")
+    pairs = len(sets) * len(test) * len(labels)
+    print(f"  {'setting':{width}s}  mean Dice over {len(sets)} reference set(s) x {len(test)} queries x "
+          f"{len(labels)} labels = {pairs} pairs; per label")
+    for name, per in sorted(scores.items(), key=lambda item: -np.nanmean(sum(item[1].values(), []))):
+        print(f"  {name:{width}s}  {np.nanmean(sum(per.values(), [])):.3f}  "
+              + "  ".join(f"{label} {np.nanmean(v):.3f}" for label, v in per.items()))
+    print(f"  candidates rejected as another label's object (revsam2 matched gate=2 top_k=1): {rejected}")
 
 
 def diagnose(args: argparse.Namespace, model) -> None:
@@ -135,8 +155,8 @@ def diagnose(args: argparse.Namespace, model) -> None:
     for case in cohort.split("test"):
         query, truth = case.load()
         session = ReferenceSession(query, support, model=model)
-        result, forward = session.segment(mode="revsam2"), session.segment(mode="baseline")
-        diagnoses[case.id] = [revsam2_diagnose.diagnose_label(session, result, forward, truth, label, names)
+        result = session.segment(mode="revsam2")
+        diagnoses[case.id] = [revsam2_diagnose.diagnose_label(session, result, truth, label, names)
                               for label in names]
         for d in diagnoses[case.id]:
             print(f"  {case.id} {d['label']:8s} forward {d['forward']['dice_3d']:.3f} ({d['forward']['candidates']} "
@@ -161,7 +181,9 @@ def main() -> None:
     parser.add_argument("--diagnose", action="store_true", help="per (query, label) and stage: JSON and figures in --out")
     parser.add_argument("--out", default="results/revsam2-diagnosis", help="folder for --diagnose")
     parser.add_argument("--manifest", default=str(ROOT / "data_manifests" / "demo.json"), help="cohort for --ablation")
-    parser.add_argument("--references", type=int, default=1, help="train cases used as references in --ablation")
+    parser.add_argument("--references", type=int, default=1, help="train cases per reference set (--ablation, --diagnose)")
+    parser.add_argument("--rotate", type=int, default=1,
+                        help="--ablation: reference sets, each of --references consecutive train cases (default 1)")
     args = parser.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 3)
     image_size = args.image_size or (128 if args.quick else 256 if args.model == "untrained" else None)

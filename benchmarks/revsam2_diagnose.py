@@ -46,15 +46,20 @@ def candidate_objects(mask: np.ndarray, truth_slice: np.ndarray, names: dict[int
     return dice, best if dice[best] >= NO_OBJECT_DICE else "none"
 
 
-def diagnose_label(session, result, forward_result, truth, label: int, names: dict[int, str]) -> dict:
-    """The four stages of one label on one query (``result``: revsam2, ``forward_result``: its forward pass)."""
+def diagnose_label(session, result, truth, label: int, names: dict[int, str]) -> dict:
+    """The four stages of one label on one query (``result``: revsam2's, whose forward pass the session holds)."""
     detail = result.provenance["labels"][str(label)]
-    forward = session.forward(label, detail.get("placement", "before"))
+    forward = session.forward(label, result.provenance["placement"])
+    gate = session.gate(label, result.provenance["gate_margin"])
     scores = detail["reverse_scores"]
-    rejected = set(detail.get("rejected", {}))
+    rejected = {int(z) for z in detail.get("rejected", {})}
     candidates = []
+    forward_masks = np.zeros(truth.array.shape, dtype=bool)
     for z in range(len(forward)):
         mask = forward.mask(z)
+        if gate is not None and not gate[z]:
+            continue
+        forward_masks[z] = mask
         if not mask.any():
             continue
         dice, obj = candidate_objects(mask, truth.array[z], names)
@@ -75,7 +80,8 @@ def diagnose_label(session, result, forward_result, truth, label: int, names: di
         "forward": {
             "truth_slices": len(truth_slices), "truth_extent": [truth_slices[0], truth_slices[-1]] if truth_slices else None,
             "candidates": len(candidates), "objects": objects,
-            "dice_3d": _dice_3d(forward_result, truth, truth_3d),
+            "dice_3d": round(float(dice_per_label(forward_masks.astype(np.uint8), (truth.array == label).astype(np.uint8),
+                                                  labels=[1])[1]), 4),
         },
         "reverse": {"spearman": None if rho is None or np.isnan(rho) else round(float(rho), 4),
                     "rejected": len(rejected), "candidates": candidates},

@@ -19,6 +19,7 @@ from medseg.io import load_labels, load_volume
 from medseg.io.nifti import write_nifti
 from medseg.phantom import make_phantom
 from medseg.revsam2 import ReferenceSession, SupportEntry, SupportSet, segment_with_references, select_slices, track_object
+from medseg.revsam2.zmatch import gated
 from medseg.sam2 import FeatureCache, VolumeFrames, load_model
 
 
@@ -81,7 +82,7 @@ def test_stopping_returns_nothing_and_keeps_only_finished_passes(model):
     with pytest.raises(Cancelled, match="reverse scoring of object 1 stopped"):
         session.segment(top_k=2, threshold=None, progress=lambda done, total: steps.append(done),
                         should_stop=lambda: len(steps) == 6 + 2)
-    assert steps[-1] == 8 and session._reverse == {} and list(session._forward) == [("before", 1)]
+    assert steps[-1] == 8 and session._reverse == {} and list(session._forward) == [("matched", 1)]
     again = session.segment(top_k=2, threshold=None)
     straight = segment_with_references(query, support, model=model, top_k=2, threshold=None)
     np.testing.assert_array_equal(again.array, straight.array)
@@ -95,17 +96,17 @@ def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
     query, _ = _phantom(8, 0)
     ref, ref_labels = _phantom(10, 1)
     support = SupportSet.from_volumes([(ref, ref_labels)], k=3, labels={1: "disc"})
-    forward = segment_with_references(query, support, mode="baseline", model=model)
+    session = ReferenceSession(query, support, model=model)
     steps = []
-    result = segment_with_references(query, support, model=model, top_k=2, threshold=None, min_spacing=3,
-                                      progress=lambda done, total: steps.append((done, total)))
+    result = session.segment(top_k=2, threshold=None, min_spacing=3, progress=lambda done, total: steps.append((done, total)))
+    forward = session.forward(1, result.provenance["placement"])
     detail = result.provenance["labels"]["1"]
     scores = np.array([np.nan if s is None else s for s in detail["reverse_scores"]])
     selected = detail["selected_slices"]
     assert selected == select_slices(scores, top_k=2, threshold=None, min_spacing=3)
     assert len(selected) == 2 and selected[1] - selected[0] >= 3
     for z in selected:
-        assert np.array_equal(result.array[z] == 1, forward.array[z] == 1)
+        assert np.array_equal(result.array[z] == 1, forward.mask(z))
     assert result.scores[1] == pytest.approx(np.mean(scores[selected]), abs=1e-6)
     assert steps[-1][0] == steps[-1][1] == 8 + detail["candidates"] + 8  # forward, reverse, re-prompt
     assert result.provenance["method"] == "reference-prompting-revsam2"
@@ -126,14 +127,14 @@ def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(m
     first_detail, second_detail = first.provenance["labels"]["1"], second.provenance["labels"]["1"]
     assert first_detail["reverse_scores"] == second_detail["reverse_scores"]
     assert len(first_detail["selected_slices"]) == 1 and len(second_detail["selected_slices"]) == 3
-    # nothing reaches a reverse score of 1: the forward prediction (= the baseline) is kept
+    # nothing reaches a reverse score of 1: the forward prediction (within the z-gate) is kept
     steps.clear()
-    baseline = session.segment(mode="baseline", progress=lambda done, total: steps.append((done, total)))
-    fallback = session.segment(threshold=1.0)
+    fallback = session.segment(threshold=1.0, progress=lambda done, total: steps.append((done, total)))
     assert steps == [] and session.encoder_calls == encoded
     detail = fallback.provenance["labels"]["1"]
     assert detail["fell_back_to_forward"] and detail["selected_slices"] == []
-    assert np.array_equal(fallback.array, baseline.array)
+    forward = gated(session.forward(1, fallback.provenance["placement"]), session.gate(1))
+    assert np.array_equal(fallback.array == 1, np.stack([forward.mask(z) for z in range(6)]))
     assert fallback.scores[1] == pytest.approx(max(s for s in detail["reverse_scores"] if s is not None), abs=1e-6)
 
 
@@ -151,15 +152,16 @@ def test_every_support_and_query_slice_is_encoded_once(model):
     assert set(result.slice_scores) == {1, 2}
 
 
-@pytest.mark.parametrize("placement", ["before", "middle"])
+@pytest.mark.parametrize("placement", ["before", "middle", "matched"])
 def test_track_object_predicts_every_query_slice_once(model, placement):
     query, _ = _phantom(7, 0)
     ref, ref_labels = _phantom(9, 1)
     cache = FeatureCache(model)
     frames, ref_frames = VolumeFrames(query), VolumeFrames(ref)
     external = [(ref_frames[z], ref_labels.array[z] == 1) for z in (3, 5)]
+    anchors = [2, 4] if placement == "matched" else None  # the supports' query slices, for "matched"
     calls = []
-    track = track_object(model, cache, frames, 1, external=external, placement=placement,
+    track = track_object(model, cache, frames, 1, external=external, placement=placement, anchors=anchors,
                          progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i, 7) for i in range(1, 8)] and np.isfinite(track.scores).all()
     assert track.logits.shape == (7, 32, 32) and track.mask(0).shape == (40, 36)
@@ -168,7 +170,7 @@ def test_track_object_predicts_every_query_slice_once(model, placement):
     drawn[10:20, 5:15] = True
     calls.clear()
     track = track_object(model, cache, frames, 1, in_query={4: drawn}, external=external, placement=placement,
-                         progress=lambda done, total: calls.append((done, total)))
+                         anchors=anchors, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i, 7) for i in range(1, 8)] and np.isfinite(track.scores).all()
     assert np.array_equal(track.mask(4), drawn)
     assert cache.encoder_calls == 7 + 2

@@ -20,11 +20,17 @@ What medseg designs (our choices, not the paper's)
   chunks of the label's z-extent (the SSL-ALPNet protocol's chunk rule), or explicit slices;
   every label is its own object; references are mapped with the query's intensity preset
   (a CT window in HU, never per-slice min-max).
-* Forward pass = the baseline (``baseline``): supports before the query (or in its middle).
-* Reverse score (``reverse``): for each query slice with a non-empty forward mask, that
+* Forward pass: the supports from other volumes as conditioning frames, each right before the
+  query slice at its relative z-position (``placement="matched"``, ``zmatch``; the baselines
+  place them before the query or in its middle, as FS-MedSAM2), then propagation.
+* z-gate (``zmatch``): each label only on the query slices where, mapped by relative z, the
+  references have it (plus ``gate_margin`` slices); SAM2 rarely declares a tracked object absent.
+* Reverse score (``reverse``): for each query slice with a non-empty forward mask (in the gate), that
   (slice, mask) is the *only* conditioning prompt of a small tracker, and each support slice
   is predicted from it alone (one propagation call per support, so supports do not lean on
   each other). Score = mean Dice between those predictions and the supports' true labels.
+  A candidate whose predictions match another label drawn on the supports better than its own
+  is rejected (``reject_rivals``): no kidney selected as the spleen.
 * Selection: greedy from the best score: at most ``top_k`` slices, none below ``threshold``,
   none closer than ``min_spacing`` slices (default: the candidates' z-extent over
   ``2 * top_k``) so that the prompts spread over the object. No slice passing -> the forward
@@ -42,12 +48,12 @@ What medseg designs (our choices, not the paper's)
   trackers of a session); the reverse pass adds candidates x supports decoder steps. A
   ``ReferenceSession`` keeps forward predictions and reverse scores, so trying other
   selection settings re-runs only the re-prompt pass.
-* Defaults ``top_k=1``, ``threshold=0.5``, automatic ``min_spacing`` come from the ablation
-  (``benchmarks/revsam2.py --ablation``) with a SAM2 trained on the demo cohort, 1 reference
-  case, 4 queries x 3 labels: the best-scoring slice plus the supports 0.766 mean Dice, three
-  slices 0.676, all candidates 0.527, the support-then-propagate baseline 0.691 (README,
-  "Reference prompting"). One small cohort of phantoms: another model or cohort may want
-  other values, and the ablation is there to find them.
+* Defaults (``defaults``): matched placement, gate margin 2, rival check on, ``top_k=1``,
+  ``threshold=0.5``, automatic ``min_spacing``, from the ablation (``benchmarks/revsam2.py
+  --ablation``) with the shipped ``medseg-micro`` on the demo phantoms: 0.513 mean Dice with one
+  reference case (36 pairs) against 0.441 for the supports-before baseline and 0.484 for
+  baseline-middle (README, "Reference prompting"). Another model or cohort may want other
+  values, and the ablation is there to find them.
 """
 
 import importlib

@@ -13,9 +13,9 @@ shared by every tracker of a run):
 
 Propagation: when the query has conditioning slices, each query slice is reached from the
 nearest of them, both ways (``medseg.sam2.session.plan_runs``), with every external support
-still in memory. Otherwise one forward run from the supports placed before, or, for the
-middle placement, one run forwards and one backwards from the supports. Every query slice
-gets exactly one prediction.
+still in memory. Otherwise one forward run from the supports placed before; for the middle
+placement, one run forwards and one backwards from the supports; for the matched placement,
+runs from the nearest support both ways. Every query slice gets exactly one prediction.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from medseg.sam2.frames import Frame, upsample_logits
 from medseg.sam2.model import Sam2Model
 from medseg.sam2.session import plan_runs
 
-Placement = Literal["before", "middle"]
-PLACEMENTS = ("before", "middle")
+Placement = Literal["before", "middle", "matched"]
+PLACEMENTS = ("before", "middle", "matched")
 
 #: Logit given to pixels of an exact (conditioning) mask: far beyond any predicted logit.
 _EXACT_LOGIT = np.float32(1e4)
@@ -81,6 +81,7 @@ def track_object(
     in_query: Mapping[int, np.ndarray] | None = None,
     external: Sequence[tuple[Frame, np.ndarray]] = (),
     placement: Placement = "before",
+    anchors: Sequence[int] | None = None,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
 ) -> ObjectTrack:
@@ -97,7 +98,10 @@ def track_object(
     external
         ``(frame, mask)`` supports from other volumes, conditioning frames placed by ``placement``.
     placement
-        ``"before"`` the query, or in the ``"middle"`` (between slices ``n // 2 - 1`` and ``n // 2``).
+        ``"before"`` the query, in the ``"middle"`` (between slices ``n // 2 - 1`` and ``n // 2``),
+        or ``"matched"``: external support ``i`` right before query slice ``anchors[i]``.
+    anchors
+        ``"matched"`` only: the query slice of each external support, in ``external``'s order.
     progress
         ``progress(slices predicted, query slices)`` after each query slice.
     should_stop
@@ -109,11 +113,15 @@ def track_object(
     if not in_query and not external:
         raise ConfigError(f"object {obj_id}: nothing to propagate from (no support and no conditioning slice)")
     n = len(query)
-    layout = _Layout(n, len(external), 0 if placement == "before" else n // 2)
-    frames = list(query[: layout.insert_at]) + [frame for frame, _ in external] + list(query[layout.insert_at :])
+    layout = _Layout(n, _inserts(placement, n, len(external), anchors), placement)
+    frames: list[Frame] = [None] * (n + len(external))  # type: ignore[list-item]
+    for z in range(n):
+        frames[layout.position(z)] = query[z]
+    for i, (frame, _) in enumerate(external):
+        frames[layout.support_position(i)] = frame
     tracker = Tracker(model, frames, cache)
     for i, (_, mask) in enumerate(external):
-        tracker.set_prompts(layout.insert_at + i, obj_id, mask=mask)
+        tracker.set_prompts(layout.support_position(i), obj_id, mask=mask)
     for z, mask in sorted(in_query.items()):
         tracker.set_prompts(layout.position(z), obj_id, mask=mask)
     query_slice = {layout.position(z): z for z in range(n)}
@@ -132,26 +140,51 @@ def track_object(
     return ObjectTrack(logits, scores, in_query, query[0].shape)
 
 
+def _inserts(placement: Placement, n: int, k: int, anchors: Sequence[int] | None) -> tuple[int, ...]:
+    """The query slice each external support sits right before (``n``: after the last slice)."""
+    if placement != "matched":
+        return (0 if placement == "before" else n // 2,) * k
+    if anchors is None or len(anchors) != k:
+        raise ConfigError(f"the matched placement needs one anchor slice per external support; got "
+                          f"{None if anchors is None else len(anchors)} for {k}")
+    if any(not 0 <= a < n for a in anchors):
+        raise ConfigError(f"anchor slices must lie in the query (0..{n - 1}), got {list(anchors)}")
+    return tuple(int(a) for a in anchors)
+
+
 @dataclass(frozen=True)
 class _Layout:
-    """Where the ``n`` query slices and ``k`` external supports sit in one tracker's frames."""
+    """Where the ``n`` query slices and the external supports sit in one tracker's frames.
+
+    Support ``i`` sits right before query slice ``inserts[i]``; supports before the same slice
+    keep their order.
+    """
 
     n: int
-    k: int
-    insert_at: int  # the supports' first frame: 0 ("before") or n // 2 ("middle")
+    inserts: tuple[int, ...]
+    placement: Placement
 
     def position(self, z: int) -> int:
         """Frame index of query slice ``z``."""
-        return z if z < self.insert_at else z + self.k
+        return z + sum(a <= z for a in self.inserts)
+
+    def support_position(self, i: int) -> int:
+        """Frame index of external support ``i``."""
+        a = self.inserts[i]
+        return a + sum(b < a or (b == a and j < i) for j, b in enumerate(self.inserts))
 
     def runs(self, conditioned: Sequence[int]) -> list[tuple[int, int]]:
         """Propagation runs ``(start, end)`` in frame indices: from the nearest conditioned query
-        slice both ways when there are any, else onwards from the supports."""
+        slice both ways when there are any, else from the supports as placed."""
         if conditioned:
             return [(self.position(a), self.position(b)) for a, b in plan_runs(list(conditioned), self.n)]
-        if self.insert_at == 0:
-            return [(0, self.n + self.k - 1)]
-        return [(self.insert_at, self.n + self.k - 1), (self.insert_at + self.k - 1, 0)]
+        last, k = self.n + len(self.inserts) - 1, len(self.inserts)
+        if self.placement == "matched":
+            return plan_runs(sorted(self.support_position(i) for i in range(k)), last + 1)
+        if self.placement == "before":
+            return [(0, last)]
+        first = self.support_position(0)
+        return [(first, last), (first + k - 1, 0)]
 
 
 def _first_outputs(tracker: Tracker, runs: Sequence[tuple[int, int]], obj_id: int,

@@ -4,7 +4,11 @@ Modes:
 
 * ``"baseline"``: support-then-propagate with the supports before the query (FS-MedSAM2).
 * ``"baseline-middle"``: the supports inserted at the query's middle, propagation both ways.
-* ``"revsam2"``: forward (the baseline) -> reverse scores -> selection -> re-prompt.
+* ``"revsam2"``: forward (supports at their ``placement``) -> reverse scores -> selection
+  -> re-prompt.
+
+Every mode can be restricted to each label's *z-gate* (``gate_margin``; ``zmatch``): the query
+slices at the relative z-positions where the references have the label.
 
 Each label is its own object with its own trackers; all trackers of a session share one
 ``FeatureCache`` holding every slice's encoder features, so each query and support slice is
@@ -25,14 +29,23 @@ import numpy as np
 from medseg.errors import ConfigError
 from medseg.preprocess import IntensityPreset, choose_preset
 from medseg.revsam2.baseline import ObjectTrack, Placement, track_object
-from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES
+from medseg.revsam2.defaults import (
+    DEFAULT_GATE_MARGIN,
+    DEFAULT_PLACEMENT,
+    DEFAULT_REJECT_RIVALS,
+    DEFAULT_THRESHOLD,
+    DEFAULT_TOP_K,
+    MODES,
+)
 from medseg.revsam2.reverse import (
+    ReverseScores,
     auto_min_spacing,
     check_selection,
     reverse_scores,
     select_slices,
 )
 from medseg.revsam2.support import SupportSet
+from medseg.revsam2.zmatch import gated, matched_slice, z_gate
 from medseg.runtime import Progress, ShouldStop, check_stop, report
 from medseg.sam2.engine import FeatureCache
 from medseg.sam2.frames import Frame, VolumeFrames
@@ -56,6 +69,9 @@ def segment_with_references(
     threshold: float | None = DEFAULT_THRESHOLD,
     min_spacing: int | None = None,
     include_supports: bool = True,
+    placement: Placement = DEFAULT_PLACEMENT,
+    gate_margin: int | None = DEFAULT_GATE_MARGIN,
+    reject_rivals: bool = DEFAULT_REJECT_RIVALS,
     offload_state_to_cpu: bool = False,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
@@ -76,7 +92,8 @@ def segment_with_references(
     check_selection(top_k=top_k, threshold=threshold, min_spacing=min_spacing)
     session = ReferenceSession(query, support, model=model, preset=preset, offload_state_to_cpu=offload_state_to_cpu)
     return session.segment(mode=mode, top_k=top_k, threshold=threshold, min_spacing=min_spacing,
-                           include_supports=include_supports, progress=progress, should_stop=should_stop)
+                           include_supports=include_supports, placement=placement, gate_margin=gate_margin,
+                           reject_rivals=reject_rivals, progress=progress, should_stop=should_stop)
 
 
 def check_mode(mode: str) -> None:
@@ -136,7 +153,7 @@ class ReferenceSession:
         ]
         self.cache = FeatureCache(self.model, device="cpu" if offload_state_to_cpu else None)
         self._forward: dict[tuple[str, int], ObjectTrack] = {}
-        self._reverse: dict[int, np.ndarray] = {}
+        self._reverse: dict[tuple[str, int | None, int], ReverseScores] = {}
 
     @property
     def encoder_calls(self) -> int:
@@ -151,6 +168,9 @@ class ReferenceSession:
         threshold: float | None = DEFAULT_THRESHOLD,
         min_spacing: int | None = None,
         include_supports: bool = True,
+        placement: Placement = DEFAULT_PLACEMENT,
+        gate_margin: int | None = DEFAULT_GATE_MARGIN,
+        reject_rivals: bool = DEFAULT_REJECT_RIVALS,
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
     ) -> LabelVolume:
@@ -168,6 +188,15 @@ class ReferenceSession:
         include_supports
             ``revsam2`` only: keep the supports from other volumes as conditioning frames in
             the re-prompt (False: the selected query slices alone, plus supports drawn on the query).
+        placement
+            ``revsam2`` only: where the supports from other volumes sit in the forward and
+            re-prompt passes: ``"matched"`` (each next to its query slice at the same relative
+            z-position), ``"before"`` or ``"middle"`` (``baseline``'s and ``baseline-middle``'s).
+        gate_margin
+            Every mode: no label outside its z-gate widened by this many slices (None: no gate).
+        reject_rivals
+            ``revsam2`` only: a candidate that segments another label's supports better than
+            its own label's is not selectable.
         progress
             ``progress(done, total)`` over query slices predicted and candidates scored;
             ``total`` grows when the number of reverse candidates of a label becomes known.
@@ -188,7 +217,8 @@ class ReferenceSession:
         """
         check_mode(mode)
         check_selection(top_k=top_k, threshold=threshold, min_spacing=min_spacing)
-        placement: Placement = "middle" if mode == "baseline-middle" else "before"
+        if mode != "revsam2":
+            placement = "middle" if mode == "baseline-middle" else "before"
         to_forward = sum((placement, label) not in self._forward for label in self.support.labels)
         tracks: dict[int, ObjectTrack] = {}
         details: dict[str, dict] = {}
@@ -196,14 +226,19 @@ class ReferenceSession:
         for label in self.support.labels:
             check_stop(should_stop, "reference prompting")
             forward = self.forward(label, placement, progress=work.part(self.query.shape[0]), should_stop=should_stop)
+            gate = self.gate(label, gate_margin)
             if mode == "revsam2":
-                tracks[label], details[str(label)] = self._revsam2(
-                    label, forward, top_k, threshold, min_spacing, include_supports, work, should_stop
+                track, details[str(label)] = self._revsam2(
+                    label, placement, gate_margin, top_k, threshold, min_spacing, include_supports, reject_rivals,
+                    work, should_stop
                 )
             else:
-                tracks[label] = forward
-        settings = {"top_k": top_k, "threshold": threshold, "min_spacing": min_spacing,
-                    "include_supports": include_supports} if mode == "revsam2" else {}
+                track = forward
+            tracks[label] = track if gate is None else gated(track, gate)
+        settings = {"placement": placement, "gate_margin": gate_margin}
+        if mode == "revsam2":
+            settings |= {"top_k": top_k, "threshold": threshold, "min_spacing": min_spacing,
+                         "include_supports": include_supports, "reject_rivals": reject_rivals}
         return self._result(mode, tracks, details, settings)
 
     def forward(
@@ -215,23 +250,43 @@ class ReferenceSession:
         if key not in self._forward:
             in_query, external = self._supports_of(label)
             self._forward[key] = track_object(self.model, self.cache, self.query_frames, label, in_query=in_query,
-                                              external=external, placement=placement, progress=progress,
-                                              should_stop=should_stop)
+                                              external=external, placement=placement, anchors=self._anchors(label),
+                                              progress=progress, should_stop=should_stop)
         return self._forward[key]
 
-    def reverse_scores(self, label: int, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> np.ndarray:
-        """Reverse score of every query slice for one label (NaN: empty forward mask); computed once.
+    def gate(self, label: int, margin: int | None = DEFAULT_GATE_MARGIN) -> np.ndarray | None:
+        """The query slices ``label`` may occupy (``zmatch.z_gate``); None without a gate
+        (``margin`` None, or the label drawn only on the query itself)."""
+        if margin is None:
+            return None
+        extents = []
+        for reference in self.support.references:
+            z = np.flatnonzero((reference.labels.array == label).any(axis=(1, 2)))
+            if not reference.from_query and z.size:
+                extents.append((int(z[0]), int(z[-1]), reference.labels.array.shape[0]))
+        return z_gate(extents, self.query.shape[0], margin) if extents else None
+
+    def reverse_scores(
+        self, label: int, placement: Placement = DEFAULT_PLACEMENT, gate_margin: int | None = DEFAULT_GATE_MARGIN, *,
+        progress: Progress | None = None, should_stop: ShouldStop | None = None,
+    ) -> ReverseScores:
+        """Reverse score of every query slice for one label (NaN: not a candidate: empty forward
+        mask, or outside the gate) and the candidates that show another label; computed once.
 
         Needs the label's forward prediction (``forward``), computed first when missing.
         """
-        if label not in self._reverse:
-            forward = self.forward(label, should_stop=should_stop)
-            candidates = [z for z in range(len(forward)) if forward.mask(z).any()]
+        key = (placement, gate_margin, label)
+        if key not in self._reverse:
+            forward = self.forward(label, placement, should_stop=should_stop)
+            gate = self.gate(label, gate_margin)
+            candidates = [z for z in range(len(forward)) if (gate is None or gate[z]) and forward.mask(z).any()]
             in_query, external = self._supports_of(label)
             supports = [(self.query_frames[z], mask) for z, mask in sorted(in_query.items())] + external
-            self._reverse[label] = reverse_scores(self.model, self.cache, self.query_frames, forward, label, supports,
-                                                  candidates=candidates, progress=progress, should_stop=should_stop)
-        return self._reverse[label]
+            rivals = self._rivals_of(label)
+            self._reverse[key] = reverse_scores(self.model, self.cache, self.query_frames, forward, label, supports,
+                                                candidates=candidates, rivals=rivals, progress=progress,
+                                                should_stop=should_stop)
+        return self._reverse[key]
 
     # --- internals ------------------------------------------------------------------------
     def _supports_of(self, label: int) -> tuple[dict[int, np.ndarray], list[tuple[Frame, np.ndarray]]]:
@@ -245,21 +300,45 @@ class ReferenceSession:
                 external.append((self.reference_frames[s.reference][s.z], mask))
         return in_query, external
 
-    def _revsam2(self, label: int, forward: ObjectTrack, top_k: int | None, threshold: float | None,
-                 min_spacing: int | None, include_supports: bool, work: _Work,
-                 should_stop: ShouldStop | None) -> tuple[ObjectTrack, dict]:
+    def _anchors(self, label: int) -> list[int]:
+        """The query slice at the relative z-position of each external support of ``label``."""
+        n = self.query.shape[0]
+        return [matched_slice(s.z, self.support.references[s.reference].labels.array.shape[0], n)
+                for s in self.support.for_label(label) if not self.support.references[s.reference].from_query]
+
+    def _rivals_of(self, label: int) -> list[dict[int, np.ndarray]]:
+        """Per support of ``label`` (in query, then external order, as ``_supports_of``): the other
+        labels of the support set drawn on that slice."""
+        in_query, external = {}, []
+        for s in self.support.for_label(label):
+            array = self.support.references[s.reference].labels.array[s.z]
+            masks = {v: array == v for v in self.support.labels if v != label and (array == v).any()}
+            if self.support.references[s.reference].from_query:
+                in_query[s.z] = masks
+            else:
+                external.append(masks)
+        return [masks for _, masks in sorted(in_query.items())] + external
+
+    def _revsam2(self, label: int, placement: Placement, gate_margin: int | None, top_k: int | None,
+                 threshold: float | None, min_spacing: int | None, include_supports: bool, reject_rivals: bool,
+                 work: _Work, should_stop: ShouldStop | None) -> tuple[ObjectTrack, dict]:
         """Steps b-d for one label: reverse scores, selection, re-prompt."""
-        scores = self.reverse_scores(label, progress=work.part(), should_stop=should_stop)
+        forward = self.forward(label, placement)
+        scores, rejected = self.reverse_scores(label, placement, gate_margin, progress=work.part(),
+                                               should_stop=should_stop)
         in_query, external = self._supports_of(label)
         # slices drawn on the query condition the re-prompt anyway: selection picks among the rest
         selectable = scores.copy()
         selectable[list(in_query)] = np.nan
+        if reject_rivals:
+            selectable[list(rejected)] = np.nan
         selectable_slices = np.flatnonzero(~np.isnan(selectable)).tolist()
         spacing = auto_min_spacing(selectable_slices, top_k) if min_spacing is None else min_spacing
         selected = select_slices(selectable, top_k=top_k, threshold=threshold, min_spacing=spacing)
         detail = {
             "reverse_scores": [None if np.isnan(s) else round(float(s), 6) for s in scores],
             "candidates": int(np.count_nonzero(~np.isnan(scores))),
+            "rejected": {str(z): self.support.label_names.get(v, str(v)) for z, v in sorted(rejected.items())},
             "selected_slices": selected,
             "min_spacing": spacing,
             "fell_back_to_forward": not selected,
@@ -272,7 +351,8 @@ class ReferenceSession:
             return forward, detail
         prompts = {**{z: forward.mask(z) for z in selected}, **in_query}
         final = track_object(self.model, self.cache, self.query_frames, label, in_query=prompts,
-                             external=external if include_supports else [], progress=work.part(),
+                             external=external if include_supports else [], placement=placement,
+                             anchors=self._anchors(label) if include_supports else [], progress=work.part(),
                              should_stop=should_stop)
         detail["object_score"] = float(np.mean(scores[selected]))
         return final, detail

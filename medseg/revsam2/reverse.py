@@ -13,6 +13,11 @@ features of every slice come from the session's shared cache: the reverse pass c
 attention and mask decoding, not encoder passes. A support that *is* the candidate slice
 (supports annotated on the query itself) is the prompted frame, whose output is the prompt.
 
+A candidate can also show the wrong organ (the kidney tracked as the spleen). With ``rivals``,
+the other labels drawn on each support slice, each candidate is also scored as if it were each
+rival label; a candidate that segments a rival better than its own label is *rejected*: it is
+no candidate for selection, whatever its own score.
+
 The best-scoring slices are then selected as prompts for the final pass: at most ``top_k``,
 none scoring below ``threshold``, and no two closer than ``min_spacing`` slices, so that
 the selection spreads over the object's extent instead of bunching where it is largest.
@@ -20,8 +25,9 @@ the selection spreads over the object's extent instead of bunching where it is l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,6 +60,14 @@ def reverse_score(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) 
     return float(np.mean(scores))
 
 
+class ReverseScores(NamedTuple):
+    """Reverse score per query slice (NaN: not a candidate) and the rejected candidates
+    (slice -> the rival label it segments better than its own)."""
+
+    scores: np.ndarray
+    rejected: dict[int, int]
+
+
 def reverse_scores(
     model: Sam2Model,
     cache: FeatureCache,
@@ -63,10 +77,11 @@ def reverse_scores(
     supports: Sequence[tuple[Frame, np.ndarray]],
     *,
     candidates: Sequence[int],
+    rivals: Sequence[Mapping[int, np.ndarray]] | None = None,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
-) -> np.ndarray:
-    """Reverse score of each candidate query slice; NaN for the other slices.
+) -> ReverseScores:
+    """Reverse score of each candidate query slice (NaN for the other slices), and the rejected ones.
 
     Parameters
     ----------
@@ -82,13 +97,18 @@ def reverse_scores(
         ``(frame, true mask)`` of every support of the object.
     candidates
         Query slices to score (those with a non-empty forward mask).
+    rivals
+        Per support, in ``supports``' order: other label value -> its mask on that support
+        slice (empty masks may be left out). ``None``: no candidate is rejected.
     progress
         ``progress(candidates scored, candidates)`` after each candidate.
     should_stop
         Asked before each candidate; True raises ``medseg.errors.Cancelled`` (no scores returned).
     """
     scores = np.full(len(query), np.nan)
+    rejected: dict[int, int] = {}
     truth = [mask for _, mask in supports]
+    rival_labels = sorted({v for masks in rivals or () for v in masks})
     for done, z in enumerate(candidates, start=1):
         check_stop(should_stop, f"reverse scoring of object {obj_id}")
         prompt = forward.mask(z)
@@ -100,8 +120,19 @@ def reverse_scores(
         finally:
             tracker.clear_prompts(0, obj_id)  # unpins the slice in the shared cache
         scores[z] = reverse_score(predicted, truth)
+        rival_scores = {v: _rival_score(predicted, [masks.get(v) for masks in rivals]) for v in rival_labels}
+        best_rival = max(rival_scores, key=rival_scores.get, default=None)
+        if best_rival is not None and rival_scores[best_rival] > scores[z]:
+            rejected[z] = best_rival
         report(progress, done, len(candidates))
-    return scores
+    return ReverseScores(scores, rejected)
+
+
+def _rival_score(predicted: Sequence[np.ndarray], rival: Sequence[np.ndarray | None]) -> float:
+    """Mean Dice of the predicted support masks with a rival label's masks (0 where it is not drawn)."""
+    return float(np.mean([0.0 if r is None or not r.any() else
+                          dice_per_label(p[None].astype(np.uint8), r[None].astype(np.uint8), labels=[1])[1]
+                          for p, r in zip(predicted, rival)]))
 
 
 def _predict_one(tracker: Tracker, frame_idx: int, obj_id: int) -> np.ndarray:

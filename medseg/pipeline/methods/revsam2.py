@@ -9,7 +9,13 @@ from medseg.errors import ConfigError
 from medseg.pipeline.methods.base import MethodSetup, Segmentation, register
 from medseg.pipeline.methods.sam2 import Sam2Family, Sam2Options
 from medseg.prompts import Prompts
-from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+from medseg.revsam2.defaults import (
+    DEFAULT_GATE_MARGIN,
+    DEFAULT_PLACEMENT,
+    DEFAULT_REJECT_RIVALS,
+    DEFAULT_THRESHOLD,
+    DEFAULT_TOP_K,
+)
 from medseg.runtime import Progress, ShouldStop
 from medseg.volume import Volume
 
@@ -20,7 +26,9 @@ class RevSam2Options(Sam2Options):
     ``medseg.revsam2``), ``references`` (how many labelled cases of ``reference_split``, in
     manifest order, give the support slices: ``prompts.reference_slices`` per label each) and
     the re-prompt selection ``top_k`` / ``threshold`` / ``min_spacing`` (None = no limit / no
-    floor / automatic)."""
+    floor / automatic), the supports' ``placement``, the z-gate's ``gate_margin`` (None: no gate)
+    and ``reject_rivals`` (see ``ReferenceSession.segment``). With ``prompts: {point: none, box:
+    none}`` a pipeline of such methods segments the cohort from the references alone."""
 
     mode: Literal["revsam2", "baseline", "baseline-middle"] = "revsam2"
     references: int = 1
@@ -28,6 +36,9 @@ class RevSam2Options(Sam2Options):
     top_k: int | None = DEFAULT_TOP_K
     threshold: float | None = DEFAULT_THRESHOLD
     min_spacing: int | None = None
+    placement: Literal["matched", "before", "middle"] = DEFAULT_PLACEMENT
+    gate_margin: int | None = DEFAULT_GATE_MARGIN
+    reject_rivals: bool = DEFAULT_REJECT_RIVALS
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,6 +92,7 @@ class RevSam2(Sam2Family):
         predictor, support = model
         labels = segment_with_references(
             volume, support, mode=self.options.mode, model=predictor, top_k=self.options.top_k,
-            threshold=self.options.threshold, min_spacing=self.options.min_spacing,
+            threshold=self.options.threshold, min_spacing=self.options.min_spacing, placement=self.options.placement,
+            gate_margin=self.options.gate_margin, reject_rivals=self.options.reject_rivals,
         )
         return Segmentation(labels, prompt_log={"support": support.to_dict()}, anchors=anchor_prompts(labels))

@@ -1,0 +1,114 @@
+"""Reference prompting with the model that ships with medseg (``medseg-micro``): labels stay on
+their own organ, reverse scores rank candidates, and a cohort runs from references alone.
+
+Small phantoms (few slices) keep each test at seconds of CPU. Thresholds come from runs on this
+machine; the measured values are written beside each.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.cli import main
+from medseg.phantom import make_phantom, write_demo_cohort
+from medseg.revsam2 import ReferenceSession, SupportSet, reverse_scores
+from medseg.revsam2.baseline import ObjectTrack
+from medseg.revsam2.zmatch import matched_slice
+from medseg.sam2 import load_model
+
+SHAPE = (12, 128, 128)  # the model's own image size: no resampling in the frames
+SPLEEN, KIDNEY = 2, 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_model("medseg-micro", device="cpu")
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def spleen_and_kidney():
+    """Reference phantom 0 with spleen and kidney supports (3 slices each), query phantom 5."""
+    reference = make_phantom(0, shape=SHAPE)
+    support = SupportSet.from_volumes([reference], k=3, labels={SPLEEN: "spleen", KIDNEY: "kidney"})
+    return support, make_phantom(5, shape=SHAPE)
+
+
+def test_a_spleen_reference_finds_the_spleen_not_the_kidney(model, spleen_and_kidney):
+    support, (query, truth) = spleen_and_kidney
+    result = ReferenceSession(query, support, model=model).segment()
+    # every slice the re-prompt started from shows the organ of its label, not the other one
+    for label, other in ((SPLEEN, KIDNEY), (KIDNEY, SPLEEN)):
+        for z in result.provenance["labels"][str(label)]["selected_slices"]:
+            painted = result.array[z] == label
+            assert np.count_nonzero(painted & (truth.array[z] == label)) > np.count_nonzero(painted & (truth.array[z] == other))
+    spleen, truth_spleen = result.array == SPLEEN, truth.array == SPLEEN
+    # share of the voxels painted as spleen that are truly kidney: measured 0.063 (0.175 on phantom 6 with gate margin 1:
+    # the spleen's mask spills onto the kidney next to it; not solved without retraining)
+    assert np.count_nonzero(spleen & (truth.array == KIDNEY)) / np.count_nonzero(spleen) < 0.12
+    # the spleen is found where it is: Dice measured 0.704
+    assert 2 * np.count_nonzero(spleen & truth_spleen) / (spleen.sum() + truth_spleen.sum()) > 0.6
+
+
+def test_reverse_scores_rank_the_true_organ_above_a_wrong_one(model, spleen_and_kidney):
+    support, (query, truth) = spleen_and_kidney
+    session = ReferenceSession(query, support, model=model)
+    external = session._supports_of(SPLEEN)[1]
+    rivals = session._rivals_of(SPLEEN)
+    n = query.array.shape[0]
+    # three candidates on slices showing spleen and kidney: the true spleen, the true kidney,
+    # and a disc of fat of the spleen's area where no organ is
+    both = [z for z in range(n) if (truth.array[z] == SPLEEN).any() and (truth.array[z] == KIDNEY).any()]
+    good, wrong, empty = both[len(both) // 2], both[0], both[-1]
+    area = np.count_nonzero(truth.array[good] == SPLEEN)
+    y, x = np.mgrid[: SHAPE[1], : SHAPE[2]]
+    disc = (y - 100) ** 2 + (x - 64) ** 2 < area / np.pi
+    assert not np.isin(truth.array[empty][disc], [1, 2, 3]).any()
+    exact = {good: truth.array[good] == SPLEEN, wrong: truth.array[wrong] == KIDNEY, empty: disc}
+    track = ObjectTrack(np.zeros((n, 32, 32), np.float16), np.ones(n, np.float32), exact, SHAPE[1:])
+    scores, rejected = reverse_scores(model, session.cache, session.query_frames, track, SPLEEN, external,
+                                      candidates=sorted(exact), rivals=rivals)
+    # measured: true spleen 0.895, kidney 0.044, fat disc 0.000 (query phantom 6: 0.387, 0.096, 0.000)
+    assert scores[good] > scores[wrong] + 0.2 and scores[good] > scores[empty] + 0.2
+    assert rejected == {wrong: KIDNEY}  # the kidney segments the kidney supports better: no spleen candidate
+
+
+def test_matched_slice_keeps_the_relative_position():
+    assert [matched_slice(z, 32, 12) for z in (0, 16, 31)] == [0, 6, 11]
+
+
+@pytest.mark.slow
+def test_a_cohort_is_segmented_from_references_alone(tmp_path):
+    cohort = write_demo_cohort(tmp_path / "cohort", n_cases=3, n_test=1, shape=(8, 128, 128))
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(textwrap.dedent(f"""\
+        name: promptless
+        cohort: {cohort}
+        prompts: {{point: none, box: none, reference_slices: 2}}
+        methods:
+          rev: {{type: revsam2, model: medseg-micro, device: cpu, references: 2}}
+        """), encoding="utf-8")
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(pipeline), "--out", str(out), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    case = out / "rev" / "phantom_002"
+    result = json.loads((case / "result.json").read_text(encoding="utf-8"))
+    assert result["status"] == "ok" and result["prompt_policy"]["point"] == "none"
+    assert set(result["metrics"]) == {"1", "2", "3"}
+    # measured mean Dice 0.439 (liver 0.758, spleen 0.477, kidney 0.082): far from an empty or a wrong mask
+    assert result["mean_dice"] > 0.3
+    support = json.loads((case / "prompts.json").read_text(encoding="utf-8"))["support"]
+    assert support["references"] == ["phantom_000", "phantom_001"]
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "| rev" in report
