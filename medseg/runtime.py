@@ -60,6 +60,31 @@ def report(progress: Progress | None, done: int, total: int) -> None:
         progress(done, total)
 
 
+class ProgressParts:
+    """The passes of one call (e.g. reference prompting's forward, reverse and re-prompt passes)
+    as one ``progress(done, total)`` stream: each pass reports through its own ``part``, and a
+    pass larger than planned grows the call's total."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def part(self, counted: int = 0) -> Progress | None:
+        """A pass's ``progress``, added to the call's; ``counted``: its units already in the total."""
+        if self.progress is None:
+            return None
+        start = self.done
+
+        def progress(done: int, total: int) -> None:
+            nonlocal counted
+            if total > counted:  # the pass is larger than planned: the call's total grows
+                self.total += total - counted
+                counted = total
+            self.done = start + done
+            report(self.progress, self.done, self.total)
+
+        return progress
+
+
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``threads`` torch CPU threads (None: as they are), then restore the number.

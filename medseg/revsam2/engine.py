@@ -46,7 +46,7 @@ from medseg.revsam2.reverse import (
 )
 from medseg.revsam2.support import SupportSet
 from medseg.revsam2.zmatch import gated, matched_slice, z_gate
-from medseg.runtime import Progress, ShouldStop, check_stop, report
+from medseg.runtime import Progress, ProgressParts, ShouldStop, check_stop
 from medseg.sam2.engine import FeatureCache
 from medseg.sam2.frames import Frame, VolumeFrames
 from medseg.sam2.model import Sam2Model, load_model
@@ -222,7 +222,7 @@ class ReferenceSession:
         to_forward = sum((placement, label) not in self._forward for label in self.support.labels)
         tracks: dict[int, ObjectTrack] = {}
         details: dict[str, dict] = {}
-        work = _Work(self.query.shape[0] * to_forward, progress)
+        work = ProgressParts(self.query.shape[0] * to_forward, progress)
         for label in self.support.labels:
             check_stop(should_stop, "reference prompting")
             forward = self.forward(label, placement, progress=work.part(self.query.shape[0]), should_stop=should_stop)
@@ -321,7 +321,7 @@ class ReferenceSession:
 
     def _revsam2(self, label: int, placement: Placement, gate_margin: int | None, top_k: int | None,
                  threshold: float | None, min_spacing: int | None, include_supports: bool, reject_rivals: bool,
-                 work: _Work, should_stop: ShouldStop | None) -> tuple[ObjectTrack, dict]:
+                 work: ProgressParts, should_stop: ShouldStop | None) -> tuple[ObjectTrack, dict]:
         """Steps b-d for one label: reverse scores, selection, re-prompt."""
         forward = self.forward(label, placement)
         scores, rejected = self.reverse_scores(label, placement, gate_margin, progress=work.part(),
@@ -385,30 +385,6 @@ class ReferenceSession:
         log.info("reference prompting (%s): %d label(s), %d encoder calls", mode, len(tracks), self.cache.encoder_calls)
         return LabelVolume.like(self.query, array, label_names=dict(self.support.label_names), scores=scores,
                                 slice_scores=slice_scores, untrained=self.model.untrained, provenance=provenance)
-
-
-class _Work:
-    """The units of one ``segment`` call (query slices predicted, candidates scored) as one
-    ``progress(done, total)`` stream; each pass reports through its own ``part``."""
-
-    def __init__(self, total: int, progress: Progress | None) -> None:
-        self.done, self.total, self.progress = 0, total, progress
-
-    def part(self, counted: int = 0) -> Progress | None:
-        """A pass's ``progress``, added to the call's; ``counted``: its units already in the total."""
-        if self.progress is None:
-            return None
-        start = self.done
-
-        def progress(done: int, total: int) -> None:
-            nonlocal counted
-            if total > counted:  # the pass is larger than planned: the call's total grows
-                self.total += total - counted
-                counted = total
-            self.done = start + done
-            report(self.progress, self.done, self.total)
-
-        return progress
 
 
 def _resolve_model(model: ModelLike) -> tuple[Sam2Model, str | IntensityPreset | None]:
