@@ -27,8 +27,10 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("volume", type=values.volume_source,
                    help="DICOM folder or file, NIfTI, NRRD or MHA, or a series' DICOMweb address (dicomweb://...)")
-    p.add_argument("--model", type=default_model_option, default="", help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), medseg-micro (ships with medseg), untrained (random, tests only); a model directory or a checkpoint path "
-                   f"({MODEL_DEFAULT})")
+    p.add_argument("--model", type=default_model_option, default="",
+                   help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), "
+                   "medseg-micro (ships with medseg), untrained (random, tests only); a model directory or a checkpoint "
+                   f"path ({MODEL_DEFAULT})")
     p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
     p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
     p.add_argument("--mask", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
