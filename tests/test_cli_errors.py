@@ -213,3 +213,15 @@ def test_check_output_refuses_inputs_links_and_input_folders(tmp_path):
     assert check_output(tmp_path / "labels.nii.gz", inputs=[image, series]) == (tmp_path / "labels.nii.gz").resolve()
     with pytest.raises(OutputError, match="is a file, not a folder"):
         check_writable(image / "labels.nii.gz")
+    assert check_writable(image) == image.resolve()  # an earlier output is replaced, not refused
+
+
+def test_segment_twice_to_the_same_output_replaces_it(files, tmp_path, capsys):
+    """The README writes labels.nii.gz in one step and again in the next: the second run replaces the file
+    (it used to be refused as '... is a file, not a folder')."""
+    out = tmp_path / "labels.nii.gz"
+    argv = ["segment", files["img"], "--model", "untrained", "--point", "1:4,16,16", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    first = out.stat().st_mtime_ns
+    assert main([*argv[:-1], "--qc", str(tmp_path / "qc.json"), "--no-progress"]) == 0, capsys.readouterr().err
+    assert out.stat().st_mtime_ns >= first and (tmp_path / "qc.json").is_file()
