@@ -1,5 +1,6 @@
 # medseg: two commands for a new user on Debian/Ubuntu with Python >= 3.10.
-#   make demo   run the demo pipeline on the bundled demo cohort
+#   make demo   run the demo pipeline on the bundled demo cohort, then put its report's excerpt
+#               into README.md (make readme-report)
 #   make test   run the test suite (installs Xvfb + Mesa for the napari tests, dicom3tools and
 #               Orthanc with its DICOMweb plugin for the PACS tests, when missing)
 
@@ -11,7 +12,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11
 	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 	libxcb-xfixes0 libxcb-shape0 libdbus-1-3 libfontconfig1 dicom3tools orthanc orthanc-dicomweb
 
-.PHONY: demo test flake-hunt install system-deps clean-demo napari-screenshots
+.PHONY: demo readme-report test flake-hunt install system-deps clean-demo napari-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,11 @@ flake-hunt: install system-deps
 demo: install
 	$(BIN)/medseg demo-data data_manifests
 	$(BIN)/medseg run pipelines/demo.yaml --out results/demo
+	$(MAKE) readme-report
+
+# the README's sample report: an excerpt of results/demo/report.md between its sample-report markers
+readme-report:
+	$(BIN)/python docs/readme_report.py results/demo/report.md README.md
 
 # the README's napari pictures (docs/napari*.png), on a virtual 1600x1000 screen
 napari-screenshots: install system-deps

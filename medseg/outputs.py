@@ -40,9 +40,10 @@ def check_output(path: PathLike, *, inputs: Iterable[PathLike | None], what: str
 def check_writable(path: PathLike, *, what: str = "output") -> Path:
     """``OutputError`` naming the path when its folder cannot be created or written (checked before compute)."""
     target = Path(path).expanduser().resolve()
-    parent = next((p for p in (target, *target.parents) if p.exists()), None)
     if target.exists() and target.is_dir() and what != "output folder":
         raise OutputError(f"{what} {path} is a folder; give a file path")
+    # the nearest existing folder: the target itself for a folder; an existing output file is replaced (atomically)
+    parent = next((p for p in ((target, *target.parents) if target.is_dir() else target.parents) if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise OutputError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
     if parent is not None and not os.access(parent, os.W_OK):

@@ -24,6 +24,15 @@ UNTRAINED_BANNER = (
 )
 
 
+def undertrained_note(provenance: dict) -> str | None:
+    """The note every face shows for a result of a SAM2 model directory trained from random weights
+    for too few steps (``"undertrained"`` in its ``model.json``); None otherwise."""
+    if not provenance.get("undertrained") or provenance.get("untrained"):
+        return None
+    return (f"note: {provenance['model']} is undertrained (trained from random weights for too few steps): "
+            "treat its masks as a smoke test, not as what SAM2 can do")
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A 3D image, ``array`` ``(z, y, x)`` float32 in physical units, on ``geometry``.

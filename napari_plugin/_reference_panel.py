@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from medseg.errors import InputError, MedsegError
+from medseg.volume import undertrained_note
 from medseg.preprocess import PRESETS, choose_preset
 from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, SupportEntry, SupportSet
 from medseg.volume import LabelVolume, Volume
@@ -293,6 +294,8 @@ class ReferencePanel(QWidget):
         lines = [f"{len(result.label_names)} label(s) segmented; {result.provenance['encoder_calls']} slices encoded."]
         if result.untrained:
             lines.append("UNTRAINED MODEL: masks and scores are meaningless.")
+        elif note := undertrained_note(result.provenance):
+            lines.append(f"{note[0].upper()}{note[1:]}.")
         self.controls.show_status(" ".join(lines), warn=result.untrained)
 
     def _on_slice_clicked(self, item: QListWidgetItem) -> None:

@@ -30,6 +30,16 @@ from napari_plugin._tasks import Progress, StopFlag, TaskControls
 UNTRAINED_NOTE = " UNTRAINED MODEL: the masks are meaningless."
 
 
+def _model_note(result) -> str:
+    """What the status adds about the model: untrained (random weights) or undertrained."""
+    from medseg.volume import undertrained_note
+
+    if result.untrained:
+        return UNTRAINED_NOTE
+    note = undertrained_note(result.provenance)
+    return f" {note[0].upper()}{note[1:]}." if note else ""
+
+
 class Sam2Runs:
     """Segment object, Propagate and Precompute (the panel's buttons and keys call them)."""
 
@@ -117,7 +127,7 @@ class Sam2Runs:
             ws.paint_slices(slices, result)
             ws.history.push(before)
             shown = ", ".join(str(z) for z in sorted(slices)) or "none"
-            note = UNTRAINED_NOTE if result.untrained else ""
+            note = _model_note(result)
             self.controls.show_status(f"Segmented on slice {shown} with {result.provenance['model']}.{note}",
                                             warn=result.untrained)
 
@@ -161,7 +171,7 @@ class Sam2Runs:
             ws.history.push(before)
             summary = qc_summary(ws.result())
             ws.correct_next = summary.correct_next()
-            note = UNTRAINED_NOTE if result.untrained else ""
+            note = _model_note(result)
             self.controls.show_status(
                 f"Propagated {len(result.label_names)} object(s) through {ws.volume.shape[0]} slices in "
                 f"{seconds:.1f} s with {result.provenance['model']}.{note}\n{summary.to_text()}",

@@ -76,6 +76,9 @@ CORPUS = [
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --references 0", "references at least 1"),
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --p-synthetic 2", "p_synthetic and p_parts must be"),
     ("size or number", "sam2 pretrain --out {tmp}/m --steps 0", "steps must be at least 1"),
+    ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --threads 0", "--threads"),
+    ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --threads all", "--threads"),
+    ("size or number", "sam2 pretrain --out {tmp}/m --threads -1", "--threads"),
     ("missing path", "segment {tmp}/nothing.nii.gz --point 4,16,16 --out {tmp}/o.nii.gz", "nothing.nii.gz"),
     ("missing path", "segment {img} --mask {tmp}/nomask.nii.gz --out {tmp}/o.nii.gz", "nomask.nii.gz"),
     ("missing path", "segment {img} --prompts {tmp}/none.json --out {tmp}/o.nii.gz", "none.json"),
@@ -210,3 +213,15 @@ def test_check_output_refuses_inputs_links_and_input_folders(tmp_path):
     assert check_output(tmp_path / "labels.nii.gz", inputs=[image, series]) == (tmp_path / "labels.nii.gz").resolve()
     with pytest.raises(OutputError, match="is a file, not a folder"):
         check_writable(image / "labels.nii.gz")
+    assert check_writable(image) == image.resolve()  # an earlier output is replaced, not refused
+
+
+def test_segment_twice_to_the_same_output_replaces_it(files, tmp_path, capsys):
+    """The README writes labels.nii.gz in one step and again in the next: the second run replaces the file
+    (it used to be refused as '... is a file, not a folder')."""
+    out = tmp_path / "labels.nii.gz"
+    argv = ["segment", files["img"], "--model", "untrained", "--point", "1:4,16,16", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    first = out.stat().st_mtime_ns
+    assert main([*argv[:-1], "--qc", str(tmp_path / "qc.json"), "--no-progress"]) == 0, capsys.readouterr().err
+    assert out.stat().st_mtime_ns >= first and (tmp_path / "qc.json").is_file()

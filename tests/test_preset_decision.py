@@ -126,3 +126,22 @@ def test_cli_and_napari_give_the_same_mask_for_the_same_click_on_a_ct_nifti(make
     cli = load_labels(out, volume).array
     assert np.count_nonzero(cli) > 0
     np.testing.assert_array_equal(shown.array, cli)
+
+
+@pytest.mark.napari
+def test_napari_flags_an_undertrained_model(make_napari_viewer, qtbot, model_dir, phantom_nifti):
+    """The SAM2 panel says what `medseg segment` says about a model trained from random weights for 1 step."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    viewer.open(str(phantom_nifti[0]), plugin="medseg")
+    _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    panel = widget.sam2
+    panel.model.set_choice(str(model_dir))
+    panel.model.device.setCurrentText("cpu")
+    panel.workspace.prompts.points.add([(3, 16, 24)])
+    qtbot.mouseClick(panel.propagate, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.task is not None and panel.task.finished, timeout=600_000)
+    status = panel.controls.status.text()
+    assert f"Note: {model_dir} (trained on one-phantom (1 steps)) is undertrained" in status, status
+    assert "UNTRAINED" not in status, status

@@ -457,3 +457,22 @@ def test_bad_settings_are_refused_by_name():
         Sam2TrainConfig(train=("everything",))
     with pytest.raises(ConfigError, match="dice_weight must be >= 0, got -1"):
         Sam2TrainConfig(dice_weight=-1)
+
+
+def test_training_threads_default_to_one_and_come_back(tmp_path):
+    """`medseg sam2 train` without --threads trains with 1 thread (on a busy CPU more threads made a
+    step about 10x slower; README "CPU threads") and leaves the caller's thread count as it was."""
+    from medseg.phantom import write_demo_cohort
+
+    cohort = write_demo_cohort(tmp_path / "cohort", n_cases=3, n_test=1, shape=(6, 32, 32))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["sam2", "train", "--manifest", str(cohort), "--out", str(tmp_path / "m"), "--from", "untrained",
+                     "--image-size", "64", "--steps", "1", "--clip-length", "2", "--warmup-steps", "0",
+                     "--no-progress"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert read_model_json(tmp_path / "m")["training"]["threads"] == 1
+    assert Sam2TrainConfig().threads == 1

@@ -239,3 +239,19 @@ def test_faces_offer_the_shipped_model_until_metas_tiny_checkpoint_is_downloaded
     again = ModelPicker()
     qtbot.addWidget(again)
     assert default_model() == again.choice().model == "sam2.1-tiny"
+
+
+def test_the_command_line_offers_the_same_default_model(monkeypatch, tmp_path, phantom_case):
+    """`segment`, `fewshot` and `precompute` without --model: medseg-micro offline, sam2.1-tiny once downloaded."""
+    from medseg.cli import build_parser
+    from medseg.weights import weights_dir
+
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path))
+    image, label = str(phantom_case.image), str(phantom_case.label)
+    commands = [["segment", image, "--out", "o.nii.gz"], ["precompute", image],
+                ["fewshot", "--support", image, label, "--query", image, "--out", "o.nii.gz"]]
+    assert [build_parser().parse_args(argv).model for argv in commands] == ["medseg-micro"] * 3
+    assert build_parser().parse_args([*commands[0], "--model", "untrained"]).model == "untrained"
+    weights_dir().mkdir(parents=True)
+    (weights_dir() / get_spec("sam2.1-tiny").filename).write_bytes(b"downloaded earlier")
+    assert [build_parser().parse_args(argv).model for argv in commands] == ["sam2.1-tiny"] * 3

@@ -8,7 +8,7 @@ from medseg.cli import values
 
 
 def add_precompute(sub: argparse._SubParsersAction) -> None:
-    from medseg.cli.segment import add_sam2_runtime_options
+    from medseg.cli.segment import MODEL_DEFAULT, add_sam2_runtime_options, default_model_option
 
     p = sub.add_parser(
         "precompute",
@@ -17,7 +17,7 @@ def add_precompute(sub: argparse._SubParsersAction) -> None:
         "and pipeline methods with the same volume, preset, model and image size skip the image encoder.",
     )
     p.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
-    p.add_argument("--model", default="sam2.1-tiny", help="registry name or checkpoint path (as for segment)")
+    p.add_argument("--model", type=default_model_option, default="", help=f"registry name, model directory or checkpoint path (as for segment) ({MODEL_DEFAULT})")
     p.add_argument("--preset", type=values.preset, help="intensity preset, as for segment (default: as for segment)")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
     add_sam2_runtime_options(p)

@@ -6,7 +6,7 @@ import argparse
 
 from medseg.cli.outputs import add_dicom_format, add_postprocess_option, postprocess
 from medseg.cli import values
-from medseg.cli.segment import PRESET_DEFAULT, add_sam2_runtime_options, print_model_note
+from medseg.cli.segment import MODEL_DEFAULT, PRESET_DEFAULT, add_sam2_runtime_options, default_model_option, print_model_note
 from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 
 
@@ -30,7 +30,7 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["revsam2", "baseline", "baseline-middle"], default="revsam2",
                    help="revsam2: forward, reverse scoring, re-prompt (default); baseline: supports before the query; "
                    "baseline-middle: supports in the query's middle, propagation both ways")
-    p.add_argument("--model", default="sam2.1-tiny", help="registry name (sam2.1-tiny|small|base-plus|large, medsam2, untrained) or a checkpoint path (default sam2.1-tiny)")
+    p.add_argument("--model", type=default_model_option, default="", help=f"registry name (sam2.1-tiny|small|base-plus|large, medsam2, medseg-micro, untrained), a model directory or a checkpoint path ({MODEL_DEFAULT})")
     p.add_argument("--label", action="append", default=[], metavar="ID=NAME", help="segment this label (value=name); repeatable (default: every label of the references)")
     p.add_argument("--k", type=values.positive_int, default=3, help="support slices sampled per label and reference (default 3)")
     p.add_argument("--top-k", type=_none_or(int), default=DEFAULT_TOP_K, metavar="N|none",

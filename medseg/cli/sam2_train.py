@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.cli import values
+
 
 def add_sam2(sub: argparse._SubParsersAction) -> None:
     # Defaults live in medseg.training.sam2.config.Sam2TrainConfig; options left out are not passed.
@@ -51,7 +53,8 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
                    "recorded in model.json and used wherever the model runs")
     t.add_argument("--val-every", type=int, help="validate on the val split every N steps (0: never)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--threads", type=int, help="torch CPU threads while training (1 is fastest on a busy CPU)")
+    t.add_argument("--threads", type=values.positive_int,
+                   help="torch CPU threads while training (default 1: the fastest on a busy CPU, reproducible)")
     t.add_argument("--device", help="auto, cpu (default), cuda, cuda:1, mps")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(run=_run_train)
@@ -64,7 +67,7 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--out", required=True, help="model directory to write (an interrupted run there resumes)")
     pre.add_argument("--steps", type=int, help="optimiser steps (default 12000)")
     pre.add_argument("--seed", type=int)
-    pre.add_argument("--threads", type=int, help="torch CPU threads (default 1; the recipe is bit-reproducible per count)")
+    pre.add_argument("--threads", type=values.positive_int, help="torch CPU threads (default 1; the recipe is bit-reproducible per count)")
     pre.add_argument("--device", help="cpu (default), cuda, mps")
     pre.add_argument("--export", metavar="DIR", help="also write the float16 directory that medseg ships (medseg-micro)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -27,7 +27,10 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("volume", type=values.volume_source,
                    help="DICOM folder or file, NIfTI, NRRD or MHA, or a series' DICOMweb address (dicomweb://...)")
-    p.add_argument("--model", default="sam2.1-tiny", help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), untrained (random, tests only); or a checkpoint path (default sam2.1-tiny)")
+    p.add_argument("--model", type=default_model_option, default="",
+                   help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), "
+                   "medseg-micro (ships with medseg), untrained (random, tests only); a model directory or a checkpoint "
+                   f"path ({MODEL_DEFAULT})")
     p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
     p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
     p.add_argument("--mask", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
@@ -56,6 +59,17 @@ def add_sam2_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained model's random weights")
     p.add_argument("--offload-state-to-cpu", action="store_true", help="keep cached features and SAM2's memory in CPU memory (long volumes, small GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+MODEL_DEFAULT = "default: sam2.1-tiny once downloaded, else medseg-micro, which needs no download"
+
+
+def default_model_option(text: str) -> str:
+    """An argparse type for ``--model``: the text, or for an empty default the model a face offers
+    first (``medseg.weights.default_model``, as napari does)."""
+    from medseg.weights import default_model
+
+    return text or default_model()
 
 
 def load_sam2_model(args: argparse.Namespace):
@@ -126,11 +140,10 @@ def _run_segment(args: argparse.Namespace) -> None:
 
 def print_model_note(labels: LabelVolume) -> None:
     """The intensity preset used and why; on stderr, the untrained banner or the undertrained note."""
-    from medseg.volume import UNTRAINED_BANNER
+    from medseg.volume import UNTRAINED_BANNER, undertrained_note
 
     print(f"intensity preset {labels.provenance['preset']['name']}: {labels.provenance['preset_reason']}")
     if labels.untrained:
         print(UNTRAINED_BANNER, file=sys.stderr)
-    elif labels.provenance.get("undertrained"):
-        print(f"note: {labels.provenance['model']} is undertrained (trained from random weights for too few steps): "
-              "treat its masks as a smoke test, not as what SAM2 can do", file=sys.stderr)
+    elif note := undertrained_note(labels.provenance):
+        print(note, file=sys.stderr)

@@ -51,8 +51,10 @@ class Sam2TrainConfig(Settings):
     label's connected parts alone with probability ``p_parts``, and with ``structures`` the
     unlabelled compartments found from the intensities. At most ``max_objects`` per clip.
     ``augment``: ``medseg.training.augment.AugmentConfig`` fields, one draw per clip.
-    ``threads``: CPU threads torch uses while training (restored afterwards); on a CPU shared
-    with other work 1 is often several times faster than more, which spin-wait.
+    ``threads``: CPU threads torch uses while training (restored afterwards; None: as they are).
+    Default 1: on a CPU shared with other work, more threads spin-wait and a step took about 10x
+    longer with 2 than with 1; on a quiet 2-core machine 2 were only 15% faster (README, "CPU
+    threads"); and with one thread every run trains the same weights.
     ``snapshot_every``: keep the weights every that many steps in ``training/snapshots/`` (0: none),
     to evaluate a long run along the way.
     ``prompt_prior``: the network also takes each click and box as a dense mask
@@ -94,7 +96,7 @@ class Sam2TrainConfig(Settings):
     val_every: int = 0
     checkpoint_every: int = 50
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = 1
     snapshot_every: int = 0
 
     def __post_init__(self) -> None:
