@@ -31,7 +31,7 @@ disabled, Cancel enabled: what guards against a second start) but are not repain
 painted. A short call (a click, or a propagation with a small model) thus costs one window
 composition, when its result is shown. Each composition the UI thread made meanwhile (the
 controls' new state, the bar, a live slice: 20-90 ms each under llvmpipe on a loaded machine)
-was measured to lengthen the worker's call by as much: 0.4-0.5 s per 1 s propagate in all.
+was measured to lengthen the worker's call by as much: 0.4-0.5 s on a 0.7 s propagate in all.
 One second is the limit below which users need no sign that the computer is working (Nielsen,
 *Usability Engineering*, 1993, section 5.5); past it the panel, the activity bar and the live
 view show up, and the bars are repainted every ``_REPAINT_S``.
