@@ -49,7 +49,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,11 +195,10 @@ class Task:
         self._relay.advanced.connect(self._show_progress)
         self._pbar = None  # napari's activity bar, made once the worker runs
         if bar is not None:
-            bar.setUpdatesEnabled(False)  # scheduled, not painted on the spot (see _paint)
-            bar.setRange(0, 1)  # not a busy bar: its animation repaints all the time
-            bar.setValue(0)
-            bar.setFormat(f"{label}…")
-            bar.setUpdatesEnabled(True)
+            with _scheduled_repaint(bar):
+                bar.setRange(0, 1)  # not a busy bar: its animation repaints all the time
+                bar.setValue(0)
+                bar.setFormat(f"{label}…")
 
         def progress(done: int, total: int) -> None:
             # Engines without a ``should_stop`` hook still call back between slices: stop there.
@@ -273,13 +273,10 @@ class Task:
             self._pbar.set_description(text)
             self._pbar.update(done - self._pbar.n)
         if self._bar is not None:
-            # QProgressBar.setValue repaints at once (a whole window composition with software GL);
-            # with updates off it only schedules one, which Qt merges with the others of this tick.
-            self._bar.setUpdatesEnabled(False)
-            self._bar.setRange(0, max(total, 1))
-            self._bar.setValue(done)
-            self._bar.setFormat(text.replace("%", "%%"))
-            self._bar.setUpdatesEnabled(True)
+            with _scheduled_repaint(self._bar):
+                self._bar.setRange(0, max(total, 1))
+                self._bar.setValue(done)
+                self._bar.setFormat(text.replace("%", "%%"))
         if self._on_progress is not None:
             self._on_progress(done, total)
 
@@ -315,6 +312,21 @@ class Task:
         self.finished = True
         if self._on_finish is not None:
             self._on_finish()
+
+
+@contextmanager
+def _scheduled_repaint(bar: QProgressBar) -> Iterator[None]:
+    """Changes to ``bar`` inside only schedule a repaint, and none while its panel holds repaints back.
+
+    QProgressBar.setValue repaints at once (a whole window composition with software GL); with
+    updates off it only schedules one, which Qt merges with the others of this tick.
+    """
+    enabled = not bar.testAttribute(Qt.WidgetAttribute.WA_ForceUpdatesDisabled)  # its own setting, not its parent's
+    bar.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        bar.setUpdatesEnabled(enabled)
 
 
 def _pause_activity_spinner() -> None:

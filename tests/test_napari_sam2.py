@@ -282,3 +282,40 @@ def test_points_added_by_a_script_each_reach_sam2(make_napari_viewer, phantom_fi
     markers = ws.markers()
     assert len({m.uid for m in markers}) == 3
     assert len(ws.plan((panel.model.choice(), ws.preset)).markers) == 3
+
+
+def test_a_short_call_repaints_its_controls_only_when_it_ends(make_napari_viewer, qtbot, phantom_file, monkeypatch):
+    """Every repaint in napari's window holds up the worker (see ``_tasks``): during a call's first
+    ``_FEEDBACK_AFTER_MS`` its controls change state (what guards a second start) without painting."""
+    from qtpy.QtCore import QEvent, QObject
+
+    monkeypatch.setattr(_tasks, "_FEEDBACK_AFTER_MS", 600_000)  # the call counts as short, however slow the machine
+    path, truth = phantom_file
+    viewer = make_napari_viewer(show=True)
+    _, widget, panel = open_panel(viewer, path)
+    panel.workspace.prompts.points.add(list(liver_centre(truth)))
+    controls = panel.controls
+    widget.tabs.widget(0).ensureWidgetVisible(controls.progress)
+    painted = []  # (a task running?, widget) for each paint of the watched controls
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.Paint:
+                painted.append((panel.task is not None and not panel.task.finished, obj))
+            return False
+
+    watch = Watch()
+    watched = (controls.run, controls.cancel, controls.progress, panel.segment)
+    for w in watched:
+        w.installEventFilter(watch)
+    controls.progress.update()
+    qtbot.waitUntil(lambda: bool(painted), timeout=10_000)  # on screen: they do paint when asked
+
+    seen = len(painted)
+    key(qtbot, viewer, Qt.Key.Key_G)  # segment object
+    assert not panel.segment.isEnabled() and controls.cancel.isEnabled()
+    wait(qtbot, panel)
+    assert not [w for running, w in painted if running]
+    assert all(w.updatesEnabled() for w in watched)
+    qtbot.waitUntil(lambda: len(painted) > seen, timeout=10_000)  # and the new state is shown once it ended
+    assert panel.segment.isEnabled() and not controls.cancel.isEnabled()
