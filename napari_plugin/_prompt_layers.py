@@ -248,7 +248,11 @@ class PromptLayers:
             return
         layer = event.source
         uids = np.asarray(layer.features["uid"])
-        for row in np.flatnonzero(uids < 0):
+        # napari copies the features of the point it selects into the defaults of the next one, so a
+        # point added by ``layer.add`` (a script) after another one arrives with that one's uid
+        earlier = np.zeros(len(uids), bool)
+        earlier[np.unique(uids, return_index=True)[1]] = True
+        for row in np.flatnonzero((uids < 0) | ~earlier):
             layer.features.loc[row, "uid"] = self.new_uid()
         self.recolour()
 
@@ -264,9 +268,9 @@ class PromptLayers:
         """A finished brush stroke (or erasure) in the scribbles layer: a new marker, or strokes trimmed."""
         painted: dict[bool, list[np.ndarray]] = {True: [], False: []}
         erased = []
-        for indices, _, value in event.value:
-            voxels = np.stack([np.asarray(i) for i in indices], axis=1)
-            (painted[int(value) != 2] if value else erased).append(voxels)
+        for atom in event.value:
+            voxels, value = _painted(atom)
+            (painted[value != 2] if value else erased).append(voxels)
         strokes = self._strokes
         if erased:
             gone = {tuple(v) for v in np.concatenate(erased)}
@@ -287,3 +291,19 @@ class PromptLayers:
         if layer.mode == "add":
             negative = self.negative != ("Shift" in event.modifiers)
             layer.feature_defaults = {"uid": -1, "object": self._obj_id, "positive": not negative}
+
+
+def _painted(atom: Any) -> tuple[np.ndarray, int]:
+    """The ``(n, 3)`` voxels one paint-history atom of a Labels layer changed, and the label painted.
+
+    napari 0.9.2 records brush and fill edits as ``(slice_key, mask, old_values, new_value)``
+    over the edit's bounding box (``mask`` None: the whole box); direct edits as the older
+    ``(indices, old_values, new_values)``.
+    """
+    if hasattr(atom, "slice_key"):
+        box = tuple(atom.slice_key)
+        inside = np.ones([s.stop - s.start for s in box], bool) if atom.mask is None else np.asarray(atom.mask)
+        return np.argwhere(inside) + [s.start for s in box], int(atom.new_value)
+    indices, _, value = atom
+    return np.stack([np.asarray(i) for i in indices], axis=1), int(np.max(value))
+

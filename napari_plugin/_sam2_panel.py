@@ -66,7 +66,7 @@ class Sam2Panel(QWidget):
         self.segment = QPushButton("Segment object (G)")
         self.segment.setToolTip("Send the new prompts to SAM2 and show the objects on their slices")
         self.correct_next = QPushButton("Go to the slice to correct next")
-        self.correct_next.setVisible(False)
+        self.correct_next.setEnabled(False)  # always shown: the layout never jumps (a relayout repaints the panel)
         self.save_row = SaveRow()
         self.help = QLabel(help_text())
         self.help.setStyleSheet("font-family: monospace; font-size: 9pt")
@@ -75,6 +75,7 @@ class Sam2Panel(QWidget):
             self.objects.remove, self.tools.mask_prompt, self.objects.accept, self.objects.clear, self.model,
             self.data.image, self.data.preset, self.precompute,
         ]
+        self.controls.quiet_widgets = [self.correct_next]
         self.runs = Sam2Runs(self.controls, models, workspace=lambda: self.workspace, model=self.model.choice,
                              on_changed=self._show_correct_next)
         self._layout()
@@ -155,7 +156,7 @@ class Sam2Panel(QWidget):
 
     def _on_workspace_shown(self) -> None:
         """Another image (or none): its objects and save path; nothing stale from the previous one."""
-        self.correct_next.setVisible(False)
+        self.correct_next.setEnabled(False)
         if not self.controls.busy:
             self.controls.progress.setRange(0, 1)
             self.controls.progress.setValue(0)
@@ -171,11 +172,11 @@ class Sam2Panel(QWidget):
 
     def _on_restored(self) -> None:
         self.objects.refresh(select=self.objects.current())
-        self.correct_next.setVisible(False)
+        self.correct_next.setEnabled(False)
 
     def _show_correct_next(self) -> None:
         ws = self.workspace
-        self.correct_next.setVisible(ws is not None and ws.correct_next is not None)
+        self.correct_next.setEnabled(ws is not None and ws.correct_next is not None)
 
     def _on_correct_next(self) -> None:
         ws = self.workspace

@@ -104,8 +104,8 @@ class Sam2Runs:
                 on_error(message)
 
         ws.correct_next = None
-        self._on_changed()
         self.controls.start(run, label=label, on_done=on_done, on_error=failed, on_progress=on_progress, status=status)
+        self._on_changed()  # after start: not repainted while a short call runs (see _tasks)
 
     def segment(self) -> None:
         prepared = self._prepare()

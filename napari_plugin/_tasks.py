@@ -10,8 +10,9 @@ engines without that hook, the next ``progress`` call raises ``TaskCancelled``.
 The progress text names the phase (engines announce a new phase by growing ``total``;
 a panel may name its phases) and an ETA from the pace of the work itself (``Eta``): the time
 before a phase's first report (model loading, session setup) does not count. Progress signals arrive once
-per slice, but the bars are repainted at most every ``_REPAINT_S``, and a repaint of the panel's
-bar is only scheduled, never done on the spot (see ``Task._paint``).
+per slice, but the bars are repainted at most every ``_REPAINT_S`` (and not at all during the first
+``_FEEDBACK_AFTER_MS``), and a repaint of the panel's bar is only scheduled, never done on the
+spot (see ``Task._paint``).
 
 Repaints are what slows a task down inside napari. napari's main window handles its events in
 Python (``_QtMainWindow.event``), and every repaint of any widget in the window runs inside
@@ -21,9 +22,19 @@ with software rendering (Mesa llvmpipe: remote desktops, VMs, Xvfb). napari's an
 "in progress" spinner repaints ~25 times a second; measured on a 12-slice propagation it made
 the call 2-6x slower than the library call. A task therefore starts its worker first, then
 shows its activity bar with the spinner paused (``_pause_activity_spinner``), and only when
-the task is still running after ``_ACTIVITY_AFTER_MS``: making the bar takes ~0.15 s of the
-UI thread, the whole fixed cost of a short call (a click with a fast model); the panel's own
-bar shows progress from the start.
+the task is still running after ``_ACTIVITY_AFTER_MS``: making the bar takes 0.15-0.4 s of the
+UI thread (several window compositions), and the panel shows the same progress and Cancel.
+
+Until then the task shows nothing at all: the panel's controls change state at once (Run
+disabled, Cancel enabled: what guards against a second start) but are not repainted
+(``TaskControls`` turns their updates off), and neither the bar nor the live slices are
+painted. A short call (a click, or a propagation with a small model) thus costs one window
+composition, when its result is shown. Each composition the UI thread made meanwhile (the
+controls' new state, the bar, a live slice: 20-90 ms each under llvmpipe on a loaded machine)
+was measured to lengthen the worker's call by as much: 0.4-0.5 s on a 0.7 s propagate in all.
+One second is the limit below which users need no sign that the computer is working (Nielsen,
+*Usability Engineering*, 1993, section 5.5); past it the panel, the activity bar and the live
+view show up, and the bars are repainted every ``_REPAINT_S``.
 
 Errors end up as viewer notifications and, in full, in the panel's status (a toast is cut
 short): a ``MedsegError`` (missing checkpoint, bad prompt...) is caught in the worker and
@@ -38,7 +49,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +67,8 @@ log = logging.getLogger(__name__)
 
 StopFlag = ShouldStop
 _REPAINT_S = 0.5
-_ACTIVITY_AFTER_MS = 1000
+_FEEDBACK_AFTER_MS = 1000
+_ACTIVITY_AFTER_MS = 3000
 _STATUS_MAX_HEIGHT = 110
 
 
@@ -143,6 +156,9 @@ class Task:
         and once at the end (live results).
     phases
         Names of the phases; the engine starts the next one when it grows ``total``.
+    on_feedback
+        Called on the UI thread once the task has run ``_FEEDBACK_AFTER_MS`` (see the module
+        docstring), before the first progress is painted.
     """
 
     def __init__(
@@ -156,6 +172,7 @@ class Task:
         on_finish: Callable[[], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         phases: tuple[str, ...] = (),
+        on_feedback: Callable[[], None] | None = None,
     ) -> None:
         self.label = label
         self.finished = False  # True once the result or error has been handled on the UI thread
@@ -163,6 +180,8 @@ class Task:
         self._on_error = on_error
         self._on_finish = on_finish
         self._on_progress = on_progress
+        self._on_feedback = on_feedback
+        self._quiet = True  # nothing painted until _FEEDBACK_AFTER_MS
         self._phases = phases
         self._phase = 0
         self._total = 0
@@ -176,9 +195,10 @@ class Task:
         self._relay.advanced.connect(self._show_progress)
         self._pbar = None  # napari's activity bar, made once the worker runs
         if bar is not None:
-            bar.setRange(0, 1)  # not a busy bar: its animation repaints all the time
-            bar.setValue(0)
-            bar.setFormat(f"{label}…")
+            with _scheduled_repaint(bar):
+                bar.setRange(0, 1)  # not a busy bar: its animation repaints all the time
+                bar.setValue(0)
+                bar.setFormat(f"{label}…")
 
         def progress(done: int, total: int) -> None:
             # Engines without a ``should_stop`` hook still call back between slices: stop there.
@@ -199,8 +219,20 @@ class Task:
 
     def start(self) -> "Task":
         self.worker.start()
+        QTimer.singleShot(_FEEDBACK_AFTER_MS, self._show_feedback)
         QTimer.singleShot(_ACTIVITY_AFTER_MS, self._show_activity)
         return self
+
+    def _show_feedback(self) -> None:
+        """For a task still running: the panel and the progress so far."""
+        if self.finished:
+            return
+        self._quiet = False
+        if self._on_feedback is not None:
+            self._on_feedback()
+        if self._latest[1]:
+            self._painted_at = time.perf_counter()
+            self._paint()
 
     def _show_activity(self) -> None:
         """napari's activity bar (with its Cancel), for a task still running (see the module docstring)."""
@@ -227,7 +259,7 @@ class Task:
         self._latest = (done, total)
         now = time.perf_counter()
         self._left_s = self._eta.update(done, total, now=now)
-        if done < total and now - self._painted_at < _REPAINT_S:
+        if self._quiet or (done < total and now - self._painted_at < _REPAINT_S):
             return
         self._painted_at = now
         self._paint()
@@ -241,13 +273,10 @@ class Task:
             self._pbar.set_description(text)
             self._pbar.update(done - self._pbar.n)
         if self._bar is not None:
-            # QProgressBar.setValue repaints at once (a whole window composition with software GL);
-            # with updates off it only schedules one, which Qt merges with the others of this tick.
-            self._bar.setUpdatesEnabled(False)
-            self._bar.setRange(0, max(total, 1))
-            self._bar.setValue(done)
-            self._bar.setFormat(text.replace("%", "%%"))
-            self._bar.setUpdatesEnabled(True)
+            with _scheduled_repaint(self._bar):
+                self._bar.setRange(0, max(total, 1))
+                self._bar.setValue(done)
+                self._bar.setFormat(text.replace("%", "%%"))
         if self._on_progress is not None:
             self._on_progress(done, total)
 
@@ -283,6 +312,21 @@ class Task:
         self.finished = True
         if self._on_finish is not None:
             self._on_finish()
+
+
+@contextmanager
+def _scheduled_repaint(bar: QProgressBar) -> Iterator[None]:
+    """Changes to ``bar`` inside only schedule a repaint, and none while its panel holds repaints back.
+
+    QProgressBar.setValue repaints at once (a whole window composition with software GL); with
+    updates off it only schedules one, which Qt merges with the others of this tick.
+    """
+    enabled = not bar.testAttribute(Qt.WidgetAttribute.WA_ForceUpdatesDisabled)  # its own setting, not its parent's
+    bar.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        bar.setUpdatesEnabled(enabled)
 
 
 def _pause_activity_spinner() -> None:
@@ -330,6 +374,7 @@ class TaskControls(QWidget):
         self.status_area.setMaximumHeight(_STATUS_MAX_HEIGHT)
         self.status_area.setFrameShape(QScrollArea.Shape.NoFrame)
         self.busy_widgets: list[QWidget] = []  # disabled while a task runs
+        self.quiet_widgets: list[QWidget] = []  # others a call changes: not repainted while it is short
         buttons = QHBoxLayout()
         buttons.addWidget(self.run)
         buttons.addWidget(self.cancel)
@@ -359,6 +404,8 @@ class TaskControls(QWidget):
         ``status``: what to say while it runs (default ``"label…"``); ``on_error`` runs after
         the message is shown in the status.
         """
+        for widget in self._changing():  # shown after _FEEDBACK_AFTER_MS (see the module docstring)
+            widget.setUpdatesEnabled(False)
         self._set_busy(True)
         self.show_status(status or f"{label}…")
 
@@ -367,14 +414,27 @@ class TaskControls(QWidget):
             if on_error is not None:
                 on_error(message)
 
-        self.task = Task(fn, label=label, on_done=on_done, bar=self.progress, on_error=failed,
-                         on_finish=lambda: self._set_busy(False), on_progress=on_progress, phases=phases)
+        def finish() -> None:
+            self._set_busy(False)
+            self._show_panel()
+
+        self.task = Task(fn, label=label, on_done=on_done, bar=self.progress, on_error=failed, on_finish=finish,
+                         on_progress=on_progress, phases=phases, on_feedback=self._show_panel)
         return self.task.start()
 
     def show_status(self, text: str, *, warn: bool = False) -> None:
         """``text`` under the progress bar; ``warn`` shows it in red (errors, untrained models)."""
         self.status.setText(text)
         self.status.setStyleSheet("color: #ff6060" if warn else "")
+
+    def _changing(self) -> tuple[QWidget, ...]:
+        """What a call changes in the panel: only these are repainted when it shows (a small region)."""
+        return (self.run, self.cancel, self.progress, self.status, *self.busy_widgets, *self.quiet_widgets)
+
+    def _show_panel(self) -> None:
+        """Repaint what changed meanwhile (one window composition for all of it)."""
+        for widget in self._changing():
+            widget.setUpdatesEnabled(True)
 
     def _set_busy(self, busy: bool) -> None:
         for widget in (self.run, *self.busy_widgets):

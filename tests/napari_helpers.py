@@ -70,17 +70,22 @@ def canvas_click(qtbot, viewer, layer, zyx, modifier=NO_KEY):
 
 
 def canvas_drag(qtbot, viewer, layer, start_zyx, end_zyx, steps: int = 8):
-    """Press on voxel ``start_zyx``, move with the button held to ``end_zyx``, release: a drag or a stroke."""
+    """Press on voxel ``start_zyx``, move with the button held to ``end_zyx``, release: a drag or a stroke.
+
+    Each move goes to the pixel showing its point of the line at that moment, as a user's hand
+    follows the image: napari may resize the canvas during a stroke (its layer controls change
+    with the first brush paint), which moves every pixel computed before.
+    """
     native = viewer.window._qt_viewer.canvas.native
-    start, end = canvas_point(viewer, layer, start_zyx), canvas_point(viewer, layer, end_zyx)
     left = Qt.MouseButton.LeftButton
-    qtbot.mousePress(native, left, NO_KEY, start)
+    qtbot.mousePress(native, left, NO_KEY, canvas_point(viewer, layer, start_zyx))
+    start, end = np.asarray(start_zyx, float), np.asarray(end_zyx, float)
     for t in np.linspace(0, 1, steps + 1)[1:]:
-        at = QPointF(start.x() + t * (end.x() - start.x()), start.y() + t * (end.y() - start.y()))
+        at = QPointF(canvas_point(viewer, layer, start + t * (end - start)))
         move = QMouseEvent(QEvent.Type.MouseMove, at, native.mapToGlobal(at), left, left, NO_KEY)
         QApplication.sendEvent(native, move)
         qtbot.wait(5)
-    qtbot.mouseRelease(native, left, NO_KEY, end)
+    qtbot.mouseRelease(native, left, NO_KEY, canvas_point(viewer, layer, end_zyx))
 
 
 def liver_centre(truth):

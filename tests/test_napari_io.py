@@ -473,3 +473,17 @@ def test_open_without_a_plugin_name_and_a_structure_set_beside_its_open_series(m
     assert "medseg_volume" in nifti.metadata and "medseg_volume" in series.metadata
     assert [layer._type_string for layer in viewer.layers] == ["image", "image", "labels"]
     np.testing.assert_array_equal(np.asarray(structures.data), truth.array)
+
+
+def test_viewer_open_without_plugin_is_napari_s_own_reader_whatever_medseg_claims(make_napari_viewer, phantom_case):
+    """What the README's napari section says no plugin can change: napari 0.9's ``viewer.open(path)``
+    defaults to ``plugin="napari"`` and then tries only napari's readers, whatever the reader
+    preferences; if this fails, napari has changed and medseg may claim ``viewer.open`` too."""
+    from napari.settings import get_settings
+
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("medseg", "medseg")
+    assert get_settings().plugins.extension2reader.get("*.nii.gz") == "medseg"
+    with pytest.raises(Exception, match="Could not find a backend"):  # imageio, under napari's reader
+        viewer.open(str(phantom_case.image))
+    assert len(viewer.layers) == 0

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.napari
 
 def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qtbot, phantom_file, monkeypatch):
     monkeypatch.setattr(_tasks, "_REPAINT_S", 0.0)  # every slice repainted: "live" cannot depend on the machine's speed
+    monkeypatch.setattr(_tasks, "_FEEDBACK_AFTER_MS", 0)  # shown from the start, however fast the call
     path, truth = phantom_file
     viewer = make_napari_viewer(show=True)
     image, _, panel = open_panel(viewer, path)
@@ -233,13 +234,13 @@ def test_image_change_resets_stale_controls_and_picks_a_preset(make_napari_viewe
     assert panel.data.preset.currentText() == "ct-soft-tissue"  # ...but its HU-like values do
     np.testing.assert_allclose(image.contrast_limits, (-160, 240))
     assert "HU-like" in panel.data.preset_note.text()
-    panel.correct_next.setVisible(True)
+    panel.correct_next.setEnabled(True)
     panel.progress.setRange(0, 12)
     panel.progress.setValue(12)
 
     mri = viewer.add_image(np.random.default_rng(0).uniform(0, 900, (6, 32, 32)).astype(np.float32), name="mri")
     panel.data.image.set_layer(mri)
-    assert panel.correct_next.isHidden() and panel.progress.value() == 0
+    assert not panel.correct_next.isEnabled() and panel.progress.value() == 0
     assert panel.data.preset.currentText() == "mri"
     panel.data.image.set_layer(image)
     assert panel.data.preset.currentText() == "ct-soft-tissue"
@@ -267,3 +268,54 @@ def test_eta_counts_from_the_first_report_of_a_phase():
     np.testing.assert_allclose(left, [0.5 * (32 - done) for done in range(2, 32)])
     assert eta.update(33, 64, now=40.0) is None
     assert _tasks.progress_text("Propagate", 12, 32, phase="", left_s=9.6) == "Propagate: 12 / 32, about 10 s left"
+
+
+def test_points_added_by_a_script_each_reach_sam2(make_napari_viewer, phantom_file):
+    """napari gives the point it selects after ``add`` to the next one's defaults, uid included."""
+    path, truth = phantom_file
+    viewer = make_napari_viewer(show=True)
+    _, _, panel = open_panel(viewer, path)
+    ws = panel.workspace
+    z, y, x = liver_centre(truth)
+    for dy in (0, 0, 2):
+        ws.prompts.points.add([z, y + dy, x])
+    markers = ws.markers()
+    assert len({m.uid for m in markers}) == 3
+    assert len(ws.plan((panel.model.choice(), ws.preset)).markers) == 3
+
+
+def test_a_short_call_repaints_its_controls_only_when_it_ends(make_napari_viewer, qtbot, phantom_file, monkeypatch):
+    """Every repaint in napari's window holds up the worker (see ``_tasks``): during a call's first
+    ``_FEEDBACK_AFTER_MS`` its controls change state (what guards a second start) without painting."""
+    from qtpy.QtCore import QEvent, QObject
+
+    monkeypatch.setattr(_tasks, "_FEEDBACK_AFTER_MS", 600_000)  # the call counts as short, however slow the machine
+    path, truth = phantom_file
+    viewer = make_napari_viewer(show=True)
+    _, widget, panel = open_panel(viewer, path)
+    panel.workspace.prompts.points.add(list(liver_centre(truth)))
+    controls = panel.controls
+    widget.tabs.widget(0).ensureWidgetVisible(controls.progress)
+    painted = []  # (a task running?, widget) for each paint of the watched controls
+
+    class Watch(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.Paint:
+                painted.append((panel.task is not None and not panel.task.finished, obj))
+            return False
+
+    watch = Watch()
+    watched = (controls.run, controls.cancel, controls.progress, panel.segment)
+    for w in watched:
+        w.installEventFilter(watch)
+    controls.progress.update()
+    qtbot.waitUntil(lambda: bool(painted), timeout=10_000)  # on screen: they do paint when asked
+
+    seen = len(painted)
+    key(qtbot, viewer, Qt.Key.Key_G)  # segment object
+    assert not panel.segment.isEnabled() and controls.cancel.isEnabled()
+    wait(qtbot, panel)
+    assert not [w for running, w in painted if running]
+    assert all(w.updatesEnabled() for w in watched)
+    qtbot.waitUntil(lambda: len(painted) > seen, timeout=10_000)  # and the new state is shown once it ended
+    assert panel.segment.isEnabled() and not controls.cancel.isEnabled()
