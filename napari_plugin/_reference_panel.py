@@ -144,7 +144,10 @@ class ReferencePanel(QWidget):
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.setToolTip("How intensities become SAM2's input (query and references): a CT window or MRI percentiles; "
-                               "set from the query's modality, or its intensities when the file does not say")
+                               "the model's training preset, else the query's modality, else its intensities; "
+                               "a preset you pick here wins")
+        self._preset_chosen = False
+        self.preset.activated.connect(self._on_preset_picked)  # activated: the user's picks only
         self.model = ModelPicker()
         self.controls = TaskControls("Run")
         self.plot = ScorePlot()
@@ -190,10 +193,15 @@ class ReferencePanel(QWidget):
         layout.addStretch(1)
 
     def _on_query_changed(self, *_: Any) -> None:
-        """The preset follows the query (its modality, else its intensities)."""
+        """The preset shown follows the query (its modality, else its intensities) until a run
+        shows the one used; a pick of the user's is sent as chosen (``choose_preset``)."""
         layer = self.query.layer()
         if layer is not None and layer_volume(layer) is not None:
             self.preset.setCurrentText(choose_preset(layer_volume(layer)).name)
+            self._preset_chosen = False
+
+    def _on_preset_picked(self, *_: Any) -> None:
+        self._preset_chosen = True
 
     # --- references -------------------------------------------------------------------------
     def _on_add_reference(self) -> None:
@@ -258,7 +266,8 @@ class ReferencePanel(QWidget):
         except MedsegError as error:
             show_error(str(error))
             return
-        k, mode, models, preset = self.k.value(), self.mode.currentText(), self._models, self.preset.currentText()
+        k, mode, models = self.k.value(), self.mode.currentText(), self._models
+        preset = self.preset.currentText() if self._preset_chosen else None  # None: the model's, else the query's
         settings = {
             "top_k": self.top_k.value() or None,
             "threshold": self.threshold.value(),
@@ -281,6 +290,7 @@ class ReferencePanel(QWidget):
     def _show(self, result: LabelVolume, query: Volume) -> None:
         name = f"{self._query_layer.name} references ({result.provenance['method'].removeprefix('reference-prompting-')})"
         put_labels(self.viewer, labels_layer_data(result, query, name))
+        self.preset.setCurrentText(result.provenance["preset"]["name"])  # the one used
         self.plot.show_scores(result)
         self.selected.clear()
         for value, detail in result.provenance.get("labels", {}).items():

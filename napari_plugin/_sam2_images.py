@@ -85,10 +85,7 @@ class ImageBox(QGroupBox):
         ws = self.workspace
         if ws is not None:
             self.output.set_layer(ws.labels)
-            self.preset.blockSignals(True)
-            self.preset.setCurrentText(ws.preset)
-            self.preset.blockSignals(False)
-            self.preset_note.setText(self._preset_reason(ws))
+            self.show_preset(ws)
             self._show_status(
                 f"{layer.name}: {ws.volume.modality} volume {ws.volume.shape} (z, y, x). Press Shift-D (or pick an "
                 "object) and click on the object, draw a box (Shift-B) or scribble (Shift-S); then Segment object "
@@ -98,21 +95,26 @@ class ImageBox(QGroupBox):
             self._show_status(f"Pick {layer.name!r} in the Image list to segment it.")
         self.changed.emit()
 
-    @staticmethod
-    def _preset_reason(ws: Workspace) -> str:
-        modality = ws.volume.modality
-        if modality.upper() not in ("OT", ""):
-            return f"default for {modality}"
-        return "modality unknown: chosen from the intensities (HU-like: CT)" if ws.preset.startswith("ct") else \
-            "modality unknown: chosen from the intensities (not HU-like: MRI)"
+    def show_preset(self, ws: Workspace) -> None:
+        """Show the preset ``ws`` uses and why (the library's choice, the model's training preset
+        once a session is built), with the image's contrast following it."""
+        if ws is not self.workspace:
+            return
+        if self.preset.currentText() != ws.preset:
+            ws.image.contrast_limits = display_range(ws.volume, ws.preset)
+        self.preset.blockSignals(True)
+        self.preset.setCurrentText(ws.preset)
+        self.preset.blockSignals(False)
+        self.preset_note.setText(ws.preset_reason)
 
     def _on_preset(self, name: str) -> None:
-        """Another preset: SAM2's input and the image's contrast follow it."""
+        """The user picked a preset: SAM2's input and the image's contrast follow it."""
         ws = self.workspace
         if ws is not None:
-            ws.preset = name
+            ws.preset, ws.chosen_preset = name, name
+            ws.preset_reason = "chosen by you; the next call re-encodes the slices"
             ws.image.contrast_limits = display_range(ws.volume, name)
-            self.preset_note.setText("chosen by you; the next call re-encodes the slices")
+            self.preset_note.setText(ws.preset_reason)
 
     def _on_output_changed(self, *_: Any) -> None:
         """The user picked another labels layer for the results, or "(new layer)"."""

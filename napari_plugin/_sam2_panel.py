@@ -77,7 +77,7 @@ class Sam2Panel(QWidget):
         ]
         self.controls.quiet_widgets = [self.correct_next]
         self.runs = Sam2Runs(self.controls, models, workspace=lambda: self.workspace, model=self.model.choice,
-                             on_changed=self._show_correct_next)
+                             on_changed=self._show_correct_next, on_session=self.data.show_preset)
         self._layout()
         self._connect()
         self.data.show()

@@ -9,7 +9,9 @@ failed or cancelled call leaves the labels as they were and forgets the session.
 
 ``Sam2Runs`` knows the panel only through what it is given: the task controls, the current
 workspace and model choice, and ``on_changed`` (called when a call starts and when a result
-is in, e.g. to show "Go to the slice to correct next").
+is in, e.g. to show "Go to the slice to correct next") and ``on_session`` (after a call, to show
+the preset the session uses: the user's pick, else the library's ``choose_preset`` with the model's
+training preset first, as in ``medseg segment``).
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ class Sam2Runs:
     """Segment object, Propagate and Precompute (the panel's buttons and keys call them)."""
 
     def __init__(self, controls: TaskControls, models: LoadedModels, *, workspace: Callable[[], Workspace | None],
-                 model: Callable[[], ModelChoice], on_changed: Callable[[], None]) -> None:
+                 model: Callable[[], ModelChoice], on_changed: Callable[[], None],
+                 on_session: Callable[[Workspace], None]) -> None:
         self.controls = controls
         self.models = models  # one predictor per model choice, shared by the panels
         self._workspace = workspace
         self._model = model
         self._on_changed = on_changed
+        self._on_session = on_session  # after a call: show the preset the session uses
 
     def _refuse(self, message: str) -> None:
         show_error(message)
@@ -70,7 +74,7 @@ class Sam2Runs:
                          "points or scribbles in other views; then press again.")
             return None
         try:
-            key = (self._model(), ws.preset)
+            key = (self._model(), ws.chosen_preset)
             plan = ws.plan(key)
             check_markers(plan.markers, ws.volume.shape)
             check_foreground(ws.markers(), ws.labels.data if ws.labels is not None else None)
@@ -103,8 +107,12 @@ class Sam2Runs:
             if on_error is not None:
                 on_error(message)
 
+        def finished(outcome) -> None:
+            on_done(outcome)
+            self._on_session(ws)
+
         ws.correct_next = None
-        self.controls.start(run, label=label, on_done=on_done, on_error=failed, on_progress=on_progress, status=status)
+        self.controls.start(run, label=label, on_done=finished, on_error=failed, on_progress=on_progress, status=status)
         self._on_changed()  # after start: not repainted while a short call runs (see _tasks)
 
     def segment(self) -> None:

@@ -133,7 +133,9 @@ class Workspace:
         self.session_key: SessionKey | None = None
         self.sent: list[Marker] = []  # markers the session holds, in the order it got them
         self.mask_markers: list[Marker] = []
-        self.preset = choose_preset(volume).name  # a name of medseg.preprocess.PRESETS
+        choice = choose_preset(volume)  # until a session says which preset the model asks for
+        self.preset, self.preset_reason = choice.name, choice.reason  # shown in the panel
+        self.chosen_preset: str | None = None  # the user's pick; None: the library decides (choose_preset)
         self.history = History()
         self.save_path: str | None = None  # the user's choice or the last save; None: the Save row suggests one
         self.correct_next: tuple[int, int] | None = None
@@ -257,6 +259,7 @@ class Workspace:
         """Record that ``session`` now holds ``plan``'s markers."""
         self.sent = plan.markers if plan.rebuild else self.sent[: plan.kept] + plan.markers
         self.session, self.session_key = session, key
+        self.preset, self.preset_reason = session.preset_choice.name, session.preset_choice.reason
 
     def forget_session(self) -> None:
         """After a failed engine call: the next call rebuilds the session from the markers."""

@@ -281,7 +281,7 @@ def test_points_added_by_a_script_each_reach_sam2(make_napari_viewer, phantom_fi
         ws.prompts.points.add([z, y + dy, x])
     markers = ws.markers()
     assert len({m.uid for m in markers}) == 3
-    assert len(ws.plan((panel.model.choice(), ws.preset)).markers) == 3
+    assert len(ws.plan((panel.model.choice(), ws.chosen_preset)).markers) == 3
 
 
 def test_a_short_call_repaints_its_controls_only_when_it_ends(make_napari_viewer, qtbot, phantom_file, monkeypatch):

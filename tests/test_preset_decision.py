@@ -129,8 +129,10 @@ def test_cli_and_napari_give_the_same_mask_for_the_same_click_on_a_ct_nifti(make
 
 
 @pytest.mark.napari
-def test_napari_flags_an_undertrained_model(make_napari_viewer, qtbot, model_dir, phantom_nifti):
-    """The SAM2 panel says what `medseg segment` says about a model trained from random weights for 1 step."""
+def test_napari_uses_the_models_preset_and_flags_an_undertrained_model(make_napari_viewer, qtbot, model_dir,
+                                                                       phantom_nifti):
+    """The SAM2 panel decides the preset as `medseg segment` does (the model's training preset over the
+    content check, shown with its reason) and says what it says about a model trained for 1 step."""
     from qtpy.QtCore import Qt
 
     viewer = make_napari_viewer()
@@ -139,9 +141,12 @@ def test_napari_flags_an_undertrained_model(make_napari_viewer, qtbot, model_dir
     panel = widget.sam2
     panel.model.set_choice(str(model_dir))
     panel.model.device.setCurrentText("cpu")
+    assert panel.data.preset.currentText() == "ct-soft-tissue"  # the content check, before the model is asked
     panel.workspace.prompts.points.add([(3, 16, 24)])
     qtbot.mouseClick(panel.propagate, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: panel.task is not None and panel.task.finished, timeout=600_000)
+    assert panel.workspace.result().provenance["preset"]["name"] == "ct-liver"
+    assert (panel.data.preset.currentText(), panel.data.preset_note.text()) == ("ct-liver", TRAINED_REASON)
     status = panel.controls.status.text()
     assert f"Note: {model_dir} (trained on one-phantom (1 steps)) is undertrained" in status, status
     assert "UNTRAINED" not in status, status
