@@ -26,6 +26,7 @@ from medseg.pipeline import load_pipeline, replay_case, run_pipeline
 from medseg.pipeline.methods import METHODS, MaskRCNN, Oracle, RevSam2, Sam2, Segmentation
 from medseg.prompt_simulation import PromptPolicy, PromptSettings, centroid_voxel
 from medseg.pipeline.stats import mean_ci, paired_comparison
+from medseg.runtime import torch_threads
 from medseg.volume import UNTRAINED_BANNER, LabelVolume
 
 
@@ -245,12 +246,8 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
         "cases: [phantom_002]\nprompts: {point: centroid, box: middle, reference_slices: 2}\n",
     )
     out = tmp_path / "out"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     result = json.loads((out / "sam2" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert result["untrained"] is True and result["provenance"]["model"] == "untrained"
     assert result["prompt_policy"] == {"point": "centroid", "box": "middle", "reference_slices": 2}
@@ -277,16 +274,13 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     objects = clean_objects(LabelVolume(raw, geometry, slice_scores=slice_scores), prompts=expected)
     assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "labels.nii.gz", geometry).array, objects.labels.array)
 
-    torch.set_num_threads(2)  # the replay restores the run's thread count (1) for the same float sums
-    try:
+    with torch_threads(2):  # the replay restores the run's thread count (1) for the same float sums
         for method in ("sam2", "rev", "obj"):
             replay = replay_case(out / method / "phantom_002")
             assert replay.identical and replay.total_voxels == 8 * 48 * 48
             replayed = json.loads((replay.replay_dir / "result.json").read_text(encoding="utf-8"))
             assert replayed["metrics"] == json.loads((out / method / "phantom_002" / "result.json").read_text(encoding="utf-8"))["metrics"]
         assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
 
     # every prompts-bearing file medseg writes replays through `medseg segment --prompts`
     image, case = str(load_manifest(cohort).case("phantom_002").image), out / "sam2" / "phantom_002"

@@ -12,13 +12,13 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from medseg.cli import main
 from medseg.phantom import make_phantom, write_demo_cohort
 from medseg.revsam2 import ReferenceSession, SupportSet, reverse_scores
 from medseg.revsam2.baseline import ObjectTrack
 from medseg.revsam2.zmatch import matched_slice
+from medseg.runtime import torch_threads
 from medseg.sam2 import load_model
 
 SHAPE = (12, 128, 128)  # the model's own image size: no resampling in the frames
@@ -27,10 +27,8 @@ SPLEEN, KIDNEY = 2, 3
 
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model("medseg-micro", device="cpu")
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield load_model("medseg-micro", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +94,8 @@ def test_a_cohort_is_segmented_from_references_alone(tmp_path):
           rev: {{type: revsam2, model: medseg-micro, device: cpu, references: 2}}
         """), encoding="utf-8")
     out = tmp_path / "out"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert main(["run", str(pipeline), "--out", str(out), "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     case = out / "rev" / "phantom_002"
     result = json.loads((case / "result.json").read_text(encoding="utf-8"))
     assert result["status"] == "ok" and result["prompt_policy"]["point"] == "none"
