@@ -37,6 +37,7 @@ system-deps:
 	fi
 
 test: install system-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs --durations=15
 
 # the slow tests (or ARGS) N times in fresh processes, torch threads 1 and 2 in turn, another seed each run

@@ -71,7 +71,8 @@ def _worker(scenario: str, args: argparse.Namespace) -> dict:
         result["click_s"], _ = _timed(lambda: session.add_mask(1, mid, seed))
         result["propagate_s"], first = _timed(session.propagate)
         if scenario == "cold":
-            result["correct_click_s"], _ = _timed(lambda: session.add_point(1, other, args.size // 2, args.size // 2, positive=False))
+            result["correct_click_s"], _ = _timed(
+                lambda: session.add_point(1, other, args.size // 2, args.size // 2, positive=False))
             result["repropagate_s"], _ = _timed(session.propagate)
         result["encoder_calls"] = session.cache.encoder_calls
         np.save(Path(args.store) / f"labels-{args.dtype}-{scenario}.npy", first.array)
@@ -151,10 +152,13 @@ def main() -> None:
           f"= {cold['repropagate_s'] / cold['propagate_s']:.2f}x (target <= 0.45)")
     print(f"  reopen: first click {warm['click_s']:.2f} s (target <= 0.5; cold {cold['click_s']:.2f} s), propagation "
           f"{warm['propagate_s']:.1f} s = {warm['propagate_s'] / cold['propagate_s']:.2f}x cold (target <= 0.45)")
-    print(f"  three objects on three slices vs one: {objects['objects_3_s'] / objects['objects_1_s']:.2f}x (target <= 1.3)")
+    print(f"  three objects on three slices vs one: {objects['objects_3_s'] / objects['objects_1_s']:.2f}x "
+          "(target <= 1.3)")
     print("  encoder s/slice by batch: " + ", ".join(f"{k} {batch[f'batch_{k}_s_per_slice']:.3f}" for k in (1, 2, 4)))
-    print(f"  peak RSS with a 64 MB feature budget: {budget['peak_rss_mb']:.0f} MB (model loaded: {budget['base_rss_mb']:.0f} MB)")
-    print(f"  disk per slice (float32): {sizes['bytes_512'] / 2**20:.2f} MB at 512, {sizes['bytes_1024'] / 2**20:.2f} MB at 1024")
+    print(f"  peak RSS with a 64 MB feature budget: {budget['peak_rss_mb']:.0f} MB (model loaded: "
+          f"{budget['base_rss_mb']:.0f} MB)")
+    print(f"  disk per slice (float32): {sizes['bytes_512'] / 2**20:.2f} MB at 512, {sizes['bytes_1024'] / 2**20:.2f} "
+          "MB at 1024")
     print(f"  float16 vs float32 store (untrained): {differ} voxels differ, Dice {dice:.5f}")
 
 

@@ -54,7 +54,8 @@ def _median_time(run, repeats: int, warmup: int = 1) -> float:
 def speed(backbones: list[str], *, size: int, batch: int, repeats: int) -> None:
     images, targets = _slices(size, batch)
     print(f"\nspeed at {size}x{size}, batch {batch}, {torch.get_num_threads()} threads, median of {repeats}")
-    print(f"{'backbone':<20} {'params M':>9} {'train step/s':>13} {'infer slice/s':>14} {'train x R50':>12} {'infer x R50':>12}")
+    print(f"{'backbone':<20} {'params M':>9} {'train step/s':>13} {'infer slice/s':>14} {'train x R50':>12} "
+          f"{'infer x R50':>12}")
     results = {}
     for name in backbones:
         torch.manual_seed(0)
@@ -90,7 +91,8 @@ def speed(backbones: list[str], *, size: int, batch: int, repeats: int) -> None:
 def quality(*, backbone: str, steps: int, batch: int, lr: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cohort = load_manifest(write_demo_cohort(tmp))
-        config = TrainConfig(backbone=backbone, image_size=128, steps=steps, batch_size=batch, lr=lr, val_every=0, device="cpu")
+        config = TrainConfig(backbone=backbone, image_size=128, steps=steps, batch_size=batch, lr=lr,
+                             val_every=0, device="cpu")
         start = time.perf_counter()
         model_dir = train_from_cohort(cohort, Path(tmp) / "model", config=config)
         trained = time.perf_counter() - start
@@ -109,11 +111,14 @@ def quality(*, backbone: str, steps: int, batch: int, lr: float) -> None:
         ap = mask_ap(pairs, labels=LABELS, mode="3d")
         per_label = {v: float(np.mean(s)) for v, s in dice.items()}
         print(
-            f"\nquality: {backbone}, {steps} steps x {batch} slices (lr {lr}) on {len(cohort.split('train'))} demo cases "
-            f"{cohort.cases[0].load()[0].shape}: training {trained:.0f} s, prediction {predicted / len(test):.1f} s per case"
+            f"\nquality: {backbone}, {steps} steps x {batch} slices (lr {lr}) on {len(cohort.split('train'))} demo "
+            f"cases {cohort.cases[0].load()[0].shape}: training {trained:.0f} s, prediction "
+            f"{predicted / len(test):.1f} s per case"
         )
-        print("  test-split Dice: " + ", ".join(f"{LABELS[v]} {d:.3f}" for v, d in per_label.items()) + f"; mean {mean_dice(per_label):.3f}")
-        print(f"  3D mask AP {ap.ap:.3f}, AP50 {ap.ap50:.3f}, AP75 {ap.ap75:.3f} ({ap.n_truth} true, {ap.n_predicted} predicted instances)")
+        print("  test-split Dice: " + ", ".join(f"{LABELS[v]} {d:.3f}" for v, d in per_label.items())
+              + f"; mean {mean_dice(per_label):.3f}")
+        print(f"  3D mask AP {ap.ap:.3f}, AP50 {ap.ap50:.3f}, AP75 {ap.ap75:.3f} ({ap.n_truth} true, {ap.n_predicted} "
+              "predicted instances)")
 
 
 def main() -> None:

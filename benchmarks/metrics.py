@@ -66,7 +66,8 @@ def make_case(seed: int, shape: tuple[int, int, int]) -> tuple[LabelVolume, Labe
         radii = rng.uniform(3, 8, size=3) * scale + 1
         blob(pred, rng.uniform(radii, np.array(shape) - radii), radii, LABELS[rng.integers(3)])
     geometry = Geometry(shape, (1.0, 1.0, 1.0))
-    slice_scores = {v: np.where((pred == v).any(axis=(1, 2)), rng.uniform(0.3, 1.0, size=shape[0]), np.nan) for v in LABELS}
+    slice_scores = {v: np.where((pred == v).any(axis=(1, 2)), rng.uniform(0.3, 1.0, size=shape[0]), np.nan)
+                    for v in LABELS}
     scores = {v: float(rng.uniform(0.3, 1.0)) for v in LABELS}
     return LabelVolume(pred, geometry, scores=scores, slice_scores=slice_scores), LabelVolume(truth, geometry)
 
@@ -74,9 +75,11 @@ def make_case(seed: int, shape: tuple[int, int, int]) -> tuple[LabelVolume, Labe
 # --- naive ---------------------------------------------------------------------------------
 def naive_dice(pred: LabelVolume, truth: LabelVolume) -> dict[int, float]:
     def onehot(a):
-        return torch.nn.functional.one_hot(torch.from_numpy(a.astype(np.int64)), len(LABELS) + 1).permute(3, 0, 1, 2)[None].float()
+        return torch.nn.functional.one_hot(torch.from_numpy(a.astype(np.int64)),
+                                           len(LABELS) + 1).permute(3, 0, 1, 2)[None].float()
 
-    values = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(onehot(pred.array), onehot(truth.array))[0]
+    values = DiceMetric(include_background=False, reduction="none",
+                        ignore_empty=False)(onehot(pred.array), onehot(truth.array))[0]
     return {v: float(values[i]) for i, v in enumerate(LABELS)}
 
 
@@ -98,20 +101,24 @@ def naive_ap(cases, mode: str) -> tuple[float, float, float]:
     images, truth_anns, pred_anns = [], [], []
     for pred, truth in cases:
         nz, ny, nx = truth.array.shape
-        planes = [(z, truth.array[z], pred.array[z]) for z in range(nz)] if mode == "2d" else [(None, truth.array, pred.array)]
+        planes = ([(z, truth.array[z], pred.array[z]) for z in range(nz)] if mode == "2d"
+                  else [(None, truth.array, pred.array)])
         for z, t_plane, p_plane in planes:
             image_id = len(images) + 1
-            images.append({"id": image_id, "height": ny if mode == "2d" else nz * ny * nx, "width": nx if mode == "2d" else 1})
+            images.append({"id": image_id, "height": ny if mode == "2d" else nz * ny * nx,
+                           "width": nx if mode == "2d" else 1})
             for source, target in ((t_plane, truth_anns), (p_plane, pred_anns)):
                 for value in LABELS:
                     structure = np.ones((3,) * source.ndim)
                     components, count = ndimage.label(source == value, structure=structure)
                     for c in range(1, count + 1):
                         mask = components == c
-                        rle = mask_utils.encode(np.asfortranarray((mask if mode == "2d" else mask.reshape(-1, 1)).astype(np.uint8)))
+                        rle = mask_utils.encode(
+                            np.asfortranarray((mask if mode == "2d" else mask.reshape(-1, 1)).astype(np.uint8)))
                         ann = {"image_id": image_id, "category_id": value, "segmentation": rle}
                         if target is truth_anns:
-                            ann.update(id=len(truth_anns) + 1, iscrowd=0, area=float(mask_utils.area(rle)), bbox=list(mask_utils.toBbox(rle)))
+                            ann.update(id=len(truth_anns) + 1, iscrowd=0, area=float(mask_utils.area(rle)),
+                                       bbox=list(mask_utils.toBbox(rle)))
                         else:
                             score = pred.slice_scores[value][z] if mode == "2d" else pred.scores[value]
                             ann["score"] = float(score)
@@ -138,18 +145,22 @@ def main() -> None:
     n = args.cases or (4 if args.quick else 20)
     torch.set_num_threads(1)
     cases = [make_case(seed, shape) for seed in range(n)]
-    n_truth = sum(len(ndimage.find_objects(ndimage.label(t.array > 0, structure=np.ones((3, 3, 3)))[0])) for _, t in cases)
-    print(f"cohort: {n} volumes of {shape}, {n_truth} ground-truth objects; median of {args.repeats} runs, 1 torch thread")
+    n_truth = sum(len(ndimage.find_objects(ndimage.label(t.array > 0, structure=np.ones((3, 3, 3)))[0]))
+                  for _, t in cases)
+    print(f"cohort: {n} volumes of {shape}, {n_truth} ground-truth objects; median of {args.repeats} runs, 1 "
+          "torch thread")
 
     rows = {}
-    t_ours_dice, ours_dice = timed(lambda: [dice_per_label(p, t, labels=LABELS) for p, t in cases], repeats=args.repeats)
+    t_ours_dice, ours_dice = timed(lambda: [dice_per_label(p, t, labels=LABELS) for p, t in cases],
+                                   repeats=args.repeats)
     t_naive_dice, naive_dice_values = timed(lambda: [naive_dice(p, t) for p, t in cases], repeats=args.repeats)
     assert ours_dice == naive_dice_values, "Dice differs"
     rows["Dice"] = (t_naive_dice, t_ours_dice)
     for mode in ("2d", "3d"):
         t_ours, ours = timed(lambda: mask_ap(cases, labels=LABELS, mode=mode), repeats=args.repeats)
         t_naive, naive = timed(lambda: naive_ap(cases, mode), repeats=args.repeats)
-        assert (ours.ap, ours.ap50, ours.ap75) == naive, f"{mode} AP differs: {(ours.ap, ours.ap50, ours.ap75)} vs {naive}"
+        assert (ours.ap, ours.ap50, ours.ap75) == naive, (f"{mode} AP differs: {(ours.ap, ours.ap50, ours.ap75)} "
+                                                          f"vs {naive}")
         rows[f"mask AP {mode.upper()}"] = (t_naive, t_ours)
         print(f"{mode.upper()} AP {ours.ap:.4f}  AP50 {ours.ap50:.4f}  AP75 {ours.ap75:.4f}  (identical in both)")
     rows["total"] = tuple(sum(r[i] for r in rows.values()) for i in (0, 1))

@@ -66,13 +66,15 @@ def main() -> None:
 def _image_loss(net, clip: Clip, rng: np.random.Generator) -> torch.Tensor:
     """SAM2's losses of every visible (object, frame) prompted alone, once by box and once by click."""
     feats, _, sizes = flatten_backbone(net, net.forward_image(clip.images))
-    pairs = [(b, t) for t in range(clip.targets.shape[1]) for b in range(clip.targets.shape[0]) if bool(clip.targets[b, t].any())]
+    pairs = [(b, t) for t in range(clip.targets.shape[1]) for b in range(clip.targets.shape[0])
+             if bool(clip.targets[b, t].any())]
     masks = torch.stack([clip.targets[b, t] for b, t in pairs])
     losses = []
     for box in (True, False):
         points = torch.tensor(np.array([_image_prompt(m.numpy() > 0.5, box, rng) for m in masks]), dtype=torch.float32)
         labels = torch.tensor([[2, 3] if box else [1]] * len(pairs), dtype=torch.int32)
-        sam = decode_without_memory(net, feats, sizes, [t for _, t in pairs], {"point_coords": points, "point_labels": labels})
+        sam = decode_without_memory(net, feats, sizes, [t for _, t in pairs],
+                                    {"point_coords": points, "point_labels": labels})
         parts = _frame_terms(sam, masks, 5.0)
         losses.append(20 * parts["focal"] + 5 * parts["dice"] + parts["iou"] + parts["object"])
     return sum(losses) / 2
@@ -91,7 +93,8 @@ def _box_iou(net, clips: list[Clip]) -> float:
             feats, _, sizes = flatten_backbone(net, net.forward_image(clip.images[:1]))
             masks = clip.targets[:, 0] > 0.5
             labels = torch.tensor([[2, 3]] * len(masks), dtype=torch.int32)
-            sam = decode_without_memory(net, feats, sizes, [0] * len(masks), {"point_coords": _boxes(masks), "point_labels": labels})
+            sam = decode_without_memory(net, feats, sizes, [0] * len(masks),
+                                        {"point_coords": _boxes(masks), "point_labels": labels})
             predicted = sam[4][:, 0] > 0
             ious += [float((p & m).sum() / max(int((p | m).sum()), 1)) for p, m in zip(predicted, masks)]
     net.train()

@@ -47,7 +47,8 @@ from medseg.sam2 import load_model
 from medseg.volume import UNTRAINED_BANNER
 
 import revsam2_diagnose  # this folder is on sys.path
-from sam2_propagation import _warm_up_and_time_encoder  # the SAM2 benchmark's encoder timer (this folder is on sys.path)
+# the SAM2 benchmark's encoder timer (this folder is on sys.path)
+from sam2_propagation import _warm_up_and_time_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_DICE = "Dice: not measured: the model is untrained (random weights), its masks are meaningless. " \
@@ -150,7 +151,8 @@ def diagnose(args: argparse.Namespace, model) -> None:
     references = cohort.split("train")[: args.references]
     support = SupportSet.from_volumes([case.load() for case in references], k=3, labels=names,
                                       names=[case.id for case in references])
-    print(f"diagnosis on {cohort.name}: references {[c.id for c in references]}, model {model.name} at {model.image_size}")
+    print(f"diagnosis on {cohort.name}: references {[c.id for c in references]}, model {model.name} at "
+          f"{model.image_size}")
     diagnoses = {}
     for case in cohort.split("test"):
         query, truth = case.load()
@@ -174,14 +176,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes to check the benchmark runs")
     parser.add_argument("--model", default="untrained", help="registry name or checkpoint path (default untrained)")
-    parser.add_argument("--image-size", type=int, help="model input size (default: 128 quick, 256 untrained, else the model's)")
+    parser.add_argument("--image-size", type=int,
+                        help="model input size (default: 128 quick, 256 untrained, else the model's)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--repeats", type=int, help="runs per mode (default 3; quick 2)")
-    parser.add_argument("--ablation", action="store_true", help="selection settings on the demo cohort instead of timing")
-    parser.add_argument("--diagnose", action="store_true", help="per (query, label) and stage: JSON and figures in --out")
+    parser.add_argument("--ablation", action="store_true",
+                        help="selection settings on the demo cohort instead of timing")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="per (query, label) and stage: JSON and figures in --out")
     parser.add_argument("--out", default="results/revsam2-diagnosis", help="folder for --diagnose")
     parser.add_argument("--manifest", default=str(ROOT / "data_manifests" / "demo.json"), help="cohort for --ablation")
-    parser.add_argument("--references", type=int, default=1, help="train cases per reference set (--ablation, --diagnose)")
+    parser.add_argument("--references", type=int, default=1,
+                        help="train cases per reference set (--ablation, --diagnose)")
     parser.add_argument("--rotate", type=int, default=1,
                         help="--ablation: reference sets, each of --references consecutive train cases (default 1)")
     args = parser.parse_args()

@@ -70,7 +70,8 @@ def diagnose_label(session, result, truth, label: int, names: dict[int, str]) ->
     for c in candidates:
         objects[c["object"]] = objects.get(c["object"], 0) + 1
     scored = [c for c in candidates if c["reverse"] is not None]
-    rho = spearmanr([c["reverse"] for c in scored], [c["true_dice"] for c in scored]).statistic if len(scored) > 2 else None
+    rho = spearmanr([c["reverse"] for c in scored],
+                    [c["true_dice"] for c in scored]).statistic if len(scored) > 2 else None
     by_z = {c["z"]: c for c in candidates}
     selected = detail["selected_slices"]
     best = max(candidates, key=lambda c: c["true_dice"], default=None)
@@ -78,10 +79,11 @@ def diagnose_label(session, result, truth, label: int, names: dict[int, str]) ->
     return {
         "label": names[label],
         "forward": {
-            "truth_slices": len(truth_slices), "truth_extent": [truth_slices[0], truth_slices[-1]] if truth_slices else None,
+            "truth_slices": len(truth_slices),
+            "truth_extent": [truth_slices[0], truth_slices[-1]] if truth_slices else None,
             "candidates": len(candidates), "objects": objects,
-            "dice_3d": round(float(dice_per_label(forward_masks.astype(np.uint8), (truth.array == label).astype(np.uint8),
-                                                  labels=[1])[1]), 4),
+            "dice_3d": round(float(dice_per_label(forward_masks.astype(np.uint8),
+                                                  (truth.array == label).astype(np.uint8), labels=[1])[1]), 4),
         },
         "reverse": {"spearman": None if rho is None or np.isnan(rho) else round(float(rho), 4),
                     "rejected": len(rejected), "candidates": candidates},
@@ -148,7 +150,8 @@ def summarise(diagnoses: dict[str, list[dict]]) -> dict:
     pairs = [d for labels in diagnoses.values() for d in labels]
     cands = [c for d in pairs for c in d["reverse"]["candidates"]]
     scored = [c for c in cands if c["reverse"] is not None]
-    rho = spearmanr([c["reverse"] for c in scored], [c["true_dice"] for c in scored]).statistic if len(scored) > 2 else np.nan
+    rho = spearmanr([c["reverse"] for c in scored],
+                    [c["true_dice"] for c in scored]).statistic if len(scored) > 2 else np.nan
     chosen = [v for d in pairs for v in d["selection"]["selected_true_dice"]]
     return {
         "pairs": len(pairs),

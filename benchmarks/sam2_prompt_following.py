@@ -106,7 +106,8 @@ def _sets(wanted: list[str], seeds: tuple[int, ...]):
         yield "other-grid", [(f"p{s}", *_with_names(make_phantom(s, shape=(24, 96, 160), spacing=(3.0, 1.0, 0.7))), CT)
                              for s in seeds]
     if "b" in wanted:
-        yield "mirrored", [(f"p{s}", *_transformed(v, t, lambda a: a[:, :, ::-1]), CT) for s, (v, t) in phantoms.items()]
+        yield "mirrored", [(f"p{s}", *_transformed(v, t, lambda a: a[:, :, ::-1]), CT)
+                           for s, (v, t) in phantoms.items()]
         yield "rotated", [(f"p{s}", *_transformed(v, t, lambda a: np.rot90(a, 1, axes=(1, 2))), CT)
                           for s, (v, t) in phantoms.items()]
         yield "moved", [(f"p{s}", *_with_names(make_phantom(s, layout="moved")), CT) for s in seeds]

@@ -54,7 +54,8 @@ def _volume(n: int, size: int):
     rng = np.random.default_rng(0)
     z, y, x = np.ogrid[:n, :size, :size]
     radius = size * (0.15 + 0.1 * np.sin(np.pi * z / n))
-    array = np.where((y - size / 2) ** 2 + (x - size / 2) ** 2 < radius**2, 60.0, -50.0) + rng.normal(0, 15, (n, size, size))
+    array = (np.where((y - size / 2) ** 2 + (x - size / 2) ** 2 < radius**2, 60.0, -50.0)
+             + rng.normal(0, 15, (n, size, size)))
     return Volume(array.astype(np.float32), Geometry((n, size, size), (2.0, 0.8, 0.8)), modality="CT")
 
 
@@ -90,7 +91,8 @@ def _worker(variant: str, n: int, size: int, image_size: int) -> dict:
         from medseg.prompts import Prompts
         from medseg.sam2 import Sam2VolumePredictor
 
-        predictor = Sam2VolumePredictor("untrained", image_size=image_size, device="cpu", preset="ct-soft-tissue", store=False)
+        predictor = Sam2VolumePredictor("untrained", image_size=image_size, device="cpu",
+                                        preset="ct-soft-tissue", store=False)
         encoder = _warm_up_and_time_encoder(predictor.model.net, image_size)
         base = _rss_mb()
         start = time.perf_counter()
@@ -133,7 +135,8 @@ def _worker(variant: str, n: int, size: int, image_size: int) -> dict:
 
 
 def _run(variant: str, n: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", variant, "--slices", str(n), "--size", str(args.size), "--image-size", str(args.image_size)]
+    command = [sys.executable, __file__, "--worker", variant, "--slices", str(n), "--size", str(args.size),
+               "--image-size", str(args.image_size)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{variant} with {n} slices failed:\n{done.stderr[-3000:]}")
@@ -169,13 +172,14 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in runs) for k in keys}
             med["growth"] = statistics.median(r["peak_rss_mb"] - r["base_rss_mb"] for r in runs)
             rows[n, variant] = med
-            print(f"{n:>6} {variant:>9} {med['seconds'] / n:>8.3f} {med['encoder_seconds']:>9.2f} {med['encoder_calls']:>7.0f} "
-                  f"{med['seconds'] - med['encoder_seconds'] - med['io_seconds']:>7.2f} {med['io_seconds']:>11.2f} "
-                  f"{med['peak_rss_mb']:>11.0f} {med['growth']:>9.0f}")
+            print(f"{n:>6} {variant:>9} {med['seconds'] / n:>8.3f} {med['encoder_seconds']:>9.2f} "
+                  f"{med['encoder_calls']:>7.0f} {med['seconds'] - med['encoder_seconds'] - med['io_seconds']:>7.2f} "
+                  f"{med['io_seconds']:>11.2f} {med['peak_rss_mb']:>11.0f} {med['growth']:>9.0f}")
     print("ratios medseg / official:")
     for n in args.slices:
         a, b = rows[n, "medseg"], rows[n, "official"]
-        print(f"  {n:>4} slices: time {a['seconds'] / b['seconds']:.2f}x, RSS growth {a['growth'] / max(b['growth'], 1e-9):.2f}x")
+        print(f"  {n:>4} slices: time {a['seconds'] / b['seconds']:.2f}x, RSS growth "
+              f"{a['growth'] / max(b['growth'], 1e-9):.2f}x")
     first, last = args.slices[0], args.slices[-1]
     for variant in ("medseg", "official") if last > first else ():
         slope = (rows[last, variant]["growth"] - rows[first, variant]["growth"]) / (last - first)

@@ -62,8 +62,10 @@ def main() -> None:
     parser.add_argument("--p-point", type=float, default=Sam2TrainConfig.p_point, help="first-frame click share")
     parser.add_argument("--dice-weight", type=float, default=Sam2TrainConfig.dice_weight,
                         help="dice loss weight (focal: 20)")
-    parser.add_argument("--p-box", type=float, default=Sam2TrainConfig.p_box, help="first-frame box share (the rest: masks)")
-    parser.add_argument("--seed", type=int, default=Sam2TrainConfig.seed, help="seeds initialisation, clips and prompts")
+    parser.add_argument("--p-box", type=float, default=Sam2TrainConfig.p_box,
+                        help="first-frame box share (the rest: masks)")
+    parser.add_argument("--seed", type=int, default=Sam2TrainConfig.seed,
+                        help="seeds initialisation, clips and prompts")
     parser.add_argument("--from", dest="start", default=Sam2TrainConfig.start,
                         help="start weights (fine-tune), e.g. a trained model directory's weights.pt")
     parser.add_argument("--train", nargs="+", default=list(Sam2TrainConfig.train), help="parts that learn")
@@ -137,7 +139,8 @@ def _model(model_dir: Path, config: Sam2TrainConfig, weights) -> Sam2Model:
         return load_model(model_dir, device="cpu")
     net = build_network(architecture(config.architecture, config.image_size))
     net.load_state_dict(weights)
-    return Sam2Model(net.eval(), f"{model_dir} (in training)", config.image_size, torch.device("cpu"), False, None, None, "", None)
+    return Sam2Model(net.eval(), f"{model_dir} (in training)", config.image_size, torch.device("cpu"), False, None,
+                     None, "", None)
 
 
 def _mean(scores: list[dict[int, float]]) -> dict:
@@ -190,7 +193,8 @@ def _maskrcnn(directory: Path, loaded, labels) -> dict:
     from medseg.maskrcnn import load_model, predict_instances
 
     model = load_model(directory)
-    scores = [dice_per_label(predict_instances(model, volume).labels, truth, labels=labels) for volume, truth in loaded.values()]
+    scores = [dice_per_label(predict_instances(model, volume).labels, truth, labels=labels)
+              for volume, truth in loaded.values()]
     return {**_mean(scores), "steps": model.steps}
 
 

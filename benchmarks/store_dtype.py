@@ -71,7 +71,8 @@ def store_io(repeats: int, slices: int = 16) -> None:
                     times["read_cpu"].append((time.process_time() - cpu) / slices)
                 nbytes = volume.path(0).stat().st_size
             print(json.dumps({"image_size": size, "dtype": dtype, "mb_per_slice": round(nbytes / 2**20, 3),
-                              **{f"{k}_ms_per_slice": round(1000 * statistics.median(v), 2) for k, v in times.items()}}),
+                              **{f"{k}_ms_per_slice": round(1000 * statistics.median(v), 2)
+                                 for k, v in times.items()}}),
                   flush=True)
 
 
@@ -98,12 +99,14 @@ def main() -> None:
         for case in [c for c in cohort.split(args.split) if c.label is not None]:
             volume, truth = case.load()
             prompts = policy.prompts(truth, labels=cohort.labels, case_id=case.id)
-            half, full = (labels_through_store(model, volume, prompts, EmbeddingStore(Path(folder) / dtype, dtype=dtype))
+            half, full = (labels_through_store(model, volume, prompts,
+                                               EmbeddingStore(Path(folder) / dtype, dtype=dtype))
                           for dtype in ("float16", "float32"))
             agreement = dice_per_label(half, full, labels=cohort.labels)
             differ, total = differ + int((half != full).sum()), total + half.size
             rows.append({"case": case.id, "voxels_differ": int((half != full).sum()),
-                         "dice_float16_vs_float32": {cohort.labels[k]: round(float(v), 6) for k, v in agreement.items()}})
+                         "dice_float16_vs_float32": {cohort.labels[k]: round(float(v), 6)
+                                                     for k, v in agreement.items()}})
             print(json.dumps(rows[-1]), flush=True)
     dices = [v for row in rows for v in row["dice_float16_vs_float32"].values() if not np.isnan(v)]
     print(json.dumps({"model": args.model, "cases": len(rows), "voxels_differ": differ, "voxels": total,

@@ -103,7 +103,8 @@ _CROP_MARGIN = 4  # voxels around the brain
 
 
 def write_mni152_hemisphere_cohort(directory: str | os.PathLike, *, slab: int = HEMISPHERE_SLAB) -> Path:
-    """Write the MNI152 hemisphere cohort: ``directory/real/hemispheres/*.nii.gz`` and ``directory/mni152-hemispheres.json``.
+    """Write the MNI152 hemisphere cohort: ``directory/real/hemispheres/*.nii.gz`` and
+    ``directory/mni152-hemispheres.json``.
 
     The brain's axial extent is cut into slabs of ``slab`` slices. Even slabs of the *left*
     hemisphere are the train split, odd slabs of the *right* hemisphere the test split. The
@@ -140,9 +141,10 @@ def write_mni152_hemisphere_cohort(directory: str | os.PathLike, *, slab: int = 
     manifest = {
         "name": "mni152-hemispheres",
         "description": (
-            f"MNI ICBM152 2009a symmetric T1 template (nilearn) cut into {slab}-slice axial slabs: even slabs of the left "
-            "hemisphere to train, odd slabs of the right hemisphere to test (the template is left-right symmetric, so no "
-            "test slice or its mirror is in training); labels: grey/white-matter maps thresholded at 0.5 (`medseg demo-data`)."
+            f"MNI ICBM152 2009a symmetric T1 template (nilearn) cut into {slab}-slice axial slabs: even slabs of the "
+            "left hemisphere to train, odd slabs of the right hemisphere to test (the template is left-right "
+            "symmetric, so no test slice or its mirror is in training); labels: grey/white-matter maps thresholded at "
+            "0.5 (`medseg demo-data`)."
         ),
         "modality": "MR",
         "labels": {"0": "background", **{str(k): v for k, v in MNI152_LABELS.items()}},

@@ -126,7 +126,8 @@ class Case:
         if volume.modality == "OT":
             volume = replace(volume, modality=self.modality)
         elif volume.modality != self.modality:
-            log.warning("case %s: file says modality %s, manifest says %s; using the file's", self.id, volume.modality, self.modality)
+            log.warning("case %s: file says modality %s, manifest says %s; using the file's", self.id,
+                        volume.modality, self.modality)
         labels = self.load_labels(volume) if self.label is not None else None
         if self.spacing is not None:
             geometry = replace(volume.geometry, spacing=self.spacing)
@@ -190,7 +191,8 @@ class Cohort:
                 problems.append(type(error)(f"case {case.id!r}: {error}"))
         if problems:
             listing = "\n".join(f"  - {p}" for p in problems)
-            raise type(problems[0])(f"{self.path}: {len(problems)} of {len(self.cases)} cases failed validation:\n{listing}")
+            raise type(problems[0])(f"{self.path}: {len(problems)} of {len(self.cases)} cases failed "
+                                    f"validation:\n{listing}")
 
 
     def roi_report(self, case: Case) -> list[str]:
@@ -229,7 +231,8 @@ def load_manifest(path: str | os.PathLike) -> Cohort:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"{path}: not a readable JSON manifest ({error})") from error
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a manifest is a JSON object with \"labels\" and \"cases\" (or a Decathlon dataset.json)")
+        raise ConfigError(f"{path}: a manifest is a JSON object with \"labels\" and \"cases\" (or a Decathlon "
+                          "dataset.json)")
     parser = _Parser(path)
     cohort = parser.msd(data) if "training" in data and "cases" not in data else parser.medseg(data)
     if parser.problems:
@@ -280,7 +283,8 @@ class _Parser:
             modality = "OT"
         raw_cases = data.get("cases")
         if not isinstance(raw_cases, list) or not raw_cases:
-            self.problems.append("\"cases\" must be a non-empty list of {\"id\", \"image\", \"label\", \"split\"} objects")
+            self.problems.append("\"cases\" must be a non-empty list of {\"id\", \"image\", \"label\", "
+                                 "\"split\"} objects")
             raw_cases = []
         roi_names = self.roi_names(data.get("roi_names"), labels)
         cases = [self.case(i, raw, modality, labels) for i, raw in enumerate(raw_cases)]
@@ -312,7 +316,8 @@ class _Parser:
 
     def labels(self, raw: Any) -> dict[int, str]:
         if not isinstance(raw, dict) or not raw:
-            self.problems.append("\"labels\" must be an object mapping label values to names, e.g. {\"0\": \"background\", \"1\": \"liver\"}")
+            self.problems.append("\"labels\" must be an object mapping label values to names, e.g. {\"0\": "
+                                 "\"background\", \"1\": \"liver\"}")
             return {}
         labels: dict[int, str] = {}
         for key, name in raw.items():

@@ -31,7 +31,8 @@ def check_output(path: PathLike, *, inputs: Iterable[PathLike | None], what: str
             continue
         source = Path(item).expanduser().resolve()
         if target == source:
-            raise OutputError(f"{what} {path} is the input {item}: writing it would destroy the input; choose another path")
+            raise OutputError(f"{what} {path} is the input {item}: writing it would destroy the input; choose "
+                              "another path")
         if source.is_dir() and source in target.parents:
             raise OutputError(f"{what} {path} lies inside the input folder {item}; write it outside the input")
     return target

@@ -140,7 +140,8 @@ def write_demo_cohort(
         "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}},
         "cases": cases,
     }
-    log.info("demo cohort in %s: %d of %d files written, the rest were up to date", directory / "demo", written, 2 * n_cases)
+    log.info("demo cohort in %s: %d of %d files written, the rest were up to date", directory / "demo",
+             written, 2 * n_cases)
     return write_manifest(directory / "demo.json", manifest)
 
 
@@ -259,7 +260,8 @@ def _inside(
         # A smooth field made on a grid 4x coarser and interpolated up: same look, 20x faster.
         coarse = np.maximum(np.array(distance.shape) // 4, 4)
         field = gaussian_filter(rng.standard_normal(coarse), sigma=coarse / 6.0, mode="wrap")
-        field = zoom(field / (field.std() or 1.0), np.array(distance.shape) / coarse, order=1, grid_mode=True, mode="grid-wrap")
+        field = zoom(field / (field.std() or 1.0), np.array(distance.shape) / coarse, order=1, grid_mode=True,
+                     mode="grid-wrap")
         distance = distance * (1.0 + roughness * field)
     return distance < 1.0
 
@@ -280,8 +282,10 @@ def _organs(rng: np.random.Generator, half: np.ndarray) -> list[_Organ]:
         _Organ(0, 700.0, (0.0, 0.55 * half[1], jitter(0.02 * half[2])), (half[0] * 4, 0.12 * half[1], 0.11 * half[2])),
         _Organ(3, 30.0, (jitter(0.1 * half[0]), kidney_y, -0.40 * half[2]), kidney_radii),
         _Organ(3, 30.0, (jitter(0.1 * half[0]), kidney_y, 0.40 * half[2]), kidney_radii),
-        _Organ(1, 60.0, (0.1 * half[0] + jitter(0.1 * half[0]), -0.15 * half[1] + jitter(0.05 * half[1]), -0.35 * half[2]), size((0.7, 0.42, 0.40))),
-        _Organ(2, 45.0, (jitter(0.1 * half[0]), 0.0 + jitter(0.05 * half[1]), 0.50 * half[2]), size((0.45, 0.22, 0.16))),
+        _Organ(1, 60.0, (0.1 * half[0] + jitter(0.1 * half[0]), -0.15 * half[1] + jitter(0.05 * half[1]),
+                         -0.35 * half[2]), size((0.7, 0.42, 0.40))),
+        _Organ(2, 45.0, (jitter(0.1 * half[0]), 0.0 + jitter(0.05 * half[1]), 0.50 * half[2]),
+               size((0.45, 0.22, 0.16))),
     ]
 
 

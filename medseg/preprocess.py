@@ -80,7 +80,8 @@ class IntensityPreset:
                 raise ConfigError(f"preset {self.name!r}: window width must be positive, got {w.width}")
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
-            raise ConfigError(f"preset {self.name!r}: percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+            raise ConfigError(f"preset {self.name!r}: percentiles must satisfy 0 <= low < high <= 100, got "
+                              f"{self.percentiles}")
 
     def resolve(self, volume: Volume) -> list[tuple[float, float]]:
         """The ``(low, high)`` input range of each of the 3 output channels for ``volume``."""
@@ -94,7 +95,8 @@ class IntensityPreset:
         return [(float(low), float(high))] * 3
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "windows": [[w.level, w.width] for w in self.windows], "percentiles": list(self.percentiles)}
+        return {"name": self.name, "windows": [[w.level, w.width] for w in self.windows],
+                "percentiles": list(self.percentiles)}
 
 
 PRESETS: dict[str, IntensityPreset] = {

@@ -4,7 +4,8 @@ Model-free, below the engines: the pipeline's prompt policy, SAM2 training (firs
 correction clicks) and reference prompting (support slices) all draw prompts here, so training
 and evaluation agree on what a click or a box means.
 
-``PromptPolicy`` turns a case's truth into ``Prompts``. Each label value present in the truth is one object. Its prompts follow ``PromptSettings``:
+``PromptPolicy`` turns a case's truth into ``Prompts``. Each label value present in the truth is
+one object. Its prompts follow ``PromptSettings``:
 
 * point ``centroid``: on the slice where the object has the most voxels (the lowest such z on
   ties), the voxel nearest the centroid of the object's voxels on that slice (the centroid
@@ -138,7 +139,8 @@ class PromptPolicy:
             prompts.object(label, names[label])
             if self.settings.point != "none":
                 z = largest_slice(mask)
-                y, x = centroid_voxel(mask[z]) if self.settings.point == "centroid" else self._random_voxel(mask[z], case_id, label)
+                y, x = (centroid_voxel(mask[z]) if self.settings.point == "centroid"
+                        else self._random_voxel(mask[z], case_id, label))
                 prompts.add_point(label, z, y, x)
             if self.settings.box != "none":
                 z = middle_slice(mask) if self.settings.box == "middle" else largest_slice(mask)

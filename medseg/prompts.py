@@ -186,12 +186,14 @@ class Prompts:
             for p in obj.points:
                 if not (0 <= p.z < nz and 0 <= p.y <= ny - 1 and 0 <= p.x <= nx - 1):
                     raise InputError(
-                        f"object {obj.obj_id}: point (z={p.z}, y={p.y}, x={p.x}) is outside the volume of shape {shape_zyx}"
+                        f"object {obj.obj_id}: point (z={p.z}, y={p.y}, x={p.x}) is outside the volume of shape "
+                        f"{shape_zyx}"
                     )
             for b in obj.boxes:
                 if not (0 <= b.z < nz and 0 <= b.y0 and b.y1 <= ny - 1 and 0 <= b.x0 and b.x1 <= nx - 1):
                     raise InputError(
-                        f"object {obj.obj_id}: box on slice {b.z} ({b.y0}, {b.x0})..({b.y1}, {b.x1}) is outside the volume of shape {shape_zyx}"
+                        f"object {obj.obj_id}: box on slice {b.z} ({b.y0}, {b.x0})..({b.y1}, {b.x1}) is outside the "
+                        f"volume of shape {shape_zyx}"
                     )
             for m in obj.masks:
                 if not 0 <= m.z < nz:
@@ -270,7 +272,8 @@ class Prompts:
 
     def _add_object(self, obj_id: int, spec: Any) -> None:
         if not isinstance(spec, dict):
-            raise InputError(f"is a JSON {type(spec).__name__}, not an object with name, points, boxes, masks, scribbles")
+            raise InputError(f"is a JSON {type(spec).__name__}, not an object with name, points, boxes, masks, "
+                             "scribbles")
         unknown = sorted(set(spec) - {"name", "points", "boxes", "masks", "scribbles"})
         if unknown:
             raise InputError(f"unknown key(s) {unknown}; an object has name, points, boxes, masks, scribbles")
@@ -282,7 +285,8 @@ class Prompts:
         for m in spec.get("masks", []):
             self.add_mask(obj.obj_id, m["z"], _decode_mask(m["rle"], m["shape"]))
         for sc in spec.get("scribbles", []):
-            self.add_scribble(obj.obj_id, sc["z"], _decode_mask(sc["rle"], sc["shape"]), positive=bool(sc.get("positive", 1)))
+            self.add_scribble(obj.obj_id, sc["z"], _decode_mask(sc["rle"], sc["shape"]),
+                              positive=bool(sc.get("positive", 1)))
 
 
 def _encode_mask(mask: np.ndarray) -> str:

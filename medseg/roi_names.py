@@ -77,7 +77,8 @@ class RoiMapping:
     def from_config(cls, raw: object, where: str) -> "RoiMapping":
         """Rules from a manifest's ``"roi_names"``: ``{"1": ["Liver", "re:liver_\\d+"], ...}``."""
         if not isinstance(raw, dict) or not raw:
-            raise ConfigError(f"{where}: \"roi_names\" must map label values to lists of ROI names or patterns, e.g. {{\"1\": [\"Liver\"]}}")
+            raise ConfigError(f"{where}: \"roi_names\" must map label values to lists of ROI names or patterns, e.g. "
+                              "{\"1\": [\"Liver\"]}")
         rules: dict[int, tuple[str, ...]] = {}
         for key, patterns in raw.items():
             patterns = [patterns] if isinstance(patterns, str) else patterns
@@ -90,7 +91,8 @@ class RoiMapping:
                     try:
                         re.compile(pattern[3:])
                     except re.error as error:
-                        raise ConfigError(f"{where}: roi_names[{key!r}]: bad regular expression {pattern[3:]!r} ({error})") from None
+                        raise ConfigError(f"{where}: roi_names[{key!r}]: bad regular expression {pattern[3:]!r} "
+                                          f"({error})") from None
             rules[int(key)] = tuple(patterns)
         return cls(rules)
 

@@ -138,10 +138,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if count == 0:
             raise InputError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU here; use 'cpu' or 'auto'")
         if resolved.index is not None and resolved.index >= count:
-            raise InputError(f"device {device!r} was asked for but only {count} CUDA GPU(s) exist here (cuda:0..cuda:{count - 1})")
+            raise InputError(f"device {device!r} was asked for but only {count} CUDA GPU(s) exist here "
+                             f"(cuda:0..cuda:{count - 1})")
     elif resolved.type == "mps":
         if not torch.backends.mps.is_available():
-            raise InputError(f"device {device!r} was asked for but Apple MPS is not available here; use 'cpu' or 'auto'")
+            raise InputError(f"device {device!r} was asked for but Apple MPS is not available here; use 'cpu' "
+                             "or 'auto'")
     elif resolved.type != "cpu":
         raise InputError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' "
                          f"(available here: {', '.join(available_devices())})")
@@ -169,7 +171,8 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: str | Path, *, sha256: str | None = None, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | Path, *, sha256: str | None = None,
+                    what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The state dict stored in a PyTorch checkpoint, loaded with ``weights_only=True``.
 
     Accepts a bare state dict or one under ``"model"`` or ``"state_dict"`` (Meta's, MedSAM2's
@@ -197,7 +200,8 @@ def read_checkpoint(path: str | Path, *, sha256: str | None = None, what: str = 
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise WeightsError(f"{what} {path} does not hold a state dict of tensors (bare or under 'model' / 'state_dict')")
+        raise WeightsError(f"{what} {path} does not hold a state dict of tensors (bare or under 'model' / "
+                           "'state_dict')")
     return data
 
 

@@ -59,8 +59,9 @@ class SyntheticConfig(Settings):
     smooth texture; ``shared_grey``: probability that all objects of a scene take their grey values
     from two shared ones (look-alike objects), which differ as any object from its surroundings
     (``palette="independent"``) or only by ``close_grey`` (``"close"``: organs of nearly one grey that
-    touch, as liver and spleen do on CT); ``p_body``: probability of a body region. ``min_pixels``: an object smaller than this on every
-    slice is dropped (a scene never hands out an object nobody could see).
+    touch, as liver and spleen do on CT); ``p_body``: probability of a body region. ``min_pixels``: an
+    object smaller than this on every slice is dropped (a scene never hands out an object nobody could
+    see).
     """
 
     WHAT = "synthetic settings"
@@ -146,7 +147,8 @@ class _Shape:
             return out
         phi = np.arctan2(v, u)
         phases = self.phases + self.phase_drift * t
-        modulation = sum(float(a) * np.cos(k * phi + float(p)) for k, (a, p) in enumerate(zip(self.lobes, phases), start=2) if a)
+        modulation = sum(float(a) * np.cos(k * phi + float(p))
+                         for k, (a, p) in enumerate(zip(self.lobes, phases), start=2) if a)
         out[y0:y1, x0:x1] = np.hypot(u, v) < 1 + modulation
         return out
 
@@ -213,7 +215,8 @@ class Scene:
         return images, labels
 
 
-def make_scene(rng: np.random.Generator, shape: tuple[int, int, int], config: SyntheticConfig = SyntheticConfig()) -> Scene:
+def make_scene(rng: np.random.Generator, shape: tuple[int, int, int],
+               config: SyntheticConfig = SyntheticConfig()) -> Scene:
     """Draw a scene of ``config``'s objects for a grid of ``shape`` ``(z, y, x)``."""
     nz, ny, nx = shape
     half = min(ny, nx) / 2
@@ -221,8 +224,9 @@ def make_scene(rng: np.random.Generator, shape: tuple[int, int, int], config: Sy
     shared = rng.random() < config.shared_grey
     objects: list[_Object] = []
     if rng.random() < config.p_body:
-        body = _Shape(nz / 2, float(nz), np.array([ny, nx], float) / 2 + rng.normal(0, 0.05 * half, 2), rng.normal(0, 0.2, 2),
-                      np.zeros(2), half * rng.uniform(0.6, 0.95, 2), float(rng.uniform(0, np.pi)), 0.0,
+        body = _Shape(nz / 2, float(nz), np.array([ny, nx], float) / 2 + rng.normal(0, 0.05 * half, 2),
+                      rng.normal(0, 0.2, 2), np.zeros(2), half * rng.uniform(0.6, 0.95, 2),
+                      float(rng.uniform(0, np.pi)), 0.0,
                       rng.uniform(0, 0.04, _LOBES), rng.uniform(0, 2 * np.pi, _LOBES), np.zeros(_LOBES), "cylinder")
         objects.append(_Object("body", body, _grey(rng, background, config), float(rng.uniform(*config.texture))))
         background = objects[-1].grey  # what the objects inside stand out from
@@ -236,7 +240,8 @@ def make_scene(rng: np.random.Generator, shape: tuple[int, int, int], config: Sy
             objects.append(_Object("blob", organ, grey, texture))
             inner = _inner_shape(rng, organ, config, half)
             inner_grey = _grey(rng, grey, config)
-            objects.append(_Object(kind, inner, inner_grey, float(rng.uniform(*config.texture)), parent=len(objects) - 1,
+            objects.append(_Object(kind, inner, inner_grey, float(rng.uniform(*config.texture)),
+                                   parent=len(objects) - 1,
                                    thickness=float(rng.uniform(1.0, 3.0)), rim_grey=_grey(rng, inner_grey, config)))
         elif kind == "shell":
             core = _shape(rng, shape, half, config, radius_at_least=0.2, folds=True)
@@ -244,14 +249,16 @@ def make_scene(rng: np.random.Generator, shape: tuple[int, int, int], config: Sy
             objects.append(_Object("shell", core, _grey(rng, grey, config), float(rng.uniform(*config.texture)),
                                    ribbon_of=len(objects) - 1, thickness=float(rng.uniform(1.5, 5.0))))
         else:
-            objects.append(_Object(kind, _shape(rng, shape, half, config, tube=kind == "tube", corners=kind == "cuboid"),
+            objects.append(_Object(kind,
+                                   _shape(rng, shape, half, config, tube=kind == "tube", corners=kind == "cuboid"),
                                    grey, texture))
     bias = rng.normal(0.0, 0.04, (3, 3))
     return Scene(shape, tuple(objects), scene_background, bias, float(rng.uniform(*config.noise)),
                  float(rng.choice([0.0, rng.uniform(0.3, 1.0)])), int(rng.integers(2**31)))
 
 
-def synthetic_volume(seed: int, *, shape: tuple[int, int, int] = (24, 96, 96), spacing: tuple[float, float, float] = (2.0, 1.0, 1.0),
+def synthetic_volume(seed: int, *, shape: tuple[int, int, int] = (24, 96, 96),
+                     spacing: tuple[float, float, float] = (2.0, 1.0, 1.0),
                      config: SyntheticConfig = SyntheticConfig()) -> tuple[Volume, LabelVolume]:
     """A synthetic scene as a ``Volume`` (grey values in [0, 1], modality ``OT``) and its ``LabelVolume``.
 
@@ -267,7 +274,8 @@ def synthetic_volume(seed: int, *, shape: tuple[int, int, int] = (24, 96, 96), s
     labels = drop_small_objects(labels, config.min_pixels)
     geometry = Geometry(shape, spacing)
     names = {int(v): scene.objects[int(v) - 1].kind for v in np.unique(labels) if v > 0}
-    return Volume(image, geometry, "OT", {"format": "synthetic", "seed": seed}), LabelVolume(labels, geometry, label_names=names)
+    return Volume(image, geometry, "OT",
+                  {"format": "synthetic", "seed": seed}), LabelVolume(labels, geometry, label_names=names)
 
 
 def drop_small_objects(labels: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -348,7 +356,8 @@ def _bias_field(coefficients: np.ndarray, ny: int, nx: int) -> np.ndarray:
     y = np.linspace(-1, 1, ny, dtype=np.float32)[:, None]
     x = np.linspace(-1, 1, nx, dtype=np.float32)[None, :]
     powers_y, powers_x = [np.ones_like(y), y, y * y], [np.ones_like(x), x, x * x]
-    return sum(float(coefficients[i, j]) * powers_y[i] * powers_x[j] for i in range(3) for j in range(3) if i + j).astype(np.float32)
+    return sum(float(coefficients[i, j]) * powers_y[i] * powers_x[j] for i in range(3) for j in range(3)
+               if i + j).astype(np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], *, sigma: float) -> np.ndarray:

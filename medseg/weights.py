@@ -115,7 +115,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "untrained", "configs/sam2.1/sam2.1_hiera_t.yaml", 128, None, None,
-            "none: random weights", "SAM 2.1 Hiera-T architecture with seeded random weights; tests and smoke runs only",
+            "none: random weights", "SAM 2.1 Hiera-T architecture with seeded random weights; tests and smoke "
+                                    "runs only",
         ),
     )
 }
@@ -274,7 +275,8 @@ def _download(spec: ModelSpec, target: Path, *, progress: Progress | None, shoul
     size = part.stat().st_size
     if total is not None and size != total:
         raise WeightsError(
-            f"download of {spec.url} stopped at {size} of {total} bytes; run again to resume, or put the file at {target}"
+            f"download of {spec.url} stopped at {size} of {total} bytes; run again to resume, or put the file at "
+            f"{target}"
         )
     if spec.sha256 is not None:
         digest = sha256_file(part)

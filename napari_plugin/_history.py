@@ -30,7 +30,8 @@ class Snapshot:
     shape: tuple[int, int, int]
 
     @classmethod
-    def take(cls, labels: np.ndarray, committed: np.ndarray | None, markers: list[Marker], objects: dict[int, str]) -> Snapshot:
+    def take(cls, labels: np.ndarray, committed: np.ndarray | None, markers: list[Marker],
+             objects: dict[int, str]) -> Snapshot:
         pack = lambda a: zlib.compress(np.ascontiguousarray(a, dtype=np.int32).tobytes(), 1)  # noqa: E731
         return cls(pack(labels), None if committed is None else pack(committed), tuple(markers),
                    tuple(objects.items()), tuple(labels.shape))

@@ -158,8 +158,8 @@ def layer_geometry(layer: Any, shape: tuple[int, int, int]) -> Geometry:
     """The voxel grid a 3D layer's data-to-world transform describes, in the display frame."""
     origin = np.asarray(layer.data_to_world((0.0, 0.0, 0.0)), dtype=float)
     # column k: the LPS (x, y, z) step of index axis k = x, y, z (= data axes 2, 1, 0)
-    steps = np.stack([(np.asarray(layer.data_to_world(np.eye(3)[2 - k]), dtype=float) - origin)[::-1] for k in range(3)],
-                     axis=1)
+    steps = np.stack([(np.asarray(layer.data_to_world(np.eye(3)[2 - k]), dtype=float) - origin)[::-1]
+                      for k in range(3)], axis=1)
     spacing_xyz = np.linalg.norm(steps, axis=0)
     if np.any(spacing_xyz <= 0):
         raise GeometryError(f"layer {layer.name!r} has a zero scale: no voxel grid to segment on")

@@ -147,6 +147,7 @@ class MetricsPanel(QWidget):
     def _on_copy(self) -> None:
         """The table and summary as tab-separated text, for a spreadsheet."""
         header = [self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())]
-        rows = [[self.table.item(r, c).text() for c in range(self.table.columnCount())] for r in range(self.table.rowCount())]
+        rows = [[self.table.item(r, c).text() for c in range(self.table.columnCount())]
+                for r in range(self.table.rowCount())]
         text = "\n".join("\t".join(row) for row in [header, *rows]) + "\n\n" + self.controls.status.text()
         QApplication.clipboard().setText(text)

@@ -146,7 +146,8 @@ class ModelPicker(QWidget):
         elif "CC-BY-SA" in spec.licence:
             text, colour = f"Weights licence: {spec.licence}.", "#ffb040"
         else:
-            text, colour = f"Licence: {spec.licence}. Downloaded once ({spec.approx_size_mb} MB) into the medseg cache.", ""
+            text, colour = (f"Licence: {spec.licence}. Downloaded once ({spec.approx_size_mb} MB) into the medseg "
+                            "cache."), ""
         self.licence.setText(text)
         self.licence.setStyleSheet(f"color: {colour}" if colour else "")
         self.changed.emit()

@@ -24,7 +24,8 @@ class ObjectTable(QTableWidget):
         triggers = QTableWidget.EditTrigger
         self.setEditTriggers(triggers.DoubleClicked | triggers.EditKeyPressed)
 
-    def show_objects(self, objects: dict[int, str], *, accepted: set[int], colour_of, select: int | None = None) -> None:
+    def show_objects(self, objects: dict[int, str], *, accepted: set[int], colour_of,
+                     select: int | None = None) -> None:
         """List ``objects`` (value -> name) and select ``select`` (else the first row)."""
         self.blockSignals(True)
         self.setRowCount(0)

@@ -91,7 +91,8 @@ def read_volume(path: str | list[str]) -> LayerData:
             continue
         layers.append(_layer_data(volume, f"{path.name}: {s.description or s.uid} ({s.modality})", str(path)))
     if skipped:
-        message = f"{path.name}: skipped {len(skipped)} of {len(series)} series that cannot be read:\n" + "\n".join(skipped)
+        message = (f"{path.name}: skipped {len(skipped)} of {len(series)} series that cannot be read:\n"
+                   + "\n".join(skipped))
         if not layers:
             raise MedsegError(message)
         from napari.utils.notifications import show_warning

@@ -143,9 +143,9 @@ class ReferencePanel(QWidget):
         self.include_supports.setChecked(True)
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
-        self.preset.setToolTip("How intensities become SAM2's input (query and references): a CT window or MRI percentiles; "
-                               "the model's training preset, else the query's modality, else its intensities; "
-                               "a preset you pick here wins")
+        self.preset.setToolTip("How intensities become SAM2's input (query and references): a CT window or MRI "
+                               "percentiles; the model's training preset, else the query's modality, else its "
+                               "intensities; a preset you pick here wins")
         self._preset_chosen = False
         self.preset.activated.connect(self._on_preset_picked)  # activated: the user's picks only
         self.model = ModelPicker()
@@ -240,7 +240,8 @@ class ReferencePanel(QWidget):
             label_map = label_volume(labels.data, volume, result=labels.metadata.get(LABELS_KEY), name=labels.name)
             name = f"{image.name} / {labels.name}"
             slices = parse_slices(self.references.cellWidget(row, 2).text(), name)
-            entries.append(SupportEntry(label_map, volume=None if on_query else volume, slices=slices, from_query=on_query))
+            entries.append(SupportEntry(label_map, volume=None if on_query else volume, slices=slices,
+                                        from_query=on_query))
             names.append(name)
         if not entries:
             raise InputError("no reference: add one (an annotated volume, or slices drawn on the query)")
@@ -288,7 +289,8 @@ class ReferencePanel(QWidget):
                             phases=phases)
 
     def _show(self, result: LabelVolume, query: Volume) -> None:
-        name = f"{self._query_layer.name} references ({result.provenance['method'].removeprefix('reference-prompting-')})"
+        method = result.provenance["method"].removeprefix("reference-prompting-")
+        name = f"{self._query_layer.name} references ({method})"
         put_labels(self.viewer, labels_layer_data(result, query, name))
         self.preset.setCurrentText(result.provenance["preset"]["name"])  # the one used
         self.plot.show_scores(result)

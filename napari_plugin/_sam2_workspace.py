@@ -27,7 +27,7 @@ from medseg.prompts import Prompts
 from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._history import History, Snapshot
-from napari_plugin._layers import LABELS_KEY, SOURCE_KEY, VOLUME_KEY, label_features, labels_layer_data
+from napari_plugin._layers import LABELS_KEY, VOLUME_KEY, label_features, labels_layer_data
 from napari_plugin._model_picker import ModelChoice
 from napari_plugin._prompt_layers import Marker, PromptLayers
 
@@ -309,7 +309,8 @@ class Workspace:
         drawn_on = layer.metadata.get(VOLUME_KEY)
         if drawn_on is not None and not drawn_on.geometry.same_grid(self.volume.geometry):
             raise GeometryError(
-                f"labels layer {layer.name!r} belongs to another image ({self.volume.geometry.describe_difference(drawn_on.geometry)}); "
+                f"labels layer {layer.name!r} belongs to another image "
+                f"({self.volume.geometry.describe_difference(drawn_on.geometry)}); "
                 "pick a labels layer of this image or '(new layer)'"
             )
         layer.metadata.setdefault(VOLUME_KEY, self.volume)
@@ -335,7 +336,8 @@ class Workspace:
         """
         data = self.ensure_labels().data
         for z, label_slice in slices.items():
-            data[z] = label_slice if self.committed is None else np.where(self.committed[z] > 0, self.committed[z], label_slice)
+            data[z] = (label_slice if self.committed is None
+                       else np.where(self.committed[z] > 0, self.committed[z], label_slice))
         if result is not None:
             self._set_result(result)
         if self.viewer.dims.ndisplay == 3 or self.current_slice() in slices:

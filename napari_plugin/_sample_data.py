@@ -33,7 +33,8 @@ def make_mni152_sample() -> LayerData:
     volume = load_volume(package_file(MNI152_T1))
     array, geometry = mni152_tissue_labels()
     if not geometry.same_grid(volume.geometry):
-        raise GeometryError(f"nilearn's tissue maps are not on the T1 grid: {volume.geometry.describe_difference(geometry)}")
+        raise GeometryError("nilearn's tissue maps are not on the T1 grid: "
+                            f"{volume.geometry.describe_difference(geometry)}")
     labels = LabelVolume(array, volume.geometry, label_names=dict(MNI152_LABELS))
     return [image_layer_data(volume, "MNI152 T1"), _ground_truth(labels, volume, "MNI152 tissue (ground truth)")]
 

@@ -80,7 +80,8 @@ class SaveRow(QWidget):
         self.path.setPlaceholderText("labels.nii.gz, .nrrd, .mha or .dcm")
         self.dicom = QComboBox()
         self.dicom.addItems(["SEG", "RTSTRUCT"])
-        self.dicom.setToolTip("how a .dcm file is written: DICOM SEG (label maps) or RTSTRUCT (contours, for planning systems)")
+        self.dicom.setToolTip("how a .dcm file is written: DICOM SEG (label maps) or RTSTRUCT (contours, for planning "
+                              "systems)")
         self.browse = QPushButton("…")
         self.browse.setMaximumWidth(30)
         self.save = QPushButton("Save")

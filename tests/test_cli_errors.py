@@ -17,22 +17,27 @@ from medseg.phantom import write_demo_cohort
 
 # (category, argv template, text the one-line message must contain). Templates use {img},
 # {lab}, {tmp}, {file} (a plain file), {pipe} (a valid pipeline), {cohort} (its manifest),
-# {dicom} (a DICOM series folder), {bad_json}, {bad_yaml}, {text} (a text file that is no image), {case} (a finished case folder).
+# {dicom} (a DICOM series folder), {bad_json}, {bad_yaml}, {text} (a text file that is no image), {case} (a
+# finished case folder).
 CORPUS = [
     ("output is input", "segment {img} --point 4,16,16 --out {img} --model untrained", "is the input"),
     ("output is input", "segment {img} --mask {lab} --out {lab} --model untrained", "is the input"),
-    ("output is input", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --qc {img} --model untrained", "is the input"),
+    ("output is input", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --qc {img} --model untrained",
+     "is the input"),
     ("output is input", "segment {img} --point 4,16,16 --out {tmp}/link.nii.gz --model untrained", "is the input"),
     ("output is input", "segment {img} --prompts {prompts} --out {tmp}/o.nii.gz --qc {prompts} --model untrained",
      "is the input"),
     ("output is input", "run {pipe} --out {pipe}", "is the input"),
     ("output is input", "fewshot --support {img} {lab} --query {img} --out {lab} --model untrained", "is the input"),
-    ("output is input", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --qc {img} --model untrained", "is the input"),
+    ("output is input", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --qc {img} --model untrained",
+     "is the input"),
     ("output is input", "baseline predict {img} --model {tmp}/cohort --out {img}", "is the input"),
-    ("output is input", "baseline predict {img} --model {tmp}/cohort --out {tmp}/o.nii.gz --instances {img}", "is the input"),
+    ("output is input", "baseline predict {img} --model {tmp}/cohort --out {tmp}/o.nii.gz --instances {img}",
+     "is the input"),
     ("output is input", "baseline train --manifest {cohort} --out {cohort}", "is the input"),
     ("output is input", "run {pipe} --out {cohort}", "is the input"),
-    ("output is input", "segment {dicom} --point 4,16,16 --out {dicom}/o.nii.gz --model untrained", "inside the input folder"),
+    ("output is input", "segment {dicom} --point 4,16,16 --out {dicom}/o.nii.gz --model untrained",
+     "inside the input folder"),
     ("prompt value", "segment {img} --point 4,16,16,5 --out {tmp}/o.nii.gz", "LABEL must be 1"),
     ("prompt value", "segment {img} --point 4,16 --out {tmp}/o.nii.gz", "--point"),
     ("prompt value", "segment {img} --point a,b,c --out {tmp}/o.nii.gz", "--point"),
@@ -72,9 +77,11 @@ CORPUS = [
     ("size or number", "run {pipe} --out {tmp}/r --case-timeout -1", "--case-timeout"),
     ("size or number", "run {pipe} --out {tmp}/r --retries -2", "--retries"),
     ("size or number", "run {pipe} --out {tmp}/r --executor ray --cpus-per-case -1", "num_cpus=-1"),
-    ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --p-reference 1.5", "p_reference must be a probability"),
+    ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --p-reference 1.5",
+     "p_reference must be a probability"),
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --references 0", "references at least 1"),
-    ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --p-synthetic 2", "p_synthetic and p_parts must be"),
+    ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --p-synthetic 2",
+     "p_synthetic and p_parts must be"),
     ("size or number", "sam2 pretrain --out {tmp}/m --steps 0", "steps must be at least 1"),
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --threads 0", "--threads"),
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --threads all", "--threads"),
@@ -90,7 +97,8 @@ CORPUS = [
     ("missing path", "baseline predict {img} --model {tmp}/nomodel --out {tmp}/o.nii.gz", "nomodel"),
     ("missing path", "baseline train --manifest {tmp}/none.json --out {tmp}/m", "none.json"),
     ("unwritable output", "segment {img} --point 4,16,16 --out {file}/o.nii.gz --model untrained", "is a file"),
-    ("unwritable output", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --qc {file}/q.json --model untrained", "is a file"),
+    ("unwritable output", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --qc {file}/q.json --model untrained",
+     "is a file"),
     ("unwritable output", "run {pipe} --out {file}/r", "{file}"),
     ("unreadable input", "info {text}", "notes.txt"),
     ("unreadable input", "segment {text} --point 4,16,16 --out {tmp}/o.nii.gz", "notes.txt"),
@@ -102,7 +110,8 @@ CORPUS = [
     ("option", "nonsense-command", "invalid choice"),
     ("option", "demo-data {tmp}/d --cases 1", "--cases"),
     ("option", "segment {img} --point 4,16,16 --out {tmp}/o.nii.gz --postprocess clean", "--postprocess"),
-    ("option", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --postprocess specks", "--postprocess"),
+    ("option", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --postprocess specks",
+     "--postprocess"),
     ("option", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --postprocess yes", "--postprocess"),
     ("config field", "run {bad_postprocess} --out {tmp}/r", "methods.o.postprocess: is 'clean'; use one of"),
 ]
@@ -123,17 +132,19 @@ def files(tmp_path_factory, phantom_case, dicom_phantom) -> dict[str, str]:
     pipe = root / "pipe.yaml"
     pipe.write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle}}\n", encoding="utf-8")
     (root / "bad.yaml").write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle\n", encoding="utf-8")
-    (root / "unknown.yaml").write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle, colour: red}}\n", encoding="utf-8")
+    (root / "unknown.yaml").write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle, colour: red}}\n",
+                                       encoding="utf-8")
     (root / "nomethods.yaml").write_text(f"cohort: {cohort}\n", encoding="utf-8")
     (root / "postprocess.yaml").write_text(f"cohort: {cohort}\nmethods:\n  o: {{type: oracle, postprocess: clean}}\n",
                                            encoding="utf-8")
     assert main(["run", str(pipe), "--out", str(root / "done"), "--no-progress"]) == 0
     case = root / "done" / "o" / "phantom_002"
     (case / "result.json").write_bytes((case / "result.json").read_bytes()[:50])
-    return {"dicom": str(dicom_phantom.image), "img": str(img), "lab": str(lab), "tmp": str(root), "file": str(root / "afile"), "pipe": str(pipe),
-            "cohort": str(cohort), "bad_json": str(root / "bad.json"), "bad_yaml": str(root / "bad.yaml"),
-            "text": str(root / "notes.txt"), "case": str(case), "unknown_key": str(root / "unknown.yaml"),
-            "no_methods": str(root / "nomethods.yaml"), "pipe_json": str(root / "done" / "pipeline.json"),
+    return {"dicom": str(dicom_phantom.image), "img": str(img), "lab": str(lab), "tmp": str(root),
+            "file": str(root / "afile"), "pipe": str(pipe), "cohort": str(cohort), "bad_json": str(root / "bad.json"),
+            "bad_yaml": str(root / "bad.yaml"), "text": str(root / "notes.txt"), "case": str(case),
+            "unknown_key": str(root / "unknown.yaml"), "no_methods": str(root / "nomethods.yaml"),
+            "pipe_json": str(root / "done" / "pipeline.json"),
             "prompts": str(root / "prompts.json"), "bad_postprocess": str(root / "postprocess.yaml")}
 
 
@@ -154,7 +165,8 @@ def test_bad_inputs_exit_2_with_one_line_naming_the_problem(files, capsys):
         lines = [line for line in err.splitlines() if line and not line.startswith(("INFO ", "WARNING ", "ERROR "))]
         if code != 2 or len(lines) != 1 or "Traceback" in err or expected.format(**files) not in lines[0]:
             failures.append(f"{template}: exit {code}, {err.strip()[-300:]!r}")
-    print(f"\nbad-input corpus: {len(CORPUS)} invocations; {dict(categories)}; {len(CORPUS) - len(failures)} clear one-line errors")
+    print(f"\nbad-input corpus: {len(CORPUS)} invocations; {dict(categories)}; {len(CORPUS) - len(failures)} clear "
+          "one-line errors")
     assert not failures, "\n".join(failures)
     assert Path(files["img"]).read_bytes()[:2] == b"\x1f\x8b"  # the inputs are intact
 
@@ -192,7 +204,8 @@ def test_run_exit_code_says_whether_every_case_succeeded(files, tmp_path, capsys
     broken.write_bytes(Path(test_case["image"]).read_bytes()[:400])
     manifest["cases"].append({**test_case, "id": "broken", "image": str(broken)})
     (tmp_path / "m.json").write_text(json.dumps(manifest), encoding="utf-8")
-    (tmp_path / "p.yaml").write_text(f"cohort: {tmp_path / 'm.json'}\nmethods:\n  o: {{type: oracle}}\n", encoding="utf-8")
+    (tmp_path / "p.yaml").write_text(f"cohort: {tmp_path / 'm.json'}\nmethods:\n  o: {{type: oracle}}\n",
+                                     encoding="utf-8")
     code, err = invoke(["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "r"), "--no-progress"], capsys)
     assert code in (2, 3)  # the broken file is caught before compute (2) or as a failed case (3)
     assert "Traceback" not in err and "broken" in err
@@ -207,7 +220,8 @@ def test_check_output_refuses_inputs_links_and_input_folders(tmp_path):
     series.mkdir()
     (tmp_path / "link.nii.gz").symlink_to(image)
     for output, message in [(image, "is the input"), (tmp_path / "link.nii.gz", "is the input"),
-                            (tmp_path / "sub" / ".." / "ct.nii.gz", "is the input"), (series / "labels.nii.gz", "inside the input folder")]:
+                            (tmp_path / "sub" / ".." / "ct.nii.gz", "is the input"),
+                            (series / "labels.nii.gz", "inside the input folder")]:
         with pytest.raises(OutputError, match=message):
             check_output(output, inputs=[image, None, series])
     assert check_output(tmp_path / "labels.nii.gz", inputs=[image, series]) == (tmp_path / "labels.nii.gz").resolve()

@@ -70,7 +70,8 @@ def test_key_hits_on_the_same_inputs_and_misses_on_voxel_preset_size_or_checkpoi
     assert len(store.entries()) == 6
     mri = get_preset("mri")
     assert volume_key(volume, mri) == volume_key(make_volume(), mri) != volume_key(make_volume(seed=1), mri)
-    assert model_key("untrained:0:cfg", 128, torch.device("cpu")) != model_key("untrained:1:cfg", 128, torch.device("cpu"))
+    assert (model_key("untrained:0:cfg", 128, torch.device("cpu"))
+            != model_key("untrained:1:cfg", 128, torch.device("cpu")))
     assert model_key("sha", 128, torch.device("cpu")) != model_key("sha", 128, torch.device("cuda"))
 
 
@@ -248,7 +249,8 @@ def test_cli_precompute_info_and_clear_touch_only_the_store(tmp_path, monkeypatc
     weights = tmp_path / "home" / "weights" / "kept.pt"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"x")
-    assert main(["precompute", str(image), "--model", "untrained", "--image-size", "128", "--device", "cpu", "--no-progress"]) == 0
+    assert main(["precompute", str(image), "--model", "untrained", "--image-size", "128", "--device", "cpu",
+                 "--no-progress"]) == 0
     assert f"6 of {SHAPE[0]} slices encoded now" in capsys.readouterr().out
     root = tmp_path / "home" / "embeddings"
     (root / "notes.txt").write_text("not medseg's")

@@ -72,7 +72,8 @@ def test_dict_round_trip_and_with_shape():
 def test_describe_difference_names_each_field_in_plain_numbers():
     other = Geometry((7, 9, 12), (3.0, 0.7, 0.9), (-20.5, 41.0, 9.25), np.eye(3))
     text = OBLIQUE.describe_difference(other)
-    assert text == "shape (7, 9, 12) != (7, 9, 11); origin (-20.5, 41.0, 9.25) != (-20.5, 41.0, 7.25); direction differs"
+    assert text == ("shape (7, 9, 12) != (7, 9, 11); origin (-20.5, 41.0, 9.25) != (-20.5, 41.0, 7.25); "
+                    "direction differs")
     assert OBLIQUE.describe_difference(OBLIQUE) == ""
 
 

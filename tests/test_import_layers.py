@@ -92,7 +92,8 @@ def import_edges(root: Path, tops: tuple[str, ...] = TOP_PACKAGES) -> list[Edge]
 
 
 def package_of(module: str) -> str:
-    """``medseg.io.dicom.scan`` -> ``medseg.io``; ``medseg`` -> ``medseg``; ``napari_plugin._x`` -> ``napari_plugin``."""
+    """``medseg.io.dicom.scan`` -> ``medseg.io``; ``medseg`` -> ``medseg``;
+    ``napari_plugin._x`` -> ``napari_plugin``."""
     parts = module.split(".")
     return parts[0] if parts[0] != "medseg" else ".".join(parts[:2])
 
@@ -205,7 +206,8 @@ def test_an_injected_upward_import_is_caught(real_edges):
     injected = Edge("medseg.io.nifti", "medseg.pipeline.report", "medseg/io/nifti.py:1")
     found = contract_violations(real_edges + [injected])
     assert f"{injected} (layer data -> pipeline)" in found
-    assert any(line.startswith("package cycle:") and "medseg.io" in line and "medseg.pipeline" in line for line in found)
+    assert any(line.startswith("package cycle:") and "medseg.io" in line and "medseg.pipeline" in line
+               for line in found)
 
 
 def test_checker_on_a_package_written_to_disk(tmp_path):

@@ -18,7 +18,8 @@ from medseg.volume import LabelVolume
 TOL = 1e-5
 
 
-def _affine(linear: np.ndarray, spacing_xyz: tuple[float, float, float], origin_ras: tuple[float, float, float]) -> np.ndarray:
+def _affine(linear: np.ndarray, spacing_xyz: tuple[float, float, float],
+            origin_ras: tuple[float, float, float]) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = linear @ np.diag(spacing_xyz)
     affine[:3, 3] = origin_ras
@@ -28,7 +29,8 @@ def _affine(linear: np.ndarray, spacing_xyz: tuple[float, float, float], origin_
 AFFINES = {
     "RAS": _affine(np.eye(3), (0.8, 0.9, 2.5), (-90.0, -120.5, 30.25)),
     "LAS": _affine(np.diag([-1.0, 1.0, 1.0]), (0.7, 0.7, 3.0), (100.0, -80.0, -40.0)),
-    "oblique": _affine(Rotation.from_euler("xyz", [25, -10, 35], degrees=True).as_matrix(), (0.6, 0.75, 2.0), (12.5, -33.0, 71.0)),
+    "oblique": _affine(Rotation.from_euler("xyz", [25, -10, 35], degrees=True).as_matrix(), (0.6, 0.75, 2.0),
+                       (12.5, -33.0, 71.0)),
 }
 
 
@@ -137,7 +139,8 @@ def test_singleton_fourth_dimension_is_read_as_3d(tmp_path):
 def test_4d_nifti_is_refused(tmp_path):
     path = tmp_path / "bold.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((5, 6, 7, 3), np.float32), np.eye(4)), path)
-    with pytest.raises(InputError, match=r"bold\.nii\.gz: a 4D NIfTI of shape \(5, 6, 7, 3\) \(3 volumes\); medseg needs one 3D volume"):
+    with pytest.raises(InputError, match=r"bold\.nii\.gz: a 4D NIfTI of shape \(5, 6, 7, 3\) \(3 volumes\); medseg "
+                                         r"needs one 3D volume"):
         load_volume(path)
 
 
@@ -155,7 +158,8 @@ def test_non_finite_voxels_are_refused(tmp_path, bad):
 def test_label_map_with_other_shape_is_refused(tmp_path, phantom_case):
     path = tmp_path / "small_labels.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), phantom_case.volume.affine), path)
-    with pytest.raises(GeometryError, match=r"small_labels\.nii\.gz: label map does not lie on its image's voxel grid: shape \(10, 10, 10\) != \(12, 48, 48\)"):
+    with pytest.raises(GeometryError, match=r"small_labels\.nii\.gz: label map does not lie on its image's voxel grid: "
+                                            r"shape \(10, 10, 10\) != \(12, 48, 48\)"):
         load_labels(path, phantom_case.volume)
 
 
@@ -170,7 +174,8 @@ def test_label_map_with_other_affine_is_refused(tmp_path, phantom_case):
 
 def test_fractional_label_values_are_refused(tmp_path, phantom_case):
     path = tmp_path / "soft.nii.gz"
-    nib.save(nib.Nifti1Image(np.full(phantom_case.volume.shape[::-1], 0.5, np.float32), phantom_case.volume.affine), path)
+    nib.save(nib.Nifti1Image(np.full(phantom_case.volume.shape[::-1], 0.5, np.float32),
+                             phantom_case.volume.affine), path)
     with pytest.raises(InputError, match=r"soft\.nii\.gz: a label map holds integer values only"):
         load_labels(path, phantom_case.volume)
 
@@ -178,7 +183,8 @@ def test_fractional_label_values_are_refused(tmp_path, phantom_case):
 def test_truncated_gzip_nifti_is_refused(tmp_path, phantom_case, unmodified):
     path = tmp_path / "cut.nii.gz"
     path.write_bytes(phantom_case.image.read_bytes()[:5000])
-    with unmodified(path), pytest.raises(InputError, match=r"cut\.nii\.gz: cannot read the voxel data .*truncated or corrupt"):
+    with unmodified(path), pytest.raises(InputError,
+                                         match=r"cut\.nii\.gz: cannot read the voxel data .*truncated or corrupt"):
         load_volume(path)
 
 
@@ -241,7 +247,8 @@ def test_nifti_with_a_zero_size_dimension_names_the_file(tmp_path):
     path = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((5, 0, 7), np.float32), np.eye(4)), path)
     for read in (load_volume, read_geometry):
-        with pytest.raises(InputError, match=r"empty\.nii\.gz: a NIfTI with a zero-size dimension \(shape \(5, 0, 7\)\)"):
+        with pytest.raises(InputError, match=r"empty\.nii\.gz: a NIfTI with a zero-size dimension "
+                                             r"\(shape \(5, 0, 7\)\)"):
             read(path)
 
 
@@ -261,7 +268,8 @@ def test_save_labels_never_replaces_an_input(phantom_case, dicom_phantom, tmp_pa
     (tmp_path / "dir_link").symlink_to(phantom_case.image.parent)
     with unmodified(phantom_case.image, phantom_case.label, dicom_phantom.image):
         for target in (phantom_case.image, tmp_path / "link.nii.gz", tmp_path / "dir_link" / phantom_case.image.name):
-            with pytest.raises(OutputError, match=r"is the input .*phantom\.nii\.gz: writing it would destroy the input"):
+            with pytest.raises(OutputError,
+                               match=r"is the input .*phantom\.nii\.gz: writing it would destroy the input"):
                 save_labels(labels, volume, target)
         with pytest.raises(OutputError, match=r"is the input .*phantom_labels\.nii\.gz"):
             save_labels(labels, volume, phantom_case.label)  # the label map that was read
@@ -280,7 +288,8 @@ def test_label_file_kind_tells_label_objects_from_images(dicom_phantom, tmp_path
     series = load_volume(dicom_phantom.image)
     rt = save_labels(dicom_phantom.labels.array, series, tmp_path / "rt.dcm", format="rtstruct")
     seg = save_labels(dicom_phantom.labels.array, series, tmp_path / "seg.dcm")
-    assert [label_file_kind(p) for p in (rt, seg, series.source_files[0], dicom_phantom.label, dicom_phantom.image)] == [
+    files = (rt, seg, series.source_files[0], dicom_phantom.label, dicom_phantom.image)
+    assert [label_file_kind(p) for p in files] == [
         "rtstruct", "seg", None, None, None
     ]
 

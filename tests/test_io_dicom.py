@@ -19,7 +19,8 @@ from medseg.phantom import make_phantom, write_dicom_series
 from medseg.volume import LabelVolume
 
 TOL = 1e-5
-IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName", "StudyDate", "ReferringPhysicianName")
+IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName", "StudyDate",
+               "ReferringPhysicianName")
 
 
 def _copy_series(source, target):
@@ -43,7 +44,8 @@ def test_series_with_oblique_sagittal_direction_reads_exactly(dicom_phantom, unm
     np.testing.assert_allclose(volume.spacing, truth.spacing, atol=TOL)
     np.testing.assert_allclose(volume.origin, truth.origin, atol=TOL)
     np.testing.assert_allclose(volume.direction, truth.direction, atol=TOL)
-    np.testing.assert_array_equal(volume.array, truth.array)  # rescale applied: stored values are offset by the intercept
+    # rescale applied: stored values are offset by the intercept
+    np.testing.assert_array_equal(volume.array, truth.array)
     assert len(volume.source_files) == truth.shape[0]
     assert read_geometry(dicom_phantom.image).same_grid(volume.geometry, atol=TOL)
 
@@ -151,7 +153,8 @@ def test_multiframe_dicom_with_shuffled_frames(dicom_phantom, tmp_path):
 
     del enhanced.PerFrameFunctionalGroupsSequence
     enhanced.save_as(tmp_path / "no_groups.dcm")
-    with pytest.raises(InputError, match=r"no_groups\.dcm: a multi-frame image without per-frame functional groups \(10 frames\)"):
+    with pytest.raises(InputError, match=r"no_groups\.dcm: a multi-frame image without per-frame functional "
+                                         r"groups \(10 frames\)"):
         load_volume(tmp_path / "no_groups.dcm")
 
 
@@ -198,7 +201,8 @@ def test_missing_slice_is_an_error_not_a_silent_stretch(dicom_phantom, tmp_path)
     _copy_series(dicom_phantom.image, tmp_path / "series")
     ordered = _files_by_position(tmp_path / "series")
     ordered[4].unlink()
-    with pytest.raises(GeometryError, match=r"1 missing slice\(s\): a gap of 5\.000 mm after slice 4 of 9 where slices are 2\.500 mm apart"):
+    with pytest.raises(GeometryError, match=r"1 missing slice\(s\): a gap of 5\.000 mm after slice 4 of 9 where slices "
+                                            r"are 2\.500 mm apart"):
         load_volume(tmp_path / "series")
 
 
@@ -220,7 +224,8 @@ def test_uneven_spacing_is_an_error(dicom_phantom, tmp_path):
     normal = np.cross(*np.reshape(np.array(ds.ImageOrientationPatient, float), (2, 3)))
     ds.ImagePositionPatient = [f"{v:.6f}" for v in np.array(ds.ImagePositionPatient, float) + 0.8 * normal]
     ds.save_as(victim)
-    with pytest.raises(GeometryError, match=r"uneven slice spacing: gaps from 1\.700 to 3\.300 mm; medseg will not guess a grid"):
+    with pytest.raises(GeometryError, match=r"uneven slice spacing: gaps from 1\.700 to 3\.300 mm; medseg will not "
+                                            r"guess a grid"):
         load_volume(tmp_path / "series")
 
 
@@ -229,7 +234,8 @@ def test_repeated_positions_are_an_error(dicom_phantom, tmp_path):
     duplicate = pydicom.dcmread(files[0])
     duplicate.SOPInstanceUID = pydicom.uid.generate_uid()
     duplicate.save_as(tmp_path / "series" / "copy.dcm")
-    with pytest.raises(GeometryError, match=r"1 slice\(s\) repeat the position of another; the series holds several volumes"):
+    with pytest.raises(GeometryError, match=r"1 slice\(s\) repeat the position of another; the series holds "
+                                            r"several volumes"):
         load_volume(tmp_path / "series")
 
 
@@ -237,7 +243,9 @@ def test_truncated_file_in_a_series_is_named(dicom_phantom, tmp_path, unmodified
     files = _copy_series(dicom_phantom.image, tmp_path / "series")
     victim = files[3]
     victim.write_bytes(victim.read_bytes()[:-1500])
-    with unmodified(tmp_path / "series"), pytest.raises(InputError, match=rf"cannot decode the pixel data of .*{victim.name} \(truncated or corrupt\)"):
+    with unmodified(tmp_path / "series"), pytest.raises(InputError,
+                                                        match=rf"cannot decode the pixel data of .*{victim.name} "
+                                                              r"\(truncated or corrupt\)"):
         load_volume(tmp_path / "series")
 
 
@@ -247,7 +255,8 @@ def test_gantry_tilt_is_an_error(dicom_phantom, tmp_path):
         ds = pydicom.dcmread(path)
         position = np.array(ds.ImagePositionPatient, float)
         along = np.dot(position, np.cross(*np.reshape(np.array(ds.ImageOrientationPatient, float), (2, 3))))
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in position + 0.3 * along * np.array(ds.ImageOrientationPatient[:3], float)]
+        ds.ImagePositionPatient = [f"{v:.4f}"
+                                   for v in position + 0.3 * along * np.array(ds.ImageOrientationPatient[:3], float)]
         ds.save_as(path)
     with pytest.raises(GeometryError, match=r"slice positions do not follow the slice normal \(gantry tilt of about"):
         load_volume(tmp_path / "series")
@@ -296,7 +305,9 @@ def test_real_dicom_without_pixel_data_is_refused():
 
 def test_real_truncated_file_is_refused(unmodified):
     path = pydicom_test_file("MR_truncated.dcm")
-    with unmodified(path), pytest.raises(InputError, match=r"cannot decode the pixel data of .*MR_truncated\.dcm \(truncated or corrupt\)"):
+    with unmodified(path), pytest.raises(InputError,
+                                         match=r"cannot decode the pixel data of .*MR_truncated\.dcm "
+                                               r"\(truncated or corrupt\)"):
         load_volume(path)
 
 
@@ -320,7 +331,8 @@ def test_small_gantry_tilt_is_refused_not_dropped(dicom_phantom, tmp_path):
     # 0.5 degrees passed before (the shear was silently dropped): the last slice would sit 0.2 mm off.
     files = _copy_series(dicom_phantom.image, tmp_path / "series")
     _tilt(files, 0.5)
-    with pytest.raises(GeometryError, match=r"gantry tilt of about 0\.50 degrees, the last slice 0\.20 mm off\); the grid is sheared and medseg will not drop"):
+    with pytest.raises(GeometryError, match=r"gantry tilt of about 0\.50 degrees, the last slice 0\.20 mm off\); the "
+                                            r"grid is sheared and medseg will not drop"):
         load_volume(tmp_path / "series")
 
 

@@ -45,14 +45,15 @@ KNOWN_DICOM_BUGS: dict[str, dict[str, str]] = {
                      "header-flip-12": "Rows 128 flipped to 9088: loaded with invented voxels"},
     "MR_small.dcm": {"absurd-Columns": _COLUMNS, "absurd-RescaleSlope": _SLOPE},
 }
-REQUIRED = ("Rows", "Columns", "PixelData", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "BitsAllocated",
-            "BitsStored", "PixelRepresentation", "SamplesPerPixel", "SOPClassUID", "SeriesInstanceUID", "RescaleSlope",
-            "PhotometricInterpretation", "TransferSyntaxUID")
+REQUIRED = ("Rows", "Columns", "PixelData", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+            "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel", "SOPClassUID", "SeriesInstanceUID",
+            "RescaleSlope", "PhotometricInterpretation", "TransferSyntaxUID")
 ABSURD = {"Rows": 0, "Columns": 65535, "PixelSpacing": ["0", "0"], "ImagePositionPatient": ["nan", "1", "2"],
           "ImageOrientationPatient": ["0"] * 6, "BitsAllocated": 12, "SamplesPerPixel": 3, "RescaleSlope": "inf",
           "NumberOfFrames": 7, "SliceThickness": "-1", "PixelRepresentation": 5}
 WRONG_VRS = (("Rows", "DS", "12.5"), ("ImagePositionPatient", "US", b"\x01\x00"), ("PixelSpacing", "LO", "a\\b"),
-             ("SeriesInstanceUID", "SQ", None), ("Columns", "FD", b"\x00" * 8), ("RescaleIntercept", "UL", b"\xff\xff\xff\xff"))
+             ("SeriesInstanceUID", "SQ", None), ("Columns", "FD", b"\x00" * 8),
+             ("RescaleIntercept", "UL", b"\xff\xff\xff\xff"))
 
 
 def _pixel_offset(data: bytes) -> int:
@@ -77,7 +78,8 @@ def _byte_variants(data: bytes, rng: np.random.Generator, header_end: int, n: in
 
 def _dataset_variants(path: Path) -> Iterator[tuple[str, Callable[[pydicom.Dataset], None]]]:
     for keyword in REQUIRED:
-        yield f"missing-{keyword}", lambda ds, k=keyword: (ds.file_meta if k == "TransferSyntaxUID" else ds).pop(k, None)
+        yield f"missing-{keyword}", lambda ds, k=keyword: (ds.file_meta if k == "TransferSyntaxUID"
+                                                           else ds).pop(k, None)
     for keyword, value in ABSURD.items():
         yield f"absurd-{keyword}", lambda ds, k=keyword, v=value: setattr(ds, k, v)
     for keyword, vr, value in WRONG_VRS:
@@ -270,9 +272,11 @@ def test_fuzzed_label_objects(kind, small_series, tmp_path):
 
 
 def _nifti_header_variants(path: Path) -> Iterator[tuple[str, Callable[[nib.Nifti1Header], None]]]:
-    fields = {"dim": [[3, 0, 4, 4, 1, 1, 1, 1], [5, 4, 4, 4, 2, 2, 1, 1], [-1, 4, 4, 4, 1, 1, 1, 1], [3, 4, 4, 30000, 1, 1, 1, 1]],
+    fields = {"dim": [[3, 0, 4, 4, 1, 1, 1, 1], [5, 4, 4, 4, 2, 2, 1, 1], [-1, 4, 4, 4, 1, 1, 1, 1],
+                      [3, 4, 4, 30000, 1, 1, 1, 1]],
               "pixdim": [[1, 0, 0, 0, 1, 1, 1, 1], [1, np.nan, 1, 1, 1, 1, 1, 1], [-1, -2, 1e30, 1, 1, 1, 1, 1]],
-              "datatype": [0, 1, 2048, 32767], "bitpix": [0, 3], "vox_offset": [0, 1e9, -5], "scl_slope": [np.nan, np.inf, 0],
+              "datatype": [0, 1, 2048, 32767], "bitpix": [0, 3], "vox_offset": [0, 1e9, -5],
+              "scl_slope": [np.nan, np.inf, 0],
               "sform_code": [7, -1], "qform_code": [9], "srow_x": [[0, 0, 0, 0], [np.nan, 0, 0, 0]], "quatern_b": [5.0]}
     for field, values in fields.items():
         for i, value in enumerate(values):

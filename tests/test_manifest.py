@@ -42,7 +42,8 @@ def _manifest(**changes) -> dict:
         "modality": "CT",
         "labels": {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"},
         "cases": [
-            {"id": f"case{i}", "image": f"images/case{i}.nii.gz", "label": f"images/case{i}_labels.nii.gz", "split": split}
+            {"id": f"case{i}", "image": f"images/case{i}.nii.gz", "label": f"images/case{i}_labels.nii.gz",
+             "split": split}
             for i, split in enumerate(["train", "val", "test"])
         ],
     }
@@ -104,7 +105,8 @@ def test_unreadable_manifests(tmp_path):
     (tmp_path / "broken.json").write_text("{\"cases\": [", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"broken\.json: not a readable JSON manifest"):
         load_manifest(tmp_path / "broken.json")
-    with pytest.raises(ConfigError, match=r"(?s)empty\.json: 2 problem\(s\).*\"labels\" must be an object.*\"cases\" must be a non-empty list"):
+    with pytest.raises(ConfigError, match=r"(?s)empty\.json: 2 problem\(s\).*\"labels\" must be an object.*\"cases\" "
+                                          r"must be a non-empty list"):
         load_manifest(_write(tmp_path / "empty.json", {"name": "x"}))
 
 
@@ -118,16 +120,19 @@ def test_validate_data_names_each_failing_case(cohort_dir, phantom_case):
     # case1's labels on another grid, case2's labels with an undeclared value.
     shifted = phantom_case.volume.affine.copy()
     shifted[:3, 3] += 5.0
-    nib.save(nib.Nifti1Image(phantom_case.labels.array.transpose(2, 1, 0).astype(np.uint8), shifted), cohort_dir / "images" / "case1_labels.nii.gz")
+    nib.save(nib.Nifti1Image(phantom_case.labels.array.transpose(2, 1, 0).astype(np.uint8), shifted),
+             cohort_dir / "images" / "case1_labels.nii.gz")
     extra = phantom_case.labels.array.copy()
     extra[0, 0, 0] = 7
-    nib.save(nib.Nifti1Image(extra.transpose(2, 1, 0).astype(np.uint8), phantom_case.volume.affine), cohort_dir / "images" / "case2_labels.nii.gz")
+    nib.save(nib.Nifti1Image(extra.transpose(2, 1, 0).astype(np.uint8), phantom_case.volume.affine),
+             cohort_dir / "images" / "case2_labels.nii.gz")
     cohort = load_manifest(_write(cohort_dir / "m.json", _manifest()))
     with pytest.raises(GeometryError) as error:
         cohort.validate_data()
     message = str(error.value)
     assert "2 of 3 cases failed validation" in message
-    assert "case 'case1': " in message and "case1_labels.nii.gz: label map does not lie on its image's voxel grid" in message
+    assert "case 'case1': " in message
+    assert "case1_labels.nii.gz: label map does not lie on its image's voxel grid" in message
     assert "case 'case2': " in message and "case2_labels.nii.gz: label values [7] are not declared" in message
 
 
@@ -170,7 +175,8 @@ def test_decathlon_dataset_json_as_shipped(tmp_path, phantom_case):
 
 def test_decathlon_multichannel_task_is_refused(tmp_path):
     data = {"modality": {"0": "FLAIR", "1": "T1w"}, "labels": {"0": "background", "1": "edema"}, "training": []}
-    with pytest.raises(ConfigError, match=r"modality: 2 channels \['FLAIR', 'T1w'\]; multi-channel \(4D\) Decathlon tasks are not supported"):
+    with pytest.raises(ConfigError, match=r"modality: 2 channels \['FLAIR', 'T1w'\]; multi-channel \(4D\) Decathlon "
+                                          r"tasks are not supported"):
         load_manifest(_write(tmp_path / "dataset.json", data))
 
 
@@ -224,12 +230,14 @@ def test_rtstruct_label_roi_names_by_rules(tmp_path, dicom_phantom, clinical_rts
         cohort.validate_data()
     assert "case 'rt_case': ROI(s) ['Couch'] of rt.dcm match no label and are left out" in caplog.text
     volume, labels = cohort.case("rt_case").load()
-    np.testing.assert_array_equal(labels.array, dicom_phantom.labels.array)  # the couch is left out, the rest lands exactly
+    # the couch is left out, the rest lands exactly
+    np.testing.assert_array_equal(labels.array, dicom_phantom.labels.array)
     assert labels.label_names == {1: "liver", 2: "spleen", 3: "kidney_left"}
 
 
 def test_rtstruct_label_default_mapping_uses_names_and_tg263(tmp_path, dicom_phantom, clinical_rtstruct):
-    # No "roi_names": "LIVER" matches label "liver" (case-insensitive); "kidney_left" is TG-263 "Kidney_L", not "Lt Kidney".
+    # No "roi_names": "LIVER" matches label "liver" (case-insensitive); "kidney_left" is TG-263 "Kidney_L",
+    # not "Lt Kidney".
     cohort = load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct))
     assert cohort.roi_report(cohort.cases[0]) == [
         "case 'rt_case': ROI(s) ['Lt Kidney', 'Couch'] of rt.dcm match no label and are left out",
@@ -240,14 +248,17 @@ def test_rtstruct_label_default_mapping_uses_names_and_tg263(tmp_path, dicom_pha
 
 
 def test_rtstruct_roi_matched_twice_is_refused_before_compute(tmp_path, dicom_phantom, clinical_rtstruct):
-    cohort = load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct, roi_names={"1": ["glob:*"], "2": ["spleen"]}))
-    with pytest.raises(ConfigError, match=r"case 'rt_case': .*rt\.dcm: ROI\(s\) matched by several labels: 'spleen' -> labels \[1, 2\]"):
+    cohort = load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct,
+                                        roi_names={"1": ["glob:*"], "2": ["spleen"]}))
+    with pytest.raises(ConfigError, match=r"case 'rt_case': .*rt\.dcm: ROI\(s\) matched by several labels: 'spleen' -> "
+                                          r"labels \[1, 2\]"):
         cohort.validate_data()
 
 
 def test_bad_roi_names_are_manifest_problems(tmp_path, dicom_phantom, clinical_rtstruct):
     with pytest.raises(ConfigError) as error:
-        load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct, roi_names={"1": ["re:(unclosed"], "7": ["x"]}))
+        load_manifest(_rt_manifest(tmp_path, dicom_phantom, clinical_rtstruct,
+                                   roi_names={"1": ["re:(unclosed"], "7": ["x"]}))
     assert "roi_names['1']: bad regular expression '(unclosed'" in str(error.value)
 
 
@@ -258,7 +269,8 @@ def test_seg_label_segments_mapped_by_name(tmp_path, dicom_phantom):
     volume = load_volume(dicom_phantom.image)
     names = {1: "Kidney_L", 2: "Liver", 3: "Spleen"}  # another order than the manifest's values
     relabel = np.array([0, 2, 3, 1])
-    seg = save_labels(LabelVolume.like(volume, relabel[dicom_phantom.labels.array], label_names=names), volume, tmp_path / "s" / "seg.dcm")
+    seg = save_labels(LabelVolume.like(volume, relabel[dicom_phantom.labels.array], label_names=names), volume,
+                      tmp_path / "s" / "seg.dcm")
     cohort = load_manifest(_rt_manifest(tmp_path, dicom_phantom, seg))
     _, labels = cohort.cases[0].load()
     np.testing.assert_array_equal(labels.array, dicom_phantom.labels.array)

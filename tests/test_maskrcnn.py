@@ -185,7 +185,8 @@ def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
     # Same architecture, other class count: everything but the class-specific heads is copied.
     target = build_model(num_classes=3, backbone="resnet18", image_size=64)
     kept = load_pretrained(target, tmp_path / "detector.pth")
-    assert kept and all(k.startswith(("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")) for k in kept)
+    assert kept and all(k.startswith(("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits."))
+                        for k in kept)
     for name, tensor in source.state_dict().items():
         if name not in kept:
             assert torch.equal(target.state_dict()[name], tensor), name
@@ -201,7 +202,8 @@ def test_pretrained_checkpoints_load_or_fail_clearly(tmp_path):
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "resnet18-bn.pth")
     with pytest.raises(WeightsError, match=r"batch-norm statistics .* norm='frozen-bn'"):
         load_pretrained(target, tmp_path / "resnet18-bn.pth")
-    load_pretrained(build_model(num_classes=3, backbone="resnet18", norm="frozen-bn", image_size=64), tmp_path / "resnet18-bn.pth")
+    load_pretrained(build_model(num_classes=3, backbone="resnet18", norm="frozen-bn", image_size=64),
+                    tmp_path / "resnet18-bn.pth")
     (tmp_path / "notes.pth").write_text("not a checkpoint", encoding="utf-8")
     with pytest.raises(WeightsError, match="cannot read pretrained checkpoint .*notes.pth .*not a PyTorch checkpoint"):
         load_pretrained(target, tmp_path / "notes.pth")
@@ -252,7 +254,8 @@ def _detections(*objects):
     """torchvision-style outputs: ``objects`` are ``(class index, score, mask)`` per slice."""
     outputs = []
     for per_slice in objects:
-        masks = torch.stack([torch.from_numpy(m).float() for _, _, m in per_slice])[:, None] if per_slice else torch.zeros(0, 1, 8, 8)
+        masks = (torch.stack([torch.from_numpy(m).float() for _, _, m in per_slice])[:, None] if per_slice
+                 else torch.zeros(0, 1, 8, 8))
         outputs.append(
             {
                 "labels": torch.tensor([c for c, _, _ in per_slice], dtype=torch.int64),
@@ -425,7 +428,8 @@ def test_a_finished_model_is_returned_as_is_and_other_settings_are_refused(overf
 @pytest.mark.parametrize("stop", ["should_stop", "ctrl-c"])
 def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path, stop):
     cases = [PhantomCase(3, shape=(4, 64, 64))]
-    config = TrainConfig(backbone="resnet18", image_size=64, steps=6, batch_size=2, warmup_steps=2, val_every=0, checkpoint_every=100, device="cpu")
+    config = TrainConfig(backbone="resnet18", image_size=64, steps=6, batch_size=2, warmup_steps=2, val_every=0,
+                         checkpoint_every=100, device="cpu")
     straight = train(cases, tmp_path / "straight", labels=LABELS, config=config)
 
     steps_done = []
@@ -447,7 +451,8 @@ def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path, st
         train(cases, tmp_path / "resumed", labels=LABELS, config=TrainConfig(**{**config.to_dict(), "seed": 1}))
 
     steps_seen = []
-    resumed = train(cases, tmp_path / "resumed", labels=LABELS, config=config, progress=lambda s, n: steps_seen.append(s))
+    resumed = train(cases, tmp_path / "resumed", labels=LABELS, config=config,
+                    progress=lambda s, n: steps_seen.append(s))
     assert steps_seen == [4, 5, 6]
     assert resumed.losses == straight.losses
     expected = straight.network.state_dict()
@@ -468,14 +473,16 @@ def test_prediction_stops_between_batches_and_leaves_the_model_as_it_was():
                           should_stop=lambda: len(calls) == 2)
     assert calls == [(2, 5), (4, 5)]  # two batches, then the stop: no result
     # neither the stopped call nor a full one moves the model, changes its mode or its threshold
-    assert predict_instances(model, volume, score_threshold=0.9, device="cpu").labels.provenance["score_threshold"] == 0.9
+    assert (predict_instances(model, volume, score_threshold=0.9, device="cpu").labels.provenance["score_threshold"]
+            == 0.9)
     assert model.network is network and network.training and network.roi_heads.score_thresh == 0.05
     assert {p.device.type for p in network.parameters()} == {"cpu"}
 
 
 def test_a_diverging_run_stops_with_advice_instead_of_training_on_nan(tmp_path):
     config = TrainConfig(
-        backbone="resnet18", image_size=64, steps=6, batch_size=1, optimizer="sgd", lr=1e9, warmup_steps=0, val_every=0, device="cpu"
+        backbone="resnet18", image_size=64, steps=6, batch_size=1, optimizer="sgd", lr=1e9, warmup_steps=0, val_every=0,
+        device="cpu"
     )
     with pytest.raises(ConfigError, match=r"diverged at step [2-6]: losses .* Lower lr \(now 1000000000.0\)"):
         train([PhantomCase(3, shape=(4, 64, 64))], tmp_path / "model", labels=LABELS, config=config)

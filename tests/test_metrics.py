@@ -70,14 +70,17 @@ def test_hausdorff_and_surface_dice_in_mm_match_monai():
     assert surface_dice_per_label(pred, truth, labels=[1], tolerance_mm=3.0)[1] == pytest.approx(1.0)
     nsd = surface_dice_per_label(pred, truth, labels=[1], tolerance_mm=1.0)[1]
     t, p = (torch.from_numpy(a.array == 1)[None, None].float() for a in (truth, pred))
-    assert hd[1] == pytest.approx(float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=[3.0, 1.0, 1.0])))
-    assert nsd == pytest.approx(float(compute_surface_dice(p, t, [1.0], include_background=True, spacing=[3.0, 1.0, 1.0])))
+    assert hd[1] == pytest.approx(float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
+                                                                   spacing=[3.0, 1.0, 1.0])))
+    assert nsd == pytest.approx(float(compute_surface_dice(p, t, [1.0], include_background=True,
+                                                           spacing=[3.0, 1.0, 1.0])))
     assert 0.0 < nsd < 1.0
     # plain arrays are in voxels
     assert hausdorff95_per_label(pred.array, truth.array, labels=[1])[1] == pytest.approx(1.0)
     # one side empty: complete failure; both empty: not applicable
     empty = np.zeros(GRID.shape, dtype=np.int32)
-    assert hausdorff95_per_label(empty, truth.array, labels=[1, 2]) == {1: float("inf"), 2: pytest.approx(float("nan"), nan_ok=True)}
+    assert hausdorff95_per_label(empty, truth.array, labels=[1, 2]) == {1: float("inf"),
+                                                                        2: pytest.approx(float("nan"), nan_ok=True)}
     assert surface_dice_per_label(empty, truth.array, labels=[1])[1] == 0.0
 
 
@@ -191,7 +194,8 @@ def test_3d_ap_matches_pycocotools_direct_including_more_than_100_detections():
     truth_cats = {k: 1 + k % 2 for k in range(1, 7)}
     cats = {k: truth_cats.get(k, 1) for k in range(1, n_pred + 1)}  # > 100 detections of label 1
     ours = mask_ap(
-        [(InstanceMap(pred_ids, geometry, labels=cats, scores=scores), InstanceMap(truth_ids, geometry, labels=truth_cats))],
+        [(InstanceMap(pred_ids, geometry, labels=cats, scores=scores),
+          InstanceMap(truth_ids, geometry, labels=truth_cats))],
         labels=[1, 2],
         mode="3d",
     )
@@ -210,7 +214,8 @@ def test_3d_ap_matches_pycocotools_direct_including_more_than_100_detections():
     direct = _direct_cocoeval([{"id": 1, "height": n, "width": 1}], truth_anns, pred_anns, [1, 2],
                               [[0, 1e12], [0, 1e3], [1e3, 1e5], [1e5, 1e12]])
     assert sum(c == 1 for c in cats.values()) > 100
-    assert [ours.ap, ours.ap50, ours.ap75, ours.ar100] == pytest.approx([direct[0], direct[1], direct[2], direct[8]], abs=1e-12)
+    assert [ours.ap, ours.ap50, ours.ap75, ours.ar100] == pytest.approx(
+        [direct[0], direct[1], direct[2], direct[8]], abs=1e-12)
     assert 0.0 < ours.ap < 1.0
 
 
@@ -245,7 +250,8 @@ def test_2d_ap_matches_pycocotools_direct_per_slice_images():
                         ann["score"] = float(slice_scores[label][z])
                     target.append(ann)
     # loadRes sets prediction areas in pixels; scale the area ranges to match the mm² truth
-    direct = _direct_cocoeval(images, truth_anns, pred_anns, [1, 2], [[0, 1e10], [0, 32**2], [32**2, 96**2], [96**2, 1e10]])
+    direct = _direct_cocoeval(images, truth_anns, pred_anns, [1, 2],
+                              [[0, 1e10], [0, 32**2], [32**2, 96**2], [96**2, 1e10]])
     assert [ours.ap, ours.ap50, ours.ap75] == pytest.approx(list(direct[:3]), abs=1e-12)
     assert 0.0 < ours.ap < 1.0
 
@@ -266,8 +272,8 @@ def test_evaluate_bundles_every_metric_of_one_case():
     assert (scores[2].dice, scores[2].hd95_mm, scores[2].pred_voxels) == (0.0, float("inf"), 0)
     assert np.isnan(scores[3].dice) and scores[3].truth_voxels == 0
     assert scores.mean_dice == pytest.approx((0.9 + 0.0) / 2)  # label 3 is in neither map: not counted
-    assert scores.to_dict()["1"] == {"dice": pytest.approx(0.9), "hd95_mm": pytest.approx(1.0), "nsd": scores[1].surface_dice,
-                                     "truth_voxels": 1000, "pred_voxels": 1000}
+    assert scores.to_dict()["1"] == {"dice": pytest.approx(0.9), "hd95_mm": pytest.approx(1.0),
+                                     "nsd": scores[1].surface_dice, "truth_voxels": 1000, "pred_voxels": 1000}
     assert scores.millimetres and scores.ap_pair == (pred, truth)
     assert scores.mask_ap(mode="3d").ap50 == mask_ap([(pred, truth)], labels=[1, 2, 3], mode="3d").ap50
 

@@ -221,7 +221,8 @@ def test_dicom_series_opens_like_its_nifti(make_napari_viewer, tmp_path):
         np.testing.assert_allclose(world, nifti_layer.data_to_world(zyx), atol=1e-4)
     # a rigid frame: world distances are patient distances
     a, b = phantom.geometry.index_to_world([(0, 0, 0), (5, 23, 19)])
-    world_distance = np.linalg.norm(np.subtract(dicom_layer.data_to_world((5, 23, 19)), dicom_layer.data_to_world((0, 0, 0))))
+    world_distance = np.linalg.norm(np.subtract(dicom_layer.data_to_world((5, 23, 19)),
+                                                dicom_layer.data_to_world((0, 0, 0))))
     assert world_distance == pytest.approx(np.linalg.norm(a - b), abs=1e-4)
 
 
@@ -338,7 +339,8 @@ def test_a_layer_from_another_reader_keeps_its_whole_transform(make_napari_viewe
 
 
 @pytest.mark.parametrize("dicom_format", ["rtstruct", "seg"])
-def test_a_dropped_structure_set_opens_as_labels_on_its_series(make_napari_viewer, tmp_path, dicom_phantom, dicom_format):
+def test_a_dropped_structure_set_opens_as_labels_on_its_series(make_napari_viewer, tmp_path,
+                                                               dicom_phantom, dicom_format):
     import shutil
 
     from medseg.errors import MedsegError

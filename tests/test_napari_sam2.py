@@ -46,7 +46,8 @@ def test_keys_and_clicks_segment_propagate_live_undo_redo(make_napari_viewer, qt
 
     painted = []  # (task finished?, slices) for every live repaint
     paint = ws.paint_slices
-    ws.paint_slices = lambda slices, result=None: (painted.append((panel.task.finished, set(slices))), paint(slices, result))
+    ws.paint_slices = lambda slices, result=None: (painted.append((panel.task.finished, set(slices))),
+                                                   paint(slices, result))
     key(qtbot, viewer, Qt.Key.Key_G, SHIFT)  # propagate
     assert not panel.task.finished and not panel.propagate.isEnabled()  # the call returned at once: the UI is free
     spinner = viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator

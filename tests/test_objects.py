@@ -81,9 +81,9 @@ def pycocotools_ap(pairs: list[tuple[InstanceMap, LabelVolume]]) -> list[float]:
                               "area": float(mask_utils.area(rle)), "iscrowd": 0, "bbox": list(mask_utils.toBbox(rle))})
         for k, value in pred.labels.items():
             rle = mask_utils.encode(np.asfortranarray((pred.array == k).reshape(n, 1).astype(np.uint8)))
-            detections.append({"id": len(detections) + 1, "image_id": image_id, "category_id": value, "segmentation": rle,
-                               "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
-                               "score": pred.scores[k], "iscrowd": 0})
+            detections.append({"id": len(detections) + 1, "image_id": image_id, "category_id": value,
+                               "segmentation": rle, "area": float(mask_utils.area(rle)),
+                               "bbox": list(mask_utils.toBbox(rle)), "score": pred.scores[k], "iscrowd": 0})
     coco_gt, coco_dt = COCO(), COCO()
     categories = [{"id": 1}, {"id": 2}]
     coco_gt.dataset = {"images": images, "categories": categories, "annotations": truth}
@@ -194,7 +194,8 @@ def test_reference_prompting_anchors_are_its_selected_and_query_drawn_slices():
     array[5, 0, 31] = 2  # drawn on the query: the user's
     provenance = {
         "support": {"drawn_on_query": ["mine.nii.gz (on the query)"],
-                    "slices": [{"reference": "ref.nii.gz", "z": 3, "label": 1}, {"reference": "ref.nii.gz", "z": 5, "label": 2},
+                    "slices": [{"reference": "ref.nii.gz", "z": 3, "label": 1},
+                               {"reference": "ref.nii.gz", "z": 5, "label": 2},
                                {"reference": "mine.nii.gz (on the query)", "z": 5, "label": 2}]},
         "labels": {"1": {"selected_slices": [6, 0]}, "2": {"selected_slices": []}},
     }

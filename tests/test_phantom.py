@@ -104,7 +104,8 @@ def test_demo_data_command_writes_both_cohorts(tmp_path, capsys):
     assert f"real cohort: {tmp_path / 'mni152.json'}" in out
     assert len(load_manifest(tmp_path / "demo.json").cases) == 3
     for name in ("mni152.json", "mni152-hemispheres.json"):
-        assert json.loads((tmp_path / name).read_text(encoding="utf-8")) == json.loads((REPO / "data_manifests" / name).read_text(encoding="utf-8"))
+        shipped = (REPO / "data_manifests" / name).read_text(encoding="utf-8")
+        assert json.loads((tmp_path / name).read_text(encoding="utf-8")) == json.loads(shipped)
     assert main(["demo-data", str(tmp_path), "--cases", "1"]) == 2
     assert "--cases must be at least 2" in capsys.readouterr().err
 
@@ -169,7 +170,8 @@ def test_mni152_hemisphere_cohort_keeps_test_slices_and_their_mirrors_out_of_tra
         corners = volume.geometry.index_to_world(np.array([[0, 0, 0], [15, 0, volume.shape[2] - 1]]))
         # LPS: +x is the patient's left; train cases lie left of the midline, test cases right of it
         assert np.all(corners[:, 0] > 0) if case.split == "train" else np.all(corners[:, 0] < 0)
-        seen[case.split].update(np.round(volume.geometry.index_to_world(np.array([[z, 0, 0] for z in range(16)]))[:, 2], 3))
+        world = volume.geometry.index_to_world(np.array([[z, 0, 0] for z in range(16)]))
+        seen[case.split].update(np.round(world[:, 2], 3))
         # exact voxels of the template at the case's own world position
         start = np.round(np.linalg.inv(geometry.affine) @ np.r_[volume.affine[:3, 3], 1]).astype(int)[:3][::-1]
         window = tuple(slice(s, s + n) for s, n in zip(start, volume.shape))

@@ -38,7 +38,8 @@ def cohort(tmp_path_factory) -> Path:
 
 def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -> Path:
     path = tmp_path / "pipeline.yaml"
-    path.write_text(f"name: tiny\ncohort: {cohort}\nseed: 3\n{extra}methods:\n" + textwrap.indent(textwrap.dedent(methods), "  "), encoding="utf-8")
+    path.write_text(f"name: tiny\ncohort: {cohort}\nseed: 3\n{extra}methods:\n"
+                    + textwrap.indent(textwrap.dedent(methods), "  "), encoding="utf-8")
     return path
 
 
@@ -48,13 +49,16 @@ def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -
     [
         ("sam: {type: sam3}\n", "", r"methods\.sam\.type: unknown method 'sam3'; did you mean 'sam2'"),
         ("s: {type: sam2, image_sise: 128}\n", "", r"methods\.s\.image_sise: unknown key; did you mean 'image_size'"),
-        ("s: {type: sam2, fallback: maybe}\n", "", r"methods\.s\.fallback: is 'maybe'; use one of \['error', 'untrained'\]"),
+        ("s: {type: sam2, fallback: maybe}\n", "",
+         r"methods\.s\.fallback: is 'maybe'; use one of \['error', 'untrained'\]"),
         ("s: {type: sam2, image_size: big}\n", "", r"methods\.s\.image_size: must be an integer"),
         ("m: {type: maskrcnn, train: {stepz: 3}}\n", "", r"methods\.m: unknown Mask R-CNN setting\(s\) \['stepz'\]"),
         ("o: {type: oracle}\n", "promts: {point: centroid}\n", r"promts: unknown key; did you mean 'prompts'"),
         ("o: {type: oracle}\n", "prompts: {point: middle}\n", r"prompts\.point: is 'middle'"),
-        ("a: {type: oracle, baseline: true}\nb: {type: oracle, baseline: true}\n", "", "at most one method can be the baseline"),
-        ("s: {type: sam2, postprocess: specks}\n", "", r"methods\.s\.postprocess: is 'specks'; use one of \['none', 'objects'\]"),
+        ("a: {type: oracle, baseline: true}\nb: {type: oracle, baseline: true}\n", "",
+         "at most one method can be the baseline"),
+        ("s: {type: sam2, postprocess: specks}\n", "",
+         r"methods\.s\.postprocess: is 'specks'; use one of \['none', 'objects'\]"),
     ],
 )
 def test_bad_pipeline_yaml_names_file_and_field(tmp_path, cohort, methods, extra, message):
@@ -69,8 +73,10 @@ def test_bad_pipeline_yaml_names_file_and_field(tmp_path, cohort, methods, extra
     [
         ("o: {type: oracle}\n", "labels: [1, 7]\n", r"labels: \[7\] are not labels of the cohort"),
         ("o: {type: oracle}\n", "cases: [phantom_002, nobody]\n", r"cases: \['nobody'\] are not in the 'test' split"),
-        ("s: {type: sam2, model: untrained}\n", "prompts: {point: none}\n", "'s' is interactive but the policy gives neither"),
-        ("r: {type: revsam2, model: untrained, references: 3}\n", "", r"3 reference case\(s\) wanted but the 'train' split"),
+        ("s: {type: sam2, model: untrained}\n", "prompts: {point: none}\n",
+         "'s' is interactive but the policy gives neither"),
+        ("r: {type: revsam2, model: untrained, references: 3}\n", "",
+         r"3 reference case\(s\) wanted but the 'train' split"),
     ],
 )
 def test_bad_cohort_selection_fails_before_any_output(tmp_path, cohort, methods, extra, message):
@@ -83,7 +89,8 @@ def test_bad_cohort_selection_fails_before_any_output(tmp_path, cohort, methods,
 def test_unknown_model_and_missing_weights_fail_before_compute(tmp_path, cohort, monkeypatch):
     monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "home"))  # an empty cache, and no internet here
     config = load_pipeline(pipeline_file(tmp_path, cohort, "s: {type: sam2, model: sam9-huge}\n"))
-    with pytest.raises(WeightsError, match=r"method s: model '.*sam9-huge' is neither a registry name .* nor a checkpoint"):
+    with pytest.raises(WeightsError, match=r"method s: model '.*sam9-huge' is neither a registry name .* nor a "
+                                           r"checkpoint"):
         run_pipeline(config, tmp_path / "out")
     assert not (tmp_path / "out" / "s").exists()
 
@@ -108,7 +115,8 @@ def test_prompt_policy_centroid_box_and_seeded_random():
     random_policy = PromptPolicy(PromptSettings(point="random"), seed=5)
     first = random_policy.prompts(truth, labels=[1], case_id="c").to_dict()
     assert first == random_policy.prompts(truth, labels=[1], case_id="c").to_dict()
-    assert first != PromptPolicy(PromptSettings(point="random"), seed=6).prompts(truth, labels=[1], case_id="c").to_dict()
+    other_seed = PromptPolicy(PromptSettings(point="random"), seed=6)
+    assert first != other_seed.prompts(truth, labels=[1], case_id="c").to_dict()
 
 
 def test_bootstrap_and_paired_statistics():
@@ -118,7 +126,8 @@ def test_bootstrap_and_paired_statistics():
     assert few.n == 2 and few.mean == pytest.approx(0.3) and np.isnan(few.ci_low)
     spread = mean_ci([0.1, 0.5, 0.9, 0.3], seed=1)
     assert spread.ci_low < spread.mean < spread.ci_high and 0.1 <= spread.ci_low and spread.ci_high <= 0.9
-    paired = paired_comparison({"a": 0.9, "b": 0.8, "c": 0.7, "d": float("nan")}, {"a": 0.8, "b": 0.85, "c": 0.6, "e": 0.1})
+    paired = paired_comparison({"a": 0.9, "b": 0.8, "c": 0.7, "d": float("nan")},
+                               {"a": 0.8, "b": 0.85, "c": 0.6, "e": 0.1})
     assert (paired.wins, paired.ties, paired.losses, paired.difference.n) == (2, 0, 1, 3)
     assert paired.difference.mean == pytest.approx(0.05)
     assert paired.p_value == pytest.approx(0.5)
@@ -138,7 +147,8 @@ def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
     broken.write_bytes(gzip.compress(gzip.decompress(data)[:2000]))
     for case in manifest["cases"]:
         case["image"], case["label"] = str(cohort.parent / case["image"]), str(cohort.parent / case["label"])
-    manifest["cases"].append({"id": "broken", "image": str(broken), "label": manifest["cases"][3]["label"], "split": "test"})
+    manifest["cases"].append({"id": "broken", "image": str(broken), "label": manifest["cases"][3]["label"],
+                              "split": "test"})
     manifest_path = tmp_path / "with_broken.json"
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
 
@@ -171,7 +181,8 @@ def test_oracle_run_resume_failure_and_report(tmp_path, cohort):
     again = run_pipeline(config, out, report=False)
     assert again.counts == {"truth": {"ok": 0, "failed": 1, "skipped": 2}}
     # changed settings for the same method folder: refused before compute
-    changed = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n", "labels: [1]\n"))
+    changed = load_pipeline(pipeline_file(tmp_path, manifest_path, "truth: {type: oracle, baseline: true}\n",
+                                          "labels: [1]\n"))
     with pytest.raises(ConfigError, match="other settings"):
         run_pipeline(changed, out)
 
@@ -206,8 +217,10 @@ def test_ctrl_c_loses_only_the_case_in_flight(tmp_path, cohort, interrupted):
     config = load_pipeline(pipeline_file(tmp_path, cohort, "m: {type: test-interrupted}\n"))
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "m" / "phantom_002" / "result.json").read_text(encoding="utf-8"))["status"] == "ok"
-    assert sorted(p.name for p in (tmp_path / "out" / "m").iterdir()) == ["method.json", "phantom_002"]  # nothing half-written
+    result = tmp_path / "out" / "m" / "phantom_002" / "result.json"
+    assert json.loads(result.read_text(encoding="utf-8"))["status"] == "ok"
+    # nothing half-written
+    assert sorted(p.name for p in (tmp_path / "out" / "m").iterdir()) == ["method.json", "phantom_002"]
     interrupted.interrupt_on = None  # the re-run does the rest
     summary = run_pipeline(config, tmp_path / "out", report=False)
     assert summary.counts == {"m": {"ok": 1, "failed": 0, "skipped": 1}}
@@ -221,7 +234,8 @@ def test_should_stop_keeps_finished_cases_and_a_rerun_resumes(tmp_path, cohort):
                      should_stop=lambda: len(seen) >= 2)  # stop once the first case is done
     assert seen == [(0, 2), (1, 2)]
     assert sorted(p.name for p in (tmp_path / "out" / "m").iterdir()) == ["method.json", "phantom_002"]
-    assert json.loads((tmp_path / "out" / "m" / "phantom_002" / "result.json").read_text(encoding="utf-8"))["status"] == "ok"
+    result = tmp_path / "out" / "m" / "phantom_002" / "result.json"
+    assert json.loads(result.read_text(encoding="utf-8"))["status"] == "ok"
     summary = run_pipeline(config, tmp_path / "out", report=False)
     assert summary.counts == {"m": {"ok": 1, "failed": 0, "skipped": 1}}
 
@@ -241,7 +255,8 @@ def test_a_damaged_result_is_run_again(tmp_path, cohort):
 def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_path, cohort):
     path = pipeline_file(
         tmp_path, cohort,
-        "sam2: {type: sam2, model: untrained, image_size: 128}\nrev: {type: revsam2, model: untrained, image_size: 128}\n"
+        "sam2: {type: sam2, model: untrained, image_size: 128}\n"
+        "rev: {type: revsam2, model: untrained, image_size: 128}\n"
         "obj: {type: sam2, model: untrained, image_size: 128, postprocess: objects}\n",
         "cases: [phantom_002]\nprompts: {point: centroid, box: middle, reference_slices: 2}\n",
     )
@@ -254,7 +269,8 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     logged = json.loads((out / "sam2" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["prompts"]
     truth = load_manifest(cohort).case("phantom_002").load()[1]
     names = {1: "liver", 2: "spleen", 3: "kidney"}
-    expected = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=3).prompts(truth, labels=names, case_id="phantom_002")
+    expected = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=3).prompts(
+        truth, labels=names, case_id="phantom_002")
     assert logged == json.loads(json.dumps(expected.to_dict()))
     support = json.loads((out / "rev" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["support"]
     assert support["references"] == ["phantom_000"]  # the first labelled train case
@@ -272,14 +288,16 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "raw_labels.nii.gz", geometry).array, raw)
     slice_scores = {int(k): np.array(v, dtype=float) for k, v in result["slice_scores"].items()}
     objects = clean_objects(LabelVolume(raw, geometry, slice_scores=slice_scores), prompts=expected)
-    assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "labels.nii.gz", geometry).array, objects.labels.array)
+    assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "labels.nii.gz", geometry).array,
+                          objects.labels.array)
 
     with torch_threads(2):  # the replay restores the run's thread count (1) for the same float sums
         for method in ("sam2", "rev", "obj"):
             replay = replay_case(out / method / "phantom_002")
             assert replay.identical and replay.total_voxels == 8 * 48 * 48
             replayed = json.loads((replay.replay_dir / "result.json").read_text(encoding="utf-8"))
-            assert replayed["metrics"] == json.loads((out / method / "phantom_002" / "result.json").read_text(encoding="utf-8"))["metrics"]
+            recorded = json.loads((out / method / "phantom_002" / "result.json").read_text(encoding="utf-8"))
+            assert replayed["metrics"] == recorded["metrics"]
         assert torch.get_num_threads() == 2
 
     # every prompts-bearing file medseg writes replays through `medseg segment --prompts`
@@ -318,7 +336,8 @@ def test_cli_reports_bad_yaml_as_one_line(tmp_path, cohort, capsys):
 @pytest.mark.slow
 def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, cohort):
     train = "{backbone: resnet18, input_size: 64, steps: 1, batch_size: 1, val_every: 0, warmup_steps: 0, device: cpu}"
-    path = pipeline_file(tmp_path, cohort, f"mrcnn: {{type: maskrcnn, baseline: true, train: {train}}}\n", "cases: [phantom_002]\n")
+    path = pipeline_file(tmp_path, cohort, f"mrcnn: {{type: maskrcnn, baseline: true, train: {train}}}\n",
+                         "cases: [phantom_002]\n")
     out = tmp_path / "out"
     rng = torch.get_rng_state()
     summary = run_pipeline(load_pipeline(path), out)
@@ -333,7 +352,8 @@ def test_maskrcnn_baseline_is_trained_on_the_train_split_then_reused(tmp_path, c
     assert "trained for 1 steps only" in (out / "report.md").read_text(encoding="utf-8")
     assert replay_case(out / "mrcnn" / "phantom_002").identical
     # the same YAML pointing at the trained model instead: no training, same weights
-    reuse = pipeline_file(tmp_path, cohort, f"mrcnn2: {{type: maskrcnn, model_dir: {out / 'mrcnn' / 'model'}}}\n", "cases: [phantom_002]\n")
+    reuse = pipeline_file(tmp_path, cohort, f"mrcnn2: {{type: maskrcnn, model_dir: {out / 'mrcnn' / 'model'}}}\n",
+                          "cases: [phantom_002]\n")
     run_pipeline(load_pipeline(reuse), out, report=False)
     again = json.loads((out / "mrcnn2" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert again["provenance"]["weights_sha256"] == method["state"]["weights_sha256"]
@@ -372,7 +392,8 @@ def test_a_method_sees_the_volume_and_its_prompts_never_the_truth(tmp_path, coho
     recording = _recording(base)
     monkeypatch.setitem(METHODS, recording.kind, recording)
     options = "{model: untrained}" if base in (Sam2, RevSam2) else "{}"
-    config = load_pipeline(pipeline_file(tmp_path, cohort, f"m: {{type: {recording.kind}, {options[1:-1]}}}\n".replace(", }", "}"),
+    config = load_pipeline(pipeline_file(tmp_path, cohort,
+                                         f"m: {{type: {recording.kind}, {options[1:-1]}}}\n".replace(", }", "}"),
                                          "prompts: {point: centroid}\n"))
     summary = run_pipeline(config, tmp_path / "out", report=False)
     assert summary.counts["m"]["ok"] == 2
@@ -389,7 +410,8 @@ def test_a_method_sees_the_volume_and_its_prompts_never_the_truth(tmp_path, coho
         assert model == "the loaded model" and np.array_equal(volume.array, image.array)
         assert not isinstance(volume, LabelVolume) and not isinstance(prompts, LabelVolume)
         if base is Sam2:  # exactly the prompt policy's prompts
-            expected = PromptPolicy(PromptSettings(point="centroid"), seed=3).prompts(truth, labels=manifest.labels, case_id=case_id)
+            expected = PromptPolicy(PromptSettings(point="centroid"), seed=3).prompts(
+                truth, labels=manifest.labels, case_id=case_id)
             assert prompts.to_dict() == expected.to_dict()
         else:
             assert prompts is None

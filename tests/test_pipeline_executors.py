@@ -29,7 +29,8 @@ def config(tmp_path_factory):
 
 
 def results(out: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text(encoding="utf-8"))["metrics"] for p in sorted((out / "truth").glob("*/result.json"))}
+    return {p.parent.name: json.loads(p.read_text(encoding="utf-8"))["metrics"]
+            for p in sorted((out / "truth").glob("*/result.json"))}
 
 
 @pytest.mark.slow
@@ -51,7 +52,8 @@ def test_ray_executor_on_a_local_instance(tmp_path, config):
     try:
         summary = run_pipeline(config, tmp_path / "ray", executor=RayExecutor(num_cpus=1), report=False)
         assert summary.counts == {"truth": {"ok": 2, "failed": 0, "skipped": 0}}
-        assert {case: m["1"]["dice"] for case, m in results(tmp_path / "ray").items()} == {"phantom_002": 1.0, "phantom_003": 1.0}
+        assert ({case: m["1"]["dice"] for case, m in results(tmp_path / "ray").items()}
+                == {"phantom_002": 1.0, "phantom_003": 1.0})
         # resources the cluster lacks are refused up front instead of queueing forever
         with pytest.raises(ConfigError, match="asks for 1 GPU but the Ray cluster has 0"):
             run_pipeline(config, tmp_path / "gpu", executor=RayExecutor(num_gpus=1), report=False)

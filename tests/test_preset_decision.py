@@ -47,9 +47,9 @@ def model_dir(phantom_nifti, tmp_path_factory) -> Path:
         "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}},
         "cases": [{"id": "p0", "image": image.name, "label": label.name, "split": "train"}]})
     out = tmp_path_factory.mktemp("model") / "sam2"
-    assert main(["sam2", "train", "--manifest", str(manifest), "--out", str(out), "--from", "untrained", "--image-size", "64", "--steps", "1",
-                 "--clip-length", "2", "--warmup-steps", "1", "--threads", "1", "--preset", "ct-liver",
-                 "--no-progress"]) == 0
+    assert main(["sam2", "train", "--manifest", str(manifest), "--out", str(out), "--from", "untrained", "--image-size",
+                 "64", "--steps", "1", "--clip-length", "2", "--warmup-steps", "1", "--threads", "1", "--preset",
+                 "ct-liver", "--no-progress"]) == 0
     info = read_model_json(out)
     assert info["preset"] == "ct-liver" and info["undertrained"] is True
     return out

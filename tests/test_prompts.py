@@ -42,11 +42,13 @@ def test_a_big_mask_is_stored_compactly():
     ("build", "message"),
     [
         (lambda p: p, r"no prompts given"),
-        (lambda p: p.add_point(1, 5, 1, 1), r"object 1: point \(z=5, y=1.0, x=1.0\) is outside the volume of shape \(5, 20, 30\)"),
+        (lambda p: p.add_point(1, 5, 1, 1),
+         r"object 1: point \(z=5, y=1.0, x=1.0\) is outside the volume of shape \(5, 20, 30\)"),
         (lambda p: p.add_point(1, 0, 20, 1), r"is outside the volume"),
         (lambda p: p.add_box(2, 0, 0, 0, 19, 30), r"object 2: box on slice 0 .* is outside the volume"),
         (lambda p: p.add_mask(3, 1, np.zeros((20, 30), bool)), r"object 3: mask on slice 1 is empty"),
-        (lambda p: p.add_mask(3, 1, np.ones((30, 20), bool)), r"mask on slice 1 has shape \(30, 20\), the slices are \(20, 30\)"),
+        (lambda p: p.add_mask(3, 1, np.ones((30, 20), bool)),
+         r"mask on slice 1 has shape \(30, 20\), the slices are \(20, 30\)"),
     ],
 )
 def test_validate_names_the_prompt_that_does_not_fit(build, message):

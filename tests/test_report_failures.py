@@ -32,7 +32,8 @@ def model_dir(tmp_path_factory) -> Path:
     """A SAM2 model directory trained for one step at image size 64 on 1 train phantom (2 test phantoms)."""
     root = tmp_path_factory.mktemp("failing")
     cohort = write_demo_cohort(root / "cohort", n_cases=3, n_test=2, shape=(6, 32, 32))
-    config = Sam2TrainConfig(start="untrained", image_size=64, steps=1, clip_length=2, warmup_steps=0, threads=1, val_every=0)
+    config = Sam2TrainConfig(start="untrained", image_size=64, steps=1, clip_length=2, warmup_steps=0,
+                             threads=1, val_every=0)
     return train_sam2(load_manifest(cohort), root / "model", config=config)
 
 

@@ -61,8 +61,8 @@ def cohort(tmp_path_factory) -> Path:
 def trained(cohort, tmp_path_factory) -> Path:
     """A SAM2 trained for 3 steps at image size 64 (its weights identify it, so the store is used)."""
     out = tmp_path_factory.mktemp("sam2") / "model"
-    assert main(["sam2", "train", "--manifest", str(cohort), "--out", str(out), "--from", "untrained", "--steps", "3", "--image-size", "64",
-                 "--val-every", "0", "--threads", "1", "--no-progress"]) == 0
+    assert main(["sam2", "train", "--manifest", str(cohort), "--out", str(out), "--from", "untrained", "--steps", "3",
+                 "--image-size", "64", "--val-every", "0", "--threads", "1", "--no-progress"]) == 0
     return out
 
 

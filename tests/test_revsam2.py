@@ -18,7 +18,8 @@ from medseg.cli import main
 from medseg.io import load_labels, load_volume
 from medseg.io.nifti import write_nifti
 from medseg.phantom import make_phantom
-from medseg.revsam2 import ReferenceSession, SupportEntry, SupportSet, segment_with_references, select_slices, track_object
+from medseg.revsam2 import (ReferenceSession, SupportEntry, SupportSet, segment_with_references, select_slices,
+                            track_object)
 from medseg.revsam2.zmatch import gated
 from medseg.sam2 import FeatureCache, VolumeFrames, load_model
 
@@ -65,7 +66,8 @@ def test_drawn_on_the_query_is_the_entry_s_flag_not_the_volume_s_identity(model)
     result = session.segment(mode="baseline")
     assert session.encoder_calls == 5  # the support is the query's own slice 2
     assert np.array_equal(result.array[2] == 1, truth.array[2] == 1)
-    other = SupportSet.from_volumes([(query, truth, [2])], labels=[1])  # a volume, even the query object: another patient's
+    # a volume, even the query object: another patient's
+    other = SupportSet.from_volumes([(query, truth, [2])], labels=[1])
     session = ReferenceSession(query, other, model=model)
     session.segment(mode="baseline")
     assert session.encoder_calls == 5  # identical voxels: the same content key, encoded once
@@ -88,7 +90,8 @@ def test_stopping_returns_nothing_and_keeps_only_finished_passes(model):
     np.testing.assert_array_equal(again.array, straight.array)
     assert again.provenance["labels"] == straight.provenance["labels"]
     with pytest.raises(Cancelled, match="tracking object 1 stopped"):  # in the middle of a pass
-        ReferenceSession(query, support, model=model).segment(mode="baseline-middle", progress=lambda d, t: steps.append(d),
+        ReferenceSession(query, support, model=model).segment(mode="baseline-middle",
+                                                              progress=lambda d, t: steps.append(d),
                                                                should_stop=lambda: steps[-1] == 3)
 
 
@@ -98,7 +101,8 @@ def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
     support = SupportSet.from_volumes([(ref, ref_labels)], k=3, labels={1: "disc"})
     session = ReferenceSession(query, support, model=model)
     steps = []
-    result = session.segment(top_k=2, threshold=None, min_spacing=3, progress=lambda done, total: steps.append((done, total)))
+    result = session.segment(top_k=2, threshold=None, min_spacing=3,
+                             progress=lambda done, total: steps.append((done, total)))
     forward = session.forward(1, result.provenance["placement"])
     detail = result.provenance["labels"]["1"]
     scores = np.array([np.nan if s is None else s for s in detail["reverse_scores"]])
@@ -110,7 +114,8 @@ def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
     assert result.scores[1] == pytest.approx(np.mean(scores[selected]), abs=1e-6)
     assert steps[-1][0] == steps[-1][1] == 8 + detail["candidates"] + 8  # forward, reverse, re-prompt
     assert result.provenance["method"] == "reference-prompting-revsam2"
-    assert result.provenance["support"]["slices"] == [{"reference": "reference 1", "z": z, "label": 1} for z in (1, 4, 8)]
+    assert result.provenance["support"]["slices"] == [{"reference": "reference 1", "z": z, "label": 1}
+                                                      for z in (1, 4, 8)]
 
 
 def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(model):
@@ -122,7 +127,8 @@ def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(m
     encoded = session.encoder_calls
     assert encoded == 6 + 2
     steps = []
-    second = session.segment(top_k=3, threshold=None, min_spacing=1, progress=lambda done, total: steps.append((done, total)))
+    second = session.segment(top_k=3, threshold=None, min_spacing=1,
+                             progress=lambda done, total: steps.append((done, total)))
     assert session.encoder_calls == encoded and steps[-1] == (6, 6)  # only the re-prompt ran
     first_detail, second_detail = first.provenance["labels"]["1"], second.provenance["labels"]["1"]
     assert first_detail["reverse_scores"] == second_detail["reverse_scores"]
@@ -225,7 +231,8 @@ def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, cap
     code = main([
         "fewshot", "--support-from-query", str(phantom_case.label), "5,6", "--query", str(phantom_case.image),
         "--out", str(out), "--model", "untrained", "--image-size", "128", "--device", "cpu", "--label", "1=liver",
-        "--mode", "baseline", "--preset", "ct-soft-tissue", "--qc", str(qc), "--no-progress", "--postprocess", "objects",
+        "--mode", "baseline", "--preset", "ct-soft-tissue", "--qc", str(qc), "--no-progress", "--postprocess",
+        "objects",
     ])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -248,8 +255,8 @@ def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, cap
     ],
 )
 def test_fewshot_cli_reports_bad_input_in_one_line(phantom_case, tmp_path, capsys, extra, message):
-    code = main(["fewshot", "--support", str(phantom_case.image), str(phantom_case.label), "--query", str(phantom_case.image),
-                 "--out", str(tmp_path / "x.nii.gz"), "--model", "untrained", *extra])
+    code = main(["fewshot", "--support", str(phantom_case.image), str(phantom_case.label), "--query",
+                 str(phantom_case.image), "--out", str(tmp_path / "x.nii.gz"), "--model", "untrained", *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("medseg fewshot: error:") and len(err.strip().splitlines()) == 1

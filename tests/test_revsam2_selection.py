@@ -110,7 +110,8 @@ def test_a_reference_with_flipped_columns_is_flipped_back():
     flipped = np.diag([-1.0, 1.0, 1.0])  # columns run right to left
     geometry = Geometry(query.shape, query.spacing, direction=flipped)
     reference = Volume(query.array[:, :, ::-1], geometry, "CT")
-    support = SupportSet.from_volumes([(reference, LabelVolume(labels.array[:, :, ::-1], geometry))], k=1).for_query(query)
+    support = SupportSet.from_volumes([(reference, LabelVolume(labels.array[:, :, ::-1], geometry))],
+                                      k=1).for_query(query)
     np.testing.assert_array_equal(support.references[0].labels.array, labels.array)
     np.testing.assert_allclose(support.references[0].volume.array, query.array, atol=1e-4)
     assert support.to_dict()["resampled_in_plane"]["reference 1"]["in_plane_axes"] == [[-1.0, 0.0], [0.0, 1.0]]
@@ -120,13 +121,16 @@ def test_a_reference_with_flipped_columns_is_flipped_back():
 def test_references_that_cannot_match_the_query_are_refused_naming_both():
     query, labels = _reference()
     sagittal = Geometry(query.shape, query.spacing, direction=[[0, 0, 1], [1, 0, 0], [0, 1, 0]])
-    support = SupportSet.from_volumes([(Volume(query.array, sagittal, "CT"), LabelVolume(labels.array, sagittal))], names=["sag.nii.gz"])
-    with pytest.raises(GeometryError, match=r"sag.nii.gz: its slices lie 90 degrees off the query's slices \(slice normal \[1.0, 0.0, 0.0\] vs \[0.0, 0.0, 1.0\]"):
+    support = SupportSet.from_volumes([(Volume(query.array, sagittal, "CT"), LabelVolume(labels.array, sagittal))],
+                                      names=["sag.nii.gz"])
+    with pytest.raises(GeometryError, match=r"sag.nii.gz: its slices lie 90 degrees off the query's slices \(slice "
+                                            r"normal \[1.0, 0.0, 0.0\] vs \[0.0, 0.0, 1.0\]"):
         support.for_query(query)
     drawn = SupportSet.from_volumes([SupportEntry(labels, slices=[5], from_query=True)], labels=[1], names=["drawn"])
     drawn.for_query(query)  # on the query's grid: fine
     other = Volume(np.zeros((20, 16, 10), np.float32), Geometry((20, 16, 10), (2.5, 0.8, 0.8)), "CT")
-    with pytest.raises(GeometryError, match=r"drawn is marked as drawn on the query but is not on the query's grid \(shape"):
+    with pytest.raises(GeometryError, match=r"drawn is marked as drawn on the query but is not on the query's "
+                                            r"grid \(shape"):
         drawn.for_query(other)
     with pytest.raises(InputError, match="drawn on the query, so it takes the query's image; leave its volume out"):
         SupportSet.from_volumes([SupportEntry(labels, volume=query, from_query=True)], names=["drawn"])
@@ -139,7 +143,8 @@ def test_references_that_cannot_match_the_query_are_refused_naming_both():
 def test_image_and_label_grids_must_match():
     volume, labels = _reference()
     _, other = _reference(18)
-    with pytest.raises(GeometryError, match=r"ref\.nii\.gz.*label map has shape \(18, 16, 12\).*image has shape \(20, 16, 12\)"):
+    with pytest.raises(GeometryError, match=r"ref\.nii\.gz.*label map has shape \(18, 16, 12\)"
+                                            r".*image has shape \(20, 16, 12\)"):
         SupportSet.from_volumes([(volume, other)], names=["ref.nii.gz"])
     shifted = LabelVolume(labels.array, Geometry(volume.shape, volume.spacing, origin=(0.0, 0.0, 5.0)))
     with pytest.raises(GeometryError, match=r"ref\.nii\.gz: the label map is not on its image's grid \(origin"):
@@ -155,7 +160,8 @@ def test_empty_support_labels_are_refused():
 
 def test_support_labels_outside_the_label_map_are_refused():
     volume, labels = _reference()
-    with pytest.raises(InputError, match=r"reference 1: its labels \[1, 2\] are none of the labels to segment 3 \(kidney\)"):
+    with pytest.raises(InputError, match=r"reference 1: its labels \[1, 2\] are none of the labels to segment 3 "
+                                         r"\(kidney\)"):
         SupportSet.from_volumes([(volume, labels)], labels={3: "kidney"})
 
 

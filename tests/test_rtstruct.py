@@ -24,7 +24,8 @@ CORONAL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # rows
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
     cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    return np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    return (np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+            @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]))
 
 
 def _with_holes_and_islands(labels: np.ndarray) -> np.ndarray:
@@ -45,7 +46,8 @@ def _series(tmp_path_factory, name: str, direction: np.ndarray, seed: int) -> tu
     volume = load_volume(folder / "series")
     names = {**labels.label_names, 4: "ring"}
     provenance = {"method": "sam2", "model": "sam2.1_hiera_tiny", "checkpoint_sha256": "ab" * 32, "prompts": [1]}
-    return volume, LabelVolume(_with_holes_and_islands(labels.array), volume.geometry, label_names=names, provenance=provenance)
+    return volume, LabelVolume(_with_holes_and_islands(labels.array), volume.geometry, label_names=names,
+                               provenance=provenance)
 
 
 @pytest.fixture(scope="module", params=["oblique", "coronal", "sagittal"])
@@ -117,7 +119,8 @@ def test_an_independent_reader_places_the_contours_on_the_same_voxels(case):
 
 def test_header_references_the_source_and_identifies_the_algorithm(dicom_phantom, tmp_path):
     volume = load_volume(dicom_phantom.image)
-    provenance = {"method": "sam2", "model": "sam2.1_hiera_tiny", "checkpoint_sha256": "cd" * 32, "checkpoint": "/home/jane.doe/x.pt"}
+    provenance = {"method": "sam2", "model": "sam2.1_hiera_tiny", "checkpoint_sha256": "cd" * 32,
+                  "checkpoint": "/home/jane.doe/x.pt"}
     labels = LabelVolume.like(volume, dicom_phantom.labels.array, label_names={1: "liver", 2: "spleen", 3: "kidney"},
                               untrained=True, provenance=provenance)
     out = save_labels(labels, volume, tmp_path / "rt.dcm", format="rtstruct")
@@ -125,7 +128,8 @@ def test_header_references_the_source_and_identifies_the_algorithm(dicom_phantom
     source = pydicom.dcmread(volume.source_files[0], stop_before_pixels=True)
     assert ds.SOPClassUID == pydicom.uid.RTStructureSetStorage and ds.Modality == "RTSTRUCT"
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
-    assert (ds.PatientName, ds.PatientID, ds.StudyInstanceUID) == (source.PatientName, source.PatientID, source.StudyInstanceUID)
+    assert (ds.PatientName, ds.PatientID, ds.StudyInstanceUID) == (source.PatientName, source.PatientID,
+                                                                   source.StudyInstanceUID)
     assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert ds.ReferringPhysicianName == "" and "InstitutionName" not in ds and "jane.doe" not in str(ds)
     series = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
@@ -147,14 +151,16 @@ def test_multiframe_source_contours_reference_frames(dicom_phantom, tmp_path):
 
     files = sorted(dicom_phantom.image.iterdir())
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        [pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1
+        [pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1
     )
     enhanced.save_as(tmp_path / "enhanced.dcm")
     volume = load_volume(tmp_path / "enhanced.dcm")
     labels = LabelVolume.like(volume, dicom_phantom.labels.array)
     out = save_labels(labels, volume, tmp_path / "out" / "rt.dcm", format="rtstruct")
     np.testing.assert_array_equal(load_labels(out, volume).array, labels.array)
-    frames = {c.ContourImageSequence[0].ReferencedFrameNumber for r in pydicom.dcmread(out).ROIContourSequence for c in r.ContourSequence}
+    frames = {c.ContourImageSequence[0].ReferencedFrameNumber for r in pydicom.dcmread(out).ROIContourSequence
+              for c in r.ContourSequence}
     assert frames <= set(range(1, volume.shape[0] + 1)) and len(frames) > 1
 
 
@@ -181,7 +187,8 @@ def test_points_off_the_slice_within_tolerance_load_and_beyond_are_refused(writt
     _shift_contour(out, tmp_path / "near.dcm", 0.1, normal)  # 4 % of the 2.5 mm slice spacing
     np.testing.assert_array_equal(load_labels(tmp_path / "near.dcm", volume).array, load_labels(out, volume).array)
     _shift_contour(out, tmp_path / "far.dcm", -0.5, normal)  # 20 %
-    with pytest.raises(GeometryError, match=r"far\.dcm: ROI 'label_1' contour 1 lies 0\.50 mm off the image slices \(tolerance 0\.25 mm"):
+    with pytest.raises(GeometryError, match=r"far\.dcm: ROI 'label_1' contour 1 lies 0\.50 mm off the image slices "
+                                            r"\(tolerance 0\.25 mm"):
         load_labels(tmp_path / "far.dcm", volume)
 
 
@@ -205,7 +212,8 @@ def test_contours_on_another_series_are_refused(written, dicom_phantom, tmp_path
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
         ds.save_as(path)
     other = load_volume(tmp_path / "copy")
-    with pytest.raises(GeometryError, match=r"rt\.dcm: \d+ of the 10 image\(s\) its contours reference are not in the image series"):
+    with pytest.raises(GeometryError, match=r"rt\.dcm: \d+ of the 10 image\(s\) its contours reference are not in the "
+                                            r"image series"):
         load_labels(out, other)
     # A bare geometry (no instances to compare) checks the placement only, and loads.
     assert load_labels(out, other.geometry).labels == [1, 2, 3]
@@ -215,7 +223,8 @@ def test_pydicoms_rtstruct_is_refused_on_another_scan_and_loads_on_its_grid():
     path = pydicom_test_file("rtstruct.dcm")
     assert label_file_kind(path) == "rtstruct"
     ct = load_volume(pydicom_test_file("CT_small.dcm"))
-    with pytest.raises(GeometryError, match=r"rtstruct\.dcm: the structure set's FrameOfReferenceUID 1\.2\.826\.0\.1\.3680043\.8\.498\.2010020400001\.2 differs"):
+    with pytest.raises(GeometryError, match=r"rtstruct\.dcm: the structure set's FrameOfReferenceUID "
+                                            r"1\.2\.826\.0\.1\.3680043\.8\.498\.2010020400001\.2 differs"):
         load_labels(path, ct)
     # Its 'patient' ROI: 400 x 300 mm rectangles on the axial planes z = -200, -190, -180 mm.
     grid = Geometry((3, 40, 50), (10.0, 10.0, 10.0), (-245.0, -195.0, -200.0))
@@ -255,17 +264,20 @@ def test_overlapping_rois_give_voxels_to_the_smaller(written, tmp_path):
     volume, out = written
     ds = pydicom.dcmread(out)
     liver, spleen = ds.ROIContourSequence[0], ds.ROIContourSequence[1]
-    spleen.ContourSequence = pydicom.Sequence([*spleen.ContourSequence, liver.ContourSequence[0]])  # spleen also covers a liver slice
+    # spleen also covers a liver slice
+    spleen.ContourSequence = pydicom.Sequence([*spleen.ContourSequence, liver.ContourSequence[0]])
     ds.save_as(tmp_path / "overlap.dcm")
     single = load_labels(out, volume).array
     both = load_labels(tmp_path / "overlap.dcm", volume).array
     shared = (single == 1) & (both != 1)
-    assert np.count_nonzero(single == 2) + np.count_nonzero(shared) < np.count_nonzero(single == 1)  # the spleen ROI is smaller ...
+    # the spleen ROI is smaller ...
+    assert np.count_nonzero(single == 2) + np.count_nonzero(shared) < np.count_nonzero(single == 1)
     assert np.count_nonzero(shared) > 0 and np.all(both[shared] == 2)  # ... so it keeps the shared voxels
     np.testing.assert_array_equal(both != 0, single != 0)
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) is not installed; make test installs it")
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy (Debian package dicom3tools) is not installed; make test installs it")
 def test_dciodvfy_finds_no_errors_in_medsegs_dicom_outputs(case, tmp_path):
     volume, labels, rt = case
     seg = save_labels(labels, volume, tmp_path / "seg.dcm")

@@ -55,7 +55,8 @@ def volume() -> Volume:
 
 
 # --- planning (pure) ----------------------------------------------------------------------
-@pytest.mark.parametrize("prompted,n", [([0], 7), ([6], 7), ([3], 7), ([0, 6], 7), ([0, 3, 6], 7), ([2, 3], 9), ([1, 4, 8], 12)])
+@pytest.mark.parametrize("prompted,n", [([0], 7), ([6], 7), ([3], 7), ([0, 6], 7), ([0, 3, 6], 7), ([2, 3], 9),
+                                        ([1, 4, 8], 12)])
 def test_runs_cover_every_slice_once_from_the_nearest_prompt(prompted, n):
     reached = {}
     for start, end in plan_runs(prompted, n):
@@ -115,7 +116,8 @@ def test_output_is_labelled_untrained_with_provenance(predictor, volume):
     labels = predictor.segment(volume, prompts)
     assert labels.untrained is True
     p = labels.provenance
-    assert (p["model"], p["image_size"], p["seed"], p["untrained"], p["checkpoint_sha256"]) == ("untrained", 128, 0, True, None)
+    assert ((p["model"], p["image_size"], p["seed"], p["untrained"], p["checkpoint_sha256"])
+            == ("untrained", 128, 0, True, None))
     assert p["prompts"] == prompts.to_dict()
     assert p["preset"]["name"] == "mri"
     json.dumps(p)  # provenance is JSON-able as is
@@ -152,7 +154,8 @@ def test_bad_prompts_are_clear_errors(predictor, volume):
 
 
 def test_unknown_model_name():
-    with pytest.raises(WeightsError, match="unknown model 'sam2.1-gigantic'|neither a checkpoint file nor a known name"):
+    with pytest.raises(WeightsError, match="unknown model 'sam2.1-gigantic'|neither a checkpoint file nor a "
+                                           "known name"):
         Sam2VolumePredictor("sam2.1-gigantic")
 
 
@@ -162,7 +165,8 @@ def test_checkpoint_by_path_and_wrong_architecture(tmp_path, predictor):
     model = load_model(path, image_size=128, device="cpu")
     assert not model.untrained and model.checkpoint_sha256 and len(model.checkpoint_sha256) == 64
     torch.testing.assert_close(
-        model.net.sam_mask_decoder.iou_token.weight, predictor.model.net.sam_mask_decoder.iou_token.weight.half().float()
+        model.net.sam_mask_decoder.iou_token.weight,
+        predictor.model.net.sam_mask_decoder.iou_token.weight.half().float()
     )
     with pytest.raises(WeightsError, match="does not fit the configs/sam2.1/sam2.1_hiera_s.yaml architecture"):
         load_model(path, image_size=128, device="cpu", config="configs/sam2.1/sam2.1_hiera_s.yaml")
@@ -398,7 +402,8 @@ def test_cli_segment_takes_scribbles_drawn_in_any_view(tmp_path, volume):
     ])
     assert code == 0
     prompts = Prompts.from_dict(json.loads(qc.read_text(encoding="utf-8"))["provenance"]["prompts"])
-    assert [(s.z, s.positive, int(s.mask.sum())) for s in prompts.objects[2].scribbles] == [(z, True, 18) for z in range(3, 7)]
+    assert ([(s.z, s.positive, int(s.mask.sum())) for s in prompts.objects[2].scribbles]
+            == [(z, True, 18) for z in range(3, 7)])
 
 
 def test_a_pixel_goes_to_the_surest_object_whichever_run_wrote_first():
@@ -435,9 +440,11 @@ def test_prompt_prior_marks_boxes_and_clicks_and_reaches_only_networks_trained_w
     box = prior[0] > 0
     assert box[20:41, 10:31].all() and box.sum() == 21 * 21  # the inclusive box, nothing else
     disc = prior[1] > 0
-    assert disc[64, 64] and disc.sum() == int((torch.arange(-3, 4) ** 2 + torch.arange(-3, 4)[:, None] ** 2 <= CLICK_RADIUS ** 2).sum())
+    assert disc[64, 64] and disc.sum() == int(
+        (torch.arange(-3, 4) ** 2 + torch.arange(-3, 4)[:, None] ** 2 <= CLICK_RADIUS ** 2).sum())
 
-    volume = Volume(np.random.default_rng(0).normal(0, 100, (4, 40, 48)).astype(np.float32), Geometry((4, 40, 48), (2, 1, 1)), "CT")
+    volume = Volume(np.random.default_rng(0).normal(0, 100, (4, 40, 48)).astype(np.float32),
+                    Geometry((4, 40, 48), (2, 1, 1)), "CT")
 
     def first_logits(prior_on: bool, add) -> np.ndarray:
         torch.manual_seed(0)
@@ -455,5 +462,6 @@ def test_prompt_prior_marks_boxes_and_clicks_and_reaches_only_networks_trained_w
         mask[5:20, 5:30] = True
         s.add_mask(1, 2, mask)
 
-    assert not np.allclose(first_logits(True, by_box), first_logits(False, by_box))  # the prior changes the decoder input
+    # the prior changes the decoder input
+    assert not np.allclose(first_logits(True, by_box), first_logits(False, by_box))
     np.testing.assert_array_equal(first_logits(True, by_mask), first_logits(False, by_mask))  # masks never get one

@@ -42,10 +42,12 @@ SHAPE = (10, 48, 72)  # non-square slices
 SPACING = (3.0, 0.9, 0.6)  # anisotropic
 TRAINED = Sam2TrainConfig(start="untrained", image_size=64, steps=3, clip_length=2, warmup_steps=1, threads=1)
 # A short fine-tune of the shipped base model on phantom 0 (the user's path: medseg sam2 train --from medseg-micro).
-FINE_TUNE = Sam2TrainConfig(start="medseg-micro", steps=150, clip_length=3, lr=1e-4, warmup_steps=5, val_every=0, threads=1)
+FINE_TUNE = Sam2TrainConfig(start="medseg-micro", steps=150, clip_length=3, lr=1e-4, warmup_steps=5,
+                            val_every=0, threads=1)
 
 
-def write_cohort(directory: Path, splits: dict[int, str], *, shape=SHAPE, extra_label: bool = False, unlabelled: bool = False) -> Path:
+def write_cohort(directory: Path, splits: dict[int, str], *, shape=SHAPE, extra_label: bool = False,
+                 unlabelled: bool = False) -> Path:
     """A cohort of phantoms ``seed -> split`` written as NIfTI, with its manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -60,8 +62,8 @@ def write_cohort(directory: Path, splits: dict[int, str], *, shape=SHAPE, extra_
         if not unlabelled:
             case["label"] = f"p{seed}_labels.nii.gz"
         cases.append(case)
-    manifest = {"name": "tiny-phantoms", "modality": "CT", "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}},
-                "cases": cases}
+    manifest = {"name": "tiny-phantoms", "modality": "CT",
+                "labels": {"0": "background", **{str(k): v for k, v in LABELS.items()}}, "cases": cases}
     return write_manifest(directory / "cohort.json", manifest)
 
 
@@ -125,9 +127,9 @@ def test_click_on_an_organ_gives_that_organ_not_its_neighbour(predictor, phantom
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not learned yet: the base model trains correction clicks after a click, never on "
-                   "top of a mask prompt (after a 60- or 150-step fine-tune the negative click's own voxel stays in the "
-                   "mask)")
+@pytest.mark.xfail(strict=True, reason="not learned yet: the base model trains correction clicks after a click, never "
+                   "on top of a mask prompt (after a 60- or 150-step fine-tune the negative click's own voxel stays in "
+                   "the mask)")
 def test_negative_click_removes_a_region(predictor, phantom):
     """A mask drawn over the liver and the spleen, then a click on the liver and a negative click
     on the spleen: the points refine the slice's mask (SAM2's correction clicks, fed with the
@@ -166,7 +168,8 @@ def _sampler(cases, **settings) -> ClipSampler:
 
 @pytest.fixture(scope="module")
 def prepared():
-    return [prepare_case(f"p{seed}", *make_phantom(seed, shape=SHAPE, spacing=SPACING), 64, "ct-soft-tissue", structures=True)
+    return [prepare_case(f"p{seed}", *make_phantom(seed, shape=SHAPE, spacing=SPACING), 64, "ct-soft-tissue",
+                         structures=True)
             for seed in (0, 1)]
 
 
@@ -199,7 +202,8 @@ def test_cohort_objects_are_class_agnostic(prepared):
     kidneys = sorted(set(np.unique(case.parts[case.labels == 3])) - {0})
     assert len(kidneys) == 2  # label 3 is two organs
     vertebra = make_phantom(0, shape=SHAPE, spacing=SPACING, label_vertebra=True)[1].array == 5
-    small = torch.nn.functional.interpolate(torch.from_numpy(vertebra.astype(np.float32))[:, None], size=(64, 64))[:, 0] > 0
+    small = torch.nn.functional.interpolate(torch.from_numpy(vertebra.astype(np.float32))[:, None],
+                                            size=(64, 64))[:, 0] > 0
     [spine] = [v for v in np.unique(case.structures) if v and (case.structures == v)[small.numpy()].mean() > 0.5]
 
     def is_one_of(mask: np.ndarray, volumes: list[np.ndarray]) -> bool:
@@ -236,9 +240,12 @@ def test_reference_clip_conditions_the_query_on_another_case(prepared):
     flipped = dataclasses.replace(clip, masks=1 - clip.masks)
     net.eval()
     with torch.no_grad():
-        same, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, dice_weight=5.0, image_prompts=False)
-        again, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, dice_weight=5.0, image_prompts=False)
-        other, _ = clip_loss(net, flipped, np.random.default_rng(0), correction_clicks=1, dice_weight=5.0, image_prompts=False)
+        same, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, dice_weight=5.0,
+                            image_prompts=False)
+        again, _ = clip_loss(net, clip, np.random.default_rng(0), correction_clicks=1, dice_weight=5.0,
+                             image_prompts=False)
+        other, _ = clip_loss(net, flipped, np.random.default_rng(0), correction_clicks=1, dice_weight=5.0,
+                             image_prompts=False)
     assert float(same) == float(again) and abs(float(other) - float(same)) > 1e-4
 
 
@@ -247,7 +254,8 @@ def test_dice_weight_scales_the_dice_loss(prepared):
     net = build_network(architecture("hiera-micro", 64)).eval()
     clip = _sampler(prepared, p_synthetic=0.0, p_point=0.0, p_box=1.0).clip(np.random.default_rng(1))
     with torch.no_grad():
-        losses = {w: clip_loss(net, clip, np.random.default_rng(0), correction_clicks=0, dice_weight=w) for w in (0.0, 5.0)}
+        losses = {w: clip_loss(net, clip, np.random.default_rng(0), correction_clicks=0, dice_weight=w)
+                  for w in (0.0, 5.0)}
     for weight, (loss, parts) in losses.items():
         expected = 20 * parts["focal"] + weight * parts["dice"] + parts["iou"] + parts["object"]
         assert float(loss) == pytest.approx(expected, rel=1e-5)
@@ -257,7 +265,8 @@ def test_dice_weight_scales_the_dice_loss(prepared):
 def test_reference_clips_need_two_train_cases(tmp_path):
     cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train", 1: "test"}, shape=(6, 32, 48)))
     with pytest.raises(ConfigError, match="p_reference 0.3 needs two train cases sharing a label"):
-        train_sam2(cohort, tmp_path / "m", config=Sam2TrainConfig(start="untrained", image_size=64, steps=2, p_reference=0.3))
+        train_sam2(cohort, tmp_path / "m",
+                   config=Sam2TrainConfig(start="untrained", image_size=64, steps=2, p_reference=0.3))
     assert not (tmp_path / "m").exists()
 
 
@@ -265,8 +274,8 @@ def test_reference_clips_need_two_train_cases(tmp_path):
 def test_resume_after_interruption_gives_bit_identical_weights(tmp_path):
     cohort = load_manifest(write_cohort(tmp_path / "cohort", {0: "train", 1: "train"}, shape=(6, 32, 48)))
     # p_reference 0.5: step 3 is a reference clip (p0's slices condition p1 or the other way round)
-    config = Sam2TrainConfig(start="untrained", image_size=64, steps=4, clip_length=2, checkpoint_every=3, warmup_steps=1, threads=1,
-                             p_reference=0.5, references=2)
+    config = Sam2TrainConfig(start="untrained", image_size=64, steps=4, clip_length=2, checkpoint_every=3,
+                             warmup_steps=1, threads=1, p_reference=0.5, references=2)
     whole = train_sam2(cohort, tmp_path / "whole", config=config)
     asked = []
 
@@ -318,11 +327,13 @@ def test_fine_tuning_follows_the_start_models_prompt_prior(tmp_path):
     tuned = train_sam2(cohort, tmp_path / "tuned", config=Sam2TrainConfig(start=str(base), image_size=64, steps=1,
                                                                            clip_length=2, warmup_steps=0, threads=1))
     info = read_model_json(tuned)
-    assert info["architecture"]["prompt_prior"] is True and info["start"]["sha256"] == read_model_json(base)["weights_sha256"]
+    assert info["architecture"]["prompt_prior"] is True
+    assert info["start"]["sha256"] == read_model_json(base)["weights_sha256"]
     assert load_model(tuned, device="cpu").net.prompt_prior
     with pytest.raises(WeightsError, match="with prompt priors; train with .* and prompt_prior true"):
         train_sam2(cohort, tmp_path / "x", config=Sam2TrainConfig(start=str(base), image_size=64, prompt_prior=False))
-    with pytest.raises(WeightsError, match="at image size 64 with prompt priors; train with --architecture hiera-micro --image-size 64$"):
+    with pytest.raises(WeightsError, match="at image size 64 with prompt priors; train with --architecture hiera-micro "
+                                           "--image-size 64$"):
         train_sam2(cohort, tmp_path / "y", config=Sam2TrainConfig(start=str(base / "weights.pt"), image_size=128))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
@@ -331,7 +342,8 @@ def test_fine_tuning_follows_the_start_models_prompt_prior(tmp_path):
 @pytest.mark.slow
 def test_trained_model_directory_describes_itself_and_loads_through_the_api(trained):
     info = read_model_json(trained)
-    assert info["statement"].startswith("trained on cohort tiny-phantoms (1 train cases) and synthetic scenes (50% of the clips)")
+    assert info["statement"].startswith("trained on cohort tiny-phantoms (1 train cases) and synthetic scenes (50% of "
+                                        "the clips)")
     assert info["cohort"]["train_cases"] == ["p0"] and info["steps"] == TRAINED.steps and info["undertrained"]
     assert info["weights_sha256"] == sha256_file(trained / "weights.pt")
     assert info["architecture"]["name"] == "hiera-micro" and info["start"]["model"] == "untrained"
@@ -418,8 +430,8 @@ def test_start_checkpoint_of_another_architecture_is_refused(tmp_path, overfit_f
 
 def test_fine_tuning_from_a_checkpoint_records_it_and_is_not_flagged_undertrained(tmp_path, overfit_free_micro_weights):
     cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train"}, shape=(6, 32, 48)))
-    config = Sam2TrainConfig(start=str(overfit_free_micro_weights), image_size=64, steps=2, clip_length=2, warmup_steps=1,
-                             train=("memory", "decoder"), threads=1)
+    config = Sam2TrainConfig(start=str(overfit_free_micro_weights), image_size=64, steps=2, clip_length=2,
+                             warmup_steps=1, train=("memory", "decoder"), threads=1)
     info = read_model_json(train_sam2(cohort, tmp_path / "m", config=config))
     assert info["start"] == {"model": str(overfit_free_micro_weights), "checkpoint": str(overfit_free_micro_weights),
                              "sha256": sha256_file(overfit_free_micro_weights)}
@@ -429,8 +441,8 @@ def test_fine_tuning_from_a_checkpoint_records_it_and_is_not_flagged_undertraine
 
 def test_each_part_learns_at_its_own_rate(tmp_path):
     cohort = load_manifest(write_cohort(tmp_path / "c", {0: "train"}, shape=(6, 32, 48)))
-    config = Sam2TrainConfig(start="untrained", image_size=64, steps=1, clip_length=2, warmup_steps=0, lr=1e-4, lr_image_encoder=1e-5,
-                             lr_memory=3e-4, threads=1)
+    config = Sam2TrainConfig(start="untrained", image_size=64, steps=1, clip_length=2, warmup_steps=0, lr=1e-4,
+                             lr_image_encoder=1e-5, lr_memory=3e-4, threads=1)
     train_sam2(cohort, tmp_path / "m", config=config)
     groups = torch.load(tmp_path / "m" / "training" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
     assert {g["name"]: g["initial_lr"] for g in groups} == {"image_encoder": 1e-5, "decoder": 1e-4, "memory": 3e-4}

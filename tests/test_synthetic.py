@@ -36,7 +36,8 @@ def test_training_kinds_leave_out_the_held_out_ones_and_held_out_scenes_use_them
     seen = {n for s in range(12) for n in synthetic_volume(s, shape=(8, 64, 64))[1].label_names.values()}
     assert seen <= set(TRAINING_KINDS) | {"body"} and "cuboid" not in seen and "rim" not in seen
     held_out = SyntheticConfig(kinds=("cuboid", "rim"))
-    names = {n for s in range(6) for n in synthetic_volume(s, shape=(8, 64, 64), config=held_out)[1].label_names.values()}
+    names = {n for s in range(6) for n in synthetic_volume(s, shape=(8, 64, 64),
+                                                           config=held_out)[1].label_names.values()}
     assert {"cuboid", "rim"} <= names
 
 

@@ -29,7 +29,8 @@ def test_metatensor_round_trip_is_exact(phantom):
 
 def test_monai_reorientation_keeps_every_voxel_at_its_physical_point(phantom):
     volume, labels = phantom
-    reoriented = Volume.from_metatensor(Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(volume.to_metatensor()))
+    reoriented = Volume.from_metatensor(
+        Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(volume.to_metatensor()))
     assert not np.allclose(reoriented.direction, volume.direction)
     assert np.all(np.diag(reoriented.affine[:3, :3]) > 0)  # RAS now: each index axis increases to R, A, S
     # A voxel found in both volumes by value sits at the same point in space.

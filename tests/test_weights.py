@@ -80,7 +80,8 @@ def server():
 
 
 def _spec(url: str, sha256: str | None = PAYLOAD_SHA, size: int | None = len(PAYLOAD)) -> ModelSpec:
-    return ModelSpec("test-model", "configs/sam2.1/sam2.1_hiera_t.yaml", 128, "ckpt.pt", url, "test", "test", None, size, sha256)
+    return ModelSpec("test-model", "configs/sam2.1/sam2.1_hiera_t.yaml", 128, "ckpt.pt", url, "test", "test",
+                     None, size, sha256)
 
 
 def test_download_verifies_and_caches(server, tmp_path):
@@ -187,7 +188,8 @@ def test_stopped_download_keeps_a_resumable_part_and_reports_bytes(server, tmp_p
 
 
 # --- the base model that ships with medseg -------------------------------------------------------
-def test_the_shipped_base_model_loads_by_name_offline_with_its_checksum_and_says_what_it_learned_from(monkeypatch, tmp_path):
+def test_the_shipped_base_model_loads_by_name_offline_with_its_checksum_and_says_what_it_learned_from(
+        monkeypatch, tmp_path):
     import json
 
     from medseg.sam2 import load_model
@@ -200,7 +202,8 @@ def test_the_shipped_base_model_loads_by_name_offline_with_its_checksum_and_says
     model = load_model("medseg-micro", device="cpu")
     assert model.name == "medseg-micro" and not model.untrained and model.image_size == 128
     assert model.checkpoint_sha256 == spec.sha256 and model.provenance()["licence"] == spec.licence
-    assert all(p.dtype == torch.float16 for p in read_checkpoint(spec.model_dir / spec.filename).values() if p.is_floating_point())
+    assert all(p.dtype == torch.float16 for p in read_checkpoint(spec.model_dir / spec.filename).values()
+               if p.is_floating_point())
     info = read_model_json(spec.model_dir)
     assert info["weights_sha256"] == spec.sha256 and info["dtype"] == "float16"
     assert info["statement"].startswith("trained on synthetic scenes only") and info["cohort"]["name"] == "synthetic"

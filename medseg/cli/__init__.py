@@ -38,7 +38,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="medseg",
-        description="Segment CT and MRI volumes: SAM2 propagation, reference prompting, a Mask R-CNN baseline, batch evaluation.",
+        description="Segment CT and MRI volumes: SAM2 propagation, reference prompting, a Mask R-CNN baseline, batch "
+                    "evaluation.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also: MEDSEG_DEBUG=1)")
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # argparse has printed its one-line error (exit 2) or the help (exit 0)
         return exit.code if isinstance(exit.code, int) else 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     # dicomweb_client logs a line per request at INFO
     logging.getLogger("dicomweb_client").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     debug = args.debug or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")

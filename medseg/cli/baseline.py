@@ -23,7 +23,8 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--manifest", required=True, help="cohort manifest (medseg JSON or a Decathlon dataset.json)")
     t.add_argument("--out", required=True, help="model directory to write (an interrupted run there resumes)")
-    t.add_argument("--backbone", help="resnet50 (as in the paper), resnet34, resnet18 or mobilenet_v3_large (lighter, for CPU)")
+    t.add_argument("--backbone", help="resnet50 (as in the paper), resnet34, resnet18 or mobilenet_v3_large (lighter, "
+                                      "for CPU)")
     t.add_argument("--steps", type=values.positive_int, help="optimiser steps")
     t.add_argument("--batch-size", type=values.positive_int, help="slices per step")
     t.add_argument("--lr", type=float, help="peak learning rate")
@@ -33,14 +34,18 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
                    help="longer slice side inside the network, a multiple of 32 (--input-size: its old name)")
     t.add_argument("--preset", help="intensity preset, e.g. ct-soft-tissue, mri, ct:50,350 "
                    "(default: by modality, else by the intensities: HU-like ct-soft-tissue, otherwise mri)")
-    t.add_argument("--instances", choices=["components", "per_class"], help="instances per slice: connected components of each class (default), or one per class")
+    t.add_argument("--instances", choices=["components", "per_class"],
+                   help="instances per slice: connected components of each class (default), or one per class")
     t.add_argument("--empty-ratio", type=float, help="slices without objects per slice with one, each epoch")
-    t.add_argument("--pretrained", metavar="CHECKPOINT", help="start from this state dict (a medseg/torchvision Mask R-CNN or an ImageNet backbone)")
-    t.add_argument("--norm", choices=["group", "frozen-bn"], help="GroupNorm to train from scratch (default); frozen-bn to fine-tune a torchvision checkpoint")
+    t.add_argument("--pretrained", metavar="CHECKPOINT",
+                   help="start from this state dict (a medseg/torchvision Mask R-CNN or an ImageNet backbone)")
+    t.add_argument("--norm", choices=["group", "frozen-bn"],
+                   help="GroupNorm to train from scratch (default); frozen-bn to fine-tune a torchvision checkpoint")
     t.add_argument("--score-threshold", type=values.fraction, help="default detection threshold stored for prediction")
     t.add_argument("--val-every", type=int, help="validate every N steps; 0 = only at the end")
     t.add_argument("--seed", type=int)
-    t.add_argument("--workers", dest="num_workers", metavar="N", type=int, help="data loader processes (default 0: in the main process)")
+    t.add_argument("--workers", dest="num_workers", metavar="N", type=int,
+                   help="data loader processes (default 0: in the main process)")
     t.add_argument("--device", type=values.device, help="auto (default), cpu, cuda, cuda:1 ...")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(run=_run_baseline_train)
@@ -48,11 +53,15 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     q = actions.add_parser("predict", help="segment a volume with a trained model directory")
     q.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
     q.add_argument("--model", required=True, help="model directory written by `medseg baseline train`")
-    q.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    q.add_argument("--out", required=True,
+                   help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
     add_dicom_format(q)
-    q.add_argument("--instances", metavar="FILE", help="also write the 3D instance map (instance ids) to this label file")
-    q.add_argument("--qc", metavar="FILE.json", help="also write per-label and per-instance scores and provenance as JSON")
-    q.add_argument("--score-threshold", type=values.fraction, help="drop detections below this score (default: the model's)")
+    q.add_argument("--instances", metavar="FILE",
+                   help="also write the 3D instance map (instance ids) to this label file")
+    q.add_argument("--qc", metavar="FILE.json",
+                   help="also write per-label and per-instance scores and provenance as JSON")
+    q.add_argument("--score-threshold", type=values.fraction,
+                   help="drop detections below this score (default: the model's)")
     add_postprocess_option(q)
     q.add_argument("--batch-size", type=values.positive_int, default=4, help="slices per forward pass (default 4)")
     q.add_argument("--device", type=values.device, default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
@@ -82,11 +91,13 @@ def _run_baseline_train(args: argparse.Namespace) -> None:
     print(f"model: {model.directory} ({model.config.backbone}, {model.steps} steps, classes {model.classes})")
     if model.validation:
         last = model.validation[-1]
-        print(f"validation ({last['cases']} cases): mean Dice {last['mean_dice']}, Dice per label {last['dice']}, 3D mask AP {last['mask_ap_3d']}")
+        print(f"validation ({last['cases']} cases): mean Dice {last['mean_dice']}, Dice per label {last['dice']}, 3D "
+              f"mask AP {last['mask_ap_3d']}")
     else:
         print("no validation: the cohort has no val split")
     if model.undertrained:
-        print(f"note: trained for only {model.steps} steps; its results are a smoke test, not a baseline", file=sys.stderr)
+        print(f"note: trained for only {model.steps} steps; its results are a smoke test, not a baseline",
+              file=sys.stderr)
 
 
 def _run_baseline_predict(args: argparse.Namespace) -> None:
@@ -110,9 +121,11 @@ def _run_baseline_predict(args: argparse.Namespace) -> None:
     labels, instances = postprocess(args, prediction.labels, instances=prediction.instances)
     print(f"wrote {save_labels(labels, volume, args.out, format=args.dicom_format)}")
     for value in labels.labels:
-        print(f"  {value} {labels.label_names.get(value, '')}: {int((labels.array == value).sum())} voxels, score {labels.scores[value]:.3f}")
+        print(f"  {value} {labels.label_names.get(value, '')}: {int((labels.array == value).sum())} voxels, score "
+              f"{labels.scores[value]:.3f}")
     if args.instances:
-        print(f"wrote {save_labels(LabelVolume(instances.array, volume.geometry), volume, args.instances)} ({len(instances.labels)} instances)")
+        print(f"wrote {save_labels(LabelVolume(instances.array, volume.geometry), volume, args.instances)} "
+              f"({len(instances.labels)} instances)")
     if args.qc:
         write_json(Path(args.qc), {
             "scores": labels.scores,
@@ -123,4 +136,5 @@ def _run_baseline_predict(args: argparse.Namespace) -> None:
     if labels.untrained:
         print(UNTRAINED_BANNER, file=sys.stderr)
     elif model.undertrained:
-        print(f"note: {args.model} was trained for only {model.steps} steps; treat this as a smoke test", file=sys.stderr)
+        print(f"note: {args.model} was trained for only {model.steps} steps; treat this as a smoke test",
+              file=sys.stderr)

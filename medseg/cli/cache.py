@@ -17,7 +17,8 @@ def add_precompute(sub: argparse._SubParsersAction) -> None:
         "and pipeline methods with the same volume, preset, model and image size skip the image encoder.",
     )
     p.add_argument("volume", help="DICOM folder or file, NIfTI, NRRD or MHA")
-    p.add_argument("--model", type=default_model_option, default="", help=f"registry name, model directory or checkpoint path (as for segment) ({MODEL_DEFAULT})")
+    p.add_argument("--model", type=default_model_option, default="",
+                   help=f"registry name, model directory or checkpoint path (as for segment) ({MODEL_DEFAULT})")
     p.add_argument("--preset", type=values.preset, help="intensity preset, as for segment (default: as for segment)")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
     add_sam2_runtime_options(p)
@@ -26,7 +27,8 @@ def add_precompute(sub: argparse._SubParsersAction) -> None:
 
 def add_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="show or empty the SAM2 embedding store ($MEDSEG_HOME/embeddings)")
-    p.add_argument("action", choices=["info", "clear"], help="info: what is stored; clear: remove medseg's stored embeddings")
+    p.add_argument("action", choices=["info", "clear"],
+                   help="info: what is stored; clear: remove medseg's stored embeddings")
     p.set_defaults(run=_run_cache)
 
 

@@ -11,8 +11,10 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
         help="write the synthetic demo cohort (8 phantoms by default: 4 train, 4 test) and the real MNI152 cohorts "
         "(from nilearn) with their manifests",
     )
-    p.add_argument("directory", nargs="?", default="data_manifests", help="where the manifests go (default: data_manifests)")
-    p.add_argument("--cases", type=int, default=8, help="number of phantom cases (default 8; the last half are the test split)")
+    p.add_argument("directory", nargs="?", default="data_manifests",
+                   help="where the manifests go (default: data_manifests)")
+    p.add_argument("--cases", type=int, default=8,
+                   help="number of phantom cases (default 8; the last half are the test split)")
     p.set_defaults(run=_run_demo_data)
 
 

@@ -6,14 +6,16 @@ import argparse
 
 from medseg.cli.outputs import add_dicom_format, add_postprocess_option, postprocess
 from medseg.cli import values
-from medseg.cli.segment import MODEL_DEFAULT, PRESET_DEFAULT, add_sam2_runtime_options, default_model_option, print_model_note
+from medseg.cli.segment import (MODEL_DEFAULT, PRESET_DEFAULT, add_sam2_runtime_options, default_model_option,
+                                print_model_note)
 from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 
 
 def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fewshot",
-        help="segment a query volume from annotated reference slices with frozen SAM2 (RevSAM2-style reference prompting)",
+        help="segment a query volume from annotated reference slices with frozen SAM2 (RevSAM2-style reference "
+             "prompting)",
         description="Each --support is IMAGE LABELS [Z1,Z2,...]: another volume, its label map, and optionally the "
         "slices to use (default: --k slices per label spread over its extent); it is resampled onto the query's "
         "in-plane grid when its pixel spacing, matrix or orientation differ. Labels drawn on a few slices of the query "
@@ -22,24 +24,32 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--support", action="append", default=[], nargs="+", metavar="ITEM",
                    help="IMAGE LABELS [Z1,Z2,...]: a labelled reference volume (paths may contain ':'); repeatable")
     p.add_argument("--support-from-query", action="append", default=[], nargs="+", metavar="ITEM",
-                   help="LABELS [Z1,Z2,...]: a label map drawn on the query itself (on its grid); those slices come back "
-                   "exactly as drawn; repeatable")
+                   help="LABELS [Z1,Z2,...]: a label map drawn on the query itself (on its grid); those slices "
+                   "come back exactly as drawn; repeatable")
     p.add_argument("--query", required=True, help="volume to segment: DICOM folder or file, NIfTI, NRRD or MHA")
-    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    p.add_argument("--out", required=True,
+                   help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
     add_dicom_format(p)
     p.add_argument("--mode", choices=["revsam2", "baseline", "baseline-middle"], default="revsam2",
                    help="revsam2: forward, reverse scoring, re-prompt (default); baseline: supports before the query; "
                    "baseline-middle: supports in the query's middle, propagation both ways")
-    p.add_argument("--model", type=default_model_option, default="", help=f"registry name (sam2.1-tiny|small|base-plus|large, medsam2, medseg-micro, untrained), a model directory or a checkpoint path ({MODEL_DEFAULT})")
-    p.add_argument("--label", action="append", default=[], metavar="ID=NAME", help="segment this label (value=name); repeatable (default: every label of the references)")
-    p.add_argument("--k", type=values.positive_int, default=3, help="support slices sampled per label and reference (default 3)")
+    p.add_argument("--model", type=default_model_option, default="",
+                   help="registry name (sam2.1-tiny|small|base-plus|large, medsam2, medseg-micro, untrained), a model "
+                        f"directory or a checkpoint path ({MODEL_DEFAULT})")
+    p.add_argument("--label", action="append", default=[], metavar="ID=NAME",
+                   help="segment this label (value=name); repeatable (default: every label of the references)")
+    p.add_argument("--k", type=values.positive_int, default=3,
+                   help="support slices sampled per label and reference (default 3)")
     p.add_argument("--top-k", type=_none_or(int), default=DEFAULT_TOP_K, metavar="N|none",
                    help=f"revsam2: re-prompt with at most N query slices (default {DEFAULT_TOP_K})")
     p.add_argument("--threshold", type=_none_or(values.fraction), default=DEFAULT_THRESHOLD, metavar="DICE|none",
                    help=f"revsam2: minimum reverse score of a selected slice (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none", help="revsam2: minimum z distance between selected slices (default: automatic)")
-    p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True, help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
-    p.add_argument("--qc", metavar="FILE.json", help="also write scores, reverse scores, selected slices and provenance as JSON")
+    p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none",
+                   help="revsam2: minimum z distance between selected slices (default: automatic)")
+    p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True,
+                   help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
+    p.add_argument("--qc", metavar="FILE.json",
+                   help="also write scores, reverse scores, selected slices and provenance as JSON")
     add_postprocess_option(p)
     p.add_argument("--preset", type=values.preset,
                    help=f"intensity preset of query and references, e.g. ct-soft-tissue, mri ({PRESET_DEFAULT})")
@@ -70,7 +80,8 @@ def _parse_support_option(option: str, items: list[str], paths: tuple[str, ...])
     try:  # [12,20,28] as well as 12,20,28: the brackets of a list, or of the synopsis, are allowed
         return items[: len(paths)], [int(z) for z in items[-1].removeprefix("[").removesuffix("]").split(",")]
     except ValueError:
-        raise ConfigError(f"{option} {' '.join(items)}: {items[-1]!r} is not a list of slice indices; expected {form}") from None
+        raise ConfigError(f"{option} {' '.join(items)}: {items[-1]!r} is not a list of slice indices; "
+                          f"expected {form}") from None
 
 
 def _run_fewshot(args: argparse.Namespace) -> None:
@@ -120,7 +131,8 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     for value, name in labels.label_names.items():
         detail = labels.provenance["labels"].get(str(value), {})
         selected = f", re-prompted from slices {detail['selected_slices']}" if detail.get("selected_slices") else ""
-        fallback = ", no slice passed the threshold: forward prediction kept" if detail.get("fell_back_to_forward") else ""
+        fallback = (", no slice passed the threshold: forward prediction kept" if detail.get("fell_back_to_forward")
+                    else "")
         voxels = int((labels.array == value).sum())
         print(f"  {value} {name}: {voxels} voxels, score {labels.scores[value]:.3f}{selected}{fallback}")
     if args.qc:

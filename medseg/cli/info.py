@@ -9,7 +9,8 @@ def add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="load a volume and print its geometry, metadata and intensity range")
     p.add_argument("path", help="DICOM folder, DICOM file, NIfTI, NRRD or MHA")
     p.add_argument("--series-uid", help="pick this series when the DICOM folder holds several")
-    p.add_argument("--pick-largest", action="store_true", help="pick the series with the most slices when the folder holds several")
+    p.add_argument("--pick-largest", action="store_true",
+                   help="pick the series with the most slices when the folder holds several")
     p.add_argument("--labels", help="also load this label map and check that it lies on the volume's grid")
     p.set_defaults(run=_run_info)
 
@@ -29,7 +30,8 @@ def _run_info(args: argparse.Namespace) -> None:
     print(f"  origin (LPS mm): {tuple(round(o, 3) for o in volume.origin)}")
     print(f"  direction (columns = x, y, z axes, LPS): {np.round(volume.direction, 4).tolist()}")
     print(f"  orientation (nibabel axis codes of i, j, k): {''.join(nib.aff2axcodes(volume.affine))}")
-    print(f"  intensity min / median / max: {volume.array.min():.1f} / {np.median(volume.array):.1f} / {volume.array.max():.1f}")
+    print(f"  intensity min / median / max: {volume.array.min():.1f} / {np.median(volume.array):.1f} / "
+          f"{volume.array.max():.1f}")
     preset = choose_preset(volume)
     print(f"  intensity preset (unless given, or a trained model brings its own): {preset.name}: {preset.reason}")
     for key, value in sorted(volume.metadata.items()):

@@ -16,11 +16,13 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="results folder (re-running into it resumes)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="where cases run (default: local)")
     p.add_argument("--workers", type=values.positive_int, default=None,
-                   help="worker processes (local, default 1) or Ray actors (default: as many as the cluster fits), one model each")
+                   help="worker processes (local, default 1) or Ray actors (default: as many as the cluster fits), one "
+                        "model each")
     p.add_argument("--case-timeout", type=values.seconds, default=None, metavar="SECONDS",
                    help="stop a case (and its worker) after this long; it is retried or recorded as failed")
     p.add_argument("--retries", type=values.non_negative_int, default=0,
-                   help="tries again after a worker died, a timeout or an error that is not the input's fault (default 0)")
+                   help="tries again after a worker died, a timeout or an error that is not the input's fault "
+                        "(default 0)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://head:10001); default: start Ray locally")
     p.add_argument("--cpus-per-case", type=float, default=1, help="Ray CPUs requested per case (default 1)")
     p.add_argument("--gpus-per-case", type=float, default=0, help="Ray GPUs requested per case (default 0)")

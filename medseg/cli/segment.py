@@ -28,20 +28,28 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("volume", type=values.volume_source,
                    help="DICOM folder or file, NIfTI, NRRD or MHA, or a series' DICOMweb address (dicomweb://...)")
     p.add_argument("--model", type=default_model_option, default="",
-                   help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights CC-BY-SA-4.0), "
-                   "medseg-micro (ships with medseg), untrained (random, tests only); a model directory or a checkpoint "
-                   f"path ({MODEL_DEFAULT})")
-    p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]", help="click; LABEL 1 positive (default), 0 negative; repeatable")
-    p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1", help="box with inclusive corners; repeatable")
-    p.add_argument("--mask", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
-    p.add_argument("--scribbles", type=values.existing_path, metavar="FILE", help="label map on the volume's grid: label k marks brush strokes on object k (drawn in any view; each slice they cross gets a scribble)")
-    p.add_argument("--negative-scribbles", type=values.existing_path, metavar="FILE", help="the same for background strokes: label k marks what is not object k")
+                   help="registry name: sam2.1-tiny|small|base-plus|large (Apache-2.0), medsam2 (weights "
+                        "CC-BY-SA-4.0), medseg-micro (ships with medseg), untrained (random, tests only); a model "
+                        f"directory or a checkpoint path ({MODEL_DEFAULT})")
+    p.add_argument("--point", type=values.point, action="append", default=[], metavar="[ID:]Z,Y,X[,LABEL]",
+                   help="click; LABEL 1 positive (default), 0 negative; repeatable")
+    p.add_argument("--box", type=values.box, action="append", default=[], metavar="[ID:]Z,Y0,X0,Y1,X1",
+                   help="box with inclusive corners; repeatable")
+    p.add_argument("--mask", type=values.existing_path, metavar="FILE",
+                   help="label map on the volume's grid: label k on slice z becomes a mask prompt of object k there")
+    p.add_argument("--scribbles", type=values.existing_path, metavar="FILE",
+                   help="label map on the volume's grid: label k marks brush strokes on object k (drawn in any view; "
+                        "each slice they cross gets a scribble)")
+    p.add_argument("--negative-scribbles", type=values.existing_path, metavar="FILE",
+                   help="the same for background strokes: label k marks what is not object k")
     p.add_argument("--prompts", type=values.json_file, metavar="FILE.json",
                    help="prompts to replay: a pipeline case's prompts.json or result.json, a --qc file of this "
                    "command, or the prompts alone "
                    "({\"1\": {\"points\": [[z, y, x, 1]], \"boxes\": [[z, y0, x0, y1, x1]]}})")
-    p.add_argument("--name", action="append", default=[], metavar="ID=NAME", help="name of an object (label value); repeatable")
-    p.add_argument("--out", required=True, help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
+    p.add_argument("--name", action="append", default=[], metavar="ID=NAME",
+                   help="name of an object (label value); repeatable")
+    p.add_argument("--out", required=True,
+                   help="label file to write (.nii.gz, .nii, .nrrd, .mha; .dcm: see --dicom-format)")
     add_dicom_format(p)
     p.add_argument("--qc", metavar="FILE.json", help="also write scores, per-slice QC and provenance as JSON")
     add_postprocess_option(p)
@@ -57,7 +65,8 @@ def add_sam2_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=values.image_size, help="model input size (default: the model's own)")
     p.add_argument("--device", type=values.device, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained model's random weights")
-    p.add_argument("--offload-state-to-cpu", action="store_true", help="keep cached features and SAM2's memory in CPU memory (long volumes, small GPUs)")
+    p.add_argument("--offload-state-to-cpu", action="store_true",
+                   help="keep cached features and SAM2's memory in CPU memory (long volumes, small GPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

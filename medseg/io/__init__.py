@@ -37,8 +37,8 @@ from medseg.volume import LabelVolume, Volume
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DicomSeries", "RoiMapping", "label_file_kind", "label_file_names", "list_dicom_series", "load_labels", "load_volume", "read_geometry",
-    "save_labels",
+    "DicomSeries", "RoiMapping", "label_file_kind", "label_file_names", "list_dicom_series", "load_labels",
+    "load_volume", "read_geometry", "save_labels",
 ]
 
 _LABEL_WRITERS = {
@@ -182,7 +182,8 @@ def save_labels(
         labels = LabelVolume(np.asarray(labels), like.geometry)
     if not labels.geometry.same_grid(like.geometry):
         raise GeometryError(
-            f"cannot save labels to {path}: they are not on the image's grid ({like.geometry.describe_difference(labels.geometry)})"
+            f"cannot save labels to {path}: they are not on the image's grid "
+            f"({like.geometry.describe_difference(labels.geometry)})"
         )
     suffix = output_suffix(path)
     if format not in (None, "seg", "rtstruct") or (format is not None and suffix != ".dcm"):
@@ -203,7 +204,8 @@ def save_labels(
         return path
     writer = _LABEL_WRITERS.get(suffix)
     if writer is None:
-        raise InputError(f"{path}: cannot write labels as {suffix or 'a file without suffix'}; use one of {sorted([*_LABEL_WRITERS, '.dcm'])}")
+        raise InputError(f"{path}: cannot write labels as {suffix or 'a file without suffix'}; use one of "
+                         f"{sorted([*_LABEL_WRITERS, '.dcm'])}")
     writer(_smallest_label_dtype(labels.array, path), like.geometry, path)
     log.info("wrote labels %s to %s", labels.labels, path)
     return path
@@ -224,7 +226,8 @@ def _from_dicom(volume: Volume) -> bool:
     return bool(volume.source_files) and str(volume.metadata.get("format", "")).startswith("dicom")
 
 
-def _rtstruct_labels(path: Path, grid: Geometry, sources: tuple[Path, ...], roi_names: RoiMapping | None) -> tuple[np.ndarray, dict[int, str]]:
+def _rtstruct_labels(path: Path, grid: Geometry, sources: tuple[Path, ...],
+                     roi_names: RoiMapping | None) -> tuple[np.ndarray, dict[int, str]]:
     """The label map and names of an RTSTRUCT: by ``roi_names``, else ROIs with area numbered in order."""
     rois = rtstruct.read_rois(path, grid, sources)
     if roi_names is None:
@@ -238,7 +241,8 @@ def _rtstruct_labels(path: Path, grid: Geometry, sources: tuple[Path, ...], roi_
     return rtstruct.label_map(rois, grid.shape, values), names
 
 
-def _relabel(array: np.ndarray, names: dict[int, str], roi_names: RoiMapping, path: Path) -> tuple[np.ndarray, dict[int, str]]:
+def _relabel(array: np.ndarray, names: dict[int, str],
+             roi_names: RoiMapping, path: Path) -> tuple[np.ndarray, dict[int, str]]:
     """A SEG's label map with its segments renumbered by their names."""
     match = roi_names.match(list(names.values()), source=path)
     lookup = np.zeros(int(array.max(initial=0)) + 1, dtype=np.int32)

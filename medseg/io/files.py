@@ -66,7 +66,8 @@ def label_file_kind(path: str | os.PathLike) -> Literal["rtstruct", "seg"] | Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID", "Modality"])
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                     specific_tags=["SOPClassUID", "Modality"])
     except Exception:  # not DICOM, or too damaged to say
         return None
     return dicom_label_kind(header)
@@ -83,7 +84,8 @@ def label_file_names(path: str | os.PathLike) -> list[str]:
             return [str(item.get("ROIName", "")) for item in header.get("StructureSetROISequence", [])]
         return [str(item.get("SegmentLabel", "")) for item in header.get("SegmentSequence", [])]
     except Exception as error:  # a header that parsed for its class but not further: corrupt
-        raise InputError(f"{path}: a corrupt DICOM {kind} header ({type(error).__name__}: {error}); re-export it") from error
+        raise InputError(f"{path}: a corrupt DICOM {kind} header ({type(error).__name__}: {error}); "
+                         "re-export it") from error
 
 
 def dicom_label_kind(header: pydicom.Dataset) -> Literal["rtstruct", "seg"] | None:

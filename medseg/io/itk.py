@@ -42,7 +42,8 @@ def read_itk_geometry(path: Path) -> Geometry:
     except RuntimeError as error:
         raise InputError(f"{path}: cannot read the image header ({_last_line(error)})") from error
     if reader.GetDimension() != 3:
-        raise InputError(f"{path}: a {reader.GetDimension()}D image of size {reader.GetSize()}; medseg needs a 3D volume")
+        raise InputError(f"{path}: a {reader.GetDimension()}D image of size {reader.GetSize()}; medseg needs a "
+                         "3D volume")
     return geometry_of_sitk(reader)
 
 

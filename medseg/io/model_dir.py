@@ -68,7 +68,8 @@ def read_model_json(directory: str | Path, *, formats: tuple[str, ...], what: st
         raise WeightsError(f"cannot read {path} ({error}); the model directory is damaged: train it again") from None
     if not isinstance(info, dict) or info.get("format") not in formats:
         found = info.get("format") if isinstance(info, dict) else None
-        raise WeightsError(f"{path} is not a {what} model description (format {found!r}, expected one of {list(formats)})")
+        raise WeightsError(f"{path} is not a {what} model description (format {found!r}, expected one of "
+                           f"{list(formats)})")
     if info["format"] in _LEGACY_FORMATS and isinstance(info.get("weights"), dict):
         info = {**info, "weights": info["weights"]["file"], "weights_sha256": info["weights"]["sha256"]}
     return info

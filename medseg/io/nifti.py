@@ -35,7 +35,8 @@ def read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     try:
         array = np.asanyarray(image.dataobj)
     except Exception as error:  # truncated data: EOFError, zlib.error, ValueError
-        raise InputError(f"{path}: cannot read the voxel data ({error}); the file looks truncated or corrupt") from error
+        raise InputError(f"{path}: cannot read the voxel data ({error}); the file looks truncated "
+                         "or corrupt") from error
     array = np.asarray(array).reshape(shape[:3])
     zyx = np.ascontiguousarray(array.transpose(2, 1, 0))
     return zyx, _geometry(path, np.array(image.affine), zyx.shape)
@@ -101,12 +102,14 @@ def _geometry(path: Path, affine: np.ndarray, shape_zyx: tuple[int, ...]) -> Geo
     try:
         return Geometry.from_affine(affine, shape_zyx)
     except GeometryError as error:  # a zero, sheared or non-finite affine in the header
-        raise GeometryError(f"{path}: {error}; the file's header is damaged or was written by a faulty converter") from error
+        raise GeometryError(f"{path}: {error}; the file's header is damaged or was written by a faulty "
+                            "converter") from error
 
 
 def _check_3d(path: Path, shape: tuple[int, ...]) -> None:
     if 0 in shape[:3]:
-        raise InputError(f"{path}: a NIfTI with a zero-size dimension (shape {shape}): it holds no voxels; re-export the image")
+        raise InputError(f"{path}: a NIfTI with a zero-size dimension (shape {shape}): it holds no voxels; re-export "
+                         "the image")
     if len(shape) == 3 or (len(shape) > 3 and all(s == 1 for s in shape[3:])):
         return
     if len(shape) < 3:

@@ -76,8 +76,10 @@ def read_rois(path: Path, grid: Geometry, source_files: tuple[Path, ...] = ()) -
         for item in dataset.get("StructureSetROISequence", []):
             number, name = int(item.ROINumber), str(item.get("ROIName", ""))
             rois.append(Roi(number, name or f"ROI {number}", _contours(dataset, number, name, grid, path)))
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError, OSError) as error:  # malformed values, decoded lazily
-        raise InputError(f"{path}: a malformed RTSTRUCT ({type(error).__name__}: {error}); re-export it from its source") from error
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError, OSError) as error:
+        # malformed values, decoded lazily
+        raise InputError(f"{path}: a malformed RTSTRUCT ({type(error).__name__}: {error}); re-export it from "
+                         "its source") from error
     return rois
 
 
@@ -85,13 +87,15 @@ def _read(path: Path) -> pydicom.Dataset:
     try:
         dataset = pydicom.dcmread(path, force=True)
     except Exception as error:  # pydicom raises many types on corrupt files
-        raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or replace it") from error
+        raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or "
+                         "replace it") from error
     if dicom_label_kind(dataset) != "rtstruct":
         raise InputError(f"{path}: not an RT Structure Set (Modality {dataset.get('Modality', 'missing')})")
     return dataset
 
 
-def _contours(dataset: pydicom.Dataset, number: int, name: str, grid: Geometry, path: Path) -> tuple[tuple[int, np.ndarray], ...]:
+def _contours(dataset: pydicom.Dataset, number: int, name: str,
+              grid: Geometry, path: Path) -> tuple[tuple[int, np.ndarray], ...]:
     """The closed planar contours of ROI ``number`` as (slice, (row, column) indices)."""
     item = next((i for i in dataset.get("ROIContourSequence", []) if int(i.ReferencedROINumber) == number), None)
     if item is None:
@@ -107,20 +111,21 @@ def _contours(dataset: pydicom.Dataset, number: int, name: str, grid: Geometry, 
             continue
         points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
         if len(points) < 3 or not np.all(np.isfinite(points)):
-            raise InputError(f"{path}: ROI '{name}' contour {index} has {len(points)} point(s) or non-finite values; not a polygon")
+            raise InputError(f"{path}: ROI '{name}' contour {index} has {len(points)} point(s) or non-finite values; "
+                             "not a polygon")
         zyx = ((points - np.array(grid.origin)) @ to_index.T)[:, ::-1]
         z = np.round(zyx[:, 0])
         off = float(np.max(np.abs(zyx[:, 0] - z))) * grid.spacing[0]
         if off > tolerance or len(set(z)) > 1:
             raise GeometryError(
-                f"{path}: ROI '{name}' contour {index} lies {off:.2f} mm off the image slices (tolerance {tolerance:.2f} mm, "
-                f"{OFF_SLICE_TOLERANCE:.0%} of the slice spacing); the structure set was drawn on another grid: give the image "
-                "series it references"
+                f"{path}: ROI '{name}' contour {index} lies {off:.2f} mm off the image slices (tolerance "
+                f"{tolerance:.2f} mm, {OFF_SLICE_TOLERANCE:.0%} of the slice spacing); the structure set was drawn on "
+                "another grid: give the image series it references"
             )
         if not 0 <= z[0] < grid.shape[0]:
             raise GeometryError(
-                f"{path}: ROI '{name}' contour {index} lies on slice {int(z[0])}, outside the image's {grid.shape[0]} slices; "
-                "the structure set was drawn on another image: give the image series it references"
+                f"{path}: ROI '{name}' contour {index} lies on slice {int(z[0])}, outside the image's {grid.shape[0]} "
+                "slices; the structure set was drawn on another image: give the image series it references"
             )
         contours.append((int(z[0]), zyx[:, 1:]))
     if skipped:
@@ -132,13 +137,15 @@ def _check_references(dataset: pydicom.Dataset, path: Path, source_files: tuple[
     """Same frame of reference as the image, and contours only on the image's SOP instances."""
     source = pydicom.dcmread(source_files[0], stop_before_pixels=True)
     image_frame = str(source.get("FrameOfReferenceUID", ""))
-    frames = {str(f.FrameOfReferenceUID) for f in dataset.get("ReferencedFrameOfReferenceSequence", []) if "FrameOfReferenceUID" in f}
-    frames |= {str(r.ReferencedFrameOfReferenceUID) for r in dataset.get("StructureSetROISequence", []) if "ReferencedFrameOfReferenceUID" in r}
+    frames = {str(f.FrameOfReferenceUID) for f in dataset.get("ReferencedFrameOfReferenceSequence", [])
+              if "FrameOfReferenceUID" in f}
+    frames |= {str(r.ReferencedFrameOfReferenceUID) for r in dataset.get("StructureSetROISequence", [])
+               if "ReferencedFrameOfReferenceUID" in r}
     if image_frame and frames and image_frame not in frames:
         raise GeometryError(
             f"{path}: the structure set's FrameOfReferenceUID {', '.join(sorted(frames))} differs from the image's "
-            f"{image_frame} (series {source.get('SeriesInstanceUID', '?')}); it was drawn on another scan: give the image "
-            "series it references"
+            f"{image_frame} (series {source.get('SeriesInstanceUID', '?')}); it was drawn on another scan: give "
+            "the image series it references"
         )
     referenced = {
         str(image.ReferencedSOPInstanceUID)
@@ -146,15 +153,16 @@ def _check_references(dataset: pydicom.Dataset, path: Path, source_files: tuple[
         for contour in item.get("ContourSequence", [])
         for image in contour.get("ContourImageSequence", [])
     }
-    instances = {str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID", "")) for f in source_files}
+    instances = {str(pydicom.dcmread(f, stop_before_pixels=True,
+                                     specific_tags=["SOPInstanceUID"]).get("SOPInstanceUID", "")) for f in source_files}
     foreign = referenced - instances
     if foreign:
         series = {str(s.SeriesInstanceUID) for f in dataset.get("ReferencedFrameOfReferenceSequence", [])
                   for st in f.get("RTReferencedStudySequence", []) for s in st.get("RTReferencedSeriesSequence", [])}
         raise GeometryError(
-            f"{path}: {len(foreign)} of the {len(referenced)} image(s) its contours reference are not in the image series "
-            f"{source.get('SeriesInstanceUID', '?')} (the structure set references series {', '.join(sorted(series)) or 'unknown'}); "
-            "give the image series it was drawn on"
+            f"{path}: {len(foreign)} of the {len(referenced)} image(s) its contours reference are not in the image "
+            f"series {source.get('SeriesInstanceUID', '?')} (the structure set references series "
+            f"{', '.join(sorted(series)) or 'unknown'}); give the image series it was drawn on"
         )
 
 
@@ -176,6 +184,7 @@ def label_map(rois: list[Roi], shape: tuple[int, int, int], values: dict[int, in
         taken = mask & (array != 0)
         keep = taken & (sizes[array] <= sizes[value])
         if np.any(taken):
-            log.info("label %d overlaps %d labelled voxel(s); the smaller structure keeps them", value, int(np.count_nonzero(taken)))
+            log.info("label %d overlaps %d labelled voxel(s); the smaller structure keeps them", value,
+                     int(np.count_nonzero(taken)))
         array[mask & ~keep] = value
     return array

@@ -64,7 +64,8 @@ def write_rtstruct(labels: LabelVolume, like: Volume, path: Path, *, series_uid:
     require_attributes(sources[0], like.source_files[0], path, "RTSTRUCT")
     values = labels.labels
     if not values:
-        raise InputError(f"cannot write {path} as RTSTRUCT: the label map is empty (a structure set needs at least one ROI)")
+        raise InputError(f"cannot write {path} as RTSTRUCT: the label map is empty (a structure set needs at least "
+                         "one ROI)")
     dataset = _header(labels, sources, series_uid or generate_uid(), instance_uid or generate_uid())
     images = _contour_images(sources)
     dataset.ReferencedFrameOfReferenceSequence = _referenced_frame(sources[0], images)
@@ -96,7 +97,8 @@ def _header(labels: LabelVolume, sources: list[pydicom.Dataset], series_uid: str
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
     dataset.file_meta.MediaStorageSOPInstanceUID = instance_uid
-    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # 4-byte lengths: long contours exceed DS's 64 KiB in explicit VR
+    # 4-byte lengths: long contours exceed DS's 64 KiB in explicit VR
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     dataset.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 100")
     dataset.SOPClassUID = RTStructureSetStorage
@@ -160,7 +162,8 @@ def _roi(labels: LabelVolume, value: int, source: pydicom.Dataset) -> Dataset:
     item.ReferencedFrameOfReferenceUID = source.FrameOfReferenceUID
     item.ROIName = _roi_name(labels, value)[:64]
     method = labels.provenance.get("method")
-    item.ROIGenerationAlgorithm = ("SEMIAUTOMATIC" if labels.provenance.get("prompts") else "AUTOMATIC") if method else ""
+    item.ROIGenerationAlgorithm = ("SEMIAUTOMATIC" if labels.provenance.get("prompts")
+                                   else "AUTOMATIC") if method else ""
     item.ROIGenerationDescription = f"medseg {medseg.__version__} {method or ''}{_untrained(labels)}".strip()[:64]
     if method:
         algorithm = Dataset()
@@ -168,7 +171,8 @@ def _roi(labels: LabelVolume, value: int, source: pydicom.Dataset) -> Dataset:
         from pydicom.sr.codedict import codes  # ~0.5 s to import: only when writing
 
         code = codes.cid7162.ArtificialIntelligence
-        family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning = code.value, code.scheme_designator, code.meaning
+        family.CodeValue, family.CodingSchemeDesignator = code.value, code.scheme_designator
+        family.CodeMeaning = code.meaning
         algorithm.AlgorithmFamilyCodeSequence = Sequence([family])
         algorithm.AlgorithmName = f"medseg {method}"[:64]
         algorithm.AlgorithmVersion = medseg.__version__

@@ -51,7 +51,8 @@ def write_seg(labels: LabelVolume, like: Volume, path: Path, *, series_uid: str 
         array = array[np.argsort(order)]
     n_segments = int(array.max()) if array.size else 0
     if n_segments == 0:
-        raise InputError(f"cannot write {path} as DICOM SEG: the label map is empty (DICOM SEG needs at least one segment)")
+        raise InputError(f"cannot write {path} as DICOM SEG: the label map is empty (DICOM SEG needs at least one "
+                         "segment)")
     method = str(labels.provenance.get("method", "medseg"))
     untrained = " UNTRAINED (random weights, meaningless)" if labels.untrained else ""
     segment_descriptions = [

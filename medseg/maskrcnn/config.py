@@ -26,9 +26,10 @@ class TrainConfig(Settings):
     Data: ``instances`` (``"components"`` or ``"per_class"``), ``min_area`` (pixels),
     ``empty_ratio`` (slices without objects per slice with one, per epoch).
 
-    Optimisation: ``steps``, ``batch_size`` (slices), ``optimizer`` (``"adamw"`` or
-    ``"sgd"`` with momentum 0.9), ``lr`` (peak), ``weight_decay``, ``warmup_steps`` (linear
-    warm-up from 1% of ``lr`` over at most a quarter of the steps, then cosine decay to 0), ``grad_clip`` (gradient-norm clipping).
+    Optimisation: ``steps``, ``batch_size`` (slices), ``optimizer`` (``"adamw"`` or ``"sgd"``
+    with momentum 0.9), ``lr`` (peak), ``weight_decay``, ``warmup_steps`` (linear warm-up from
+    1% of ``lr`` over at most a quarter of the steps, then cosine decay to 0), ``grad_clip``
+    (gradient-norm clipping).
 
     Bookkeeping: ``val_every`` (steps; 0 = only at the end), ``checkpoint_every`` (steps),
     ``seed``, ``num_workers`` (data loader processes), ``device`` (``"auto"``, ``"cpu"``,

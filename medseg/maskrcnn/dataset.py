@@ -141,7 +141,8 @@ def prepare_cases(
             continue
         volume, labels = case.load()
         if labels is None:
-            raise ConfigError(f"case {case.id!r} is in the training data but has no label map; give it a \"label\" or move it to the test split")
+            raise ConfigError(f"case {case.id!r} is in the training data but has no label map; give it a \"label\" or "
+                              "move it to the test split")
         undeclared = sorted(set(labels.labels) - set(label_values))
         if undeclared:
             raise ConfigError(
@@ -194,7 +195,8 @@ class SliceDataset(Dataset):
             )
 
     def _target(self, label_slice: np.ndarray) -> dict[str, torch.Tensor]:
-        return instance_targets(np.asarray(label_slice), self.label_values, instances=self.instances, min_area=self.min_area)
+        return instance_targets(np.asarray(label_slice), self.label_values, instances=self.instances,
+                                min_area=self.min_area)
 
     @property
     def case_ids(self) -> list[str]:
@@ -220,7 +222,8 @@ class StepBatchSampler(Sampler[list[int]]):
     across epoch boundaries.
     """
 
-    def __init__(self, dataset: SliceDataset, *, batch_size: int, empty_ratio: float, seed: int, start_step: int, steps: int) -> None:
+    def __init__(self, dataset: SliceDataset, *, batch_size: int, empty_ratio: float, seed: int,
+                 start_step: int, steps: int) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if empty_ratio < 0:

@@ -52,7 +52,8 @@ def _norm_layer(norm: str):
     raise ConfigError(f"norm: unknown normalisation {norm!r}; use one of {list(NORMS)}")
 
 
-def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "group", image_size: int = 256) -> MaskRCNN:
+def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "group",
+                image_size: int = 256) -> MaskRCNN:
     """A randomly initialised Mask R-CNN for ``num_classes`` foreground classes.
 
     Parameters
@@ -85,7 +86,8 @@ def build_model(*, num_classes: int, backbone: str = "resnet50", norm: str = "gr
     else:
         # MobileNet's FPN has two levels (strides 16 and 32) plus a pooled one; each level
         # carries every anchor size, as in torchvision's fasterrcnn_mobilenet_v3_large_fpn.
-        body = mobilenet_backbone(backbone_name=backbone, weights=None, fpn=True, norm_layer=norm_layer, trainable_layers=6)
+        body = mobilenet_backbone(backbone_name=backbone, weights=None, fpn=True, norm_layer=norm_layer,
+                                  trainable_layers=6)
         feature_maps = ["0", "1"]
         anchors = AnchorGenerator((sizes,) * 3, (ratios,) * 3)
     mask_norm = group_norm if norm == "group" else None

@@ -99,7 +99,8 @@ def _on_device(network: torch.nn.Module, device: torch.device) -> bool:
 
 
 def _detect(
-    network: MaskRCNN, frames: SliceFrames, *, batch_size: int, progress: Progress | None, should_stop: ShouldStop | None
+    network: MaskRCNN, frames: SliceFrames, *, batch_size: int, progress: Progress | None,
+    should_stop: ShouldStop | None
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """Yield ``(z, detections)`` per slice, detections on the CPU; stops between batches when asked."""
     device = next(network.parameters()).device
@@ -122,7 +123,8 @@ def _paste(volume_shape, detections, *, label_values, score_threshold: float) ->
         keep = output["scores"] >= score_threshold
         order = torch.argsort(output["scores"][keep])  # ascending: the best is pasted last
         masks = output["masks"][keep][order, 0] >= 0.5
-        for mask, cls, score in zip(masks.numpy(), output["labels"][keep][order].tolist(), output["scores"][keep][order].tolist()):
+        for mask, cls, score in zip(masks.numpy(), output["labels"][keep][order].tolist(),
+                                    output["scores"][keep][order].tolist()):
             if mask.any():
                 pieces.append(_Piece(z, label_values[cls - 1], float(score)))
                 piece_ids[z][mask] = len(pieces)
@@ -242,7 +244,8 @@ def predict_instances(
     with _inference_network(model, resolve_device(device), threshold) as network:
         detections = _detect(network, frames, batch_size=batch_size, progress=progress, should_stop=should_stop)
         instances = stitch_detections(
-            detections, geometry=volume.geometry, label_values=model.label_values, score_threshold=threshold, link_overlap=link_overlap
+            detections, geometry=volume.geometry, label_values=model.label_values, score_threshold=threshold,
+            link_overlap=link_overlap
         )
     labels = semantic_labels(instances, LabelVolume.like(
         volume,

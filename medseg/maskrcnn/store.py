@@ -110,7 +110,8 @@ class MaskRCNNModel:
 def save_model(model: MaskRCNNModel, directory: str | Path) -> Path:
     """Write ``weights.pt`` then ``model.json`` into ``directory`` (each atomically)."""
     directory = Path(directory)
-    info = model_dir.write_model_dir(directory, model.network.state_dict(), model.card(), format=FORMAT, packages=PACKAGES)
+    info = model_dir.write_model_dir(directory, model.network.state_dict(), model.card(), format=FORMAT,
+                                     packages=PACKAGES)
     model.weights_sha256, model.directory = info["weights_sha256"], directory
     return directory
 
@@ -129,7 +130,8 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     directory = Path(directory)
     card = model_dir.read_model_json(directory, formats=FORMATS, what="Mask R-CNN")
     if card is None:
-        raise WeightsError(f"{directory} is not a Mask R-CNN model directory: {MODEL_JSON} is missing; train one with `medseg baseline train`")
+        raise WeightsError(f"{directory} is not a Mask R-CNN model directory: {MODEL_JSON} is missing; train one with "
+                           "`medseg baseline train`")
     config = TrainConfig.from_dict(card["config"])
     classes = {int(v): name for v, name in card["classes"].items()}
     weights_path = directory / card["weights"]
@@ -140,7 +142,8 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
-        raise WeightsError(f"{weights_path} does not fit a {config.backbone} Mask R-CNN with {len(classes)} classes: {str(error)[:300]}") from error
+        raise WeightsError(f"{weights_path} does not fit a {config.backbone} Mask R-CNN with {len(classes)} classes: "
+                           f"{str(error)[:300]}") from error
     network.eval()
     model = MaskRCNNModel(
         network=network,
@@ -157,5 +160,6 @@ def load_model(directory: str | Path) -> MaskRCNNModel:
     if model.untrained:
         log.warning("%s (Mask R-CNN %s)", UNTRAINED_BANNER, directory)
     elif model.undertrained:
-        log.warning("Mask R-CNN %s was trained for only %d steps (< %d): treat its output as a smoke test", directory, model.steps, UNDERTRAINED_STEPS)
+        log.warning("Mask R-CNN %s was trained for only %d steps (< %d): treat its output as a smoke test", directory,
+                    model.steps, UNDERTRAINED_STEPS)
     return model

@@ -58,7 +58,8 @@ from medseg.volume import InstanceMap, LabelVolume
 Mode = Literal["2d", "3d"]
 InstancePolicy = Literal["components", "per_class"]
 
-AREA_RANGES_2D_MM2 = {"all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+AREA_RANGES_2D_MM2 = {"all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2),
+                      "large": (96.0**2, 1e10)}
 AREA_RANGES_3D_MM3 = {"all": (0.0, 1e12), "small": (0.0, 1e3), "medium": (1e3, 1e5), "large": (1e5, 1e12)}
 MAX_DETECTIONS = (1, 10, 100)
 _CONSTANT_SCORE = 1.0
@@ -143,7 +144,8 @@ def _score(item, key: int, z: int | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def _flat(box: tuple[slice, ...], mask: np.ndarray, shape: tuple[int, ...], local: np.ndarray | None = None) -> np.ndarray:
+def _flat(box: tuple[slice, ...], mask: np.ndarray, shape: tuple[int, ...],
+          local: np.ndarray | None = None) -> np.ndarray:
     """Flat indices in an array of ``shape`` of the True voxels of ``mask``, the crop at ``box``
     (or of the crop's flat indices ``local``)."""
     coords = np.unravel_index(np.flatnonzero(mask) if local is None else local, mask.shape)
@@ -180,7 +182,8 @@ def _semantic_instances(array: np.ndarray, labels: Sequence[int], mode: Mode, po
             if not plane.any():
                 continue
             z = box[0].start + dz
-            pieces = [_flat(box[1:], plane, array.shape[1:])] if policy == "per_class" else _components(plane, box[1:], array.shape[1:])
+            pieces = ([_flat(box[1:], plane, array.shape[1:])] if policy == "per_class"
+                      else _components(plane, box[1:], array.shape[1:]))
             for voxels in pieces:
                 yield z, label, voxels
 
@@ -201,7 +204,8 @@ def _map_instances(item: InstanceMap, labels: Sequence[int], mode: Mode):
                 yield box[0].start + dz, index, item.labels[index], _flat(box[1:], plane, shape[1:])
 
 
-def _instances(item, array: np.ndarray, labels: Sequence[int], mode: Mode, policy: InstancePolicy, scored: bool) -> dict[int | None, list[_Instance]]:
+def _instances(item, array: np.ndarray, labels: Sequence[int], mode: Mode,
+               policy: InstancePolicy, scored: bool) -> dict[int | None, list[_Instance]]:
     """The instances of one label map (``array`` its integer voxels), grouped by slice (2D) or under ``None`` (3D)."""
     grouped: dict[int | None, list[_Instance]] = {}
     if isinstance(item, InstanceMap):
@@ -223,7 +227,8 @@ def _keep_top(instances: list[_Instance], max_detections: int) -> list[_Instance
     return kept
 
 
-def _encode(groups: list[list[_Instance]], mode: Mode, plane_shape: tuple[int, int]) -> tuple[tuple[int, int], list[list[dict]]]:
+def _encode(groups: list[list[_Instance]], mode: Mode,
+            plane_shape: tuple[int, int]) -> tuple[tuple[int, int], list[list[dict]]]:
     """The COCO image size and the RLE of every instance of one image.
 
     2D: the slice itself. 3D: the voxels covered by any instance of the image (truth or

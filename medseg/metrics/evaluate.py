@@ -133,7 +133,8 @@ def evaluate(
     steps = [
         lambda: dice_per_label(prediction, truth, labels=values, empty=empty),
         lambda: hausdorff95_per_label(prediction, truth, labels=values, empty=empty) if hausdorff else {},
-        lambda: surface_dice_per_label(prediction, truth, labels=values, tolerance_mm=surface_tolerance_mm, empty=empty),
+        lambda: surface_dice_per_label(prediction, truth, labels=values,
+                                       tolerance_mm=surface_tolerance_mm, empty=empty),
     ]
     results = []
     for done, step in enumerate(steps, start=1):
@@ -143,11 +144,13 @@ def evaluate(
     dice, hd95, surface = results
     per_label = {
         v: LabelScores(dice=dice[v], hd95_mm=hd95.get(v, float("nan")), surface_dice=surface[v],
-                       truth_voxels=int(np.count_nonzero(truth_array == v)), pred_voxels=int(np.count_nonzero(pred_array == v)))
+                       truth_voxels=int(np.count_nonzero(truth_array == v)),
+                       pred_voxels=int(np.count_nonzero(pred_array == v)))
         for v in values
     }
     gridded = not (isinstance(prediction, np.ndarray) and isinstance(truth, np.ndarray))
-    return CaseMetrics(per_label, float(surface_tolerance_mm), gridded, (instances if instances is not None else prediction, truth))
+    return CaseMetrics(per_label, float(surface_tolerance_mm), gridded,
+                       (instances if instances is not None else prediction, truth))
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def _channel(array: np.ndarray, value: int) -> torch.Tensor:
     return torch.from_numpy(array == value)[None, None]
 
 
-def dice_per_label(pred: LabelMap, truth: LabelMap, *, labels: Iterable[int], empty: float = np.nan) -> dict[int, float]:
+def dice_per_label(pred: LabelMap, truth: LabelMap, *, labels: Iterable[int],
+                   empty: float = np.nan) -> dict[int, float]:
     """Dice coefficient of each label value, with MONAI's ``DiceMetric``.
 
     Parameters
@@ -129,7 +130,8 @@ def mean_dice(scores: Mapping[int, float]) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def _surface_metric(pred: LabelMap, truth: LabelMap, labels: Iterable[int], empty: float, one_empty: float, compute) -> dict[int, float]:
+def _surface_metric(pred: LabelMap, truth: LabelMap, labels: Iterable[int], empty: float,
+                    one_empty: float, compute) -> dict[int, float]:
     pred_array, truth_array, spacing = label_arrays(pred, truth)
     values = _label_values(labels)
     scores = {}
@@ -148,7 +150,8 @@ def _surface_metric(pred: LabelMap, truth: LabelMap, labels: Iterable[int], empt
     return scores
 
 
-def hausdorff95_per_label(pred: LabelMap, truth: LabelMap, *, labels: Iterable[int], empty: float = np.nan) -> dict[int, float]:
+def hausdorff95_per_label(pred: LabelMap, truth: LabelMap, *, labels: Iterable[int],
+                          empty: float = np.nan) -> dict[int, float]:
     """Symmetric 95th-percentile Hausdorff distance in mm per label (MONAI).
 
     The larger of the two directed 95th percentiles of surface-to-surface distances, as in

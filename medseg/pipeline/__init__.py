@@ -3,10 +3,10 @@
 >>> from medseg.pipeline import load_pipeline, run_pipeline
 >>> summary = run_pipeline(load_pipeline("pipelines/demo.yaml"), "results/demo")  # doctest: +SKIP
 
-Modules: ``config`` (the YAML schema), ``methods`` (plug-ins), ``prompt_policy`` (prompts
-simulated from ground truth), ``runner`` (validation and the run), ``case`` (one case: the task, the worker, its
-record), ``executors`` (in process, local worker processes, Ray; worker death, timeouts, retries), ``results`` (the results folder), ``report`` / ``plots`` /
-``stats`` (the report), ``replay`` (re-run one case from its log).
+Modules: ``config`` (the YAML schema), ``methods`` (plug-ins), ``prompt_policy`` (prompts simulated from ground
+truth), ``runner`` (validation and the run), ``case`` (one case: the task, the worker, its record), ``executors``
+(in process, local worker processes, Ray; worker death, timeouts, retries), ``results`` (the results folder),
+``report`` / ``plots`` / ``stats`` (the report), ``replay`` (re-run one case from its log).
 """
 
 from medseg.pipeline.config import PipelineConfig, load_pipeline

@@ -146,8 +146,8 @@ def lost_result(task: CaseTask, cause: str, *, attempts: int) -> dict[str, Any]:
 def _base_result(task: CaseTask) -> dict[str, Any]:
     setup, case = task.setup, task.case
     return {
-        "format": rs.FORMAT, "method": setup.name, "type": setup.kind, "case": case.id, "split": case.split, "cohort": task.cohort,
-        "fingerprint": task.fingerprint, "seed": setup.seed, "labels": setup.labels,
+        "format": rs.FORMAT, "method": setup.name, "type": setup.kind, "case": case.id, "split": case.split,
+        "cohort": task.cohort, "fingerprint": task.fingerprint, "seed": setup.seed, "labels": setup.labels,
         "prompt_policy": dataclasses.asdict(task.prompts), "code": task.code, "setup": setup_dict(setup),
         "metrics_settings": dataclasses.asdict(task.metrics),
     }
@@ -168,7 +168,8 @@ def _prompts(task: CaseTask, method: Method, truth) -> Prompts | None:
         return Prompts.from_dict(task.replay_prompts)
     if not method.uses_prompts:
         return None
-    return PromptPolicy(task.prompts, seed=task.setup.seed).prompts(truth, labels=task.setup.labels, case_id=task.case.id)
+    return PromptPolicy(task.prompts, seed=task.setup.seed).prompts(truth, labels=task.setup.labels,
+                                                                    case_id=task.case.id)
 
 
 def _segment_and_score(task: CaseTask, worker: Worker, building: Path) -> dict[str, Any]:

@@ -196,7 +196,8 @@ def _top_level(where: _Where, raw: dict[str, Any]) -> dict[str, Any]:
     if split not in ("train", "val", "test"):
         raise where.error("split", f"is {split!r}; use train, val or test")
     labels = raw.get("labels")
-    if labels is not None and (not isinstance(labels, list) or not labels or not all(_is_int(v) and v >= 1 for v in labels)):
+    if labels is not None and (not isinstance(labels, list) or not labels
+                               or not all(_is_int(v) and v >= 1 for v in labels)):
         raise where.error("labels", f"must be a list of label values >= 1, got {labels!r}")
     cases = raw.get("cases")
     if cases is not None and (not isinstance(cases, list) or not all(isinstance(c, str) for c in cases)):
@@ -215,7 +216,8 @@ def _methods(where: _Where, methods_raw: Any) -> list[MethodConfig]:
     from medseg.pipeline.methods import METHODS
 
     if not isinstance(methods_raw, dict) or not methods_raw:
-        raise where.error("methods", "must map method names to their settings, e.g. {sam2: {type: sam2, model: sam2.1-tiny}}")
+        raise where.error("methods", "must map method names to their settings, e.g. {sam2: {type: sam2, model: "
+                                     "sam2.1-tiny}}")
     methods = []
     for method_name, spec in methods_raw.items():
         key = f"methods.{method_name}"
@@ -225,14 +227,16 @@ def _methods(where: _Where, methods_raw: Any) -> list[MethodConfig]:
             raise where.error(key, f"needs a 'type', one of {sorted(METHODS)}")
         kind = spec["type"]
         if kind not in METHODS:
-            raise where.error(f"{key}.type", f"unknown method {kind!r}; {_suggest(kind, METHODS)}known: {sorted(METHODS)}")
+            raise where.error(f"{key}.type",
+                              f"unknown method {kind!r}; {_suggest(kind, METHODS)}known: {sorted(METHODS)}")
         baseline = spec.get("baseline", False)
         if not isinstance(baseline, bool):
             raise where.error(f"{key}.baseline", "must be true or false")
         postprocess = where.coerce(Postprocess, spec.get("postprocess", "none"), f"{key}.postprocess")
         options = {k: v for k, v in spec.items() if k not in ("type", "baseline", "postprocess")}
         plugin = METHODS[kind]
-        methods.append(MethodConfig(method_name, kind, plugin.resolve_paths(where.build(plugin.Options, options, key), where.path.parent),
+        methods.append(MethodConfig(method_name, kind,
+                                    plugin.resolve_paths(where.build(plugin.Options, options, key), where.path.parent),
                                     baseline, postprocess))
     if sum(m.baseline for m in methods) > 1:
         raise where.error("methods", "at most one method can be the baseline (baseline: true)")
@@ -275,7 +279,8 @@ class _Where:
         values = {}
         for name, value in raw.items():
             values[name] = self.coerce(hints[name], value, f"{key}.{name}")
-        missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
         if missing:
             raise self.error(f"{key}.{missing[0]}", "is required")
         try:

@@ -51,7 +51,8 @@ class Document:
     def html(self, title: str) -> str:
         out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
                "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-               "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+               "table{border-collapse:collapse;margin:1em 0}"
+               "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
                ".banner{background:#fdd;border:2px solid #c00;padding:1em;font-weight:bold}img{max-width:100%}"
                "code{background:#eee}</style></head><body>"]
         for block in self.blocks:
@@ -64,7 +65,8 @@ class Document:
                 out.append(f"<div class='banner'>{_inline_code(html.escape(block[1]))}</div>")
             elif kind == "table":
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2])
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                               for row in block[2])
                 out.append(f"<table><tr>{head}</tr>{body}</table>")
             elif kind == "img":
                 out.append(f"<p><img src='{html.escape(block[1])}' alt='{html.escape(block[2])}'></p>")

@@ -87,7 +87,8 @@ def _schedule(
             finished = wait(list(busy), None if deadline is None else max(0.0, deadline - time.monotonic()))
             if case_timeout is not None:
                 now = time.monotonic()
-                finished += [(slot, f"case took longer than the case timeout ({case_timeout:g} s); its worker was stopped")
+                finished += [(slot, f"case took longer than the case timeout ({case_timeout:g} s); its worker "
+                                    "was stopped")
                              for slot, (_, _, started) in busy.items()
                              if now - started >= case_timeout and slot not in dict(finished)]
             for slot, outcome in finished:
@@ -108,7 +109,8 @@ def _schedule(
                 log.warning("%s; trying again (attempt %d of %d)", cause, attempt + 1, retries + 1)
                 queue.appendleft((task, attempt + 1))
         if queue:
-            raise Cancelled(f"the pipeline run stopped on request; {len(queue)} case run(s) not started (a re-run resumes)")
+            raise Cancelled(f"the pipeline run stopped on request; {len(queue)} case run(s) not started (a re-run "
+                            "resumes)")
     finally:
         for slot in idle + list(busy):
             slot.stop()
@@ -246,8 +248,10 @@ class _RaySlot:
             if slot.ref in done:
                 try:
                     out.append((slot, ray.get(slot.ref)))
-                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as error:
-                    out.append((slot, f"worker died: {type(error).__name__} ({str(error).strip().splitlines()[0][:200]})"))
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.ObjectLostError) as error:
+                    out.append((slot, f"worker died: {type(error).__name__} "
+                                      f"({str(error).strip().splitlines()[0][:200]})"))
         return out
 
 
@@ -267,8 +271,8 @@ class _RayWorker:
 class RayExecutor:
     """Run cases on ``workers`` Ray actors (default: as many as the cluster's resources allow)."""
 
-    def __init__(self, *, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, workers: int | None = None,
-                 case_timeout: float | None = None, retries: int = 0) -> None:
+    def __init__(self, *, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+                 workers: int | None = None, case_timeout: float | None = None, retries: int = 0) -> None:
         if num_cpus < 0 or num_gpus < 0:
             raise ConfigError(f"Ray resources must be >= 0, got num_cpus={num_cpus}, num_gpus={num_gpus}")
         _check_fault_settings(workers or 1, case_timeout, retries)
@@ -299,7 +303,8 @@ class RayExecutor:
         if self.workers is not None:
             return self.workers
         available = ray.cluster_resources()
-        fits = [available.get(name, 0) // wanted for name, wanted in (("CPU", self.num_cpus), ("GPU", self.num_gpus)) if wanted]
+        fits = [available.get(name, 0) // wanted for name, wanted in (("CPU", self.num_cpus), ("GPU", self.num_gpus))
+                if wanted]
         return max(1, int(min(fits))) if fits else 1
 
     def map(self, make_worker: Callable[[], Any], tasks: Iterable[Any], *, lost: Lost,

@@ -48,19 +48,21 @@ def replay_case(case_dir: str | Path, *, out: str | Path | None = None) -> Repla
     """Re-run ``RESULTS/<method>/<case>`` with its logged prompts; compare the labels."""
     case_dir = Path(case_dir).resolve()
     if not (case_dir / rs.RESULT).is_file():
-        raise InputError(f"{case_dir}: no {rs.RESULT}; give a case folder of a results folder (RESULTS/<method>/<case>)")
+        raise InputError(f"{case_dir}: no {rs.RESULT}; give a case folder of a results folder "
+                         "(RESULTS/<method>/<case>)")
     result = rs.read_json(case_dir / rs.RESULT)
     if result.get("status") != "ok":
-        raise InputError(f"{case_dir}: this case failed ({result.get('error', {}).get('message')}); there are no labels to reproduce")
+        raise InputError(f"{case_dir}: this case failed ({result.get('error', {}).get('message')}); there are "
+                         "no labels to reproduce")
     current = rs.code_version()
     if current != result["code"]:
         log.warning("code version differs from the run's: now %s, then %s", current, result["code"])
     replay_dir = Path(out).resolve() if out is not None else case_dir / "replay"
     case = load_manifest(result["cohort"]).case(result["case"])
     task = CaseTask(
-        setup=setup_from_dict(result["setup"]), method=method_class(result["type"]), case=case, cohort=Path(result["cohort"]), case_dir=replay_dir,
-        prompts=PromptSettings(**result["prompt_policy"]), metrics=MetricSettings(**result["metrics_settings"]),
-        fingerprint=result["fingerprint"], code=current,
+        setup=setup_from_dict(result["setup"]), method=method_class(result["type"]), case=case,
+        cohort=Path(result["cohort"]), case_dir=replay_dir, prompts=PromptSettings(**result["prompt_policy"]),
+        metrics=MetricSettings(**result["metrics_settings"]), fingerprint=result["fingerprint"], code=current,
         replay_prompts=rs.read_json(case_dir / rs.PROMPTS)["prompts"],
     )
     with torch_threads(result.get("torch_threads")):  # the same float summation order as the run

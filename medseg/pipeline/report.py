@@ -1,10 +1,9 @@
 """The report of a results folder: report.md, report.html, metrics.csv, metrics.json, plots/.
 
-Contents, in order: the untrained banner (when any row was made with random weights) and
-how to get real weights; the run (cohort, split, cases, labels, prompt policy, seed, code
-version); the methods (model, checksum, preset, cases ok / failed); mean Dice per method and
-label with a 95% bootstrap interval over cases; surface metrics (95% Hausdorff, surface
-Dice); COCO mask AP in 2D and 3D; the paired comparison of each method with the supervised
+Contents, in order: the untrained banner (when any row was made with random weights) and how to get real weights;
+the run (cohort, split, cases, labels, prompt policy, seed, code version); the methods (model, checksum, preset,
+cases ok / failed); mean Dice per method and label with a 95% bootstrap interval over cases; surface metrics (95%
+Hausdorff, surface Dice); COCO mask AP in 2D and 3D; the paired comparison of each method with the supervised
 baseline; plots (Dice box plots, AP bars, overlays); failed cases; what was stored on a PACS
 (``medseg.pipeline.push``); per-case Dice.
 
@@ -41,13 +40,13 @@ from medseg.volume import UNTRAINED_BANNER
 log = logging.getLogger(__name__)
 
 WEIGHTS_HELP = (
-    "To get real weights: on a machine with internet access run the pipeline once (checkpoints download "
-    "into the medseg cache, `$MEDSEG_HOME/weights`, default `~/.cache/medseg/weights`), or download "
-    "the checkpoint named in `medseg.weights.REGISTRY` (e.g. `sam2.1_hiera_tiny.pt`) and put it in that "
-    "folder; then delete the untrained method folders and run again. Mask R-CNN rows become meaningful "
-    "with more training steps (`train: {steps: ...}`)."
+    "To get real weights: on a machine with internet access run the pipeline once (checkpoints download into the "
+    "medseg cache, `$MEDSEG_HOME/weights`, default `~/.cache/medseg/weights`), or download the checkpoint named in "
+    "`medseg.weights.REGISTRY` (e.g. `sam2.1_hiera_tiny.pt`) and put it in that folder; then delete the untrained "
+    "method folders and run again. Mask R-CNN rows become meaningful with more training steps (`train: {steps: ...}`)."
 )
-_CSV_FIELDS = ["method", "case", "label", "label_name", "status", "dice", "hd95_mm", "nsd", "truth_voxels", "pred_voxels", "untrained"]
+_CSV_FIELDS = ["method", "case", "label", "label_name", "status", "dice", "hd95_mm", "nsd", "truth_voxels",
+               "pred_voxels", "untrained"]
 
 
 @dataclass
@@ -118,7 +117,8 @@ class _Run:
         return {"resamples": self.pipeline["report"]["bootstrap"], "seed": self.pipeline["seed"]}
 
 
-def write_report(results_dir: str | Path, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> Path:
+def write_report(results_dir: str | Path, *, progress: Progress | None = None,
+                 should_stop: ShouldStop | None = None) -> Path:
     """Write the report files into ``results_dir``; return the path of report.md.
 
     ``progress(done, total)`` counts methods summarised; ``should_stop`` is asked between them.
@@ -133,8 +133,9 @@ def write_report(results_dir: str | Path, *, progress: Progress | None = None, s
         report_progress(progress, done, len(run.methods))
     paired = _paired(run)
     figures = _figures(run, summary)
-    rs.write_json(run.results_dir / "metrics.json", {"pipeline": run.pipeline, "code": run.code, "labels": run.label_names,
-                                                     "methods": summary, "paired": paired, "cases": rows})
+    rs.write_json(run.results_dir / "metrics.json", {"pipeline": run.pipeline, "code": run.code,
+                                                     "labels": run.label_names, "methods": summary, "paired": paired,
+                                                     "cases": rows})
     document = _document(run, summary, paired, figures)
     _write_text(run.results_dir / "report.md", document.markdown())
     _write_text(run.results_dir / "report.html", document.html(f"medseg report: {run.pipeline['name']}"))
@@ -147,7 +148,8 @@ def _read_run(results_dir: Path) -> _Run:
     pipeline = run["pipeline"]
     cohort = load_manifest(pipeline["cohort"])
     label_names = {v: cohort.labels[v] for v in pipeline["labels"]} if pipeline["labels"] else dict(cohort.labels)
-    return _Run(results_dir, pipeline, run["code"], _collect(results_dir, list(pipeline["methods"])), cohort, label_names)
+    return _Run(results_dir, pipeline, run["code"], _collect(results_dir, list(pipeline["methods"])),
+                cohort, label_names)
 
 
 def _collect(results_dir: Path, order: list[str]) -> list[_Method]:
@@ -185,10 +187,11 @@ def _case_rows(run: _Run) -> list[dict[str, Any]]:
         for case_id, result in sorted(method.results.items()):
             for label in run.labels:
                 m = result.get("metrics", {}).get(str(label), {})
-                rows.append({"method": method.name, "case": case_id, "label": label, "label_name": run.label_names[label],
-                             "status": result["status"], "dice": rs.as_float(m.get("dice")), "hd95_mm": rs.as_float(m.get("hd95_mm")),
-                             "nsd": rs.as_float(m.get("nsd")), "truth_voxels": m.get("truth_voxels"), "pred_voxels": m.get("pred_voxels"),
-                             "untrained": method.untrained})
+                rows.append({"method": method.name, "case": case_id, "label": label,
+                             "label_name": run.label_names[label], "status": result["status"],
+                             "dice": rs.as_float(m.get("dice")), "hd95_mm": rs.as_float(m.get("hd95_mm")),
+                             "nsd": rs.as_float(m.get("nsd")), "truth_voxels": m.get("truth_voxels"),
+                             "pred_voxels": m.get("pred_voxels"), "untrained": method.untrained})
     return rows
 
 
@@ -280,9 +283,11 @@ def _intro(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     n_cases = len({c for m in methods for c in m.results})
     doc.paragraph(
         f"Cohort `{run.cohort.name}` ({run.cohort.path.name}), split `{pipeline['split']}`, {n_cases} cases; labels "
-        f"{', '.join(f'{v} {n}' for v, n in run.label_names.items())}. Prompt policy: point `{pipeline['prompts']['point']}`, "
-        f"box `{pipeline['prompts']['box']}`, {pipeline['prompts']['reference_slices']} reference slices per object; seed {pipeline['seed']}. "
-        f"medseg {code['medseg']}" + (f", git {code['git_commit'][:12]}{' (modified)' if code['git_dirty'] else ''}" if code.get("git_commit") else "")
+        f"{', '.join(f'{v} {n}' for v, n in run.label_names.items())}. Prompt policy: point "
+        f"`{pipeline['prompts']['point']}`, box `{pipeline['prompts']['box']}`, "
+        f"{pipeline['prompts']['reference_slices']} reference slices per object; seed {pipeline['seed']}. "
+        f"medseg {code['medseg']}" + (f", git {code['git_commit'][:12]}{' (modified)' if code['git_dirty'] else ''}"
+                                      if code.get("git_commit") else "")
         + f". Report made {datetime.now(timezone.utc).isoformat(timespec='seconds')}."
     )
 
@@ -292,18 +297,18 @@ def _methods_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.table(["method", "type", "model", "checksum", "preset", "cases ok", "failed"], [
         [m.display() + (" (baseline)" if m.info.get("baseline") else ""), m.info.get("type", ""),
          m.info.get("model", {}).get("model", m.info.get("error", {}).get("message", "")),
-         str(m.info.get("model", {}).get("checkpoint_sha256") or m.info.get("model", {}).get("weights_sha256") or "–")[:12],
-         m.presets(), len(m.ok), len(m.results) - len(m.ok) if m.info.get("status") == "ok" else "all"]
-        for m in run.methods])
+         str(m.info.get("model", {}).get("checkpoint_sha256") or m.info.get("model", {}).get("weights_sha256")
+             or "–")[:12], m.presets(), len(m.ok),
+         len(m.results) - len(m.ok) if m.info.get("status") == "ok" else "all"] for m in run.methods])
 
 
 def _dice_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
     doc.heading("Dice per label (mean [95% bootstrap CI over cases])")
     doc.table(["method", *run.label_names.values(), "mean of labels"], [
-        [m.display(), *(_estimate(summary[m.name]["per_label"][str(l)]["dice"]) for l in run.labels), _estimate(summary[m.name]["mean_dice"])]
-        for m in run.methods])
-    doc.paragraph("A label absent from both the prediction and the truth of a case is left out of that label's mean (not applicable); "
-                  "a missed or invented object scores 0.")
+        [m.display(), *(_estimate(summary[m.name]["per_label"][str(l)]["dice"]) for l in run.labels),
+         _estimate(summary[m.name]["mean_dice"])] for m in run.methods])
+    doc.paragraph("A label absent from both the prediction and the truth of a case is left out of that label's mean "
+                  "(not applicable); a missed or invented object scores 0.")
 
 
 def _surface_section(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
@@ -358,7 +363,8 @@ def _paired_section(doc: Document, run: _Run, paired: list[dict]) -> None:
 
 
 def _failures_section(doc: Document, run: _Run) -> None:
-    failures = [(m.name, c, r["error"]) for m in run.methods for c, r in sorted(m.results.items()) if r["status"] == "failed"]
+    failures = [(m.name, c, r["error"]) for m in run.methods for c, r in sorted(m.results.items())
+                if r["status"] == "failed"]
     failures += [(m.name, "(all)", m.info["error"]) for m in run.methods if m.info.get("status") == "failed"]
     if failures:
         doc.heading("Failures")
@@ -378,14 +384,14 @@ def _per_case_section(doc: Document, run: _Run) -> None:
     doc.heading("Dice per case")
     cases = sorted({c for m in run.methods for c in m.results})
     doc.table(["case", *(m.display() for m in run.methods)], [
-        [c, *(_fmt(m.results[c].get("mean_dice")) if c in m.ok else ("failed" if c in m.results else "–") for m in run.methods)]
-        for c in cases])
+        [c, *(_fmt(m.results[c].get("mean_dice")) if c in m.ok else ("failed" if c in m.results else "–")
+              for m in run.methods)] for c in cases])
     doc.paragraph("Files: `metrics.csv` (one row per method, case and label), `metrics.json` (everything above), "
                   "`<method>/<case>/` (labels, prompt log, result); `medseg replay <method>/<case>` re-runs one case.")
 
 
 def _estimate(data: dict, signed: bool = False) -> str:
-    mean, low, high, n = (rs.as_float(data["mean"]), rs.as_float(data["ci_low"]), rs.as_float(data["ci_high"]), data["n"])
+    mean, low, high, n = *(rs.as_float(data[key]) for key in ("mean", "ci_low", "ci_high")), data["n"]
     if n == 0:
         return "–"
     sign = "+" if signed else ""

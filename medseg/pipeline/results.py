@@ -83,7 +83,8 @@ def read_json(path: Path) -> Any:
         raise InputError(f"{path}:{error.lineno}:{error.colno}: damaged JSON ({error.msg}): the file was cut short or "
                          "corrupted; delete it (a re-run of `medseg run` redoes that case)") from None
     except UnicodeDecodeError:
-        raise InputError(f"{path}: damaged JSON (not UTF-8 text); delete it (a re-run of `medseg run` redoes that case)") from None
+        raise InputError(f"{path}: damaged JSON (not UTF-8 text); delete it (a re-run of `medseg run` redoes "
+                         "that case)") from None
 
 
 def code_version() -> dict[str, Any]:
@@ -95,7 +96,8 @@ def code_version() -> dict[str, Any]:
     if not (root / ".git").exists():
         return version
     try:
-        run = lambda *args: subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True).stdout
+        run = lambda *args: subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                           timeout=10, check=True).stdout
         version["git_commit"] = run("rev-parse", "HEAD").strip()
         version["git_dirty"] = bool(run("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):

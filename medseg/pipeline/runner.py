@@ -81,7 +81,8 @@ def _labels(config: PipelineConfig, cohort: Cohort) -> dict[int, str]:
         return dict(cohort.labels)
     unknown = sorted(set(config.labels) - set(cohort.labels))
     if unknown:
-        raise ConfigError(f"{config.path}: labels: {unknown} are not labels of the cohort {cohort.path} ({cohort.labels})")
+        raise ConfigError(f"{config.path}: labels: {unknown} are not labels of the cohort {cohort.path} "
+                          f"({cohort.labels})")
     return {v: cohort.labels[v] for v in config.labels}
 
 
@@ -106,7 +107,8 @@ def _setup(config: PipelineConfig, method, labels: dict[int, str], out_dir: Path
                         postprocess=method.postprocess)
     cls = method_class(method.type)
     if cls.uses_prompts and config.prompts.point == "none" and config.prompts.box == "none":
-        raise ConfigError(f"{config.path}: prompts: method {method.name!r} is interactive but the policy gives neither a point nor a box")
+        raise ConfigError(f"{config.path}: prompts: method {method.name!r} is interactive but the policy gives neither "
+                          "a point nor a box")
     cls.check(setup, cohort)
     _check_old_results(setup)
     return setup
@@ -202,12 +204,14 @@ def _prepare(plan: Plan, setup: MethodSetup, baseline: bool, code: dict, summary
     except Exception as error:  # a method that cannot be prepared fails all its cases, others go on
         log.error("method %s could not be prepared: %s", setup.name, user_message(error))
         rs.write_json(setup.method_dir / rs.METHOD, {**info, "status": "failed",
-                                                     "error": {"type": type(error).__name__, "message": user_message(error)}})
+                                                     "error": {"type": type(error).__name__,
+                                                               "message": user_message(error)}})
         summary.counts[setup.name]["failed"] = len(plan.cases)
         summary.failures.append((setup.name, "(all)", user_message(error)))
         return []
     setup = dataclasses.replace(setup, state=state)
-    rs.write_json(setup.method_dir / rs.METHOD, {**info, "status": "ok", "state": state, "model": cls(setup).describe()})
+    rs.write_json(setup.method_dir / rs.METHOD,
+                  {**info, "status": "ok", "state": state, "model": cls(setup).describe()})
     if state.get("untrained"):
         summary.untrained.append(setup.name)
     config = plan.config

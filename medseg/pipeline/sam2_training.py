@@ -32,7 +32,8 @@ def check_train_options(options: Any) -> None:
 def check_trainable(method: str, cohort) -> None:
     """A ``train:`` block needs labelled train cases."""
     if not [c for c in cohort.split("train") if c.label is not None]:
-        raise ConfigError(f"method {method}: train: is given but {cohort.path} has no labelled case in its \"train\" split")
+        raise ConfigError(f"method {method}: train: is given but {cohort.path} has no labelled case in its "
+                          "\"train\" split")
 
 
 def train_for_pipeline(options: Any, cohort, results_dir: Path, *, progress: Progress | None = None,
@@ -56,7 +57,8 @@ def trained_state(directory: Path) -> dict[str, Any]:
 
     info = read_model_json(directory)
     if info is None:
-        raise ConfigError(f"{directory} is not a trained SAM2 model directory (no model.json); train one with `medseg sam2 train`")
+        raise ConfigError(f"{directory} is not a trained SAM2 model directory (no model.json); train one with "
+                          "`medseg sam2 train`")
     cohort = info["cohort"]["name"]
     return {"model": str(directory), "checkpoint_sha256": info["weights_sha256"], "untrained": False,
             "undertrained": info["undertrained"], "training_steps": info["steps"], "trained_on": cohort,

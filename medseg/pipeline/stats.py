@@ -53,10 +53,12 @@ class Paired:
     losses: int
 
     def to_dict(self) -> dict:
-        return {"difference": self.difference.to_dict(), "p_value": self.p_value, "wins": self.wins, "ties": self.ties, "losses": self.losses}
+        return {"difference": self.difference.to_dict(), "p_value": self.p_value, "wins": self.wins, "ties": self.ties,
+                "losses": self.losses}
 
 
-def paired_comparison(method: dict[str, float], baseline: dict[str, float], *, resamples: int = 2000, seed: int = 0) -> Paired:
+def paired_comparison(method: dict[str, float], baseline: dict[str, float], *,
+                      resamples: int = 2000, seed: int = 0) -> Paired:
     """``method - baseline`` over the cases (keys) where both scores are finite."""
     common = sorted(k for k in method if k in baseline and np.isfinite(method[k]) and np.isfinite(baseline[k]))
     diff = np.array([method[k] - baseline[k] for k in common], dtype=float)

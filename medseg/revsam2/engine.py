@@ -357,7 +357,8 @@ class ReferenceSession:
         detail["object_score"] = float(np.mean(scores[selected]))
         return final, detail
 
-    def _result(self, mode: str, tracks: dict[int, ObjectTrack], details: dict[str, dict], settings: dict) -> LabelVolume:
+    def _result(self, mode: str, tracks: dict[int, ObjectTrack], details: dict[str, dict],
+                settings: dict) -> LabelVolume:
         labels = np.asarray(list(tracks))
         array = np.zeros(self.query.shape, dtype=np.int32)
         for z in range(self.query.shape[0]):

@@ -45,8 +45,8 @@ def in_plane_axes(reference: Geometry, query: Geometry, *, name: str) -> np.ndar
     if angle > MAX_PLANE_ANGLE_DEG:
         raise GeometryError(
             f"{name}: its slices lie {angle:.0f} degrees off the query's slices (slice normal "
-            f"{np.round(normal_r, 3).tolist()} vs {np.round(normal_q, 3).tolist()}, LPS): a support slice must show the "
-            "same plane as the query (axial with axial); reformat the reference or pick another one"
+            f"{np.round(normal_r, 3).tolist()} vs {np.round(normal_q, 3).tolist()}, LPS): a support slice must "
+            "show the same plane as the query (axial with axial); reformat the reference or pick another one"
         )
     axes = query.direction[:, :2].T @ reference.direction[:, :2]
     u, _, vt = np.linalg.svd(axes)  # nearest orthogonal matrix (exact when the planes are parallel)
@@ -76,8 +76,8 @@ def resample_in_plane(
     image = sitk.Resample(source, size_xyz, sitk.Transform(), sitk.sitkLinear, origin_xyz, spacing_xyz,
                           np.eye(3).ravel().tolist(), float(volume.array.min()), sitk.sitkFloat32)
     label_image = _local_image(labels.array.astype(np.int32), labels.geometry, axes)
-    label_array = sitk.Resample(label_image, size_xyz, sitk.Transform(), sitk.sitkNearestNeighbor, origin_xyz, spacing_xyz,
-                                np.eye(3).ravel().tolist(), 0, sitk.sitkInt32)
+    label_array = sitk.Resample(label_image, size_xyz, sitk.Transform(), sitk.sitkNearestNeighbor, origin_xyz,
+                                spacing_xyz, np.eye(3).ravel().tolist(), 0, sitk.sitkInt32)
     geometry = _resampled_geometry(volume.geometry, axes, shape, spacing)
     record = {
         "in_plane_spacing": [list(volume.spacing[1:]), list(query.spacing[1:])],
@@ -111,7 +111,8 @@ def _centred_origin(size_xyz: list[int], spacing_xyz: list[float], direction: np
     return (-(direction @ centre)).tolist()
 
 
-def _resampled_geometry(reference: Geometry, axes: np.ndarray, shape: tuple[int, ...], spacing: tuple[float, ...]) -> Geometry:
+def _resampled_geometry(reference: Geometry, axes: np.ndarray, shape: tuple[int, ...],
+                        spacing: tuple[float, ...]) -> Geometry:
     """Where the resampled voxels lie in the reference patient's space: the same slices, the
     same in-plane centre, columns and rows along the reference directions that map onto the query's."""
     in_plane = reference.direction[:, :2] @ axes.T

@@ -51,7 +51,8 @@ def reverse_score(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) 
     (1.0, 0.0)
     """
     if len(predicted) != len(truth) or not truth:
-        raise InputError(f"reverse score needs one prediction per support; got {len(predicted)} for {len(truth)} supports")
+        raise InputError(f"reverse score needs one prediction per support; got {len(predicted)} for {len(truth)} "
+                         "supports")
     scores = []
     for p, t in zip(predicted, truth):
         if p.shape != t.shape:

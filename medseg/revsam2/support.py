@@ -153,7 +153,8 @@ class SupportSet:
                 f"label(s) {_describe({v: label_names[v] for v in missing})} have no support slice in any reference; "
                 "annotate them on a reference slice or drop them from the label map"
             )
-        log.info("support set: %d slices over %d label(s) from %d reference(s)", len(slices), len(label_names), len(references))
+        log.info("support set: %d slices over %d label(s) from %d reference(s)", len(slices), len(label_names),
+                 len(references))
         return cls(references, slices, label_names)
 
     @property
@@ -183,11 +184,13 @@ class SupportSet:
                 if not reference.labels.geometry.same_grid(query.geometry):
                     raise GeometryError(
                         f"{reference.name} is marked as drawn on the query but is not on the query's grid "
-                        f"({query.geometry.describe_difference(reference.labels.geometry)}); give labels drawn on this query"
+                        f"({query.geometry.describe_difference(reference.labels.geometry)}); give labels drawn on "
+                        "this query"
                     )
                 continue
             modality = reference.volume.modality.upper()
-            if query_modality not in _UNKNOWN_MODALITIES and modality not in _UNKNOWN_MODALITIES and modality != query_modality:
+            if (query_modality not in _UNKNOWN_MODALITIES and modality not in _UNKNOWN_MODALITIES
+                    and modality != query_modality):
                 raise InputError(
                     f"{reference.name} is {modality} but the query is {query_modality}: "
                     "references must share the query's modality (one intensity preset maps both)"
@@ -208,7 +211,8 @@ class SupportSet:
             if not support.mask(s).any():
                 raise GeometryError(
                     f"{references[s.reference].name}: label {s.label} on support slice {s.z} lies outside the query's "
-                    f"field of view once resampled to the query's in-plane grid ({_describe_resampling(references[s.reference])}); "
+                    "field of view once resampled to the query's in-plane grid "
+                    f"({_describe_resampling(references[s.reference])}); "
                     "pick slices where it lies nearer the centre, or a reference with a similar field of view"
                 )
         return support
@@ -220,7 +224,8 @@ class SupportSet:
             "drawn_on_query": [reference.name for reference in self.references if reference.from_query],
             "resampled_in_plane": {r.name: r.resampled for r in self.references if r.resampled is not None},
             "label_names": {str(v): n for v, n in self.label_names.items()},
-            "slices": [{"reference": self.references[s.reference].name, "z": s.z, "label": s.label} for s in self.slices],
+            "slices": [{"reference": self.references[s.reference].name, "z": s.z, "label": s.label}
+                       for s in self.slices],
         }
 
     def __len__(self) -> int:
@@ -246,7 +251,8 @@ def _checked_reference(entry: SupportEntry, name: str) -> Reference:
         if volume is not None:
             raise InputError(f"{name}: drawn on the query, so it takes the query's image; leave its volume out")
     elif not isinstance(volume, Volume):
-        raise InputError(f"{name}: expected a (Volume, LabelVolume) pair, got ({type(volume).__name__}, {type(labels).__name__})")
+        raise InputError(f"{name}: expected a (Volume, LabelVolume) pair, got ({type(volume).__name__}, "
+                         f"{type(labels).__name__})")
     elif labels.array.shape != volume.shape:
         raise GeometryError(
             f"{name}: the label map has shape {labels.array.shape} (z, y, x) but its image has shape {volume.shape}; "
@@ -254,11 +260,13 @@ def _checked_reference(entry: SupportEntry, name: str) -> Reference:
         )
     elif not volume.geometry.same_grid(labels.geometry):
         raise GeometryError(
-            f"{name}: the label map is not on its image's grid ({volume.geometry.describe_difference(labels.geometry)}); "
+            f"{name}: the label map is not on its image's grid "
+            f"({volume.geometry.describe_difference(labels.geometry)}); "
             "give the label file that was drawn on this image"
         )
     if not labels.labels:
-        raise InputError(f"{name}: the label map is empty (all background); a reference needs at least one labelled voxel")
+        raise InputError(f"{name}: the label map is empty (all background); a reference needs at least one "
+                         "labelled voxel")
     return Reference(volume, labels, name, from_query=entry.from_query)
 
 
@@ -280,10 +288,12 @@ def _describe_resampling(reference: Reference) -> str:
     if record is None:
         return "not resampled"
     (spacing_from, spacing_to), (shape_from, shape_to) = record["in_plane_spacing"], record["in_plane_shape"]
-    return f"pixel spacing {spacing_from} -> {spacing_to} mm, matrix {shape_from} -> {shape_to}, axes {record['in_plane_axes']}"
+    return (f"pixel spacing {spacing_from} -> {spacing_to} mm, matrix {shape_from} -> {shape_to}, "
+            f"axes {record['in_plane_axes']}")
 
 
-def _supports_of(reference: Reference, index: int, zs: Sequence[int] | None, label_names: Mapping[int, str], *, k: int) -> list[SupportSlice]:
+def _supports_of(reference: Reference, index: int, zs: Sequence[int] | None,
+                 label_names: Mapping[int, str], *, k: int) -> list[SupportSlice]:
     """The reference's supports: ``k`` sampled per wanted label, or every wanted label on the slices ``zs``."""
     wanted = sorted(set(reference.labels.labels) & set(label_names))
     if not wanted:
@@ -292,7 +302,8 @@ def _supports_of(reference: Reference, index: int, zs: Sequence[int] | None, lab
             f"{_describe(label_names)}; give the label map that matches this reference or renumber its labels"
         )
     if zs is None:
-        return [SupportSlice(index, z, label) for label in wanted for z in sample_slices(reference.labels.array == label, k=k)]
+        return [SupportSlice(index, z, label) for label in wanted
+                for z in sample_slices(reference.labels.array == label, k=k)]
     return _explicit_slices(reference, index, [int(z) for z in zs], wanted)
 
 
@@ -327,7 +338,8 @@ def _check_names_agree(reference: Reference, label_names: Mapping[int, str]) -> 
 def _explicit_slices(reference: Reference, index: int, zs: list[int], wanted: list[int]) -> list[SupportSlice]:
     depth = reference.labels.array.shape[0]
     if not zs:
-        raise InputError(f"{reference.name}: the list of support slices is empty; give slice indices or leave it out to sample")
+        raise InputError(f"{reference.name}: the list of support slices is empty; give slice indices or leave it out "
+                         "to sample")
     out = []
     for z in sorted(set(zs)):
         if not 0 <= z < depth:
@@ -335,7 +347,8 @@ def _explicit_slices(reference: Reference, index: int, zs: list[int], wanted: li
         present = [label for label in wanted if np.any(reference.labels.array[z] == label)]
         if not present:
             raise InputError(
-                f"{reference.name}: support slice {z} shows none of the labels to segment {wanted}; pick slices where they are drawn"
+                f"{reference.name}: support slice {z} shows none of the labels to segment {wanted}; pick slices where "
+                "they are drawn"
             )
         out += [SupportSlice(index, z, label) for label in present]
     return out

@@ -62,7 +62,8 @@ def volume_key(volume: Volume, preset: IntensityPreset) -> str:
     """Hex key of the voxel content and the preset (geometry does not change features)."""
     digest = hashlib.blake2b(digest_size=16)
     array = volume.array
-    digest.update(json.dumps({"dtype": array.dtype.str, "shape": list(array.shape), "preset": preset.to_dict()}).encode())
+    digest.update(json.dumps({"dtype": array.dtype.str, "shape": list(array.shape),
+                              "preset": preset.to_dict()}).encode())
     for plane in array:  # one slice at a time: no copy of the whole volume
         digest.update(np.ascontiguousarray(plane).data)
     return digest.hexdigest()
@@ -176,7 +177,8 @@ class EmbeddingStore:
             shutil.rmtree(entry.path, ignore_errors=True)
             total -= entry.bytes
             removed.append(entry.path)
-            log.info("embedding store over %.1f GB: removed %s (least recently used)", self.max_bytes / 2**30, entry.path)
+            log.info("embedding store over %.1f GB: removed %s (least recently used)",
+                     self.max_bytes / 2**30, entry.path)
         return removed
 
     def clear(self) -> int:

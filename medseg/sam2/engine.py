@@ -142,7 +142,8 @@ class Tracker:
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != frame.shape:
-                raise InputError(f"object {obj_id}: mask of shape {mask.shape} on frame {frame_idx} of shape {frame.shape}")
+                raise InputError(f"object {obj_id}: mask of shape {mask.shape} on frame {frame_idx} of shape "
+                                 f"{frame.shape}")
             if not mask.any():
                 raise InputError(f"object {obj_id}: the mask on frame {frame_idx} is empty")
         size = self.model.image_size
@@ -151,7 +152,8 @@ class Tracker:
             points = torch.as_tensor(to_model_xy(points_yx, frame.shape, size) / size, dtype=torch.float32)
             labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int32).reshape(-1))
             if len(labels_t) != len(points):
-                raise InputError(f"object {obj_id} on frame {frame_idx}: {len(points)} points but {len(labels_t)} labels")
+                raise InputError(f"object {obj_id} on frame {frame_idx}: {len(points)} points but "
+                                 f"{len(labels_t)} labels")
         if box_yxyx is not None:
             y0, x0, y1, x1 = box_yxyx
             corners = to_model_xy([(y0, x0), (y1, x1)], frame.shape, size) / size

@@ -214,7 +214,8 @@ class FeatureCache:
             return None
         key = frame.source[0]
         if key not in self._volumes:
-            description = {"model": self.model.name, "image_size": self.model.image_size, "device": self.model.device.type}
+            description = {"model": self.model.name, "image_size": self.model.image_size,
+                           "device": self.model.device.type}
             self._volumes[key] = self.store.open(key, self._model_key, description)
         return self._volumes[key]
 

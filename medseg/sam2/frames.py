@@ -5,9 +5,9 @@ cache can recognise the same slice in several frame sequences), its pixel ``shap
 ``load`` callable giving ``(3, H, W)`` float32 in [0, 1] and, where its content is known, a
 ``source`` ``(volume content key, z)`` under which the embedding store keeps its features.
 ``VolumeFrames`` makes one per slice of a ``Volume`` through ``medseg.preprocess.SliceFrames``
-(intensity window applied per volume), keyed by the volume's content and preset. ``model_input`` turns a loaded frame into the network's input: resize to
-``image_size`` squared, ImageNet normalisation. Nothing is written to disk and no stack of
-resized frames is ever built.
+(intensity window applied per volume), keyed by the volume's content and preset. ``model_input``
+turns a loaded frame into the network's input: resize to ``image_size`` squared, ImageNet
+normalisation. Nothing is written to disk and no stack of resized frames is ever built.
 
 SAM2 resizes every frame to a square without keeping the aspect ratio; the coordinate
 functions below map pixel *centres* exactly through that resize (the prompt encoder adds
@@ -62,7 +62,8 @@ class VolumeFrames(Sequence[Frame]):
         voxels and preset.
     """
 
-    def __init__(self, volume: Volume, preset: str | IntensityPreset | None = None, *, key: Hashable | None = None) -> None:
+    def __init__(self, volume: Volume, preset: str | IntensityPreset | None = None, *,
+                 key: Hashable | None = None) -> None:
         self.slices = SliceFrames(volume, preset)
         self._key = key
         self.shape: tuple[int, int] = tuple(volume.shape[1:])
@@ -96,7 +97,8 @@ def model_input(image: np.ndarray, image_size: int, device: torch.device | str =
 
 
 def resize_frame(image: np.ndarray, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A ``(3, H, W)`` [0, 1] frame resized to ``(3, S, S)``: bilinear with antialiasing (as SAM2's image transforms)."""
+    """A ``(3, H, W)`` [0, 1] frame resized to ``(3, S, S)``: bilinear with antialiasing (as SAM2's image
+    transforms)."""
     tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)[None]
     return F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
 

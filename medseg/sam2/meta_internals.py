@@ -86,14 +86,16 @@ class VolumeVideoPredictor(SAM2VideoPredictor):
         return (None, *self._prepare_backbone_features(backbone_out))
 
     def _track_step(self, frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
-                    point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse=False, prev_sam_mask_logits=None):
+                    point_inputs, mask_inputs, output_dict, num_frames, track_in_reverse=False,
+                    prev_sam_mask_logits=None):
         # SAM2: returns (current_out, sam_outputs, ...) and drops the decoder's predicted IoU
         # (sam_outputs[2]). medseg reports it as a per-slice confidence: keep the IoU of the
         # mask SAM2 picked (the highest) in the frame's output dict.
         # SAM2 feeds prev_sam_mask_logits (an earlier mask on this frame) with the points; a network
         # trained with prompt priors gets the prior there when there is no earlier mask.
         if self.prompt_prior and point_inputs is not None and mask_inputs is None and prev_sam_mask_logits is None:
-            prev_sam_mask_logits = prompt_prior(point_inputs["point_coords"], point_inputs["point_labels"], self.image_size)
+            prev_sam_mask_logits = prompt_prior(point_inputs["point_coords"], point_inputs["point_labels"],
+                                                self.image_size)
         current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(
             frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes, point_inputs,
             mask_inputs, output_dict, num_frames, track_in_reverse, prev_sam_mask_logits)
@@ -292,7 +294,8 @@ def track_frame(net: VolumeVideoPredictor, t: int, conditioning: bool, feats, po
     """
     out, sam, _, _ = net._track_step(t, conditioning, feats, pos, sizes, points, masks, memory, n_frames, False,
                                      previous_logits)
-    out["pred_masks"], out["pred_masks_high_res"], out["obj_ptr"], out["object_score_logits"] = sam[3], sam[4], sam[5], sam[6]
+    out["pred_masks"], out["pred_masks_high_res"] = sam[3], sam[4]
+    out["obj_ptr"], out["object_score_logits"] = sam[5], sam[6]
     return out, sam
 
 
@@ -311,5 +314,5 @@ def decode_without_memory(net: VolumeVideoPredictor, feats, sizes, frames: list[
     pix = (feats[-1][:, frames] + net.no_mem_embed).permute(1, 2, 0).reshape(n, hidden, *sizes[-1])
     high_res = [x[:, frames].permute(1, 2, 0).reshape(n, x.shape[-1], *size) for x, size in zip(feats[:-1], sizes[:-1])]
     prior = prompt_prior(prompts["point_coords"], prompts["point_labels"], net.image_size) if net.prompt_prior else None
-    return net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=prior, high_res_features=high_res,
-                                  multimask_output=net._use_multimask(True, prompts))
+    return net._forward_sam_heads(backbone_features=pix, point_inputs=prompts, mask_inputs=prior,
+                                  high_res_features=high_res, multimask_output=net._use_multimask(True, prompts))

@@ -45,7 +45,8 @@ def load_model(
         path is taken as Hiera-T at image size 1024 unless ``config`` / ``image_size`` say
         otherwise (a MedSAM2 file given by path wants ``image_size=512``).
     image_size
-        Model input size, a multiple of 32. Default: the size the weights were trained at (1024 SAM 2.1, 512 MedSAM2, 128 untrained).
+        Model input size, a multiple of 32. Default: the size the weights were trained at (1024
+        SAM 2.1, 512 MedSAM2, 128 untrained).
     device
         ``"cuda"``, ``"mps"``, ``"cpu"``; the best available by default (``medseg.runtime.resolve_device``).
     seed
@@ -66,13 +67,15 @@ def load_model(
             raise WeightsError(
                 f"model {str(model)!r} is neither a checkpoint file nor a known name; known names: {sorted(REGISTRY)}"
             )
-        spec = ModelSpec(path.stem, config or "configs/sam2.1/sam2.1_hiera_t.yaml", 1024, path.name, None, "see the checkpoint's source", f"checkpoint {path}")
+        spec = ModelSpec(path.stem, config or "configs/sam2.1/sam2.1_hiera_t.yaml", 1024, path.name, None,
+                         "see the checkpoint's source", f"checkpoint {path}")
         checkpoint, sha = path, sha256_file(path)
     else:
         spec = get_spec(str(model))
         if spec.model_dir is not None:  # shipped with medseg: a model directory, its weights pinned in the registry
             fetch_checkpoint(spec)
-            return load_model_dir(spec.model_dir, image_size=image_size, device=device, name=spec.name, licence=spec.licence)
+            return load_model_dir(spec.model_dir, image_size=image_size, device=device, name=spec.name,
+                                  licence=spec.licence)
         checkpoint = None if spec.untrained else fetch_checkpoint(spec, progress=progress, should_stop=should_stop)
         sha = None if checkpoint is None else verify_checkpoint(checkpoint, spec)
     size = int(image_size or spec.image_size)
@@ -82,7 +85,8 @@ def load_model(
         torch.manual_seed(seed)
         net = build(spec.config, size)
     if checkpoint is not None:
-        load_state(net, read_checkpoint(checkpoint), source=f"checkpoint {checkpoint}", network=f"{spec.config} architecture",
+        load_state(net, read_checkpoint(checkpoint), source=f"checkpoint {checkpoint}",
+                   network=f"{spec.config} architecture",
                    remedy="it is another model or another SAM2 size: pick the matching model name or config "
                           "(for a model trained by medseg, pass its directory)")
     net = net.to(device).eval()

@@ -50,8 +50,8 @@ class Architecture:
     prompt_prior: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config, "overrides": list(self.overrides), "image_size": self.image_size,
-                "prompt_prior": self.prompt_prior}
+        return {"name": self.name, "config": self.config, "overrides": list(self.overrides),
+                "image_size": self.image_size, "prompt_prior": self.prompt_prior}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Architecture:
@@ -128,11 +128,12 @@ def load_model_dir(directory: str | Path, *, image_size: int | None = None, devi
     with torch.random.fork_rng(devices=[]):
         net = build_network(arch)
     weights = directory / info["weights"]
-    load_weights(net, model_dir.read_model_weights(directory, info, what="trained SAM2 weights"), source=str(weights), arch=arch)
+    load_weights(net, model_dir.read_model_weights(directory, info, what="trained SAM2 weights"),
+                 source=str(weights), arch=arch)
     net = net.to(device).eval()
     log.info("SAM2 model %s: %s", directory, info["statement"])
-    return Sam2Model(net, name or describe(directory, info), arch.image_size, device, False, weights, info["weights_sha256"],
-                     licence or info["statement"], None, preset=info.get("preset"),
+    return Sam2Model(net, name or describe(directory, info), arch.image_size, device, False, weights,
+                     info["weights_sha256"], licence or info["statement"], None, preset=info.get("preset"),
                      undertrained=bool(info.get("undertrained")))
 
 

@@ -122,7 +122,7 @@ def load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], *, source: 
 
         raise WeightsError(
             f"{source} does not fit the {network}: {len(missing)} weights missing [{head(missing)}], "
-            f"{len(unexpected)} unexpected [{head(unexpected)}], {len(mismatched)} of another shape [{head(mismatched)}]; "
-            f"{remedy}"
+            f"{len(unexpected)} unexpected [{head(unexpected)}], {len(mismatched)} of another shape "
+            f"[{head(mismatched)}]; {remedy}"
         )
     net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})

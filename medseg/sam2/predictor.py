@@ -61,7 +61,8 @@ class Sam2VolumePredictor:
         store: EmbeddingStore | bool = True,
     ) -> None:
         self.model: Sam2Model = (
-            model if isinstance(model, Sam2Model) else load_model(model, image_size=image_size, device=device, seed=seed)
+            model if isinstance(model, Sam2Model)
+            else load_model(model, image_size=image_size, device=device, seed=seed)
         )
         self.preset = preset
         self.offload_state_to_cpu = offload_state_to_cpu

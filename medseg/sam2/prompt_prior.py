@@ -27,8 +27,13 @@ def prompt_prior(point_coords: torch.Tensor, point_labels: torch.Tensor, image_s
     ``point_labels`` ``(B, N)`` (1 click, 0 negative click, 2 and 3 a box's corners, -1 padding).
 
     >>> prior = prompt_prior(torch.tensor([[[2.0, 1.0], [5.0, 3.0]]]), torch.tensor([[2, 3]]), 8)
-    >>> (prior[0, 0] > 0).int().tolist()[:5]
-    [[0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
+    >>> for row in (prior[0, 0] > 0).int().tolist()[:5]:
+    ...     print(row)
+    [0, 0, 0, 0, 0, 0, 0, 0]
+    [0, 0, 1, 1, 1, 1, 0, 0]
+    [0, 0, 1, 1, 1, 1, 0, 0]
+    [0, 0, 1, 1, 1, 1, 0, 0]
+    [0, 0, 0, 0, 0, 0, 0, 0]
     """
     device = point_coords.device
     grid = torch.arange(image_size, dtype=torch.float32, device=device)

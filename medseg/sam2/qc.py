@@ -60,7 +60,8 @@ class QcSummary:
         return min(candidates)[1:] if candidates else None
 
     def to_dict(self) -> dict:
-        return {"untrained": self.untrained, "objects": [o.to_dict() for o in self.objects], "correct_next": self.correct_next()}
+        return {"untrained": self.untrained, "objects": [o.to_dict() for o in self.objects],
+                "correct_next": self.correct_next()}
 
     def to_text(self) -> str:
         lines = [UNTRAINED_BANNER] if self.untrained else []
@@ -76,7 +77,8 @@ class QcSummary:
             )
             if o.least_confident_slice is not None:
                 z = o.least_confident_slice
-                line += f"; least confident slice z={z} ({o.confidence[z]:.2f}, {o.area_mm2[z]:.0f} mm²): correct here next"
+                line += (f"; least confident slice z={z} ({o.confidence[z]:.2f}, {o.area_mm2[z]:.0f} mm²): "
+                         "correct here next")
             lines.append(line)
         return "\n".join(lines)
 

@@ -104,7 +104,8 @@ class Sam2Session:
         self.volume = volume
         self.preset_choice = choose_preset(volume, preset=preset, trained=model.preset)
         self.frames = VolumeFrames(volume, self.preset_choice.preset)
-        self.cache = FeatureCache(model, max_bytes=cache_bytes, device="cpu" if offload_state_to_cpu else None, store=store)
+        self.cache = FeatureCache(model, max_bytes=cache_bytes,
+                                  device="cpu" if offload_state_to_cpu else None, store=store)
         self.tracker = Tracker(model, self.frames, self.cache, offload_state_to_cpu=offload_state_to_cpu)
         self.prompts = Prompts()
         self._actions: list[_Action] = []
@@ -115,14 +116,16 @@ class Sam2Session:
         self._exact_masks: dict[tuple[int, int], np.ndarray] = {}
 
     # --- prompts --------------------------------------------------------------------------
-    def add_point(self, obj_id: int, z: int, y: float, x: float, *, positive: bool = True, name: str = "") -> np.ndarray:
+    def add_point(self, obj_id: int, z: int, y: float, x: float, *, positive: bool = True,
+                  name: str = "") -> np.ndarray:
         """Add a positive (or negative) click; refines the propagated mask if the slice has one."""
         point = PointPrompt(int(z), float(y), float(x), bool(positive))
         self._check(lambda p: p.add_point(obj_id, z, y, x, positive=positive))
         obj = self.prompts.object(obj_id, name)
         return self._record(obj, point.z, (*self._seed(obj, point.z), point))
 
-    def add_scribble(self, obj_id: int, z: int, mask: np.ndarray, *, positive: bool = True, name: str = "") -> np.ndarray:
+    def add_scribble(self, obj_id: int, z: int, mask: np.ndarray, *, positive: bool = True,
+                     name: str = "") -> np.ndarray:
         """Add a brush stroke ``(y, x)`` (SAM2 gets points spread along it); refines like a click."""
         self._check(lambda p: p.add_scribble(obj_id, z, mask, positive=positive))
         obj = self.prompts.object(obj_id, name)
@@ -337,7 +340,8 @@ class Sam2Session:
             labels[labels == obj.obj_id] = 0
             return
         if len(boxes) > 1:
-            raise InputError(f"object {obj.obj_id}: SAM2 takes one box per object per slice; slice {z} has {len(boxes)}")
+            raise InputError(f"object {obj.obj_id}: SAM2 takes one box per object per slice; slice {z} has "
+                             f"{len(boxes)}")
         mask = np.logical_or.reduce(masks) if masks else None
         self._slice_outputs[key] = self.tracker.set_prompts(
             z,

@@ -67,7 +67,8 @@ class AugmentConfig(Settings):
                 raise ConfigError(f"augment.{name} must lie in [{low}, {high}], got {getattr(self, name)}")
         low, high = self.gamma_range
         if not 0 < low <= high:
-            raise ConfigError(f"augment.gamma_range must be (low, high) with 0 < low <= high, got {list(self.gamma_range)}")
+            raise ConfigError("augment.gamma_range must be (low, high) with 0 < low <= high, got "
+                              f"{list(self.gamma_range)}")
 
 
 

@@ -52,7 +52,8 @@ _RESUMABLE_CHANGES = ("val_every", "checkpoint_every", "num_workers", "device", 
 
 
 def train_from_cohort(
-    cohort, out_dir: str | Path, *, config: TrainConfig, progress: Progress | None = None, should_stop: ShouldStop | None = None
+    cohort, out_dir: str | Path, *, config: TrainConfig, progress: Progress | None = None,
+    should_stop: ShouldStop | None = None
 ) -> Path:
     """Train on ``cohort``'s ``train`` split, validate on its ``val`` split; return the model directory.
 
@@ -113,8 +114,8 @@ def train(
 def _train(train_cases, val_cases, out_dir: Path, labels: dict[int, str], config: TrainConfig,
            progress: Progress | None, should_stop: ShouldStop | None) -> MaskRCNNModel:
     run = _Run.start(train_cases, val_cases, out_dir, labels, config)
-    run_steps(run, steps=config.steps, what="Mask R-CNN training", finish=lambda: _validate(run.model, val_cases, run.device),
-              progress=progress, should_stop=should_stop)
+    run_steps(run, steps=config.steps, what="Mask R-CNN training",
+              finish=lambda: _validate(run.model, val_cases, run.device), progress=progress, should_stop=should_stop)
     run.model.network.eval()
     save_model(run.model, out_dir)
     shutil.rmtree(out_dir / TRAINING_DIR)  # the checkpoint and slice cache served their purpose
@@ -189,12 +190,15 @@ class _Run:
         fails while the slices are prepared); resume from the checkpoint if there is one. Runs inside
         ``seeded(config.seed)``."""
         device = resolve_device(config.device)
-        network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm, image_size=config.image_size)
+        network = build_model(num_classes=len(labels), backbone=config.backbone, norm=config.norm,
+                              image_size=config.image_size)
         if config.pretrained is not None:
             load_pretrained(network, config.pretrained)
         label_values = sorted(labels)
-        prepared = prepare_cases(train_cases, out_dir / TRAINING_DIR / "slices", preset=get_preset(config.preset), label_values=label_values)
-        dataset = SliceDataset(prepared, label_values=label_values, instances=config.instances, min_area=config.min_area)
+        prepared = prepare_cases(train_cases, out_dir / TRAINING_DIR / "slices", preset=get_preset(config.preset),
+                                 label_values=label_values)
+        dataset = SliceDataset(prepared, label_values=label_values, instances=config.instances,
+                               min_area=config.min_area)
         network.to(device)
         parameters = [p for p in network.parameters() if p.requires_grad]
         if config.optimizer == "adamw":
@@ -202,20 +206,23 @@ class _Run:
         else:
             optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
         scheduler = warmup_cosine(optimizer, warmup_steps=config.warmup_steps, steps=config.steps)
-        model = MaskRCNNModel(network, config, dict(labels), train_cases=[c.id for c in train_cases], val_cases=[c.id for c in val_cases])
+        model = MaskRCNNModel(network, config, dict(labels), train_cases=[c.id for c in train_cases],
+                              val_cases=[c.id for c in val_cases])
         run = cls(model, optimizer, scheduler, device, out_dir / TRAINING_DIR / CHECKPOINT, val_cases)
         if run.checkpoint.is_file():
             run.resumed_rng = run.resume()
             log.info("resuming %s at step %d of %d", out_dir, model.steps, config.steps)
         sampler = StepBatchSampler(
-            dataset, batch_size=config.batch_size, empty_ratio=config.empty_ratio, seed=config.seed, start_step=model.steps, steps=config.steps
+            dataset, batch_size=config.batch_size, empty_ratio=config.empty_ratio, seed=config.seed,
+            start_step=model.steps, steps=config.steps
         )
         log.info(
             "training on %d cases: %d slices with objects, %d without (%d of them per epoch)",
             len(train_cases), len(dataset.positive), len(dataset.empty), sampler.n_empty,
         )
         # the loader's batches from the run's step on; iter() draws a seed from torch's random state: restore it after
-        run.batches = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.num_workers))
+        run.batches = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate,
+                                      num_workers=config.num_workers))
         if run.resumed_rng is not None:
             torch.set_rng_state(run.resumed_rng)
         return run
@@ -233,7 +240,8 @@ class _Run:
             if not self.updating:
                 in_step = self.rng_at_step_start is not None
                 self.save_checkpoint(self.rng_at_step_start if in_step else torch.get_rng_state())
-                log.warning("stopped: checkpoint at step %d written to %s; run again to resume", self.model.steps, self.checkpoint)
+                log.warning("stopped: checkpoint at step %d written to %s; run again to resume", self.model.steps,
+                            self.checkpoint)
             raise
 
     def save_checkpoint(self, rng_state: torch.Tensor) -> None:
@@ -272,7 +280,8 @@ class _Run:
         return state["rng"]
 
 
-def _checked_inputs(train_cases: Sequence[CaseLike], val_cases: Sequence[CaseLike], labels: dict[int, str], config: TrainConfig) -> TrainConfig:
+def _checked_inputs(train_cases: Sequence[CaseLike], val_cases: Sequence[CaseLike], labels: dict[int, str],
+                    config: TrainConfig) -> TrainConfig:
     """Refuse empty or overlapping splits and bad labels; the config with its preset resolved."""
     train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
     if not train_cases:
@@ -281,7 +290,8 @@ def _checked_inputs(train_cases: Sequence[CaseLike], val_cases: Sequence[CaseLik
         raise ConfigError(f"labels must map label values >= 1 (background 0 excluded) to names; got {labels}")
     leaked = sorted(set(train_ids) & set(val_ids))
     if leaked:
-        raise ConfigError(f"cases {leaked} are in both the training and the validation split; a case belongs to one split")
+        raise ConfigError(f"cases {leaked} are in both the training and the validation split; a case belongs to "
+                          "one split")
     if len(set(train_ids)) != len(train_ids):
         raise ConfigError("training case ids must be unique")
     if config.preset is None:
@@ -335,9 +345,11 @@ def _validate(model: MaskRCNNModel, val_cases: Sequence[CaseLike], device: torch
     for case in val_cases:
         volume, truth = case.load()
         if truth is None:
-            raise ConfigError(f"validation case {case.id!r} has no label map; give it a \"label\" or move it to the test split")
+            raise ConfigError(f"validation case {case.id!r} has no label map; give it a \"label\" or move it to the "
+                              "test split")
         prediction = predict_instances(model, volume, device=device)
-        cases.append(evaluate(prediction.labels, truth, labels=model.label_values, instances=prediction.instances, hausdorff=False))
+        cases.append(evaluate(prediction.labels, truth, labels=model.label_values, instances=prediction.instances,
+                              hausdorff=False))
     ap = mask_ap([c.ap_pair for c in cases], labels=model.label_values, mode="3d", instances=model.config.instances)
     dice = _mean_over_cases([c.dice for c in cases], model.label_values)
     record: dict[str, Any] = {
@@ -345,13 +357,15 @@ def _validate(model: MaskRCNNModel, val_cases: Sequence[CaseLike], device: torch
         "cases": len(val_cases),
         "dice": {str(v): _json_number(d) for v, d in dice.items()},
         "mean_dice": _json_number(mean_dice(dice)),
-        "surface_dice": {str(v): _json_number(d) for v, d in _mean_over_cases([c.surface_dice for c in cases], model.label_values).items()},
+        "surface_dice": {str(v): _json_number(d)
+                         for v, d in _mean_over_cases([c.surface_dice for c in cases], model.label_values).items()},
         "mask_ap_3d": _json_number(ap.ap),
         "mask_ap50_3d": _json_number(ap.ap50),
         "mask_ap75_3d": _json_number(ap.ap75),
     }
     model.validation.append(record)
-    log.info("validation at step %d: mean Dice %s, 3D mask AP %s", model.steps, record["mean_dice"], record["mask_ap_3d"])
+    log.info("validation at step %d: mean Dice %s, 3D mask AP %s", model.steps, record["mean_dice"],
+             record["mask_ap_3d"])
 
 
 def _mean_over_cases(per_case: Sequence[dict[int, float]], label_values: Sequence[int]) -> dict[int, float]:

@@ -7,7 +7,8 @@ import math
 import torch
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(optimizer: torch.optim.Optimizer, *,
+                  warmup_steps: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 1% to 100% of each group's ``lr``, then cosine decay to 0 at ``steps``.
 
     The warm-up lasts ``warmup_steps`` but at most a quarter of the run, so that a short run

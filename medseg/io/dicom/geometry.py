@@ -59,7 +59,8 @@ def multiframe_order(dataset: pydicom.Dataset) -> np.ndarray:
     return multiframe_geometry(dataset)[0]
 
 
-def stack_geometry(slices: list[_Slice], source: str, *, single_slice_spacing: float = 1.0) -> tuple[np.ndarray, Geometry]:
+def stack_geometry(slices: list[_Slice], source: str, *,
+                   single_slice_spacing: float = 1.0) -> tuple[np.ndarray, Geometry]:
     """Sort 2D frames into one regular 3D grid: the order (indices into ``slices``) and its geometry.
 
     ``single_slice_spacing`` is the z spacing of a stack of one (its slice thickness).
@@ -82,7 +83,8 @@ def stack_geometry(slices: list[_Slice], source: str, *, single_slice_spacing: f
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     along = along[order]
-    spacing_z = _slice_spacing(along, positions[order], normal, source, min(first.pixel_spacing)) if len(slices) > 1 else single_slice_spacing
+    spacing_z = _slice_spacing(along, positions[order], normal, source,
+                               min(first.pixel_spacing)) if len(slices) > 1 else single_slice_spacing
     geometry = Geometry(
         shape=(len(slices), *first.size),
         spacing=(spacing_z, *first.pixel_spacing),
@@ -100,7 +102,8 @@ def series_geometry(headers: list[pydicom.Dataset], series: DicomSeries) -> tupl
 
 def multiframe_geometry(dataset: pydicom.Dataset) -> tuple[np.ndarray, Geometry]:
     per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
-    thickness = functional_value(dataset, per_frame[0], "PixelMeasuresSequence", "SliceThickness") if per_frame else None
+    thickness = functional_value(dataset, per_frame[0], "PixelMeasuresSequence",
+                                 "SliceThickness") if per_frame else None
     return stack_geometry(_frames(dataset), dataset_name(dataset), single_slice_spacing=float(thickness or 1.0))
 
 
@@ -127,7 +130,8 @@ def _frames(dataset: pydicom.Dataset) -> list[_Slice]:
         orientation = functional_value(dataset, groups, "PlaneOrientationSequence", "ImageOrientationPatient")
         spacing = functional_value(dataset, groups, "PixelMeasuresSequence", "PixelSpacing")
         if position is None or orientation is None or spacing is None:
-            raise InputError(f"{dataset_name(dataset)}: frame {index + 1} lacks its position, orientation or pixel spacing")
+            raise InputError(f"{dataset_name(dataset)}: frame {index + 1} lacks its position, orientation or "
+                             "pixel spacing")
         frames.append(_make_slice(position, orientation, spacing, size, f"{dataset_name(dataset)} frame {index + 1}"))
     return frames
 
@@ -160,7 +164,8 @@ def _slice_spacing(along: np.ndarray, positions: np.ndarray, normal: np.ndarray,
         what = (
             f"{missing} missing slice(s): a gap of {gaps[worst]:.3f} mm after slice {worst + 1} of {len(along)} where "
             f"slices are {typical:.3f} mm apart"
-            if missing >= 1 and abs(gaps[worst] - (missing + 1) * typical) <= max(_SPACING_REL_TOL * typical, _SPACING_ABS_TOL)
+            if missing >= 1
+            and abs(gaps[worst] - (missing + 1) * typical) <= max(_SPACING_REL_TOL * typical, _SPACING_ABS_TOL)
             else f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm"
         )
         raise GeometryError(
@@ -189,7 +194,8 @@ def _direction(orientation: np.ndarray) -> np.ndarray:
 
 
 def _slice_of(header: pydicom.Dataset, path: Path) -> _Slice:
-    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in header]
+    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+               if k not in header]
     if missing:
         raise InputError(f"{path}: lacks {', '.join(missing)}; medseg cannot place this image in space")
     return _make_slice(header.ImagePositionPatient, header.ImageOrientationPatient, header.PixelSpacing,
@@ -202,7 +208,8 @@ def _make_slice(position: Any, orientation: Any, spacing: Any, size: Any, where:
         made = _Slice(np.array(position, float), np.array(orientation, float), tuple(float(v) for v in spacing),
                       (int(size[0]), int(size[1])))
     except (TypeError, ValueError, IndexError) as error:
-        raise InputError(f"{where}: unreadable position, orientation, pixel spacing or size ({error}); the header is damaged") from error
+        raise InputError(f"{where}: unreadable position, orientation, pixel spacing or size ({error}); the header "
+                         "is damaged") from error
     if (
         made.position.shape != (3,) or made.orientation.shape != (6,) or len(made.pixel_spacing) != 2
         or not np.all(np.isfinite(np.r_[made.position, made.orientation, made.pixel_spacing]))
@@ -211,6 +218,7 @@ def _make_slice(position: Any, orientation: Any, spacing: Any, size: Any, where:
     ):
         raise InputError(
             f"{where}: impossible geometry in the header (position {made.position.tolist()}, orientation "
-            f"{made.orientation.tolist()}, pixel spacing {list(made.pixel_spacing)}, size {made.size}); the header is damaged"
+            f"{made.orientation.tolist()}, pixel spacing {list(made.pixel_spacing)}, size {made.size}); the header "
+            "is damaged"
         )
     return made

@@ -19,7 +19,8 @@ from medseg.geometry import Geometry
 from medseg.io.dicom.geometry import check_one_file, functional_value, multiframe_geometry, series_geometry
 from medseg.io.dicom.scan import DicomSeries, metadata_of, read_dataset, select_series
 
-def read_dicom(path: Path, series_uid: str | None = None, *, pick_largest: bool = False) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
+def read_dicom(path: Path, series_uid: str | None = None, *,
+               pick_largest: bool = False) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
     """Voxels ``(z, y, x)`` float32 in physical units, geometry, allow-listed metadata and source files."""
     series, headers = select_series(path, series_uid, pick_largest=pick_largest)
     if series.multiframe:
@@ -27,10 +28,12 @@ def read_dicom(path: Path, series_uid: str | None = None, *, pick_largest: bool 
     return _read_single_frames(series, headers)
 
 
-def _read_single_frames(series: DicomSeries, headers: list[pydicom.Dataset]) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
+def _read_single_frames(series: DicomSeries,
+                        headers: list[pydicom.Dataset]) -> tuple[np.ndarray, Geometry, dict, tuple[Path, ...]]:
     samples = {int(h.get("SamplesPerPixel", 1)) for h in headers}
     if samples != {1}:
-        raise InputError(f"series {series.uid}: colour images (SamplesPerPixel {sorted(samples)}); medseg reads grey-value volumes")
+        raise InputError(f"series {series.uid}: colour images (SamplesPerPixel {sorted(samples)}); medseg reads "
+                         "grey-value volumes")
     order, geometry = series_geometry(headers, series)
     files = tuple(series.files[i] for i in order)
     reader = sitk.ImageSeriesReader()
@@ -42,7 +45,8 @@ def _read_single_frames(series: DicomSeries, headers: list[pydicom.Dataset]) -> 
         raise InputError(_unreadable_files_message(files, series.uid)) from error
     array = sitk.GetArrayFromImage(image)
     if array.shape != geometry.shape:
-        raise InputError(f"series {series.uid}: GDCM decoded {array.shape} voxels, the headers describe {geometry.shape}")
+        raise InputError(f"series {series.uid}: GDCM decoded {array.shape} voxels, the headers describe "
+                         f"{geometry.shape}")
     metadata = {"format": "dicom-series", **metadata_of(headers[order[0]]), "n_files": len(files)}
     return array, geometry, metadata, files
 
@@ -53,7 +57,8 @@ def _read_multiframe(series: DicomSeries) -> tuple[np.ndarray, Geometry, dict, t
     dataset = read_dataset(path)
     order, geometry = multiframe_geometry(dataset)
     if int(dataset.get("SamplesPerPixel", 1)) != 1:
-        raise InputError(f"{path}: a colour image (SamplesPerPixel {dataset.SamplesPerPixel}); medseg reads grey-value volumes")
+        raise InputError(f"{path}: a colour image (SamplesPerPixel {dataset.SamplesPerPixel}); medseg reads "
+                         "grey-value volumes")
     try:
         stored = dataset.pixel_array
     except Exception as error:  # pydicom raises several types for missing decoders and short data
@@ -88,4 +93,5 @@ def _unreadable_files_message(files: tuple[Path, ...], uid: str) -> str:
         except RuntimeError:
             bad.append(path)
     names = ", ".join(str(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    return f"series {uid}: cannot decode the pixel data of {names or 'the series'} (truncated or corrupt); remove or replace the file(s)"
+    return (f"series {uid}: cannot decode the pixel data of {names or 'the series'} (truncated or corrupt); "
+            "remove or replace the file(s)")

@@ -77,7 +77,8 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
     return _sorted_series(_scan(Path(folder)))
 
 
-def select_series(path: Path, series_uid: str | None, *, pick_largest: bool) -> tuple[DicomSeries, list[pydicom.Dataset]]:
+def select_series(path: Path, series_uid: str | None, *,
+                  pick_largest: bool) -> tuple[DicomSeries, list[pydicom.Dataset]]:
     """The series to load (by UID, the only one, or the largest when asked) and its files' headers."""
     if not path.is_dir():
         header = _read_header(path)
@@ -146,13 +147,15 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
         if header is None:
             not_dicom.append(path)
         elif not _is_image(header):
-            non_images[str(header.get("Modality", "unknown")) + ("" if "Rows" in header else " without pixel data")] += 1
+            non_images[str(header.get("Modality", "unknown"))
+                       + ("" if "Rows" in header else " without pixel data")] += 1
         else:
             groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
     if not groups:
         if non_images:
             found = ", ".join(f"{n} {kind}" for kind, n in sorted(non_images.items()))
-            raise InputError(f"{folder}: holds DICOM objects ({found}) but no image series; give the folder of the images")
+            raise InputError(f"{folder}: holds DICOM objects ({found}) but no image series; give the folder of "
+                             "the images")
         examples = ", ".join(p.name for p in not_dicom[:3])
         raise InputError(
             f"{folder}: none of its {len(not_dicom)} file(s) is DICOM (e.g. {examples}); give a DICOM series folder, "
@@ -175,7 +178,8 @@ def _describe(uid: str, members: list[tuple[Path, pydicom.Dataset]]) -> DicomSer
         description=str(header.get("SeriesDescription", "")),
         files=tuple(path for path, _ in members),
         n_slices=sum(int(h.get("NumberOfFrames", 1) or 1) for _, h in members),
-        multiframe=any("PerFrameFunctionalGroupsSequence" in h or int(h.get("NumberOfFrames", 1) or 1) > 1 for _, h in members),
+        multiframe=any("PerFrameFunctionalGroupsSequence" in h or int(h.get("NumberOfFrames", 1) or 1) > 1
+                       for _, h in members),
     )
 
 
@@ -192,7 +196,8 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
         pass
     except Exception as error:
         if has_dicom_preamble(path):
-            raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or replace it") from error
+            raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or "
+                             "replace it") from error
         return None
     try:
         with warnings.catch_warnings():  # parsing random bytes warns about every "element"
@@ -215,7 +220,8 @@ def read_dataset(path: Path) -> pydicom.Dataset:
     try:
         return _decoded(pydicom.dcmread(path, force=True))
     except Exception as error:
-        raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or replace it") from error
+        raise InputError(f"{path}: a corrupt DICOM file ({type(error).__name__}: {error}); remove or "
+                         "replace it") from error
 
 
 def _is_image(header: pydicom.Dataset) -> bool:

@@ -66,7 +66,8 @@ class Method:
     def check(cls, setup: MethodSetup, cohort) -> None:
         """Raise a ``MedsegError`` when the method cannot run on ``cohort`` (before any compute)."""
 
-    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+    def prepare(self, cohort, *, progress: Progress | None = None,
+                should_stop: ShouldStop | None = None) -> dict[str, Any]:
         """One-off work in the main process; returns ``MethodSetup.state`` for the workers."""
         return {}
 
@@ -94,7 +95,8 @@ class ReferenceMethod(Method):
         raise NotImplementedError
 
     def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
-        raise ConfigError(f"method type {self.kind!r} is a reference built from the ground truth; it cannot segment on its own")
+        raise ConfigError(f"method type {self.kind!r} is a reference built from the ground truth; it cannot segment "
+                          "on its own")
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -48,11 +48,14 @@ class MaskRCNN(Method):
     def check(cls, setup: MethodSetup, cohort) -> None:
         if setup.options.model_dir is not None:
             if not (Path(setup.options.model_dir) / "model.json").is_file():
-                raise ConfigError(f"method {setup.name}: model_dir {setup.options.model_dir} is not a Mask R-CNN model directory (no model.json)")
+                raise ConfigError(f"method {setup.name}: model_dir {setup.options.model_dir} is not a Mask R-CNN model "
+                                  "directory (no model.json)")
         elif not [c for c in cohort.split("train") if c.label is not None]:
-            raise ConfigError(f"method {setup.name}: no model_dir given and the cohort has no labelled train cases to train on")
+            raise ConfigError(f"method {setup.name}: no model_dir given and the cohort has no labelled train cases to "
+                              "train on")
 
-    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+    def prepare(self, cohort, *, progress: Progress | None = None,
+                should_stop: ShouldStop | None = None) -> dict[str, Any]:
         from medseg.maskrcnn import TrainConfig, load_model
         from medseg.training.maskrcnn import train_from_cohort
 
@@ -77,5 +80,6 @@ class MaskRCNN(Method):
     def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
         from medseg.maskrcnn import predict_instances
 
-        prediction = predict_instances(model, volume, score_threshold=self.options.score_threshold, device=self.options.device)
+        prediction = predict_instances(model, volume, score_threshold=self.options.score_threshold,
+                                       device=self.options.device)
         return Segmentation(prediction.labels, prediction.instances)

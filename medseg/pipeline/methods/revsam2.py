@@ -68,7 +68,8 @@ class RevSam2(Sam2Family):
         super().check(setup, cohort)
         cls._reference_cases(setup, cohort)
 
-    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+    def prepare(self, cohort, *, progress: Progress | None = None,
+                should_stop: ShouldStop | None = None) -> dict[str, Any]:
         """The checkpoint, and the reference cases (ids of the reference split, never the query's)."""
         references = [c.id for c in self._reference_cases(self.setup, cohort)]
         return {**super().prepare(cohort, progress=progress, should_stop=should_stop), "cohort": str(cohort.path),

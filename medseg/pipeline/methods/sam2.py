@@ -60,11 +60,13 @@ class Sam2Family(Method):
 
             check_trainable(setup.name, cohort)
         elif model not in REGISTRY and not Path(model).is_file() and not Path(model).is_dir():
-            raise WeightsError(f"method {setup.name}: model {model!r} is neither a registry name {sorted(REGISTRY)} nor a checkpoint file")
+            raise WeightsError(f"method {setup.name}: model {model!r} is neither a registry name "
+                               f"{sorted(REGISTRY)} nor a checkpoint file")
         if setup.options.preset is not None:
             get_preset(setup.options.preset)
 
-    def prepare(self, cohort, *, progress: Progress | None = None, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+    def prepare(self, cohort, *, progress: Progress | None = None,
+                should_stop: ShouldStop | None = None) -> dict[str, Any]:
         from medseg.runtime import sha256_file
         from medseg.weights import REGISTRY, fetch_checkpoint
 
@@ -72,7 +74,8 @@ class Sam2Family(Method):
         if self.options.train is not None:
             from medseg.pipeline.sam2_training import train_for_pipeline
 
-            return train_for_pipeline(self.options, cohort, self.setup.method_dir.parent, progress=progress, should_stop=should_stop)
+            return train_for_pipeline(self.options, cohort, self.setup.method_dir.parent, progress=progress,
+                                      should_stop=should_stop)
         if Path(model).is_dir():
             from medseg.pipeline.sam2_training import trained_state
 
@@ -118,5 +121,6 @@ class Sam2(Sam2Family):
 
     def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
         if prompts is None or not prompts.objects:
-            raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is nothing to prompt")
+            raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is "
+                             "nothing to prompt")
         return Segmentation(model.segment(volume, prompts, progress=None), anchors=prompts)

@@ -203,7 +203,8 @@ class ClipSampler:
         return frames, torch.from_numpy(masks)
 
     def _case(self, case: PreparedCase, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        slices = consecutive_slices((case.labels > 0).reshape(len(case.labels), -1).any(axis=1), self.settings.length, rng)
+        slices = consecutive_slices((case.labels > 0).reshape(len(case.labels), -1).any(axis=1),
+                                    self.settings.length, rng)
         labels, parts, structures = case.labels[slices], case.parts[slices], case.structures[slices]
         masks = []
         for value in np.unique(labels[0]):
@@ -230,7 +231,8 @@ class ClipSampler:
         ref_frames, ref_masks = self.augment(reference.frames[refs].float(),
                                              torch.from_numpy(reference.labels[refs] == label)[None].float(),
                                              int(rng.integers(2**31)))
-        frames, masks = self.augment(query.frames[slices].float(), torch.from_numpy(query.labels[slices] == label)[None].float(),
+        frames, masks = self.augment(query.frames[slices].float(),
+                                     torch.from_numpy(query.labels[slices] == label)[None].float(),
                                      int(rng.integers(2**31)))
         if (ref_masks.flatten(2).sum(-1) < MIN_PIXELS).any():
             return None
@@ -239,7 +241,8 @@ class ClipSampler:
                     ref_masks, cond_frames=len(refs))
 
     # --- prompts ---------------------------------------------------------------------------
-    def _prompted(self, frames: torch.Tensor, masks: torch.Tensor, source: str, rng: np.random.Generator) -> Clip | None:
+    def _prompted(self, frames: torch.Tensor, masks: torch.Tensor, source: str,
+                  rng: np.random.Generator) -> Clip | None:
         """Augment, keep the objects visible on frame 0 (at most ``max_objects``), prompt them there."""
         if len(masks) == 0:
             return None
@@ -267,7 +270,8 @@ class ClipSampler:
         return Clip(source, normalise(frames), targets, points, point_labels, prompt_masks)
 
 
-def correction_click(pred: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def correction_click(pred: torch.Tensor, target: torch.Tensor,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One click per object from its error region, as SAM2's training samples corrections.
 
     ``pred`` (logits) and ``target`` are ``(B, S, S)`` in the model frame. Returns model

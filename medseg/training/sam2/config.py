@@ -107,26 +107,29 @@ class Sam2TrainConfig(Settings):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.clip_length < 2:
-            raise ConfigError(f"clip_length must be at least 2 (a prompted frame and one to track), got {self.clip_length}")
+            raise ConfigError("clip_length must be at least 2 (a prompted frame and one to track), got "
+                              f"{self.clip_length}")
         if not self.train or set(self.train) - set(PARTS):
             raise ConfigError(f"train must name some of {list(PARTS)}, got {list(self.train)}")
         if not (0 <= self.p_point and 0 <= self.p_box and self.p_point + self.p_box <= 1):
-            raise ConfigError(f"p_point and p_box must be probabilities summing to at most 1, got {self.p_point}, {self.p_box}")
+            raise ConfigError(f"p_point and p_box must be probabilities summing to at most 1, got {self.p_point}, "
+                              f"{self.p_box}")
         if not 0 <= self.p_reference <= 1 or self.references < 1:
             raise ConfigError(f"p_reference must be a probability and references at least 1, got {self.p_reference}, "
                               f"{self.references}")
         if self.dice_weight < 0:
             raise ConfigError(f"dice_weight must be >= 0, got {self.dice_weight}")
         if self.lr <= 0 or any(lr is not None and lr <= 0 for lr in (self.lr_image_encoder, self.lr_memory)):
-            raise ConfigError(f"learning rates must be positive, got lr {self.lr}, lr_image_encoder {self.lr_image_encoder}, "
-                              f"lr_memory {self.lr_memory}")
+            raise ConfigError(f"learning rates must be positive, got lr {self.lr}, lr_image_encoder "
+                              f"{self.lr_image_encoder}, lr_memory {self.lr_memory}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 or unset, got {self.threads}")
         if not 0 <= self.p_synthetic <= 1 or not 0 <= self.p_parts <= 1 or self.max_objects < 1:
             raise ConfigError(f"p_synthetic and p_parts must be probabilities and max_objects at least 1, got "
                               f"{self.p_synthetic}, {self.p_parts}, {self.max_objects}")
         if self.p_synthetic + self.p_reference > 1:
-            raise ConfigError(f"p_synthetic + p_reference must be at most 1, got {self.p_synthetic} + {self.p_reference}")
+            raise ConfigError(f"p_synthetic + p_reference must be at most 1, got {self.p_synthetic} + "
+                              f"{self.p_reference}")
         if self.snapshot_every < 0:
             raise ConfigError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.warmup_steps < 0 or self.val_every < 0 or self.correction_clicks < 0 or self.grad_clip <= 0:

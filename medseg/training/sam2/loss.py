@@ -66,7 +66,8 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
         if t == 0 and clip.points is not None:
             points = {"point_coords": clip.points, "point_labels": clip.point_labels}
         masks = clip.masks[:, t:t + 1] if conditioning and clip.masks is not None else None
-        out, sam = track_frame(net, t, conditioning, frame_feats, frame_pos, sizes, points, masks, memory, n_frames, None)
+        out, sam = track_frame(net, t, conditioning, frame_feats, frame_pos, sizes, points, masks, memory,
+                               n_frames, None)
         if masks is None:
             terms.append(_frame_terms(sam, target, dice_weight))
         for _ in range(corrections if points is not None else 0):
@@ -102,8 +103,8 @@ def _image_terms(net, feats, sizes, targets: torch.Tensor, rng: np.random.Genera
     frames = [t for _, t in drawn]
     masks = torch.stack([targets[b, t] for b, t in drawn])
     box = rng.random() < 0.5
-    points = torch.tensor(np.array([_image_prompt(m.cpu().numpy() > 0.5, box, rng) for m in masks]), dtype=torch.float32,
-                          device=masks.device)
+    points = torch.tensor(np.array([_image_prompt(m.cpu().numpy() > 0.5, box, rng) for m in masks]),
+                          dtype=torch.float32, device=masks.device)
     labels = torch.tensor([[2, 3] if box else [1]] * len(drawn), dtype=torch.int32, device=masks.device)
     sam = decode_without_memory(net, feats, sizes, frames, {"point_coords": points, "point_labels": labels})
     return _frame_terms(sam, masks, dice_weight)

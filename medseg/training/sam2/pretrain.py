@@ -34,7 +34,8 @@ PRETRAIN = Sam2TrainConfig(
 def pretrain_base(out_dir: str | Path, *, config: Sam2TrainConfig = PRETRAIN, progress: Progress | None = None,
                   should_stop: ShouldStop | None = None) -> Path:
     """Train a base model on synthetic scenes into ``out_dir`` (resumes an interrupted run there)."""
-    return train_sam2(None, out_dir, config=replace(config, p_synthetic=1.0), progress=progress, should_stop=should_stop)
+    return train_sam2(None, out_dir, config=replace(config, p_synthetic=1.0), progress=progress,
+                      should_stop=should_stop)
 
 
 def export_base(model_dir: str | Path, out_dir: str | Path) -> Path:

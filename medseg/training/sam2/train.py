@@ -39,8 +39,8 @@ from medseg.manifest import Case, Cohort
 from medseg.preprocess import default_preset
 from medseg.runtime import (Progress, ShouldStop, read_checkpoint, read_training_state, resolve_device, sha256_file,
                             torch_threads)
-from medseg.sam2.model_dir import (MODEL_JSON, Architecture, architecture, build_network, describe, is_model_dir_weights,
-                                  load_weights, read_model_json, write_model_dir)
+from medseg.sam2.model_dir import (MODEL_JSON, Architecture, architecture, build_network, describe,
+                                  is_model_dir_weights, load_weights, read_model_json, write_model_dir)
 from medseg.synthetic import check_config
 from medseg.training.sam2.clips import ClipSampler, ClipSettings, PreparedCase, prepare_case
 from medseg.training.sam2.config import Sam2TrainConfig
@@ -105,7 +105,8 @@ def train_sam2(
         sampler = ClipSampler(prepared, _clip_settings(config, prepared), image_size=config.image_size)
         if config.p_reference and not sampler.reference_pairs:
             raise ConfigError(f"{cohort.path}: p_reference {config.p_reference} needs two train cases sharing a label; "
-                              f"the train split has {len(prepared)} case(s) and none share one (set p_reference, --p-reference, to 0)")
+                              f"the train split has {len(prepared)} case(s) and none share one (set p_reference, "
+                              "--p-reference, to 0)")
         optimizer, scheduler = _optimizer(net, config)
         state = {"step": 0, "loss_curve": [], "validation": [], "seconds": 0.0}
         checkpoint = out_dir / CHECKPOINT
@@ -211,18 +212,20 @@ def _description(arch: Architecture, start: dict, config: Sam2TrainConfig, prese
     """What ``model.json`` says about the model: how it was made and on what."""
     if cohort is None:
         data = {"name": "synthetic", "manifest": None, "labels": {}, "train_cases": [], "val_cases": []}
-        statement = (f"trained on synthetic scenes only (medseg.synthetic, kinds {list(config.synthetic.kinds)}; no patient "
-                     f"data; {state['step']} steps, starting from {start['model']})")
+        statement = (f"trained on synthetic scenes only (medseg.synthetic, kinds {list(config.synthetic.kinds)}; no "
+                     f"patient data; {state['step']} steps, starting from {start['model']})")
     else:
-        data = {"name": cohort.name, "manifest": str(cohort.path), "labels": {str(k): v for k, v in cohort.labels.items()},
+        data = {"name": cohort.name, "manifest": str(cohort.path),
+                "labels": {str(k): v for k, v in cohort.labels.items()},
                 "train_cases": [c.id for c in train_cases], "val_cases": [c.id for c in _labelled(cohort, "val")]}
         statement = (f"trained on cohort {cohort.name} ({len(train_cases)} train cases) and synthetic scenes "
                      f"({config.p_synthetic:.0%} of the clips), {state['step']} steps, starting from {start['model']}")
     return {
         "architecture": arch.to_dict(), "start": start, "training": config.to_dict(), "preset": preset,
         "steps": state["step"], "training_seconds": round(state["seconds"], 1), "loss_curve": state["loss_curve"],
-        "validation": state["validation"], "undertrained": config.start == "untrained" and state["step"] < UNDERTRAINED_STEPS,
-        "cohort": data, "statement": statement,
+        "validation": state["validation"],
+        "undertrained": config.start == "untrained" and state["step"] < UNDERTRAINED_STEPS, "cohort": data,
+        "statement": statement,
     }
 
 
@@ -253,11 +256,13 @@ def _architecture(config: Sam2TrainConfig) -> Architecture:
     trained = Architecture.from_dict(read_model_json(start)["architecture"]) if start is not None else None
     prior = config.prompt_prior if config.prompt_prior is not None else bool(trained and trained.prompt_prior)
     arch = architecture(config.architecture, config.image_size, prompt_prior=prior)
-    if trained is not None and (trained.name, trained.image_size, trained.prompt_prior) != (arch.name, arch.image_size, prior):
-        raise WeightsError(f"start model {config.start!r} is a {trained.name!r} network at image size {trained.image_size}"
-                           f"{' with prompt priors' if trained.prompt_prior else ''}; train with --architecture "
-                           f"{trained.name} --image-size {trained.image_size}" + ("" if trained.prompt_prior == prior else
-                           f" and prompt_prior {str(trained.prompt_prior).lower()}"))
+    if trained is not None and ((trained.name, trained.image_size, trained.prompt_prior)
+                                != (arch.name, arch.image_size, prior)):
+        raise WeightsError(f"start model {config.start!r} is a {trained.name!r} network at image size "
+                           f"{trained.image_size}{' with prompt priors' if trained.prompt_prior else ''}; train with "
+                           f"--architecture {trained.name} --image-size {trained.image_size}"
+                           + ("" if trained.prompt_prior == prior else
+                              f" and prompt_prior {str(trained.prompt_prior).lower()}"))
     return arch
 
 
@@ -268,7 +273,8 @@ def _network(arch: Architecture, config: Sam2TrainConfig) -> tuple[torch.nn.Modu
     if config.start == "untrained":
         return net, {"model": "untrained", "checkpoint": None, "sha256": None, "seed": config.seed}
     path, sha = _start_weights(config.start, arch)
-    load_weights(net, read_checkpoint(path, sha256=sha, what="start weights"), source=f"start weights {path}", arch=arch)
+    load_weights(net, read_checkpoint(path, sha256=sha, what="start weights"),
+                 source=f"start weights {path}", arch=arch)
     return net, {"model": config.start, "checkpoint": str(path), "sha256": sha or sha256_file(path)}
 
 
@@ -327,8 +333,8 @@ def _optimizer(net: torch.nn.Module, config: Sam2TrainConfig):
 
 def _save(path: Path, net, optimizer, scheduler, config: Sam2TrainConfig, state: dict) -> None:
     """Write the resumable state atomically (a half-written checkpoint never replaces a good one)."""
-    write_checkpoint(path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "config": config.to_dict(), "state": state})
+    write_checkpoint(path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "config": config.to_dict(), "state": state})
 
 
 def _snapshot(path: Path, net: torch.nn.Module) -> None:

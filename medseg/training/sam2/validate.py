@@ -3,12 +3,13 @@
 The network is evaluated the way it will be used: wrapped as a ``Sam2Model`` and run through
 ``Sam2Session`` (prompt, propagate through the whole volume with memory), with the prompts the
 pipeline's ``PromptPolicy`` draws: one box on each object's middle slice, and one click at the
-centroid of its largest slice. Each object is prompted alone (its own session), so what is measured
-is how well the model follows that one prompt, not how objects share out voxels. The volumes are the cohort's ``val`` split, or, when training on
-synthetic scenes only, ``VALIDATION_SCENES`` held-out scenes on a non-square, anisotropic grid,
-half of them made of the kinds training never draws (``cuboid``, ``rim``), so a pretraining run
-shows how prompt-following carries to unseen objects as it goes. Dice is averaged per structure
-name (a cohort's label names; a scene's object kinds). Torch's random state is left as it was.
+centroid of its largest slice. Each object is prompted alone (its own session), so what is measured is
+how well the model follows that one prompt, not how objects share out voxels. The volumes are the
+cohort's ``val`` split, or, when training on synthetic scenes only, ``VALIDATION_SCENES`` held-out
+scenes on a non-square, anisotropic grid, half of them made of the kinds training never draws
+(``cuboid``, ``rim``), so a pretraining run shows how prompt-following carries to unseen objects as it
+goes. Dice is averaged per structure name (a cohort's label names; a scene's object kinds). Torch's
+random state is left as it was.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from medseg.sam2.session import Sam2Session
 from medseg.synthetic import KINDS, TRAINING_KINDS, synthetic_volume
 from medseg.volume import LabelVolume, Volume
 
-PROMPT_MODES = {"box": PromptSettings(point="none", box="middle"), "point": PromptSettings(point="centroid", box="none")}
+PROMPT_MODES = {"box": PromptSettings(point="none", box="middle"),
+                "point": PromptSettings(point="centroid", box="none")}
 VALIDATION_SCENES = 6
 SYNTHETIC_PRESET = get_preset("ct:0.5,1")  # scenes are grey values in [0, 1] already: the identity window
 """The intensity preset of synthetic volumes: the window [0, 1], i.e. the grey values as they are."""
@@ -77,5 +79,6 @@ def validate(net: torch.nn.Module, config, preset: str | None, cases: list[Valid
                     dice = dice_per_label(session.propagate(), case.truth, labels={label: name})[label]
                     scores.setdefault(name, []).append(dice)
             per_name = {name: round(float(np.mean(v)), 4) for name, v in sorted(scores.items())}
-            result[mode] = {"dice": per_name, "mean_dice": round(float(np.mean(list(per_name.values()))), 4) if per_name else None}
+            result[mode] = {"dice": per_name,
+                            "mean_dice": round(float(np.mean(list(per_name.values()))), 4) if per_name else None}
     return result
