@@ -34,7 +34,8 @@ from medseg.volume import Volume
 
 from napari_plugin._layer_picker import LayerPicker, fit_columns
 from napari_plugin._layers import labels_layer_data, put_labels, volume_of_image
-from napari_plugin._tasks import Progress, StopFlag, TaskControls
+from napari_plugin._task_controls import TaskControls
+from napari_plugin._tasks import Progress, StopFlag
 
 if TYPE_CHECKING:
     from medseg.maskrcnn import MaskRCNNModel

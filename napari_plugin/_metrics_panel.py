@@ -30,7 +30,8 @@ from medseg.volume import LabelVolume
 
 from napari_plugin._layer_picker import LayerPicker, fit_columns, same_layer
 from napari_plugin._layers import LABELS_KEY, label_volume, layer_volume
-from napari_plugin._tasks import Progress, StopFlag, TaskControls
+from napari_plugin._task_controls import TaskControls
+from napari_plugin._tasks import Progress, StopFlag
 
 if TYPE_CHECKING:
     from medseg.metrics import PairScores

@@ -53,7 +53,8 @@ from napari_plugin._layers import (
     volume_of_image,
 )
 from napari_plugin._model_picker import LoadedModels, ModelPicker
-from napari_plugin._tasks import Progress, StopFlag, TaskControls
+from napari_plugin._task_controls import TaskControls
+from napari_plugin._tasks import Progress, StopFlag
 
 _MODE_HELP = {
     "revsam2": "RevSAM2: forward pass, reverse scoring of every slice, re-prompt from the best slices",

@@ -38,7 +38,8 @@ from napari_plugin._sam2_runs import Sam2Runs
 from napari_plugin._sam2_undo import UndoRedo
 from napari_plugin._sam2_workspace import Workspace
 from napari_plugin._save_row import SaveRow, input_paths, suggest_save_path
-from napari_plugin._tasks import Task, TaskControls
+from napari_plugin._task_controls import TaskControls
+from napari_plugin._tasks import Task
 
 
 class Sam2Panel(QWidget):

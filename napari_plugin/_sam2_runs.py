@@ -27,7 +27,8 @@ from medseg.errors import MedsegError
 
 from napari_plugin._model_picker import LoadedModels, ModelChoice
 from napari_plugin._sam2_workspace import Plan, SessionKey, Workspace, check_foreground, check_markers
-from napari_plugin._tasks import Progress, StopFlag, TaskControls
+from napari_plugin._task_controls import TaskControls
+from napari_plugin._tasks import Progress, StopFlag
 
 UNTRAINED_NOTE = " UNTRAINED MODEL: the masks are meaningless."
 
