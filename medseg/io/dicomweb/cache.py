@@ -35,6 +35,7 @@ from filelock import FileLock, Timeout
 from medseg.errors import ConfigError, InputError
 from medseg.io.dicomweb.client import DicomwebServer
 from medseg.io.dicomweb.url import DicomwebRef, parse_dicomweb_url
+from medseg.io.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,8 @@ def _download(server: DicomwebServer, ref: DicomwebRef, listed: list[str], root:
         (root / f"{key}.json").unlink(missing_ok=True)  # the old entry stops counting before it is replaced
         shutil.rmtree(root / key, ignore_errors=True)
         os.replace(partial, root / key)
-        tmp = root / f".{key}.json.tmp"
-        tmp.write_text(json.dumps(index), encoding="utf-8")
-        os.replace(tmp, root / f"{key}.json")
+        with atomic_output(root / f"{key}.json") as tmp:
+            tmp.write_text(json.dumps(index), encoding="utf-8")
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     log.info("%s: %d instance(s), %.1f MB fetched in %.1f s", ref, len(files), index["bytes"] / 1e6,
@@ -152,6 +152,8 @@ def _evict(root: Path, *, keep: str) -> None:
     limit = max_bytes()
     entries = []
     for index_file in root.glob("*.json"):
+        if index_file.name.startswith("."):  # an index being written (atomic_output's temporary file)
+            continue
         try:
             size = int(json.loads(index_file.read_text(encoding="utf-8"))["bytes"])
             entries.append((index_file.stat().st_mtime, index_file.stem, size))
