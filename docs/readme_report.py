@@ -32,8 +32,11 @@ GENERATED = "written by `make readme-report`"
 END = "<!-- sample-report: end -->"
 
 
-def excerpt(report_md: str) -> str:
-    """The kept parts of a ``report.md``, each line quoted (``> ``)."""
+def excerpt(report_md: str, *, root: Path | None = None) -> str:
+    """The kept parts of a ``report.md``, each line quoted (``> ``); paths under ``root`` (the
+    README's folder) are shown relative to it, so the excerpt does not name the machine it was made on."""
+    if root is not None:
+        report_md = report_md.replace(f"{root.as_posix()}/", "")
     kept, keep = [], True
     for line in report_md.strip("\n").splitlines():
         if line.startswith("## "):
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.report.is_file():
         parser.error(f"{args.report}: no such report; run `make demo` first")
-    body = excerpt(args.report.read_text(encoding="utf-8"))
+    body = excerpt(args.report.read_text(encoding="utf-8"), root=args.readme.resolve().parent)
     text = args.readme.read_text(encoding="utf-8")
     try:
         new = replace_block(text, body, args.report.as_posix())

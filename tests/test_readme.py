@@ -214,6 +214,13 @@ def test_sample_report_is_the_generated_excerpt():
     assert "Report made " in body and "## Dice per label" in body  # which run made the numbers, and the numbers
 
 
+def test_the_excerpt_shows_paths_under_the_readmes_folder_relative_to_it():
+    report = "# medseg evaluation: demo\n\n## Methods\n\n| maskrcnn | Mask R-CNN /home/u/medseg/results/demo/model |\n"
+    assert readme_report.excerpt(report, root=Path("/home/u/medseg")) == (
+        "> # medseg evaluation: demo\n>\n> ## Methods\n>\n> | maskrcnn | Mask R-CNN results/demo/model |\n")
+    assert "/home/u/medseg/results" in readme_report.excerpt(report, root=Path("/home/other"))
+
+
 @pytest.mark.slow
 def test_readme_report_puts_a_real_report_into_the_readme(workdir, tmp_path):
     """A real `medseg run` report (the oracle on 2 demo test phantoms) becomes the README's excerpt;
