@@ -86,6 +86,7 @@ CORPUS = [
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --threads 0", "--threads"),
     ("size or number", "sam2 train --manifest {cohort} --out {tmp}/m --threads all", "--threads"),
     ("size or number", "sam2 pretrain --out {tmp}/m --threads -1", "--threads"),
+    ("size or number", "baseline train --manifest {cohort} --out {tmp}/m --threads 0", "--threads"),
     ("missing path", "segment {tmp}/nothing.nii.gz --point 4,16,16 --out {tmp}/o.nii.gz", "nothing.nii.gz"),
     ("missing path", "segment {img} --mask {tmp}/nomask.nii.gz --out {tmp}/o.nii.gz", "nomask.nii.gz"),
     ("missing path", "segment {img} --prompts {tmp}/none.json --out {tmp}/o.nii.gz", "none.json"),

@@ -499,6 +499,7 @@ def test_baseline_commands_train_and_predict_from_a_manifest(tmp_path, capsys):
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "2 steps" in printed.out and "no validation" in printed.out and "smoke test" in printed.err
+    assert json.loads((model_dir / "model.json").read_text(encoding="utf-8"))["config"]["threads"] == 1  # the default
 
     image = tmp_path / "data" / "demo" / "phantom_002.nii.gz"
     code = main([

@@ -47,6 +47,8 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--workers", dest="num_workers", metavar="N", type=int,
                    help="data loader processes (default 0: in the main process)")
     t.add_argument("--device", type=values.device, help="auto (default), cpu, cuda, cuda:1 ...")
+    t.add_argument("--threads", type=values.positive_int,
+                   help="torch CPU threads while training (default 1: the fastest on a busy CPU, reproducible)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(run=_run_baseline_train)
 
@@ -72,7 +74,7 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
 
 _TRAIN_OPTIONS = (
     "backbone", "steps", "batch_size", "lr", "optimizer", "warmup_steps", "image_size", "preset", "instances",
-    "empty_ratio", "pretrained", "norm", "score_threshold", "val_every", "seed", "num_workers", "device",
+    "empty_ratio", "pretrained", "norm", "score_threshold", "val_every", "seed", "num_workers", "device", "threads",
 )
 
 

@@ -34,7 +34,8 @@ class TrainConfig(Settings):
     Bookkeeping: ``val_every`` (steps; 0 = only at the end), ``checkpoint_every`` (steps),
     ``seed``, ``num_workers`` (data loader processes), ``device`` (``"auto"``, ``"cpu"``,
     ``"cuda"``, ``"cuda:1"``...), ``threads`` (torch CPU threads while training, restored
-    afterwards; None leaves them: the weights a run makes depend on the count).
+    afterwards; None leaves them: the weights a run makes depend on the count). Default 1: on a
+    busy 2-core CPU 10 steps of the demo's recipe took 14.7 s with 1 thread and 32.2 s with 2.
     """
 
     WHAT = "Mask R-CNN setting(s)"
@@ -61,7 +62,7 @@ class TrainConfig(Settings):
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         choices = {"backbone": BACKBONES, "norm": NORMS, "instances": INSTANCE_MODES, "optimizer": OPTIMIZERS}
