@@ -34,8 +34,9 @@ class TrainConfig(Settings):
     Bookkeeping: ``val_every`` (steps; 0 = only at the end), ``checkpoint_every`` (steps),
     ``seed``, ``num_workers`` (data loader processes), ``device`` (``"auto"``, ``"cpu"``,
     ``"cuda"``, ``"cuda:1"``...), ``threads`` (torch CPU threads while training, restored
-    afterwards; None leaves them: the weights a run makes depend on the count). Default 1: on a
-    busy 2-core CPU 10 steps of the demo's recipe took 14.7 s with 1 thread and 32.2 s with 2.
+    afterwards; None leaves them: the weights a run makes depend on the count). Default 1, as in SAM2
+    training: reproducible, and on a busy CPU faster (10 demo-recipe steps: 14.7 s with 1 thread,
+    32.2 s with 2); a quiet machine trains faster with its cores (benchmarks/training_threads.py).
     """
 
     WHAT = "Mask R-CNN setting(s)"
