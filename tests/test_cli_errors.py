@@ -66,6 +66,9 @@ CORPUS = [
     ("size or number", "run {pipe} --out {tmp}/r --workers 0", "--workers"),
     ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --threshold 1.5", "[0, 1]"),
     ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --k 0", "--k"),
+    ("size or number", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --gate-margin -1",
+     "--gate-margin"),
+    ("option", "fewshot --support {img} {lab} --query {img} --out {tmp}/o.nii.gz --placement after", "'after'"),
     ("size or number", "fewshot --support {img} {lab} [2,99] --query {img} --out {tmp}/o.nii.gz --model untrained",
      "support slice 99 is outside the volume"),  # the brackets of the synopsis are accepted
     ("size or number", "fewshot --support {img} {lab} [2,x] --query {img} --out {tmp}/o.nii.gz",

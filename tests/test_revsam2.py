@@ -212,7 +212,7 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
             "fewshot", "--support", str(image), str(label), "--query", str(query),
             "--out", str(out), "--model", "untrained", "--image-size", "128", "--device", "cpu",
             "--label", "1=liver", "--k", "2", "--top-k", "2", "--threshold", "none", "--preset", "ct-soft-tissue",
-            "--qc", str(qc), "--no-progress",
+            "--placement", "before", "--gate-margin", "none", "--no-reject-rivals", "--qc", str(qc), "--no-progress",
         ])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -224,6 +224,8 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
     assert report["provenance"]["preset"]["name"] == "ct-soft-tissue"
     assert report["provenance"]["support"]["references"] == [str(image)]
     assert len(report["provenance"]["labels"]["1"]["reverse_scores"]) == 8
+    settings = {key: report["provenance"][key] for key in ("placement", "gate_margin", "reject_rivals")}
+    assert settings == {"placement": "before", "gate_margin": None, "reject_rivals": False}
 
 
 def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, capsys):

@@ -8,7 +8,8 @@ from medseg.cli.outputs import add_dicom_format, add_postprocess_option, postpro
 from medseg.cli import values
 from medseg.cli.segment import (MODEL_DEFAULT, PRESET_DEFAULT, add_sam2_runtime_options, default_model_option,
                                 print_model_note)
-from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+from medseg.revsam2.defaults import (DEFAULT_GATE_MARGIN, DEFAULT_PLACEMENT, DEFAULT_REJECT_RIVALS,
+                                     DEFAULT_THRESHOLD, DEFAULT_TOP_K)
 
 
 def add_fewshot(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +47,17 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
                    help=f"revsam2: minimum reverse score of a selected slice (default {DEFAULT_THRESHOLD})")
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none",
                    help="revsam2: minimum z distance between selected slices (default: automatic)")
+    p.add_argument("--placement", choices=["matched", "before", "middle"], default=DEFAULT_PLACEMENT,
+                   help="revsam2: where the supports from other volumes go in the query's slice stack: matched (each next to "
+                   "the query slice at its relative z), before (ahead of slice 0) or middle (default "
+                   f"{DEFAULT_PLACEMENT})")
+    p.add_argument("--gate-margin", type=_none_or(values.non_negative_int), default=DEFAULT_GATE_MARGIN,
+                   metavar="SLICES|none",
+                   help="keep each label to the query slices at the relative z where its references have it, plus "
+                   f"this many slices; none: no gate (default {DEFAULT_GATE_MARGIN})")
+    p.add_argument("--reject-rivals", action=argparse.BooleanOptionalAction, default=DEFAULT_REJECT_RIVALS,
+                   help="revsam2: refuse a candidate slice that segments another label's references better than its "
+                   "own (default yes)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True,
                    help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
     p.add_argument("--qc", metavar="FILE.json",
@@ -123,7 +135,8 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     with tqdm_progress(f"reference prompting ({args.mode})", "step", disable=args.no_progress) as progress:
         labels = segment_with_references(
             query, support, mode=args.mode, model=model, preset=args.preset, top_k=args.top_k, threshold=args.threshold,
-            min_spacing=args.min_spacing, include_supports=args.include_supports,
+            min_spacing=args.min_spacing, include_supports=args.include_supports, placement=args.placement,
+            gate_margin=args.gate_margin, reject_rivals=args.reject_rivals,
             offload_state_to_cpu=args.offload_state_to_cpu, progress=progress,
         )
     labels, _ = postprocess(args, labels, anchors=anchor_prompts(labels))
