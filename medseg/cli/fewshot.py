@@ -48,8 +48,8 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-spacing", type=_none_or(int), default=None, metavar="SLICES|none",
                    help="revsam2: minimum z distance between selected slices (default: automatic)")
     p.add_argument("--placement", choices=["matched", "before", "middle"], default=DEFAULT_PLACEMENT,
-                   help="revsam2: where the supports from other volumes go in the query's slice stack: matched (each next to "
-                   "the query slice at its relative z), before (ahead of slice 0) or middle (default "
+                   help="revsam2: where the supports from other volumes go in the query's slice stack: matched "
+                   "(each next to the query slice at its relative z), before (ahead of slice 0) or middle (default "
                    f"{DEFAULT_PLACEMENT})")
     p.add_argument("--gate-margin", type=_none_or(values.non_negative_int), default=DEFAULT_GATE_MARGIN,
                    metavar="SLICES|none",
