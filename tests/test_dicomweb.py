@@ -11,6 +11,8 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pydicom
@@ -204,10 +206,26 @@ def test_seg_and_rtstruct_on_the_server_read_like_their_files(series, tmp_path):
         load_labels(DicomwebRef(ref.server, ref.study, UID), volume)
 
 
-@pytest.mark.xfail(strict=False, reason="in both full-suite runs here `medseg pacs serve` did not exit within 60 s / "
-                   "300 s of its Ctrl-C; alone and after the tests before it, it exits at once (cause not found yet: "
-                   "a hang now fails with the server's Python stacks)")
+@contextmanager
+def failure_shown_as_warning():
+    """pytest prints nothing of a non-strict xfail's failure but its reason: a failure inside is also
+    issued as a warning, which the run's warnings summary shows (with ``make test``, in CI's output)."""
+    try:
+        yield
+    except BaseException as error:
+        warnings.warn(f"{type(error).__name__}: {error}", stacklevel=3)
+        raise
+
+
+@pytest.mark.xfail(strict=False, reason="in 3 of about 8 full-suite runs here this failed (`medseg pacs serve` did not "
+                   "exit within 60 s / 300 s of its Ctrl-C in the first two); alone, and with its module, it passes "
+                   "(cause not found yet: a failure now shows in the warnings summary, a hang with its stacks)")
 def test_the_command_line_serves_lists_and_reads_a_server(pacs_env, series, tmp_path, capsys):
+    with failure_shown_as_warning():
+        serve_list_and_read(series, tmp_path, capsys)
+
+
+def serve_list_and_read(series, tmp_path, capsys) -> None:
     from medseg.cli import main
 
     _, ref = series
@@ -224,12 +242,12 @@ def test_the_command_line_serves_lists_and_reads_a_server(pacs_env, series, tmp_
     finally:
         serve.send_signal(signal.SIGINT)
         try:  # communicate drains both pipes: a server blocked on writing a full stderr pipe would never exit
-            serve.communicate(timeout=120)  # only against a hang
+            _, err = serve.communicate(timeout=120)  # only against a hang
         except subprocess.TimeoutExpired:
             serve.send_signal(signal.SIGABRT)
             _, stacks = serve.communicate(timeout=60)
             pytest.fail(f"pacs serve did not exit within 120 s of Ctrl-C; its stacks:\n{stacks}")
-        assert serve.returncode == 130
+        assert serve.returncode == 130, f"pacs serve exited with {serve.returncode}; its stderr:\n{err}"
     with pytest.raises(ServerUnreachable):  # Ctrl-C stopped Orthanc too
         DicomwebServer(f"dicomweb://127.0.0.1:{port}/dicom-web").check()
     assert main(["pacs", "ls", f"{ref.server.replace('http://', 'dicomweb://')}/studies/{ref.study}"]) == 0
