@@ -77,10 +77,13 @@ def _stored_slices(home: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "dtype"),
                          [("untrained", "float32"), ("untrained", "float16"), ("trained", "float16")])
-def test_labels_do_not_depend_on_what_is_cached(tmp_path, cohort, request, monkeypatch, test_seed, model, dtype):
+def test_labels_do_not_depend_on_what_is_cached(tmp_path, cohort, request, monkeypatch, model, dtype):
     name = "untrained" if model == "untrained" else str(request.getfixturevalue("trained"))
     pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(f"name: cached\ncohort: {cohort}\nseed: {test_seed}\n"
+    # Seed 0, not the flake hunt's test seed: the pipeline seed draws the untrained model's weights, and
+    # with seed 0 they paint on both cases (asserted below). Other seeds' weights paint one slice (seed 5) or
+    # nothing at all (seed 6), and equal empty label maps would prove nothing.
+    pipeline.write_text(f"name: cached\ncohort: {cohort}\nseed: 0\n"
                         "prompts: {point: centroid, box: middle}\n"
                         f"methods:\n  sam2: {{type: sam2, model: {name}, image_size: 64, device: cpu}}\n",
                         encoding="utf-8")
