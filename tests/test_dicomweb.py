@@ -11,8 +11,6 @@ import stat
 import subprocess
 import sys
 import time
-import warnings
-from contextlib import contextmanager
 
 import numpy as np
 import pydicom
@@ -206,32 +204,21 @@ def test_seg_and_rtstruct_on_the_server_read_like_their_files(series, tmp_path):
         load_labels(DicomwebRef(ref.server, ref.study, UID), volume)
 
 
-@contextmanager
-def failure_shown_as_warning():
-    """pytest prints nothing of a non-strict xfail's failure but its reason: a failure inside is also
-    issued as a warning, which the run's warnings summary shows (with ``make test``, in CI's output)."""
-    try:
-        yield
-    except BaseException as error:
-        warnings.warn(f"{type(error).__name__}: {error}", stacklevel=3)
-        raise
+# A user presses Ctrl-C on a server in the foreground. A test run started in the background of a
+# non-interactive shell (`make test &`, some CI runners) has SIGINT ignored; a child inherits that, and
+# Python then never raises KeyboardInterrupt: `pacs serve` stayed up 120 s after its Ctrl-C in 3 of about
+# 8 full-suite runs, all so started. The server here gets SIGINT at its default, as in a terminal.
+_SERVE_IN_THE_FOREGROUND = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                            "from medseg.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-@pytest.mark.xfail(strict=False, reason="in 3 of about 8 full-suite runs here this failed (`medseg pacs serve` did not "
-                   "exit within 60 s / 300 s of its Ctrl-C in the first two); alone, and with its module, it passes "
-                   "(cause not found yet: a failure now shows in the warnings summary, a hang with its stacks)")
 def test_the_command_line_serves_lists_and_reads_a_server(pacs_env, series, tmp_path, capsys):
-    with failure_shown_as_warning():
-        serve_list_and_read(series, tmp_path, capsys)
-
-
-def serve_list_and_read(series, tmp_path, capsys) -> None:
     from medseg.cli import main
 
     _, ref = series
     port = free_port()
     # -X faulthandler: SIGABRT on a hang prints every thread's stack, the evidence the hang needs
-    serve = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "medseg.cli", "pacs", "serve",
+    serve = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", _SERVE_IN_THE_FOREGROUND, "pacs", "serve",
                               "--storage", str(tmp_path / "o"),
                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
