@@ -24,7 +24,7 @@ import numpy as np
 from medseg.manifest import load_manifest
 from medseg.metrics import dice_per_label
 from medseg.phantom import make_phantom, write_demo_cohort
-from medseg.prompt_simulation import centroid_voxel, largest_slice, middle_slice
+from medseg.prompt_simulation import bounding_box, centroid_voxel, largest_slice, middle_slice
 from medseg.prompts import Prompts
 from medseg.revsam2 import SupportSet, segment_with_references
 from medseg.sam2 import Sam2VolumePredictor, load_model
@@ -41,8 +41,7 @@ def measure(model_dir: Path) -> dict[str, object]:
     for label in truth.labels:
         mask = truth.array == label
         z = middle_slice(mask)
-        (y0, x0), (y1, x1) = np.argwhere(mask[z]).min(axis=0), np.argwhere(mask[z]).max(axis=0)
-        prompts.add_box(label, z, y0, x0, y1, x1)
+        prompts.add_box(label, z, *bounding_box(mask[z]))
     box = dice_per_label(predictor.segment(volume, prompts), truth, labels=truth.labels)
     click = {}
     for label in truth.labels:
