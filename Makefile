@@ -36,15 +36,19 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# one pytest worker per core of a 2-core machine, each on 1 torch thread (tests/conftest.py); a test
+# module stays in one worker, so its fixtures (the trained models) are built once. WORKERS=0: one process.
+WORKERS  ?= 2
+PARALLEL := -n $(WORKERS) --dist loadfile
 test: install system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -rs --durations=15
+	$(BIN)/python -m pytest -q -rs --durations=15 $(PARALLEL)
 
 # the slow tests (or ARGS) N times in fresh processes, torch threads 1 and 2 in turn, another seed each run
 N    ?= 10
 ARGS ?= -m slow
 flake-hunt: install system-deps
-	$(BIN)/python benchmarks/flake_hunt.py --runs $(N) -- $(ARGS)
+	$(BIN)/python benchmarks/flake_hunt.py --runs $(N) -- $(PARALLEL) $(ARGS)
 
 demo: install
 	$(BIN)/medseg demo-data data_manifests
