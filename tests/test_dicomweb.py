@@ -21,7 +21,7 @@ from medseg.io import load_labels, load_volume, save_labels
 from medseg.io.dicomweb import (Credentials, DicomwebRef, DicomwebServer, credentials_from_env, local_copy,
                                 parse_dicomweb_url, store_labels)
 from medseg.io.dicomweb.cache import cache_dir
-from medseg.io.dicomweb.orthanc import free_port
+from medseg.io.dicomweb.orthanc import LocalOrthanc, free_port
 from medseg.phantom import make_phantom, write_dicom_series
 from medseg.volume import LabelVolume
 from pacs_support import PASSWORD, USER
@@ -184,6 +184,15 @@ def test_wrong_password_no_password_and_no_server_are_one_clear_error(series, mo
     assert time.monotonic() - started < 10  # a few quick retries, not the library's half minute of back-off
     given = Credentials(user=USER, password=PASSWORD, source="test")
     assert DicomwebServer(ref.server, credentials=given).series(ref.study)  # given, not from the environment
+
+
+def test_a_local_server_on_a_port_another_holds_is_refused_not_shared(pacs, tmp_path):
+    """Two servers given one port (two test workers can draw the same free port): the second must not
+    take the first's answers as its own start, and so share its studies."""
+    second = LocalOrthanc(tmp_path / "second", port=pacs.server.port, users={USER: PASSWORD}, timeout=30)
+    with pytest.raises(ServerUnreachable, match=f"Orthanc on port {pacs.server.port} did not start"):
+        second.start()
+    assert second.process is None and pacs.server._answers()  # the first server is untouched
 
 
 def test_seg_and_rtstruct_on_the_server_read_like_their_files(series, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -69,6 +70,7 @@ class LocalOrthanc:
         self.port = port or free_port()
         self.users = dict(users or {})
         self.timeout = timeout
+        self.name = f"medseg-local-{secrets.token_hex(4)}"  # how start() tells its server from another on the port
         self.process: subprocess.Popen | None = None
 
     @property
@@ -85,7 +87,7 @@ class LocalOrthanc:
         if binary is None:
             raise ConfigError(f"the Orthanc server is not installed: {INSTALL}")
         config = {
-            "Name": "medseg-local", "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
+            "Name": self.name, "StorageDirectory": str(self.storage), "IndexDirectory": str(self.storage),
             "HttpPort": self.port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": bool(self.users), "RegisteredUsers": self.users,
             "Plugins": [str(dicomweb_plugin())], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
@@ -135,6 +137,6 @@ class LocalOrthanc:
             request.add_header("Authorization", "Basic " + b64encode(f"{user}:{password}".encode()).decode())
         try:
             with urllib.request.urlopen(request, timeout=1) as answer:
-                return answer.status == 200
-        except (urllib.error.URLError, OSError):
+                return answer.status == 200 and json.load(answer).get("Name") == self.name
+        except (urllib.error.URLError, OSError, ValueError):
             return False
