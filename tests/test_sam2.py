@@ -229,6 +229,25 @@ def test_predict_slice_reuses_the_slice_embedding(predictor, volume):
     assert set(np.unique(labels)) <= {0, 1, 2}
 
 
+def test_clicks_on_one_slice_refine_its_mask_step_by_step_and_replay_alike(predictor, volume):
+    # SAM2 feeds a frame's previous mask with each new click (and trains corrections so); the
+    # session's second click must refine the first click's output, not start over with both points.
+    session = predictor.session(volume)
+    session.add_point(1, 4, 15, 20)
+    labels = session.add_point(1, 4, 30, 45, positive=False)
+    tracker = predictor.session(volume).tracker
+    first = tracker.set_prompts(4, 1, points_yx=[(15, 20)], labels=[1])
+    chained = tracker.set_prompts(4, 1, points_yx=[(15, 20), (30, 45)], labels=[1, 0], previous=first)
+    afresh = tracker.set_prompts(4, 1, points_yx=[(15, 20), (30, 45)], labels=[1, 0])
+    assert not torch.equal(chained.logits, afresh.logits)  # the previous mask reached the decoder
+    assert np.array_equal(labels == 1, chained.masks()[0])
+    replay = predictor.session(volume)
+    replay.set_prompts(session.prompts)
+    assert np.array_equal(replay.predict_slice(4), labels)
+    assert np.array_equal(replay.propagate().array, session.propagate().array)
+    assert session.undo() == 4 and np.array_equal(session.labels[4] == 1, first.masks()[0])
+
+
 def test_stop_raises_cancelled_leaves_labels_and_a_later_propagate_works(predictor, volume):
     session = predictor.session(volume)
     session.add_mask(1, 0, block_mask())
@@ -370,7 +389,8 @@ def test_cli_segment_rejects_bad_prompt_text(tmp_path, volume, capsys):
 
 
 def test_a_scribble_is_the_points_spread_along_it(predictor, volume):
-    """SAM2 gets a scribble as the points ``ScribblePrompt.points`` picks: the same result as those clicks."""
+    """SAM2 gets a scribble as the points ``ScribblePrompt.points`` picks, all in one step (one stroke,
+    one refinement of the slice's mask, as a click is)."""
     from medseg.prompts import ScribblePrompt
 
     stroke = np.zeros(SHAPE[1:], bool)
@@ -379,12 +399,13 @@ def test_a_scribble_is_the_points_spread_along_it(predictor, volume):
     scribbled = predictor.session(volume)
     scribbled.add_scribble(1, 4, stroke)
     scribbled.add_scribble(1, 4, block_mask(30, 34, 40, 50), positive=False)
-    clicked = predictor.session(volume)
-    for mask, positive in ((stroke, True), (block_mask(30, 34, 40, 50), False)):
-        for y, x in ScribblePrompt(4, mask).points():
-            clicked.add_point(1, 4, y, x, positive=positive)
-    np.testing.assert_array_equal(scribbled.labels, clicked.labels)
-    np.testing.assert_array_equal(scribbled.propagate().array, clicked.propagate().array)
+    tracker = predictor.session(volume).tracker
+    points = ScribblePrompt(4, stroke).points()
+    first = tracker.set_prompts(4, 1, points_yx=points, labels=[1] * len(points))
+    negative = ScribblePrompt(4, block_mask(30, 34, 40, 50)).points()
+    both = tracker.set_prompts(4, 1, points_yx=points + negative, labels=[1] * len(points) + [0] * len(negative),
+                               previous=first)
+    np.testing.assert_array_equal(scribbled.labels[4] == 1, both.masks()[0])
     assert [s.positive for s in scribbled.prompts.objects[1].scribbles] == [True, False]
     assert scribbled.undo() == 4 and len(scribbled.prompts.objects[1].scribbles) == 1
 

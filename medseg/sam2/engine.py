@@ -11,11 +11,12 @@ Building blocks (used by ``medseg.sam2`` and ``medseg.revsam2``):
     One SAM2 inference state over any sequence of ``Frame`` objects (slices of one volume,
     or support slices of other volumes followed by query slices).
 
-    * ``set_prompts(i, obj_id, mask=, points_yx=, labels=, box_yxyx=)``: the prompts of one
-      object on frame ``i``, in that frame's pixel coordinates, replacing earlier ones there.
+    * ``set_prompts(i, obj_id, mask=, points_yx=, labels=, box_yxyx=, previous=)``: the prompts of
+      one object on frame ``i``, in that frame's pixel coordinates, replacing earlier ones there.
       A mask alone is taken as the output (SAM 2.1), stored at ``image_size / 4`` like every
       output (``Sam2Session`` gives it back exactly); points/box given with a mask refine
-      it. Every prompted frame is a *conditioning* frame.
+      it, and so do points given with ``previous``, an earlier output on the frame (a
+      correction click). Every prompted frame is a *conditioning* frame.
     * ``propagate(start, end, obj_ids=None)``: track frames ``start..end`` inclusive (backwards
       when ``end < start``), yielding one ``FrameOutput`` per frame.
     * ``clear_prompts(i, obj_id)``, ``obj_ids``, ``memory_frames()``.
@@ -128,12 +129,16 @@ class Tracker:
         points_yx: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         box_yxyx: tuple[float, float, float, float] | None = None,
+        previous: FrameOutput | None = None,
     ) -> FrameOutput:
         """Set the prompts of ``obj_id`` on frame ``frame_idx``, replacing any earlier ones there.
 
         Coordinates are pixel indices ``(y, x)`` of the frame (converted to the model frame
         here, once). ``labels``: 1 positive, 0 negative, one per point. ``box_yxyx``: inclusive
-        corners ``(y0, x0, y1, x1)``. Returns the object's output on that frame.
+        corners ``(y0, x0, y1, x1)``. ``previous``: the object's output on this frame before the
+        newest points, fed to the decoder with them (points or a box only, not with a mask):
+        SAM2 refines a frame's mask click by click this way, and trains its corrections so.
+        Returns the object's output on that frame.
         """
         frame = self.frames[frame_idx]
         has_points = points_yx is not None and len(points_yx) > 0
@@ -160,8 +165,9 @@ class Tracker:
             box = torch.as_tensor(corners.reshape(-1), dtype=torch.float32)
         self._forget_prompts(frame_idx, obj_id)
         with self.model.inference():
+            previous_logits = None if previous is None else previous.logits[list(previous.obj_ids).index(obj_id)]
             out = self._state.prompt(frame_idx, obj_id, mask=None if mask is None else torch.from_numpy(mask),
-                                     points=points, labels=labels_t, box=box)
+                                     points=points, labels=labels_t, box=box, previous_logits=previous_logits)
         holders = self._pinned_frames.setdefault(frame_idx, set())
         if not holders:
             self.cache.pin(frame.key)

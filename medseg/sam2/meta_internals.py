@@ -156,19 +156,36 @@ class Sam2State:
         return list(self.raw["obj_ids"])
 
     def prompt(self, frame_idx: int, obj_id: int, *, mask: torch.Tensor | None, points: torch.Tensor | None,
-               labels: torch.Tensor | None, box: torch.Tensor | None) -> dict:
+               labels: torch.Tensor | None, box: torch.Tensor | None,
+               previous_logits: torch.Tensor | None = None) -> dict:
         """Add a mask and/or points/box (model-frame coordinates / image_size) and return the frame's output.
 
         SAM2's public ``add_new_mask`` / ``add_new_points_or_box`` on this hand-built state;
         their result sits in SAM2's temporary output dict until the next preflight.
+        ``previous_logits`` (``(S/4, S/4)``, points or a box only): the object's earlier mask on
+        this frame, which ``add_new_points_or_box`` feeds to the decoder with the points, as it
+        does with whatever a frame held before a new click.
         """
         if mask is not None:
             self.net.add_new_mask(self.raw, frame_idx, obj_id, mask)
+        elif previous_logits is not None:
+            self._put_previous(frame_idx, obj_id, previous_logits)
         if points is not None or box is not None:
             self.net.add_new_points_or_box(self.raw, frame_idx, obj_id, points=points, labels=labels, box=box,
                                            normalize_coords=False)
         obj_idx = self.raw["obj_id_to_idx"][obj_id]
         return _take_iou(self.raw, self.raw["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"][frame_idx])
+
+    def _put_previous(self, frame_idx: int, obj_id: int, logits: torch.Tensor) -> None:
+        """Where ``add_new_points_or_box`` looks first for a frame's earlier mask (its temporary output
+        under the storage key it will write), a stand-in holding only ``logits``; it replaces the
+        stand-in with its own output."""
+        obj_idx = self.net._obj_id_to_idx(self.raw, obj_id)
+        tracked = self.raw["frames_tracked_per_obj"][obj_idx]
+        is_cond = frame_idx not in tracked or self.net.add_all_frames_to_correct_as_cond
+        key = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
+        pred_masks = logits.reshape(1, 1, *logits.shape[-2:]).to(self.raw["storage_device"])
+        self.raw["temp_output_dict_per_obj"][obj_idx][key][frame_idx] = {"pred_masks": pred_masks}
 
     def forget_prompts(self, frame_idx: int, obj_id: int) -> None:
         """Remove ``obj_id``'s inputs and outputs on ``frame_idx`` (SAM2 has no call for one frame)."""

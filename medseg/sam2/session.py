@@ -326,14 +326,20 @@ class Sam2Session:
         return self.predict_slice(z)
 
     def _apply(self, obj: ObjectPrompts, z: int) -> None:
-        """Hand the object's prompts on slice ``z`` to the tracker (replacing earlier ones)."""
+        """Hand the object's prompts on slice ``z`` to the tracker (replacing earlier ones).
+
+        Clicks refine step by step, as SAM2 refines a frame and trains its corrections: the
+        slice's mask (with its box) or its box comes first, then each scribble and each click in
+        turn, each step given the mask of the step before. The chain is rebuilt from the slice's
+        prompts every time, so a live session and a replay of its prompts give the same masks.
+        """
         key = (obj.obj_id, z)
         masks = [m.mask for m in obj.masks if m.z == z]
         boxes = [b for b in obj.boxes if b.z == z]
-        points = [(p.y, p.x, int(p.positive)) for p in obj.points if p.z == z]
-        points += [(y, x, int(sc.positive)) for sc in obj.scribbles if sc.z == z for y, x in sc.points()]
+        steps = [[(y, x, int(sc.positive)) for y, x in sc.points()] for sc in obj.scribbles if sc.z == z]
+        steps += [[(p.y, p.x, int(p.positive))] for p in obj.points if p.z == z]
         self._exact_masks.pop(key, None)
-        if not (masks or boxes or points):
+        if not (masks or boxes or steps):
             self.tracker.clear_prompts(z, obj.obj_id)
             self._slice_outputs.pop(key, None)
             labels = self._editable_labels()[z]
@@ -343,15 +349,15 @@ class Sam2Session:
             raise InputError(f"object {obj.obj_id}: SAM2 takes one box per object per slice; slice {z} has "
                              f"{len(boxes)}")
         mask = np.logical_or.reduce(masks) if masks else None
-        self._slice_outputs[key] = self.tracker.set_prompts(
-            z,
-            obj.obj_id,
-            mask=mask,
-            points_yx=[(y, x) for y, x, _ in points] or None,
-            labels=[positive for _, _, positive in points] or None,
-            box_yxyx=(boxes[0].y0, boxes[0].x0, boxes[0].y1, boxes[0].x1) if boxes else None,
-        )
-        if mask is not None and not (boxes or points):
+        box = (boxes[0].y0, boxes[0].x0, boxes[0].y1, boxes[0].x1) if boxes else None
+        out = self.tracker.set_prompts(z, obj.obj_id, mask=mask, box_yxyx=box) if masks or boxes else None
+        points: list[tuple[float, float, int]] = []
+        for step in steps:
+            points += step
+            out = self.tracker.set_prompts(z, obj.obj_id, points_yx=[(y, x) for y, x, _ in points],
+                                           labels=[positive for _, _, positive in points], box_yxyx=box, previous=out)
+        self._slice_outputs[key] = out
+        if mask is not None and not (boxes or steps):
             self._exact_masks[key] = mask
 
     def _write(self, labels: np.ndarray, best: np.ndarray, confidence: dict[int, np.ndarray], out: FrameOutput) -> None:
