@@ -329,6 +329,11 @@ def test_pretraining_twice_gives_identical_weights_and_exports_float16(tmp_path)
     assert read_model_json(shipped)["weights_sha256"] == sha256_file(shipped / "weights.pt")
 
 
+def test_pretrain_help_states_the_recipes_steps(capsys):
+    assert main(["sam2", "pretrain", "--help"]) == 0
+    assert f"optimiser steps (default {PRETRAIN.steps}, the recipe's)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_fine_tuning_follows_the_start_models_prompt_prior(tmp_path):
     base = pretrain_base(tmp_path / "base", config=dataclasses.replace(PRETRAIN, image_size=64, steps=2, warmup_steps=1,
                                                                        val_every=0, snapshot_every=0))

@@ -70,7 +70,7 @@ def add_sam2(sub: argparse._SubParsersAction) -> None:
         "Stop it any time: the same command resumes bit for bit.",
     )
     pre.add_argument("--out", required=True, help="model directory to write (an interrupted run there resumes)")
-    pre.add_argument("--steps", type=int, help="optimiser steps (default 12000)")
+    pre.add_argument("--steps", type=int, help="optimiser steps (default 5000, the recipe's)")
     pre.add_argument("--seed", type=int)
     pre.add_argument("--threads", type=values.positive_int,
                      help="torch CPU threads (default 1; the recipe is bit-reproducible per count)")
