@@ -37,7 +37,7 @@ from medseg.sam2 import Sam2VolumePredictor, load_model
 from medseg.sam2.model_dir import architecture, build_network, read_model_json
 from medseg.training.sam2.clips import MIN_PIXELS, ClipSampler, prepare_case
 from medseg.training.sam2.config import Sam2TrainConfig
-from medseg.training.sam2.loss import clip_loss
+from medseg.training.sam2.loss import clip_loss, correction_count
 from medseg.training.sam2.pretrain import PRETRAIN, export_base, pretrain_base
 from medseg.training.sam2.train import _clip_settings, train_sam2
 
@@ -327,6 +327,17 @@ def test_pretraining_twice_gives_identical_weights_and_exports_float16(tmp_path)
     key = "sam_mask_decoder.iou_token.weight"
     torch.testing.assert_close(model.net.state_dict()[key], reference.net.state_dict()[key].half().float())
     assert read_model_json(shipped)["weights_sha256"] == sha256_file(shipped / "weights.pt")
+
+
+def test_half_the_prompted_clips_keep_the_first_prompt_alone():
+    draws = [correction_count(np.random.default_rng([7, i]), 7) for i in range(4000)]
+    counts = np.bincount(draws, minlength=8) / len(draws)
+    assert abs(counts[0] - 0.5) < 0.03 and np.all(np.abs(counts[1:] - 1 / 14) < 0.015) and max(draws) == 7
+    # One correction at most draws as the earlier rule did (integers(2)), so models trained with the
+    # default (and the margins measured on them) are unchanged.
+    assert [correction_count(np.random.default_rng([7, i]), 1) for i in range(200)] == \
+        [int(np.random.default_rng([7, i]).integers(2)) for i in range(200)]
+    assert correction_count(np.random.default_rng(0), 0) == 0
 
 
 def test_pretrain_help_states_the_recipes_steps(capsys):

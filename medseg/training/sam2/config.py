@@ -33,9 +33,9 @@ class Sam2TrainConfig(Settings):
     (``benchmarks/sam2_training.py``, README). A step is ``batch_size`` clips of
     ``clip_length`` consecutive slices, in either direction. Prompts on a clip's first frame:
     a point with probability ``p_point``, a box with ``p_box``, otherwise the mask;
-    0 to ``correction_clicks`` extra clicks (uniformly) are drawn from the error region after a
-    point prompt (positive on a miss, negative on a false positive), as SAM2 trains interactive
-    correction; the clips left with one click teach the tracker to follow a single click.
+    after a point prompt, half the clips get 1 to ``correction_clicks`` extra clicks (evenly) drawn
+    from the error region (positive on a miss, negative on a false positive), as SAM2 trains
+    interactive correction; the clips left with one click teach the tracker to follow a single click.
     ``dice_weight``: the dice loss's weight next to the focal loss's 20 (SAM2: 1). With 1, from
     random initialisation, the small organs were lost on some seeds while the liver was learned;
     with 5 the same seeds learned all three (README).

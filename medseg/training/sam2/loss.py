@@ -2,8 +2,8 @@
 
 The loop is SAM2's own video training, written against ``SAM2Base`` (sam2 1.1.0): the image
 encoder runs on every frame of the clip; frame 0 is the conditioning frame (its prompt goes
-through ``_track_step``, and after a point prompt 0 to ``correction_clicks`` more clicks, drawn
-uniformly, are sampled from the error region and fed with the previous logits, as SAM2 trains
+through ``_track_step``, and after a point prompt 0 to ``correction_clicks`` more clicks (none for
+half the clips, ``correction_count``) are sampled from the error region and fed with the previous logits, as SAM2 trains
 interactive correction); every later frame is tracked with the memory attention reading the memory
 encoder's output of the frames before it. A reference clip has several conditioning frames
 (another case's mask prompts) and no prompt on the frames it supervises. Gradients flow through
@@ -51,10 +51,7 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
         backbone = net.forward_image(clip.images)
     feats, pos, sizes = flatten_backbone(net, backbone)
     n_obj, n_frames = clip.targets.shape[:2]
-    # Some clips keep the first click alone: its multimask output is what a single click gives
-    # at inference, and the memory must learn to track from it too (encoding memory only after a
-    # correction, the tracker never saw it and one-click propagation failed on some seeds).
-    corrections = int(rng.integers(correction_clicks + 1)) if clip.points is not None else 0
+    corrections = correction_count(rng, correction_clicks) if clip.points is not None else 0
     memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     terms: list[dict[str, torch.Tensor]] = []
     for t in range(n_frames):
@@ -86,6 +83,19 @@ def clip_loss(net: torch.nn.Module, clip: Clip, rng: np.random.Generator, *, cor
     loss = (WEIGHT_FOCAL * parts["focal"] + dice_weight * parts["dice"] + WEIGHT_IOU * parts["iou"]
             + WEIGHT_OBJECT * parts["object"])
     return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def correction_count(rng: np.random.Generator, most: int) -> int:
+    """How many correction clicks follow a clip's first click or box: none for half the clips, else 1 to
+    ``most``, evenly.
+
+    Half keep the first prompt alone: its multimask output is what a single click gives at inference,
+    and the memory must learn to track from it (with memory encoded only after a correction, the
+    tracker never saw one and one-click propagation failed on some seeds). One draw of ``2 * most``
+    values, so ``most`` 1 draws exactly as the earlier rule (0 or 1 click, evenly, ``integers(2)``).
+    """
+    draw = int(rng.integers(max(2 * most, 1)))
+    return max(0, draw - most + 1) if most else 0
 
 
 def _image_terms(net, feats, sizes, targets: torch.Tensor, rng: np.random.Generator,
