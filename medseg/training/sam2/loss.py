@@ -1,13 +1,13 @@
 """One SAM2 training forward pass over a clip, and SAM2's losses.
 
-The loop is SAM2's own video training, written against ``SAM2Base`` (sam2 1.1.0): the image
-encoder runs on every frame of the clip; frame 0 is the conditioning frame (its prompt goes
-through ``_track_step``, and after a point prompt 0 to ``correction_clicks`` more clicks (none for
-half the clips, ``correction_count``) are sampled from the error region and fed with the previous logits, as SAM2 trains
-interactive correction); every later frame is tracked with the memory attention reading the memory
-encoder's output of the frames before it. A reference clip has several conditioning frames
-(another case's mask prompts) and no prompt on the frames it supervises. Gradients flow through
-all of it, memory included.
+The loop is SAM2's own video training, written against ``SAM2Base`` (sam2 1.1.0): the image encoder
+runs on every frame of the clip; frame 0 is the conditioning frame (its prompt goes through
+``_track_step``, and after a point prompt 0 to ``correction_clicks`` more clicks (none for half the
+clips, ``correction_count``) are sampled from the error region and fed with the previous logits, as
+SAM2 trains interactive correction); every later frame is tracked with the memory attention reading
+the memory encoder's output of the frames before it. A reference clip has several conditioning
+frames (another case's mask prompts) and no prompt on the frames it supervises. Gradients flow
+through all of it, memory included.
 
 Losses (SAM2's ``MultiStepMultiMasksAndIous``, re-derived): sigmoid focal loss (weight 20) and
 dice loss (weight ``dice_weight``) on the high-resolution masks (with several candidate masks
