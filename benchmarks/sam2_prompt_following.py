@@ -91,7 +91,8 @@ def _model(spec: str) -> Sam2Model:
     path = Path(spec)
     if path.suffix == ".pt" and path.parent.name == "snapshots":
         run = read_training_state(path.parents[1] / "checkpoint.pt")["config"]  # the run's settings
-        net = build_network(architecture("hiera-micro", 128, prompt_prior=bool(run.get("prompt_prior"))))
+        net = build_network(architecture("hiera-micro", 128, prompt_prior=bool(run.get("prompt_prior")),
+                                         single_mask_tracking=bool(run.get("single_mask_tracking"))))
         load_state(net, torch.load(path, map_location="cpu", weights_only=True), source=str(path),
                    network="hiera-micro at 128", remedy="snapshots here are of hiera-micro at image size 128")
         return Sam2Model(net.eval(), f"snapshot {path}", 128, torch.device("cpu"), False, path, None, "", None)

@@ -49,10 +49,10 @@ def test_a_spleen_reference_finds_the_spleen_not_the_kidney(model, spleen_and_ki
             assert (np.count_nonzero(painted & (truth.array[z] == label))
                     > np.count_nonzero(painted & (truth.array[z] == other)))
     spleen, truth_spleen = result.array == SPLEEN, truth.array == SPLEEN
-    # share of the voxels painted as spleen that are truly kidney: measured 0.063 (0.175 on phantom 6 with gate
+    # share of the voxels painted as spleen that are truly kidney: measured 0.041 (0.175 on phantom 6 with gate
     # margin 1: the spleen's mask spills onto the kidney next to it; not solved without retraining)
     assert np.count_nonzero(spleen & (truth.array == KIDNEY)) / np.count_nonzero(spleen) < 0.12
-    # the spleen is found where it is: Dice measured 0.704
+    # the spleen is found where it is: Dice measured 0.698
     assert 2 * np.count_nonzero(spleen & truth_spleen) / (spleen.sum() + truth_spleen.sum()) > 0.6
 
 
@@ -74,7 +74,7 @@ def test_reverse_scores_rank_the_true_organ_above_a_wrong_one(model, spleen_and_
     track = ObjectTrack(np.zeros((n, 32, 32), np.float16), np.ones(n, np.float32), exact, SHAPE[1:])
     scores, rejected = reverse_scores(model, session.cache, session.query_frames, track, SPLEEN, external,
                                       candidates=sorted(exact), rivals=rivals)
-    # measured: true spleen 0.895, kidney 0.044, fat disc 0.000 (query phantom 6: 0.387, 0.096, 0.000)
+    # measured: true spleen 0.857, kidney 0.044, fat disc 0.000
     assert scores[good] > scores[wrong] + 0.2 and scores[good] > scores[empty] + 0.2
     assert rejected == {wrong: KIDNEY}  # the kidney segments the kidney supports better: no spleen candidate
 
@@ -101,7 +101,7 @@ def test_a_cohort_is_segmented_from_references_alone(tmp_path):
     result = json.loads((case / "result.json").read_text(encoding="utf-8"))
     assert result["status"] == "ok" and result["prompt_policy"]["point"] == "none"
     assert set(result["metrics"]) == {"1", "2", "3"}
-    # measured mean Dice 0.439 (liver 0.758, spleen 0.477, kidney 0.082): far from an empty or a wrong mask
+    # measured mean Dice 0.495 (liver 0.748, spleen 0.543, kidney 0.195): far from an empty or a wrong mask
     assert result["mean_dice"] > 0.3
     support = json.loads((case / "prompts.json").read_text(encoding="utf-8"))["support"]
     assert support["references"] == ["phantom_000", "phantom_001"]

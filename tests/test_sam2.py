@@ -446,6 +446,22 @@ def test_a_pixel_goes_to_the_surest_object_whichever_run_wrote_first():
     np.testing.assert_array_equal(labels2, labels)
 
 
+def test_single_mask_tracking_gives_candidates_only_on_prompted_slices():
+    import torch
+
+    from medseg.sam2.model_dir import Architecture, architecture, build_network
+
+    arch = architecture("hiera-micro", 64, single_mask_tracking=True)
+    assert Architecture.from_dict(arch.to_dict()) == arch
+    old = {k: v for k, v in arch.to_dict().items() if k != "single_mask_tracking"}  # a model.json from before
+    assert Architecture.from_dict(old).single_mask_tracking is False
+    one_click = {"point_labels": torch.ones(1, 1, dtype=torch.int32)}
+    for single in (False, True):
+        net = build_network(architecture("hiera-micro", 64, single_mask_tracking=single))
+        assert net._use_multimask(True, one_click)  # a prompted slice: three candidates either way
+        assert net._use_multimask(False, None) is not single  # a tracked slice: token 0 alone when single
+
+
 def test_prompt_prior_marks_boxes_and_clicks_and_reaches_only_networks_trained_with_it():
     import torch
 

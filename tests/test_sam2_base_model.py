@@ -62,7 +62,7 @@ def _scene(kind: str, seed: int) -> tuple[Volume, np.ndarray]:
     return Volume(image.astype(np.float32), Geometry(SHAPE, SPACING), "CT"), obj & body
 
 
-# measured Dice: cuboid 0.617 (seed 0), 0.632 (1); dark 0.338 (2), 0.408 (3)
+# measured Dice: cuboid 0.723 (seed 0), 0.687 (1); dark 0.336 (2), 0.412 (3)
 @pytest.mark.parametrize(("kind", "seed", "least"), [("cuboid", 0, 0.5), ("cuboid", 1, 0.5), ("dark", 2, 0.25),
                                                      ("dark", 3, 0.25)])
 def test_a_box_around_an_object_anywhere_gives_that_object(base, kind, seed, least):
@@ -95,6 +95,18 @@ def test_a_mirrored_volume_gives_the_mirrored_result(base):
             mirrored_prompts.add_box(label, b.z, b.y0, width - 1 - b.x1, b.y1, width - 1 - b.x0)
     mirrored_result = base.segment(mirrored, mirrored_prompts).array[:, :, ::-1]
     agreement = dice_per_label(mirrored_result, LabelVolume(result, volume.geometry), labels=truth.labels)
-    assert min(agreement.values()) > 0.75, agreement  # measured 0.954 / 0.846 / 0.908
+    assert min(agreement.values()) > 0.75, agreement  # measured 0.949 / 0.810 / 0.884
     scores = dice_per_label(result, truth, labels=truth.labels)
-    assert np.mean(list(scores.values())) > 0.5, scores  # measured 0.764 / 0.720 / 0.383
+    assert np.mean(list(scores.values())) > 0.5, scores  # measured 0.767 / 0.761 / 0.389
+
+
+# measured Dice 0.880 (seed 5), 0.723 (9); tracking with the best of three candidates, as SAM 2.1 does,
+# lost the vertebra after a few slices: 0.160 and 0.279
+@pytest.mark.parametrize("seed", [5, 9])
+def test_one_click_on_a_structure_never_labelled_follows_it_through_the_volume(base, seed):
+    volume, truth = make_phantom(seed, lesion=True, label_vertebra=True)
+    vertebra = truth.array == 5
+    z = largest_slice(vertebra)
+    session = base.session(volume, preset="ct-soft-tissue")
+    session.add_point(5, z, *centroid_voxel(vertebra[z]))
+    assert _dice(session.propagate().array == 5, vertebra) > 0.6

@@ -40,23 +40,32 @@ TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 @dataclass(frozen=True)
 class Architecture:
-    """A SAM2 network shape: Meta's config plus Hydra overrides, and the input size; ``prompt_prior``:
-    whether the network takes clicks and boxes also as dense masks (``medseg.sam2.prompt_prior``)."""
+    """A SAM2 network shape: Meta's config plus Hydra overrides, and the input size.
+
+    ``prompt_prior``: whether the network takes clicks and boxes also as dense masks
+    (``medseg.sam2.prompt_prior``). ``single_mask_tracking``: on a slice it tracks (one without a
+    prompt of its own), the mask decoder gives its single-mask output (token 0) instead of three
+    candidates of which its IoU head picks one, as SAM 2.1 does (``multimask_output_for_tracking``).
+    The IoU head of a small network mis-ranks the candidates on tracked slices, so a single click
+    stops propagating (README, "The base model"); Meta's checkpoints keep their own setting.
+    """
 
     name: str
     config: str
     overrides: tuple[str, ...]
     image_size: int
     prompt_prior: bool = False
+    single_mask_tracking: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "config": self.config, "overrides": list(self.overrides),
-                "image_size": self.image_size, "prompt_prior": self.prompt_prior}
+                "image_size": self.image_size, "prompt_prior": self.prompt_prior,
+                "single_mask_tracking": self.single_mask_tracking}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Architecture:
         return cls(str(data["name"]), str(data["config"]), tuple(data["overrides"]), int(data["image_size"]),
-                   bool(data.get("prompt_prior", False)))
+                   bool(data.get("prompt_prior", False)), bool(data.get("single_mask_tracking", False)))
 
 
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
@@ -74,17 +83,20 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
 }
 
 
-def architecture(name: str, image_size: int, *, prompt_prior: bool = False) -> Architecture:
+def architecture(name: str, image_size: int, *, prompt_prior: bool = False,
+                 single_mask_tracking: bool = False) -> Architecture:
     """The named architecture at ``image_size`` (``WeightsError`` naming the known ones otherwise)."""
     if name not in ARCHITECTURES:
         raise WeightsError(f"unknown SAM2 architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    return Architecture(name, TINY_CONFIG, ARCHITECTURES[name], image_size, prompt_prior)
+    return Architecture(name, TINY_CONFIG, ARCHITECTURES[name], image_size, prompt_prior, single_mask_tracking)
 
 
 def build_network(arch: Architecture) -> torch.nn.Module:
     """A randomly initialised network of ``arch`` (the inference class; ``.train()`` to train it)."""
     net = build(arch.config, arch.image_size, arch.overrides)
     net.prompt_prior = arch.prompt_prior
+    if arch.single_mask_tracking:
+        net.multimask_output_for_tracking = False  # SAM2Base._use_multimask: candidates only on prompted slices
     return net
 
 

@@ -60,6 +60,9 @@ class Sam2TrainConfig(Settings):
     ``prompt_prior``: the network also takes each click and box as a dense mask
     (``medseg.sam2.prompt_prior``; a small network trained from scratch learns prompts far sooner).
     None follows the start weights: on for medseg's base model, off for Meta's and for ``untrained``.
+    ``single_mask_tracking``: tracked frames take the decoder's single-mask output instead of the best
+    of three candidates (``medseg.sam2.model_dir.Architecture``). None follows the start weights, as
+    ``prompt_prior``; unlike it, either value may continue any start weights (no weight changes shape).
     """
 
     WHAT = "SAM2 training settings"
@@ -91,6 +94,7 @@ class Sam2TrainConfig(Settings):
     max_objects: int = 6
     augment: AugmentConfig = AugmentConfig()
     prompt_prior: bool | None = None
+    single_mask_tracking: bool | None = None
     preset: str | None = None
     seed: int = 0
     val_every: int = 0

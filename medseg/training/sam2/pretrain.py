@@ -40,12 +40,20 @@ def pretrain_base(out_dir: str | Path, *, config: Sam2TrainConfig = PRETRAIN, pr
 
 def export_base(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``model_dir``'s model as a shippable directory: float16 weights and its ``model.json``
-    (the same description, with the new weights' SHA-256). Returns ``out_dir``."""
+    (the same description, with the new weights' SHA-256). Returns ``out_dir``.
+
+    The shipped model tracks with the decoder's single-mask output (``single_mask_tracking``, see
+    ``medseg.sam2.model_dir.Architecture``), although ``PRETRAIN`` trains it with SAM 2.1's multimask
+    tracking: on the finished model, one click then propagates better on every set and a box as well
+    (README, "The base model"), and a fine-tune from it trains the tracking it uses.
+    """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     info = read_model_json(model_dir)
     if info is None:
         raise FileNotFoundError(f"{model_dir} has no {MODEL_JSON}: finish the pretraining first")
     state = read_model_weights(model_dir, info, what="trained SAM2 weights")
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
-    write_model_dir(out_dir, half, {**info, "dtype": "float16", "loss_curve": info["loss_curve"][::50]}, format=FORMAT)
+    arch = {**info["architecture"], "single_mask_tracking": True}
+    write_model_dir(out_dir, half, {**info, "architecture": arch, "dtype": "float16",
+                                    "loss_curve": info["loss_curve"][::50]}, format=FORMAT)
     return out_dir

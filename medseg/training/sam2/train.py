@@ -250,12 +250,14 @@ def _finished(out_dir: Path, cohort: Cohort | None, config: Sam2TrainConfig, tra
 
 
 def _architecture(config: Sam2TrainConfig) -> Architecture:
-    """The network to train: ``config``'s, with the prompt prior the start weights were trained with
-    unless the settings say otherwise (``WeightsError`` when they contradict the start weights)."""
+    """The network to train: ``config``'s, with the prompt prior and tracking the start weights were
+    trained with unless the settings say otherwise (``WeightsError`` when they contradict the start weights)."""
     start = _start_model_dir(config.start)
     trained = Architecture.from_dict(read_model_json(start)["architecture"]) if start is not None else None
     prior = config.prompt_prior if config.prompt_prior is not None else bool(trained and trained.prompt_prior)
-    arch = architecture(config.architecture, config.image_size, prompt_prior=prior)
+    single = (config.single_mask_tracking if config.single_mask_tracking is not None
+              else bool(trained and trained.single_mask_tracking))
+    arch = architecture(config.architecture, config.image_size, prompt_prior=prior, single_mask_tracking=single)
     if trained is not None and ((trained.name, trained.image_size, trained.prompt_prior)
                                 != (arch.name, arch.image_size, prior)):
         raise WeightsError(f"start model {config.start!r} is a {trained.name!r} network at image size "
