@@ -74,16 +74,18 @@ def test_drawn_on_the_query_is_the_entry_s_flag_not_the_volume_s_identity(model)
     assert other.to_dict()["drawn_on_query"] == []
 
 
-def test_stopping_returns_nothing_and_keeps_only_finished_passes(model):
+def test_stopping_returns_nothing_and_keeps_only_finished_passes(model, monkeypatch):
     query, _ = _phantom(6, 0)
     ref, ref_labels = _phantom(8, 1)
     support = SupportSet.from_volumes([(ref, ref_labels)], k=2, labels=[1])
     session = ReferenceSession(query, support, model=model)
     steps = []
-    # stop after the forward pass and two reverse candidates: the reverse pass is dropped whole
+    monkeypatch.setattr("medseg.revsam2.reverse.REVERSE_BATCH", 2)  # candidates are scored two at a time
+    # stop after the forward pass (6 reports) and one batch of two reverse candidates (one report): the reverse
+    # pass is dropped whole
     with pytest.raises(Cancelled, match="reverse scoring of object 1 stopped"):
         session.segment(top_k=2, threshold=None, progress=lambda done, total: steps.append(done),
-                        should_stop=lambda: len(steps) == 6 + 2)
+                        should_stop=lambda: len(steps) == 6 + 1)
     assert steps[-1] == 8 and session._reverse == {} and list(session._forward) == [("matched", 1)]
     again = session.segment(top_k=2, threshold=None)
     straight = segment_with_references(query, support, model=model, top_k=2, threshold=None)

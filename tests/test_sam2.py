@@ -20,6 +20,7 @@ from medseg.geometry import Geometry
 from medseg.prompts import Prompts
 from medseg.sam2 import FeatureCache, Sam2VolumePredictor, Tracker, VolumeFrames, load_model
 from medseg.sam2 import meta_internals
+from medseg.sam2.engine import carry_mask_prompts
 from medseg.sam2.frames import model_input, to_model_xy, upsample_logits
 from medseg.sam2.meta_internals import Sam2VersionError
 from medseg.sam2.qc import qc_summary
@@ -335,6 +336,30 @@ def test_feature_cache_shared_across_trackers_encodes_each_slice_once(predictor)
     backwards.set_prompts(len(query), 1, mask=block_mask())
     assert [o.frame_idx for o in backwards.propagate(len(query), 0)] == list(range(len(query), -1, -1))
     assert cache.encoder_calls == 3 + len(query)
+
+
+def test_mask_prompts_carried_in_one_batch_equal_one_tracker_each(predictor):
+    """Reverse scoring's batch: objects prompted by a mask each on its own frame, each tracked from there
+    alone onto shared frames, give what one tracker per object gives."""
+    model = predictor.model
+    query, support = VolumeFrames(make_volume(6, seed=4)), VolumeFrames(make_volume(4, seed=5))
+    cache = FeatureCache(model, store=False)
+    prompts = [(query[0], block_mask()), (query[2], block_mask(5, 30, 10, 40)), (query[5], block_mask(20, 35, 2, 20))]
+    targets = [support[1], support[3], query[1]]
+    batched = carry_mask_prompts(model, cache, prompts, targets)
+    assert [o.frame_idx for o in batched] == [1, 2, 3] and all(o.obj_ids == (0, 1, 2) for o in batched)
+    calls = cache.encoder_calls
+    for b, (frame, mask) in enumerate(prompts):
+        tracker = Tracker(model, [frame, *targets], cache)
+        tracker.set_prompts(0, 7, mask=mask)
+        for i, out in enumerate(batched, start=1):
+            (alone,) = list(tracker.propagate(i, i))
+            torch.testing.assert_close(out.logits[b], alone.logits[0], rtol=0, atol=1e-4)
+            np.testing.assert_allclose(out.object_scores[b], alone.object_scores[0], rtol=0, atol=1e-5)
+            np.testing.assert_allclose(out.ious[b], alone.ious[0], rtol=0, atol=1e-5)
+    assert cache.encoder_calls == calls  # the batch had encoded every frame the trackers read
+    with pytest.raises(InputError, match="mask prompt 1: empty on a frame of shape"):
+        carry_mask_prompts(model, cache, [prompts[0], (query[1], np.zeros(SHAPE[1:], bool))], targets)
 
 
 # --- QC and CLI ---------------------------------------------------------------------------

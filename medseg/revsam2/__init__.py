@@ -45,7 +45,8 @@ What medseg designs (our choices, not the paper's)
   one whose pixel spacing, matrix or in-plane orientation differs from the query's is
   resampled onto the query's in-plane grid (``inplane``), and the provenance says so.
 * Cost: every query and support slice is encoded once (one ``FeatureCache`` shared by all
-  trackers of a session); the reverse pass adds candidates x supports decoder steps. A
+  trackers of a session); the reverse pass adds candidates x supports decoder steps, the
+  candidates run ``reverse.REVERSE_BATCH`` at a time as one SAM2 batch. A
   ``ReferenceSession`` keeps forward predictions and reverse scores, so trying other
   selection settings re-runs only the re-prompt pass.
 * Defaults (``defaults``): matched placement, gate margin 2, rival check on, ``top_k=1``,

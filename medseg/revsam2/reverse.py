@@ -6,12 +6,14 @@ becomes the only prompt, SAM2 propagates it onto every support slice, and the sl
 The paper does not publish its similarity; Dice against the support labels is our choice
 (the support labels are the only ground truth available at inference time).
 
-One small tracker per candidate slice holds that slice (the conditioning frame) followed by
-the supports; each support is predicted by its own one-frame propagation call, which starts
-from the conditioning frame only, so no support's prediction leans on another's. The image
-features of every slice come from the session's shared cache: the reverse pass costs memory
-attention and mask decoding, not encoder passes. A support that *is* the candidate slice
-(supports annotated on the query itself) is the prompted frame, whose output is the prompt.
+Each candidate slice is the conditioning frame of its own small video, followed by the
+supports; each support is predicted from the conditioning frame only, so no support's
+prediction leans on another's. The candidates run together, ``REVERSE_BATCH`` at a time, as
+the objects of one SAM2 batch (``medseg.sam2.engine.carry_mask_prompts``: the same masks as one
+tracker per candidate, without the per-tracker cost). The image features of every slice come
+from the session's shared cache: the reverse pass costs memory attention and mask decoding,
+not encoder passes. A support that *is* the candidate slice (supports annotated on the query
+itself) is the prompted frame, whose output is the prompt.
 
 A candidate can also show the wrong organ (the kidney tracked as the spleen). With ``rivals``,
 the other labels drawn on each support slice, each candidate is also scored as if it were each
@@ -26,7 +28,6 @@ the selection spreads over the object's extent instead of bunching where it is l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import closing
 from typing import NamedTuple
 
 import numpy as np
@@ -36,9 +37,13 @@ from medseg.metrics.overlap import dice_per_label
 from medseg.revsam2.baseline import ObjectTrack
 from medseg.revsam2.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K
 from medseg.runtime import Progress, ShouldStop, check_stop, report
-from medseg.sam2.engine import FeatureCache, Tracker
+from medseg.sam2.engine import FeatureCache, carry_mask_prompts
 from medseg.sam2.frames import Frame
 from medseg.sam2.model import Sam2Model
+
+REVERSE_BATCH = 16
+"""Candidates scored together in one SAM2 batch (README, "Reference prompting": the batch's speed)."""
+
 
 def reverse_score(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> float:
     """Mean Dice of ``predicted`` support masks against the supports' ``truth`` masks.
@@ -102,30 +107,29 @@ def reverse_scores(
         Per support, in ``supports``' order: other label value -> its mask on that support
         slice (empty masks may be left out). ``None``: no candidate is rejected.
     progress
-        ``progress(candidates scored, candidates)`` after each candidate.
+        ``progress(candidates scored, candidates)`` after each batch of candidates.
     should_stop
-        Asked before each candidate; True raises ``medseg.errors.Cancelled`` (no scores returned).
+        Asked before each batch; True raises ``medseg.errors.Cancelled`` (no scores returned).
     """
     scores = np.full(len(query), np.nan)
     rejected: dict[int, int] = {}
     truth = [mask for _, mask in supports]
+    frames = [frame for frame, _ in supports]
     rival_labels = sorted({v for masks in rivals or () for v in masks})
-    for done, z in enumerate(candidates, start=1):
+    candidates = list(candidates)
+    for start in range(0, len(candidates), REVERSE_BATCH):
         check_stop(should_stop, f"reverse scoring of object {obj_id}")
-        prompt = forward.mask(z)
-        tracker = Tracker(model, [query[z], *(frame for frame, _ in supports)], cache)
-        tracker.set_prompts(0, obj_id, mask=prompt)
-        try:
-            predicted = [prompt if frame.key == query[z].key else _predict_one(tracker, i, obj_id)
-                         for i, (frame, _) in enumerate(supports, start=1)]
-        finally:
-            tracker.clear_prompts(0, obj_id)  # unpins the slice in the shared cache
-        scores[z] = reverse_score(predicted, truth)
-        rival_scores = {v: _rival_score(predicted, [masks.get(v) for masks in rivals]) for v in rival_labels}
-        best_rival = max(rival_scores, key=rival_scores.get, default=None)
-        if best_rival is not None and rival_scores[best_rival] > scores[z]:
-            rejected[z] = best_rival
-        report(progress, done, len(candidates))
+        batch = candidates[start:start + REVERSE_BATCH]
+        prompts = [forward.mask(z) for z in batch]
+        outputs = carry_mask_prompts(model, cache, [(query[z], p) for z, p in zip(batch, prompts)], frames)
+        for b, (z, prompt) in enumerate(zip(batch, prompts)):
+            predicted = [prompt if frame.key == query[z].key else out.masks()[b] for frame, out in zip(frames, outputs)]
+            scores[z] = reverse_score(predicted, truth)
+            rival_scores = {v: _rival_score(predicted, [masks.get(v) for masks in rivals]) for v in rival_labels}
+            best_rival = max(rival_scores, key=rival_scores.get, default=None)
+            if best_rival is not None and rival_scores[best_rival] > scores[z]:
+                rejected[z] = best_rival
+        report(progress, start + len(batch), len(candidates))
     return ReverseScores(scores, rejected)
 
 
@@ -134,12 +138,6 @@ def _rival_score(predicted: Sequence[np.ndarray], rival: Sequence[np.ndarray | N
     return float(np.mean([0.0 if r is None or not r.any() else
                           dice_per_label(p[None].astype(np.uint8), r[None].astype(np.uint8), labels=[1])[1]
                           for p, r in zip(predicted, rival)]))
-
-
-def _predict_one(tracker: Tracker, frame_idx: int, obj_id: int) -> np.ndarray:
-    """The object's mask on one frame, propagated from the conditioning frames alone."""
-    with closing(tracker.propagate(frame_idx, frame_idx, obj_ids=[obj_id])) as run:
-        return next(run).masks()[0]
 
 
 def auto_min_spacing(candidates: Sequence[int], top_k: int | None) -> int:

@@ -20,6 +20,11 @@ Building blocks (used by ``medseg.sam2`` and ``medseg.revsam2``):
     * ``propagate(start, end, obj_ids=None)``: track frames ``start..end`` inclusive (backwards
       when ``end < start``), yielding one ``FrameOutput`` per frame.
     * ``clear_prompts(i, obj_id)``, ``obj_ids``, ``memory_frames()``.
+``carry_mask_prompts(model, cache, prompts, targets)``
+    For many objects at once, each prompted only by a mask on its own frame: every target frame's
+    output, tracked from that frame alone. The same as one ``Tracker`` per object over
+    ``[its frame, *targets]`` with one ``propagate(i, i)`` per target, in one SAM2 batch
+    (reverse scoring in ``medseg.revsam2`` runs it for its candidate slices).
 
 Memory: SAM2's own loop keeps every frame's outputs. Here each ``propagate`` call starts
 and ends with no non-conditioning memory, and while it runs keeps full outputs only for the
@@ -40,11 +45,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medseg.errors import InputError
 from medseg.sam2.features import FeatureCache
 from medseg.sam2.frames import Frame, to_model_xy, upsample_logits
-from medseg.sam2.meta_internals import Sam2State, output_tensors
+from medseg.sam2.meta_internals import Sam2State, carry_masks, output_tensors
 from medseg.sam2.model import Sam2Model
 
 
@@ -220,11 +226,7 @@ class Tracker:
         return {**self._state.memory_frames(), "cached_features": len(self.cache)}
 
     def _frame_output(self, frame_idx: int, obj_ids: Sequence[int], outs: list[dict]) -> FrameOutput:
-        logits, object_logits, ious = output_tensors(outs)
-        logits = logits.float().cpu()
-        object_scores = object_logits.float().sigmoid().cpu().numpy()
-        ious = ious.float().clamp(0, 1).cpu().numpy()
-        return FrameOutput(frame_idx, tuple(obj_ids), logits, object_scores, ious, self.frames[frame_idx].shape)
+        return _frame_output(frame_idx, obj_ids, outs, self.frames[frame_idx].shape)
 
     def _forget_prompts(self, frame_idx: int, obj_id: int) -> None:
         self._state.forget_prompts(frame_idx, obj_id)
@@ -234,3 +236,43 @@ class Tracker:
             if not holders:
                 del self._pinned_frames[frame_idx]
                 self.cache.unpin(self.frames[frame_idx].key)
+
+
+def carry_mask_prompts(model: Sam2Model, cache: FeatureCache, prompts: Sequence[tuple[Frame, np.ndarray]],
+                       targets: Sequence[Frame]) -> list[FrameOutput]:
+    """Each target frame's output for objects ``0..len(prompts)-1``, object ``b`` prompted only by the mask
+    ``prompts[b][1]`` on the frame ``prompts[b][0]`` and tracked from there alone (``FrameOutput.obj_ids``
+    are the prompts' indices; target ``j`` is frame ``j + 1`` after the prompted one).
+
+    Equal, up to float rounding, to a ``Tracker`` over ``[prompts[b][0], *targets]`` per object, with
+    ``set_prompts(0, b, mask=...)`` and one ``propagate(i, i)`` per target; but one SAM2 batch does
+    the work of all those trackers (memory attention and decoder run once per target for all
+    objects, no memory is encoded for the targets).
+    """
+    if not prompts or not targets:
+        raise InputError("carrying mask prompts needs at least one prompt and one target frame")
+    size = model.image_size
+    inputs = []
+    for b, (frame, mask) in enumerate(prompts):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != frame.shape or not mask.any():
+            raise InputError(f"mask prompt {b}: {'empty' if mask.shape == frame.shape else f'shape {mask.shape}'} "
+                             f"on a frame of shape {frame.shape}")
+        tensor = torch.from_numpy(mask)[None, None].float()
+        if mask.shape != (size, size):  # SAM2's add_new_mask
+            tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            tensor = (tensor >= 0.5).float()
+        inputs.append(tensor)
+    frames = [tuple(frame for frame, _ in prompts), *targets]
+    with model.inference():
+        outs = carry_masks(model.net, frames, cache, torch.cat(inputs), image_size=size, device=model.device)
+        ids = list(range(len(prompts)))
+        return [_frame_output(j + 1, ids, [out], frame.shape) for j, (frame, out) in enumerate(zip(targets, outs))]
+
+
+def _frame_output(frame_idx: int, obj_ids: Sequence[int], outs: list[dict], shape: tuple[int, int]) -> FrameOutput:
+    logits, object_logits, ious = output_tensors(outs)
+    logits = logits.float().cpu()
+    object_scores = object_logits.float().sigmoid().cpu().numpy()
+    ious = ious.float().clamp(0, 1).cpu().numpy()
+    return FrameOutput(frame_idx, tuple(obj_ids), logits, object_scores, ious, shape)

@@ -75,8 +75,15 @@ class VolumeVideoPredictor(SAM2VideoPredictor):
         # features in inference_state["cached_features"]. medseg: frames are lazy and features
         # come from a shared FeatureCache (one encoder run per distinct slice, across trackers
         # and objects); the rest is SAM2's own _prepare_backbone_features.
+        # A frame given as a tuple holds one frame per object of the batch (``carry_masks``).
         frame = inference_state["frames"][frame_idx]
-        fpn, pos = inference_state["feature_cache"].features(frame)
+        cache = inference_state["feature_cache"]
+        if isinstance(frame, tuple):
+            per_object = [cache.features(f) for f in frame]
+            fpn = [torch.cat(levels) for levels in zip(*(f for f, _ in per_object))]
+            pos = per_object[0][1]  # the encoding depends on the levels' shapes only
+        else:
+            fpn, pos = cache.features(frame)
         device = inference_state["device"]
         backbone_out = {
             "backbone_fpn": [f.to(device, non_blocking=True).expand(batch_size, -1, -1, -1) for f in fpn],
@@ -269,6 +276,41 @@ class Sam2State:
                 del outputs[s]
             elif distance > spatial_reach and outputs[s].get("maskmem_features") is not None:
                 outputs[s] = {"obj_ptr": outputs[s]["obj_ptr"], "maskmem_features": None, "pred_masks": None}
+
+
+def carry_masks(net: VolumeVideoPredictor, frames: Sequence, cache: Any, masks: torch.Tensor, *, image_size: int,
+                device: torch.device) -> list[dict]:
+    """SAM2's output on ``frames[1:]`` for a batch of objects, object ``b`` prompted only by ``masks[b]``
+    on ``frames[0][b]``, each frame tracked from that conditioning frame alone.
+
+    ``frames[0]``: a tuple of one frame per object; ``masks``: ``(B, 1, S, S)`` float 0/1 in the model
+    frame. This is what ``Sam2State`` computes for one object with ``prompt(0, mask=...)`` and a
+    one-frame run per later frame, in one batch: SAM2's ``add_new_mask`` (``_run_single_frame_inference``
+    with the mask, no memory encoder), ``propagate_in_video_preflight`` (the memory of that output), then
+    ``_run_single_frame_inference`` per frame with only the conditioning frame as memory. All objects
+    share the frames' distances to the conditioning frame, so SAM2's pointer encodings hold for all.
+    """
+    state = Sam2State(net, frames, cache, image_size=image_size, device=device, offload_state_to_cpu=False)
+    batch = masks.shape[0]
+    memory: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    out, _ = net._run_single_frame_inference(
+        inference_state=state.raw, output_dict=memory, frame_idx=0, batch_size=batch, is_init_cond_frame=True,
+        point_inputs=None, mask_inputs=masks.to(device), reverse=False, run_mem_encoder=False,
+    )
+    state.raw.pop(_LAST_IOU)
+    high_res = torch.nn.functional.interpolate(out["pred_masks"].to(device), size=(image_size, image_size),
+                                               mode="bilinear", align_corners=False)
+    out["maskmem_features"], out["maskmem_pos_enc"] = net._run_memory_encoder(
+        state.raw, 0, batch, high_res, out["object_score_logits"], is_mask_from_pts=True)
+    memory["cond_frame_outputs"][0] = out
+    outputs = []
+    for t in range(1, len(frames)):
+        out_t, _ = net._run_single_frame_inference(
+            inference_state=state.raw, output_dict=memory, frame_idx=t, batch_size=batch, is_init_cond_frame=False,
+            point_inputs=None, mask_inputs=None, reverse=False, run_mem_encoder=False,
+        )
+        outputs.append(_take_iou(state.raw, out_t))
+    return outputs
 
 
 def output_tensors(outs: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
