@@ -51,8 +51,8 @@ What medseg designs (our choices, not the paper's)
   selection settings re-runs only the re-prompt pass.
 * Defaults (``defaults``): matched placement, gate margin 2, rival check on, ``top_k=1``,
   ``threshold=0.5``, automatic ``min_spacing``, from the ablation (``benchmarks/revsam2.py
-  --ablation``) with the shipped ``medseg-micro`` on the demo phantoms: 0.513 mean Dice with one
-  reference case (36 pairs) against 0.441 for the supports-before baseline and 0.484 for
+  --ablation``) with the shipped ``medseg-micro`` on the demo phantoms: 0.520 mean Dice with one
+  reference case (36 pairs) against 0.445 for the supports-before baseline and 0.488 for
   baseline-middle (README, "Reference prompting"). Another model or cohort may want other
   values, and the ablation is there to find them.
 """

@@ -2,8 +2,8 @@
 
 medseg drives Meta's ``SAM2VideoPredictor`` without its ``init_state`` (which decodes every
 frame of a video into memory up front): it builds the inference-state dict itself over lazy
-frames, overrides three private hooks and calls private per-frame inference. All of that
-depends on sam2's internal layout, which has no stability promise, so this module is the only
+frames, overrides three private hooks and calls private per-frame inference and memory encoding.
+All of that depends on sam2's internal layout, which has no stability promise, so this module is the only
 one that touches it, and it refuses to load against a sam2 version it was not tested with.
 ``medseg.sam2.engine`` uses only the names below.
 
