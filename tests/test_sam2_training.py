@@ -382,6 +382,14 @@ def test_fine_tuning_tracks_as_the_start_model_does_unless_told_otherwise(tmp_pa
     assert load_model(told, device="cpu").net.multimask_output_for_tracking is True
     # the tracking changes what training computes: the two runs' weights differ after one step
     assert read_model_json(followed)["weights_sha256"] != read_model_json(told)["weights_sha256"]
+    assert train_sam2(cohort, followed, config=config) == followed  # finished: reused
+    # the start model switches its tracking (as medseg-micro did, weights unchanged): the same settings now
+    # train another network, so the finished directory is not taken for it
+    info = json.loads((shipped / "model.json").read_text(encoding="utf-8"))
+    info["architecture"]["single_mask_tracking"] = False
+    (shipped / "model.json").write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"as another network \(differs in: \['single_mask_tracking'\]; the start "):
+        train_sam2(cohort, followed, config=config)
 
 
 # --- the model directory, through every face ----------------------------------------------------

@@ -1,9 +1,10 @@
 """Pipeline glue for SAM2 training: a ``train:`` block on ``sam2`` / ``revsam2`` methods.
 
 The model is trained once per cohort and settings, into ``RESULTS/sam2-model/<key>`` where
-``key`` is a digest of the settings and the training cases, so every method of a run (and a
-re-run) with the same ``train:`` block shares one model; the methods then evaluate it on their
-split. Rows made with it are labelled "trained on <cohort> (N steps)".
+``key`` is a digest of the settings, the network they train from the start model (its prompt
+prior and tracking) and the training cases, so every method of a run (and a re-run) with the same
+``train:`` block shares one model; the methods then evaluate it on their split. Rows made with it
+are labelled "trained on <cohort> (N steps)".
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ def train_for_pipeline(options: Any, cohort, results_dir: Path, *, progress: Pro
                        should_stop: ShouldStop | None = None) -> dict[str, Any]:
     """Train (or reuse) the model of ``options.train`` on ``cohort``; the method's state."""
     from medseg.training.sam2.config import BOOKKEEPING, Sam2TrainConfig
-    from medseg.training.sam2.train import train_sam2
+    from medseg.training.sam2.train import network_architecture, train_sam2
 
     config = Sam2TrainConfig.from_dict(options.train)
     ids = [c.id for c in cohort.split("train") if c.label is not None]
     model_config = {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING}
-    key = hashlib.sha256(json.dumps([cohort.name, ids, model_config], sort_keys=True).encode()).hexdigest()[:12]
+    network = network_architecture(config).to_dict()  # what the settings train from the start model as it is now
+    digest = hashlib.sha256(json.dumps([cohort.name, ids, model_config, network], sort_keys=True).encode())
+    key = digest.hexdigest()[:12]
     directory = results_dir / MODELS_DIR / key
     log.info("SAM2 model for %s: %s (training it unless it is there)", cohort.name, directory)
     return trained_state(train_sam2(cohort, directory, config=config, progress=progress, should_stop=should_stop))

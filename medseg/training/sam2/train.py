@@ -92,10 +92,10 @@ def train_sam2(
     elif config.p_reference:
         raise ConfigError("p_reference needs a cohort (reference clips pair two of its cases); set it to 0 to pretrain")
     check_config(config.synthetic, size=config.image_size)
-    finished = _finished(out_dir, cohort, config, train_cases)
+    arch = network_architecture(config)
+    finished = _finished(out_dir, cohort, config, train_cases, arch)
     if finished is not None:
         return finished
-    arch = _architecture(config)
     device = resolve_device(config.device)
     with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
         net, start = _network(arch, config)
@@ -233,8 +233,10 @@ def _labelled(cohort: Cohort, split: str) -> list[Case]:
     return [c for c in cohort.split(split) if c.label is not None]
 
 
-def _finished(out_dir: Path, cohort: Cohort | None, config: Sam2TrainConfig, train_cases: list[Case]) -> Path | None:
-    """``out_dir`` when it holds a model trained with ``config`` on these cases; an error when another."""
+def _finished(out_dir: Path, cohort: Cohort | None, config: Sam2TrainConfig, train_cases: list[Case],
+              arch: Architecture) -> Path | None:
+    """``out_dir`` when it holds a model trained with ``config`` on these cases as the network ``arch``;
+    an error when another (the same settings give another network when the start model's changed)."""
     info = read_model_json(out_dir)
     if info is None:
         return None
@@ -245,11 +247,17 @@ def _finished(out_dir: Path, cohort: Cohort | None, config: Sam2TrainConfig, tra
         differ = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
         raise ConfigError(f"{out_dir} already holds a SAM2 model trained with other settings or cases "
                           f"(differs in: {differ or ['cohort/cases']}); choose another output directory or delete it")
+    trained = Architecture.from_dict(info["architecture"]).to_dict()
+    other = sorted(k for k, v in arch.to_dict().items() if trained[k] != v)
+    if other:
+        raise ConfigError(f"{out_dir} already holds a SAM2 model trained with these settings as another network "
+                          f"(differs in: {other}; the start model {config.start!r} has changed since); choose another "
+                          "output directory or delete it")
     log.info("reusing the finished SAM2 model in %s", out_dir)
     return out_dir
 
 
-def _architecture(config: Sam2TrainConfig) -> Architecture:
+def network_architecture(config: Sam2TrainConfig) -> Architecture:
     """The network to train: ``config``'s, with the prompt prior and tracking the start weights were
     trained with unless the settings say otherwise (``WeightsError`` when they contradict the start weights)."""
     start = _start_model_dir(config.start)
@@ -283,7 +291,7 @@ def _network(arch: Architecture, config: Sam2TrainConfig) -> tuple[torch.nn.Modu
 def _start_weights(start: str, arch: Architecture) -> tuple[Path, str | None]:
     """The weights file ``start`` names (a registry name, a model directory or its weights, a checkpoint
     file) and its expected SHA-256 where one is known; refuses a Meta checkpoint for another architecture
-    (a model directory's architecture was checked by ``_architecture``)."""
+    (a model directory's architecture was checked by ``network_architecture``)."""
     directory = _start_model_dir(start)
     if directory is not None:
         info = read_model_json(directory)
