@@ -202,8 +202,9 @@ class FeatureCache:
         per_frame = []
         for i, frame in enumerate(frames):
             volume = self._volume(frame)
-            if volume is None:
-                per_frame.append([level[i:i + 1].float().to(self.device) for level in fpn])
+            if volume is None:  # contiguous, as read from the store: the encoder returns some levels
+                # channels-last, and later convolutions on another memory layout round differently
+                per_frame.append([level[i:i + 1].float().to(self.device).contiguous() for level in fpn])
             else:  # used as stored, so that a later read of the store gives the same numbers
                 stored = volume.put(frame.source[1], [level[i].float().cpu().numpy() for level in fpn])
                 per_frame.append(self._tensors(stored))
