@@ -2,8 +2,9 @@
 
 Run under a 1600 x 1000 display (``make napari-screenshots``, or
 ``xvfb-run -a -s "-screen 0 1600x1000x24" python docs/napari_screenshots.py``). The model is
-the untrained SAM2.1 Hiera-T (no download): the prompted slices are exact (painted mask
-prompts) and everything propagated from them is meaningless, which the panel says in red.
+the one that ships with medseg, ``medseg-micro`` (no download; pretrained on synthetic scenes,
+never on these phantoms): the prompted slices are exact (painted mask prompts), the rest is
+its propagation, and the correction clicks where its liver is most wrong on another slice.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 import napari_plugin  # noqa: F401  (triton beside Mesa, before torch)
 
@@ -33,6 +35,9 @@ def _shot(viewer, name: str) -> None:
     from PIL import Image
     from qtpy.QtWidgets import QApplication
 
+    for widget in QApplication.allWidgets():  # toasts of earlier steps (the panel's status says it all)
+        if type(widget).__name__ == "NapariQtNotification":
+            widget.close()
     for _ in range(5):
         QApplication.processEvents()
     array = viewer.screenshot(canvas_only=False, flash=False)
@@ -50,7 +55,7 @@ def main() -> None:
     image, truth = viewer.open_sample("medseg", "phantom")
     _, widget = viewer.window.add_plugin_dock_widget("medseg", "medseg")
     panel = widget.sam2
-    panel.model.set_choice("untrained", image_size=256)
+    panel.model.set_choice("medseg-micro")
     ws = panel.workspace
     z = int((truth.data == 1).sum(axis=(1, 2)).argmax())
     viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
@@ -78,13 +83,16 @@ def main() -> None:
     _shot(viewer, "napari_2_propagate.png")
     _shot(viewer, "napari.png")
 
-    # 3. correct: a background click on another slice, propagate again
+    # 3. correct: a click on another slice where the liver is most wrong (negative on a false positive,
+    # positive on a miss), propagate again
     z2 = min(z + 6, image.data.shape[0] - 1)
     viewer.dims.set_point(0, image.data_to_world((z2, 0, 0))[0])
-    ws.prompts.set_negative(True)
-    ys, xs = np.nonzero(ws.labels.data[z2] == 1)
-    if len(ys):
-        ws.prompts.points.add([z2, ys.mean(), xs.mean()])
+    predicted, true = ws.labels.data[z2] == 1, truth.data[z2] == 1
+    extra, missed = predicted & ~true, true & ~predicted
+    wrong = extra if extra.sum() >= missed.sum() else missed
+    ws.prompts.set_negative(wrong is extra)
+    depth = distance_transform_edt(wrong)
+    ws.prompts.points.add([z2, *np.unravel_index(depth.argmax(), depth.shape)])
     panel.propagate.click()
     _spin(lambda: panel.task.finished)
     _shot(viewer, "napari_3_correct.png")
