@@ -136,6 +136,14 @@ def _skip_reason(block: Block) -> str | None:
     return None
 
 
+def test_every_picture_the_readme_shows_is_in_the_repository():
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.splitlines())
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", README.read_text(encoding="utf-8"))
+    assert len(pictures) >= 6
+    assert [p for p in pictures if p not in tracked] == []
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_readme_block_has_a_language(block):
     assert block.language in RUNS | PARSED | NOT_CODE, (
