@@ -2,7 +2,8 @@
 
 Timing (default): the query is a CT phantom (``medseg.phantom``, label 1 liver) of 64 slices,
 the support 3 liver slices of another phantom. Each mode runs ``--repeats`` times in a fresh
-``ReferenceSession`` (nothing cached between runs); reported per mode: median wall seconds,
+``ReferenceSession`` (nothing cached in memory between runs; the embedding store keeps the
+features of the first run unless ``MEDSEG_EMBEDDINGS=off``); reported per mode: median wall seconds,
 seconds in the image encoder, encoder calls, and for RevSAM2 the reverse candidates and the
 encoder calls it would need without the shared feature cache. Dice against the phantom's
 truth is printed only with real weights: the untrained model's masks are meaningless. With
@@ -21,6 +22,7 @@ with real weights (the script says so when it has none).
 Usage::
 
     python benchmarks/revsam2.py --quick                        # 16 slices 64x64, image size 128
+    MEDSEG_EMBEDDINGS=off python benchmarks/revsam2.py --quick  # every run encodes (a query seen first)
     python benchmarks/revsam2.py                                # 64 slices 128x128, untrained at 256
     python benchmarks/revsam2.py --model medsam2 --device cuda  # real weights: Dice as well
     python benchmarks/revsam2.py --ablation --model medsam2 --device cuda
