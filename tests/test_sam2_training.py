@@ -523,6 +523,12 @@ def test_bad_settings_are_refused_by_name():
         Sam2TrainConfig(train=("everything",))
     with pytest.raises(ConfigError, match="dice_weight must be >= 0, got -1"):
         Sam2TrainConfig(dice_weight=-1)
+    # a YAML "maybe" or 1 would otherwise pass as true
+    with pytest.raises(ConfigError, match=r"^single_mask_tracking must be true or false \(or unset\), got 'maybe'$"):
+        Sam2TrainConfig.from_dict({"single_mask_tracking": "maybe"})
+    with pytest.raises(ConfigError, match=r"^structures must be true or false, got 1$"):
+        Sam2TrainConfig.from_dict({"structures": 1})
+    assert Sam2TrainConfig.from_dict({"single_mask_tracking": None, "prompt_prior": False}).prompt_prior is False
 
 
 def test_training_threads_default_to_one_and_come_back(tmp_path):

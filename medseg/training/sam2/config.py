@@ -104,6 +104,13 @@ class Sam2TrainConfig(Settings):
     snapshot_every: int = 0
 
     def __post_init__(self) -> None:
+        flags = {"image_prompts": self.image_prompts, "structures": self.structures, "prompt_prior": self.prompt_prior,
+                 "single_mask_tracking": self.single_mask_tracking}
+        optional = ("prompt_prior", "single_mask_tracking")  # None: as the start weights
+        wrong = {k: v for k, v in flags.items() if not isinstance(v, bool) and not (v is None and k in optional)}
+        if wrong:
+            raise ConfigError("; ".join(f"{k} must be true or false{' (or unset)' if k in optional else ''}, got {v!r}"
+                                        for k, v in wrong.items()))
         if self.image_size % 32 or self.image_size < 64:
             raise ConfigError(f"image_size must be a multiple of 32 and at least 64, got {self.image_size}")
         positive = {"steps": self.steps, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every}
