@@ -45,7 +45,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from medseg.errors import InputError
 from medseg.sam2.features import FeatureCache
@@ -251,21 +250,16 @@ def carry_mask_prompts(model: Sam2Model, cache: FeatureCache, prompts: Sequence[
     """
     if not prompts or not targets:
         raise InputError("carrying mask prompts needs at least one prompt and one target frame")
-    size = model.image_size
-    inputs = []
+    masks = []
     for b, (frame, mask) in enumerate(prompts):
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != frame.shape or not mask.any():
             raise InputError(f"mask prompt {b}: {'empty' if mask.shape == frame.shape else f'shape {mask.shape}'} "
                              f"on a frame of shape {frame.shape}")
-        tensor = torch.from_numpy(mask)[None, None].float()
-        if mask.shape != (size, size):  # SAM2's add_new_mask
-            tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            tensor = (tensor >= 0.5).float()
-        inputs.append(tensor)
+        masks.append(torch.from_numpy(mask))
     frames = [tuple(frame for frame, _ in prompts), *targets]
     with model.inference():
-        outs = carry_masks(model.net, frames, cache, torch.cat(inputs), image_size=size, device=model.device)
+        outs = carry_masks(model.net, frames, cache, masks, image_size=model.image_size, device=model.device)
         ids = list(range(len(prompts)))
         return [_frame_output(j + 1, ids, [out], frame.shape) for j, (frame, out) in enumerate(zip(targets, outs))]
 

@@ -2,9 +2,10 @@
 
 medseg drives Meta's ``SAM2VideoPredictor`` without its ``init_state`` (which decodes every
 frame of a video into memory up front): it builds the inference-state dict itself over lazy
-frames, overrides three private hooks and calls private per-frame inference and memory encoding.
-All of that depends on sam2's internal layout, which has no stability promise, so this module is the only
-one that touches it, and it refuses to load against a sam2 version it was not tested with.
+frames, overrides three private hooks and calls private per-frame inference and memory
+encoding. All of that depends on sam2's internal layout, which has no stability promise, so
+this module is the only one that touches it, and it refuses to load against a sam2 version it
+was not tested with.
 ``medseg.sam2.engine`` uses only the names below.
 
 Tested with sam2 ``SUPPORTED_SAM2_VERSIONS``. To support another version: read the methods
@@ -278,24 +279,33 @@ class Sam2State:
                 outputs[s] = {"obj_ptr": outputs[s]["obj_ptr"], "maskmem_features": None, "pred_masks": None}
 
 
-def carry_masks(net: VolumeVideoPredictor, frames: Sequence, cache: Any, masks: torch.Tensor, *, image_size: int,
-                device: torch.device) -> list[dict]:
+def carry_masks(net: VolumeVideoPredictor, frames: Sequence, cache: Any, masks: Sequence[torch.Tensor], *,
+                image_size: int, device: torch.device) -> list[dict]:
     """SAM2's output on ``frames[1:]`` for a batch of objects, object ``b`` prompted only by ``masks[b]``
     on ``frames[0][b]``, each frame tracked from that conditioning frame alone.
 
-    ``frames[0]``: a tuple of one frame per object; ``masks``: ``(B, 1, S, S)`` float 0/1 in the model
-    frame. This is what ``Sam2State`` computes for one object with ``prompt(0, mask=...)`` and a
-    one-frame run per later frame, in one batch: SAM2's ``add_new_mask`` (``_run_single_frame_inference``
-    with the mask, no memory encoder), ``propagate_in_video_preflight`` (the memory of that output), then
-    ``_run_single_frame_inference`` per frame with only the conditioning frame as memory. All objects
-    share the frames' distances to the conditioning frame, so SAM2's pointer encodings hold for all.
+    ``frames[0]``: a tuple of one frame per object; ``masks``: ``(H, W)`` bool, each at its frame's
+    shape. This is what ``Sam2State`` computes for one object with ``prompt(0, mask=...)`` and a
+    one-frame run per later frame, in one batch: SAM2's ``add_new_mask`` (the mask resized to the
+    model frame, ``_run_single_frame_inference`` with it, no memory encoder),
+    ``propagate_in_video_preflight`` (the memory of that output), then ``_run_single_frame_inference``
+    per frame with only the conditioning frame as memory. All objects share the frames' distances to
+    the conditioning frame, so SAM2's pointer encodings hold for all.
     """
+    inputs = []
+    for mask in masks:  # SAM2's add_new_mask
+        mask_input = mask[None, None].float().to(device)
+        if mask.shape != (image_size, image_size):
+            mask_input = torch.nn.functional.interpolate(mask_input, size=(image_size, image_size), mode="bilinear",
+                                                         align_corners=False, antialias=True)
+            mask_input = (mask_input >= 0.5).float()
+        inputs.append(mask_input)
     state = Sam2State(net, frames, cache, image_size=image_size, device=device, offload_state_to_cpu=False)
-    batch = masks.shape[0]
+    batch = len(inputs)
     memory: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     out, _ = net._run_single_frame_inference(
         inference_state=state.raw, output_dict=memory, frame_idx=0, batch_size=batch, is_init_cond_frame=True,
-        point_inputs=None, mask_inputs=masks.to(device), reverse=False, run_mem_encoder=False,
+        point_inputs=None, mask_inputs=torch.cat(inputs), reverse=False, run_mem_encoder=False,
     )
     state.raw.pop(_LAST_IOU)
     high_res = torch.nn.functional.interpolate(out["pred_masks"].to(device), size=(image_size, image_size),
