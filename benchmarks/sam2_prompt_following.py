@@ -4,7 +4,9 @@ Each object is prompted on one slice with one click (the voxel nearest the centr
 cross-section), one box (its bounding box on the middle slice of its extent) or one mask (its
 largest cross-section), then propagated through the whole volume with memory. By default every
 object is prompted *alone* (its own session: nothing else competes for its voxels); ``together``
-prompts all objects of a volume in one session, as the demo pipeline does.
+prompts all objects of a volume in one session, as the demo pipeline does. ``--parts`` prompts each
+connected part of a label (each of the two kidneys) as its own object, as the demo pipeline's
+``prompts: {parts: true}`` does; without it, one click or box stands for both kidneys.
 
 Sets:
 
@@ -43,7 +45,7 @@ import torch
 
 from medseg.metrics import dice_per_label
 from medseg.phantom import make_phantom
-from medseg.prompt_simulation import bounding_box, centroid_voxel, largest_slice, middle_slice
+from medseg.prompt_simulation import bounding_box, centroid_voxel, connected_parts, largest_slice, middle_slice
 from medseg.prompts import Prompts
 from medseg.runtime import read_training_state
 from medseg.sam2 import Sam2Session, load_model
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--sets", default="a,b,c,d", help="which of a, b, c, d")
     parser.add_argument("--quick", action="store_true", help="2 phantoms, click and box only")
     parser.add_argument("--together", action="store_true", help="also prompt all objects of a volume in one session")
+    parser.add_argument("--parts", action="store_true",
+                        help="prompt each connected part of a label (each kidney) as its own object")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args()
@@ -71,14 +75,14 @@ def main() -> None:
     model = _model(args.model)
     seeds = TEST_SEEDS[:2] if args.quick else TEST_SEEDS
     prompts = PROMPTS[:2] if args.quick else PROMPTS
-    results = {"model": model.name, "untrained": model.untrained, "quick": args.quick, "sets": {}}
+    results = {"model": model.name, "untrained": model.untrained, "quick": args.quick, "parts": args.parts, "sets": {}}
     for name, cases in _sets(args.sets.split(","), seeds):
         started = time.perf_counter()
         results["sets"][name] = {}
         for prompt in prompts:
             modes = ("alone", "together") if args.together else ("alone",)
             for mode in modes:
-                row = _evaluate(model, cases, prompt, together=mode == "together")
+                row = _evaluate(model, cases, prompt, together=mode == "together", parts=args.parts)
                 results["sets"][name][f"{prompt}/{mode}"] = row
                 print(json.dumps({"set": name, "prompt": prompt, "mode": mode, **row}), flush=True)
         results["sets"][name]["seconds"] = round(time.perf_counter() - started, 1)
@@ -152,23 +156,27 @@ def _mni152(n: int):
     return [(c.id, *c.load(), dict(cohort.labels), "mri") for c in cases]
 
 
-def _prompts(truth: np.ndarray, label: int, kind: str, name: str) -> Prompts:
-    mask = truth == label
+def _prompts(truth: np.ndarray, label: int, kind: str, name: str, *, parts: bool) -> Prompts:
+    """One prompt of ``kind`` on the label; with ``parts``, one on each of its connected parts (each its
+    own object, numbered on from the highest label value, merged back into the label)."""
     prompts = Prompts()
-    prompts.object(label, name)
-    if kind == "click":
-        z = largest_slice(mask)
-        prompts.add_point(label, z, *centroid_voxel(mask[z]))
-    elif kind == "box":
-        z = middle_slice(mask)
-        prompts.add_box(label, z, *bounding_box(mask[z]))
-    else:
-        z = largest_slice(mask)
-        prompts.add_mask(label, z, mask[z])
+    pieces = connected_parts(truth == label) if parts else [truth == label]
+    for index, mask in enumerate(pieces):
+        obj_id = label if index == 0 else int(truth.max()) + index
+        prompts.object(obj_id, name, label=label)
+        if kind == "click":
+            z = largest_slice(mask)
+            prompts.add_point(obj_id, z, *centroid_voxel(mask[z]))
+        elif kind == "box":
+            z = middle_slice(mask)
+            prompts.add_box(obj_id, z, *bounding_box(mask[z]))
+        else:
+            z = largest_slice(mask)
+            prompts.add_mask(obj_id, z, mask[z])
     return prompts
 
 
-def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool) -> dict:
+def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool, parts: bool) -> dict:
     """Mean Dice per structure name over the cases, the mean over structures, and ``leak``: the share of
     an object's predicted voxels that lie in *another* labelled structure (what a neighbour prompted in
     the same session would have taken back)."""
@@ -181,8 +189,7 @@ def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool) -> dict:
             session = Sam2Session(model, volume, preset=preset, store=False)
             prompts = Prompts()
             for label in group:
-                single = _prompts(truth.array, label, prompt, present[label])
-                prompts.objects[label] = single.objects[label]
+                prompts.objects.update(_prompts(truth.array, label, prompt, present[label], parts=parts).objects)
             session.set_prompts(prompts)
             predicted = session.propagate()
             for label, dice in dice_per_label(predicted, truth, labels={v: present[v] for v in group}).items():

@@ -16,6 +16,13 @@ one object. Its prompts follow ``PromptSettings``:
   z-extent (the nearest drawn slice when the object has a gap there); ``largest``: on the
   largest slice.
 
+With ``parts``, a label made of several 3D connected parts (26-connectivity, as mask AP's
+``components``: two kidneys under one ``kidney`` label) gets one object per part, each with its own
+click and box, as a user prompts each kidney: SAM2 tracks an object, and one box around both
+kidneys holds the spine between them. The first part (raster order) keeps the label value as its
+object id; the others are numbered on from the highest label value, and each says which label it
+is a part of (``ObjectPrompts.label``), so the result comes back per label.
+
 Labels absent from a case's truth get no prompt: an interactive method is not asked to
 find them, and scores nothing for them.
 """
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.prompts import Prompts
 from medseg.volume import LabelVolume
@@ -42,12 +50,14 @@ class PromptSettings:
     outside) or at a seeded random object voxel (``random``), or none. ``box``: the bounding
     box of the object on the middle slice of its z-extent (``middle``), on its largest slice
     (``largest``), or none. ``reference_slices``: k annotated slices per object for
-    reference prompting (RevSAM2).
+    reference prompting (RevSAM2). ``parts``: prompt each 3D connected part of a label as its
+    own object (see the module docstring).
     """
 
     point: Literal["centroid", "random", "none"] = "centroid"
     box: Literal["middle", "largest", "none"] = "none"
     reference_slices: int = 3
+    parts: bool = False
 
 
 def largest_slice(mask: np.ndarray) -> int:
@@ -91,6 +101,12 @@ def jittered_box(plane: np.ndarray, rng: np.random.Generator, *, jitter: float) 
     return np.clip(np.stack([low, high]) + np.round(noise), 0, np.array(plane.shape) - 1)
 
 
+def connected_parts(mask: np.ndarray) -> list[np.ndarray]:
+    """The 3D connected parts (26-connectivity, as mask AP's ``components``) of a boolean ``mask``, in raster order."""
+    components, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    return [components == index for index in range(1, n + 1)]
+
+
 def sample_slices(mask: np.ndarray, *, k: int) -> list[int]:
     """``k`` slice indices spread over the z-extent of a 3D boolean ``mask``, each drawn on.
 
@@ -132,20 +148,28 @@ class PromptPolicy:
         names = dict(labels) if isinstance(labels, Mapping) else {int(v): "" for v in labels}
         prompts = Prompts()
         present = set(truth.labels)
+        next_id = max(names, default=0) + 1
         for label in sorted(names):
             if label not in present:
                 continue
-            mask = truth.array == label
-            prompts.object(label, names[label])
-            if self.settings.point != "none":
-                z = largest_slice(mask)
-                y, x = (centroid_voxel(mask[z]) if self.settings.point == "centroid"
-                        else self._random_voxel(mask[z], case_id, label))
-                prompts.add_point(label, z, y, x)
-            if self.settings.box != "none":
-                z = middle_slice(mask) if self.settings.box == "middle" else largest_slice(mask)
-                prompts.add_box(label, z, *bounding_box(mask[z]))
+            for index, mask in enumerate(self._parts(truth.array == label)):
+                if index == 0:
+                    obj_id = label
+                else:
+                    obj_id, next_id = next_id, next_id + 1
+                prompts.object(obj_id, names[label], label=label)
+                if self.settings.point != "none":
+                    z = largest_slice(mask)
+                    y, x = (centroid_voxel(mask[z]) if self.settings.point == "centroid"
+                            else self._random_voxel(mask[z], case_id, obj_id))
+                    prompts.add_point(obj_id, z, y, x)
+                if self.settings.box != "none":
+                    z = middle_slice(mask) if self.settings.box == "middle" else largest_slice(mask)
+                    prompts.add_box(obj_id, z, *bounding_box(mask[z]))
         return prompts
+
+    def _parts(self, mask: np.ndarray) -> list[np.ndarray]:
+        return connected_parts(mask) if self.settings.parts else [mask]
 
     def _random_voxel(self, plane: np.ndarray, case_id: str, label: int) -> tuple[int, int]:
         return random_voxel(plane, np.random.default_rng([self.seed, zlib.crc32(case_id.encode()), label]))

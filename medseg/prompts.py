@@ -24,8 +24,8 @@ from medseg.errors import InputError
 
 PROMPTS_FORM = (
     'prompts as {"1": {"points": [[z, y, x, 1]], "boxes": [[z, y0, x0, y1, x1]]}} (object id -> points, boxes, '
-    'masks, scribbles; Prompts.to_dict), or a file holding them: a pipeline case\'s prompts.json or result.json, a '
-    "medseg segment --qc file"
+    "masks, scribbles, and label for a part of a label; Prompts.to_dict), or a file holding them: a pipeline "
+    "case's prompts.json or result.json, a medseg segment --qc file"
 )
 
 
@@ -88,7 +88,12 @@ Prompt = PointPrompt | BoxPrompt | MaskPrompt | ScribblePrompt
 
 @dataclass
 class ObjectPrompts:
-    """Everything the user said about one object; ``obj_id`` is its label value (>= 1)."""
+    """Everything the user said about one object; ``obj_id`` is its label value (>= 1).
+
+    ``label``: set when the object is one *part* of a label, tracked on its own (each kidney of a
+    ``kidney`` label its own click and box): the label value its voxels get in the result, which
+    merges the parts of a label (``Prompts.label_of``). None: the object is its label.
+    """
 
     obj_id: int
     name: str = ""
@@ -96,6 +101,12 @@ class ObjectPrompts:
     boxes: list[BoxPrompt] = field(default_factory=list)
     masks: list[MaskPrompt] = field(default_factory=list)
     scribbles: list[ScribblePrompt] = field(default_factory=list)
+    label: int | None = None
+
+    @property
+    def label_value(self) -> int:
+        """The label value this object's voxels get: ``label``, or its own id."""
+        return self.obj_id if self.label is None else self.label
 
     @property
     def slices(self) -> list[int]:
@@ -128,17 +139,35 @@ class ObjectPrompts:
 
 @dataclass
 class Prompts:
-    """Prompts for several objects, keyed by label value."""
+    """Prompts for several objects, keyed by object id: its label value, or a part's own id (``ObjectPrompts``)."""
 
     objects: dict[int, ObjectPrompts] = field(default_factory=dict)
 
-    def object(self, obj_id: int, name: str = "") -> ObjectPrompts:
-        """The prompts of ``obj_id``, created empty on first use."""
+    def object(self, obj_id: int, name: str = "", *, label: int | None = None) -> ObjectPrompts:
+        """The prompts of ``obj_id``, created empty on first use; ``label``: see ``ObjectPrompts``."""
         if obj_id < 1:
             raise InputError(f"object ids are label values and start at 1; got {obj_id}")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label < 1):
+            raise InputError(f"an object's label must be a label value (an integer >= 1); got {label!r}")
         if obj_id not in self.objects:
-            self.objects[obj_id] = ObjectPrompts(obj_id, name or f"object {obj_id}")
+            self.objects[obj_id] = ObjectPrompts(obj_id, name or f"object {obj_id}",
+                                                 label=None if label == obj_id else label)
         return self.objects[obj_id]
+
+    def label_of(self) -> dict[int, int]:
+        """Object id -> the label value its voxels get (its own id unless it is a part of a label)."""
+        return {obj_id: obj.label_value for obj_id, obj in sorted(self.objects.items())}
+
+    def by_label(self) -> "Prompts":
+        """The prompts pooled per label value: every part of a label as one object (named as its first part).
+
+        What the prompts say about each label of the merged result, e.g. the anchors of
+        ``medseg.objects.clean_objects``.
+        """
+        pooled = Prompts()
+        for obj in sorted(self.objects.values(), key=lambda o: o.obj_id):
+            pooled.object(obj.label_value, obj.name).put(tuple(obj.all()))
+        return pooled
 
     def add_point(self, obj_id: int, z: int, y: float, x: float, *, positive: bool = True) -> "Prompts":
         self.object(obj_id).points.append(PointPrompt(int(z), float(y), float(x), bool(positive)))
@@ -216,6 +245,7 @@ class Prompts:
         return {
             str(obj_id): {
                 "name": obj.name,
+                **({"label": obj.label} if obj.label is not None else {}),
                 "points": [[p.z, p.y, p.x, int(p.positive)] for p in obj.points],
                 "boxes": [[b.z, b.y0, b.x0, b.y1, b.x1] for b in obj.boxes],
                 "masks": [
@@ -274,10 +304,10 @@ class Prompts:
         if not isinstance(spec, dict):
             raise InputError(f"is a JSON {type(spec).__name__}, not an object with name, points, boxes, masks, "
                              "scribbles")
-        unknown = sorted(set(spec) - {"name", "points", "boxes", "masks", "scribbles"})
+        unknown = sorted(set(spec) - {"name", "label", "points", "boxes", "masks", "scribbles"})
         if unknown:
-            raise InputError(f"unknown key(s) {unknown}; an object has name, points, boxes, masks, scribbles")
-        obj = self.object(obj_id, spec.get("name", ""))
+            raise InputError(f"unknown key(s) {unknown}; an object has name, label, points, boxes, masks, scribbles")
+        obj = self.object(obj_id, spec.get("name", ""), label=spec.get("label"))
         for z, y, x, positive in spec.get("points", []):
             self.add_point(obj.obj_id, z, y, x, positive=bool(positive))
         for z, y0, x0, y1, x1 in spec.get("boxes", []):

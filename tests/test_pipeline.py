@@ -119,6 +119,28 @@ def test_prompt_policy_centroid_box_and_seeded_random():
     assert first != other_seed.prompts(truth, labels=[1], case_id="c").to_dict()
 
 
+def test_prompt_policy_with_parts_prompts_each_connected_part_as_an_object_of_its_label():
+    array = np.zeros((6, 20, 30), dtype=np.int32)
+    array[1:5, 4:10, 2:8] = 3  # one kidney
+    array[2:6, 5:12, 20:26] = 3  # the other, apart from it
+    array[1:4, 12:18, 10:18] = 1
+    truth = LabelVolume(array, Geometry(array.shape, (2.0, 1.0, 1.0)))
+    names = {1: "liver", 2: "spleen", 3: "kidney"}
+    whole = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=0).prompts(truth, labels=names,
+                                                                                         case_id="c")
+    box = whole.objects[3].boxes[0]
+    assert sorted(whole.objects) == [1, 3] and (box.x0, box.x1) == (2, 25)  # one box over both kidneys
+    prompts = PromptPolicy(PromptSettings(point="centroid", box="middle", parts=True), seed=0).prompts(
+        truth, labels=names, case_id="c")
+    assert prompts.label_of() == {1: 1, 3: 3, 4: 3}  # the second kidney numbered on from the highest label
+    assert [prompts.objects[i].name for i in (3, 4)] == ["kidney", "kidney"]
+    first, second = prompts.objects[3], prompts.objects[4]
+    assert [(b.z, b.y0, b.x0, b.y1, b.x1) for b in first.boxes + second.boxes] == [(2, 4, 2, 9, 7), (3, 5, 20, 11, 25)]
+    assert array[2, int(first.points[0].y), int(first.points[0].x)] == 3 and first.points[0].x < 8
+    assert second.points[0].x >= 20
+    assert prompts.objects[1].boxes == whole.objects[1].boxes  # a label in one piece is prompted as before
+
+
 def test_bootstrap_and_paired_statistics():
     constant = mean_ci([0.5, 0.5, 0.5])
     assert (constant.mean, constant.ci_low, constant.ci_high, constant.n) == (0.5, 0.5, 0.5, 3)
@@ -258,20 +280,20 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
         "sam2: {type: sam2, model: untrained, image_size: 128}\n"
         "rev: {type: revsam2, model: untrained, image_size: 128}\n"
         "obj: {type: sam2, model: untrained, image_size: 128, postprocess: objects}\n",
-        "cases: [phantom_002]\nprompts: {point: centroid, box: middle, reference_slices: 2}\n",
+        "cases: [phantom_002]\nprompts: {point: centroid, box: middle, reference_slices: 2, parts: true}\n",
     )
     out = tmp_path / "out"
     with torch_threads(1):
         assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
     result = json.loads((out / "sam2" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
     assert result["untrained"] is True and result["provenance"]["model"] == "untrained"
-    assert result["prompt_policy"] == {"point": "centroid", "box": "middle", "reference_slices": 2}
+    assert result["prompt_policy"] == {"point": "centroid", "box": "middle", "reference_slices": 2, "parts": True}
     logged = json.loads((out / "sam2" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["prompts"]
     truth = load_manifest(cohort).case("phantom_002").load()[1]
     names = {1: "liver", 2: "spleen", 3: "kidney"}
-    expected = PromptPolicy(PromptSettings(point="centroid", box="middle"), seed=3).prompts(
+    expected = PromptPolicy(PromptSettings(point="centroid", box="middle", parts=True), seed=3).prompts(
         truth, labels=names, case_id="phantom_002")
-    assert logged == json.loads(json.dumps(expected.to_dict()))
+    assert logged == json.loads(json.dumps(expected.to_dict())) and logged["4"]["label"] == 3  # the second kidney
     support = json.loads((out / "rev" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["support"]
     assert support["references"] == ["phantom_000"]  # the first labelled train case
     assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3]  # 2 reference slices per label
@@ -285,9 +307,10 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     # postprocess: objects keeps SAM2's own output bit for bit beside the objects made from it
     geometry = read_geometry(out / "sam2" / "phantom_002" / "labels.nii.gz")
     raw = load_labels(out / "sam2" / "phantom_002" / "labels.nii.gz", geometry).array
+    assert set(np.unique(raw)) <= {0, 1, 2, 3} and sorted(result["scores"]) == ["1", "2", "3"]  # parts merged
     assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "raw_labels.nii.gz", geometry).array, raw)
     slice_scores = {int(k): np.array(v, dtype=float) for k, v in result["slice_scores"].items()}
-    objects = clean_objects(LabelVolume(raw, geometry, slice_scores=slice_scores), prompts=expected)
+    objects = clean_objects(LabelVolume(raw, geometry, slice_scores=slice_scores), prompts=expected.by_label())
     assert np.array_equal(load_labels(out / "obj" / "phantom_002" / "labels.nii.gz", geometry).array,
                           objects.labels.array)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import InputError
-from medseg.prompts import Prompts
+from medseg.prompts import PointPrompt, Prompts
 
 
 def _mask(shape=(20, 30)) -> np.ndarray:
@@ -61,6 +61,25 @@ def test_bad_ids_and_swapped_box_corners():
         Prompts().add_point(0, 0, 0, 0)
     with pytest.raises(InputError, match="box on slice 2 has its corners swapped"):
         Prompts().add_box(1, 2, 5, 5, 1, 9)
+
+
+def test_parts_of_a_label_round_trip_and_pool_per_label():
+    prompts = Prompts()
+    prompts.object(3, "kidney", label=3).points.append(PointPrompt(2, 4.0, 5.0))
+    prompts.object(4, "kidney", label=3)
+    prompts.add_box(4, 6, 1, 20, 8, 28).add_point(1, 0, 1, 1)
+    assert prompts.objects[3].label is None and prompts.objects[4].label == 3  # a label equal to the id is no part
+    data = json.loads(json.dumps(prompts.to_dict()))
+    assert "label" not in data["3"] and data["4"]["label"] == 3
+    back = Prompts.from_dict(data)
+    assert back.to_dict() == prompts.to_dict() and back.label_of() == {1: 1, 3: 3, 4: 3}
+    pooled = back.by_label()
+    assert sorted(pooled.objects) == [1, 3] and pooled.objects[3].name == "kidney"
+    assert pooled.objects[3].points == prompts.objects[3].points and pooled.objects[3].boxes == prompts.objects[4].boxes
+    with pytest.raises(InputError, match="an object's label must be a label value"):
+        Prompts().object(4, label=0)
+    with pytest.raises(InputError, match=r"^prompts: object 4: an object's label must be a label value .* got '3'"):
+        Prompts.from_dict({"4": {"label": "3", "points": [[0, 1, 1, 1]]}})
 
 
 def test_prompts_are_found_in_every_record_medseg_writes_with_them():

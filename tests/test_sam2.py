@@ -72,6 +72,25 @@ def test_runs_cover_every_slice_once_from_the_nearest_prompt(prompted, n):
 
 
 # --- segment ------------------------------------------------------------------------------
+def test_parts_of_one_label_are_tracked_apart_and_come_back_as_that_label(predictor, volume):
+    left, right = block_mask(12, 22, 4, 12), block_mask(12, 22, 40, 50)
+    separate = Prompts().add_mask(1, 4, block_mask(26, 34, 18, 30)).add_mask(2, 4, left).add_mask(5, 4, right)
+    parts = Prompts.from_dict(separate.to_dict())
+    parts.objects[5].label = 2  # the second kidney of label 2
+    apart = predictor.segment(volume, separate)
+    merged = predictor.segment(volume, parts)
+    assert merged.labels == [1, 2] and sorted(merged.slice_scores) == [1, 2] and merged.label_names[2] == "object 2"
+    np.testing.assert_array_equal(merged.array, np.where(apart.array == 5, 2, apart.array))
+    assert np.array_equal(merged.array[4] == 2, left | right)  # both mask prompts exactly
+    area = {k: (apart.array == k).sum(axis=(1, 2)) for k in (2, 5)}
+    weighted = sum(np.nan_to_num(apart.slice_scores[k]) * area[k] for k in (2, 5)) / np.maximum(area[2] + area[5], 1)
+    np.testing.assert_allclose(merged.slice_scores[2], np.where(area[2] + area[5] > 0, weighted, np.nan))
+    np.testing.assert_allclose(merged.slice_scores[1], apart.slice_scores[1])
+    voxels = (merged.array == 2).sum(axis=(1, 2))
+    assert merged.scores[2] == pytest.approx(np.nansum(merged.slice_scores[2] * voxels) / voxels.sum())
+    assert merged.provenance["prompts"]["5"]["label"] == 2  # what reproduces it says it was a part
+
+
 def test_mask_prompt_comes_back_exactly_and_geometry_is_kept(predictor, volume):
     mask = block_mask()
     labels = predictor.segment(volume, Prompts().add_mask(1, 4, mask))

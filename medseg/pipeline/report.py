@@ -281,10 +281,12 @@ def _intro(doc: Document, run: _Run, summary: dict[str, Any]) -> None:
             doc.paragraph(f"Note: {m.name} was trained for {state.get('training_steps')} steps only; "
                           "read its rows as a smoke test of the method, not as its performance.")
     n_cases = len({c for m in methods for c in m.results})
+    parts = " (each 3D connected part of a label its own object)" if pipeline["prompts"].get("parts") else ""
     doc.paragraph(
         f"Cohort `{run.cohort.name}` ({run.cohort.path.name}), split `{pipeline['split']}`, {n_cases} cases; labels "
         f"{', '.join(f'{v} {n}' for v, n in run.label_names.items())}. Prompt policy: point "
-        f"`{pipeline['prompts']['point']}`, box `{pipeline['prompts']['box']}`, "
+        f"`{pipeline['prompts']['point']}`, box `{pipeline['prompts']['box']}`"
+        f"{parts}, "
         f"{pipeline['prompts']['reference_slices']} reference slices per object; seed {pipeline['seed']}. "
         f"medseg {code['medseg']}" + (f", git {code['git_commit'][:12]}{' (modified)' if code['git_dirty'] else ''}"
                                       if code.get("git_commit") else "")

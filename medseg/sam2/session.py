@@ -150,7 +150,7 @@ class Sam2Session:
         """Add every prompt of ``prompts`` (all validated against the volume before any is applied)."""
         prompts.validate(self.volume.shape)
         for obj in prompts.objects.values():
-            record = self.prompts.object(obj.obj_id, obj.name)
+            record = self.prompts.object(obj.obj_id, obj.name, label=obj.label)
             for z in obj.slices:
                 self._record(record, z, tuple(obj.on_slice(z)))
 
@@ -270,22 +270,29 @@ class Sam2Session:
     def result(self) -> LabelVolume:
         """The current labels as a ``LabelVolume`` with names, scores and provenance.
 
-        The array is shared with the session until the session's next edit, which copies it
-        first: the returned object never changes, and ``segment`` holds one label array.
+        Objects that are parts of one label (``ObjectPrompts.label``) come back merged into it.
+        Otherwise the array is shared with the session until the session's next edit, which
+        copies it first: the returned object never changes, and ``segment`` holds one label array.
         """
-        slice_scores, scores = {}, {}
+        slice_scores, areas = {}, {}
         for obj_id in sorted(self.prompts.objects):
-            present = (self._labels == obj_id).sum(axis=(1, 2))
+            areas[obj_id] = (self._labels == obj_id).sum(axis=(1, 2))
             conf = self._confidence.get(obj_id, self._empty_confidence())
-            per_slice = np.where(present > 0, conf, np.nan)
-            slice_scores[obj_id] = per_slice
-            weights = np.where(np.isfinite(per_slice), present, 0)
-            scores[obj_id] = float(np.nansum(per_slice * weights) / weights.sum()) if weights.sum() else 0.0
-        self._labels_handed_out = True
+            slice_scores[obj_id] = np.where(areas[obj_id] > 0, conf, np.nan)
+        label_of = self.prompts.label_of()
+        array, slice_scores, areas = merge_parts(self._labels, slice_scores, areas, label_of)
+        self._labels_handed_out = array is self._labels
+        scores = {}
+        for label, per_slice in slice_scores.items():
+            weights = np.where(np.isfinite(per_slice), areas[label], 0)
+            scores[label] = float(np.nansum(per_slice * weights) / weights.sum()) if weights.sum() else 0.0
+        names = {}
+        for obj_id, obj in sorted(self.prompts.objects.items()):
+            names.setdefault(label_of[obj_id], obj.name)
         return LabelVolume.like(
             self.volume,
-            self._labels,
-            label_names={o: obj.name for o, obj in sorted(self.prompts.objects.items())},
+            array,
+            label_names=names,
             scores=scores,
             slice_scores=slice_scores,
             untrained=self.model.untrained,
@@ -378,6 +385,35 @@ class Sam2Session:
 
     def _empty_confidence(self) -> np.ndarray:
         return np.full(self.volume.shape[0], np.nan, dtype=np.float32)
+
+
+def merge_parts(labels: np.ndarray, slice_scores: dict[int, np.ndarray], areas: dict[int, np.ndarray],
+                label_of: dict[int, int]) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Object ids to label values: the label array, per-slice scores and per-slice areas of each label.
+
+    A label made of several parts scores each slice with its parts' scores weighted by their
+    areas on it (NaN where none is painted), as ``result`` weights slices for the whole object.
+
+    >>> labels = np.array([[[1, 1, 4]]], np.int32)
+    >>> array, scores, areas = merge_parts(labels, {1: np.array([0.9]), 4: np.array([0.6])},
+    ...                                    {1: np.array([2]), 4: np.array([1])}, {1: 1, 4: 1})
+    >>> array.tolist(), scores[1].round(2).tolist(), areas[1].tolist()
+    ([[[1, 1, 1]]], [0.8], [3])
+    """
+    if all(obj_id == label for obj_id, label in label_of.items()):
+        return labels, slice_scores, areas
+    lookup = np.arange(max(max(label_of), int(labels.max())) + 1, dtype=labels.dtype)
+    for obj_id, label in label_of.items():
+        lookup[obj_id] = label
+    merged_scores, merged_areas = {}, {}
+    for label in sorted(set(label_of.values())):
+        parts = [obj_id for obj_id, value in label_of.items() if value == label]
+        scored = [np.where(np.isfinite(slice_scores[p]), areas[p], 0) for p in parts]
+        weighted = np.sum([np.nan_to_num(slice_scores[p]) * w for p, w in zip(parts, scored)], axis=0)
+        weight = np.sum(scored, axis=0)
+        merged_scores[label] = np.where(weight > 0, weighted / np.maximum(weight, 1), np.nan)
+        merged_areas[label] = np.sum([areas[p] for p in parts], axis=0)
+    return lookup[labels], merged_scores, merged_areas
 
 
 def paint(labels: np.ndarray, best: np.ndarray, logits: np.ndarray, obj_ids: tuple[int, ...]) -> None:

@@ -123,4 +123,4 @@ class Sam2(Sam2Family):
         if prompts is None or not prompts.objects:
             raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is "
                              "nothing to prompt")
-        return Segmentation(model.segment(volume, prompts, progress=None), anchors=prompts)
+        return Segmentation(model.segment(volume, prompts, progress=None), anchors=prompts.by_label())
