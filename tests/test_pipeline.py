@@ -11,6 +11,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -330,6 +331,8 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
         assert main(["segment", image, "--model", "untrained", "--prompts", str(source), "--qc", str(tmp_path / qc),
                      "--out", str(tmp_path / f"{qc}.nii.gz"), "--no-progress"]) == 0
         assert json.loads((tmp_path / qc).read_text(encoding="utf-8"))["provenance"]["prompts"] == logged
+        written = np.asarray(nib.load(tmp_path / f"{qc}.nii.gz").dataobj)
+        assert set(np.unique(written)) <= {0, 1, 2, 3}  # the second kidney (object 4) written as label 3
     reference_case = out / "rev" / "phantom_002" / "prompts.json"  # support slices, no prompts: one line, exit 2
     assert main(["segment", image, "--prompts", str(reference_case), "--out", str(tmp_path / "x.nii.gz")]) == 2
 
