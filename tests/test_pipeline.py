@@ -56,6 +56,7 @@ def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -
         ("m: {type: maskrcnn, train: {stepz: 3}}\n", "", r"methods\.m: unknown Mask R-CNN setting\(s\) \['stepz'\]"),
         ("o: {type: oracle}\n", "promts: {point: centroid}\n", r"promts: unknown key; did you mean 'prompts'"),
         ("o: {type: oracle}\n", "prompts: {point: middle}\n", r"prompts\.point: is 'middle'"),
+        ("o: {type: oracle}\n", "prompts: {parts: maybe}\n", r"prompts\.parts: must be true or false, got 'maybe'"),
         ("a: {type: oracle, baseline: true}\nb: {type: oracle, baseline: true}\n", "",
          "at most one method can be the baseline"),
         ("s: {type: sam2, postprocess: specks}\n", "",
@@ -299,6 +300,7 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     assert support["references"] == ["phantom_000"]  # the first labelled train case
     assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3]  # 2 reference slices per label
     report = (out / "report.md").read_text(encoding="utf-8").splitlines()
+    assert any("box `middle` (each 3D connected part of a label its own object)" in line for line in report)
     assert report[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev, obj.**"
     methods = report[report.index("## Methods") + 1:]
     methods = methods[:methods.index("## Dice per label (mean [95% bootstrap CI over cases])")]
