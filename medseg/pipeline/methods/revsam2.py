@@ -27,8 +27,10 @@ class RevSam2Options(Sam2Options):
     manifest order, give the support slices: ``prompts.reference_slices`` per label each) and
     the re-prompt selection ``top_k`` / ``threshold`` / ``min_spacing`` (None = no limit / no
     floor / automatic), the supports' ``placement``, the z-gate's ``gate_margin`` (None: no gate)
-    and ``reject_rivals`` (see ``ReferenceSession.segment``). With ``prompts: {point: none, box:
-    none}`` a pipeline of such methods segments the cohort from the references alone."""
+    and ``reject_rivals`` (see ``ReferenceSession.segment``). ``register``: register each reference
+    case onto each query first (``medseg.revsam2.register``) and take the supports from it. With
+    ``prompts: {point: none, box: none}`` a pipeline of such methods segments the cohort from the
+    references alone."""
 
     mode: Literal["revsam2", "baseline", "baseline-middle"] = "revsam2"
     references: int = 1
@@ -39,6 +41,7 @@ class RevSam2Options(Sam2Options):
     placement: Literal["matched", "before", "middle"] = DEFAULT_PLACEMENT
     gate_margin: int | None = DEFAULT_GATE_MARGIN
     reject_rivals: bool = DEFAULT_REJECT_RIVALS
+    register: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,24 +79,25 @@ class RevSam2(Sam2Family):
                 "references": references}
 
     def load(self) -> Any:
-        """The SAM2 predictor and the support set built from the reference cases chosen in ``prepare``."""
+        """The SAM2 predictor and the reference cases chosen in ``prepare`` (loaded once)."""
         from medseg.manifest import load_manifest
-        from medseg.revsam2 import SupportSet
 
         cohort = load_manifest(self.setup.state["cohort"])
-        ids = self.setup.state["references"]
-        support = SupportSet.from_volumes(
-            [cohort.case(i).load() for i in ids], k=self.setup.reference_slices, labels=self.setup.labels, names=ids
-        )
-        return super().load(), support
+        return super().load(), [cohort.case(i).load() for i in self.setup.state["references"]]
 
     def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
-        from medseg.revsam2 import anchor_prompts, segment_with_references
+        from medseg.revsam2 import SupportSet, anchor_prompts, segment_with_references
+        from medseg.revsam2.register import register_reference
 
-        predictor, support = model
+        predictor, references = model
+        if self.options.register:
+            references = [register_reference(volume, image, labels) for image, labels in references]
+        support = SupportSet.from_volumes(references, k=self.setup.reference_slices, labels=self.setup.labels,
+                                          names=self.setup.state["references"])
         labels = segment_with_references(
             volume, support, mode=self.options.mode, model=predictor, top_k=self.options.top_k,
             threshold=self.options.threshold, min_spacing=self.options.min_spacing, placement=self.options.placement,
             gate_margin=self.options.gate_margin, reject_rivals=self.options.reject_rivals,
         )
-        return Segmentation(labels, prompt_log={"support": support.to_dict()}, anchors=anchor_prompts(labels))
+        logged = {**support.to_dict(), **({"registered_onto_query": True} if self.options.register else {})}
+        return Segmentation(labels, prompt_log={"support": logged}, anchors=anchor_prompts(labels))
