@@ -73,6 +73,8 @@ CORPUS = [
      "support slice 99 is outside the volume"),  # the brackets of the synopsis are accepted
     ("size or number", "fewshot --support {img} {lab} [2,x] --query {img} --out {tmp}/o.nii.gz",
      "'[2,x]' is not a list of slice indices; expected --support IMAGE LABELS [Z1,Z2,...]"),
+    ("option", "fewshot --support {img} {lab} 2,3 --query {img} --out {tmp}/o.nii.gz --register",
+     "--register takes each reference's slices from the reference registered onto the query"),
     ("size or number", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --score-threshold -0.1", "[0, 1]"),
     ("size or number", "baseline train --manifest {cohort} --out {tmp}/m --input-size 100", "multiple of 32"),
     ("device", "baseline predict {img} --model {tmp}/m --out {tmp}/o.nii.gz --device gpu9", "gpu9"),

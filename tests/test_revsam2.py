@@ -228,6 +228,16 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
     assert len(report["provenance"]["labels"]["1"]["reverse_scores"]) == 8
     settings = {key: report["provenance"][key] for key in ("placement", "gate_margin", "reject_rivals")}
     assert settings == {"placement": "before", "gate_margin": None, "reject_rivals": False}
+    assert "registered_onto_query" not in report["provenance"]["support"]
+
+    registered = tmp_path / "registered.nii.gz"  # the 12-slice reference registered onto the 8-slice query
+    with unmodified(image, label, query):
+        assert main(["fewshot", "--support", str(image), str(label), "--query", str(query), "--out", str(registered),
+                     "--model", "untrained", "--image-size", "128", "--device", "cpu", "--label", "1=liver",
+                     "--register", "--qc", str(qc), "--no-progress"]) == 0
+    load_labels(registered, load_volume(query))
+    support = json.loads(qc.read_text(encoding="utf-8"))["provenance"]["support"]
+    assert support["registered_onto_query"] and all(0 <= s["z"] < 8 for s in support["slices"])
 
 
 def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, capsys):

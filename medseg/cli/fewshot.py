@@ -60,6 +60,9 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
                    "own (default yes)")
     p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True,
                    help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
+    p.add_argument("--register", action="store_true",
+                   help="register each --support volume onto the query (affine) and take its slices from that "
+                   "(medseg.revsam2.register; no slices may be given then)")
     p.add_argument("--qc", metavar="FILE.json",
                    help="also write scores, reverse scores, selected slices and provenance as JSON")
     add_postprocess_option(p)
@@ -105,6 +108,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     from medseg.outputs import check_outputs
     from medseg.pipeline.results import write_json
     from medseg.revsam2 import SupportEntry, SupportSet, anchor_prompts, segment_with_references
+    from medseg.revsam2.register import register_reference
     from medseg.sam2 import load_model
 
     others = [_parse_support_option("--support", items, ("IMAGE", "LABELS")) for items in args.support]
@@ -119,11 +123,17 @@ def _run_fewshot(args: argparse.Namespace) -> None:
         if not value.isdigit() or not name:
             raise ConfigError(f"--label {text!r}: expected ID=NAME, e.g. 1=liver")
         label_map[int(value)] = name
+    if args.register and any(slices is not None for _, slices in others):
+        raise ConfigError("--register takes each reference's slices from the reference registered onto the query: "
+                          "give --support IMAGE LABELS without slices")
     query = load_volume(args.query, series_uid=args.series_uid)
     entries, names = [], []
     for (image, labels), slices in others:
         reference = load_volume(image)
-        entries.append(SupportEntry(load_labels(labels, reference), volume=reference, slices=slices))
+        reference_labels = load_labels(labels, reference)
+        if args.register:
+            reference, reference_labels = register_reference(query, reference, reference_labels)
+        entries.append(SupportEntry(reference_labels, volume=reference, slices=slices))
         names.append(image)
     for (labels,), slices in drawn:
         entries.append(SupportEntry(load_labels(labels, query), slices=slices, from_query=True))
@@ -139,6 +149,8 @@ def _run_fewshot(args: argparse.Namespace) -> None:
             gate_margin=args.gate_margin, reject_rivals=args.reject_rivals,
             offload_state_to_cpu=args.offload_state_to_cpu, progress=progress,
         )
+    if args.register:
+        labels.provenance["support"]["registered_onto_query"] = True
     labels, _ = postprocess(args, labels, anchors=anchor_prompts(labels))
     print(f"wrote {save_labels(labels, query, args.out, format=args.dicom_format)}")
     for value, name in labels.label_names.items():
