@@ -17,7 +17,8 @@ baseline with the z-gate) and of RevSAM2 for a grid of placement x z-gate margin
 x ``threshold`` x rival rejection (``--quick``: a smaller grid). One session per (reference
 set, query), so forward and reverse passes run once per placement and gate, and only the
 re-prompt repeats per setting. This is the run that should fix the defaults; it means something only
-with real weights (the script says so when it has none).
+with real weights (the script says so when it has none). ``--register`` also runs the defaults and
+the gated baseline with each reference registered onto the query first (``medseg.revsam2.register``).
 
 Usage::
 
@@ -28,6 +29,7 @@ Usage::
     python benchmarks/revsam2.py --ablation --model medsam2 --device cuda
     python benchmarks/revsam2.py --ablation --quick --model medseg-micro --references 1 --rotate 3  # README table
     python benchmarks/revsam2.py --ablation --quick --model medseg-micro --references 3
+    python benchmarks/revsam2.py --ablation --quick --model results/demo/sam2-model/<digest> --rotate 3 --register
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from medseg.metrics import dice_per_label
 from medseg.phantom import make_phantom
 import medseg.revsam2.reverse as reverse
 from medseg.revsam2 import ReferenceSession, SupportSet
+from medseg.revsam2.register import register_reference
 from medseg.revsam2.reverse import REVERSE_BATCH
 from medseg.sam2 import load_model
 from medseg.volume import UNTRAINED_BANNER
@@ -103,6 +106,11 @@ def timing(args: argparse.Namespace, model) -> None:
         print(NO_DICE)
 
 
+#: ``--register``: what runs again on the references registered onto each query (the defaults, and the baseline)
+REGISTERED_RUNS = {"registered: revsam2 (defaults)": {"mode": "revsam2"},
+                   "registered: baseline gate=2": {"mode": "baseline", "gate_margin": 2}}
+
+
 def ablation(args: argparse.Namespace, model) -> None:
     cohort = load_manifest(args.manifest)
     labels = {int(v): n for v, n in cohort.labels.items() if int(v)}
@@ -133,16 +141,21 @@ def ablation(args: argparse.Namespace, model) -> None:
         support = SupportSet.from_volumes([c.load() for c in refs], k=3, labels=labels, names=[c.id for c in refs])
         for case in test:
             query, truth = case.load()
-            session = ReferenceSession(query, support, model=model)
-            for name, options in runs.items():
-                result = session.segment(**options)
-                dice = dice_per_label(result, truth, labels=list(labels), empty=np.nan)
-                for label, value in dice.items():
-                    scores.setdefault(name, {}).setdefault(labels[label], []).append(value)
-                if name == "revsam2 matched gate=2 top_k=1 threshold=0.5 reject=True":
-                    rejected += sum(len(d["rejected"]) for d in result.provenance["labels"].values())
+            sessions = [(ReferenceSession(query, support, model=model), runs)]
+            if args.register:  # the defaults again, with each reference registered onto the query first
+                registered = SupportSet.from_volumes([register_reference(query, *c.load()) for c in refs], k=3,
+                                                     labels=labels, names=[c.id for c in refs])
+                sessions.append((ReferenceSession(query, registered, model=model), REGISTERED_RUNS))
+            for session, named in sessions:
+                for name, options in named.items():
+                    result = session.segment(**options)
+                    dice = dice_per_label(result, truth, labels=list(labels), empty=np.nan)
+                    for label, value in dice.items():
+                        scores.setdefault(name, {}).setdefault(labels[label], []).append(value)
+                    if name == "revsam2 matched gate=2 top_k=1 threshold=0.5 reject=True":
+                        rejected += sum(len(d["rejected"]) for d in result.provenance["labels"].values())
             print(f"  {[c.id for c in refs]} -> {case.id}: " + ", ".join(
-                f"{name} {np.nanmean([v[-1] for v in scores[name].values()]):.3f}" for name in runs), flush=True)
+                f"{name} {np.nanmean([v[-1] for v in scores[name].values()]):.3f}" for name in scores), flush=True)
     width = max(map(len, scores))
     pairs = len(sets) * len(test) * len(labels)
     print(f"  {'setting':{width}s}  mean Dice over {len(sets)} reference set(s) x {len(test)} queries x "
@@ -196,6 +209,8 @@ def main() -> None:
     parser.add_argument("--manifest", default=str(ROOT / "data_manifests" / "demo.json"), help="cohort for --ablation")
     parser.add_argument("--references", type=int, default=1,
                         help="train cases per reference set (--ablation, --diagnose)")
+    parser.add_argument("--register", action="store_true",
+                        help="--ablation: also run the defaults with each reference registered onto the query")
     parser.add_argument("--rotate", type=int, default=1,
                         help="--ablation: reference sets, each of --references consecutive train cases (default 1)")
     args = parser.parse_args()
