@@ -102,6 +102,13 @@ def timing(args: argparse.Namespace, model) -> None:
         print(line)
     print(f"  revsam2 / baseline wall time: {rows['revsam2'] / rows['baseline']:.2f}x (reverse candidates "
           f"{REVERSE_BATCH} per SAM2 batch); one per batch: {rows['revsam2 1'] / rows['baseline']:.2f}x")
+    registration = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        register_reference(query, reference, reference_labels)
+        registration.append(time.perf_counter() - start)
+    print(f"  registering the reference onto the query (register: true): {statistics.median(registration):.2f} s, "
+          f"{statistics.median(registration) / rows['baseline']:.2f}x the baseline")
     if model.untrained:
         print(NO_DICE)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
+from medseg.errors import InputError
 from medseg.metrics import dice_per_label
 from medseg.phantom import make_phantom, write_demo_cohort
 from medseg.revsam2 import ReferenceSession, SupportSet, reverse_scores
@@ -133,3 +134,13 @@ def test_a_reference_registered_onto_the_query_lands_on_its_organs():
     assert all(after[v] > 0.9 for v in after) and min(before.values()) < 0.6, (before, after)
     assert np.array_equal(shifted.array, kept)  # the reference is not changed
     assert np.array_equal(register_reference(query_image, shifted, shifted_labels)[1].array, labels.array)
+
+
+def test_a_reference_that_cannot_be_registered_is_refused_in_one_line():
+    query_image, query_labels = make_phantom(3, shape=(10, 64, 64))
+    flat = Volume(np.zeros(query_image.shape, np.float32), query_image.geometry)
+    with pytest.raises(InputError, match="the reference image is one constant value: there is nothing to register"):
+        register_reference(query_image, flat, query_labels)
+    tiny, tiny_labels = make_phantom(1, shape=(2, 8, 8))
+    with pytest.raises(InputError, match="the reference could not be registered onto the query: .*minimum of four"):
+        register_reference(query_image, tiny, tiny_labels)

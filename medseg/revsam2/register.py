@@ -35,6 +35,9 @@ def register_reference(query: Volume, reference: Volume, labels: LabelVolume) ->
     labels by nearest neighbour (outside: background). Raises ``InputError`` when the registration
     cannot run (e.g. a volume too small for its coarsest level).
     """
+    for name, volume in (("query", query), ("reference", reference)):
+        if np.ptp(volume.array) == 0:
+            raise InputError(f"the {name} image is one constant value: there is nothing to register it by")
     fixed = sitk_image(np.asarray(query.array, np.float32), query.geometry)
     moving = sitk_image(np.asarray(reference.array, np.float32), reference.geometry)
     start = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
