@@ -48,6 +48,7 @@ from medseg.metrics import dice_per_label
 from medseg.phantom import make_phantom
 import medseg.revsam2.reverse as reverse
 from medseg.revsam2 import ReferenceSession, SupportSet
+from medseg.revsam2.defaults import REPROMPTS
 from medseg.revsam2.register import register_reference
 from medseg.revsam2.reverse import REVERSE_BATCH
 from medseg.sam2 import load_model
@@ -116,6 +117,11 @@ def timing(args: argparse.Namespace, model) -> None:
 #: ``--register``: what runs again on the references registered onto each query (the defaults, and the baseline)
 REGISTERED_RUNS = {"registered: revsam2 (defaults)": {"mode": "revsam2"},
                    "registered: baseline gate=2": {"mode": "baseline", "gate_margin": 2}}
+DEFAULTS_RUN = "revsam2 matched gate=2 top_k=1 threshold=0.5 reject=True reprompt=box supports=False"
+PARTS_RUNS = {"parts: revsam2 (defaults)": {"mode": "revsam2"},
+              "parts: revsam2 reprompt=mask supports=True": {"mode": "revsam2", "reprompt": "mask",
+                                                             "include_supports": True},
+              "parts: baseline gate=2": {"mode": "baseline", "gate_margin": 2}}
 
 
 def ablation(args: argparse.Namespace, model) -> None:
@@ -130,14 +136,18 @@ def ablation(args: argparse.Namespace, model) -> None:
             "baseline-middle": {"mode": "baseline-middle", "gate_margin": None},
             "baseline gate=2": {"mode": "baseline", "gate_margin": 2}}
     if args.quick:  # one forward and one reverse pass of revsam2 per session
-        grid = [("matched", 2, 1, 0.5, True), ("matched", 2, 3, 0.5, True), ("matched", 2, 1, 0.5, False),
-                ("matched", 2, 1, None, True)]
+        grid = [("matched", 2, 1, 0.5, True, reprompt, supports)
+                for reprompt in REPROMPTS for supports in (True, False)]
+        grid += [("matched", 2, 3, 0.5, True, "box", False), ("matched", 2, 1, 0.5, False, "box", False),
+                 ("matched", 2, 1, None, True, "box", False)]
     else:
-        grid = list(itertools.product(["matched", "before"], [None, 1, 2, 3], [1, 3, None], [None, 0.5], [True, False]))
-    for placement, gate, top_k, threshold, reject in grid:
-        runs[f"revsam2 {placement} gate={gate} top_k={top_k} threshold={threshold} reject={reject}"] = {
+        grid = list(itertools.product(["matched", "before"], [None, 1, 2, 3], [1, 3, None], [None, 0.5], [True, False],
+                                      REPROMPTS, [True, False]))
+    for placement, gate, top_k, threshold, reject, reprompt, supports in grid:
+        runs[f"revsam2 {placement} gate={gate} top_k={top_k} threshold={threshold} reject={reject} "
+             f"reprompt={reprompt} supports={supports}"] = {
             "mode": "revsam2", "placement": placement, "gate_margin": gate, "top_k": top_k, "threshold": threshold,
-            "reject_rivals": reject}
+            "reject_rivals": reject, "reprompt": reprompt, "include_supports": supports}
     print(f"ablation on {cohort.name}: reference sets {[[c.id for c in refs] for refs in sets]}, queries "
           f"{[c.id for c in test]}, labels {labels}, model {model.name} at {model.image_size}")
     if model.untrained:
@@ -153,13 +163,17 @@ def ablation(args: argparse.Namespace, model) -> None:
                 registered = SupportSet.from_volumes([register_reference(query, *c.load()) for c in refs], k=3,
                                                      labels=labels, names=[c.id for c in refs])
                 sessions.append((ReferenceSession(query, registered, model=model), REGISTERED_RUNS))
+            if args.parts:  # each connected part of a label its own object
+                split = SupportSet.from_volumes([c.load() for c in refs], k=3, labels=labels,
+                                                names=[c.id for c in refs], parts=True)
+                sessions.append((ReferenceSession(query, split, model=model), PARTS_RUNS))
             for session, named in sessions:
                 for name, options in named.items():
                     result = session.segment(**options)
                     dice = dice_per_label(result, truth, labels=list(labels), empty=np.nan)
                     for label, value in dice.items():
                         scores.setdefault(name, {}).setdefault(labels[label], []).append(value)
-                    if name == "revsam2 matched gate=2 top_k=1 threshold=0.5 reject=True":
+                    if name == DEFAULTS_RUN:
                         rejected += sum(len(d["rejected"]) for d in result.provenance["labels"].values())
             print(f"  {[c.id for c in refs]} -> {case.id}: " + ", ".join(
                 f"{name} {np.nanmean([v[-1] for v in scores[name].values()]):.3f}" for name in scores), flush=True)
@@ -170,7 +184,7 @@ def ablation(args: argparse.Namespace, model) -> None:
     for name, per in sorted(scores.items(), key=lambda item: -np.nanmean(sum(item[1].values(), []))):
         print(f"  {name:{width}s}  {np.nanmean(sum(per.values(), [])):.3f}  "
               + "  ".join(f"{label} {np.nanmean(v):.3f}" for label, v in per.items()))
-    print(f"  candidates rejected as another label's object (revsam2 matched gate=2 top_k=1): {rejected}")
+    print(f"  candidates rejected as another label's object ({DEFAULTS_RUN}): {rejected}")
 
 
 def diagnose(args: argparse.Namespace, model) -> None:
@@ -218,6 +232,8 @@ def main() -> None:
                         help="train cases per reference set (--ablation, --diagnose)")
     parser.add_argument("--register", action="store_true",
                         help="--ablation: also run the defaults with each reference registered onto the query")
+    parser.add_argument("--parts", action="store_true",
+                        help="--ablation: also run the defaults with each connected part of a label its own object")
     parser.add_argument("--rotate", type=int, default=1,
                         help="--ablation: reference sets, each of --references consecutive train cases (default 1)")
     args = parser.parse_args()

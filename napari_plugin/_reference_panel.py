@@ -40,7 +40,8 @@ from qtpy.QtWidgets import (
 from medseg.errors import InputError, MedsegError
 from medseg.volume import undertrained_note
 from medseg.preprocess import PRESETS, choose_preset
-from medseg.revsam2 import DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES, SupportEntry, SupportSet
+from medseg.revsam2 import (DEFAULT_INCLUDE_SUPPORTS, DEFAULT_REPROMPT, DEFAULT_THRESHOLD, DEFAULT_TOP_K, MODES,
+                            REPROMPTS, SupportEntry, SupportSet)
 from medseg.volume import LabelVolume, Volume
 
 from napari_plugin._layer_picker import LayerPicker
@@ -74,6 +75,13 @@ def parse_slices(text: str, reference: str) -> list[int] | None:
         raise InputError(f"{reference}: slices must be whole numbers separated by commas, got {text!r}") from None
 
 
+def _object_name(result: LabelVolume, value: str) -> str:
+    """An object's name in a reference-prompting result: its label's, and which part (``parts``: the second kidney)."""
+    support = result.provenance["support"]
+    name = support["label_names"].get(str(value), f"label {value}")
+    return f"{name} (part {value})" if str(value) in support.get("parts", {}) else name
+
+
 class ScorePlot(FigureCanvasQTAgg):
     """Reverse score against slice index per label, the selected slices marked."""
 
@@ -87,7 +95,7 @@ class ScorePlot(FigureCanvasQTAgg):
         self.axes.clear()
         for value, detail in result.provenance.get("labels", {}).items():
             scores = np.array([np.nan if s is None else s for s in detail["reverse_scores"]], dtype=float)
-            name = result.label_names.get(int(value), f"label {value}")
+            name = _object_name(result, value)
             (line,) = self.axes.plot(np.arange(len(scores)), scores, marker=".", label=name)
             selected = detail["selected_slices"]
             self.axes.plot(selected, scores[selected], "o", mfc="none", ms=9, color=line.get_color())
@@ -141,7 +149,13 @@ class ReferencePanel(QWidget):
         self.min_spacing.setRange(0, 1000)
         self.min_spacing.setSpecialValueText("auto")
         self.include_supports = QCheckBox("Keep the references as prompts in the final pass")
-        self.include_supports.setChecked(True)
+        self.include_supports.setChecked(DEFAULT_INCLUDE_SUPPORTS)
+        self.reprompt = QComboBox()
+        self.reprompt.addItems(list(REPROMPTS))
+        self.reprompt.setCurrentText(DEFAULT_REPROMPT)
+        self.reprompt.setToolTip("How a chosen slice prompts the final pass: its forward mask, or that mask segmented "
+                                 "again from its parts' boxes on the query slice alone (finds the query's own edges)")
+        self.parts = QCheckBox("Each connected part of a label its own object (two kidneys)")
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.setToolTip("How intensities become SAM2's input (query and references): a CT window or MRI "
@@ -176,11 +190,13 @@ class ReferencePanel(QWidget):
         settings = QGroupBox("Settings")
         grid = QGridLayout(settings)  # two fields per row: the score plot stays above the fold
         fields = [("Labels", self.labels), ("Preset", self.preset), ("k per label", self.k), ("Mode", self.mode),
-                  ("Top k", self.top_k), ("Threshold", self.threshold), ("Min spacing", self.min_spacing)]
+                  ("Top k", self.top_k), ("Threshold", self.threshold), ("Min spacing", self.min_spacing),
+                  ("Re-prompt with", self.reprompt)]
         for i, (text, widget) in enumerate(fields):
             grid.addWidget(QLabel(text), i // 2, 2 * (i % 2))
             grid.addWidget(widget, i // 2, 2 * (i % 2) + 1)
         grid.addWidget(self.include_supports, len(fields) // 2 + 1, 0, 1, 4)
+        grid.addWidget(self.parts, len(fields) // 2 + 2, 0, 1, 4)
         model = QGroupBox("Model")
         QVBoxLayout(model).addWidget(self.model)
         run = QGroupBox("Run")
@@ -275,12 +291,14 @@ class ReferencePanel(QWidget):
             "threshold": self.threshold.value(),
             "min_spacing": self.min_spacing.value() or None,
             "include_supports": self.include_supports.isChecked(),
+            "reprompt": self.reprompt.currentText(),
         }
+        parts = self.parts.isChecked()
 
         def run(progress: Progress, should_stop: StopFlag) -> LabelVolume:
             from medseg.revsam2 import ReferenceSession  # torch and sam2: seconds, so in the worker
 
-            support = SupportSet.from_volumes(entries, k=k, labels=labels, names=names)
+            support = SupportSet.from_volumes(entries, k=k, labels=labels, names=names, parts=parts)
             session = ReferenceSession(query, support, model=models.get(choice), preset=preset)
             return session.segment(mode=mode, progress=progress, should_stop=should_stop, **settings)
 
@@ -297,7 +315,7 @@ class ReferencePanel(QWidget):
         self.plot.show_scores(result)
         self.selected.clear()
         for value, detail in result.provenance.get("labels", {}).items():
-            label_name = result.label_names.get(int(value), f"label {value}")
+            label_name = _object_name(result, value)
             if detail["fell_back_to_forward"]:
                 self.selected.addItem(f"{label_name}: no slice reached the threshold; forward prediction kept")
             for z in detail["selected_slices"]:

@@ -99,6 +99,32 @@ def test_reference_panel_segments_the_query_from_another_volume_and_its_own_slic
     assert "UNTRAINED" in panel.controls.status.text()
 
 
+def test_reference_panel_tracks_each_kidney_and_paints_them_as_one_label(phantom_viewer, qtbot):
+    viewer, widget, image, *_ = phantom_viewer
+    ref_volume, ref_truth = make_phantom(1, shape=(10, 48, 48))
+    ref_image = _add(viewer, image_layer_data(ref_volume, "reference"))
+    ref_labels = _add(viewer, labels_layer_data(ref_truth, ref_volume, "reference truth"))
+    panel = widget.reference
+    panel.query.set_layer(image)
+    panel.set_reference(0, ref_image, ref_labels)
+    qtbot.keyClicks(panel.labels, "3")
+    qtbot.keyClicks(panel.reprompt, "mask")  # typing in a closed combo box picks the item
+    _click(qtbot, panel.parts)
+    panel.k.setValue(2)
+    panel.model.set_choice("untrained", image_size=128)
+    assert panel.parts.isChecked() and panel.reprompt.currentText() == "mask"
+    assert not panel.include_supports.isChecked()  # the default
+
+    _run(qtbot, panel)
+
+    result = viewer.layers["phantom references (revsam2)"].metadata["medseg_labels"]
+    assert result.label_names == {3: "kidney"} and set(np.unique(result.array)) <= {0, 3}
+    assert result.provenance["support"]["parts"] == {"4": 3} and result.provenance["reprompt"] == "mask"
+    listed = [panel.selected.item(i).text() for i in range(panel.selected.count())]
+    assert {text.split(":")[0] for text in listed} == {"kidney", "kidney (part 4)"}
+    assert [t.get_text() for t in panel.plot.axes.get_legend().get_texts()] == ["kidney", "kidney (part 4)"]
+
+
 def test_baseline_panel_runs_a_model_directory(phantom_viewer, qtbot, tmp_path):
     from medseg.maskrcnn import MaskRCNNModel, TrainConfig, build_model, save_model
 

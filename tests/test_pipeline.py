@@ -57,6 +57,9 @@ def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -
         ("o: {type: oracle}\n", "promts: {point: centroid}\n", r"promts: unknown key; did you mean 'prompts'"),
         ("o: {type: oracle}\n", "prompts: {point: middle}\n", r"prompts\.point: is 'middle'"),
         ("o: {type: oracle}\n", "prompts: {parts: maybe}\n", r"prompts\.parts: must be true or false, got 'maybe'"),
+        ("r: {type: revsam2, reprompt: boxes}\n", "",
+         r"methods\.r\.reprompt: is 'boxes'; did you mean 'box'\? use one of \['mask', 'box'\]"),
+        ("r: {type: revsam2, parts: 2}\n", "", r"methods\.r\.parts: must be true or false"),
         ("a: {type: oracle, baseline: true}\nb: {type: oracle, baseline: true}\n", "",
          "at most one method can be the baseline"),
         ("s: {type: sam2, postprocess: specks}\n", "",
@@ -280,7 +283,7 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     path = pipeline_file(
         tmp_path, cohort,
         "sam2: {type: sam2, model: untrained, image_size: 128}\n"
-        "rev: {type: revsam2, model: untrained, image_size: 128}\n"
+        "rev: {type: revsam2, model: untrained, image_size: 128, parts: true}\n"
         "obj: {type: sam2, model: untrained, image_size: 128, postprocess: objects}\n",
         "cases: [phantom_002]\nprompts: {point: centroid, box: middle, reference_slices: 2, parts: true}\n",
     )
@@ -298,7 +301,10 @@ def test_sam2_and_revsam2_untrained_runs_are_flagged_logged_and_replayed(tmp_pat
     assert logged == json.loads(json.dumps(expected.to_dict())) and logged["4"]["label"] == 3  # the second kidney
     support = json.loads((out / "rev" / "phantom_002" / "prompts.json").read_text(encoding="utf-8"))["support"]
     assert support["references"] == ["phantom_000"]  # the first labelled train case
-    assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3]  # 2 reference slices per label
+    # 2 reference slices per label, and per kidney: the second is its own object, merged back into its label
+    assert sorted(s["label"] for s in support["slices"]) == [1, 1, 2, 2, 3, 3, 4, 4] and support["parts"] == {"4": 3}
+    rev = json.loads((out / "rev" / "phantom_002" / "result.json").read_text(encoding="utf-8"))
+    assert sorted(rev["scores"]) == ["1", "2", "3"] and rev["provenance"]["reprompt"] == "box"
     report = (out / "report.md").read_text(encoding="utf-8").splitlines()
     assert any("box `middle` (each 3D connected part of a label its own object)" in line for line in report)
     assert report[2] == f"> **{UNTRAINED_BANNER} Rows marked (untrained): sam2, rev, obj.**"

@@ -20,6 +20,7 @@ from medseg.io.nifti import write_nifti
 from medseg.phantom import make_phantom
 from medseg.revsam2 import (ReferenceSession, SupportEntry, SupportSet, segment_with_references, select_slices,
                             track_object)
+from medseg.revsam2.refine import reprompt_mask
 from medseg.revsam2.zmatch import gated
 from medseg.sam2 import FeatureCache, VolumeFrames, load_model
 
@@ -103,7 +104,7 @@ def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
     support = SupportSet.from_volumes([(ref, ref_labels)], k=3, labels={1: "disc"})
     session = ReferenceSession(query, support, model=model)
     steps = []
-    result = session.segment(top_k=2, threshold=None, min_spacing=3,
+    result = session.segment(top_k=2, threshold=None, min_spacing=3, reprompt="mask",
                              progress=lambda done, total: steps.append((done, total)))
     forward = session.forward(1, result.provenance["placement"])
     detail = result.provenance["labels"]["1"]
@@ -118,6 +119,33 @@ def test_selected_slices_come_back_exactly_as_their_forward_masks(model):
     assert result.provenance["method"] == "reference-prompting-revsam2"
     assert result.provenance["support"]["slices"] == [{"reference": "reference 1", "z": z, "label": 1}
                                                       for z in (1, 4, 8)]
+    assert result.provenance["reprompt"] == "mask" and result.provenance["support"]["parts"] == {}
+
+
+def test_box_reprompt_decodes_each_part_of_a_selected_mask_on_its_own(model):
+    """``reprompt="box"``: a selected slice conditions the re-prompt with its forward mask segmented
+    again from each part's box on the query slice alone (untrained model: the masks mean nothing,
+    the wiring and the part rule are what is checked)."""
+    query, _ = _phantom(8, 0)
+    ref, ref_labels = _phantom(10, 1)
+    support = SupportSet.from_volumes([(ref, ref_labels)], k=3, labels={1: "disc"})
+    session = ReferenceSession(query, support, model=model)
+    result = session.segment(top_k=2, threshold=None, min_spacing=3)  # box, without the supports: the defaults
+    assert result.provenance["reprompt"] == "box" and result.provenance["include_supports"] is False
+    forward = session.forward(1, result.provenance["placement"])
+    frames = session.query_frames
+    for z in result.provenance["labels"]["1"]["selected_slices"]:
+        expected = reprompt_mask(model, session.cache, frames[z], forward.mask(z), "box")
+        np.testing.assert_array_equal(result.array[z] == 1, expected)
+    # two parts are decoded one box each, a speck gives no box
+    a, b, speck = (np.zeros((40, 36), bool) for _ in range(3))
+    a[5:15, 4:14], b[24:36, 20:32], speck[38, 2] = True, True, True
+    pins = dict(session.cache._pins)
+    parts = reprompt_mask(model, session.cache, frames[3], a | b | speck, "box")
+    assert dict(session.cache._pins) == pins  # the slice's features are not held on to
+    np.testing.assert_array_equal(parts, reprompt_mask(model, session.cache, frames[3], a, "box")
+                                  | reprompt_mask(model, session.cache, frames[3], b, "box"))
+    np.testing.assert_array_equal(reprompt_mask(model, session.cache, frames[3], a | speck, "mask"), a | speck)
 
 
 def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(model):
@@ -191,6 +219,8 @@ def test_bad_settings_and_mismatched_modality_fail_before_any_model_work():
         segment_with_references(query, support, mode="fast", model="no-such-model")
     with pytest.raises(ConfigError, match="top_k"):
         segment_with_references(query, support, top_k=0, model="no-such-model")
+    with pytest.raises(ConfigError, match=r"reprompt must be one of \('mask', 'box'\), got 'boxes'"):
+        segment_with_references(query, support, reprompt="boxes", model="no-such-model")
     mr, mr_labels = _phantom(4, 1, modality="MR")
     mr_support = SupportSet.from_volumes([(mr, mr_labels)], names=["t2.nii.gz"])
     with pytest.raises(InputError, match="t2.nii.gz is MR but the query is CT"):
@@ -214,7 +244,8 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
             "fewshot", "--support", str(image), str(label), "--query", str(query),
             "--out", str(out), "--model", "untrained", "--image-size", "128", "--device", "cpu",
             "--label", "1=liver", "--k", "2", "--top-k", "2", "--threshold", "none", "--preset", "ct-soft-tissue",
-            "--placement", "before", "--gate-margin", "none", "--no-reject-rivals", "--qc", str(qc), "--no-progress",
+            "--placement", "before", "--gate-margin", "none", "--no-reject-rivals", "--reprompt", "mask",
+            "--include-supports", "--qc", str(qc), "--no-progress",
         ])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -226,8 +257,10 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
     assert report["provenance"]["preset"]["name"] == "ct-soft-tissue"
     assert report["provenance"]["support"]["references"] == [str(image)]
     assert len(report["provenance"]["labels"]["1"]["reverse_scores"]) == 8
-    settings = {key: report["provenance"][key] for key in ("placement", "gate_margin", "reject_rivals")}
-    assert settings == {"placement": "before", "gate_margin": None, "reject_rivals": False}
+    settings = {key: report["provenance"][key]
+                for key in ("placement", "gate_margin", "reject_rivals", "reprompt", "include_supports")}
+    assert settings == {"placement": "before", "gate_margin": None, "reject_rivals": False, "reprompt": "mask",
+                        "include_supports": True}
     assert "registered_onto_query" not in report["provenance"]["support"]
 
     registered = tmp_path / "registered.nii.gz"  # the 12-slice reference registered onto the 8-slice query
@@ -238,6 +271,20 @@ def test_fewshot_cli_writes_labels_on_the_query_grid(phantom_case, unmodified, t
     load_labels(registered, load_volume(query))
     support = json.loads(qc.read_text(encoding="utf-8"))["provenance"]["support"]
     assert support["registered_onto_query"] and all(0 <= s["z"] < 8 for s in support["slices"])
+
+    kidneys = tmp_path / "kidneys.nii.gz"  # each kidney its own object, written back as the kidney label
+    capsys.readouterr()
+    assert main(["fewshot", "--support", str(image), str(label), "--query", str(query), "--out", str(kidneys),
+                 "--model", "untrained", "--image-size", "128", "--device", "cpu", "--label", "3=kidney", "--parts",
+                 "--top-k", "1", "--threshold", "none", "--qc", str(qc), "--no-progress"]) == 0
+    provenance = json.loads(qc.read_text(encoding="utf-8"))["provenance"]
+    assert provenance["support"]["parts"] == {"4": 3} and sorted(provenance["labels"]) == ["3", "4"]
+    assert set(np.unique(load_labels(kidneys, load_volume(query)).array)) <= {0, 3}
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  3 kidney:")]
+    for obj in ("3", "4"):  # each part says what its re-prompt started from
+        detail = provenance["labels"][obj]
+        assert (f"part {obj} re-prompted from slices {detail['selected_slices']}" in line if detail["selected_slices"]
+                else f"part {obj} no slice passed the threshold: forward prediction kept" in line), line
 
 
 def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, capsys):
@@ -266,6 +313,7 @@ def test_fewshot_cli_takes_labels_drawn_on_the_query(phantom_case, tmp_path, cap
         (["--support", "a.nii.gz", "b.nii.gz", "3:4"], "'3:4' is not a list of slice indices"),
         (["--label", "7=liver"], r"labels \[1, 2, 3\] are none of the labels to segment 7 \(liver\)"),
         (["--label", "liver"], "expected ID=NAME"),
+        (["--reprompt", "boxes"], r"--reprompt: invalid choice: 'boxes' \(choose from 'mask', 'box'\)"),
     ],
 )
 def test_fewshot_cli_reports_bad_input_in_one_line(phantom_case, tmp_path, capsys, extra, message):

@@ -8,8 +8,9 @@ from medseg.cli.outputs import add_dicom_format, add_postprocess_option, postpro
 from medseg.cli import values
 from medseg.cli.segment import (MODEL_DEFAULT, PRESET_DEFAULT, add_sam2_runtime_options, default_model_option,
                                 print_model_note)
-from medseg.revsam2.defaults import (DEFAULT_GATE_MARGIN, DEFAULT_PLACEMENT, DEFAULT_REJECT_RIVALS,
-                                     DEFAULT_THRESHOLD, DEFAULT_TOP_K)
+from medseg.revsam2.defaults import (DEFAULT_GATE_MARGIN, DEFAULT_INCLUDE_SUPPORTS, DEFAULT_PLACEMENT,
+                                     DEFAULT_REJECT_RIVALS, DEFAULT_REPROMPT, DEFAULT_THRESHOLD, DEFAULT_TOP_K,
+                                     REPROMPTS)
 
 
 def add_fewshot(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +59,15 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reject-rivals", action=argparse.BooleanOptionalAction, default=DEFAULT_REJECT_RIVALS,
                    help="revsam2: refuse a candidate slice that segments another label's references better than its "
                    "own (default yes)")
-    p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=True,
-                   help="revsam2: keep the supports as conditioning frames when re-prompting (default yes)")
+    p.add_argument("--include-supports", action=argparse.BooleanOptionalAction, default=DEFAULT_INCLUDE_SUPPORTS,
+                   help="revsam2: keep the supports of other volumes as conditioning frames when re-prompting "
+                   f"(default {'yes' if DEFAULT_INCLUDE_SUPPORTS else 'no'})")
+    p.add_argument("--reprompt", choices=REPROMPTS, default=DEFAULT_REPROMPT,
+                   help="revsam2: a selected slice re-prompts with its forward mask (mask) or with that mask segmented "
+                   f"again from its parts' boxes on the query slice alone (box; default {DEFAULT_REPROMPT})")
+    p.add_argument("--parts", action="store_true",
+                   help="each connected part of a reference label (two kidneys under one label) its own object, "
+                   "merged back into the label")
     p.add_argument("--register", action="store_true",
                    help="register each --support volume onto the query (affine) and take its slices from that "
                    "(medseg.revsam2.register; no slices may be given then)")
@@ -99,6 +107,16 @@ def _parse_support_option(option: str, items: list[str], paths: tuple[str, ...])
                           f"expected {form}") from None
 
 
+def _selection_note(obj: int, detail: dict, part: bool) -> str:
+    """What the re-prompt started from, for one object of a label (``part``: one of several)."""
+    who = f" part {obj}" if part else ""
+    if detail.get("selected_slices"):
+        return f",{who} re-prompted from slices {detail['selected_slices']}"
+    if detail.get("fell_back_to_forward"):
+        return f",{who} no slice passed the threshold: forward prediction kept"
+    return ""
+
+
 def _run_fewshot(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -108,6 +126,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     from medseg.outputs import check_outputs
     from medseg.pipeline.results import write_json
     from medseg.revsam2 import SupportEntry, SupportSet, anchor_prompts, segment_with_references
+    from medseg.revsam2.parts import labels_of_objects
     from medseg.revsam2.register import register_reference
     from medseg.sam2 import load_model
 
@@ -138,7 +157,7 @@ def _run_fewshot(args: argparse.Namespace) -> None:
     for (labels,), slices in drawn:
         entries.append(SupportEntry(load_labels(labels, query), slices=slices, from_query=True))
         names.append(f"{labels} (on the query)")
-    support = SupportSet.from_volumes(entries, k=args.k, labels=label_map or None, names=names)
+    support = SupportSet.from_volumes(entries, k=args.k, labels=label_map or None, names=names, parts=args.parts)
     support = support.for_query(query)  # refusals and resampling before the model loads
 
     model = load_model(args.model, image_size=args.image_size, device=args.device, seed=args.seed)
@@ -146,20 +165,19 @@ def _run_fewshot(args: argparse.Namespace) -> None:
         labels = segment_with_references(
             query, support, mode=args.mode, model=model, preset=args.preset, top_k=args.top_k, threshold=args.threshold,
             min_spacing=args.min_spacing, include_supports=args.include_supports, placement=args.placement,
-            gate_margin=args.gate_margin, reject_rivals=args.reject_rivals,
+            gate_margin=args.gate_margin, reject_rivals=args.reject_rivals, reprompt=args.reprompt,
             offload_state_to_cpu=args.offload_state_to_cpu, progress=progress,
         )
     if args.register:
         labels.provenance["support"]["registered_onto_query"] = True
     labels, _ = postprocess(args, labels, anchors=anchor_prompts(labels))
     print(f"wrote {save_labels(labels, query, args.out, format=args.dicom_format)}")
+    label_of = labels_of_objects(labels.provenance)
     for value, name in labels.label_names.items():
-        detail = labels.provenance["labels"].get(str(value), {})
-        selected = f", re-prompted from slices {detail['selected_slices']}" if detail.get("selected_slices") else ""
-        fallback = (", no slice passed the threshold: forward prediction kept" if detail.get("fell_back_to_forward")
-                    else "")
+        details = {int(obj): d for obj, d in labels.provenance["labels"].items() if label_of[int(obj)] == value}
         voxels = int((labels.array == value).sum())
-        print(f"  {value} {name}: {voxels} voxels, score {labels.scores[value]:.3f}{selected}{fallback}")
+        print(f"  {value} {name}: {voxels} voxels, score {labels.scores[value]:.3f}"
+              + "".join(_selection_note(obj, detail, len(details) > 1) for obj, detail in details.items()))
     if args.qc:
         write_json(Path(args.qc), {"scores": labels.scores, "provenance": labels.provenance})
         print(f"wrote {args.qc}")

@@ -18,8 +18,10 @@ What medseg designs (our choices, not the paper's)
 --------------------------------------------------
 * Supports (``support``): ``k`` slices per label and reference at the centres of ``k`` equal
   chunks of the label's z-extent (the SSL-ALPNet protocol's chunk rule), or explicit slices;
-  every label is its own object; references are mapped with the query's intensity preset
-  (a CT window in HU, never per-slice min-max).
+  every label is its own object, or with ``parts`` every 3D connected part of a label (each
+  kidney; ``parts``: matched between references by position in the scan, merged back into the
+  label in the result); references are mapped with the query's intensity preset (a CT window
+  in HU, never per-slice min-max).
 * Forward pass: the supports from other volumes as conditioning frames, each right before the
   query slice at its relative z-position (``placement="matched"``, ``zmatch``; the baselines
   place them before the query or in its middle, as FS-MedSAM2), then propagation.
@@ -35,9 +37,13 @@ What medseg designs (our choices, not the paper's)
   none closer than ``min_spacing`` slices (default: the candidates' z-extent over
   ``2 * top_k``) so that the prompts spread over the object. No slice passing -> the forward
   prediction is kept and the provenance says so.
-* Re-prompt (``engine``): a fresh tracker per label with the selected query masks (and, by
-  default, the supports) as conditioning frames; each query slice is reached from the
-  nearest selected slice, both ways. Selected slices come back exactly as their masks.
+* Re-prompt (``engine``): a fresh tracker per label with the selected query slices (and, with
+  ``include_supports``, the supports) as conditioning frames; each query slice is reached
+  from the nearest selected slice, both ways. A selected slice conditions with its forward
+  mask (``reprompt="mask"``) or, by default, with that mask segmented again on the query
+  slice alone from each of its parts' boxes (``"box"``, ``refine``): the forward pass copies
+  the size of the references' object, the box lets SAM2 find the query's own edges. Selected
+  slices come back exactly as their conditioning masks.
 * Supports drawn on the query itself (``SupportEntry(..., from_query=True)``: an explicit
   flag, never guessed from identity or paths) are conditioning frames at their own slice in
   every pass and come back exactly as drawn; they are not competing for the ``top_k`` slots.
@@ -62,9 +68,12 @@ import importlib
 #: Where each public name lives. Submodules load on first use (PEP 562), so ``SupportSet`` and
 #: the defaults come without torch and sam2 (the napari panel opens seconds sooner).
 _PUBLIC = {
+    "DEFAULT_INCLUDE_SUPPORTS": "defaults",
+    "DEFAULT_REPROMPT": "defaults",
     "DEFAULT_THRESHOLD": "defaults",
     "DEFAULT_TOP_K": "defaults",
     "MODES": "defaults",
+    "REPROMPTS": "defaults",
     "ObjectTrack": "baseline",
     "Reference": "support",
     "ReferenceSession": "engine",

@@ -29,10 +29,13 @@ import numpy as np
 from medseg.errors import ConfigError
 from medseg.preprocess import IntensityPreset, choose_preset
 from medseg.revsam2.baseline import ObjectTrack, Placement, track_object
+from medseg.revsam2.refine import Reprompt, check_reprompt, reprompt_mask
 from medseg.revsam2.defaults import (
     DEFAULT_GATE_MARGIN,
+    DEFAULT_INCLUDE_SUPPORTS,
     DEFAULT_PLACEMENT,
     DEFAULT_REJECT_RIVALS,
+    DEFAULT_REPROMPT,
     DEFAULT_THRESHOLD,
     DEFAULT_TOP_K,
     MODES,
@@ -51,6 +54,7 @@ from medseg.sam2.engine import FeatureCache
 from medseg.sam2.frames import Frame, VolumeFrames
 from medseg.sam2.model import Sam2Model, load_model
 from medseg.sam2.predictor import Sam2VolumePredictor
+from medseg.sam2.session import merge_parts
 from medseg.volume import LabelVolume, Volume
 
 log = logging.getLogger(__name__)
@@ -68,10 +72,11 @@ def segment_with_references(
     top_k: int | None = DEFAULT_TOP_K,
     threshold: float | None = DEFAULT_THRESHOLD,
     min_spacing: int | None = None,
-    include_supports: bool = True,
+    include_supports: bool = DEFAULT_INCLUDE_SUPPORTS,
     placement: Placement = DEFAULT_PLACEMENT,
     gate_margin: int | None = DEFAULT_GATE_MARGIN,
     reject_rivals: bool = DEFAULT_REJECT_RIVALS,
+    reprompt: Reprompt = DEFAULT_REPROMPT,
     offload_state_to_cpu: bool = False,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
@@ -90,10 +95,12 @@ def segment_with_references(
     """
     check_mode(mode)
     check_selection(top_k=top_k, threshold=threshold, min_spacing=min_spacing)
+    check_reprompt(reprompt)
     session = ReferenceSession(query, support, model=model, preset=preset, offload_state_to_cpu=offload_state_to_cpu)
     return session.segment(mode=mode, top_k=top_k, threshold=threshold, min_spacing=min_spacing,
                            include_supports=include_supports, placement=placement, gate_margin=gate_margin,
-                           reject_rivals=reject_rivals, progress=progress, should_stop=should_stop)
+                           reject_rivals=reject_rivals, reprompt=reprompt, progress=progress,
+                           should_stop=should_stop)
 
 
 def check_mode(mode: str) -> None:
@@ -167,10 +174,11 @@ class ReferenceSession:
         top_k: int | None = DEFAULT_TOP_K,
         threshold: float | None = DEFAULT_THRESHOLD,
         min_spacing: int | None = None,
-        include_supports: bool = True,
+        include_supports: bool = DEFAULT_INCLUDE_SUPPORTS,
         placement: Placement = DEFAULT_PLACEMENT,
         gate_margin: int | None = DEFAULT_GATE_MARGIN,
         reject_rivals: bool = DEFAULT_REJECT_RIVALS,
+        reprompt: Reprompt = DEFAULT_REPROMPT,
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
     ) -> LabelVolume:
@@ -187,7 +195,8 @@ class ReferenceSession:
             ``2 * top_k``). Provisional defaults, see the package docstring.
         include_supports
             ``revsam2`` only: keep the supports from other volumes as conditioning frames in
-            the re-prompt (False: the selected query slices alone, plus supports drawn on the query).
+            the re-prompt (False, the default: the selected query slices alone, plus supports drawn
+            on the query; another patient's supports pull the re-prompt towards their object's size).
         placement
             ``revsam2`` only: where the supports from other volumes sit in the forward and
             re-prompt passes: ``"matched"`` (each next to its query slice at the same relative
@@ -197,6 +206,10 @@ class ReferenceSession:
         reject_rivals
             ``revsam2`` only: a candidate that segments another label's supports better than
             its own label's is not selectable.
+        reprompt
+            ``revsam2`` only: how a selected slice conditions the re-prompt: ``"mask"``, its forward
+            mask (RevSAM2 as published), or ``"box"``, that mask segmented again from its parts' boxes
+            on the query slice alone (``medseg.revsam2.refine``).
         progress
             ``progress(done, total)`` over query slices predicted and candidates scored;
             ``total`` grows when the number of reverse candidates of a label becomes known.
@@ -217,6 +230,7 @@ class ReferenceSession:
         """
         check_mode(mode)
         check_selection(top_k=top_k, threshold=threshold, min_spacing=min_spacing)
+        check_reprompt(reprompt)
         if mode != "revsam2":
             placement = "middle" if mode == "baseline-middle" else "before"
         to_forward = sum((placement, label) not in self._forward for label in self.support.labels)
@@ -230,7 +244,7 @@ class ReferenceSession:
             if mode == "revsam2":
                 track, details[str(label)] = self._revsam2(
                     label, placement, gate_margin, top_k, threshold, min_spacing, include_supports, reject_rivals,
-                    work, should_stop
+                    reprompt, work, should_stop
                 )
             else:
                 track = forward
@@ -238,7 +252,7 @@ class ReferenceSession:
         settings = {"placement": placement, "gate_margin": gate_margin}
         if mode == "revsam2":
             settings |= {"top_k": top_k, "threshold": threshold, "min_spacing": min_spacing,
-                         "include_supports": include_supports, "reject_rivals": reject_rivals}
+                         "include_supports": include_supports, "reject_rivals": reject_rivals, "reprompt": reprompt}
         return self._result(mode, tracks, details, settings)
 
     def forward(
@@ -321,7 +335,7 @@ class ReferenceSession:
 
     def _revsam2(self, label: int, placement: Placement, gate_margin: int | None, top_k: int | None,
                  threshold: float | None, min_spacing: int | None, include_supports: bool, reject_rivals: bool,
-                 work: ProgressParts, should_stop: ShouldStop | None) -> tuple[ObjectTrack, dict]:
+                 reprompt: Reprompt, work: ProgressParts, should_stop: ShouldStop | None) -> tuple[ObjectTrack, dict]:
         """Steps b-d for one label: reverse scores, selection, re-prompt."""
         forward = self.forward(label, placement)
         scores, rejected = self.reverse_scores(label, placement, gate_margin, progress=work.part(),
@@ -345,11 +359,13 @@ class ReferenceSession:
         }
         if not selected:
             best = float(np.nanmax(selectable)) if selectable_slices else 0.0
-            log.warning("label %d: no slice reaches reverse score %s (best %.3f of %d candidates); keeping the forward "
-                           "prediction", label, threshold, best, len(selectable_slices))
+            log.warning("object %d (%s): no slice reaches reverse score %s (best %.3f of %d candidates); keeping the "
+                        "forward prediction", label, self.support.label_names[label], threshold, best,
+                        len(selectable_slices))
             detail["object_score"] = best
             return forward, detail
-        prompts = {**{z: forward.mask(z) for z in selected}, **in_query}
+        prompts = {**{z: reprompt_mask(self.model, self.cache, self.query_frames[z], forward.mask(z), reprompt)
+                      for z in selected}, **in_query}
         final = track_object(self.model, self.cache, self.query_frames, label, in_query=prompts,
                              external=external if include_supports else [], placement=placement,
                              anchors=self._anchors(label) if include_supports else [], progress=work.part(),
@@ -359,20 +375,22 @@ class ReferenceSession:
 
     def _result(self, mode: str, tracks: dict[int, ObjectTrack], details: dict[str, dict],
                 settings: dict) -> LabelVolume:
-        labels = np.asarray(list(tracks))
+        objects = np.asarray(list(tracks))
         array = np.zeros(self.query.shape, dtype=np.int32)
         for z in range(self.query.shape[0]):
-            logits = np.stack([tracks[label].slice_logits(z) for label in labels])
+            logits = np.stack([tracks[obj].slice_logits(z) for obj in objects])
             painted = logits.max(axis=0) > 0
-            array[z][painted] = labels[logits.argmax(axis=0)][painted]
-        slice_scores, scores = {}, {}
-        for label, track in tracks.items():
-            area = (array == label).sum(axis=(1, 2))
-            slice_scores[label] = np.where(area > 0, track.scores, np.nan).astype(np.float32)
+            array[z][painted] = objects[logits.argmax(axis=0)][painted]
+        slice_scores, scores, areas = {}, {}, {}
+        for obj, track in tracks.items():
+            areas[obj] = (array == obj).sum(axis=(1, 2))
+            slice_scores[obj] = np.where(areas[obj] > 0, track.scores, np.nan).astype(np.float32)
             if mode == "revsam2":
-                scores[label] = details[str(label)].pop("object_score")
+                scores[obj] = details[str(obj)].pop("object_score")
             else:
-                scores[label] = float(np.sum(track.scores * area) / area.sum()) if area.sum() else 0.0
+                scores[obj] = float(np.sum(track.scores * areas[obj]) / areas[obj].sum()) if areas[obj].sum() else 0.0
+        label_of = self.support.label_of
+        array, slice_scores, _ = merge_parts(array, slice_scores, areas, label_of)
         provenance = {
             "method": f"reference-prompting-{mode}",
             **self.model.provenance(),
@@ -383,9 +401,22 @@ class ReferenceSession:
             "labels": details,
             "encoder_calls": self.cache.encoder_calls,
         }
-        log.info("reference prompting (%s): %d label(s), %d encoder calls", mode, len(tracks), self.cache.encoder_calls)
-        return LabelVolume.like(self.query, array, label_names=dict(self.support.label_names), scores=scores,
+        log.info("reference prompting (%s): %d object(s), %d encoder calls", mode, len(tracks),
+                 self.cache.encoder_calls)
+        names = {label_of[obj]: self.support.label_names[obj] for obj in tracks}
+        return LabelVolume.like(self.query, array, label_names=names, scores=_label_scores(scores, areas, label_of),
                                 slice_scores=slice_scores, untrained=self.model.untrained, provenance=provenance)
+
+
+def _label_scores(scores: dict[int, float], areas: dict[int, np.ndarray], label_of: dict[int, int]) -> dict[int, float]:
+    """Each label's score: its objects' (parts') scores weighted by their painted voxels (plain mean when none is)."""
+    merged = {}
+    for label in sorted({label_of[obj] for obj in scores}):
+        parts = [obj for obj in scores if label_of[obj] == label]
+        weights = np.array([areas[obj].sum() for obj in parts], dtype=np.float64)
+        values = np.array([scores[obj] for obj in parts])
+        merged[label] = float(np.average(values, weights=weights) if weights.sum() else values.mean())
+    return merged
 
 
 def _resolve_model(model: ModelLike) -> tuple[Sam2Model, str | IntensityPreset | None]:

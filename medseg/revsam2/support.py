@@ -30,6 +30,7 @@ import numpy as np
 
 from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.prompt_simulation import sample_slices
+from medseg.revsam2.parts import split_parts
 from medseg.revsam2.inplane import in_plane_axes, resample_in_plane, same_in_plane_grid
 from medseg.volume import LabelVolume, Volume
 
@@ -94,13 +95,17 @@ class SupportSet:
     slices
         Every support, sorted by label, then reference, then z.
     label_names
-        Label value -> name of every label the set segments.
+        Label value -> name of every label the set segments (with ``parts``: of every object).
+    label_of
+        Object value -> the label value it is part of (itself, unless ``parts`` split the label).
     """
 
-    def __init__(self, references: Sequence[Reference], slices: Sequence[SupportSlice], label_names: Mapping[int, str]):
+    def __init__(self, references: Sequence[Reference], slices: Sequence[SupportSlice], label_names: Mapping[int, str],
+                 label_of: Mapping[int, int] | None = None):
         self.references = tuple(references)
         self.slices = tuple(sorted(slices, key=lambda s: (s.label, s.reference, s.z)))
         self.label_names = dict(sorted(label_names.items()))
+        self.label_of = {value: value for value in self.label_names} | dict(label_of or {})
 
     @classmethod
     def from_volumes(
@@ -110,6 +115,7 @@ class SupportSet:
         k: int = 3,
         labels: Mapping[int, str] | Sequence[int] | None = None,
         names: Sequence[str] | None = None,
+        parts: bool = False,
     ) -> SupportSet:
         """Supports from labelled references.
 
@@ -125,6 +131,10 @@ class SupportSet:
             a label that no reference annotates. ``None``: every label of the references.
         names
             One name per reference for messages and provenance (default ``reference 1``, ...).
+        parts
+            Each 3D connected part of a label its own object, matched between references
+            (``medseg.revsam2.parts``); the session merges them back into their label. With
+            explicit slices, a part drawn on none of them is left out (its label is not).
 
         Examples
         --------
@@ -142,20 +152,32 @@ class SupportSet:
         given = [_as_entry(entry, name) for entry, name in zip(entries, names)]
         references = [_checked_reference(entry, name) for entry, name in zip(given, names)]
         label_names = _label_map(labels, references)
+        if isinstance(labels, Mapping):
+            for reference in references:
+                _check_names_agree(reference, labels)
+        label_of = {value: value for value in label_names}
+        if parts:
+            relabelled, label_names, label_of = split_parts([r.labels for r in references], label_names)
+            references = [replace(r, labels=labels) for r, labels in zip(references, relabelled)]
         slices: list[SupportSlice] = []
         for index, (reference, entry) in enumerate(zip(references, given)):
-            if isinstance(labels, Mapping):
-                _check_names_agree(reference, labels)
-            slices += _supports_of(reference, index, entry.slices, label_names, k=k)
-        missing = sorted(set(label_names) - {s.label for s in slices})
+            slices += _supports_of(reference, index, entry.slices, label_names, k=k, label_of=label_of)
+        supported = {s.label for s in slices}
+        unsupported_parts = [v for v in label_names if v not in supported and label_of[v] in
+                             {label_of[u] for u in supported}]
+        for value in unsupported_parts:
+            log.info("%s: drawn on none of the given slices; its label is segmented from its other parts",
+                     label_names.pop(value))
+            del label_of[value]
+        missing = sorted(set(label_names) - supported)
         if missing:
             raise InputError(
                 f"label(s) {_describe({v: label_names[v] for v in missing})} have no support slice in any reference; "
                 "annotate them on a reference slice or drop them from the label map"
             )
-        log.info("support set: %d slices over %d label(s) from %d reference(s)", len(slices), len(label_names),
+        log.info("support set: %d slices over %d object(s) from %d reference(s)", len(slices), len(label_names),
                  len(references))
-        return cls(references, slices, label_names)
+        return cls(references, slices, label_names, label_of)
 
     @property
     def labels(self) -> list[int]:
@@ -206,7 +228,7 @@ class SupportSet:
         """
         self.check_query(query)
         references = [_on_query_grid(reference, query.geometry) for reference in self.references]
-        support = SupportSet(references, self.slices, self.label_names)
+        support = SupportSet(references, self.slices, self.label_names, self.label_of)
         for s in support.slices:
             if not support.mask(s).any():
                 raise GeometryError(
@@ -224,6 +246,7 @@ class SupportSet:
             "drawn_on_query": [reference.name for reference in self.references if reference.from_query],
             "resampled_in_plane": {r.name: r.resampled for r in self.references if r.resampled is not None},
             "label_names": {str(v): n for v, n in self.label_names.items()},
+            "parts": {str(v): label for v, label in self.label_of.items() if v != label},
             "slices": [{"reference": self.references[s.reference].name, "z": s.z, "label": s.label}
                        for s in self.slices],
         }
@@ -292,19 +315,22 @@ def _describe_resampling(reference: Reference) -> str:
             f"axes {record['in_plane_axes']}")
 
 
-def _supports_of(reference: Reference, index: int, zs: Sequence[int] | None,
-                 label_names: Mapping[int, str], *, k: int) -> list[SupportSlice]:
-    """The reference's supports: ``k`` sampled per wanted label, or every wanted label on the slices ``zs``."""
+def _supports_of(reference: Reference, index: int, zs: Sequence[int] | None, label_names: Mapping[int, str], *,
+                 k: int, label_of: Mapping[int, int]) -> list[SupportSlice]:
+    """The reference's supports: ``k`` sampled per wanted object, or every wanted object on the slices ``zs``
+    (messages name labels: ``label_of`` maps a label's parts to it)."""
     wanted = sorted(set(reference.labels.labels) & set(label_names))
+    labels = {label_of[v]: label_names[v] for v in label_names}
     if not wanted:
+        values = sorted({label_of.get(v, v) for v in reference.labels.labels})
         raise InputError(
-            f"{reference.name}: its labels {reference.labels.labels} are none of the labels to segment "
-            f"{_describe(label_names)}; give the label map that matches this reference or renumber its labels"
+            f"{reference.name}: its labels {values} are none of the labels to segment "
+            f"{_describe(labels)}; give the label map that matches this reference or renumber its labels"
         )
     if zs is None:
         return [SupportSlice(index, z, label) for label in wanted
                 for z in sample_slices(reference.labels.array == label, k=k)]
-    return _explicit_slices(reference, index, [int(z) for z in zs], wanted)
+    return _explicit_slices(reference, index, [int(z) for z in zs], wanted, sorted(labels))
 
 
 def _label_map(labels: Mapping[int, str] | Sequence[int] | None, references: list[Reference]) -> dict[int, str]:
@@ -335,7 +361,8 @@ def _check_names_agree(reference: Reference, label_names: Mapping[int, str]) -> 
             )
 
 
-def _explicit_slices(reference: Reference, index: int, zs: list[int], wanted: list[int]) -> list[SupportSlice]:
+def _explicit_slices(reference: Reference, index: int, zs: list[int], wanted: list[int],
+                     labels: list[int]) -> list[SupportSlice]:
     depth = reference.labels.array.shape[0]
     if not zs:
         raise InputError(f"{reference.name}: the list of support slices is empty; give slice indices or leave it out "
@@ -347,7 +374,7 @@ def _explicit_slices(reference: Reference, index: int, zs: list[int], wanted: li
         present = [label for label in wanted if np.any(reference.labels.array[z] == label)]
         if not present:
             raise InputError(
-                f"{reference.name}: support slice {z} shows none of the labels to segment {wanted}; pick slices where "
+                f"{reference.name}: support slice {z} shows none of the labels to segment {labels}; pick slices where "
                 "they are drawn"
             )
         out += [SupportSlice(index, z, label) for label in present]

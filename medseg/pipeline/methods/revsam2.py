@@ -11,8 +11,10 @@ from medseg.pipeline.methods.sam2 import Sam2Family, Sam2Options
 from medseg.prompts import Prompts
 from medseg.revsam2.defaults import (
     DEFAULT_GATE_MARGIN,
+    DEFAULT_INCLUDE_SUPPORTS,
     DEFAULT_PLACEMENT,
     DEFAULT_REJECT_RIVALS,
+    DEFAULT_REPROMPT,
     DEFAULT_THRESHOLD,
     DEFAULT_TOP_K,
 )
@@ -26,9 +28,12 @@ class RevSam2Options(Sam2Options):
     ``medseg.revsam2``), ``references`` (how many labelled cases of ``reference_split``, in
     manifest order, give the support slices: ``prompts.reference_slices`` per label each) and
     the re-prompt selection ``top_k`` / ``threshold`` / ``min_spacing`` (None = no limit / no
-    floor / automatic), the supports' ``placement``, the z-gate's ``gate_margin`` (None: no gate)
-    and ``reject_rivals`` (see ``ReferenceSession.segment``). ``register``: register each reference
-    case onto each query first (``medseg.revsam2.register``) and take the supports from it. With
+    floor / automatic), the supports' ``placement``, the z-gate's ``gate_margin`` (None: no gate),
+    ``reject_rivals``, how selected slices re-prompt (``reprompt``) and whether the supports stay in
+    that pass (``include_supports``; see ``ReferenceSession.segment``). ``register``: register each
+    reference case onto each query first (``medseg.revsam2.register``) and take the supports from
+    it. ``parts``: each connected part of a reference label its own object (two kidneys under one
+    label; ``medseg.revsam2.parts``), as ``prompts: {parts: true}`` does for prompts. With
     ``prompts: {point: none, box: none}`` a pipeline of such methods segments the cohort from the
     references alone."""
 
@@ -41,7 +46,10 @@ class RevSam2Options(Sam2Options):
     placement: Literal["matched", "before", "middle"] = DEFAULT_PLACEMENT
     gate_margin: int | None = DEFAULT_GATE_MARGIN
     reject_rivals: bool = DEFAULT_REJECT_RIVALS
+    reprompt: Literal["mask", "box"] = DEFAULT_REPROMPT
+    include_supports: bool = DEFAULT_INCLUDE_SUPPORTS
     register: bool = False
+    parts: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,11 +101,12 @@ class RevSam2(Sam2Family):
         if self.options.register:
             references = [register_reference(volume, image, labels) for image, labels in references]
         support = SupportSet.from_volumes(references, k=self.setup.reference_slices, labels=self.setup.labels,
-                                          names=self.setup.state["references"])
+                                          names=self.setup.state["references"], parts=self.options.parts)
         labels = segment_with_references(
             volume, support, mode=self.options.mode, model=predictor, top_k=self.options.top_k,
             threshold=self.options.threshold, min_spacing=self.options.min_spacing, placement=self.options.placement,
             gate_margin=self.options.gate_margin, reject_rivals=self.options.reject_rivals,
+            reprompt=self.options.reprompt, include_supports=self.options.include_supports,
         )
         logged = {**support.to_dict(), **({"registered_onto_query": True} if self.options.register else {})}
         return Segmentation(labels, prompt_log={"support": logged}, anchors=anchor_prompts(labels))
