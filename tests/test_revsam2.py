@@ -146,6 +146,15 @@ def test_box_reprompt_decodes_each_part_of_a_selected_mask_on_its_own(model):
     np.testing.assert_array_equal(parts, reprompt_mask(model, session.cache, frames[3], a, "box")
                                   | reprompt_mask(model, session.cache, frames[3], b, "box"))
     np.testing.assert_array_equal(reprompt_mask(model, session.cache, frames[3], a | speck, "mask"), a | speck)
+    # the box (label 2) lies on query slices 4..7 of 12: scored inside the gate with its margin (2..9), selected
+    # inside the gate without it
+    tall, _ = _phantom(12, 0)
+    boxes = ReferenceSession(tall, SupportSet.from_volumes([(ref, ref_labels)], k=3, labels=[2]), model=model)
+    every = boxes.segment(top_k=None, threshold=None, min_spacing=1, reject_rivals=False, reprompt="mask")
+    within = set(np.flatnonzero(boxes.gate(2, 0)).tolist())
+    assert within < set(np.flatnonzero(boxes.gate(2, 2)).tolist())
+    scored = {z for z, s in enumerate(every.provenance["labels"]["2"]["reverse_scores"]) if s is not None}
+    assert set(every.provenance["labels"]["2"]["selected_slices"]) == scored & within
 
 
 def test_a_session_reuses_its_passes_and_falls_back_to_forward_below_threshold(model):

@@ -27,6 +27,8 @@ What medseg designs (our choices, not the paper's)
   place them before the query or in its middle, as FS-MedSAM2), then propagation.
 * z-gate (``zmatch``): each label only on the query slices where, mapped by relative z, the
   references have it (plus ``gate_margin`` slices); SAM2 rarely declares a tracked object absent.
+  Re-prompt slices are selected inside the gate without its margin: there the forward track
+  has often run on into the neighbouring organ (a kidney's into the liver past its end).
 * Reverse score (``reverse``): for each query slice with a non-empty forward mask (in the gate), that
   (slice, mask) is the *only* conditioning prompt of a small tracker, and each support slice
   is predicted from it alone (one propagation call per support, so supports do not lean on

@@ -346,6 +346,8 @@ class ReferenceSession:
         selectable[list(in_query)] = np.nan
         if reject_rivals:
             selectable[list(rejected)] = np.nan
+        if gate_margin is not None and (within := self.gate(label, 0)) is not None:
+            selectable[~within] = np.nan  # the margin lets the track paint further, not re-prompt from there
         selectable_slices = np.flatnonzero(~np.isnan(selectable)).tolist()
         spacing = auto_min_spacing(selectable_slices, top_k) if min_spacing is None else min_spacing
         selected = select_slices(selectable, top_k=top_k, threshold=threshold, min_spacing=spacing)
