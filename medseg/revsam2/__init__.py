@@ -58,11 +58,12 @@ What medseg designs (our choices, not the paper's)
   ``ReferenceSession`` keeps forward predictions and reverse scores, so trying other
   selection settings re-runs only the re-prompt pass.
 * Defaults (``defaults``): matched placement, gate margin 2, rival check on, ``top_k=1``,
-  ``threshold=0.5``, automatic ``min_spacing``, from the ablation (``benchmarks/revsam2.py
-  --ablation``) with the shipped ``medseg-micro`` on the demo phantoms: 0.520 mean Dice with one
-  reference case (36 pairs) against 0.445 for the supports-before baseline and 0.488 for
-  baseline-middle (README, "Reference prompting"). Another model or cohort may want other
-  values, and the ablation is there to find them.
+  ``threshold=0.5``, automatic ``min_spacing``, ``reprompt="box"``, no supports in the re-prompt
+  pass, from the ablation (``benchmarks/revsam2.py --ablation``) with the shipped ``medseg-micro``
+  on the demo phantoms: 0.565 mean Dice with one reference case (36 pairs; 0.593 with ``parts``)
+  against 0.445 for the supports-before baseline and 0.488 for baseline-middle (README,
+  "Reference prompting"). Another model or cohort may want other values, and the ablation is
+  there to find them.
 """
 
 import importlib

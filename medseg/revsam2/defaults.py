@@ -15,12 +15,13 @@ MODES = ("revsam2", "baseline", "baseline-middle")
 #: Matched placement carries most of the gain (the kidneys are never found from supports placed
 #: before the query); the gate keeps each label off the slices where no reference has it. The rival
 #: check changed no Dice there and stays on as a guard.
-#: How the re-prompt pass starts, same 36 pairs: each selected slice's forward mask segmented again
-#: from its parts' boxes, without the other patients' supports in that pass, 0.560; the forward mask
-#: without the supports 0.547; the forward mask with them (RevSAM2 as published, the earlier default)
-#: 0.520; boxes with them 0.516. The supports pull the re-prompt towards their own object's size. With
-#: the demo's fine-tune the same order: 0.718 / 0.700 / 0.692 / 0.705. Another model or cohort may
-#: want other values: run the ablation.
+#: How the re-prompt pass starts, same 36 pairs (re-prompt slices selected inside the gate without
+#: its margin): each selected slice's forward mask segmented again from its parts' boxes, without the
+#: other patients' supports in that pass, 0.565; the forward mask without the supports 0.541; boxes
+#: with them 0.519; the forward mask with them (RevSAM2 as published, the earlier default) 0.519. The
+#: supports pull the re-prompt towards their own object's size. With the demo's fine-tune the same
+#: order: 0.718 / 0.701 / 0.705 / 0.692. Another model or cohort may want other values: run the
+#: ablation.
 DEFAULT_TOP_K = 1
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_PLACEMENT = "matched"
