@@ -113,7 +113,7 @@ def _selection_note(obj: int, detail: dict, part: bool) -> str:
     if detail.get("selected_slices"):
         return f",{who} re-prompted from slices {detail['selected_slices']}"
     if detail.get("fell_back_to_forward"):
-        return f",{who} no slice passed the threshold: forward prediction kept"
+        return f",{who} forward prediction kept (no slice passed the threshold)"
     return ""
 
 
