@@ -7,8 +7,6 @@ object is prompted *alone* (its own session: nothing else competes for its voxel
 prompts all objects of a volume in one session, as the demo pipeline does. ``--parts`` prompts each
 connected part of a label (each of the two kidneys) as its own object, as the demo pipeline's
 ``prompts: {parts: true}`` does; without it, one click or box stands for both kidneys.
-``--cycle T`` cuts each object where its mask, carried back to its prompted slice, gives the object
-there at a Dice below ``T`` (``medseg.sam2.cycle``; the pipeline's ``cycle_threshold``).
 
 Sets:
 
@@ -70,7 +68,6 @@ def main() -> None:
     parser.add_argument("--together", action="store_true", help="also prompt all objects of a volume in one session")
     parser.add_argument("--parts", action="store_true",
                         help="prompt each connected part of a label (each kidney) as its own object")
-    parser.add_argument("--cycle", type=float, help="cycle check threshold (default: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args()
@@ -78,15 +75,14 @@ def main() -> None:
     model = _model(args.model)
     seeds = TEST_SEEDS[:2] if args.quick else TEST_SEEDS
     prompts = PROMPTS[:2] if args.quick else PROMPTS
-    results = {"model": model.name, "untrained": model.untrained, "quick": args.quick, "parts": args.parts,
-               "cycle": args.cycle, "sets": {}}
+    results = {"model": model.name, "untrained": model.untrained, "quick": args.quick, "parts": args.parts, "sets": {}}
     for name, cases in _sets(args.sets.split(","), seeds):
         started = time.perf_counter()
         results["sets"][name] = {}
         for prompt in prompts:
             modes = ("alone", "together") if args.together else ("alone",)
             for mode in modes:
-                row = _evaluate(model, cases, prompt, together=mode == "together", parts=args.parts, cycle=args.cycle)
+                row = _evaluate(model, cases, prompt, together=mode == "together", parts=args.parts)
                 results["sets"][name][f"{prompt}/{mode}"] = row
                 print(json.dumps({"set": name, "prompt": prompt, "mode": mode, **row}), flush=True)
         results["sets"][name]["seconds"] = round(time.perf_counter() - started, 1)
@@ -180,7 +176,7 @@ def _prompts(truth: np.ndarray, label: int, kind: str, name: str, *, parts: bool
     return prompts
 
 
-def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool, parts: bool, cycle: float | None) -> dict:
+def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool, parts: bool) -> dict:
     """Mean Dice per structure name over the cases, the mean over structures, and ``leak``: the share of
     an object's predicted voxels that lie in *another* labelled structure (what a neighbour prompted in
     the same session would have taken back)."""
@@ -195,7 +191,7 @@ def _evaluate(model: Sam2Model, cases, prompt: str, *, together: bool, parts: bo
             for label in group:
                 prompts.objects.update(_prompts(truth.array, label, prompt, present[label], parts=parts).objects)
             session.set_prompts(prompts)
-            predicted = session.propagate(cycle_threshold=cycle)
+            predicted = session.propagate()
             for label, dice in dice_per_label(predicted, truth, labels={v: present[v] for v in group}).items():
                 scores.setdefault(present[label], []).append(float(dice))
                 mine = predicted.array == label

@@ -60,7 +60,6 @@ def pipeline_file(tmp_path: Path, cohort: Path, methods: str, extra: str = "") -
         ("r: {type: revsam2, reprompt: boxes}\n", "",
          r"methods\.r\.reprompt: is 'boxes'; did you mean 'box'\? use one of \['mask', 'box'\]"),
         ("r: {type: revsam2, parts: 2}\n", "", r"methods\.r\.parts: must be true or false"),
-        ("s: {type: sam2, cycle_threshold: 1.5}\n", "", r"cycle_threshold must be between 0 and 1 \(exclusive\)"),
         ("a: {type: oracle, baseline: true}\nb: {type: oracle, baseline: true}\n", "",
          "at most one method can be the baseline"),
         ("s: {type: sam2, postprocess: specks}\n", "",

@@ -86,7 +86,6 @@ class Sam2VolumePredictor:
         *,
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
-        cycle_threshold: float | None = None,
     ) -> LabelVolume:
         """Segment every prompted object through the whole volume.
 
@@ -100,9 +99,6 @@ class Sam2VolumePredictor:
         progress, should_stop
             The engine contract (``medseg.runtime``): ``progress(done, total)`` per slice;
             ``should_stop()`` asked between slices, True raises ``Cancelled``.
-        cycle_threshold
-            Cut each object where it stops being the prompted object (``medseg.sam2.cycle``;
-            None, the default: no check).
 
         Returns
         -------
@@ -115,4 +111,4 @@ class Sam2VolumePredictor:
         prompts.validate(volume.shape)
         session = self.session(volume)
         session.set_prompts(prompts)
-        return session.propagate(progress=progress, should_stop=should_stop, cycle_threshold=cycle_threshold)
+        return session.propagate(progress=progress, should_stop=should_stop)

@@ -27,7 +27,6 @@ from medseg.errors import InputError
 from medseg.preprocess import IntensityPreset, choose_preset
 from medseg.runtime import Progress, ShouldStop, check_stop, report
 from medseg.prompts import BoxPrompt, MaskPrompt, ObjectPrompts, PointPrompt, Prompt, Prompts, ScribblePrompt
-from medseg.sam2.cycle import check_threshold, cut_inconsistent
 from medseg.sam2.embeddings import EmbeddingStore
 from medseg.sam2.engine import FeatureCache, FrameOutput, Tracker
 from medseg.sam2.frames import VolumeFrames
@@ -115,7 +114,6 @@ class Sam2Session:
         self._confidence: dict[int, np.ndarray] = {}
         self._slice_outputs: dict[tuple[int, int], FrameOutput] = {}
         self._exact_masks: dict[tuple[int, int], np.ndarray] = {}
-        self._cycle: dict | None = None  # the last propagation's cycle check (threshold, where each object was cut)
 
     # --- prompts --------------------------------------------------------------------------
     def add_point(self, obj_id: int, z: int, y: float, x: float, *, positive: bool = True,
@@ -222,7 +220,6 @@ class Sam2Session:
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
         on_slice: Callable[[int, np.ndarray], None] | None = None,
-        cycle_threshold: float | None = None,
     ) -> LabelVolume:
         """Propagate every object through the volume from all its prompted slices.
 
@@ -230,11 +227,8 @@ class Sam2Session:
         is asked before each, and when True the session's labels are left as they were and
         ``medseg.errors.Cancelled`` is raised (the session stays usable). ``on_slice(z, labels)``
         gets each slice as soon as it is written (for live display; copy it, later passes may
-        still change it). ``cycle_threshold``: afterwards, cut each object from the first slice
-        beyond its prompted ones whose mask, carried back to the prompted slice, gives the object
-        there at a Dice below it (``medseg.sam2.cycle``; None: no check).
+        still change it).
         """
-        check_threshold(cycle_threshold)
         if not self.prompts.objects:
             raise InputError("no prompts given: add at least one point, box or mask")
         nz = self.volume.shape[0]
@@ -259,12 +253,6 @@ class Sam2Session:
                         seen.add(out.frame_idx)
                         done += 1
                         report(progress, done, total)
-        self._cycle = None
-        if cycle_threshold is not None:
-            check_stop(should_stop, "SAM2 propagation (before the cycle check; labels unchanged)")
-            prompted = {obj.obj_id: obj.slices for obj in self.prompts.objects.values()}
-            cut = cut_inconsistent(self.model, self.cache, self.frames, labels, prompted, cycle_threshold)
-            self._cycle = {"threshold": cycle_threshold, "cut": {str(o): zs for o, zs in cut.items()}}
         self._labels, self._confidence, self._labels_handed_out = labels, confidence, False
         log.debug("propagated %d object(s) over %d slices; encoder runs so far %d, slices read from the store %d",
                   len(self.prompts.objects), nz, self.cache.encoder_calls, self.cache.disk_hits)
@@ -314,7 +302,6 @@ class Sam2Session:
                 "preset": self.frames.preset.to_dict(),
                 "preset_reason": self.preset_choice.reason,
                 "prompts": self.prompts.to_dict(),
-                **({"cycle_check": self._cycle} if self._cycle is not None else {}),
             },
         )
 

@@ -11,7 +11,6 @@ from medseg.errors import InputError, WeightsError
 from medseg.pipeline.methods.base import Method, MethodSetup, Segmentation, absolute, register
 from medseg.prompts import Prompts
 from medseg.runtime import Progress, ShouldStop
-from medseg.sam2.cycle import check_threshold
 from medseg.volume import UNTRAINED_BANNER, Volume
 
 log = logging.getLogger(__name__)
@@ -112,30 +111,16 @@ class Sam2Family(Method):
         )
 
 
-@dataclass(frozen=True)
-class Sam2PropagationOptions(Sam2Options):
-    """The SAM2 options, plus ``cycle_threshold``: cut each object where its mask, carried back to
-    its prompted slice, gives the object there at a Dice below this (``medseg.sam2.cycle``; None:
-    no check)."""
-
-    cycle_threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_threshold(self.cycle_threshold)
-
-
 @register
 class Sam2(Sam2Family):
     """SAM2 propagation through the volume from the prompt policy's points and boxes."""
 
     kind = "sam2"
-    Options = Sam2PropagationOptions
+    Options = Sam2Options
     uses_prompts = True
 
     def segment(self, model: Any, volume: Volume, *, prompts: Prompts | None, case_id: str) -> Segmentation:
         if prompts is None or not prompts.objects:
             raise InputError(f"case {case_id}: none of the labels {sorted(self.setup.labels)} is drawn, so there is "
                              "nothing to prompt")
-        labels = model.segment(volume, prompts, progress=None, cycle_threshold=self.options.cycle_threshold)
-        return Segmentation(labels, anchors=prompts.by_label())
+        return Segmentation(model.segment(volume, prompts, progress=None), anchors=prompts.by_label())
