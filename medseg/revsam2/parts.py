@@ -48,18 +48,18 @@ def split_parts(labels: Sequence[LabelVolume], label_names: Mapping[int, str]
     names: dict[int, str] = {}
     label_of: dict[int, int] = {}
     for label, name in label_names.items():
-        objects: list[tuple[int, np.ndarray]] = []  # (value, offset of the first reference's part)
+        objects: list[tuple[int, np.ndarray]] = []  # (value, position of the part that made the object)
         for volume, array in zip(labels, arrays):
             parts = _parts(array == label)
             if not parts:
                 continue
-            offsets = _positions(parts, volume)
+            positions = _positions(parts, volume)
             if not objects:
-                objects.append((label, offsets[0]))
-            matched = _match(offsets, [offset for _, offset in objects])
+                objects.append((label, positions[0]))
+            matched = _match(positions, [position for _, position in objects])
             for index, part in enumerate(parts):
                 if index not in matched:
-                    objects.append((next_value, offsets[index]))
+                    objects.append((next_value, positions[index]))
                     matched[index], next_value = len(objects) - 1, next_value + 1
                 array[part] = objects[matched[index]][0]
         for value, _ in objects or [(label, None)]:
@@ -103,8 +103,8 @@ def _positions(parts: list[np.ndarray], volume: LabelVolume) -> list[np.ndarray]
     return [(geometry.index_to_world(np.argwhere(part).mean(axis=0))[0] - centre) / extent for part in parts]
 
 
-def _match(offsets: list[np.ndarray], known: list[np.ndarray]) -> dict[int, int]:
+def _match(positions: list[np.ndarray], known: list[np.ndarray]) -> dict[int, int]:
     """Part index -> object index, one to one, by the smallest total distance."""
-    cost = np.array([[np.linalg.norm(offset - other) for other in known] for offset in offsets])
+    cost = np.array([[np.linalg.norm(position - other) for other in known] for position in positions])
     rows, columns = linear_sum_assignment(cost)
     return {int(r): int(c) for r, c in zip(rows, columns)}
